@@ -1,0 +1,4 @@
+fn main() {
+    eprintln!("routed: not implemented yet");
+    std::process::exit(1);
+}
