@@ -1,0 +1,736 @@
+//! Building, running and tearing down a lab.
+//!
+//! Address plan (site i = 1, 2, ... in spec order):
+//! - virtual: gateway j = 10.77.i.j, fd77::i:j; host k = 10.77.i.(10+k),
+//!   fd77::i:(10+k) (hex); site prefixes 10.77.i.0/24 and fd77::i:0/112.
+//! - underlay: site LAN 172.16.i.0/24 (gateway j .j, host k .(100+k)), on a
+//!   bridge in the site's switch namespace; gateways also on the shared
+//!   "internet" 198.18.0.0/16 (gateway j of site i = 198.18.i.j).
+
+use crate::spec::Spec;
+use crate::state::{Lab, Node};
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Processes a node may run, by pid file name.
+const DAEMONS: [&str; 3] = ["overlayd", "routed", "wireguard-go"];
+
+const NETWORK4: &str = "10.77.0.0/16";
+const NETWORK6: &str = "fd77::/48";
+
+fn sh(args: &[&str]) -> Result<()> {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .with_context(|| format!("running {}", args.join(" ")))?;
+    if !out.status.success() {
+        bail!(
+            "`{}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+fn ns_sh(ns: &str, args: &[&str]) -> Result<()> {
+    let mut v = vec!["ip", "netns", "exec", ns];
+    v.extend_from_slice(args);
+    sh(&v)
+}
+
+fn oc(args: &[&str]) -> Result<String> {
+    let bin = sibling("overlay-cert")?;
+    let out = Command::new(&bin)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {}", bin.display()))?;
+    if !out.status.success() {
+        bail!(
+            "overlay-cert {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A cubenet binary: next to this one (same build), else on PATH.
+pub fn sibling(name: &str) -> Result<PathBuf> {
+    if let Ok(dir) = std::env::var("CUBENET_BIN_DIR") {
+        let p = Path::new(&dir).join(name);
+        if p.exists() {
+            return Ok(p);
+        }
+    }
+    if let Ok(me) = std::env::current_exe() {
+        if let Some(dir) = me.parent() {
+            let p = dir.join(name);
+            if p.exists() {
+                return Ok(p);
+            }
+        }
+    }
+    for dir in std::env::var("PATH").unwrap_or_default().split(':') {
+        let p = Path::new(dir).join(name);
+        if p.exists() {
+            return Ok(p);
+        }
+    }
+    bail!("cannot find the `{name}` binary next to cubenet-lab or on PATH (build the workspace first)")
+}
+
+struct Plan {
+    node: Node,
+    /// (site index, member index on the site LAN)
+    site_idx: usize,
+    lan_ip: String,
+    wan_ip: Option<String>,
+}
+
+fn unique_prefix() -> String {
+    // Short, unique per run, and recognisable as ours: "cl" + pid + time.
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("cl{:x}{:x}", std::process::id() & 0xffff, t & 0xfff)
+}
+
+pub fn up(spec: &Spec, dir: &Path) -> Result<Lab> {
+    if Lab::path(dir).exists() {
+        if let Ok(old) = Lab::load(dir) {
+            if old.nodes.iter().any(|n| namespace_exists(&n.namespace)) {
+                bail!(
+                    "{}: a lab is already up here (run `cubenet-lab down {}` first)",
+                    dir.display(),
+                    dir.display()
+                );
+            }
+        }
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let dir = dir.canonicalize()?;
+    let prefix = unique_prefix();
+    let ca_dir = dir.join("ca");
+    let _ = std::fs::remove_dir_all(&ca_dir);
+    let _ = std::fs::remove_dir_all(dir.join("nodes"));
+    let _ = std::fs::remove_dir_all(dir.join("certs"));
+    let _ = std::fs::remove_file(dir.join("crl"));
+    std::fs::create_dir_all(dir.join("certs"))?;
+    std::fs::create_dir_all(dir.join("run"))?;
+    oc(&[
+        "ca",
+        "--name",
+        "lab",
+        "--network",
+        NETWORK4,
+        "--network",
+        NETWORK6,
+        "--out-dir",
+        ca_dir.to_str().unwrap_or_default(),
+    ])?;
+
+    // Plan every node.
+    let mut plans = Vec::new();
+    for (si, site) in spec.sites.iter().enumerate() {
+        let i = si + 1;
+        let members: Vec<(String, &str, usize, &str)> = (1..=site.gateways as usize)
+            .map(|j| (format!("{}-gw{j}", site.name), "gateway", j, "overlayd"))
+            .chain(
+                (1..=site.hosts as usize)
+                    .map(|k| (format!("{}-h{k}", site.name), "host", 10 + k, "overlayd")),
+            )
+            .chain((1..=site.wireguard_hosts as usize).map(|k| {
+                (
+                    format!("{}-wg{k}", site.name),
+                    "host",
+                    50 + k,
+                    "wireguard-go",
+                )
+            }))
+            .collect();
+        for (name, role, n, kind) in members {
+            let node_dir = dir.join("nodes").join(&name);
+            let lan_last = if role == "gateway" { n } else { 90 + n };
+            plans.push(Plan {
+                node: Node {
+                    kind: kind.to_string(),
+                    namespace: format!("{prefix}-{name}"),
+                    addresses: vec![format!("10.77.{i}.{n}/16"), format!("fd77::{i:x}:{n:x}/48")],
+                    underlay: std::iter::once(format!("172.16.{i}.{lan_last}"))
+                        .chain((role == "gateway").then(|| format!("198.18.{i}.{n}")))
+                        .collect(),
+                    key: node_dir.join("node.key"),
+                    cert: node_dir.join("node.crt"),
+                    overlayd_config: node_dir.join("overlayd.toml"),
+                    overlayd_socket: dir.join("run").join(format!("{name}.overlayd.sock")),
+                    log: node_dir.join("overlayd.log"),
+                    name,
+                    site: site.name.clone(),
+                    role: role.to_string(),
+                },
+                site_idx: i,
+                lan_ip: format!("172.16.{i}.{lan_last}/24"),
+                wan_ip: (role == "gateway").then(|| format!("198.18.{i}.{n}/16")),
+            });
+        }
+    }
+
+    // Identities.
+    for p in &plans {
+        let n = &p.node;
+        std::fs::create_dir_all(n.key.parent().unwrap_or(&dir))?;
+        oc(&["keygen", "--out", n.key.to_str().unwrap_or_default()])?;
+        let mut args = vec![
+            "sign".to_string(),
+            "--ca-dir".into(),
+            ca_dir.display().to_string(),
+            "--name".into(),
+            n.name.clone(),
+            "--role".into(),
+            n.role.clone(),
+            "--site".into(),
+            n.site.clone(),
+            "--groups".into(),
+            format!("{},site-{}", n.role, n.site),
+            "--key".into(),
+            n.key.display().to_string(),
+            "--out".into(),
+            n.cert.display().to_string(),
+        ];
+        for a in &n.addresses {
+            args.push("--ip".into());
+            args.push(a.clone());
+        }
+        if n.role == "gateway" {
+            let i = p.site_idx;
+            args.extend([
+                "--subnet".into(),
+                format!("10.77.{i}.0/24"),
+                "--subnet".into(),
+                format!("fd77::{i:x}:0/112"),
+            ]);
+        }
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        oc(&refs)?;
+        if n.role == "host" {
+            std::fs::copy(&n.cert, dir.join("certs").join(format!("{}.crt", n.name)))?;
+        }
+    }
+
+    let lab = Lab {
+        prefix: prefix.clone(),
+        dir: dir.clone(),
+        switches: spec
+            .sites
+            .iter()
+            .map(|s| format!("{prefix}-sw-{}", s.name))
+            .chain(std::iter::once(format!("{prefix}-inet")))
+            .collect(),
+        nodes: plans.iter().map(|p| p.node.clone()).collect(),
+        ca_dir: ca_dir.clone(),
+        crl: dir.join("crl"),
+    };
+    lab.save()?;
+
+    // Configs.
+    for p in plans.iter().filter(|p| p.node.kind == "overlayd") {
+        write_overlayd_config(&lab, &plans, p, spec)?;
+    }
+
+    // Namespaces and links; on any failure remove what was made.
+    if let Err(e) = build_network(&lab, &plans) {
+        let _ = down(&lab);
+        return Err(e);
+    }
+    for n in &lab.nodes {
+        if let Err(e) = start_node(&lab, n) {
+            let _ = down(&lab);
+            return Err(e);
+        }
+    }
+    let timeout = Duration::from_secs(spec.converge_timeout_s);
+    if let Err(e) = wait_converged(&lab, timeout) {
+        bail!("{e:#}\n(the lab is left up for inspection: logs in {}/nodes/*/; remove it with `cubenet-lab down {}`)", dir.display(), dir.display());
+    }
+    Ok(lab)
+}
+
+fn write_overlayd_config(lab: &Lab, plans: &[Plan], p: &Plan, spec: &Spec) -> Result<()> {
+    let n = &p.node;
+    let mut t = String::new();
+    t.push_str(&format!(
+        "# overlayd config for {} ({}, site {}), written by cubenet-lab\ncontrol_socket = {:?}\nlisten = [\"0.0.0.0:51820\"]\n\n[identity]\nkey = {:?}\ncert = {:?}\nca = {:?}\ncrl = {:?}\n",
+        n.name, n.role, n.site,
+        n.overlayd_socket.display().to_string(),
+        n.key.display().to_string(),
+        n.cert.display().to_string(),
+        lab.ca_dir.join("ca.crt").display().to_string(),
+        lab.crl.display().to_string(),
+    ));
+    if n.role == "gateway" {
+        t.push_str(&format!(
+            "cert_dir = {:?}\n",
+            lab.dir.join("certs").display().to_string()
+        ));
+    }
+    t.push_str(&format!("\n[interface]\nname = \"cube0\"\nmtu = 1420\n\n[probe]\ninterval_ms = {}\nmisses = 3\nfailback_stable_ms = 2000\n", spec.probe_interval_ms));
+    let _ = &p.site_idx;
+    let peers: Vec<&Plan> = if n.role == "gateway" {
+        plans
+            .iter()
+            .filter(|q| q.node.role == "gateway" && q.node.name != n.name)
+            .collect()
+    } else {
+        plans
+            .iter()
+            .filter(|q| q.node.role == "gateway" && q.node.site == n.site)
+            .collect()
+    };
+    for q in &peers {
+        let ep = if n.role == "gateway" {
+            q.wan_ip.clone().unwrap_or_default()
+        } else {
+            q.lan_ip.clone()
+        };
+        let ep = ep.split('/').next().unwrap_or_default().to_string();
+        t.push_str(&format!(
+            "\n[[gateway]]\nname = {:?}\nendpoint = \"{ep}:51820\"\ncert = {:?}\n",
+            q.node.name,
+            q.node.cert.display().to_string()
+        ));
+    }
+    if n.role == "gateway" {
+        // Static routes to the other sites until routed runs.
+        for (si, site) in spec.sites.iter().enumerate() {
+            if site.name == n.site {
+                continue;
+            }
+            let i = si + 1;
+            let via: Vec<String> = peers
+                .iter()
+                .filter(|q| q.node.site == site.name)
+                .map(|q| format!("{:?}", q.node.name))
+                .collect();
+            for prefix in [format!("10.77.{i}.0/24"), format!("fd77::{i:x}:0/112")] {
+                t.push_str(&format!(
+                    "\n[[route]]\nprefix = \"{prefix}\"\nvia = [{}]\n",
+                    via.join(", ")
+                ));
+            }
+        }
+    }
+    std::fs::write(&n.overlayd_config, t)?;
+    Ok(())
+}
+
+fn namespace_exists(ns: &str) -> bool {
+    Path::new("/run/netns").join(ns).exists()
+}
+
+fn build_network(lab: &Lab, plans: &[Plan]) -> Result<()> {
+    for ns in lab
+        .switches
+        .iter()
+        .chain(lab.nodes.iter().map(|n| &n.namespace))
+    {
+        sh(&["ip", "netns", "add", ns])?;
+        ns_sh(ns, &["ip", "link", "set", "lo", "up"])?;
+    }
+    for sw in &lab.switches {
+        ns_sh(sw, &["ip", "link", "add", "br0", "type", "bridge"])?;
+        ns_sh(sw, &["ip", "link", "set", "br0", "up"])?;
+    }
+    let inet = lab.switches.last().cloned().unwrap_or_default();
+    for (idx, p) in plans.iter().enumerate() {
+        let n = &p.node;
+        let sw = format!("{}-sw-{}", lab.prefix, n.site);
+        let port = format!("p{idx}");
+        sh(&[
+            "ip",
+            "link",
+            "add",
+            &port,
+            "netns",
+            &sw,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "lan0",
+            "netns",
+            &n.namespace,
+        ])?;
+        ns_sh(&sw, &["ip", "link", "set", &port, "master", "br0", "up"])?;
+        ns_sh(
+            &n.namespace,
+            &["ip", "addr", "add", &p.lan_ip, "dev", "lan0"],
+        )?;
+        ns_sh(&n.namespace, &["ip", "link", "set", "lan0", "up"])?;
+        if let Some(wan) = &p.wan_ip {
+            sh(&[
+                "ip",
+                "link",
+                "add",
+                &port,
+                "netns",
+                &inet,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "wan0",
+                "netns",
+                &n.namespace,
+            ])?;
+            ns_sh(&inet, &["ip", "link", "set", &port, "master", "br0", "up"])?;
+            ns_sh(&n.namespace, &["ip", "addr", "add", wan, "dev", "wan0"])?;
+            ns_sh(&n.namespace, &["ip", "link", "set", "wan0", "up"])?;
+        }
+    }
+    Ok(())
+}
+
+/// Starts a node's daemons in its namespace, detached, logging to its dir.
+pub fn start_node(lab: &Lab, n: &Node) -> Result<()> {
+    if n.kind == "wireguard-go" {
+        return start_wireguard_go(lab, n);
+    }
+    let pid_file = lab.pid_file(&n.name, "overlayd");
+    if let Some(pid) = read_pid(&pid_file) {
+        if alive(pid) {
+            bail!("{}: overlayd is already running (pid {pid})", n.name);
+        }
+    }
+    let bin = sibling("overlayd")?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&n.log)?;
+    let child = Command::new("ip")
+        .args(["netns", "exec", &n.namespace])
+        .arg(&bin)
+        .args(["run", "--config"])
+        .arg(&n.overlayd_config)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("starting overlayd for {}", n.name))?;
+    std::fs::write(&pid_file, child.id().to_string())?;
+    // Not waited for: the daemon outlives this command. Reap it if we are
+    // still around when it exits (e.g. a bad config).
+    std::mem::forget(child);
+    Ok(())
+}
+
+/// The WireGuard interface name of a wireguard-go node: unique per lab,
+/// because wireguard-go's control socket lives in the shared /var/run.
+fn wg_ifname(lab: &Lab, n: &Node) -> String {
+    let tail: String = n
+        .name
+        .rsplit('-')
+        .next()
+        .unwrap_or("wg")
+        .chars()
+        .filter(|c| c.is_ascii_digit())
+        .collect();
+    let site = lab.nodes.iter().position(|m| m.site == n.site).unwrap_or(0);
+    let mut name = format!("{}{site}w{tail}", lab.prefix);
+    name.truncate(15);
+    name
+}
+
+/// A plain WireGuard host: wireguard-go, configured with `wg` and `ip` as
+/// an operator would, towards the first gateway of its site.
+fn start_wireguard_go(lab: &Lab, n: &Node) -> Result<()> {
+    let ifname = wg_ifname(lab, n);
+    let pid_file = lab.pid_file(&n.name, "wireguard-go");
+    if read_pid(&pid_file).is_some_and(alive) {
+        bail!("{}: wireguard-go is already running", n.name);
+    }
+    let gw = lab
+        .nodes
+        .iter()
+        .find(|m| m.role == "gateway" && m.site == n.site)
+        .with_context(|| format!("{}: no gateway at site {}", n.name, n.site))?;
+    let gw_key = cubenet_certs::load_node_cert(&gw.cert).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let gw_pub = b64(gw_key.public_key());
+    let key = cubenet_certs::NodeKey::load(&n.key).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let wg_key_file = n.key.with_file_name("wg.key");
+    if !wg_key_file.exists() {
+        cubenet_certs::keys::write_private(&wg_key_file, &key.to_wireguard_base64())
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&n.log)?;
+    let child = Command::new("ip")
+        .args(["netns", "exec", &n.namespace, "wireguard-go", "-f", &ifname])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .with_context(|| {
+            format!(
+                "{}: starting wireguard-go (install Debian's wireguard-go)",
+                n.name
+            )
+        })?;
+    std::fs::write(&pid_file, child.id().to_string())?;
+    std::mem::forget(child);
+    // Its control socket appears once the device exists.
+    let sock = Path::new("/var/run/wireguard").join(format!("{ifname}.sock"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sock.exists() {
+        if Instant::now() > deadline {
+            bail!("{}: wireguard-go did not create {}", n.name, sock.display());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let ep = format!("{}:51820", gw.underlay[0]);
+    ns_sh(
+        &n.namespace,
+        &[
+            "wg",
+            "set",
+            &ifname,
+            "private-key",
+            wg_key_file.to_str().unwrap_or_default(),
+            "peer",
+            &gw_pub,
+            "endpoint",
+            &ep,
+            "allowed-ips",
+            &format!("{NETWORK4},{NETWORK6}"),
+            "persistent-keepalive",
+            "25",
+        ],
+    )?;
+    for a in &n.addresses {
+        ns_sh(&n.namespace, &["ip", "addr", "add", a, "dev", &ifname])?;
+    }
+    ns_sh(
+        &n.namespace,
+        &["ip", "link", "set", &ifname, "mtu", "1420", "up"],
+    )?;
+    Ok(())
+}
+
+fn b64(b: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+fn read_pid(path: &Path) -> Option<i32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// Whether `pid` runs (a zombie whose parent has not reaped it does not).
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X'])),
+        Err(_) => false,
+    }
+}
+
+pub fn parse_signal(s: &str) -> Result<i32> {
+    let s = s.trim_start_matches("SIG");
+    Ok(match s {
+        "TERM" | "15" => libc::SIGTERM,
+        "KILL" | "9" => libc::SIGKILL,
+        "HUP" | "1" => libc::SIGHUP,
+        "INT" | "2" => libc::SIGINT,
+        "STOP" | "19" => libc::SIGSTOP,
+        "CONT" | "18" => libc::SIGCONT,
+        _ => bail!("unknown signal {s:?}: use TERM, KILL, HUP, INT, STOP or CONT"),
+    })
+}
+
+/// Signals every daemon of `node`; returns how many were signalled. For
+/// signals that end a process it returns once they are gone.
+pub fn signal_node(lab: &Lab, node: &str, sig: i32) -> Result<usize> {
+    lab.node(node)?;
+    let mut signalled = Vec::new();
+    for daemon in DAEMONS {
+        if let Some(pid) = read_pid(&lab.pid_file(node, daemon)) {
+            // SAFETY: kill(2) on a pid we started; a stale pid fails ESRCH.
+            if alive(pid) && unsafe { libc::kill(pid, sig) } == 0 {
+                signalled.push(pid);
+            }
+        }
+    }
+    if [libc::SIGKILL, libc::SIGTERM, libc::SIGINT].contains(&sig) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while signalled.iter().any(|p| alive(*p)) {
+            if Instant::now() > deadline {
+                bail!("{node}: daemons still running 10 s after the signal");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    Ok(signalled.len())
+}
+
+fn status_of(socket: &Path) -> Option<Value> {
+    let mut s = std::os::unix::net::UnixStream::connect(socket).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(b"{\"cmd\":\"status\"}\n").ok()?;
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).ok()?;
+    serde_json::from_str(&line).ok()
+}
+
+/// What a node still waits for, or None when it has converged.
+fn pending(lab: &Lab, n: &Node) -> Option<String> {
+    if n.kind == "wireguard-go" {
+        return None;
+    }
+    let first_gateway = lab
+        .nodes
+        .iter()
+        .find(|m| m.role == "gateway" && m.site == n.site)
+        .map(|m| m.name.as_str());
+    let Some(st) = status_of(&n.overlayd_socket) else {
+        return Some(format!(
+            "{}: overlayd not answering on {}",
+            n.name,
+            n.overlayd_socket.display()
+        ));
+    };
+    let peers = st["peers"].as_array().cloned().unwrap_or_default();
+    let healthy = |name: &str| {
+        peers
+            .iter()
+            .any(|p| p["name"] == name && p["healthy"] == json!(true))
+    };
+    let mut missing = Vec::new();
+    let want_gateways = lab.nodes.iter().filter(|m| {
+        m.role == "gateway" && m.name != n.name && (n.role == "gateway" || m.site == n.site)
+    });
+    for g in want_gateways {
+        if !healthy(&g.name) {
+            missing.push(format!("gateway {} not healthy", g.name));
+        }
+    }
+    if n.role == "gateway" {
+        let ours = |m: &&Node| m.kind == "overlayd" || first_gateway == Some(n.name.as_str());
+        for h in lab
+            .nodes
+            .iter()
+            .filter(|m| m.role == "host" && m.site == n.site)
+            .filter(ours)
+        {
+            if !peers
+                .iter()
+                .any(|p| p["name"] == h.name.as_str() && p["attached"] == json!(true))
+            {
+                missing.push(format!("host {} not attached", h.name));
+            }
+        }
+    }
+    (!missing.is_empty()).then(|| format!("{}: {}", n.name, missing.join(", ")))
+}
+
+pub fn wait_converged(lab: &Lab, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let waiting: Vec<String> = lab.nodes.iter().filter_map(|n| pending(lab, n)).collect();
+        if waiting.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "not converged after {}s:\n  {}",
+                timeout.as_secs(),
+                waiting.join("\n  ")
+            );
+        }
+        // Polling the daemons' status is the event we wait for.
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn status_json(lab: &Lab) -> Value {
+    let nodes: Vec<Value> = lab
+        .nodes
+        .iter()
+        .map(|n| {
+            let pids: Vec<i32> = DAEMONS
+                .iter()
+                .filter_map(|d| read_pid(&lab.pid_file(&n.name, d)))
+                .filter(|p| alive(*p))
+                .collect();
+            json!({
+                "name": n.name,
+                "site": n.site,
+                "role": n.role,
+                "kind": n.kind,
+                "namespace": n.namespace,
+                "addresses": n.addresses,
+                "underlay": n.underlay,
+                "pids": pids,
+                "key": n.key,
+                "cert": n.cert,
+                "overlayd_config": n.overlayd_config,
+                "overlayd_socket": n.overlayd_socket,
+                "log": n.log,
+            })
+        })
+        .collect();
+    json!({"dir": lab.dir, "prefix": lab.prefix, "ca_dir": lab.ca_dir, "crl": lab.crl, "nodes": nodes})
+}
+
+pub fn down(lab: &Lab) -> Result<()> {
+    let mut pids = Vec::new();
+    for n in &lab.nodes {
+        for d in DAEMONS {
+            if let Some(p) = read_pid(&lab.pid_file(&n.name, d)) {
+                if alive(p) {
+                    // SAFETY: kill(2) on a pid this lab started.
+                    unsafe { libc::kill(p, libc::SIGTERM) };
+                    pids.push(p);
+                }
+            }
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while pids.iter().any(|p| alive(*p)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for p in pids {
+        if alive(p) {
+            // SAFETY: as above; it did not stop on TERM.
+            unsafe { libc::kill(p, libc::SIGKILL) };
+        }
+    }
+    let mut errors = Vec::new();
+    for ns in lab
+        .nodes
+        .iter()
+        .map(|n| &n.namespace)
+        .chain(lab.switches.iter())
+    {
+        if namespace_exists(ns) {
+            if let Err(e) = sh(&["ip", "netns", "del", ns]) {
+                errors.push(e.to_string());
+            }
+        }
+    }
+    if !errors.is_empty() {
+        bail!("{}", errors.join("; "));
+    }
+    Ok(())
+}

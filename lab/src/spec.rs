@@ -1,0 +1,86 @@
+//! The lab's TOML spec: a list of sites; everything else has a default.
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+use std::path::Path;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Spec {
+    #[serde(rename = "site")]
+    pub sites: Vec<SiteSpec>,
+    /// Seconds `up` waits for every node to attach and converge.
+    #[serde(default = "default_timeout")]
+    pub converge_timeout_s: u64,
+    /// Liveness probe interval for gateway tunnels, in ms.
+    #[serde(default = "default_probe")]
+    pub probe_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteSpec {
+    pub name: String,
+    #[serde(default = "one")]
+    pub gateways: u8,
+    #[serde(default = "one")]
+    pub hosts: u8,
+    /// Hosts running plain `wireguard-go` + `wg` instead of overlayd; their
+    /// certificates sit in the gateways' cert directory.
+    #[serde(default)]
+    pub wireguard_hosts: u8,
+}
+
+fn one() -> u8 {
+    1
+}
+fn default_timeout() -> u64 {
+    60
+}
+fn default_probe() -> u64 {
+    100
+}
+
+impl Spec {
+    pub fn load(path: &Path) -> Result<Spec> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let spec: Spec = toml::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.message()))?;
+        spec.check().with_context(|| path.display().to_string())?;
+        Ok(spec)
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.sites.is_empty() {
+            bail!("site: at least one [[site]] is needed");
+        }
+        if self.sites.len() > 200 {
+            bail!("site: at most 200 sites");
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, s) in self.sites.iter().enumerate() {
+            cubenet_certs::cert::check_label("name", &s.name)
+                .with_context(|| format!("site[{i}].name"))?;
+            if s.name.len() > 8 {
+                bail!("site[{i}].name: {:?} is longer than 8 characters", s.name);
+            }
+            if !seen.insert(&s.name) {
+                bail!("site[{i}].name: {:?} appears twice", s.name);
+            }
+            if s.gateways == 0 || s.gateways > 9 {
+                bail!("site[{i}].gateways: {} is outside 1-9", s.gateways);
+            }
+            if s.wireguard_hosts > 9 {
+                bail!(
+                    "site[{i}].wireguard_hosts: {} is more than 9",
+                    s.wireguard_hosts
+                );
+            }
+            if s.hosts > 80 {
+                bail!("site[{i}].hosts: {} is more than 80", s.hosts);
+            }
+        }
+        Ok(())
+    }
+}

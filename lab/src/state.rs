@@ -1,0 +1,87 @@
+//! What `up` built, saved as `DIR/lab.json` so that the other commands (and
+//! users' scripts) can find every node's namespace, files and processes.
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Node {
+    pub name: String,
+    pub site: String,
+    pub role: String,
+    /// What runs there: "overlayd" or "wireguard-go".
+    #[serde(default = "overlayd")]
+    pub kind: String,
+    pub namespace: String,
+    /// Virtual addresses with prefix length.
+    pub addresses: Vec<String>,
+    /// Underlay addresses (site LAN first, then internet on gateways).
+    pub underlay: Vec<String>,
+    pub key: PathBuf,
+    pub cert: PathBuf,
+    pub overlayd_config: PathBuf,
+    pub overlayd_socket: PathBuf,
+    pub log: PathBuf,
+}
+
+fn overlayd() -> String {
+    "overlayd".into()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Lab {
+    pub prefix: String,
+    pub dir: PathBuf,
+    /// Namespaces that are not nodes (switches).
+    pub switches: Vec<String>,
+    pub nodes: Vec<Node>,
+    pub ca_dir: PathBuf,
+    pub crl: PathBuf,
+}
+
+impl Lab {
+    pub fn path(dir: &Path) -> PathBuf {
+        dir.join("lab.json")
+    }
+
+    pub fn load(dir: &Path) -> Result<Lab> {
+        let p = Lab::path(dir);
+        let text = std::fs::read_to_string(&p).with_context(|| {
+            format!(
+                "{}: no lab here (run `cubenet-lab up SPEC --dir {}` first)",
+                p.display(),
+                dir.display()
+            )
+        })?;
+        serde_json::from_str(&text).with_context(|| format!("{}: corrupt", p.display()))
+    }
+
+    pub fn save(&self) -> Result<()> {
+        let p = Lab::path(&self.dir);
+        let tmp = p.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_string_pretty(self)?)?;
+        std::fs::rename(&tmp, &p)?;
+        Ok(())
+    }
+
+    pub fn node(&self, name: &str) -> Result<&Node> {
+        self.nodes.iter().find(|n| n.name == name).with_context(|| {
+            format!(
+                "no node {name:?} in this lab (nodes: {})",
+                self.nodes
+                    .iter()
+                    .map(|n| n.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
+    }
+
+    pub fn pid_file(&self, node: &str, daemon: &str) -> PathBuf {
+        self.dir
+            .join("nodes")
+            .join(node)
+            .join(format!("{daemon}.pid"))
+    }
+}

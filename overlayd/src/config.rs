@@ -1,0 +1,327 @@
+//! overlayd's TOML configuration. Unknown keys are refused, and every error
+//! names the file, the key and what was expected.
+
+use ipnet::IpNet;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub const DEFAULT_PORT: u16 = 51820;
+pub const DEFAULT_MTU: u16 = 1420;
+pub const DEFAULT_SOCKET: &str = "/run/cubenet/overlayd.sock";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub identity: Identity,
+    #[serde(default)]
+    pub interface: Interface,
+    /// UDP addresses to listen on; default `0.0.0.0:51820` and `[::]:51820`.
+    #[serde(default)]
+    pub listen: Vec<SocketAddr>,
+    /// Unix control socket (mode 0600).
+    #[serde(default = "default_socket")]
+    pub control_socket: PathBuf,
+    /// Gateways this node keeps tunnels to: on a host, every gateway of its
+    /// site; on a gateway, the other gateways.
+    #[serde(default, rename = "gateway")]
+    pub gateways: Vec<GatewayPeer>,
+    #[serde(default)]
+    pub probe: Probe,
+    /// Static forwarding entries on a gateway (routed installs the rest).
+    #[serde(default, rename = "route")]
+    pub routes: Vec<StaticRoute>,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Identity {
+    /// X25519 private key (0600).
+    pub key: PathBuf,
+    pub cert: PathBuf,
+    pub ca: PathBuf,
+    /// Revocation list; optional.
+    pub crl: Option<PathBuf>,
+    /// Directory of node certificates (`*.crt`), looked up by public key for
+    /// peers that do not present their certificate in-band (plain WireGuard).
+    pub cert_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Interface {
+    #[serde(default = "default_ifname")]
+    pub name: String,
+    #[serde(default = "default_mtu")]
+    pub mtu: u16,
+    /// Worker threads (and TUN queues); 0 = one per CPU.
+    #[serde(default)]
+    pub workers: usize,
+}
+
+impl Default for Interface {
+    fn default() -> Self {
+        Interface {
+            name: default_ifname(),
+            mtu: DEFAULT_MTU,
+            workers: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayPeer {
+    pub name: String,
+    /// `host:port` or `[v6]:port`.
+    pub endpoint: SocketAddr,
+    /// The gateway's public key (base64). Optional when `cert` is given.
+    pub public_key: Option<String>,
+    /// The gateway's certificate file.
+    pub cert: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Probe {
+    /// Liveness probe interval per gateway tunnel.
+    #[serde(default = "default_probe_ms")]
+    pub interval_ms: u64,
+    /// Probes missed in a row before a gateway is unhealthy.
+    #[serde(default = "default_misses")]
+    pub misses: u32,
+    /// A gateway must stay healthy this long before traffic moves back to it.
+    #[serde(default = "default_failback_ms")]
+    pub failback_stable_ms: u64,
+}
+
+impl Default for Probe {
+    fn default() -> Self {
+        Probe {
+            interval_ms: default_probe_ms(),
+            misses: default_misses(),
+            failback_stable_ms: default_failback_ms(),
+        }
+    }
+}
+
+impl Probe {
+    pub fn interval(&self) -> Duration {
+        Duration::from_millis(self.interval_ms)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticRoute {
+    pub prefix: IpNet,
+    /// Gateway names (equal cost).
+    pub via: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Peers whose certificate is not validated yet, at most.
+    #[serde(default = "default_pending")]
+    pub max_pending: usize,
+    /// A pending peer is dropped after this long without a valid certificate.
+    #[serde(default = "default_pending_timeout")]
+    pub pending_timeout_ms: u64,
+    /// Handshakes per second before cookies are required (WireGuard's rate limit).
+    #[serde(default = "default_handshake_rate")]
+    pub handshake_rate: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_pending: default_pending(),
+            pending_timeout_ms: default_pending_timeout(),
+            handshake_rate: default_handshake_rate(),
+        }
+    }
+}
+
+fn default_socket() -> PathBuf {
+    PathBuf::from(DEFAULT_SOCKET)
+}
+fn default_ifname() -> String {
+    "cube0".into()
+}
+fn default_mtu() -> u16 {
+    DEFAULT_MTU
+}
+fn default_probe_ms() -> u64 {
+    100
+}
+fn default_misses() -> u32 {
+    3
+}
+fn default_failback_ms() -> u64 {
+    2000
+}
+fn default_pending() -> usize {
+    1024
+}
+fn default_pending_timeout() -> u64 {
+    5000
+}
+fn default_handshake_rate() -> u64 {
+    1000
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {msg}")]
+pub struct ConfigError {
+    pub file: String,
+    pub msg: String,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let err = |msg: String| ConfigError {
+            file: path.display().to_string(),
+            msg,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        let mut cfg = Config::parse(&text).map_err(err)?;
+        cfg.resolve_paths(path.parent().unwrap_or(Path::new(".")));
+        Ok(cfg)
+    }
+
+    /// Parses and checks; the message names the key and the problem.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        let cfg: Config = toml::from_str(text).map_err(|e| {
+            // toml's message already names the key; keep it on one line.
+            e.message().to_string() + &location(text, e.span())
+        })?;
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let i = &self.interface;
+        if i.name.is_empty() || i.name.len() > 15 {
+            return Err(format!(
+                "interface.name: {:?} must be 1-15 characters",
+                i.name
+            ));
+        }
+        if !(1280..=9000).contains(&i.mtu) {
+            return Err(format!("interface.mtu: {} is outside 1280-9000", i.mtu));
+        }
+        if self.probe.interval_ms < 10 {
+            return Err("probe.interval_ms: must be at least 10".into());
+        }
+        if self.probe.misses == 0 {
+            return Err("probe.misses: must be at least 1".into());
+        }
+        let mut names = std::collections::HashSet::new();
+        for (n, g) in self.gateways.iter().enumerate() {
+            cubenet_certs::cert::check_label("name", &g.name)
+                .map_err(|e| format!("gateway[{n}].name: {e}"))?;
+            if !names.insert(&g.name) {
+                return Err(format!("gateway[{n}].name: {:?} appears twice", g.name));
+            }
+            if g.public_key.is_none() && g.cert.is_none() {
+                return Err(format!(
+                    "gateway[{n}] ({}): needs public_key or cert",
+                    g.name
+                ));
+            }
+            if let Some(k) = &g.public_key {
+                cubenet_certs::keys::decode_public_key(k)
+                    .map_err(|e| format!("gateway[{n}].public_key: {e}"))?;
+            }
+        }
+        for (n, r) in self.routes.iter().enumerate() {
+            if r.via.is_empty() {
+                return Err(format!("route[{n}].via: needs at least one gateway"));
+            }
+            for v in &r.via {
+                if !names.contains(v) {
+                    return Err(format!("route[{n}].via: {v:?} is not a configured gateway"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.identity.key);
+        fix(&mut self.identity.cert);
+        fix(&mut self.identity.ca);
+        if let Some(p) = &mut self.identity.crl {
+            fix(p);
+        }
+        if let Some(p) = &mut self.identity.cert_dir {
+            fix(p);
+        }
+        for g in &mut self.gateways {
+            if let Some(p) = &mut g.cert {
+                fix(p);
+            }
+        }
+        if self.listen.is_empty() {
+            self.listen = vec![
+                SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)),
+                SocketAddr::from(([0u16; 8], DEFAULT_PORT)),
+            ];
+        }
+    }
+}
+
+fn location(text: &str, span: Option<std::ops::Range<usize>>) -> String {
+    let Some(span) = span else {
+        return String::new();
+    };
+    let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+    format!(" (line {line})")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: &str = r#"
+[identity]
+key = "n.key"
+cert = "n.crt"
+ca = "ca.crt"
+"#;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = Config::parse(MIN).unwrap();
+        assert_eq!(c.interface.mtu, 1420);
+        assert_eq!(c.probe.interval_ms, 100);
+        assert_eq!(c.probe.misses, 3);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = Config::parse(&format!("{MIN}\n[interface]\nmtu = 100\n")).unwrap_err();
+        assert!(e.contains("interface.mtu"), "{e}");
+        let e = Config::parse(&format!("{MIN}\nbogus = 1\n")).unwrap_err();
+        assert!(e.contains("bogus"), "{e}");
+        let e = Config::parse(&format!(
+            "{MIN}\n[[gateway]]\nname = \"g\"\nendpoint = \"nope\"\npublic_key = \"x\"\n"
+        ))
+        .unwrap_err();
+        assert!(e.contains("endpoint") || e.contains("socket"), "{e}");
+        let e = Config::parse(&format!(
+            "{MIN}\n[[route]]\nprefix = \"10.0.0.0/8\"\nvia = [\"ghost\"]\n"
+        ))
+        .unwrap_err();
+        assert!(e.contains("route[0].via") && e.contains("ghost"), "{e}");
+    }
+}

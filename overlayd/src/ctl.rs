@@ -1,0 +1,183 @@
+//! The control socket: a Unix stream socket (mode 0600) carrying
+//! newline-delimited JSON. Requests are `{"cmd": ...}`; each gets one reply
+//! line `{"ok": true, ...}` or `{"ok": false, "error": "..."}`. `subscribe`
+//! turns the connection into a stream of events.
+
+use crate::node::Node;
+use ipnet::IpNet;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+/// Longest request line accepted; a longer one closes the connection.
+const MAX_LINE: usize = 1 << 20;
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    Status,
+    Subscribe,
+    Reload,
+    RouteAdd {
+        prefix: IpNet,
+        via: Vec<String>,
+    },
+    RouteDel {
+        prefix: IpNet,
+    },
+    /// Replaces every routed entry with this set (used by routed at start).
+    RouteSet {
+        routes: Vec<RouteEntry>,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteEntry {
+    pub prefix: IpNet,
+    pub via: Vec<String>,
+}
+
+/// Binds the socket with mode 0600 (no window where it is wider: the
+/// umask is tightened around bind).
+pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    if path.exists() {
+        // A socket nobody answers on is left from a previous run.
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!("{} is in use by a running daemon", path.display()),
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    let l = crate::sys::with_umask(0o177, || UnixListener::bind(path))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(l)
+}
+
+pub async fn serve(
+    listener: UnixListener,
+    node: Arc<Node>,
+    reload: Arc<dyn Fn() -> Value + Send + Sync>,
+) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let node = node.clone();
+        let reload = reload.clone();
+        tokio::spawn(async move {
+            if let Err(e) = connection(stream, node, reload).await {
+                tracing::debug!("control connection closed: {e}");
+            }
+        });
+    }
+}
+
+async fn connection(
+    stream: UnixStream,
+    node: Arc<Node>,
+    reload: Arc<dyn Fn() -> Value + Send + Sync>,
+) -> std::io::Result<()> {
+    let (r, mut w) = stream.into_split();
+    let mut r = BufReader::new(r);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = (&mut r).take(MAX_LINE as u64).read_line(&mut line).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        if !line.ends_with('\n') && n >= MAX_LINE {
+            w.write_all(b"{\"ok\":false,\"error\":\"request line too long\"}\n")
+                .await?;
+            return Ok(());
+        }
+        let reply = match serde_json::from_str::<Request>(line.trim()) {
+            Err(e) => json!({"ok": false, "error": format!("bad request: {e}")}),
+            Ok(Request::Subscribe) => {
+                let mut rx = node.events.subscribe();
+                w.write_all(b"{\"ok\":true,\"subscribed\":true}\n").await?;
+                loop {
+                    match rx.recv().await {
+                        Ok(ev) => {
+                            let mut s = ev.to_string();
+                            s.push('\n');
+                            w.write_all(s.as_bytes()).await?;
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                            let s = format!("{{\"event\":\"lagged\",\"missed\":{n}}}\n");
+                            w.write_all(s.as_bytes()).await?;
+                        }
+                        Err(_) => return Ok(()),
+                    }
+                }
+            }
+            Ok(req) => handle(&node, req, &*reload),
+        };
+        let mut s = reply.to_string();
+        s.push('\n');
+        w.write_all(s.as_bytes()).await?;
+    }
+}
+
+fn handle(node: &Node, req: Request, reload: &(dyn Fn() -> Value + Send + Sync)) -> Value {
+    match req {
+        Request::Status => {
+            let mut s = node.status();
+            s["ok"] = json!(true);
+            s
+        }
+        Request::Reload => reload(),
+        Request::RouteAdd { prefix, via } => match node.route_add(prefix, &via) {
+            Ok(()) => json!({"ok": true}),
+            Err(e) => json!({"ok": false, "error": format!("{prefix}: {e}")}),
+        },
+        Request::RouteDel { prefix } => json!({"ok": true, "removed": node.route_del(prefix)}),
+        Request::RouteSet { routes } => {
+            // Validate everything first: a bad entry refuses the whole set
+            // and the installed table stays as it was.
+            let mut errors = Vec::new();
+            for r in &routes {
+                for v in &r.via {
+                    if node.peer_by_name(v).is_none_or(|p| !p.is_gateway()) {
+                        errors.push(format!("{}: unknown gateway {v:?}", r.prefix));
+                    }
+                }
+            }
+            if !errors.is_empty() {
+                return json!({"ok": false, "error": errors.join("; ")});
+            }
+            node.route_replace_all(&routes);
+            json!({"ok": true, "installed": routes.len()})
+        }
+        Request::Subscribe => json!({"ok": false, "error": "unreachable"}),
+    }
+}
+
+/// Sends one request and returns the reply (client side of the CLI).
+pub async fn request(path: &Path, req: &Value) -> Result<Value, String> {
+    let stream = UnixStream::connect(path)
+        .await
+        .map_err(|e| format!("{}: {e} (is overlayd running?)", path.display()))?;
+    let (r, mut w) = stream.into_split();
+    let mut s = req.to_string();
+    s.push('\n');
+    w.write_all(s.as_bytes())
+        .await
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut line = String::new();
+    BufReader::new(r)
+        .read_line(&mut line)
+        .await
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    serde_json::from_str(&line).map_err(|e| format!("{}: bad reply: {e}", path.display()))
+}

@@ -1,0 +1,278 @@
+//! The forwarding table of a gateway: longest-prefix match from a
+//! destination to this node's own TUN or to one or more (equal-cost) peers.
+//!
+//! Entries come from three origins; for the same prefix the higher one
+//! wins: a host attached here (its certificate's addresses), a static route
+//! from the config, and routes installed by routed. Sans-IO.
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use prefix_trie::PrefixMap;
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+/// Index of a peer (its WireGuard receiver index).
+pub type PeerId = u32;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Origin {
+    /// Installed by routed over the control socket.
+    Routed = 0,
+    /// From the `[[route]]` list of the config.
+    Static = 1,
+    /// A node's own certificate addresses (attached host, gateway peer,
+    /// this node itself).
+    Cert = 2,
+}
+
+impl Origin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Routed => "routed",
+            Origin::Static => "static",
+            Origin::Cert => "cert",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NextHop {
+    /// Deliver to this node's TUN (own addresses, subnets behind it).
+    Local,
+    /// Send to one of these peers (equal cost, chosen per flow).
+    Peers(Vec<PeerId>),
+}
+
+#[derive(Debug, Clone, Default)]
+struct Slot {
+    by_origin: BTreeMap<Origin, NextHop>,
+}
+
+impl Slot {
+    fn best(&self) -> Option<&NextHop> {
+        self.by_origin.values().next_back()
+    }
+}
+
+#[derive(Default)]
+pub struct ForwardingTable {
+    v4: PrefixMap<Ipv4Net, Slot>,
+    v6: PrefixMap<Ipv6Net, Slot>,
+}
+
+/// One row for status output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row {
+    pub prefix: IpNet,
+    pub origin: Origin,
+    pub next: NextHop,
+}
+
+impl ForwardingTable {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn slot_mut(&mut self, prefix: IpNet) -> &mut Slot {
+        match prefix.trunc() {
+            IpNet::V4(p) => {
+                if self.v4.get(&p).is_none() {
+                    self.v4.insert(p, Slot::default());
+                }
+                self.v4.get_mut(&p).expect("just inserted")
+            }
+            IpNet::V6(p) => {
+                if self.v6.get(&p).is_none() {
+                    self.v6.insert(p, Slot::default());
+                }
+                self.v6.get_mut(&p).expect("just inserted")
+            }
+        }
+    }
+
+    pub fn insert(&mut self, prefix: IpNet, origin: Origin, next: NextHop) {
+        self.slot_mut(prefix).by_origin.insert(origin, next);
+    }
+
+    /// Removes the entry of `origin` for `prefix`; true if there was one.
+    pub fn remove(&mut self, prefix: IpNet, origin: Origin) -> bool {
+        let removed;
+        let empty;
+        match prefix.trunc() {
+            IpNet::V4(p) => {
+                let Some(s) = self.v4.get_mut(&p) else {
+                    return false;
+                };
+                removed = s.by_origin.remove(&origin).is_some();
+                empty = s.by_origin.is_empty();
+                if empty {
+                    self.v4.remove(&p);
+                }
+            }
+            IpNet::V6(p) => {
+                let Some(s) = self.v6.get_mut(&p) else {
+                    return false;
+                };
+                removed = s.by_origin.remove(&origin).is_some();
+                empty = s.by_origin.is_empty();
+                if empty {
+                    self.v6.remove(&p);
+                }
+            }
+        }
+        removed
+    }
+
+    /// Removes every entry of `origin` (e.g. all static routes on reload).
+    pub fn remove_origin(&mut self, origin: Origin) {
+        for row in self.rows() {
+            if row.origin == origin {
+                self.remove(row.prefix, origin);
+            }
+        }
+    }
+
+    /// Drops `peer` from every entry; entries left without a next hop go.
+    pub fn remove_peer(&mut self, peer: PeerId) {
+        for row in self.rows() {
+            if let NextHop::Peers(ps) = &row.next {
+                if ps.contains(&peer) {
+                    let rest: Vec<_> = ps.iter().copied().filter(|p| *p != peer).collect();
+                    if rest.is_empty() {
+                        self.remove(row.prefix, row.origin);
+                    } else {
+                        self.insert(row.prefix, row.origin, NextHop::Peers(rest));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Longest-prefix match.
+    pub fn lookup(&self, dst: IpAddr) -> Option<&NextHop> {
+        match dst {
+            IpAddr::V4(a) => self
+                .v4
+                .get_lpm(&Ipv4Net::from(a))
+                .and_then(|(_, s)| s.best()),
+            IpAddr::V6(a) => self
+                .v6
+                .get_lpm(&Ipv6Net::from(a))
+                .and_then(|(_, s)| s.best()),
+        }
+    }
+
+    /// Every entry of every origin, sorted by prefix.
+    pub fn rows(&self) -> Vec<Row> {
+        let mut out = Vec::new();
+        for (p, s) in self.v4.iter() {
+            for (o, n) in &s.by_origin {
+                out.push(Row {
+                    prefix: IpNet::V4(p),
+                    origin: *o,
+                    next: n.clone(),
+                });
+            }
+        }
+        for (p, s) in self.v6.iter() {
+            for (o, n) in &s.by_origin {
+                out.push(Row {
+                    prefix: IpNet::V6(p),
+                    origin: *o,
+                    next: n.clone(),
+                });
+            }
+        }
+        out
+    }
+}
+
+/// Picks one of equal-cost peers for a flow, so a flow stays on one path.
+pub fn pick_for_flow(peers: &[PeerId], src: IpAddr, dst: IpAddr) -> Option<PeerId> {
+    if peers.is_empty() {
+        return None;
+    }
+    let h = flow_hash(src, dst);
+    Some(peers[(h % peers.len() as u64) as usize])
+}
+
+fn flow_hash(src: IpAddr, dst: IpAddr) -> u64 {
+    // FNV-1a over both addresses: stable across runs and cheap.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |b: &[u8]| {
+        for x in b {
+            h ^= *x as u64;
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    match src {
+        IpAddr::V4(a) => eat(&a.octets()),
+        IpAddr::V6(a) => eat(&a.octets()),
+    }
+    match dst {
+        IpAddr::V4(a) => eat(&a.octets()),
+        IpAddr::V6(a) => eat(&a.octets()),
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(s: &str) -> IpNet {
+        s.parse().unwrap()
+    }
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn longest_prefix_and_origin_precedence() {
+        let mut t = ForwardingTable::new();
+        t.insert(net("10.77.0.0/16"), Origin::Static, NextHop::Peers(vec![1]));
+        t.insert(
+            net("10.77.2.0/24"),
+            Origin::Routed,
+            NextHop::Peers(vec![2, 3]),
+        );
+        t.insert(net("10.77.2.9/32"), Origin::Cert, NextHop::Peers(vec![9]));
+        t.insert(net("fd77::/48"), Origin::Cert, NextHop::Local);
+        assert_eq!(t.lookup(ip("10.77.5.1")), Some(&NextHop::Peers(vec![1])));
+        assert_eq!(t.lookup(ip("10.77.2.1")), Some(&NextHop::Peers(vec![2, 3])));
+        assert_eq!(t.lookup(ip("10.77.2.9")), Some(&NextHop::Peers(vec![9])));
+        assert_eq!(t.lookup(ip("fd77::5")), Some(&NextHop::Local));
+        assert_eq!(t.lookup(ip("10.78.0.1")), None);
+        // A routed entry for the same prefix as a cert entry does not win.
+        t.insert(net("10.77.2.9/32"), Origin::Routed, NextHop::Peers(vec![2]));
+        assert_eq!(t.lookup(ip("10.77.2.9")), Some(&NextHop::Peers(vec![9])));
+        assert!(t.remove(net("10.77.2.9/32"), Origin::Cert));
+        assert_eq!(t.lookup(ip("10.77.2.9")), Some(&NextHop::Peers(vec![2])));
+        t.remove_origin(Origin::Routed);
+        assert_eq!(t.lookup(ip("10.77.2.9")), Some(&NextHop::Peers(vec![1])));
+    }
+
+    #[test]
+    fn removing_a_peer_shrinks_equal_cost_sets() {
+        let mut t = ForwardingTable::new();
+        t.insert(
+            net("10.77.2.0/24"),
+            Origin::Routed,
+            NextHop::Peers(vec![2, 3]),
+        );
+        t.insert(net("10.77.3.0/24"), Origin::Routed, NextHop::Peers(vec![3]));
+        t.remove_peer(3);
+        assert_eq!(t.lookup(ip("10.77.2.1")), Some(&NextHop::Peers(vec![2])));
+        assert_eq!(t.lookup(ip("10.77.3.1")), None);
+        assert_eq!(t.rows().len(), 1);
+    }
+
+    #[test]
+    fn flows_stick_to_one_path() {
+        let peers = [4, 5, 6];
+        let a = pick_for_flow(&peers, ip("10.77.1.1"), ip("10.77.2.1"));
+        for _ in 0..10 {
+            assert_eq!(pick_for_flow(&peers, ip("10.77.1.1"), ip("10.77.2.1")), a);
+        }
+        assert_eq!(pick_for_flow(&[], ip("10.77.1.1"), ip("10.77.2.1")), None);
+    }
+}

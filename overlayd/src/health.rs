@@ -1,0 +1,178 @@
+//! Liveness of the tunnels to gateways and the choice of the gateway a host
+//! sends through. Sans-IO: the driver calls [`GatewayHealth::on_tick`] every
+//! probe interval (it says whether to send a probe) and
+//! [`GatewayHealth::on_reply`] when a probe reply arrives.
+
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transition {
+    Up,
+    Down,
+}
+
+#[derive(Debug, Clone)]
+pub struct GatewayHealth {
+    misses_allowed: u32,
+    seq: u64,
+    answered: bool,
+    misses: u32,
+    healthy: bool,
+    healthy_since: Option<Instant>,
+    pub last_rtt: Option<Duration>,
+    sent_at: Option<Instant>,
+    pub flaps: u64,
+}
+
+impl GatewayHealth {
+    pub fn new(misses_allowed: u32) -> Self {
+        GatewayHealth {
+            misses_allowed,
+            seq: 0,
+            answered: true,
+            misses: 0,
+            healthy: false,
+            healthy_since: None,
+            last_rtt: None,
+            sent_at: None,
+            flaps: 0,
+        }
+    }
+
+    pub fn healthy(&self) -> bool {
+        self.healthy
+    }
+
+    /// Healthy for at least `period` at `now`.
+    pub fn stable(&self, now: Instant, period: Duration) -> bool {
+        self.healthy
+            && self
+                .healthy_since
+                .is_some_and(|t| now.saturating_duration_since(t) >= period)
+    }
+
+    /// A probe interval passed: counts a miss if the last probe is still
+    /// unanswered, and returns the sequence number of the next probe to send
+    /// plus a transition if health changed.
+    pub fn on_tick(&mut self, now: Instant) -> (u64, Option<Transition>) {
+        let mut t = None;
+        if self.sent_at.is_some() && !self.answered {
+            self.misses += 1;
+            if self.healthy && self.misses >= self.misses_allowed {
+                self.healthy = false;
+                self.healthy_since = None;
+                self.flaps += 1;
+                t = Some(Transition::Down);
+            }
+        }
+        self.seq += 1;
+        self.answered = false;
+        self.sent_at = Some(now);
+        (self.seq, t)
+    }
+
+    /// A probe reply arrived.
+    pub fn on_reply(&mut self, seq: u64, now: Instant) -> Option<Transition> {
+        // Replies to older probes still prove the path works, but only the
+        // current one clears the outstanding probe.
+        if seq == self.seq {
+            self.answered = true;
+            self.last_rtt = self.sent_at.map(|s| now.saturating_duration_since(s));
+        } else if seq > self.seq {
+            return None;
+        }
+        self.misses = 0;
+        if !self.healthy {
+            self.healthy = true;
+            self.healthy_since = Some(now);
+            return Some(Transition::Up);
+        }
+        None
+    }
+}
+
+/// Chooses the gateway a host sends through: keep the current one while it
+/// is healthy; when it fails take the first healthy one in configured order,
+/// preferring one that has been stable; move back to a more preferred one
+/// only after it has been stable for `failback`.
+pub fn choose_gateway(
+    current: Option<usize>,
+    gateways: &[&GatewayHealth],
+    now: Instant,
+    failback: Duration,
+) -> Option<usize> {
+    let stable = |i: usize| gateways[i].stable(now, failback);
+    if let Some(c) = current {
+        if c < gateways.len() && gateways[c].healthy() {
+            // Fail back to a preferred gateway once it is stable.
+            return (0..c).find(|&i| stable(i)).or(Some(c));
+        }
+    }
+    (0..gateways.len())
+        .find(|&i| stable(i))
+        .or_else(|| (0..gateways.len()).find(|&i| gateways[i].healthy()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn down_after_misses_up_on_reply() {
+        let t0 = Instant::now();
+        let mut h = GatewayHealth::new(3);
+        let (s, t) = h.on_tick(t0);
+        assert_eq!(t, None);
+        assert_eq!(h.on_reply(s, t0 + MS), Some(Transition::Up));
+        assert!(h.healthy());
+        let mut now = t0;
+        let mut down_at = None;
+        for i in 1..=4 {
+            now = t0 + 100 * MS * i;
+            if let (_, Some(Transition::Down)) = h.on_tick(now) {
+                down_at = Some(i);
+            }
+        }
+        // Probe 2, 3, 4 unanswered (ticks 2, 3, 4 count the misses).
+        assert_eq!(down_at, Some(4));
+        assert!(!h.healthy());
+        let (s, _) = h.on_tick(now + 100 * MS);
+        assert_eq!(h.on_reply(s, now + 101 * MS), Some(Transition::Up));
+        assert_eq!(h.flaps, 1);
+    }
+
+    #[test]
+    fn failover_and_stable_failback() {
+        let t0 = Instant::now();
+        let stable = Duration::from_secs(2);
+        let mut a = GatewayHealth::new(3);
+        let mut b = GatewayHealth::new(3);
+        for h in [&mut a, &mut b] {
+            let (s, _) = h.on_tick(t0);
+            h.on_reply(s, t0);
+        }
+        let now = t0 + 3 * stable;
+        assert_eq!(choose_gateway(None, &[&a, &b], now, stable), Some(0));
+        // a fails: move to b.
+        a = GatewayHealth::new(3);
+        assert_eq!(choose_gateway(Some(0), &[&a, &b], now, stable), Some(1));
+        // a is back but not stable yet: stay on b.
+        let (s, _) = a.on_tick(now);
+        a.on_reply(s, now);
+        assert_eq!(
+            choose_gateway(Some(1), &[&a, &b], now + Duration::from_millis(500), stable),
+            Some(1)
+        );
+        // Stable: fail back.
+        assert_eq!(
+            choose_gateway(Some(1), &[&a, &b], now + stable, stable),
+            Some(0)
+        );
+        // Nothing healthy.
+        a = GatewayHealth::new(3);
+        b = GatewayHealth::new(3);
+        assert_eq!(choose_gateway(Some(0), &[&a, &b], now, stable), None);
+    }
+}

@@ -1,0 +1,168 @@
+//! Messages between two overlayd nodes inside their encrypted tunnel.
+//!
+//! The WireGuard transport only carries IP packets (boringtun checks the IP
+//! header of every decrypted packet), so these ride in an IPv6 packet with
+//! unspecified source and destination (`::`), hop limit 0 and next header
+//! 253 (RFC 3692, reserved for experimentation). Such a packet can never be
+//! a real datagram: the kernel drops an unspecified source, and overlayd
+//! consumes them before routing. The tunnel authenticates the sender.
+//!
+//! Payload: magic `CN`, version 1, message type, body.
+
+use std::net::Ipv6Addr;
+
+pub const NEXT_HEADER: u8 = 253;
+const MAGIC: &[u8; 2] = b"CN";
+const VERSION: u8 = 1;
+const HEADER: usize = 40;
+/// Largest message body: a certificate is well under 2 KiB.
+pub const MAX_BODY: usize = 4096;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// The sender's certificate, in its binary encoding.
+    Cert(Vec<u8>),
+    /// The receiver accepted the sender's certificate with this fingerprint.
+    CertAck([u8; 32]),
+    /// Liveness probe; the receiver echoes `seq` in a `ProbeReply`.
+    Probe {
+        seq: u64,
+    },
+    ProbeReply {
+        seq: u64,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InbandError {
+    #[error("in-band message too short")]
+    Short,
+    #[error("not an in-band message")]
+    NotInband,
+    #[error("in-band message: bad magic or version")]
+    BadMagic,
+    #[error("in-band message: unknown type {0}")]
+    UnknownType(u8),
+    #[error("in-band message: body of {0} bytes is too large")]
+    TooLarge(usize),
+}
+
+/// Whether a decrypted packet is one of ours (and not a datagram to route).
+pub fn is_inband(packet: &[u8]) -> bool {
+    packet.len() >= HEADER
+        && packet[0] >> 4 == 6
+        && packet[6] == NEXT_HEADER
+        && packet[7] == 0
+        && packet[8..40].iter().all(|&b| b == 0)
+}
+
+impl Message {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut body = Vec::with_capacity(64);
+        body.extend_from_slice(MAGIC);
+        body.push(VERSION);
+        match self {
+            Message::Cert(c) => {
+                body.push(1);
+                body.extend_from_slice(c);
+            }
+            Message::CertAck(fp) => {
+                body.push(2);
+                body.extend_from_slice(fp);
+            }
+            Message::Probe { seq } => {
+                body.push(3);
+                body.extend_from_slice(&seq.to_be_bytes());
+            }
+            Message::ProbeReply { seq } => {
+                body.push(4);
+                body.extend_from_slice(&seq.to_be_bytes());
+            }
+        }
+        let mut p = vec![0u8; HEADER];
+        p[0] = 0x60;
+        let len = u16::try_from(body.len()).unwrap_or(u16::MAX);
+        p[4..6].copy_from_slice(&len.to_be_bytes());
+        p[6] = NEXT_HEADER;
+        p[7] = 0;
+        p[8..24].copy_from_slice(&Ipv6Addr::UNSPECIFIED.octets());
+        p[24..40].copy_from_slice(&Ipv6Addr::UNSPECIFIED.octets());
+        p.extend_from_slice(&body);
+        p
+    }
+
+    pub fn decode(packet: &[u8]) -> Result<Message, InbandError> {
+        if !is_inband(packet) {
+            return Err(InbandError::NotInband);
+        }
+        let len = u16::from_be_bytes([packet[4], packet[5]]) as usize;
+        let body = packet.get(HEADER..HEADER + len).ok_or(InbandError::Short)?;
+        if body.len() > MAX_BODY {
+            return Err(InbandError::TooLarge(body.len()));
+        }
+        if body.len() < 4 {
+            return Err(InbandError::Short);
+        }
+        if &body[..2] != MAGIC || body[2] != VERSION {
+            return Err(InbandError::BadMagic);
+        }
+        let rest = &body[4..];
+        let seq = || -> Result<u64, InbandError> {
+            Ok(u64::from_be_bytes(
+                rest.try_into().map_err(|_| InbandError::Short)?,
+            ))
+        };
+        match body[3] {
+            1 => Ok(Message::Cert(rest.to_vec())),
+            2 => Ok(Message::CertAck(
+                rest.try_into().map_err(|_| InbandError::Short)?,
+            )),
+            3 => Ok(Message::Probe { seq: seq()? }),
+            4 => Ok(Message::ProbeReply { seq: seq()? }),
+            t => Err(InbandError::UnknownType(t)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn round_trips() {
+        for m in [
+            Message::Cert(vec![1, 2, 3]),
+            Message::CertAck([7; 32]),
+            Message::Probe { seq: 42 },
+            Message::ProbeReply { seq: u64::MAX },
+        ] {
+            let p = m.encode();
+            assert!(is_inband(&p));
+            assert!(crate::packet::addresses(&p).is_some());
+            assert_eq!(Message::decode(&p).unwrap(), m);
+        }
+    }
+
+    #[test]
+    fn real_packets_are_not_inband() {
+        let mut v6 = vec![0u8; 48];
+        v6[0] = 0x60;
+        v6[6] = 17;
+        v6[7] = 64;
+        v6[23] = 1;
+        assert!(!is_inband(&v6));
+        assert_eq!(Message::decode(&v6), Err(InbandError::NotInband));
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..120), tail in proptest::collection::vec(any::<u8>(), 0..40)) {
+            let _ = Message::decode(&bytes);
+            let mut p = Message::Probe { seq: 1 }.encode();
+            p.truncate(40);
+            p.extend_from_slice(&tail);
+            let _ = Message::decode(&p);
+        }
+    }
+}

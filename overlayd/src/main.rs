@@ -1,0 +1,237 @@
+//! `overlayd`: cubenet's data plane on every host and gateway.
+//!
+//! Exit codes: 0 ok; 1 runtime failure; 2 bad usage or configuration.
+
+mod config;
+mod ctl;
+mod driver;
+mod fib;
+mod health;
+mod identity;
+mod inband;
+mod netlink;
+mod node;
+mod packet;
+mod peer;
+mod sys;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use config::Config;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+pub fn b64(b: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+#[derive(Parser)]
+#[command(name = "overlayd", version, about = "cubenet data plane")]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the daemon.
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Check a config and the identity it names, then exit.
+    Check {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Show the running daemon's state.
+    Status {
+        #[arg(long, default_value = config::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("OVERLAYD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => b.init(),
+        LogFormat::Json => b.json().init(),
+    }
+}
+
+fn load(path: &Path) -> Result<(Config, identity::Identity), String> {
+    let cfg = Config::load(path).map_err(|e| e.to_string())?;
+    let id = identity::Identity::load(&cfg, cubenet_certs::time::unix_now())
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok((cfg, id))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Check { config } => match load(&config) {
+            Ok((cfg, id)) => {
+                println!(
+                    "{}: ok: {} ({}) {} gateway(s), {} cert(s) in cert_dir",
+                    config.display(),
+                    id.cert.name(),
+                    id.role(),
+                    cfg.gateways.len(),
+                    id.directory.len()
+                );
+                for s in &id.directory_skipped {
+                    println!("warning: cert_dir: skipped {s}");
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("overlayd: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Cmd::Run { config } => {
+            init_logs(cli.log_format);
+            let (cfg, id) = match load(&config) {
+                Ok(x) => x,
+                Err(e) => {
+                    eprintln!("overlayd: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let workers = match cfg.interface.workers {
+                0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+                n => n,
+            };
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(workers)
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("overlayd: tokio runtime: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            match rt.block_on(driver::run(cfg, config, id)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("overlayd: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Cmd::Status { socket, json } => {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("overlayd: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            match rt.block_on(ctl::request(&socket, &json!({"cmd": "status"}))) {
+                Ok(v) if v["ok"] == json!(true) => {
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                    } else {
+                        print_status(&v);
+                    }
+                    ExitCode::SUCCESS
+                }
+                Ok(v) => {
+                    eprintln!("overlayd: {}", v["error"]);
+                    ExitCode::from(1)
+                }
+                Err(e) => {
+                    eprintln!("overlayd: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+fn print_status(v: &Value) {
+    let addrs: Vec<String> = v["addresses"]
+        .as_array()
+        .map(|a| a.iter().map(s).collect())
+        .unwrap_or_default();
+    println!(
+        "{} ({}, site {}) {}  up {}s  cert expires in {} days",
+        s(&v["name"]),
+        s(&v["role"]),
+        s(&v["site"]),
+        addrs.join(" "),
+        s(&v["uptime_s"]),
+        s(&v["cert_days_left"])
+    );
+    println!(
+        "{:<2}{:<16} {:<8} {:<24} {:<8} {:>10} {:>12} {:>12}",
+        "", "PEER", "ROLE", "ENDPOINT", "HEALTHY", "HANDSHAKE", "RX", "TX"
+    );
+    for p in v["peers"].as_array().into_iter().flatten() {
+        let hs = p["last_handshake_s"]
+            .as_f64()
+            .map(|x| format!("{x:.0}s ago"))
+            .unwrap_or_else(|| "never".into());
+        println!(
+            "{:<2}{:<16} {:<8} {:<24} {:<8} {:>10} {:>12} {:>12}",
+            if p["active"] == json!(true) { "*" } else { "" },
+            s(&p["name"]),
+            s(&p["role"]),
+            s(&p["endpoint"]),
+            if p["healthy"] == json!(true) {
+                "yes"
+            } else {
+                "no"
+            },
+            hs,
+            s(&p["rx_bytes"]),
+            s(&p["tx_bytes"])
+        );
+    }
+    let drops: Vec<String> = v["drops"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter(|(_, n)| n.as_u64() != Some(0))
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect()
+        })
+        .unwrap_or_default();
+    println!(
+        "drops: {}",
+        if drops.is_empty() {
+            "none".to_string()
+        } else {
+            drops.join(", ")
+        }
+    );
+}

@@ -1,0 +1,959 @@
+//! The data plane's decisions: what to do with a datagram from the network,
+//! a packet from the TUN, and a timer tick. Functions here are synchronous
+//! and fill an [`Outbox`]; the tokio driver owns the sockets and the TUN and
+//! flushes it. Locks are never held across an `.await`.
+
+use crate::config::Config;
+use crate::fib::{pick_for_flow, ForwardingTable, NextHop, Origin, PeerId};
+use crate::health::{choose_gateway, Transition};
+use crate::identity::Identity;
+use crate::inband::{self, Message};
+use crate::packet;
+use crate::peer::Peer;
+use boringtun::noise::handshake::parse_handshake_anon;
+use boringtun::noise::rate_limiter::RateLimiter;
+use boringtun::noise::{errors::WireGuardError, Packet, Tunn, TunnResult};
+use cubenet_certs::{NodeCert, Role};
+use ipnet::IpNet;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+use tokio::sync::broadcast;
+use x25519_dalek::{PublicKey, StaticSecret};
+
+/// WireGuard's keepalive for gateway tunnels; probes keep them busier anyway.
+const KEEPALIVE_S: u16 = 25;
+/// A peer whose session is gone for this long is forgotten.
+const DEAD_PEER: Duration = Duration::from_secs(240);
+/// Resend our certificate until it is acknowledged, this often.
+const CERT_RESEND: Duration = Duration::from_secs(1);
+/// Handshake retry towards a configured gateway without a session.
+const HANDSHAKE_RETRY: Duration = Duration::from_secs(1);
+
+/// What the driver must send after a call into [`Node`].
+#[derive(Default)]
+pub struct Outbox {
+    pub net: Vec<(SocketAddr, Vec<u8>)>,
+    pub tun: Vec<Vec<u8>>,
+}
+
+/// Why packets were dropped; shown in status and metrics.
+#[derive(Default)]
+pub struct Drops {
+    /// Source address not owned by the sending peer.
+    pub spoofed: AtomicU64,
+    /// From a peer whose certificate is not validated.
+    pub unauthenticated: AtomicU64,
+    /// No forwarding entry for the destination.
+    pub no_route: AtomicU64,
+    /// A host got a packet for an address that is not its own.
+    pub not_for_us: AtomicU64,
+    /// Undecodable or unauthenticated datagrams.
+    pub invalid: AtomicU64,
+    /// A new unknown key while the pending table was full.
+    pub pending_full: AtomicU64,
+    /// Handshakes answered with a cookie (under load).
+    pub cookies_sent: AtomicU64,
+    /// Certificates presented in-band that failed validation.
+    pub bad_cert: AtomicU64,
+    /// No endpoint known for the chosen peer yet.
+    pub no_endpoint: AtomicU64,
+}
+
+impl Drops {
+    fn json(&self) -> Value {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        json!({
+            "spoofed": g(&self.spoofed),
+            "unauthenticated": g(&self.unauthenticated),
+            "no_route": g(&self.no_route),
+            "not_for_us": g(&self.not_for_us),
+            "invalid": g(&self.invalid),
+            "pending_full": g(&self.pending_full),
+            "cookies_sent": g(&self.cookies_sent),
+            "bad_cert": g(&self.bad_cert),
+            "no_endpoint": g(&self.no_endpoint),
+        })
+    }
+}
+
+fn bump(a: &AtomicU64) {
+    a.fetch_add(1, Ordering::Relaxed);
+}
+
+#[derive(Default)]
+struct PeerTable {
+    by_index: HashMap<u32, Arc<Peer>>,
+    by_key: HashMap<[u8; 32], u32>,
+    next_index: u32,
+}
+
+impl PeerTable {
+    fn alloc_index(&mut self) -> u32 {
+        loop {
+            self.next_index = (self.next_index + 1) & 0x00ff_ffff;
+            if self.next_index != 0 && !self.by_index.contains_key(&self.next_index) {
+                return self.next_index;
+            }
+        }
+    }
+}
+
+pub struct Node {
+    pub cfg: Config,
+    identity: RwLock<Arc<Identity>>,
+    secret: StaticSecret,
+    public: PublicKey,
+    rate_limiter: Arc<RateLimiter>,
+    peers: RwLock<PeerTable>,
+    fib: RwLock<ForwardingTable>,
+    /// On a host: the index of the gateway traffic goes through.
+    active_gateway: RwLock<Option<u32>>,
+    pub drops: Drops,
+    pub events: broadcast::Sender<Value>,
+    started: Instant,
+    last_rate_reset: RwLock<Instant>,
+}
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|p| p.into_inner())
+}
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The host route (/32 or /128) of an address.
+fn host_net(a: IpAddr) -> IpNet {
+    IpNet::from(a)
+}
+
+impl Node {
+    pub fn new(cfg: Config, identity: Identity) -> Result<Arc<Node>, String> {
+        let secret = identity.key.secret().clone();
+        let public = PublicKey::from(&secret);
+        let rate_limiter = Arc::new(RateLimiter::new(&public, cfg.limits.handshake_rate));
+        let (events, _) = broadcast::channel(1024);
+        let node = Arc::new(Node {
+            identity: RwLock::new(Arc::new(identity)),
+            secret,
+            public,
+            rate_limiter,
+            peers: RwLock::new(PeerTable {
+                next_index: rand_start(),
+                ..Default::default()
+            }),
+            fib: RwLock::new(ForwardingTable::new()),
+            active_gateway: RwLock::new(None),
+            drops: Drops::default(),
+            events,
+            started: Instant::now(),
+            last_rate_reset: RwLock::new(Instant::now()),
+            cfg,
+        });
+        node.install_own_entries();
+        for g in node.cfg.gateways.clone() {
+            node.add_configured_gateway(&g)?;
+        }
+        node.install_static_routes()?;
+        Ok(node)
+    }
+
+    pub fn identity(&self) -> Arc<Identity> {
+        read(&self.identity).clone()
+    }
+
+    pub fn role(&self) -> Role {
+        self.identity().role()
+    }
+
+    fn new_tunn(&self, peer_key: [u8; 32], index: u32, keepalive: Option<u16>) -> Tunn {
+        Tunn::new(
+            self.secret.clone(),
+            PublicKey::from(peer_key),
+            None,
+            keepalive,
+            index,
+            Some(self.rate_limiter.clone()),
+        )
+    }
+
+    fn add_configured_gateway(&self, g: &crate::config::GatewayPeer) -> Result<(), String> {
+        let (key, cert) = match (&g.public_key, &g.cert) {
+            (_, Some(path)) => {
+                let c = cubenet_certs::load_node_cert(path)
+                    .map_err(|e| format!("gateway {}: cert: {e}", g.name))?;
+                let id = self.identity();
+                id.trust
+                    .validate(&c, cubenet_certs::time::unix_now())
+                    .map_err(|e| format!("gateway {}: cert {}: {e}", g.name, path.display()))?;
+                (*c.public_key(), Some(Arc::new(c)))
+            }
+            (Some(k), None) => (
+                cubenet_certs::keys::decode_public_key(k)
+                    .map_err(|e| format!("gateway {}: public_key: {e}", g.name))?,
+                None,
+            ),
+            (None, None) => return Err(format!("gateway {}: needs public_key or cert", g.name)),
+        };
+        if key == self.public.to_bytes() {
+            return Err(format!("gateway {}: that is this node's own key", g.name));
+        }
+        let mut t = write(&self.peers);
+        let index = t.alloc_index();
+        let peer = Arc::new(Peer::new(
+            index,
+            key,
+            Some(g.name.clone()),
+            self.new_tunn(key, index, Some(KEEPALIVE_S)),
+            self.cfg.probe.misses,
+        ));
+        peer.set_endpoint(g.endpoint);
+        t.by_key.insert(key, index);
+        t.by_index.insert(index, peer.clone());
+        drop(t);
+        if let Some(c) = cert {
+            self.accept_cert(&peer, c);
+        }
+        Ok(())
+    }
+
+    /// This node's own addresses and (gateways) subnets go to the TUN.
+    fn install_own_entries(&self) {
+        let id = self.identity();
+        let mut fib = write(&self.fib);
+        for a in &id.cert.body.addresses {
+            fib.insert(host_net(a.addr()), Origin::Cert, NextHop::Local);
+        }
+        for s in &id.cert.body.subnets {
+            fib.insert(*s, Origin::Cert, NextHop::Local);
+        }
+    }
+
+    fn install_static_routes(&self) -> Result<(), String> {
+        let mut fib = write(&self.fib);
+        for (n, r) in self.cfg.routes.iter().enumerate() {
+            let mut via = Vec::new();
+            for name in &r.via {
+                let Some(p) = self.peer_by_name(name) else {
+                    return Err(format!("route[{n}].via: no gateway named {name:?}"));
+                };
+                via.push(p.index);
+            }
+            fib.insert(r.prefix, Origin::Static, NextHop::Peers(via));
+        }
+        Ok(())
+    }
+
+    pub fn peers(&self) -> Vec<Arc<Peer>> {
+        let mut v: Vec<_> = read(&self.peers).by_index.values().cloned().collect();
+        v.sort_by_key(|p| (p.configured.is_none(), p.name()));
+        v
+    }
+
+    pub fn peer_by_index(&self, index: u32) -> Option<Arc<Peer>> {
+        read(&self.peers).by_index.get(&index).cloned()
+    }
+
+    fn peer_by_key(&self, key: &[u8; 32]) -> Option<Arc<Peer>> {
+        let t = read(&self.peers);
+        t.by_key.get(key).and_then(|i| t.by_index.get(i)).cloned()
+    }
+
+    pub fn peer_by_name(&self, name: &str) -> Option<Arc<Peer>> {
+        read(&self.peers)
+            .by_index
+            .values()
+            .find(|p| {
+                p.configured.as_deref() == Some(name) || p.cert().is_some_and(|c| c.name() == name)
+            })
+            .cloned()
+    }
+
+    /// Configured gateways in config order.
+    fn gateways(&self) -> Vec<Arc<Peer>> {
+        self.cfg
+            .gateways
+            .iter()
+            .filter_map(|g| {
+                read(&self.peers)
+                    .by_index
+                    .values()
+                    .find(|p| p.configured.as_deref() == Some(g.name.as_str()))
+                    .cloned()
+            })
+            .collect()
+    }
+
+    /// Starts handshakes with every configured gateway at once rather than
+    /// waiting for the first packet.
+    pub fn initiate_all(&self, out: &mut Outbox) {
+        for p in self.gateways() {
+            let Some(ep) = p.endpoint() else { continue };
+            let mut buf = vec![0u8; 256];
+            *p.last_init.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+            if let TunnResult::WriteToNetwork(b) =
+                p.tunn().format_handshake_initiation(&mut buf, false)
+            {
+                out.net.push((ep, b.to_vec()));
+            }
+        }
+    }
+
+    /// A datagram from the network.
+    pub fn on_datagram(&self, dgram: &[u8], from: SocketAddr, out: &mut Outbox) {
+        let Ok(parsed) = Tunn::parse_incoming_packet(dgram) else {
+            bump(&self.drops.invalid);
+            return;
+        };
+        let is_data = matches!(parsed, Packet::PacketData(_));
+        let peer = match parsed {
+            Packet::HandshakeInit(ref init) => {
+                let key = match parse_handshake_anon(&self.secret, &self.public, init) {
+                    Ok(h) => h.peer_static_public,
+                    Err(_) => {
+                        bump(&self.drops.invalid);
+                        return;
+                    }
+                };
+                match self.peer_by_key(&key) {
+                    Some(p) => p,
+                    None => {
+                        // Unknown key: ask for a cookie first when under load,
+                        // so a flood costs us no state.
+                        let mut cookie = [0u8; 64];
+                        match self
+                            .rate_limiter
+                            .verify_packet(Some(from.ip()), dgram, &mut cookie)
+                        {
+                            Ok(_) => {}
+                            Err(TunnResult::WriteToNetwork(c)) => {
+                                bump(&self.drops.cookies_sent);
+                                out.net.push((from, c.to_vec()));
+                                return;
+                            }
+                            Err(_) => {
+                                bump(&self.drops.invalid);
+                                return;
+                            }
+                        }
+                        match self.admit(key) {
+                            Some(p) => p,
+                            None => return,
+                        }
+                    }
+                }
+            }
+            Packet::HandshakeResponse(ref r) => match self.peer_by_index(r.receiver_idx >> 8) {
+                Some(p) => p,
+                None => {
+                    bump(&self.drops.invalid);
+                    return;
+                }
+            },
+            Packet::PacketCookieReply(ref r) => match self.peer_by_index(r.receiver_idx >> 8) {
+                Some(p) => p,
+                None => {
+                    bump(&self.drops.invalid);
+                    return;
+                }
+            },
+            Packet::PacketData(ref d) => match self.peer_by_index(d.receiver_idx >> 8) {
+                Some(p) => p,
+                None => {
+                    bump(&self.drops.invalid);
+                    return;
+                }
+            },
+        };
+        let mut inner: Vec<Vec<u8>> = Vec::new();
+        let mut ok = false;
+        {
+            let mut buf = vec![0u8; dgram.len().max(256) + 64];
+            let mut tunn = peer.tunn();
+            match tunn.decapsulate(Some(from.ip()), dgram, &mut buf) {
+                TunnResult::Done => ok = true,
+                TunnResult::Err(e) => {
+                    if !matches!(e, WireGuardError::DuplicateCounter) {
+                        bump(&self.drops.invalid);
+                    }
+                }
+                TunnResult::WriteToNetwork(b) => {
+                    ok = true;
+                    out.net.push((from, b.to_vec()));
+                    // Flush packets queued while the handshake ran.
+                    let mut more = vec![0u8; 65_600];
+                    while let TunnResult::WriteToNetwork(b) = tunn.decapsulate(None, &[], &mut more)
+                    {
+                        out.net.push((from, b.to_vec()));
+                    }
+                }
+                TunnResult::WriteToTunnelV4(p, _) | TunnResult::WriteToTunnelV6(p, _) => {
+                    ok = true;
+                    inner.push(p.to_vec());
+                }
+            }
+        }
+        if !ok {
+            return;
+        }
+        // Authenticated: the peer is at `from` now (roaming).
+        peer.set_endpoint(from);
+        if is_data && !peer.confirmed.swap(true, Ordering::Relaxed) {
+            self.maybe_attach(&peer);
+        }
+        for p in inner {
+            self.on_inner(&peer, &p, out);
+        }
+    }
+
+    /// A new key completed the first half of a handshake (gateways only).
+    fn admit(&self, key: [u8; 32]) -> Option<Arc<Peer>> {
+        let id = self.identity();
+        if id.role() != Role::Gateway {
+            // Hosts talk to their configured gateways only.
+            bump(&self.drops.invalid);
+            return None;
+        }
+        let mut t = write(&self.peers);
+        if let Some(i) = t.by_key.get(&key) {
+            return t.by_index.get(i).cloned();
+        }
+        let pending = t
+            .by_index
+            .values()
+            .filter(|p| p.configured.is_none() && p.cert().is_none())
+            .count();
+        if pending >= self.cfg.limits.max_pending {
+            bump(&self.drops.pending_full);
+            return None;
+        }
+        let index = t.alloc_index();
+        let peer = Arc::new(Peer::new(
+            index,
+            key,
+            None,
+            self.new_tunn(key, index, None),
+            self.cfg.probe.misses,
+        ));
+        t.by_key.insert(key, index);
+        t.by_index.insert(index, peer.clone());
+        drop(t);
+        if let Some(c) = id.directory.get(&key) {
+            peer.set_cert(Some(c.clone()));
+        }
+        tracing::debug!(peer = %peer.name(), "new peer");
+        Some(peer)
+    }
+
+    /// A decrypted packet from `peer`.
+    fn on_inner(&self, peer: &Arc<Peer>, pkt: &[u8], out: &mut Outbox) {
+        peer.count_rx(pkt.len());
+        if inband::is_inband(pkt) {
+            match Message::decode(pkt) {
+                Ok(m) => self.on_message(peer, m, out),
+                Err(_) => bump(&self.drops.invalid),
+            }
+            return;
+        }
+        let Some(cert) = peer.cert() else {
+            bump(&self.drops.unauthenticated);
+            return;
+        };
+        let Some((src, dst)) = packet::addresses(pkt) else {
+            bump(&self.drops.invalid);
+            return;
+        };
+        let id = self.identity();
+        let src_ok = match cert.role() {
+            Role::Host => cert.owns_addr(src),
+            // A gateway carries traffic of other sites: any overlay source.
+            Role::Gateway => id.trust.ca().covers_addr(src),
+        };
+        if !src_ok {
+            bump(&self.drops.spoofed);
+            peer.spoofed.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if id.role() == Role::Host {
+            if id.cert.owns_addr(dst) {
+                out.tun.push(pkt.to_vec());
+            } else {
+                bump(&self.drops.not_for_us);
+            }
+            return;
+        }
+        self.route(pkt, src, dst, Some(peer.index), out);
+    }
+
+    /// Forwards by longest-prefix match (gateways).
+    fn route(&self, pkt: &[u8], src: IpAddr, dst: IpAddr, from: Option<PeerId>, out: &mut Outbox) {
+        let next = read(&self.fib).lookup(dst).cloned();
+        match next {
+            Some(NextHop::Local) => {
+                if from.is_some() {
+                    out.tun.push(pkt.to_vec());
+                } else {
+                    // From our own TUN back to it: the kernel should not do that.
+                    bump(&self.drops.no_route);
+                }
+            }
+            Some(NextHop::Peers(ps)) => {
+                let candidates: Vec<PeerId> =
+                    ps.iter().copied().filter(|p| Some(*p) != from).collect();
+                let healthy: Vec<PeerId> = candidates
+                    .iter()
+                    .copied()
+                    .filter(|i| {
+                        self.peer_by_index(*i)
+                            .is_some_and(|p| !p.is_gateway() || p.health().healthy())
+                    })
+                    .collect();
+                let set = if healthy.is_empty() {
+                    &candidates
+                } else {
+                    &healthy
+                };
+                match pick_for_flow(set, src, dst).and_then(|i| self.peer_by_index(i)) {
+                    Some(p) => self.send_to_peer(&p, pkt, out),
+                    None => bump(&self.drops.no_route),
+                }
+            }
+            None => bump(&self.drops.no_route),
+        }
+    }
+
+    fn send_to_peer(&self, peer: &Peer, pkt: &[u8], out: &mut Outbox) {
+        let mut buf = vec![0u8; (pkt.len() + 32).max(148)];
+        let res = peer.tunn().encapsulate(pkt, &mut buf);
+        if let TunnResult::WriteToNetwork(b) = res {
+            let n = b.len();
+            match peer.endpoint() {
+                Some(ep) => {
+                    buf.truncate(n);
+                    peer.count_tx(pkt.len());
+                    out.net.push((ep, buf));
+                }
+                None => bump(&self.drops.no_endpoint),
+            }
+        }
+    }
+
+    fn send_message(&self, peer: &Peer, m: &Message, out: &mut Outbox) {
+        self.send_to_peer(peer, &m.encode(), out);
+    }
+
+    /// A packet from our TUN.
+    pub fn on_tun_packet(&self, pkt: &[u8], out: &mut Outbox) {
+        let Some((src, dst)) = packet::addresses(pkt) else {
+            bump(&self.drops.invalid);
+            return;
+        };
+        if packet::link_scope(dst) {
+            // Router solicitations, mDNS and the like stay on this node.
+            return;
+        }
+        if self.role() == Role::Host {
+            let gw = *read(&self.active_gateway);
+            match gw.and_then(|i| self.peer_by_index(i)) {
+                Some(p) => self.send_to_peer(&p, pkt, out),
+                None => bump(&self.drops.no_route),
+            }
+            return;
+        }
+        self.route(pkt, src, dst, None, out);
+    }
+
+    fn on_message(&self, peer: &Arc<Peer>, m: Message, out: &mut Outbox) {
+        match m {
+            Message::Probe { seq } => self.send_message(peer, &Message::ProbeReply { seq }, out),
+            Message::ProbeReply { seq } => {
+                let t = peer.health().on_reply(seq, Instant::now());
+                if let Some(t) = t {
+                    self.gateway_transition(peer, t);
+                }
+            }
+            Message::CertAck(fp) => {
+                if fp == self.identity().cert.fingerprint().0 {
+                    peer.our_cert_acked.store(true, Ordering::Relaxed);
+                }
+            }
+            Message::Cert(bytes) => {
+                let now = cubenet_certs::time::unix_now();
+                let checked = NodeCert::decode(&bytes)
+                    .map_err(|e| e.to_string())
+                    .and_then(|c| {
+                        self.identity()
+                            .trust
+                            .validate(&c, now)
+                            .map_err(|e| e.to_string())?;
+                        if c.public_key() != &peer.public_key {
+                            return Err("certificate is for another key than the tunnel's".into());
+                        }
+                        if let Some(name) = &peer.configured {
+                            if c.role() != Role::Gateway || c.name() != name {
+                                return Err(format!(
+                                    "configured as gateway {name:?} but the certificate is {} {:?}",
+                                    c.role(),
+                                    c.name()
+                                ));
+                            }
+                        }
+                        Ok(c)
+                    });
+                match checked {
+                    Ok(c) => {
+                        let fp = c.fingerprint().0;
+                        let same = peer.cert().is_some_and(|old| old.fingerprint().0 == fp);
+                        if !same {
+                            self.accept_cert(peer, Arc::new(c));
+                        }
+                        self.send_message(peer, &Message::CertAck(fp), out);
+                    }
+                    Err(e) => {
+                        bump(&self.drops.bad_cert);
+                        tracing::warn!(peer = %peer.name(), "refused in-band certificate: {e}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// A validated certificate for `peer`: its addresses route to it.
+    fn accept_cert(&self, peer: &Arc<Peer>, cert: Arc<NodeCert>) {
+        if let Some(old) = peer.cert() {
+            self.remove_cert_entries(peer, &old);
+        }
+        peer.set_cert(Some(cert));
+        if peer.confirmed.load(Ordering::Relaxed) || peer.configured.is_some() {
+            self.maybe_attach(peer);
+        }
+    }
+
+    fn remove_cert_entries(&self, peer: &Peer, cert: &NodeCert) {
+        let mut fib = write(&self.fib);
+        for a in &cert.body.addresses {
+            if fib.lookup(a.addr()) == Some(&NextHop::Peers(vec![peer.index])) {
+                fib.remove(host_net(a.addr()), Origin::Cert);
+            }
+        }
+    }
+
+    /// Installs the peer's addresses and announces it once it both holds a
+    /// valid certificate and proved its key.
+    fn maybe_attach(&self, peer: &Arc<Peer>) {
+        let Some(cert) = peer.cert() else { return };
+        {
+            let mut fib = write(&self.fib);
+            for a in &cert.body.addresses {
+                fib.insert(
+                    host_net(a.addr()),
+                    Origin::Cert,
+                    NextHop::Peers(vec![peer.index]),
+                );
+            }
+        }
+        if !peer.attached.swap(true, Ordering::Relaxed) {
+            let addrs: Vec<String> = cert
+                .body
+                .addresses
+                .iter()
+                .map(|a| a.addr().to_string())
+                .collect();
+            tracing::info!(peer = %cert.name(), role = %cert.role(), addresses = ?addrs, "attached");
+            let _ = self.events.send(json!({
+                "event": "attached",
+                "name": cert.name(),
+                "role": cert.role().as_str(),
+                "site": cert.body.site,
+                "addresses": addrs,
+            }));
+        }
+    }
+
+    fn gateway_transition(&self, peer: &Arc<Peer>, t: Transition) {
+        let up = t == Transition::Up;
+        if !up {
+            // It may come back as a new process: present our cert again.
+            peer.our_cert_acked.store(false, Ordering::Relaxed);
+        }
+        tracing::info!(peer = %peer.name(), "gateway tunnel {}", if up { "up" } else { "down" });
+        let _ = self.events.send(json!({
+            "event": if up { "gateway_up" } else { "gateway_down" },
+            "name": peer.name(),
+        }));
+        self.update_active_gateway(Instant::now());
+    }
+
+    fn update_active_gateway(&self, now: Instant) {
+        if self.role() != Role::Host {
+            return;
+        }
+        let gws = self.gateways();
+        let healths: Vec<_> = gws.iter().map(|p| p.health().clone()).collect();
+        let refs: Vec<_> = healths.iter().collect();
+        let mut active = write(&self.active_gateway);
+        let current = active.and_then(|i| gws.iter().position(|p| p.index == i));
+        let chosen = choose_gateway(
+            current,
+            &refs,
+            now,
+            Duration::from_millis(self.cfg.probe.failback_stable_ms),
+        );
+        let new = chosen.map(|c| gws[c].index);
+        if new != *active {
+            let name = chosen.map(|c| gws[c].name());
+            tracing::info!(gateway = ?name, "active gateway changed");
+            *active = new;
+        }
+    }
+
+    /// Removes a peer: its session ends, its routes go.
+    fn remove_peer(&self, peer: &Arc<Peer>, why: &str) {
+        {
+            let mut t = write(&self.peers);
+            t.by_index.remove(&peer.index);
+            t.by_key.remove(&peer.public_key);
+        }
+        write(&self.fib).remove_peer(peer.index);
+        if peer.attached.swap(false, Ordering::Relaxed) {
+            tracing::info!(peer = %peer.name(), "detached: {why}");
+            let cert = peer.cert();
+            let _ = self.events.send(json!({
+                "event": "detached",
+                "name": peer.name(),
+                "reason": why,
+                "addresses": cert.map(|c| c.body.addresses.iter().map(|a| a.addr().to_string()).collect::<Vec<_>>()).unwrap_or_default(),
+            }));
+        }
+    }
+
+    /// Called every probe interval.
+    pub fn on_tick(&self, now: Instant, out: &mut Outbox) {
+        let mut buf = vec![0u8; 2048];
+        let pending_timeout = Duration::from_millis(self.cfg.limits.pending_timeout_ms);
+        let our_cert = self.identity().cert.encoded().to_vec();
+        for peer in self.peers() {
+            let res = peer.tunn().update_timers(&mut buf);
+            match res {
+                TunnResult::WriteToNetwork(b) => {
+                    if let Some(ep) = peer.endpoint() {
+                        out.net.push((ep, b.to_vec()));
+                    }
+                }
+                TunnResult::Err(WireGuardError::ConnectionExpired) if peer.configured.is_none() => {
+                    let idle = peer
+                        .tunn()
+                        .time_since_last_handshake()
+                        .unwrap_or(now - peer.created);
+                    if idle > DEAD_PEER {
+                        self.remove_peer(&peer, "session expired");
+                        continue;
+                    }
+                }
+                _ => {}
+            }
+            if peer.configured.is_none() {
+                if peer.cert().is_none() && now.duration_since(peer.created) > pending_timeout {
+                    self.remove_peer(&peer, "no valid certificate");
+                }
+                continue;
+            }
+            // Configured gateway: keep a session up (retry handshakes every
+            // second rather than WireGuard's 5 s), probe it, present our cert.
+            // An unanswered probe may mean the gateway restarted and lost
+            // our session: a fresh handshake fixes that at once.
+            if !peer.health().healthy() {
+                let mut last = peer.last_init.lock().unwrap_or_else(|p| p.into_inner());
+                if last.is_none_or(|t| now.duration_since(t) >= HANDSHAKE_RETRY) {
+                    *last = Some(now);
+                    drop(last);
+                    if let (Some(ep), TunnResult::WriteToNetwork(b)) = (
+                        peer.endpoint(),
+                        peer.tunn().format_handshake_initiation(&mut buf, true),
+                    ) {
+                        out.net.push((ep, b.to_vec()));
+                    }
+                }
+            }
+            let (seq, t) = peer.health().on_tick(now);
+            if let Some(t) = t {
+                self.gateway_transition(&peer, t);
+            }
+            self.send_message(&peer, &Message::Probe { seq }, out);
+            if !peer.our_cert_acked.load(Ordering::Relaxed) {
+                let mut last = peer
+                    .last_cert_sent
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                if last.is_none_or(|t| now.duration_since(t) >= CERT_RESEND) {
+                    *last = Some(now);
+                    drop(last);
+                    self.send_message(&peer, &Message::Cert(our_cert.clone()), out);
+                }
+            }
+        }
+        self.update_active_gateway(now);
+        let mut last = write(&self.last_rate_reset);
+        if now.duration_since(*last) >= Duration::from_secs(1) {
+            *last = now;
+            self.rate_limiter.reset_count();
+        }
+    }
+
+    /// Replaces the identity (SIGHUP): peers whose certificate is no longer
+    /// valid lose their session at once; the others keep theirs.
+    pub fn reload_identity(&self, identity: Identity) -> Value {
+        let now = cubenet_certs::time::unix_now();
+        let identity = Arc::new(identity);
+        *write(&self.identity) = identity.clone();
+        let mut cut = Vec::new();
+        for peer in self.peers() {
+            let Some(cert) = peer.cert() else { continue };
+            if let Err(e) = identity.trust.validate(&cert, now) {
+                tracing::warn!(peer = %peer.name(), "certificate no longer valid: {e}");
+                cut.push(json!({"name": peer.name(), "reason": e.to_string()}));
+                if peer.configured.is_some() {
+                    // Keep the configured tunnel, but cut the session.
+                    self.remove_cert_entries(&peer, &cert);
+                    peer.set_cert(None);
+                    peer.attached.store(false, Ordering::Relaxed);
+                    peer.replace_tunn(self.new_tunn(
+                        peer.public_key,
+                        peer.index,
+                        Some(KEEPALIVE_S),
+                    ));
+                } else {
+                    self.remove_peer(&peer, &format!("certificate no longer valid: {e}"));
+                }
+            }
+        }
+        // Own certificate may have changed: re-announce it.
+        for peer in self.gateways() {
+            peer.our_cert_acked.store(false, Ordering::Relaxed);
+        }
+        json!({"cut": cut, "skipped_certs": identity.directory_skipped})
+    }
+
+    pub fn status(&self) -> Value {
+        let id = self.identity();
+        let active = *read(&self.active_gateway);
+        let peers: Vec<Value> = self
+            .peers()
+            .iter()
+            .map(|p| {
+                let (hs, _, _, _, _) = p.tunn().stats();
+                let cert = p.cert();
+                let health = p.health().clone();
+                json!({
+                    "name": p.name(),
+                    "role": p.role().map(|r| r.as_str()).unwrap_or("unknown"),
+                    "configured": p.configured.is_some(),
+                    "public_key": crate::b64(&p.public_key),
+                    "endpoint": p.endpoint().map(|e| e.to_string()),
+                    "addresses": cert.as_ref().map(|c| c.body.addresses.iter().map(|a| a.addr().to_string()).collect::<Vec<_>>()).unwrap_or_default(),
+                    "site": cert.as_ref().map(|c| c.body.site.clone()),
+                    "authenticated": cert.is_some(),
+                    "attached": p.attached.load(Ordering::Relaxed),
+                    "last_handshake_s": hs.map(|d| d.as_secs_f64()),
+                    "rx_bytes": p.rx_bytes.load(Ordering::Relaxed),
+                    "tx_bytes": p.tx_bytes.load(Ordering::Relaxed),
+                    "rx_packets": p.rx_packets.load(Ordering::Relaxed),
+                    "tx_packets": p.tx_packets.load(Ordering::Relaxed),
+                    "healthy": if p.is_gateway() && p.configured.is_some() { health.healthy() } else { p.attached.load(Ordering::Relaxed) },
+                    "rtt_ms": health.last_rtt.map(|d| d.as_secs_f64() * 1000.0),
+                    "flaps": health.flaps,
+                    "active": active == Some(p.index),
+                    "spoofed": p.spoofed.load(Ordering::Relaxed),
+                })
+            })
+            .collect();
+        let routes: Vec<Value> = read(&self.fib)
+            .rows()
+            .into_iter()
+            .map(|r| {
+                let via: Vec<String> = match &r.next {
+                    NextHop::Local => vec!["local".into()],
+                    NextHop::Peers(ps) => ps
+                        .iter()
+                        .map(|i| {
+                            self.peer_by_index(*i)
+                                .map(|p| p.name())
+                                .unwrap_or_else(|| format!("#{i}"))
+                        })
+                        .collect(),
+                };
+                json!({"prefix": r.prefix.to_string(), "origin": r.origin.as_str(), "via": via})
+            })
+            .collect();
+        json!({
+            "name": id.cert.name(),
+            "role": id.role().as_str(),
+            "site": id.cert.body.site,
+            "public_key": crate::b64(&self.public.to_bytes()),
+            "addresses": id.cert.body.addresses.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+            "uptime_s": self.started.elapsed().as_secs(),
+            "cert_days_left": (id.cert.body.not_after as i64 - cubenet_certs::time::unix_now() as i64) / 86_400,
+            "ca_days_left": (id.trust.ca().body.not_after as i64 - cubenet_certs::time::unix_now() as i64) / 86_400,
+            "crl_serial": id.trust.revocation_list().map(|c| c.body.serial),
+            "peers": peers,
+            "drops": self.drops.json(),
+            "routes": routes,
+        })
+    }
+
+    /// Installs or replaces a routed entry: `via` names gateways.
+    pub fn route_add(&self, prefix: IpNet, via: &[String]) -> Result<(), String> {
+        let mut ids = Vec::new();
+        for v in via {
+            let p = self
+                .peer_by_name(v)
+                .ok_or_else(|| format!("unknown gateway {v:?}"))?;
+            if !p.is_gateway() {
+                return Err(format!("{v:?} is not a gateway"));
+            }
+            ids.push(p.index);
+        }
+        if ids.is_empty() {
+            return Err("via: needs at least one gateway".into());
+        }
+        write(&self.fib).insert(prefix, Origin::Routed, NextHop::Peers(ids));
+        Ok(())
+    }
+
+    /// Replaces all routed entries (names already checked by the caller).
+    pub fn route_replace_all(&self, routes: &[crate::ctl::RouteEntry]) {
+        let resolved: Vec<(IpNet, Vec<PeerId>)> = routes
+            .iter()
+            .map(|r| {
+                (
+                    r.prefix,
+                    r.via
+                        .iter()
+                        .filter_map(|v| self.peer_by_name(v))
+                        .map(|p| p.index)
+                        .collect(),
+                )
+            })
+            .collect();
+        let mut fib = write(&self.fib);
+        fib.remove_origin(Origin::Routed);
+        for (prefix, ids) in resolved {
+            if !ids.is_empty() {
+                fib.insert(prefix, Origin::Routed, NextHop::Peers(ids));
+            }
+        }
+    }
+
+    pub fn route_del(&self, prefix: IpNet) -> bool {
+        write(&self.fib).remove(prefix, Origin::Routed)
+    }
+}
+
+fn rand_start() -> u32 {
+    let mut b = [0u8; 4];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut b);
+    u32::from_le_bytes(b) & 0x00ff_ffff
+}

@@ -1,0 +1,132 @@
+//! One WireGuard peer of this node: its tunnel state (boringtun `Tunn`), its
+//! current UDP endpoint, the certificate once validated, counters and, for
+//! gateway tunnels, liveness.
+
+use crate::health::GatewayHealth;
+use boringtun::noise::Tunn;
+use cubenet_certs::{NodeCert, Role};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::Instant;
+
+pub struct Peer {
+    /// Our WireGuard receiver index for this peer (24 bits).
+    pub index: u32,
+    pub public_key: [u8; 32],
+    /// The name in our config, for gateways we keep a tunnel to.
+    pub configured: Option<String>,
+    tunn: Mutex<Tunn>,
+    pub endpoint: RwLock<Option<SocketAddr>>,
+    /// Set once the certificate is validated; nothing is forwarded before.
+    pub cert: RwLock<Option<Arc<NodeCert>>>,
+    /// The peer sent authenticated data (not just a handshake), so it holds
+    /// the key: a replayed handshake never gets this far.
+    pub confirmed: AtomicBool,
+    /// Our certificate was acknowledged by the peer.
+    pub our_cert_acked: AtomicBool,
+    pub last_cert_sent: Mutex<Option<Instant>>,
+    /// When we last started a handshake ourselves (configured gateways).
+    pub last_init: Mutex<Option<Instant>>,
+    pub attached: AtomicBool,
+    pub created: Instant,
+    pub health: Mutex<GatewayHealth>,
+    pub rx_bytes: AtomicU64,
+    pub tx_bytes: AtomicU64,
+    pub rx_packets: AtomicU64,
+    pub tx_packets: AtomicU64,
+    pub spoofed: AtomicU64,
+}
+
+impl Peer {
+    pub fn new(
+        index: u32,
+        public_key: [u8; 32],
+        configured: Option<String>,
+        tunn: Tunn,
+        misses: u32,
+    ) -> Peer {
+        Peer {
+            index,
+            public_key,
+            configured,
+            tunn: Mutex::new(tunn),
+            endpoint: RwLock::new(None),
+            cert: RwLock::new(None),
+            confirmed: AtomicBool::new(false),
+            our_cert_acked: AtomicBool::new(false),
+            last_cert_sent: Mutex::new(None),
+            last_init: Mutex::new(None),
+            attached: AtomicBool::new(false),
+            created: Instant::now(),
+            health: Mutex::new(GatewayHealth::new(misses)),
+            rx_bytes: AtomicU64::new(0),
+            tx_bytes: AtomicU64::new(0),
+            rx_packets: AtomicU64::new(0),
+            tx_packets: AtomicU64::new(0),
+            spoofed: AtomicU64::new(0),
+        }
+    }
+
+    /// The tunnel; never hold the guard across an `.await`.
+    pub fn tunn(&self) -> MutexGuard<'_, Tunn> {
+        self.tunn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn replace_tunn(&self, tunn: Tunn) {
+        *self.tunn() = tunn;
+    }
+
+    pub fn health(&self) -> MutexGuard<'_, GatewayHealth> {
+        self.health.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn cert(&self) -> Option<Arc<NodeCert>> {
+        self.cert.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn set_cert(&self, cert: Option<Arc<NodeCert>>) {
+        *self.cert.write().unwrap_or_else(|p| p.into_inner()) = cert;
+    }
+
+    pub fn endpoint(&self) -> Option<SocketAddr> {
+        *self.endpoint.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn set_endpoint(&self, ep: SocketAddr) {
+        if self.endpoint() != Some(ep) {
+            *self.endpoint.write().unwrap_or_else(|p| p.into_inner()) = Some(ep);
+        }
+    }
+
+    /// Display name: the certificate's, else the configured one, else the key.
+    pub fn name(&self) -> String {
+        if let Some(c) = self.cert() {
+            return c.name().to_string();
+        }
+        if let Some(n) = &self.configured {
+            return n.clone();
+        }
+        format!("key:{}", &crate::b64(&self.public_key)[..8])
+    }
+
+    pub fn role(&self) -> Option<Role> {
+        self.cert()
+            .map(|c| c.role())
+            .or(self.configured.as_ref().map(|_| Role::Gateway))
+    }
+
+    pub fn is_gateway(&self) -> bool {
+        self.configured.is_some() || self.role() == Some(Role::Gateway)
+    }
+
+    pub fn count_rx(&self, bytes: usize) {
+        self.rx_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.rx_packets.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn count_tx(&self, bytes: usize) {
+        self.tx_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.tx_packets.fetch_add(1, Ordering::Relaxed);
+    }
+}

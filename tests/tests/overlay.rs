@@ -1,0 +1,322 @@
+//! overlayd end to end: real daemons in network namespaces, built by
+//! `cubenet-lab`; traffic with ping and checksummed TCP transfers.
+
+mod common;
+
+use common::{bin, netns_or_skip, ok, tcp_send, Lab, TcpServer};
+use std::process::Command;
+
+fn drops(lab: &Lab, node: &str, reason: &str) -> u64 {
+    lab.overlayd(node)["drops"][reason]
+        .as_u64()
+        .expect("drop counter")
+}
+
+#[test]
+fn one_site_host_gateway_host_v4_and_v6() {
+    if !netns_or_skip("one_site_host_gateway_host_v4_and_v6") {
+        return;
+    }
+    let lab = Lab::up("[[site]]\nname = \"fra\"\ngateways = 1\nhosts = 2\n");
+    let h2 = lab.addrs("fra-h2");
+    assert_eq!(h2, vec!["10.77.1.12", "fd77::1:c"]);
+    for dst in &h2 {
+        let out = lab.ping("fra-h1", dst, 3);
+        assert!(
+            out.status.success(),
+            "ping {dst}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    // The gateway knows both hosts, with the addresses of their certs.
+    let gw = lab.overlayd("fra-gw1");
+    let h1 = gw["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "fra-h1")
+        .unwrap()
+        .clone();
+    assert_eq!(h1["attached"], true);
+    assert_eq!(
+        h1["addresses"],
+        serde_json::json!(["10.77.1.11", "fd77::1:b"])
+    );
+    // TCP transfers, v4 and v6, arrive intact.
+    for (listen, dst) in [
+        ("0.0.0.0:7001", "10.77.1.12:7001"),
+        ("[::]:7002", "[fd77::1:c]:7002"),
+    ] {
+        let server = TcpServer::start(&lab, "fra-h2", listen);
+        let sent = tcp_send(&lab, "fra-h1", dst, 20_000_000);
+        assert_eq!(server.result(), sent, "transfer to {dst} differs");
+    }
+    // overlayd status --json has the contract's fields.
+    let st = lab.overlayd("fra-h1");
+    for f in ["name", "role", "addresses", "peers", "drops"] {
+        assert!(!st[f].is_null(), "status lacks {f}");
+    }
+    let p = &st["peers"][0];
+    for f in [
+        "name",
+        "role",
+        "endpoint",
+        "addresses",
+        "last_handshake_s",
+        "rx_bytes",
+        "tx_bytes",
+        "healthy",
+    ] {
+        assert!(!p[f].is_null(), "peer status lacks {f}: {p}");
+    }
+    assert!(p["tx_bytes"].as_u64().unwrap() > 20_000_000);
+}
+
+#[test]
+fn two_sites_static_forwarding() {
+    if !netns_or_skip("two_sites_static_forwarding") {
+        return;
+    }
+    let lab = Lab::up("[[site]]\nname = \"fra\"\n[[site]]\nname = \"ams\"\n");
+    for dst in lab.addrs("ams-h1") {
+        let out = lab.ping("fra-h1", &dst, 3);
+        assert!(
+            out.status.success(),
+            "ping {dst}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    let out = lab.ping("ams-h1", "10.77.1.11", 2);
+    assert!(out.status.success());
+}
+
+#[test]
+fn spoofed_source_is_dropped_and_counted() {
+    if !netns_or_skip("spoofed_source_is_dropped_and_counted") {
+        return;
+    }
+    let lab = Lab::up("[[site]]\nname = \"fra\"\nhosts = 2\n");
+    let before = drops(&lab, "fra-gw1", "spoofed");
+    // fra-h1 claims an address its certificate does not hold.
+    lab.exec_ok(
+        "fra-h1",
+        &["ip", "addr", "add", "10.77.1.99/32", "dev", "cube0"],
+    );
+    let out = lab.exec(
+        "fra-h1",
+        &[
+            "ping",
+            "-c",
+            "3",
+            "-i",
+            "0.1",
+            "-W",
+            "1",
+            "-I",
+            "10.77.1.99",
+            "10.77.1.12",
+        ],
+    );
+    assert!(!out.status.success(), "a spoofed ping got an answer");
+    let after = drops(&lab, "fra-gw1", "spoofed");
+    assert!(after >= before + 3, "spoofed drops {before} -> {after}");
+    let peer = lab.peer("fra-gw1", "fra-h1");
+    assert!(peer["spoofed"].as_u64().unwrap() >= 3, "{peer}");
+    // Its own address still works.
+    assert!(lab.ping("fra-h1", "10.77.1.12", 2).status.success());
+}
+
+#[test]
+fn revoked_host_is_cut_off_after_reload() {
+    if !netns_or_skip("revoked_host_is_cut_off_after_reload") {
+        return;
+    }
+    let lab = Lab::up("[[site]]\nname = \"fra\"\nhosts = 3\n");
+    assert!(lab.ping("fra-h1", "10.77.1.12", 2).status.success());
+    let st = lab.status();
+    let h2 = lab.node("fra-h2");
+    ok(Command::new(bin("overlay-cert")).args([
+        "revoke",
+        "--ca-dir",
+        st["ca_dir"].as_str().unwrap(),
+        "--crl",
+        st["crl"].as_str().unwrap(),
+        h2["cert"].as_str().unwrap(),
+    ]));
+    lab.lab_ok(&["kill", "fra-gw1", "--signal", "HUP"]);
+    lab.wait_for("fra-h2 detached at the gateway", |l| {
+        l.overlayd("fra-gw1")["crl_serial"] == 1 && l.peer("fra-gw1", "fra-h2")["attached"] != true
+    });
+    assert!(
+        !lab.ping("fra-h1", "10.77.1.12", 3).status.success(),
+        "revoked host still reachable"
+    );
+    assert!(
+        !lab.ping("fra-h2", "10.77.1.11", 3).status.success(),
+        "revoked host still sends"
+    );
+    // Valid tunnels survived the reload.
+    assert!(lab.ping("fra-h1", "10.77.1.13", 2).status.success());
+    assert_eq!(lab.peer("fra-gw1", "fra-h3")["attached"], true);
+}
+
+#[test]
+fn cert_of_another_ca_never_gets_a_packet_through() {
+    if !netns_or_skip("cert_of_another_ca_never_gets_a_packet_through") {
+        return;
+    }
+    let lab = Lab::up("[[site]]\nname = \"fra\"\nhosts = 2\n");
+    let d = lab.path().join("rogue");
+    std::fs::create_dir_all(&d).unwrap();
+    let oc = |args: &[&str]| ok(Command::new(bin("overlay-cert")).current_dir(&d).args(args));
+    oc(&[
+        "ca",
+        "--name",
+        "rogue",
+        "--network",
+        "10.77.0.0/16",
+        "--out-dir",
+        "ca",
+    ]);
+    oc(&["keygen", "--out", "r.key"]);
+    oc(&[
+        "sign",
+        "--ca-dir",
+        "ca",
+        "--name",
+        "fra-h2",
+        "--ip",
+        "10.77.1.66/16",
+        "--site",
+        "fra",
+        "--key",
+        "r.key",
+        "--out",
+        "r.crt",
+    ]);
+    let gw = lab.node("fra-gw1");
+    let gw_cert = gw["cert"].as_str().unwrap();
+    // The rogue node trusts the real gateway (its cert is public) but holds
+    // a cert of its own CA: the gateway must refuse it.
+    std::fs::copy(lab.path().join("ca/ca.crt"), d.join("real-ca.crt")).unwrap();
+    let cfg = format!(
+        "control_socket = \"{}/r.sock\"\nlisten = [\"0.0.0.0:51899\"]\n[identity]\nkey = \"r.key\"\ncert = \"r.crt\"\nca = \"ca/ca.crt\"\n[interface]\nname = \"rogue0\"\n[[gateway]]\nname = \"fra-gw1\"\nendpoint = \"172.16.1.1:51820\"\npublic_key = \"{}\"\n",
+        d.display(),
+        serde_json::from_str::<serde_json::Value>(&ok(Command::new(bin("overlay-cert")).args(["print", "--json", gw_cert])))
+            .unwrap()["public_key"]
+            .as_str()
+            .unwrap()
+    );
+    std::fs::write(d.join("r.toml"), cfg).unwrap();
+    let cfg_path = d.join("r.toml");
+    let mut rogue = lab.spawn(
+        "fra-h2",
+        &[
+            bin("overlayd").to_str().unwrap(),
+            "run",
+            "--config",
+            cfg_path.to_str().unwrap(),
+        ],
+    );
+    lab.wait_for("the gateway to refuse the rogue cert", |l| {
+        l.overlayd("fra-gw1")["drops"]["bad_cert"].as_u64() > Some(0)
+    });
+    let rx_before = lab.peer("fra-h1", "fra-gw1")["rx_packets"]
+        .as_u64()
+        .unwrap();
+    let out = lab.exec(
+        "fra-h2",
+        &[
+            "ping",
+            "-c",
+            "3",
+            "-i",
+            "0.1",
+            "-W",
+            "1",
+            "-I",
+            "rogue0",
+            "10.77.1.11",
+        ],
+    );
+    assert!(!out.status.success(), "rogue ping answered");
+    assert!(
+        lab.overlayd("fra-gw1")["drops"]["unauthenticated"]
+            .as_u64()
+            .unwrap()
+            >= 3
+    );
+    // Nothing reached fra-h1 but probe replies from its gateway.
+    let h1 = lab.overlayd("fra-h1");
+    let _ = rx_before;
+    assert_eq!(h1["drops"]["spoofed"], 0);
+    let _ = rogue.kill();
+    let _ = rogue.wait();
+}
+
+#[test]
+fn wireguard_go_host_joins_through_cert_directory() {
+    if !netns_or_skip("wireguard_go_host_joins_through_cert_directory") {
+        return;
+    }
+    let lab = Lab::up("[[site]]\nname = \"fra\"\ngateways = 1\nhosts = 1\nwireguard_hosts = 1\n");
+    assert_eq!(lab.peer("fra-gw1", "fra-wg1")["attached"], true);
+    assert!(lab.ping("fra-wg1", "10.77.1.11", 3).status.success());
+    assert!(lab.ping("fra-h1", "10.77.1.51", 3).status.success());
+    let server = TcpServer::start(&lab, "fra-h1", "0.0.0.0:7003");
+    let sent = tcp_send(&lab, "fra-wg1", "10.77.1.11:7003", 5_000_000);
+    assert_eq!(server.result(), sent);
+}
+
+#[test]
+fn host_keeps_pinging_when_its_gateway_is_killed() {
+    if !netns_or_skip("host_keeps_pinging_when_its_gateway_is_killed") {
+        return;
+    }
+    let lab = Lab::up("[[site]]\nname = \"fra\"\ngateways = 2\nhosts = 2\n");
+    let active = lab.overlayd("fra-h1")["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["active"] == true)
+        .map(|p| p["name"].as_str().unwrap().to_string())
+        .expect("an active gateway");
+    let mut ping = lab.spawn(
+        "fra-h1",
+        &["ping", "-c", "100", "-i", "0.05", "-W", "1", "10.77.1.12"],
+    );
+    // Kill the gateway in use once the ping is flowing.
+    let mut out = std::io::BufReader::new(ping.stdout.take().unwrap());
+    let mut line = String::new();
+    use std::io::BufRead;
+    while !line.contains("bytes from") {
+        line.clear();
+        assert!(
+            out.read_line(&mut line).unwrap() > 0,
+            "ping ended before the first reply"
+        );
+    }
+    lab.lab_ok(&["kill", &active, "--signal", "KILL"]);
+    let mut seqs = Vec::new();
+    for l in out.lines() {
+        let l = l.unwrap();
+        if let Some(s) = l.split("icmp_seq=").nth(1) {
+            seqs.push(s.split_whitespace().next().unwrap().parse::<u32>().unwrap());
+        }
+    }
+    let _ = ping.wait();
+    // The flow continues on the other gateway: the last probes all came back.
+    for s in 91..=100 {
+        assert!(
+            seqs.contains(&s),
+            "icmp_seq {s} lost after failover (got {seqs:?})"
+        );
+    }
+    let now_active = lab.overlayd("fra-h1")["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["active"] == true)
+        .map(|p| p["name"].as_str().unwrap().to_string());
+    assert!(now_active.is_some() && now_active.as_deref() != Some(active.as_str()));
+}
