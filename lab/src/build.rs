@@ -280,7 +280,7 @@ fn write_overlayd_config(lab: &Lab, plans: &[Plan], p: &Plan, spec: &Spec) -> Re
             lab.dir.join("certs").display().to_string()
         ));
     }
-    t.push_str(&format!("\n[interface]\nname = \"cube0\"\nmtu = 1420\n\n[probe]\ninterval_ms = {}\nmisses = 3\nfailback_stable_ms = 2000\n", spec.probe_interval_ms));
+    t.push_str(&format!("\n[interface]\nname = \"cube0\"\nmtu = 1420\noffload = {}\n\n[probe]\ninterval_ms = {}\nmisses = 3\nfailback_stable_ms = 2000\n", spec.offload, spec.probe_interval_ms));
     let _ = &p.site_idx;
     let peers: Vec<&Plan> = if n.role == "gateway" {
         plans

@@ -68,7 +68,16 @@ enum Cmd {
     Down { dir: PathBuf },
 }
 
+/// A closed pipe (`| head`) ends this command quietly, as for any Unix tool,
+/// instead of a panic in `println!`.
+fn default_sigpipe() {
+    // SAFETY: restores the default disposition of one signal before any
+    // thread exists; no handler is installed.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+}
+
 fn main() -> ExitCode {
+    default_sigpipe();
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,

@@ -15,6 +15,13 @@ pub struct Spec {
     /// Liveness probe interval for gateway tunnels, in ms.
     #[serde(default = "default_probe")]
     pub probe_interval_ms: u64,
+    /// TUN offload in every overlayd (`interface.offload`).
+    #[serde(default = "yes")]
+    pub offload: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Deserialize)]

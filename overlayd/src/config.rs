@@ -57,9 +57,17 @@ pub struct Interface {
     pub name: String,
     #[serde(default = "default_mtu")]
     pub mtu: u16,
-    /// Worker threads (and TUN queues); 0 = one per CPU.
+    /// Worker threads; 0 = one per CPU.
     #[serde(default)]
     pub workers: usize,
+    /// TUN offload (TSO/GRO through the virtio-net header); overlayd falls
+    /// back to one packet per read where the kernel refuses it.
+    #[serde(default = "yes")]
+    pub offload: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Default for Interface {
@@ -68,6 +76,7 @@ impl Default for Interface {
             name: default_ifname(),
             mtu: DEFAULT_MTU,
             workers: 0,
+            offload: true,
         }
     }
 }

@@ -1,68 +1,251 @@
 //! The tokio driver: owns the TUN and UDP sockets, feeds [`Node`] and sends
 //! what it returns. One task reads the TUN, one per UDP socket reads the
 //! network, one ticks the timers, one serves the control socket.
+//!
+//! The fast path: the TUN is opened with offload (IFF_VNET_HDR), so one read
+//! brings a whole TCP super-packet that tun-rs splits into segments, and one
+//! write carries many segments coalesced (GRO). Datagrams leave through UDP
+//! GSO (one sendmsg per run of equal-sized datagrams to one endpoint) and
+//! arrive through UDP GRO and recvmmsg (quinn-udp). Where the kernel refuses
+//! an offload, the same loops run one packet per call.
 
+use crate::batch::{TUN_FLUSH_AT, TUN_HEADROOM};
 use crate::config::Config;
 use crate::identity::Identity;
 use crate::node::{Node, Outbox};
+use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
 use serde_json::{json, Value};
 use socket2::{Domain, Protocol, Socket, Type};
+use std::io::IoSliceMut;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
-use tun_rs::AsyncDevice;
+use tun_rs::{AsyncDevice, GROTable, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
 /// Socket buffers large enough that a burst does not overflow them.
 const SOCKET_BUFFER: usize = 8 << 20;
+/// Datagrams (each possibly a GRO run) per receive call.
+const UDP_RECV_BATCH: usize = 8;
+/// A GRO run holds at most 64 datagrams of at most 1500 bytes here.
+const UDP_RECV_BUF: usize = 128 << 10;
+/// Extra non-blocking TUN reads taken before a flush.
+const TUN_READ_AHEAD: usize = 16;
+
+const _: () = assert!(TUN_HEADROOM == VIRTIO_NET_HDR_LEN);
+
+struct Udp {
+    sock: UdpSocket,
+    state: UdpSocketState,
+}
+
+impl Udp {
+    fn bind(addr: SocketAddr) -> std::io::Result<Udp> {
+        let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+        if addr.is_ipv6() {
+            s.set_only_v6(true)?;
+        }
+        // Root may exceed the sysctl limits (SO_*BUFFORCE); fall back if not.
+        if !crate::sys::force_buffers(std::os::fd::AsRawFd::as_raw_fd(&s), SOCKET_BUFFER) {
+            let _ = s.set_recv_buffer_size(SOCKET_BUFFER);
+            let _ = s.set_send_buffer_size(SOCKET_BUFFER);
+        }
+        s.set_nonblocking(true)?;
+        s.bind(&addr.into())?;
+        let sock = UdpSocket::from_std(s.into())?;
+        let state = UdpSocketState::new((&sock).into())?;
+        Ok(Udp { sock, state })
+    }
+
+    async fn send(&self, t: &Transmit<'_>) -> std::io::Result<()> {
+        self.sock
+            .async_io(Interest::WRITABLE, || {
+                self.state.try_send((&self.sock).into(), t)
+            })
+            .await
+    }
+
+    async fn recv(
+        &self,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> std::io::Result<usize> {
+        self.sock
+            .async_io(Interest::READABLE, || {
+                self.state.recv((&self.sock).into(), bufs, meta)
+            })
+            .await
+    }
+}
 
 struct Io {
     tun: Arc<AsyncDevice>,
-    v4: Option<Arc<UdpSocket>>,
-    v6: Option<Arc<UdpSocket>>,
+    v4: Option<Udp>,
+    v6: Option<Udp>,
+}
+
+/// One task's buffers: what [`Node`] fills, and the TUN's GRO table.
+struct Lane {
+    out: Outbox,
+    gro: GROTable,
+}
+
+impl Lane {
+    fn new() -> Lane {
+        Lane {
+            out: Outbox::default(),
+            gro: GROTable::default(),
+        }
+    }
 }
 
 impl Io {
-    async fn flush(&self, out: &mut Outbox) {
-        for (ep, buf) in out.net.drain(..) {
-            let sock = if ep.is_ipv4() { &self.v4 } else { &self.v6 };
-            if let Some(s) = sock {
-                if let Err(e) = s.send_to(&buf, ep).await {
-                    tracing::debug!(%ep, "send: {e}");
+    async fn flush(&self, lane: &mut Lane) {
+        let out = &mut lane.out;
+        for b in out.net.batches() {
+            let Some(udp) = (if b.ep.is_ipv4() { &self.v4 } else { &self.v6 }) else {
+                continue;
+            };
+            let gso = b.count > 1 && udp.state.max_gso_segments() > 1;
+            let r = if gso || b.count == 1 {
+                let t = Transmit {
+                    destination: b.ep,
+                    ecn: None,
+                    contents: b.bytes(),
+                    segment_size: gso.then_some(b.segment),
+                    src_ip: None,
+                };
+                udp.send(&t).await
+            } else {
+                Err(std::io::Error::other("no GSO"))
+            };
+            if r.is_err() {
+                // No GSO (or it just failed and quinn-udp turned it off):
+                // one datagram per call.
+                for d in b.datagrams() {
+                    let t = Transmit {
+                        destination: b.ep,
+                        ecn: None,
+                        contents: d,
+                        segment_size: None,
+                        src_ip: None,
+                    };
+                    if let Err(e) = udp.send(&t).await {
+                        tracing::debug!(ep = %b.ep, "send: {e}");
+                    }
                 }
             }
         }
-        for p in out.tun.drain(..) {
-            if let Err(e) = self.tun.send(&p).await {
+        out.net.clear();
+        if !out.tun.is_empty() {
+            if let Err(e) = self
+                .tun
+                .send_multiple(&mut lane.gro, &mut out.tun.bufs, TUN_HEADROOM)
+                .await
+            {
                 tracing::debug!("tun write: {e}");
             }
+            out.tun.clear();
         }
     }
 }
 
-fn udp_socket(addr: SocketAddr) -> std::io::Result<UdpSocket> {
-    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    if addr.is_ipv6() {
-        s.set_only_v6(true)?;
+/// Opens the TUN, with offload unless it is off or the kernel refuses it.
+fn open_tun(name: &str, mtu: u16, offload: bool) -> Result<(AsyncDevice, bool), String> {
+    if offload {
+        match tun_rs::DeviceBuilder::new()
+            .name(name)
+            .mtu(mtu)
+            .offload(true)
+            .build_async()
+        {
+            Ok(d) => return Ok((d, true)),
+            Err(e) => tracing::warn!("TUN {name}: offload refused ({e}); one packet per read"),
+        }
     }
-    // Root may exceed the sysctl limits (SO_*BUFFORCE); fall back if not.
-    if !crate::sys::force_buffers(std::os::fd::AsRawFd::as_raw_fd(&s), SOCKET_BUFFER) {
-        let _ = s.set_recv_buffer_size(SOCKET_BUFFER);
-        let _ = s.set_send_buffer_size(SOCKET_BUFFER);
+    let d = tun_rs::DeviceBuilder::new()
+        .name(name)
+        .mtu(mtu)
+        .build_async()
+        .map_err(|e| format!("creating TUN {name}: {e} (overlayd needs CAP_NET_ADMIN)"))?;
+    Ok((d, false))
+}
+
+async fn tun_reader(node: Arc<Node>, io: Arc<Io>, mtu: usize) {
+    let mut original = vec![0u8; VIRTIO_NET_HDR_LEN + 65_535];
+    let mut bufs = vec![vec![0u8; mtu.max(1500) + 64]; IDEAL_BATCH_SIZE];
+    let mut sizes = vec![0usize; IDEAL_BATCH_SIZE];
+    let mut lane = Lane::new();
+    loop {
+        match io
+            .tun
+            .recv_multiple(&mut original, &mut bufs, &mut sizes, 0)
+            .await
+        {
+            Ok(n) => {
+                for i in 0..n {
+                    node.on_tun_packet(&bufs[i][..sizes[i]], &mut lane.out);
+                }
+            }
+            Err(e) => {
+                tracing::warn!("tun read: {e}");
+                continue;
+            }
+        }
+        // Take what else is already waiting, so it leaves in one batch.
+        for _ in 0..TUN_READ_AHEAD {
+            match io
+                .tun
+                .try_recv_multiple(&mut original, &mut bufs, &mut sizes, 0)
+            {
+                Ok(n) => {
+                    for i in 0..n {
+                        node.on_tun_packet(&bufs[i][..sizes[i]], &mut lane.out);
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        io.flush(&mut lane).await;
     }
-    s.set_nonblocking(true)?;
-    s.bind(&addr.into())?;
-    UdpSocket::from_std(s.into())
+}
+
+async fn udp_reader(node: Arc<Node>, io: Arc<Io>, v6: bool) {
+    let udp = if v6 { &io.v6 } else { &io.v4 };
+    let Some(udp) = udp else { return };
+    let mut storage = vec![vec![0u8; UDP_RECV_BUF]; UDP_RECV_BATCH];
+    let mut meta = [RecvMeta::default(); UDP_RECV_BATCH];
+    let mut lane = Lane::new();
+    loop {
+        let n = {
+            let mut slices: Vec<IoSliceMut> =
+                storage.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+            match udp.recv(&mut slices, &mut meta).await {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::debug!("udp recv: {e}");
+                    continue;
+                }
+            }
+        };
+        for (m, buf) in meta.iter().zip(&storage).take(n) {
+            let stride = m.stride.max(1);
+            for d in buf[..m.len].chunks(stride) {
+                node.on_datagram(d, m.addr, &mut lane.out);
+            }
+            if lane.out.tun.len() >= TUN_FLUSH_AT {
+                io.flush(&mut lane).await;
+            }
+        }
+        io.flush(&mut lane).await;
+    }
 }
 
 pub async fn run(cfg: Config, config_path: PathBuf, identity: Identity) -> Result<(), String> {
     let ifname = cfg.interface.name.clone();
-    let tun = tun_rs::DeviceBuilder::new()
-        .name(&ifname)
-        .mtu(cfg.interface.mtu)
-        .build_async()
-        .map_err(|e| format!("creating TUN {ifname}: {e} (overlayd needs CAP_NET_ADMIN)"))?;
+    let (tun, offload) = open_tun(&ifname, cfg.interface.mtu, cfg.interface.offload)?;
     let tun = Arc::new(tun);
     let addresses = identity.cert.body.addresses.clone();
     let networks = identity.trust.ca().body.networks.clone();
@@ -71,12 +254,12 @@ pub async fn run(cfg: Config, config_path: PathBuf, identity: Identity) -> Resul
     let mut v4 = None;
     let mut v6 = None;
     for addr in &cfg.listen {
-        let s = udp_socket(*addr).map_err(|e| format!("listen {addr}: {e}"))?;
-        let s = Some(Arc::new(s));
+        let s = Udp::bind(*addr).map_err(|e| format!("listen {addr}: {e}"))?;
+        tracing::debug!(%addr, gso_segments = s.state.max_gso_segments(), gro_segments = s.state.gro_segments(), "udp socket");
         if addr.is_ipv4() {
-            v4 = s;
+            v4 = Some(s);
         } else {
-            v6 = s;
+            v6 = Some(s);
         }
     }
     let io = Arc::new(Io { tun, v4, v6 });
@@ -84,11 +267,21 @@ pub async fn run(cfg: Config, config_path: PathBuf, identity: Identity) -> Resul
     let listener = crate::ctl::bind(&socket_path)
         .map_err(|e| format!("control socket {}: {e}", socket_path.display()))?;
     let node = Node::new(cfg, identity)?;
+    let gso = |u: &Option<Udp>| u.as_ref().map(|u| u.state.max_gso_segments());
+    let gro = |u: &Option<Udp>| u.as_ref().map(|u| u.state.gro_segments());
+    node.set_datapath(json!({
+        "tun_offload": offload,
+        "udp_gso_segments_v4": gso(&io.v4),
+        "udp_gso_segments_v6": gso(&io.v6),
+        "udp_gro_segments_v4": gro(&io.v4),
+        "udp_gro_segments_v6": gro(&io.v6),
+    }));
     let id = node.identity();
     tracing::info!(
         name = id.cert.name(),
         role = %id.role(),
         interface = %ifname,
+        offload,
         "overlayd running"
     );
     for s in &id.directory_skipped {
@@ -113,44 +306,14 @@ pub async fn run(cfg: Config, config_path: PathBuf, identity: Identity) -> Resul
         })
     };
 
-    let mut out = Outbox::default();
-    node.initiate_all(&mut out);
-    io.flush(&mut out).await;
+    let mut lane = Lane::new();
+    node.initiate_all(&mut lane.out);
+    io.flush(&mut lane).await;
 
-    // TUN → network.
-    {
-        let (node, io) = (node.clone(), io.clone());
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 65_536];
-            let mut out = Outbox::default();
-            loop {
-                match io.tun.recv(&mut buf).await {
-                    Ok(n) => {
-                        node.on_tun_packet(&buf[..n], &mut out);
-                        io.flush(&mut out).await;
-                    }
-                    Err(e) => tracing::warn!("tun read: {e}"),
-                }
-            }
-        });
-    }
-    // Network → TUN / other peers.
-    for sock in [io.v4.clone(), io.v6.clone()].into_iter().flatten() {
-        let (node, io) = (node.clone(), io.clone());
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 65_536];
-            let mut out = Outbox::default();
-            loop {
-                match sock.recv_from(&mut buf).await {
-                    Ok((n, from)) => {
-                        node.on_datagram(&buf[..n], from, &mut out);
-                        io.flush(&mut out).await;
-                    }
-                    Err(e) => tracing::debug!("udp recv: {e}"),
-                }
-            }
-        });
-    }
+    let mtu = usize::from(node.cfg.interface.mtu);
+    tokio::spawn(tun_reader(node.clone(), io.clone(), mtu));
+    tokio::spawn(udp_reader(node.clone(), io.clone(), false));
+    tokio::spawn(udp_reader(node.clone(), io.clone(), true));
     // Timers.
     {
         let (node, io) = (node.clone(), io.clone());
@@ -158,11 +321,11 @@ pub async fn run(cfg: Config, config_path: PathBuf, identity: Identity) -> Resul
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut out = Outbox::default();
+            let mut lane = Lane::new();
             loop {
                 tick.tick().await;
-                node.on_tick(Instant::now(), &mut out);
-                io.flush(&mut out).await;
+                node.on_tick(Instant::now(), &mut lane.out);
+                io.flush(&mut lane).await;
             }
         });
     }

@@ -2,6 +2,7 @@
 //!
 //! Exit codes: 0 ok; 1 runtime failure; 2 bad usage or configuration.
 
+mod batch;
 mod config;
 mod ctl;
 mod driver;
@@ -82,8 +83,19 @@ fn load(path: &Path) -> Result<(Config, identity::Identity), String> {
     Ok((cfg, id))
 }
 
+/// A closed pipe (`| head`) ends a CLI command quietly instead of a panic in
+/// `println!`. Not for `run`: the daemon must survive a vanished client.
+fn default_sigpipe() {
+    // SAFETY: restores the default disposition of one signal before any
+    // thread exists; no handler is installed.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.cmd, Cmd::Run { .. }) {
+        default_sigpipe();
+    }
     match cli.cmd {
         Cmd::Check { config } => match load(&config) {
             Ok((cfg, id)) => {

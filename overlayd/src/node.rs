@@ -3,6 +3,7 @@
 //! and fill an [`Outbox`]; the tokio driver owns the sockets and the TUN and
 //! flushes it. Locks are never held across an `.await`.
 
+use crate::batch::{NetQueue, TunQueue, TUN_HEADROOM};
 use crate::config::Config;
 use crate::fib::{pick_for_flow, ForwardingTable, NextHop, Origin, PeerId};
 use crate::health::{choose_gateway, Transition};
@@ -33,11 +34,12 @@ const CERT_RESEND: Duration = Duration::from_secs(1);
 /// Handshake retry towards a configured gateway without a session.
 const HANDSHAKE_RETRY: Duration = Duration::from_secs(1);
 
-/// What the driver must send after a call into [`Node`].
+/// What the driver must send after a call into [`Node`]: datagrams grouped
+/// for UDP GSO and TUN packets with room for the virtio-net header.
 #[derive(Default)]
 pub struct Outbox {
-    pub net: Vec<(SocketAddr, Vec<u8>)>,
-    pub tun: Vec<Vec<u8>>,
+    pub net: NetQueue,
+    pub tun: TunQueue,
 }
 
 /// Why packets were dropped; shown in status and metrics.
@@ -116,6 +118,8 @@ pub struct Node {
     pub events: broadcast::Sender<Value>,
     started: Instant,
     last_rate_reset: RwLock<Instant>,
+    /// What the driver got from the kernel (offloads), for status.
+    datapath: RwLock<Value>,
 }
 
 fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -151,6 +155,7 @@ impl Node {
             events,
             started: Instant::now(),
             last_rate_reset: RwLock::new(Instant::now()),
+            datapath: RwLock::new(Value::Null),
             cfg,
         });
         node.install_own_entries();
@@ -159,6 +164,10 @@ impl Node {
         }
         node.install_static_routes()?;
         Ok(node)
+    }
+
+    pub fn set_datapath(&self, v: Value) {
+        *write(&self.datapath) = v;
     }
 
     pub fn identity(&self) -> Arc<Identity> {
@@ -297,7 +306,7 @@ impl Node {
             if let TunnResult::WriteToNetwork(b) =
                 p.tunn().format_handshake_initiation(&mut buf, false)
             {
-                out.net.push((ep, b.to_vec()));
+                out.net.push(ep, b);
             }
         }
     }
@@ -331,7 +340,7 @@ impl Node {
                             Ok(_) => {}
                             Err(TunnResult::WriteToNetwork(c)) => {
                                 bump(&self.drops.cookies_sent);
-                                out.net.push((from, c.to_vec()));
+                                out.net.push(from, c);
                                 return;
                             }
                             Err(_) => {
@@ -368,12 +377,14 @@ impl Node {
                 }
             },
         };
-        let mut inner: Vec<Vec<u8>> = Vec::new();
+        // Decrypt straight into a TUN buffer: a packet for this node goes
+        // out without another copy.
+        let mut buf = out.tun.take(dgram.len().max(256));
+        let mut inner_len = None;
         let mut ok = false;
         {
-            let mut buf = vec![0u8; dgram.len().max(256) + 64];
             let mut tunn = peer.tunn();
-            match tunn.decapsulate(Some(from.ip()), dgram, &mut buf) {
+            match tunn.decapsulate(Some(from.ip()), dgram, &mut buf[TUN_HEADROOM..]) {
                 TunnResult::Done => ok = true,
                 TunnResult::Err(e) => {
                     if !matches!(e, WireGuardError::DuplicateCounter) {
@@ -382,30 +393,33 @@ impl Node {
                 }
                 TunnResult::WriteToNetwork(b) => {
                     ok = true;
-                    out.net.push((from, b.to_vec()));
+                    out.net.push(from, b);
                     // Flush packets queued while the handshake ran.
                     let mut more = vec![0u8; 65_600];
                     while let TunnResult::WriteToNetwork(b) = tunn.decapsulate(None, &[], &mut more)
                     {
-                        out.net.push((from, b.to_vec()));
+                        out.net.push(from, b);
                     }
                 }
                 TunnResult::WriteToTunnelV4(p, _) | TunnResult::WriteToTunnelV6(p, _) => {
                     ok = true;
-                    inner.push(p.to_vec());
+                    inner_len = Some(p.len());
                 }
             }
         }
-        if !ok {
-            return;
+        if ok {
+            // Authenticated: the peer is at `from` now (roaming).
+            peer.set_endpoint(from);
+            if is_data && !peer.confirmed.swap(true, Ordering::Relaxed) {
+                self.maybe_attach(&peer);
+            }
         }
-        // Authenticated: the peer is at `from` now (roaming).
-        peer.set_endpoint(from);
-        if is_data && !peer.confirmed.swap(true, Ordering::Relaxed) {
-            self.maybe_attach(&peer);
-        }
-        for p in inner {
-            self.on_inner(&peer, &p, out);
+        match inner_len {
+            Some(n) if ok => {
+                buf.truncate(TUN_HEADROOM + n);
+                self.on_inner(&peer, buf, out);
+            }
+            _ => out.tun.recycle(buf),
         }
     }
 
@@ -448,23 +462,37 @@ impl Node {
         Some(peer)
     }
 
-    /// A decrypted packet from `peer`.
-    fn on_inner(&self, peer: &Arc<Peer>, pkt: &[u8], out: &mut Outbox) {
+    /// A decrypted packet from `peer`, after [`TUN_HEADROOM`] bytes of `buf`.
+    fn on_inner(&self, peer: &Arc<Peer>, buf: Vec<u8>, out: &mut Outbox) {
+        let pkt = &buf[TUN_HEADROOM..];
         peer.count_rx(pkt.len());
+        let deliver = self.check_inner(peer, pkt, out);
+        match deliver {
+            Some(true) => {
+                let n = pkt.len();
+                out.tun.push_buf(buf, n);
+            }
+            _ => out.tun.recycle(buf),
+        }
+    }
+
+    /// Decides what happens to a decrypted packet: `Some(true)` = deliver to
+    /// our TUN; otherwise it was consumed (forwarded, answered or dropped).
+    fn check_inner(&self, peer: &Arc<Peer>, pkt: &[u8], out: &mut Outbox) -> Option<bool> {
         if inband::is_inband(pkt) {
             match Message::decode(pkt) {
                 Ok(m) => self.on_message(peer, m, out),
                 Err(_) => bump(&self.drops.invalid),
             }
-            return;
+            return None;
         }
         let Some(cert) = peer.cert() else {
             bump(&self.drops.unauthenticated);
-            return;
+            return None;
         };
         let Some((src, dst)) = packet::addresses(pkt) else {
             bump(&self.drops.invalid);
-            return;
+            return None;
         };
         let id = self.identity();
         let src_ok = match cert.role() {
@@ -475,30 +503,37 @@ impl Node {
         if !src_ok {
             bump(&self.drops.spoofed);
             peer.spoofed.fetch_add(1, Ordering::Relaxed);
-            return;
+            return None;
         }
         if id.role() == Role::Host {
             if id.cert.owns_addr(dst) {
-                out.tun.push(pkt.to_vec());
-            } else {
-                bump(&self.drops.not_for_us);
+                return Some(true);
             }
-            return;
+            bump(&self.drops.not_for_us);
+            return None;
         }
-        self.route(pkt, src, dst, Some(peer.index), out);
+        self.route(pkt, src, dst, Some(peer.index), out)
     }
 
     /// Forwards by longest-prefix match (gateways).
-    fn route(&self, pkt: &[u8], src: IpAddr, dst: IpAddr, from: Option<PeerId>, out: &mut Outbox) {
+    /// Forwards to a peer, or returns `Some(true)` when the packet is for
+    /// our own TUN.
+    fn route(
+        &self,
+        pkt: &[u8],
+        src: IpAddr,
+        dst: IpAddr,
+        from: Option<PeerId>,
+        out: &mut Outbox,
+    ) -> Option<bool> {
         let next = read(&self.fib).lookup(dst).cloned();
         match next {
             Some(NextHop::Local) => {
                 if from.is_some() {
-                    out.tun.push(pkt.to_vec());
-                } else {
-                    // From our own TUN back to it: the kernel should not do that.
-                    bump(&self.drops.no_route);
+                    return Some(true);
                 }
+                // From our own TUN back to it: the kernel should not do that.
+                bump(&self.drops.no_route);
             }
             Some(NextHop::Peers(ps)) => {
                 let candidates: Vec<PeerId> =
@@ -523,22 +558,22 @@ impl Node {
             }
             None => bump(&self.drops.no_route),
         }
+        None
     }
 
     fn send_to_peer(&self, peer: &Peer, pkt: &[u8], out: &mut Outbox) {
-        let mut buf = vec![0u8; (pkt.len() + 32).max(148)];
-        let res = peer.tunn().encapsulate(pkt, &mut buf);
-        if let TunnResult::WriteToNetwork(b) = res {
-            let n = b.len();
-            match peer.endpoint() {
-                Some(ep) => {
-                    buf.truncate(n);
-                    peer.count_tx(pkt.len());
-                    out.net.push((ep, buf));
-                }
-                None => bump(&self.drops.no_endpoint),
+        let Some(ep) = peer.endpoint() else {
+            bump(&self.drops.no_endpoint);
+            return;
+        };
+        // Encrypt straight into the outgoing batch.
+        out.net.push_with(ep, (pkt.len() + 32).max(148), |dst| {
+            match peer.tunn().encapsulate(pkt, dst) {
+                TunnResult::WriteToNetwork(b) => Some(b.len()),
+                _ => None,
             }
-        }
+        });
+        peer.count_tx(pkt.len());
     }
 
     fn send_message(&self, peer: &Peer, m: &Message, out: &mut Outbox) {
@@ -740,7 +775,7 @@ impl Node {
             match res {
                 TunnResult::WriteToNetwork(b) => {
                     if let Some(ep) = peer.endpoint() {
-                        out.net.push((ep, b.to_vec()));
+                        out.net.push(ep, b);
                     }
                 }
                 TunnResult::Err(WireGuardError::ConnectionExpired) if peer.configured.is_none() => {
@@ -774,7 +809,7 @@ impl Node {
                         peer.endpoint(),
                         peer.tunn().format_handshake_initiation(&mut buf, true),
                     ) {
-                        out.net.push((ep, b.to_vec()));
+                        out.net.push(ep, b);
                     }
                 }
             }
@@ -901,6 +936,7 @@ impl Node {
             "peers": peers,
             "drops": self.drops.json(),
             "routes": routes,
+            "datapath": read(&self.datapath).clone(),
         })
     }
 

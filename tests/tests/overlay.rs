@@ -12,6 +12,32 @@ fn drops(lab: &Lab, node: &str, reason: &str) -> u64 {
         .expect("drop counter")
 }
 
+/// The same traffic with TUN offload turned off: the plain path (one packet
+/// per TUN read and write) that runs where the kernel refuses offload.
+#[test]
+fn plain_tun_io_without_offload() {
+    if !netns_or_skip("plain_tun_io_without_offload") {
+        return;
+    }
+    let lab = Lab::up("offload = false\n[[site]]\nname = \"pln\"\ngateways = 1\nhosts = 2\n");
+    for node in ["pln-h1", "pln-gw1"] {
+        let st = lab.overlayd(node);
+        assert_eq!(
+            st["datapath"]["tun_offload"], false,
+            "{node}: {}",
+            st["datapath"]
+        );
+    }
+    for (listen, dst) in [
+        ("0.0.0.0:7003", "10.77.1.12:7003"),
+        ("[::]:7004", "[fd77::1:c]:7004"),
+    ] {
+        let server = TcpServer::start(&lab, "pln-h2", listen);
+        let sent = tcp_send(&lab, "pln-h1", dst, 5_000_000);
+        assert_eq!(server.result(), sent, "transfer to {dst} differs");
+    }
+}
+
 #[test]
 fn one_site_host_gateway_host_v4_and_v6() {
     if !netns_or_skip("one_site_host_gateway_host_v4_and_v6") {
@@ -53,6 +79,7 @@ fn one_site_host_gateway_host_v4_and_v6() {
     }
     // overlayd status --json has the contract's fields.
     let st = lab.overlayd("fra-h1");
+    assert_eq!(st["datapath"]["tun_offload"], true, "{}", st["datapath"]);
     for f in ["name", "role", "addresses", "peers", "drops"] {
         assert!(!st[f].is_null(), "status lacks {f}");
     }

@@ -119,7 +119,16 @@ fn usage(msg: impl Into<String>) -> anyhow::Error {
     anyhow::Error::new(Usage(msg.into()))
 }
 
+/// A closed pipe (`| head`) ends this command quietly, as for any Unix tool,
+/// instead of a panic in `println!`.
+fn default_sigpipe() {
+    // SAFETY: restores the default disposition of one signal before any
+    // thread exists; no handler is installed.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+}
+
 fn main() -> ExitCode {
+    default_sigpipe();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
