@@ -64,6 +64,13 @@ pub struct Interface {
     /// back to one packet per read where the kernel refuses it.
     #[serde(default = "yes")]
     pub offload: bool,
+    /// TUN queues, each read by its own task (flows spread by hash).
+    #[serde(default = "one")]
+    pub queues: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 fn yes() -> bool {
@@ -77,6 +84,7 @@ impl Default for Interface {
             mtu: DEFAULT_MTU,
             workers: 0,
             offload: true,
+            queues: 1,
         }
     }
 }
@@ -222,6 +230,9 @@ impl Config {
         }
         if !(1280..=9000).contains(&i.mtu) {
             return Err(format!("interface.mtu: {} is outside 1280-9000", i.mtu));
+        }
+        if !(1..=64).contains(&i.queues) {
+            return Err(format!("interface.queues: {} is outside 1-64", i.queues));
         }
         if self.probe.interval_ms < 10 {
             return Err("probe.interval_ms: must be at least 10".into());

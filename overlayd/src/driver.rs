@@ -81,22 +81,26 @@ impl Udp {
 }
 
 struct Io {
-    tun: Arc<AsyncDevice>,
+    /// One per TUN queue; queue 0 also takes the writes of the UDP readers.
+    tuns: Vec<AsyncDevice>,
     v4: Option<Udp>,
     v6: Option<Udp>,
 }
 
-/// One task's buffers: what [`Node`] fills, and the TUN's GRO table.
+/// One task's buffers: what [`Node`] fills, the TUN's GRO table and the
+/// TUN queue it writes to.
 struct Lane {
     out: Outbox,
     gro: GROTable,
+    queue: usize,
 }
 
 impl Lane {
-    fn new() -> Lane {
+    fn new(queue: usize) -> Lane {
         Lane {
             out: Outbox::default(),
             gro: GROTable::default(),
+            queue,
         }
     }
 }
@@ -140,8 +144,7 @@ impl Io {
         }
         out.net.clear();
         if !out.tun.is_empty() {
-            if let Err(e) = self
-                .tun
+            if let Err(e) = self.tuns[lane.queue]
                 .send_multiple(&mut lane.gro, &mut out.tun.bufs, TUN_HEADROOM)
                 .await
             {
@@ -152,35 +155,55 @@ impl Io {
     }
 }
 
-/// Opens the TUN, with offload unless it is off or the kernel refuses it.
-fn open_tun(name: &str, mtu: u16, offload: bool) -> Result<(AsyncDevice, bool), String> {
-    if offload {
-        match tun_rs::DeviceBuilder::new()
+/// Opens the TUN with `queues` queues, with offload unless it is off or the
+/// kernel refuses it.
+fn open_tun(
+    name: &str,
+    mtu: u16,
+    offload: bool,
+    queues: usize,
+) -> Result<(Vec<AsyncDevice>, bool), String> {
+    let build = |offload: bool| {
+        tun_rs::DeviceBuilder::new()
             .name(name)
             .mtu(mtu)
-            .offload(true)
+            .offload(offload)
+            .multi_queue(queues > 1)
             .build_async()
-        {
-            Ok(d) => return Ok((d, true)),
-            Err(e) => tracing::warn!("TUN {name}: offload refused ({e}); one packet per read"),
+    };
+    let (first, offload) = match build(offload) {
+        Ok(d) => (d, offload),
+        Err(e) if offload => {
+            tracing::warn!("TUN {name}: offload refused ({e}); one packet per read");
+            let d = build(false).map_err(|e| format!("creating TUN {name}: {e}"))?;
+            (d, false)
         }
+        Err(e) => {
+            return Err(format!(
+                "creating TUN {name}: {e} (overlayd needs CAP_NET_ADMIN)"
+            ))
+        }
+    };
+    let mut tuns = Vec::with_capacity(queues);
+    for q in 1..queues {
+        tuns.push(
+            first
+                .try_clone()
+                .map_err(|e| format!("TUN {name}: queue {q}: {e}"))?,
+        );
     }
-    let d = tun_rs::DeviceBuilder::new()
-        .name(name)
-        .mtu(mtu)
-        .build_async()
-        .map_err(|e| format!("creating TUN {name}: {e} (overlayd needs CAP_NET_ADMIN)"))?;
-    Ok((d, false))
+    tuns.insert(0, first);
+    Ok((tuns, offload))
 }
 
-async fn tun_reader(node: Arc<Node>, io: Arc<Io>, mtu: usize) {
+async fn tun_reader(node: Arc<Node>, io: Arc<Io>, queue: usize, mtu: usize) {
+    let tun = &io.tuns[queue];
     let mut original = vec![0u8; VIRTIO_NET_HDR_LEN + 65_535];
     let mut bufs = vec![vec![0u8; mtu.max(1500) + 64]; IDEAL_BATCH_SIZE];
     let mut sizes = vec![0usize; IDEAL_BATCH_SIZE];
-    let mut lane = Lane::new();
+    let mut lane = Lane::new(queue);
     loop {
-        match io
-            .tun
+        match tun
             .recv_multiple(&mut original, &mut bufs, &mut sizes, 0)
             .await
         {
@@ -196,10 +219,7 @@ async fn tun_reader(node: Arc<Node>, io: Arc<Io>, mtu: usize) {
         }
         // Take what else is already waiting, so it leaves in one batch.
         for _ in 0..TUN_READ_AHEAD {
-            match io
-                .tun
-                .try_recv_multiple(&mut original, &mut bufs, &mut sizes, 0)
-            {
+            match tun.try_recv_multiple(&mut original, &mut bufs, &mut sizes, 0) {
                 Ok(n) => {
                     for i in 0..n {
                         node.on_tun_packet(&bufs[i][..sizes[i]], &mut lane.out);
@@ -217,7 +237,7 @@ async fn udp_reader(node: Arc<Node>, io: Arc<Io>, v6: bool) {
     let Some(udp) = udp else { return };
     let mut storage = vec![vec![0u8; UDP_RECV_BUF]; UDP_RECV_BATCH];
     let mut meta = [RecvMeta::default(); UDP_RECV_BATCH];
-    let mut lane = Lane::new();
+    let mut lane = Lane::new(0);
     loop {
         let n = {
             let mut slices: Vec<IoSliceMut> =
@@ -245,8 +265,8 @@ async fn udp_reader(node: Arc<Node>, io: Arc<Io>, v6: bool) {
 
 pub async fn run(cfg: Config, config_path: PathBuf, identity: Identity) -> Result<(), String> {
     let ifname = cfg.interface.name.clone();
-    let (tun, offload) = open_tun(&ifname, cfg.interface.mtu, cfg.interface.offload)?;
-    let tun = Arc::new(tun);
+    let queues = cfg.interface.queues.max(1);
+    let (tuns, offload) = open_tun(&ifname, cfg.interface.mtu, cfg.interface.offload, queues)?;
     let addresses = identity.cert.body.addresses.clone();
     let networks = identity.trust.ca().body.networks.clone();
     crate::netlink::configure(&ifname, cfg.interface.mtu, &addresses, &networks).await?;
@@ -262,7 +282,7 @@ pub async fn run(cfg: Config, config_path: PathBuf, identity: Identity) -> Resul
             v6 = Some(s);
         }
     }
-    let io = Arc::new(Io { tun, v4, v6 });
+    let io = Arc::new(Io { tuns, v4, v6 });
     let socket_path = cfg.control_socket.clone();
     let listener = crate::ctl::bind(&socket_path)
         .map_err(|e| format!("control socket {}: {e}", socket_path.display()))?;
@@ -271,6 +291,7 @@ pub async fn run(cfg: Config, config_path: PathBuf, identity: Identity) -> Resul
     let gro = |u: &Option<Udp>| u.as_ref().map(|u| u.state.gro_segments());
     node.set_datapath(json!({
         "tun_offload": offload,
+        "tun_queues": queues,
         "udp_gso_segments_v4": gso(&io.v4),
         "udp_gso_segments_v6": gso(&io.v6),
         "udp_gro_segments_v4": gro(&io.v4),
@@ -306,12 +327,14 @@ pub async fn run(cfg: Config, config_path: PathBuf, identity: Identity) -> Resul
         })
     };
 
-    let mut lane = Lane::new();
+    let mut lane = Lane::new(0);
     node.initiate_all(&mut lane.out);
     io.flush(&mut lane).await;
 
     let mtu = usize::from(node.cfg.interface.mtu);
-    tokio::spawn(tun_reader(node.clone(), io.clone(), mtu));
+    for q in 0..queues {
+        tokio::spawn(tun_reader(node.clone(), io.clone(), q, mtu));
+    }
     tokio::spawn(udp_reader(node.clone(), io.clone(), false));
     tokio::spawn(udp_reader(node.clone(), io.clone(), true));
     // Timers.
@@ -321,7 +344,7 @@ pub async fn run(cfg: Config, config_path: PathBuf, identity: Identity) -> Resul
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut lane = Lane::new();
+            let mut lane = Lane::new(0);
             loop {
                 tick.tick().await;
                 node.on_tick(Instant::now(), &mut lane.out);
