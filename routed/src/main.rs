@@ -1,4 +1,342 @@
-fn main() {
-    eprintln!("routed: not implemented yet");
-    std::process::exit(1);
+//! `routed`: cubenet's control plane on gateways — BGP-4 and BFD inside the
+//! encrypted tunnels, link damping, and the route-status CLI.
+//!
+//! Exit codes: 0 ok; 1 runtime failure (and `status` when a configured
+//! neighbour is not established); 2 bad usage or configuration.
+
+mod bfd;
+mod config;
+mod ctl;
+mod damping;
+mod driver;
+mod kernel;
+mod rib;
+mod router;
+mod session;
+#[cfg(test)]
+mod sim;
+mod wire;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use config::Config;
+use ipnet::IpNet;
+use serde_json::Value;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+#[derive(Parser)]
+#[command(
+    name = "routed",
+    version,
+    about = "cubenet route daemon: BGP + BFD between gateways"
+)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the daemon.
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Check a config and the certificates it names, then exit.
+    Check {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Neighbours: state, BFD, flaps, damping. Exits 1 when a configured
+    /// neighbour is not established.
+    Status {
+        #[arg(long, default_value = config::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The best routes: prefix, via, equal-cost paths, origin, age.
+    Routes {
+        #[arg(long, default_value = config::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Everything `run` needs, loaded and checked.
+struct Loaded {
+    cfg: Config,
+    networks: Vec<IpNet>,
+    own_subnets: Vec<IpNet>,
+    own_v6: Option<std::net::Ipv6Addr>,
+    cert_subnets: Vec<Vec<IpNet>>,
+}
+
+fn load(path: &Path) -> Result<Loaded, String> {
+    let cfg = Config::load(path).map_err(|e| e.to_string())?;
+    let file = path.display();
+    let now = cubenet_certs::time::unix_now();
+    let ca = cubenet_certs::load_ca_cert(&cfg.ca)
+        .map_err(|e| format!("{file}: ca: {}: {e}", cfg.ca.display()))?;
+    let trust = cubenet_certs::trust::TrustAnchor::new(ca, now)
+        .map_err(|e| format!("{file}: ca: {}: {e}", cfg.ca.display()))?;
+    let own = cubenet_certs::load_node_cert(&cfg.cert)
+        .map_err(|e| format!("{file}: cert: {}: {e}", cfg.cert.display()))?;
+    trust
+        .validate(&own, now)
+        .map_err(|e| format!("{file}: cert: {}: {e}", cfg.cert.display()))?;
+    if own.role() != cubenet_certs::Role::Gateway {
+        return Err(format!(
+            "{file}: cert: {} is a {} certificate; routed runs on gateways",
+            cfg.cert.display(),
+            own.role()
+        ));
+    }
+    let own_v6 = own.body.addresses.iter().find_map(|a| match a.addr() {
+        IpAddr::V6(v6) => Some(v6),
+        IpAddr::V4(_) => None,
+    });
+    let mut cert_subnets = Vec::new();
+    for (i, n) in cfg.neighbors.iter().enumerate() {
+        let Some(p) = &n.cert else {
+            cert_subnets.push(Vec::new());
+            continue;
+        };
+        let c = cubenet_certs::load_node_cert(p)
+            .map_err(|e| format!("{file}: neighbor[{i}].cert: {}: {e}", p.display()))?;
+        trust
+            .validate(&c, now)
+            .map_err(|e| format!("{file}: neighbor[{i}].cert: {}: {e}", p.display()))?;
+        if c.name() != n.name {
+            return Err(format!(
+                "{file}: neighbor[{i}].cert: {} is the certificate of {:?}, not {:?}",
+                p.display(),
+                c.name(),
+                n.name
+            ));
+        }
+        cert_subnets.push(c.body.subnets.clone());
+    }
+    Ok(Loaded {
+        networks: trust.ca().body.networks.clone(),
+        own_subnets: own.body.subnets.clone(),
+        own_v6,
+        cert_subnets,
+        cfg,
+    })
+}
+
+fn build_router(l: &Loaded) -> Result<router::Router, String> {
+    router::Router::new(
+        l.cfg.clone(),
+        l.networks.clone(),
+        l.own_subnets.clone(),
+        l.own_v6,
+        l.cert_subnets.clone(),
+        Instant::now(),
+    )
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ROUTED_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => b.init(),
+        LogFormat::Json => b.json().init(),
+    }
+}
+
+/// A closed pipe (`| head`) ends a CLI command quietly. Not for `run`.
+fn default_sigpipe() {
+    // SAFETY: restores the default disposition of one signal before any
+    // thread exists; no handler is installed.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if !matches!(cli.cmd, Cmd::Run { .. }) {
+        default_sigpipe();
+    }
+    match cli.cmd {
+        Cmd::Check { config } => match load(&config).and_then(|l| build_router(&l).map(|_| l)) {
+            Ok(l) => {
+                println!(
+                    "{}: ok: AS {} router id {}, {} neighbour(s), {} prefix(es) to announce",
+                    config.display(),
+                    l.cfg.asn,
+                    l.cfg.router_id,
+                    l.cfg.neighbors.len(),
+                    l.cfg.announce.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("routed: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Cmd::Run { config } => {
+            init_logs(cli.log_format);
+            let l = match load(&config) {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("routed: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let router = match build_router(&l) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("routed: {}: {e}", config.display());
+                    return ExitCode::from(2);
+                }
+            };
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("routed: tokio runtime: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            match rt.block_on(driver::run(l.cfg, router)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    eprintln!("routed: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Cmd::Status { socket, json } => match ctl::request(&socket, "status") {
+            Ok(v) => {
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                } else {
+                    print_status(&v);
+                }
+                let all_up = v["neighbors"]
+                    .as_array()
+                    .is_some_and(|ns| ns.iter().all(|n| n["state"] == "established"));
+                if all_up {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                }
+            }
+            Err(e) => {
+                eprintln!("routed: {e}");
+                ExitCode::from(1)
+            }
+        },
+        Cmd::Routes { socket, json } => match ctl::request(&socket, "routes") {
+            Ok(v) => {
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                } else {
+                    print_routes(&v);
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("routed: {e}");
+                ExitCode::from(1)
+            }
+        },
+    }
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        v => v.to_string(),
+    }
+}
+
+fn print_status(v: &Value) {
+    println!(
+        "AS {}  router id {}  up {} s",
+        s(&v["asn"]),
+        s(&v["router_id"]),
+        s(&v["uptime_s"])
+    );
+    println!(
+        "{:<12} {:<16} {:<11} {:<12} {:<10} {:>5} {:>8} {:<14} {:>6} {:>6}  last error",
+        "neighbor", "address", "asn", "state", "bfd", "flaps", "penalty", "damping", "in", "out"
+    );
+    for n in v["neighbors"].as_array().into_iter().flatten() {
+        let damping = if n["suppressed"] == true {
+            format!(
+                "suppressed {:.0}s",
+                n["suppressed_for_s"].as_f64().unwrap_or(0.0)
+            )
+        } else if n["usable"] == true {
+            "-".into()
+        } else {
+            "held".into()
+        };
+        println!(
+            "{:<12} {:<16} {:<11} {:<12} {:<10} {:>5} {:>8} {:<14} {:>6} {:>6}  {}",
+            s(&n["name"]),
+            s(&n["address"]),
+            s(&n["asn"]),
+            s(&n["state"]),
+            s(&n["bfd"]),
+            s(&n["flaps"]),
+            s(&n["penalty"]),
+            damping,
+            s(&n["routes_in"]),
+            s(&n["routes_out"]),
+            s(&n["last_error"]),
+        );
+        let hist: Vec<String> = n["history"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .rev()
+            .take(4)
+            .map(|h| format!("{} {}", s(&h["event"]), s(&h["at"])))
+            .collect();
+        if !hist.is_empty() {
+            println!("{:<12} history: {}", "", hist.join(", "));
+        }
+    }
+}
+
+fn print_routes(v: &Value) {
+    println!(
+        "{:<22} {:<8} {:<6} {:>6}  via",
+        "prefix", "origin", "paths", "age_s"
+    );
+    for r in v["routes"].as_array().into_iter().flatten() {
+        let via: Vec<String> = r["via"].as_array().into_iter().flatten().map(s).collect();
+        println!(
+            "{:<22} {:<8} {:<6} {:>6}  {}",
+            s(&r["prefix"]),
+            s(&r["origin"]),
+            s(&r["ecmp"]),
+            s(&r["age_s"]),
+            via.join(", ")
+        );
+    }
 }

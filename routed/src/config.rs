@@ -1,0 +1,409 @@
+//! routed's TOML configuration. Unknown keys are refused, and every error
+//! names the file, the key and what was expected.
+
+use ipnet::IpNet;
+use serde::Deserialize;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub const DEFAULT_SOCKET: &str = "/run/cubenet/routed.sock";
+pub const DEFAULT_OVERLAYD_SOCKET: &str = "/run/cubenet/overlayd.sock";
+/// The kernel route protocol number routed's routes carry (rtnetlink).
+pub const DEFAULT_ROUTE_PROTOCOL: u8 = 201;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// This gateway's AS: a private 4-byte AS (RFC 6996) per gateway.
+    pub asn: u32,
+    pub router_id: Ipv4Addr,
+    /// BGP listen address; default every address, port 179.
+    #[serde(default = "default_listen")]
+    pub listen: Vec<std::net::SocketAddr>,
+    #[serde(default = "default_socket")]
+    pub control_socket: PathBuf,
+    #[serde(default = "default_overlayd_socket")]
+    pub overlayd_socket: PathBuf,
+    /// The CA certificate: its networks are what "overlay" imports accept.
+    pub ca: PathBuf,
+    /// This gateway's certificate: the site prefixes it may announce.
+    pub cert: PathBuf,
+    /// Install learned site prefixes into the kernel.
+    #[serde(default = "yes")]
+    pub kernel_routes: bool,
+    #[serde(default = "default_protocol")]
+    pub route_protocol: u8,
+    /// The overlay interface learned site prefixes are routed into.
+    #[serde(default = "default_interface")]
+    pub interface: String,
+    #[serde(default)]
+    pub timers: Timers,
+    #[serde(default)]
+    pub bfd: Bfd,
+    #[serde(default)]
+    pub damping: Damping,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default, rename = "neighbor")]
+    pub neighbors: Vec<Neighbor>,
+    #[serde(default, rename = "announce")]
+    pub announce: Vec<Announce>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timers {
+    #[serde(default = "default_hold")]
+    pub hold_time_s: u16,
+    #[serde(default = "default_keepalive")]
+    pub keepalive_s: u16,
+    #[serde(default = "default_retry")]
+    pub connect_retry_s: u64,
+    /// Seconds after start before routed replaces overlayd's table even if
+    /// not every neighbour has sent its routes (End-of-RIB) yet.
+    #[serde(default = "default_grace")]
+    pub startup_grace_s: u64,
+}
+
+impl Default for Timers {
+    fn default() -> Self {
+        Timers {
+            hold_time_s: default_hold(),
+            keepalive_s: default_keepalive(),
+            connect_retry_s: default_retry(),
+            startup_grace_s: default_grace(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bfd {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Desired transmit and required receive interval. The default suits
+    /// public internet links; 100 ms × 3 detects a failure in 0.3 s.
+    #[serde(default = "default_bfd_interval")]
+    pub interval_ms: u64,
+    #[serde(default = "default_bfd_mult")]
+    pub multiplier: u8,
+}
+
+impl Default for Bfd {
+    fn default() -> Self {
+        Bfd {
+            enabled: true,
+            interval_ms: default_bfd_interval(),
+            multiplier: default_bfd_mult(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Damping {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default = "default_penalty")]
+    pub penalty: f64,
+    #[serde(default = "default_half_life")]
+    pub half_life_s: f64,
+    #[serde(default = "default_suppress")]
+    pub suppress: f64,
+    #[serde(default = "default_reuse")]
+    pub reuse: f64,
+    #[serde(default = "default_max_suppress")]
+    pub max_suppress_s: f64,
+    /// A link that went down must stay up this long before its routes
+    /// are used again.
+    #[serde(default = "default_stable_up")]
+    pub stable_up_s: f64,
+}
+
+impl Default for Damping {
+    fn default() -> Self {
+        Damping {
+            enabled: true,
+            penalty: default_penalty(),
+            half_life_s: default_half_life(),
+            suppress: default_suppress(),
+            reuse: default_reuse(),
+            max_suppress_s: default_max_suppress(),
+            stable_up_s: default_stable_up(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Prefixes accepted from one neighbour before the session is closed.
+    #[serde(default = "default_max_prefixes")]
+    pub max_prefixes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_prefixes: default_max_prefixes(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Import {
+    /// "none" (the RFC 8212 default: nothing) or "overlay" (the CA's
+    /// networks, and the subnets the originating gateway's cert allows).
+    Named(String),
+    /// Prefixes (and anything more specific) to accept.
+    List(Vec<IpNet>),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Neighbor {
+    /// The neighbour's name: for gateways, its certificate name, which is
+    /// also its name in overlayd.
+    pub name: String,
+    pub address: IpAddr,
+    pub asn: u32,
+    /// The neighbour's gateway certificate: the subnets it may originate.
+    pub cert: Option<PathBuf>,
+    /// Import policy; without one nothing is accepted (RFC 8212).
+    pub import: Option<Import>,
+    /// "all" announces our best routes; without it nothing (RFC 8212).
+    pub export: Option<String>,
+    #[serde(default = "yes")]
+    pub bfd: bool,
+    #[serde(default)]
+    pub passive: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Announce {
+    pub prefix: IpNet,
+    /// An address behind this gateway; while it does not answer ping the
+    /// prefix is withdrawn.
+    pub probe: Option<IpAddr>,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_listen() -> Vec<std::net::SocketAddr> {
+    vec!["0.0.0.0:179".parse().expect("literal")]
+}
+fn default_socket() -> PathBuf {
+    DEFAULT_SOCKET.into()
+}
+fn default_overlayd_socket() -> PathBuf {
+    DEFAULT_OVERLAYD_SOCKET.into()
+}
+fn default_protocol() -> u8 {
+    DEFAULT_ROUTE_PROTOCOL
+}
+fn default_interface() -> String {
+    "cube0".into()
+}
+fn default_hold() -> u16 {
+    9
+}
+fn default_keepalive() -> u16 {
+    3
+}
+fn default_retry() -> u64 {
+    5
+}
+fn default_grace() -> u64 {
+    10
+}
+fn default_bfd_interval() -> u64 {
+    300
+}
+fn default_bfd_mult() -> u8 {
+    3
+}
+fn default_penalty() -> f64 {
+    1000.0
+}
+fn default_half_life() -> f64 {
+    15.0
+}
+fn default_suppress() -> f64 {
+    2000.0
+}
+fn default_reuse() -> f64 {
+    750.0
+}
+fn default_max_suppress() -> f64 {
+    60.0
+}
+fn default_stable_up() -> f64 {
+    3.0
+}
+fn default_max_prefixes() -> usize {
+    100_000
+}
+
+#[derive(Debug)]
+pub struct ConfigError {
+    pub file: String,
+    pub msg: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.file, self.msg)
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let e = |msg: String| ConfigError {
+            file: file.clone(),
+            msg,
+        };
+        let text = std::fs::read_to_string(path).map_err(|x| e(format!("reading: {x}")))?;
+        Config::parse(&text).map_err(e)
+    }
+
+    pub fn parse(text: &str) -> Result<Config, String> {
+        let cfg: Config = toml::from_str(text).map_err(|x| {
+            let msg = x.message().to_string();
+            match x.span() {
+                Some(s) => {
+                    let line = text[..s.start].matches('\n').count() + 1;
+                    format!("line {line}: {msg}")
+                }
+                None => msg,
+            }
+        })?;
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.asn == 0 || self.asn == 23456 {
+            return Err(format!("asn: {} is reserved", self.asn));
+        }
+        if self.timers.hold_time_s != 0 && self.timers.hold_time_s < 3 {
+            return Err("timers.hold_time_s: must be 0 or at least 3".into());
+        }
+        if self.timers.keepalive_s == 0 {
+            return Err("timers.keepalive_s: must be at least 1".into());
+        }
+        if self.bfd.interval_ms < 10 {
+            return Err("bfd.interval_ms: must be at least 10".into());
+        }
+        if self.bfd.multiplier == 0 {
+            return Err("bfd.multiplier: must be at least 1".into());
+        }
+        let d = &self.damping;
+        if d.half_life_s.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
+            return Err("damping.half_life_s: must be positive".into());
+        }
+        if !(d.reuse > 0.0 && d.reuse < d.suppress) {
+            return Err("damping.reuse: must be positive and below damping.suppress".into());
+        }
+        if !(d.max_suppress_s > 0.0 && d.stable_up_s >= 0.0 && d.penalty > 0.0) {
+            return Err(
+                "damping: max_suppress_s and penalty must be positive, stable_up_s not negative"
+                    .into(),
+            );
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, n) in self.neighbors.iter().enumerate() {
+            if n.name.is_empty() {
+                return Err(format!("neighbor[{i}].name: empty"));
+            }
+            if !names.insert(&n.name) {
+                return Err(format!("neighbor[{i}].name: {:?} appears twice", n.name));
+            }
+            if n.asn == self.asn {
+                return Err(format!(
+                    "neighbor[{i}].asn: {} is our own AS; routed speaks eBGP only",
+                    n.asn
+                ));
+            }
+            match &n.import {
+                None | Some(Import::List(_)) => {}
+                Some(Import::Named(s)) if s == "none" || s == "overlay" => {}
+                Some(Import::Named(s)) => {
+                    return Err(format!(
+                        "neighbor[{i}].import: {s:?}: expected \"none\", \"overlay\" or a list of prefixes"
+                    ))
+                }
+            }
+            match n.export.as_deref() {
+                None | Some("none") | Some("all") => {}
+                Some(s) => {
+                    return Err(format!(
+                        "neighbor[{i}].export: {s:?}: expected \"all\" or \"none\""
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn hold_time(&self) -> u16 {
+        self.timers.hold_time_s
+    }
+
+    pub fn connect_retry(&self) -> Duration {
+        Duration::from_secs(self.timers.connect_retry_s.max(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: &str =
+        "asn = 4200000101\nrouter_id = \"10.77.1.1\"\nca = \"ca.crt\"\ncert = \"n.crt\"\n";
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = Config::parse(MIN).unwrap();
+        assert_eq!(c.timers.hold_time_s, 9);
+        assert!(c.bfd.enabled && c.damping.enabled);
+        assert_eq!(c.bfd.interval_ms, 300);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        for (extra, want) in [
+            ("bogus = 1\n", "bogus"),
+            ("[timers]\nhold_time_s = 2\n", "timers.hold_time_s"),
+            ("[damping]\nreuse = 5000\n", "damping.reuse"),
+            (
+                "[[neighbor]]\nname = \"a\"\naddress = \"10.0.0.1\"\nasn = 4200000101\n",
+                "neighbor[0].asn",
+            ),
+            (
+                "[[neighbor]]\nname = \"a\"\naddress = \"10.0.0.1\"\nasn = 5\nimport = \"some\"\n",
+                "neighbor[0].import",
+            ),
+            (
+                "[[neighbor]]\nname = \"a\"\naddress = \"not an ip\"\nasn = 5\n",
+                "line",
+            ),
+        ] {
+            let e = Config::parse(&format!("{MIN}{extra}")).unwrap_err();
+            assert!(e.contains(want), "{extra:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn import_lists_parse() {
+        let c = Config::parse(&format!(
+            "{MIN}[[neighbor]]\nname = \"bird\"\naddress = \"10.77.1.9\"\nasn = 65010\nimport = [\"192.168.0.0/16\"]\nexport = \"all\"\n"
+        ))
+        .unwrap();
+        assert!(matches!(c.neighbors[0].import, Some(Import::List(ref l)) if l.len() == 1));
+    }
+}

@@ -1,0 +1,423 @@
+//! The tokio driver: BGP over TCP, BFD over UDP, overlayd's control socket,
+//! kernel routes and the clock, around the sans-IO [`Router`]. The router
+//! sits behind a mutex that is never held across an `.await`.
+
+use crate::config::Config;
+use crate::router::{Out, Router};
+use crate::wire;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket, UnixStream};
+use tokio::sync::{mpsc, Notify};
+
+pub const BFD_PORT: u16 = 3784;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// overlayd's table is rewritten this often even without changes, so a
+/// restarted overlayd gets its routes back.
+const RESYNC: Duration = Duration::from_secs(5);
+
+pub struct Shared {
+    router: Mutex<Router>,
+    conns: Mutex<HashMap<u64, mpsc::UnboundedSender<Option<Vec<u8>>>>>,
+    next_conn: AtomicU64,
+    bfd_tx: UdpSocket,
+    tables: Notify,
+    /// Wakes the timer to look at the router's next deadline again.
+    wake: Notify,
+    cfg: Config,
+}
+
+impl Shared {
+    pub fn router(&self) -> MutexGuard<'_, Router> {
+        self.router.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn conns(&self) -> MutexGuard<'_, HashMap<u64, mpsc::UnboundedSender<Option<Vec<u8>>>>> {
+        self.conns.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` on the router and carries out what it queued.
+    fn with<T>(self: &Arc<Self>, f: impl FnOnce(&mut Router, Instant) -> T) -> T {
+        let (t, outs) = {
+            let mut r = self.router();
+            let t = f(&mut r, Instant::now());
+            (t, r.drain())
+        };
+        for o in outs {
+            self.dispatch(o);
+        }
+        self.wake.notify_one();
+        t
+    }
+
+    fn dispatch(self: &Arc<Self>, o: Out) {
+        match o {
+            Out::Connect { n } => {
+                let me = self.clone();
+                tokio::spawn(async move { me.connect(n).await });
+            }
+            Out::Send { conn, bytes, .. } => {
+                if let Some(tx) = self.conns().get(&conn) {
+                    let _ = tx.send(Some(bytes));
+                }
+            }
+            Out::Close { conn, .. } => {
+                if let Some(tx) = self.conns().remove(&conn) {
+                    let _ = tx.send(None);
+                }
+            }
+            Out::Bfd { n, bytes } => {
+                let addr = self.router().neighbors[n].cfg.address;
+                if let Err(e) = self
+                    .bfd_tx
+                    .try_send_to(&bytes, SocketAddr::new(addr, BFD_PORT))
+                {
+                    tracing::debug!(%addr, "BFD send: {e}");
+                }
+            }
+            Out::TablesChanged => self.tables.notify_one(),
+        }
+    }
+
+    async fn connect(self: Arc<Self>, n: usize) {
+        let (addr, name) = {
+            let r = self.router();
+            (r.neighbors[n].cfg.address, r.neighbors[n].cfg.name.clone())
+        };
+        let local = IpAddr::V4(self.cfg.router_id);
+        let attempt = async {
+            let sock = if addr.is_ipv4() {
+                let s = TcpSocket::new_v4()?;
+                // Speak from our overlay address: that is who the neighbour
+                // expects.
+                s.bind(SocketAddr::new(local, 0))?;
+                s
+            } else {
+                TcpSocket::new_v6()?
+            };
+            sock.connect(SocketAddr::new(addr, 179)).await
+        };
+        match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
+            Ok(Ok(stream)) => self.run_conn(n, stream, true),
+            Ok(Err(e)) => {
+                tracing::debug!(neighbor = %name, "connect: {e}");
+                self.with(|r, now| r.on_connect_failed(n, &e.to_string(), now));
+            }
+            Err(_) => {
+                tracing::debug!(neighbor = %name, "connect: timed out");
+                self.with(|r, now| r.on_connect_failed(n, "timed out", now));
+            }
+        }
+    }
+
+    fn run_conn(self: &Arc<Self>, n: usize, stream: TcpStream, outbound: bool) {
+        let _ = stream.set_nodelay(true);
+        let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let (tx, mut rx) = mpsc::unbounded_channel::<Option<Vec<u8>>>();
+        self.conns().insert(id, tx);
+        let (mut rd, mut wr) = stream.into_split();
+        tokio::spawn(async move {
+            while let Some(Some(b)) = rx.recv().await {
+                if wr.write_all(&b).await.is_err() {
+                    break;
+                }
+            }
+            let _ = wr.shutdown().await;
+        });
+        self.with(|r, now| r.on_connected(n, id, outbound, now));
+        let me = self.clone();
+        tokio::spawn(async move {
+            let why = me.read_loop(n, id, &mut rd).await;
+            if me.conns().remove(&id).is_some() {
+                me.with(|r, now| r.on_closed(n, id, &why, now));
+            }
+        });
+    }
+
+    async fn read_loop(
+        self: &Arc<Self>,
+        n: usize,
+        id: u64,
+        rd: &mut tokio::net::tcp::OwnedReadHalf,
+    ) -> String {
+        let mut buf = Vec::with_capacity(wire::MAX_LEN);
+        let mut chunk = vec![0u8; 16 << 10];
+        loop {
+            loop {
+                match wire::frame_len(&buf) {
+                    Ok(Some(len)) if buf.len() >= len => {
+                        let msg: Vec<u8> = buf.drain(..len).collect();
+                        let m = wire::decode(&msg);
+                        self.with(|r, now| r.on_message(n, id, m, now));
+                        if !self.conns().contains_key(&id) {
+                            return "closed by us".into();
+                        }
+                    }
+                    Ok(_) => break,
+                    Err(e) => {
+                        self.with(|r, now| r.on_message(n, id, Err(e.clone()), now));
+                        return format!("bad header: {e}");
+                    }
+                }
+            }
+            match rd.read(&mut chunk).await {
+                Ok(0) => return "connection closed by the neighbour".into(),
+                Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                Err(e) => return format!("read: {e}"),
+            }
+        }
+    }
+}
+
+fn bfd_tx_socket() -> std::io::Result<UdpSocket> {
+    // RFC 5881 §4: source port 49152-65535, TTL 255.
+    let mut last = None;
+    for port in 49152..49252u16 {
+        match std::net::UdpSocket::bind(("0.0.0.0", port)) {
+            Ok(s) => {
+                s.set_ttl(255)?;
+                s.set_nonblocking(true)?;
+                return UdpSocket::from_std(s);
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no port")))
+}
+
+pub async fn run(cfg: Config, router: Router) -> Result<(), String> {
+    let bfd_rx = UdpSocket::bind(("0.0.0.0", BFD_PORT))
+        .await
+        .map_err(|e| format!("BFD listen :{BFD_PORT}: {e}"))?;
+    let bfd_tx = bfd_tx_socket().map_err(|e| format!("BFD send socket: {e}"))?;
+    let mut listeners = Vec::new();
+    for a in &cfg.listen {
+        listeners.push(
+            TcpListener::bind(a)
+                .await
+                .map_err(|e| format!("listen {a}: {e}"))?,
+        );
+    }
+    let ctl = crate::ctl::bind(&cfg.control_socket)
+        .map_err(|e| format!("control socket {}: {e}", cfg.control_socket.display()))?;
+    let shared = Arc::new(Shared {
+        router: Mutex::new(router),
+        conns: Mutex::new(HashMap::new()),
+        next_conn: AtomicU64::new(1),
+        bfd_tx,
+        tables: Notify::new(),
+        wake: Notify::new(),
+        cfg: cfg.clone(),
+    });
+    tracing::info!(asn = cfg.asn, router_id = %cfg.router_id, neighbors = cfg.neighbors.len(), "routed running");
+
+    for l in listeners {
+        let me = shared.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, from)) = l.accept().await else {
+                    continue;
+                };
+                let n = me.router().neighbor_by_addr(from.ip());
+                match n {
+                    Some(n) => me.run_conn(n, stream, false),
+                    None => tracing::info!(%from, "BGP connection from an unknown address refused"),
+                }
+            }
+        });
+    }
+    {
+        let me = shared.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 128];
+            loop {
+                if let Ok((k, from)) = bfd_rx.recv_from(&mut buf).await {
+                    me.with(|r, now| r.on_bfd_packet(from.ip(), &buf[..k], now));
+                }
+            }
+        });
+    }
+    {
+        let me = shared.clone();
+        tokio::spawn(async move {
+            // Sleep until the router's next deadline; any event may bring
+            // it closer, so events wake this loop to look again.
+            loop {
+                let now = Instant::now();
+                let due = me.router().next_deadline(now);
+                if due > now {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(due.into()) => {}
+                        _ = me.wake.notified() => continue,
+                    }
+                }
+                let outs = {
+                    let mut r = me.router();
+                    r.on_tick(Instant::now());
+                    r.drain()
+                };
+                for o in outs {
+                    me.dispatch(o);
+                }
+            }
+        });
+    }
+    tokio::spawn(overlay_events(shared.clone()));
+    tokio::spawn(sync_tables(shared.clone()));
+    tokio::spawn(probes(shared.clone()));
+    tokio::spawn(crate::ctl::serve(ctl, shared.clone()));
+
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+    tracing::info!("routed stopping; overlayd keeps its routes");
+    if cfg.kernel_routes {
+        if let Err(e) = crate::kernel::reconcile(&cfg.interface, cfg.route_protocol, &[]).await {
+            tracing::warn!("removing kernel routes: {e}");
+        }
+    }
+    let _ = std::fs::remove_file(&cfg.control_socket);
+    Ok(())
+}
+
+/// One request to overlayd's control socket.
+pub async fn overlayd_request(path: &std::path::Path, req: &Value) -> Result<Value, String> {
+    let s = UnixStream::connect(path)
+        .await
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let (r, mut w) = s.into_split();
+    let mut line = req.to_string();
+    line.push('\n');
+    w.write_all(line.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut r = BufReader::new(r);
+    let mut reply = String::new();
+    r.read_line(&mut reply).await.map_err(|e| e.to_string())?;
+    serde_json::from_str(&reply).map_err(|e| format!("overlayd reply: {e}"))
+}
+
+fn addrs(v: &Value) -> Vec<IpAddr> {
+    v.as_array()
+        .map(|a| a.iter().filter_map(|x| x.as_str()?.parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+/// Follows overlayd's attach/detach events; reconnects when it restarts.
+async fn overlay_events(me: Arc<Shared>) {
+    let path = me.cfg.overlayd_socket.clone();
+    loop {
+        if let Err(e) = follow(&me, &path).await {
+            tracing::debug!("overlayd events: {e}");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+async fn follow(me: &Arc<Shared>, path: &std::path::Path) -> Result<(), String> {
+    let s = UnixStream::connect(path)
+        .await
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let (r, mut w) = s.into_split();
+    w.write_all(b"{\"cmd\":\"subscribe\"}\n")
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut lines = BufReader::new(r).lines();
+    // Subscribed first, then the snapshot: nothing falls in between.
+    let st = overlayd_request(path, &json!({"cmd": "status"})).await?;
+    let hosts: Vec<IpAddr> = st["peers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["attached"] == true && p["role"] == "host")
+        .flat_map(|p| addrs(&p["addresses"]))
+        .collect();
+    tracing::info!(hosts = hosts.len(), "following overlayd");
+    me.with(|r, now| r.set_attached(&hosts, now));
+    me.tables.notify_one();
+    while let Some(line) = lines.next_line().await.map_err(|e| e.to_string())? {
+        let Ok(ev) = serde_json::from_str::<Value>(&line) else {
+            continue;
+        };
+        if ev["role"] != "host" {
+            continue;
+        }
+        let a = addrs(&ev["addresses"]);
+        match ev["event"].as_str() {
+            Some("attached") => me.with(|r, now| r.attach(&a, now)),
+            Some("detached") => me.with(|r, now| r.detach(&a, now)),
+            _ => {}
+        }
+    }
+    Err("overlayd closed the event stream".into())
+}
+
+/// Writes the best routes into overlayd and the kernel when they change.
+async fn sync_tables(me: Arc<Shared>) {
+    let mut last: Option<Value> = None;
+    let mut last_kernel: Option<Vec<ipnet::IpNet>> = None;
+    let mut last_sync = Instant::now();
+    loop {
+        let _ = tokio::time::timeout(RESYNC, me.tables.notified()).await;
+        let (ready, fib, kernel) = {
+            let r = me.router();
+            (r.fib_ready(), r.fib(), r.kernel_prefixes())
+        };
+        if !ready {
+            continue;
+        }
+        let routes: Vec<Value> = fib
+            .iter()
+            .map(|(p, via)| json!({"prefix": p.to_string(), "via": via}))
+            .collect();
+        let req = json!({"cmd": "route_set", "routes": routes});
+        if last.as_ref() != Some(&req) || last_sync.elapsed() >= RESYNC {
+            match overlayd_request(&me.cfg.overlayd_socket, &req).await {
+                Ok(v) if v["ok"] == true => {
+                    last = Some(req);
+                    last_sync = Instant::now();
+                }
+                Ok(v) => tracing::warn!("overlayd refused routes: {}", v["error"]),
+                Err(e) => tracing::debug!("overlayd: {e}"),
+            }
+        }
+        if me.cfg.kernel_routes && last_kernel.as_ref() != Some(&kernel) {
+            match crate::kernel::reconcile(&me.cfg.interface, me.cfg.route_protocol, &kernel).await
+            {
+                Ok(()) => last_kernel = Some(kernel),
+                Err(e) => tracing::warn!("kernel routes: {e}"),
+            }
+        }
+    }
+}
+
+/// Health probes of site prefixes: one ping a second.
+async fn probes(me: Arc<Shared>) {
+    let targets = me.router().probes();
+    if targets.is_empty() {
+        return;
+    }
+    let mut t = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        t.tick().await;
+        for (prefix, addr) in &targets {
+            let ok = tokio::process::Command::new("ping")
+                .args(["-c", "1", "-W", "1", "-q", &addr.to_string()])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .await
+                .is_ok_and(|s| s.success());
+            me.with(|r, now| r.probe_result(*prefix, ok, now));
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! Learned site prefixes in the kernel: routes into the overlay interface
+//! with routed's own route protocol number, so they are ours to reconcile
+//! at start and remove at exit (and `ip route show proto 201` shows them).
+
+use futures::TryStreamExt;
+use ipnet::IpNet;
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol};
+use rtnetlink::RouteMessageBuilder;
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+fn destination(m: &RouteMessage) -> Option<IpNet> {
+    let len = m.header.destination_prefix_length;
+    m.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Destination(RouteAddress::Inet(a)) => IpNet::new((*a).into(), len).ok(),
+        RouteAttribute::Destination(RouteAddress::Inet6(a)) => IpNet::new((*a).into(), len).ok(),
+        _ => None,
+    })
+}
+
+/// Makes the kernel's routes of `protocol` exactly `want`, into `ifname`.
+pub async fn reconcile(ifname: &str, protocol: u8, want: &[IpNet]) -> Result<(), String> {
+    let (conn, handle, _) =
+        rtnetlink::new_connection().map_err(|e| format!("netlink socket: {e}"))?;
+    tokio::spawn(conn);
+    let proto = RouteProtocol::from(protocol);
+    let mut have: Vec<RouteMessage> = Vec::new();
+    for req in [
+        RouteMessageBuilder::<Ipv4Addr>::new().build(),
+        RouteMessageBuilder::<Ipv6Addr>::new().build(),
+    ] {
+        let mut s = handle.route().get(req).execute();
+        while let Some(m) = s
+            .try_next()
+            .await
+            .map_err(|e| format!("listing routes: {e}"))?
+        {
+            if m.header.protocol == proto {
+                have.push(m);
+            }
+        }
+    }
+    let want: BTreeSet<IpNet> = want.iter().map(|p| p.trunc()).collect();
+    let mut present = BTreeSet::new();
+    for m in have {
+        match destination(&m) {
+            Some(p) if want.contains(&p) => {
+                present.insert(p);
+            }
+            _ => {
+                handle
+                    .route()
+                    .del(m)
+                    .execute()
+                    .await
+                    .map_err(|e| format!("removing a stale route: {e}"))?;
+            }
+        }
+    }
+    if want.len() == present.len() {
+        return Ok(());
+    }
+    let link = handle
+        .link()
+        .get()
+        .match_name(ifname.to_string())
+        .execute()
+        .try_next()
+        .await
+        .map_err(|e| format!("finding interface {ifname}: {e}"))?
+        .ok_or_else(|| format!("interface {ifname} not found"))?;
+    for p in want.difference(&present) {
+        let msg = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(p.addr(), p.prefix_len())
+            .map_err(|e| format!("route {p}: {e}"))?
+            .output_interface(link.header.index)
+            .protocol(proto)
+            .build();
+        handle
+            .route()
+            .add(msg)
+            .execute()
+            .await
+            .map_err(|e| format!("adding route {p} dev {ifname}: {e}"))?;
+    }
+    Ok(())
+}

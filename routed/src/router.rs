@@ -1,0 +1,924 @@
+//! The route daemon's brain, sans IO: every neighbour's BGP session, BFD
+//! session and damping state, the Adj-RIBs and the Loc-RIB. The tokio driver
+//! feeds it connection events, messages, BFD packets, overlayd events and
+//! the clock, and carries out the [`Out`]s it queues.
+
+use crate::bfd;
+use crate::config::{Config, Import};
+use crate::damping;
+use crate::rib::{Path, Rib, LOCAL};
+use crate::session::{Action, ConnId, Session, SessionConfig};
+use crate::wire::{self, Attrs, DecodeError, Message, Notification, Update};
+use ipnet::IpNet;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::{IpAddr, Ipv6Addr};
+use std::time::{Duration, Instant};
+
+/// A site prefix's probe must pass this long before it is announced again.
+const PROBE_STABLE: Duration = Duration::from_secs(3);
+/// Once every neighbour is up this long, routed owns overlayd's table even
+/// without End-of-RIB markers.
+const SETTLE: Duration = Duration::from_secs(2);
+const HISTORY: usize = 16;
+
+/// What the driver must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Out {
+    Connect {
+        n: usize,
+    },
+    Send {
+        n: usize,
+        conn: ConnId,
+        bytes: Vec<u8>,
+    },
+    Close {
+        n: usize,
+        conn: ConnId,
+    },
+    Bfd {
+        n: usize,
+        bytes: [u8; 24],
+    },
+    /// The best routes changed: reprogram overlayd and the kernel.
+    TablesChanged,
+}
+
+#[derive(Debug, Clone)]
+pub struct Flap {
+    pub at_unix: u64,
+    pub up: bool,
+    pub reason: String,
+}
+
+pub struct Neighbor {
+    pub cfg: crate::config::Neighbor,
+    pub session: Session,
+    pub bfd: Option<bfd::Session>,
+    bfd_up: bool,
+    pub link: Option<damping::Link>,
+    pub adj_in: BTreeMap<IpNet, Attrs>,
+    pub adj_out: BTreeMap<IpNet, Attrs>,
+    /// Its paths are in the Loc-RIB (established, not damped).
+    in_rib: bool,
+    eor: bool,
+    /// Subnets its certificate allows it to originate.
+    cert_subnets: Vec<IpNet>,
+    pub flaps: u64,
+    pub history: VecDeque<Flap>,
+    pub rejected: u64,
+    pub treat_as_withdraw: u64,
+}
+
+pub struct Router {
+    pub cfg: Config,
+    networks: Vec<IpNet>,
+    own_subnets: Vec<IpNet>,
+    next_hop_v6: Option<Ipv6Addr>,
+    pub neighbors: Vec<Neighbor>,
+    rib: Rib,
+    /// Host routes of nodes attached to our overlayd.
+    attached: BTreeSet<IpNet>,
+    /// Site prefixes: announced now, and since when their probe passes.
+    site: BTreeMap<IpNet, (Option<IpAddr>, Option<Instant>)>,
+    dirty: BTreeSet<IpNet>,
+    out: Vec<Out>,
+    started: Instant,
+    fib_ready: bool,
+}
+
+fn contains(nets: &[IpNet], p: &IpNet) -> bool {
+    nets.iter().any(|n| n.contains(p))
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Router {
+    /// `networks`: the CA's; `own_subnets` and `own_v6` from our cert;
+    /// `cert_subnets[i]`: what neighbour i's cert allows.
+    pub fn new(
+        cfg: Config,
+        networks: Vec<IpNet>,
+        own_subnets: Vec<IpNet>,
+        own_v6: Option<Ipv6Addr>,
+        cert_subnets: Vec<Vec<IpNet>>,
+        now: Instant,
+    ) -> Result<Router, String> {
+        for (i, a) in cfg.announce.iter().enumerate() {
+            if !contains(&own_subnets, &a.prefix) {
+                return Err(format!(
+                    "announce[{i}].prefix: {} is not among the subnets this gateway's cert allows ({})",
+                    a.prefix,
+                    own_subnets
+                        .iter()
+                        .map(|s| s.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+        }
+        let d = &cfg.damping;
+        let damping_cfg = damping::Config {
+            penalty_per_flap: d.penalty,
+            half_life: Duration::from_secs_f64(d.half_life_s),
+            suppress_threshold: d.suppress,
+            reuse_threshold: d.reuse,
+            max_suppress: Duration::from_secs_f64(d.max_suppress_s),
+            stable_up: Duration::from_secs_f64(d.stable_up_s),
+        };
+        damping_cfg
+            .validate()
+            .map_err(|e| format!("damping: {e}"))?;
+        let mut neighbors = Vec::new();
+        for (i, n) in cfg.neighbors.iter().enumerate() {
+            let mut session = Session::new(SessionConfig {
+                local_asn: cfg.asn,
+                router_id: cfg.router_id,
+                peer_asn: n.asn,
+                hold_time: cfg.hold_time(),
+                keepalive: cfg.timers.keepalive_s,
+                connect_retry: cfg.connect_retry(),
+                passive: n.passive,
+            });
+            session.start(now);
+            let bfd = (cfg.bfd.enabled && n.bfd).then(|| {
+                let interval = Duration::from_millis(cfg.bfd.interval_ms);
+                bfd::Session::new(
+                    bfd::Config {
+                        desired_min_tx: interval,
+                        required_min_rx: interval,
+                        detect_mult: cfg.bfd.multiplier,
+                        ..bfd::Config::default()
+                    },
+                    (i as u32 + 1) | (u32::from(cfg.router_id) << 8),
+                    u64::from(u32::from(cfg.router_id)) << 16 | i as u64,
+                    now,
+                )
+            });
+            let link = cfg
+                .damping
+                .enabled
+                .then(|| damping::Link::new(damping_cfg, now));
+            neighbors.push(Neighbor {
+                cfg: n.clone(),
+                session,
+                bfd,
+                bfd_up: false,
+                link,
+                adj_in: BTreeMap::new(),
+                adj_out: BTreeMap::new(),
+                in_rib: false,
+                eor: false,
+                cert_subnets: cert_subnets.get(i).cloned().unwrap_or_default(),
+                flaps: 0,
+                history: VecDeque::new(),
+                rejected: 0,
+                treat_as_withdraw: 0,
+            });
+        }
+        let site = cfg
+            .announce
+            .iter()
+            .map(|a| {
+                (
+                    a.prefix,
+                    (a.probe, if a.probe.is_none() { Some(now) } else { None }),
+                )
+            })
+            .collect();
+        let mut r = Router {
+            cfg,
+            networks,
+            own_subnets,
+            next_hop_v6: own_v6,
+            neighbors,
+            rib: Rib::default(),
+            attached: BTreeSet::new(),
+            site,
+            dirty: BTreeSet::new(),
+            out: Vec::new(),
+            started: now,
+            fib_ready: false,
+        };
+        r.refresh_site(now);
+        Ok(r)
+    }
+
+    /// Takes the queued outputs.
+    pub fn drain(&mut self) -> Vec<Out> {
+        std::mem::take(&mut self.out)
+    }
+
+    pub fn neighbor_by_addr(&self, a: IpAddr) -> Option<usize> {
+        self.neighbors.iter().position(|n| n.cfg.address == a)
+    }
+
+    // ---- BGP transport events ----
+
+    pub fn on_connected(&mut self, n: usize, conn: ConnId, outbound: bool, now: Instant) {
+        let acts = self.neighbors[n].session.on_connected(conn, outbound, now);
+        self.apply(n, acts, now);
+        self.finish(now);
+    }
+
+    pub fn on_connect_failed(&mut self, n: usize, why: &str, now: Instant) {
+        self.neighbors[n].session.on_connect_failed(why, now);
+    }
+
+    pub fn on_closed(&mut self, n: usize, conn: ConnId, why: &str, now: Instant) {
+        let acts = self.neighbors[n].session.on_closed(conn, why, now);
+        self.apply(n, acts, now);
+        self.finish(now);
+    }
+
+    pub fn on_message(
+        &mut self,
+        n: usize,
+        conn: ConnId,
+        m: Result<Message, DecodeError>,
+        now: Instant,
+    ) {
+        let acts = match m {
+            Ok(m) => self.neighbors[n].session.on_message(conn, m, now),
+            Err(e) => self.neighbors[n].session.on_decode_error(conn, &e, now),
+        };
+        self.apply(n, acts, now);
+        self.finish(now);
+    }
+
+    // ---- BFD ----
+
+    pub fn on_bfd_packet(&mut self, from: IpAddr, bytes: &[u8], now: Instant) {
+        let Ok(pkt) = bfd::ControlPacket::decode(bytes) else {
+            return;
+        };
+        let Some(n) = self.neighbor_by_addr(from) else {
+            return;
+        };
+        let Some(b) = self.neighbors[n].bfd.as_mut() else {
+            return;
+        };
+        let t = b.on_packet(&pkt, now);
+        self.bfd_transition(n, t, now);
+        self.poll_bfd(n, now);
+        self.finish(now);
+    }
+
+    fn poll_bfd(&mut self, n: usize, now: Instant) {
+        loop {
+            let Some(b) = self.neighbors[n].bfd.as_mut() else {
+                return;
+            };
+            let o = b.poll(now);
+            if let Some(bytes) = o.transmit {
+                self.out.push(Out::Bfd { n, bytes });
+            }
+            if o.transition.is_none() {
+                return;
+            }
+            self.bfd_transition(n, o.transition, now);
+        }
+    }
+
+    fn bfd_transition(&mut self, n: usize, t: Option<bfd::Transition>, now: Instant) {
+        match t {
+            Some(bfd::Transition::Up) => {
+                self.neighbors[n].bfd_up = true;
+                tracing::info!(neighbor = %self.neighbors[n].cfg.name, "BFD up");
+            }
+            Some(bfd::Transition::Down(diag)) => {
+                self.neighbors[n].bfd_up = false;
+                tracing::warn!(neighbor = %self.neighbors[n].cfg.name, "BFD down: {diag:?}");
+                // RFC 5882: the session goes down at once, no NOTIFICATION.
+                if self.neighbors[n].session.is_established() {
+                    let acts = self.neighbors[n].session.reset("BFD down", None, now);
+                    self.apply(n, acts, now);
+                }
+            }
+            None => {}
+        }
+    }
+
+    // ---- overlayd events ----
+
+    /// A node attached to our overlayd: its host routes are ours to announce.
+    pub fn attach(&mut self, addrs: &[IpAddr], now: Instant) {
+        for a in addrs {
+            let p = IpNet::from(*a);
+            if !contains(&self.networks, &p) {
+                continue;
+            }
+            if self.attached.insert(p) {
+                self.originate(p, now);
+            }
+        }
+        self.finish(now);
+    }
+
+    pub fn detach(&mut self, addrs: &[IpAddr], now: Instant) {
+        for a in addrs {
+            let p = IpNet::from(*a);
+            if self.attached.remove(&p)
+                && !self.site_announced(&p)
+                && self.rib.remove(p, LOCAL, now)
+            {
+                self.dirty.insert(p);
+            }
+        }
+        self.finish(now);
+    }
+
+    /// Replaces the attached set (after reconnecting to overlayd).
+    pub fn set_attached(&mut self, addrs: &[IpAddr], now: Instant) {
+        let want: BTreeSet<IpNet> = addrs
+            .iter()
+            .map(|a| IpNet::from(*a))
+            .filter(|p| contains(&self.networks, p))
+            .collect();
+        let gone: Vec<IpNet> = self.attached.difference(&want).copied().collect();
+        let gone_addrs: Vec<IpAddr> = gone.iter().map(|p| p.addr()).collect();
+        self.detach(&gone_addrs, now);
+        let new: Vec<IpAddr> = want.difference(&self.attached).map(|p| p.addr()).collect();
+        self.attach(&new, now);
+    }
+
+    fn originate(&mut self, p: IpNet, now: Instant) {
+        let attrs = Attrs {
+            origin: 0,
+            ..Attrs::default()
+        };
+        if self.rib.upsert(
+            p,
+            Path {
+                source: LOCAL,
+                attrs,
+            },
+            now,
+        ) {
+            self.dirty.insert(p);
+        }
+    }
+
+    fn site_announced(&self, p: &IpNet) -> bool {
+        self.site.get(p).is_some_and(|(_, ok)| ok.is_some())
+    }
+
+    /// The result of one health probe of a site prefix.
+    pub fn probe_result(&mut self, prefix: IpNet, ok: bool, now: Instant) {
+        if let Some((_, since)) = self.site.get_mut(&prefix) {
+            match (ok, *since) {
+                (true, None) => *since = Some(now),
+                (false, Some(_)) => {
+                    *since = None;
+                    tracing::warn!(%prefix, "site prefix probe failed: withdrawing");
+                }
+                _ => {}
+            }
+        }
+        self.refresh_site(now);
+        self.finish(now);
+    }
+
+    fn refresh_site(&mut self, now: Instant) {
+        let entries: Vec<(IpNet, bool)> = self
+            .site
+            .iter()
+            .map(|(p, (probe, since))| {
+                let ok = match (probe, since) {
+                    (None, _) => true,
+                    (Some(_), Some(t)) => now.duration_since(*t) >= PROBE_STABLE,
+                    (Some(_), None) => false,
+                };
+                (*p, ok)
+            })
+            .collect();
+        for (p, ok) in entries {
+            let have = self.rib.candidates(&p).iter().any(|c| c.source == LOCAL);
+            if ok && !have {
+                self.originate(p, now);
+            } else if !ok && have && !self.attached.contains(&p) && self.rib.remove(p, LOCAL, now) {
+                self.dirty.insert(p);
+            }
+        }
+    }
+
+    pub fn probes(&self) -> Vec<(IpNet, IpAddr)> {
+        self.site
+            .iter()
+            .filter_map(|(p, (probe, _))| probe.map(|a| (*p, a)))
+            .collect()
+    }
+
+    // ---- the clock ----
+
+    pub fn on_tick(&mut self, now: Instant) {
+        for n in 0..self.neighbors.len() {
+            // Damping: a suppressed link keeps its session down.
+            let suppressed = self.neighbors[n]
+                .link
+                .as_ref()
+                .is_some_and(|l| l.suppressed(now));
+            let nb = &mut self.neighbors[n];
+            if suppressed && nb.session.enabled() {
+                tracing::warn!(neighbor = %nb.cfg.name, "link suppressed by damping");
+                let acts = nb.session.stop(
+                    "suppressed (damping)",
+                    Some(Notification::new(
+                        wire::err::CEASE,
+                        wire::err::CEASE_ADMIN_SHUTDOWN,
+                    )),
+                    now,
+                );
+                self.apply(n, acts, now);
+            } else if !suppressed && !nb.session.enabled() {
+                tracing::info!(neighbor = %nb.cfg.name, "link reusable");
+                nb.session.start(now);
+            }
+            let acts = self.neighbors[n].session.on_tick(now);
+            self.apply(n, acts, now);
+            self.poll_bfd(n, now);
+        }
+        self.refresh_site(now);
+        self.finish(now);
+    }
+
+    pub fn next_deadline(&self, now: Instant) -> Instant {
+        let mut t = now + Duration::from_millis(500);
+        for nb in &self.neighbors {
+            if let Some(d) = nb.session.next_deadline() {
+                t = t.min(d);
+            }
+            if let Some(b) = &nb.bfd {
+                t = t.min(b.next_deadline());
+            }
+            if let Some(d) = nb.link.as_ref().and_then(|l| l.next_change(now)) {
+                t = t.min(d);
+            }
+        }
+        t.max(now)
+    }
+
+    // ---- session actions ----
+
+    fn apply(&mut self, n: usize, acts: Vec<Action>, now: Instant) {
+        for a in acts {
+            match a {
+                Action::Connect => self.out.push(Out::Connect { n }),
+                Action::Send(conn, m) => self.out.push(Out::Send {
+                    n,
+                    conn,
+                    bytes: wire::encode(&m),
+                }),
+                Action::Close(conn) => self.out.push(Out::Close { n, conn }),
+                Action::Up(open) => self.session_up(n, open, now),
+                Action::Down(why) => self.session_down(n, &why, now),
+                Action::Update(u) => self.import(n, u, now),
+                Action::RouteRefresh { ipv6 } => {
+                    let nb = &mut self.neighbors[n];
+                    nb.adj_out.retain(|p, _| matches!(p, IpNet::V6(_)) != ipv6);
+                    self.export_all(n);
+                }
+            }
+        }
+    }
+
+    fn record(&mut self, n: usize, up: bool, reason: &str) {
+        let nb = &mut self.neighbors[n];
+        nb.history.push_back(Flap {
+            at_unix: unix_now(),
+            up,
+            reason: reason.to_string(),
+        });
+        while nb.history.len() > HISTORY {
+            nb.history.pop_front();
+        }
+    }
+
+    fn session_up(&mut self, n: usize, open: wire::Open, now: Instant) {
+        tracing::info!(neighbor = %self.neighbors[n].cfg.name, router_id = %open.router_id, "session established");
+        if let Some(l) = self.neighbors[n].link.as_mut() {
+            l.on_up(now);
+        }
+        self.neighbors[n].eor = false;
+        self.neighbors[n].adj_out.clear();
+        self.record(n, true, "established");
+        self.export_all(n);
+        self.update_rib_membership(n, now);
+    }
+
+    fn session_down(&mut self, n: usize, why: &str, now: Instant) {
+        tracing::warn!(neighbor = %self.neighbors[n].cfg.name, "session down: {why}");
+        let nb = &mut self.neighbors[n];
+        nb.flaps += 1;
+        if let Some(l) = nb.link.as_mut() {
+            l.on_down(now);
+        }
+        nb.adj_in.clear();
+        nb.adj_out.clear();
+        self.record(n, false, why);
+        self.update_rib_membership(n, now);
+    }
+
+    /// Puts a neighbour's paths into the Loc-RIB or takes them out, as its
+    /// session and damping state say.
+    fn update_rib_membership(&mut self, n: usize, now: Instant) {
+        let nb = &self.neighbors[n];
+        let want = nb.session.is_established()
+            && nb
+                .link
+                .as_ref()
+                .is_none_or(|l| l.flaps() == 0 || l.usable(now));
+        if want == nb.in_rib && want {
+            return;
+        }
+        if !want {
+            let changed = self.rib.remove_source(n, now);
+            self.dirty.extend(changed);
+            self.neighbors[n].in_rib = false;
+            return;
+        }
+        self.neighbors[n].in_rib = true;
+        let paths: Vec<(IpNet, Attrs)> = self.neighbors[n]
+            .adj_in
+            .iter()
+            .map(|(p, a)| (*p, a.clone()))
+            .collect();
+        for (p, attrs) in paths {
+            if self.rib.upsert(p, Path { source: n, attrs }, now) {
+                self.dirty.insert(p);
+            }
+        }
+    }
+
+    // ---- import ----
+
+    fn accepts(&self, n: usize, p: &IpNet, attrs: &Attrs) -> Result<(), String> {
+        let nb = &self.neighbors[n];
+        if attrs.as_path.contains(&self.cfg.asn) {
+            return Err("our AS is in the path (loop)".into());
+        }
+        if attrs.as_path.first() != Some(&nb.cfg.asn) {
+            return Err(format!(
+                "AS_PATH does not start with the neighbour's AS {}",
+                nb.cfg.asn
+            ));
+        }
+        match &nb.cfg.import {
+            None => Err("no import policy (RFC 8212)".into()),
+            Some(Import::Named(s)) if s == "none" => Err("import policy none".into()),
+            Some(Import::Named(_)) => {
+                if contains(&self.networks, p) && (p.prefix_len() == p.max_prefix_len()) {
+                    return Ok(());
+                }
+                // A site prefix: the originating gateway's cert must allow it.
+                let origin = attrs.as_path.last().copied();
+                let allowed = self
+                    .neighbors
+                    .iter()
+                    .filter(|o| Some(o.cfg.asn) == origin)
+                    .any(|o| contains(&o.cert_subnets, p));
+                if allowed {
+                    Ok(())
+                } else {
+                    Err("not a host route of the overlay, nor a subnet the originating gateway's cert allows".into())
+                }
+            }
+            Some(Import::List(l)) => {
+                if contains(l, p) {
+                    Ok(())
+                } else {
+                    Err("outside the neighbour's import list".into())
+                }
+            }
+        }
+    }
+
+    fn import(&mut self, n: usize, u: Update, now: Instant) {
+        if u.is_end_of_rib() {
+            self.neighbors[n].eor = true;
+            return;
+        }
+        let in_rib = self.neighbors[n].in_rib;
+        for p in &u.withdrawn {
+            if self.neighbors[n].adj_in.remove(p).is_some() && in_rib && self.rib.remove(*p, n, now)
+            {
+                self.dirty.insert(*p);
+            }
+        }
+        if let Some(why) = &u.treat_as_withdraw {
+            self.neighbors[n].treat_as_withdraw += 1;
+            tracing::warn!(neighbor = %self.neighbors[n].cfg.name, "UPDATE treated as withdraw: {why}");
+        }
+        for p in &u.announced {
+            let verdict = match &u.treat_as_withdraw {
+                Some(why) => Err(why.clone()),
+                None => self.accepts(n, p, &u.attrs),
+            };
+            match verdict {
+                Ok(()) => {
+                    let mut attrs = u.attrs.clone();
+                    // LOCAL_PREF is not carried between ASes.
+                    attrs.local_pref = None;
+                    self.neighbors[n].adj_in.insert(*p, attrs.clone());
+                    if in_rib && self.rib.upsert(*p, Path { source: n, attrs }, now) {
+                        self.dirty.insert(*p);
+                    }
+                }
+                Err(why) => {
+                    if u.treat_as_withdraw.is_none() {
+                        self.neighbors[n].rejected += 1;
+                        tracing::debug!(neighbor = %self.neighbors[n].cfg.name, prefix = %p, "rejected: {why}");
+                    }
+                    if self.neighbors[n].adj_in.remove(p).is_some()
+                        && in_rib
+                        && self.rib.remove(*p, n, now)
+                    {
+                        self.dirty.insert(*p);
+                    }
+                }
+            }
+        }
+        if self.neighbors[n].adj_in.len() > self.cfg.limits.max_prefixes {
+            let why = format!(
+                "more than {} prefixes (limits.max_prefixes)",
+                self.cfg.limits.max_prefixes
+            );
+            let acts = self.neighbors[n].session.reset(
+                &why,
+                Some(Notification::new(
+                    wire::err::CEASE,
+                    wire::err::CEASE_MAX_PREFIXES,
+                )),
+                now,
+            );
+            self.apply(n, acts, now);
+        }
+    }
+
+    // ---- export ----
+
+    fn exported(&self, n: usize, p: &IpNet) -> Option<Attrs> {
+        let nb = &self.neighbors[n];
+        if nb.cfg.export.as_deref() != Some("all") {
+            return None;
+        }
+        let best = self.rib.best(p)?;
+        let path = best.paths.iter().find(|x| x.source != n)?;
+        if path.attrs.as_path.contains(&nb.cfg.asn) {
+            return None;
+        }
+        let mut as_path = vec![self.cfg.asn];
+        as_path.extend_from_slice(&path.attrs.as_path);
+        let (nh4, nh6) = match p {
+            IpNet::V4(_) => (Some(self.cfg.router_id), None),
+            IpNet::V6(_) => (None, Some(self.next_hop_v6?)),
+        };
+        Some(Attrs {
+            origin: path.attrs.origin,
+            as_path,
+            med: None,
+            local_pref: None,
+            communities: path.attrs.communities.clone(),
+            next_hop_v4: nh4,
+            next_hop_v6: nh6,
+        })
+    }
+
+    fn export_prefixes(&mut self, n: usize, prefixes: &[IpNet]) {
+        let Some(conn) = self.neighbors[n].session.established_conn() else {
+            return;
+        };
+        let mut withdrawn = Vec::new();
+        let mut groups: BTreeMap<Vec<u8>, (Attrs, Vec<IpNet>)> = BTreeMap::new();
+        for p in prefixes {
+            let want = self.exported(n, p);
+            let have = self.neighbors[n].adj_out.get(p);
+            if want.as_ref() == have {
+                continue;
+            }
+            match want {
+                None => {
+                    self.neighbors[n].adj_out.remove(p);
+                    withdrawn.push(*p);
+                }
+                Some(a) => {
+                    self.neighbors[n].adj_out.insert(*p, a.clone());
+                    let key = format!("{a:?}").into_bytes();
+                    groups
+                        .entry(key)
+                        .or_insert_with(|| (a, Vec::new()))
+                        .1
+                        .push(*p);
+                }
+            }
+        }
+        let mut updates = Vec::new();
+        if !withdrawn.is_empty() {
+            updates.extend(wire::split_update(Update {
+                withdrawn,
+                ..Update::default()
+            }));
+        }
+        for (_, (attrs, announced)) in groups {
+            updates.extend(wire::split_update(Update {
+                announced,
+                attrs,
+                ..Update::default()
+            }));
+        }
+        for u in updates {
+            self.out.push(Out::Send {
+                n,
+                conn,
+                bytes: wire::encode(&Message::Update(u)),
+            });
+        }
+    }
+
+    fn export_all(&mut self, n: usize) {
+        let mut prefixes: BTreeSet<IpNet> = self.rib.iter_best().map(|(p, _)| *p).collect();
+        prefixes.extend(self.neighbors[n].adj_out.keys().copied());
+        let prefixes: Vec<IpNet> = prefixes.into_iter().collect();
+        self.export_prefixes(n, &prefixes);
+        if let Some(conn) = self.neighbors[n].session.established_conn() {
+            for v6 in [false, true] {
+                self.out.push(Out::Send {
+                    n,
+                    conn,
+                    bytes: wire::end_of_rib(v6),
+                });
+            }
+        }
+    }
+
+    /// Ends every entry point: exports what changed, and tells the driver
+    /// to reprogram the tables.
+    fn finish(&mut self, now: Instant) {
+        for n in 0..self.neighbors.len() {
+            self.update_rib_membership(n, now);
+        }
+        if !self.fib_ready {
+            let all_up = self.neighbors.iter().all(|nb| {
+                nb.session.is_established()
+                    && (nb.eor
+                        || nb
+                            .session
+                            .established_at
+                            .is_some_and(|t| now.duration_since(t) >= SETTLE))
+            });
+            let grace = Duration::from_secs(self.cfg.timers.startup_grace_s);
+            if all_up || now.duration_since(self.started) >= grace {
+                self.fib_ready = true;
+                self.out.push(Out::TablesChanged);
+            }
+        }
+        if self.dirty.is_empty() {
+            return;
+        }
+        let dirty: Vec<IpNet> = std::mem::take(&mut self.dirty).into_iter().collect();
+        for n in 0..self.neighbors.len() {
+            self.export_prefixes(n, &dirty);
+        }
+        if self.fib_ready {
+            self.out.push(Out::TablesChanged);
+        }
+    }
+
+    /// Whether routed owns overlayd's table yet (after start it waits for
+    /// its neighbours so a restart does not wipe working routes).
+    pub fn fib_ready(&self) -> bool {
+        self.fib_ready
+    }
+
+    /// Learned best routes for overlayd: prefix → neighbour names.
+    pub fn fib(&self) -> Vec<(IpNet, Vec<String>)> {
+        self.rib
+            .iter_best()
+            .filter(|(_, b)| b.paths.iter().all(|p| p.source != LOCAL))
+            .map(|(p, b)| {
+                (
+                    *p,
+                    b.paths
+                        .iter()
+                        .map(|x| self.neighbors[x.source].cfg.name.clone())
+                        .collect(),
+                )
+            })
+            .collect()
+    }
+
+    /// Learned site prefixes (not host routes) for the kernel.
+    pub fn kernel_prefixes(&self) -> Vec<IpNet> {
+        self.fib()
+            .into_iter()
+            .map(|(p, _)| p)
+            .filter(|p| p.prefix_len() < p.max_prefix_len())
+            .collect()
+    }
+
+    // ---- status ----
+
+    pub fn status(&self, now: Instant) -> Value {
+        let neighbors: Vec<Value> = self
+            .neighbors
+            .iter()
+            .map(|nb| {
+                let s = &nb.session;
+                let (bfd, bfd_remote, bfd_diag) = match &nb.bfd {
+                    None => ("disabled".to_string(), None, None),
+                    Some(b) => (
+                        format!("{:?}", b.state()).to_lowercase(),
+                        Some(format!("{:?}", b.remote_state()).to_lowercase()),
+                        Some(format!("{:?}", b.local_diag())),
+                    ),
+                };
+                let (penalty, suppressed, until) = match &nb.link {
+                    None => (0.0, false, None),
+                    Some(l) => (
+                        l.penalty(now),
+                        l.suppressed(now),
+                        l.suppressed_until(now)
+                            .map(|t| t.saturating_duration_since(now).as_secs_f64()),
+                    ),
+                };
+                json!({
+                    "name": nb.cfg.name,
+                    "address": nb.cfg.address.to_string(),
+                    "asn": nb.cfg.asn,
+                    "state": s.state().as_str(),
+                    "uptime_s": s.established_at.map(|t| now.duration_since(t).as_secs()),
+                    "bfd": bfd,
+                    "bfd_remote": bfd_remote,
+                    "bfd_diag": bfd_diag,
+                    "reconnect_s": s.backoff().as_secs(),
+                    "flaps": nb.flaps,
+                    "penalty": (penalty * 10.0).round() / 10.0,
+                    "suppressed": suppressed,
+                    "suppressed_for_s": until,
+                    "usable": nb.in_rib,
+                    "last_error": s.last_error,
+                    "routes_in": nb.adj_in.len(),
+                    "routes_out": nb.adj_out.len(),
+                    "rejected": nb.rejected,
+                    "treat_as_withdraw": nb.treat_as_withdraw,
+                    "history": nb.history.iter().map(|f| json!({
+                        "at": cubenet_certs::time::format_rfc3339(f.at_unix),
+                        "event": if f.up { "up" } else { "down" },
+                        "reason": f.reason,
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        json!({
+            "asn": self.cfg.asn,
+            "router_id": self.cfg.router_id.to_string(),
+            "uptime_s": now.duration_since(self.started).as_secs(),
+            "fib_ready": self.fib_ready,
+            "own_subnets": self.own_subnets.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            "neighbors": neighbors,
+        })
+    }
+
+    pub fn routes(&self, now: Instant) -> Value {
+        let routes: Vec<Value> = self
+            .rib
+            .iter_best()
+            .map(|(p, b)| {
+                let local = b.paths.iter().any(|x| x.source == LOCAL);
+                let origin = if !local {
+                    "learned"
+                } else if self.attached.contains(p) {
+                    "host"
+                } else {
+                    "site"
+                };
+                let via: Vec<String> = b
+                    .paths
+                    .iter()
+                    .map(|x| {
+                        if x.source == LOCAL {
+                            "local".to_string()
+                        } else {
+                            self.neighbors[x.source].cfg.name.clone()
+                        }
+                    })
+                    .collect();
+                json!({
+                    "prefix": p.to_string(),
+                    "via": via,
+                    "ecmp": b.paths.len(),
+                    "origin": origin,
+                    "as_path": b.paths[0].attrs.as_path,
+                    "candidates": self.rib.candidates(p).len(),
+                    "age_s": now.duration_since(b.since).as_secs(),
+                })
+            })
+            .collect();
+        json!({"routes": routes})
+    }
+}

@@ -1,0 +1,820 @@
+//! BGP messages as routed sees them, and their wire form.
+//!
+//! OPEN, UPDATE and ROUTE-REFRESH go through the netgauze codec; KEEPALIVE
+//! and NOTIFICATION are a fixed header and two bytes, framed here. UPDATE
+//! errors follow RFC 7606: a malformed path attribute, or a missing
+//! mandatory one, turns the message into a withdrawal of its prefixes
+//! ("treat-as-withdraw") instead of a session reset.
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use netgauze_bgp_pkt::capabilities::{
+    BgpCapability, FourOctetAsCapability, MultiProtocolExtensionsCapability,
+};
+use netgauze_bgp_pkt::community::Community;
+use netgauze_bgp_pkt::iana::RouteRefreshSubcode;
+use netgauze_bgp_pkt::nlri::{Ipv4Unicast, Ipv4UnicastAddress, Ipv6Unicast, Ipv6UnicastAddress};
+use netgauze_bgp_pkt::open::{BgpOpenMessage, BgpOpenMessageParameter};
+use netgauze_bgp_pkt::path_attribute::{
+    As4PathSegment, AsPath, AsPathSegmentType, Communities, LocalPreference, MpReach, MpUnreach,
+    MultiExitDiscriminator, NextHop, Origin, PathAttribute, PathAttributeValue,
+};
+use netgauze_bgp_pkt::route_refresh::BgpRouteRefreshMessage;
+use netgauze_bgp_pkt::update::BgpUpdateMessage;
+use netgauze_bgp_pkt::wire::deserializer::BgpParsingContext;
+use netgauze_bgp_pkt::BgpMessage;
+use netgauze_iana::address_family::AddressType;
+use netgauze_parse_utils::reader::SliceReader;
+use netgauze_parse_utils::traits::ParseFromWithOneInput;
+use netgauze_parse_utils::WritablePdu;
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+pub const HEADER_LEN: usize = 19;
+pub const MAX_LEN: usize = 4096;
+/// The AS_TRANS placeholder for 4-byte AS numbers in the 2-byte field.
+const AS_TRANS: u16 = 23456;
+
+/// NOTIFICATION error codes (RFC 4271 §4.5) used here.
+pub mod err {
+    pub const HEADER: u8 = 1;
+    pub const OPEN: u8 = 2;
+    pub const UPDATE: u8 = 3;
+    pub const HOLD_TIMER: u8 = 4;
+    pub const FSM: u8 = 5;
+    pub const CEASE: u8 = 6;
+    /// Cease subcodes (RFC 4486).
+    pub const CEASE_MAX_PREFIXES: u8 = 1;
+    pub const CEASE_ADMIN_SHUTDOWN: u8 = 2;
+    pub const CEASE_COLLISION: u8 = 7;
+    pub const OPEN_BAD_PEER_AS: u8 = 2;
+    pub const OPEN_BAD_HOLD: u8 = 6;
+    pub const OPEN_UNSUPPORTED_CAPABILITY: u8 = 7;
+    pub const UPDATE_MALFORMED_ATTRS: u8 = 1;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Open {
+    pub asn: u32,
+    pub hold_time: u16,
+    pub router_id: Ipv4Addr,
+    /// Multiprotocol capabilities: IPv4 and IPv6 unicast.
+    pub ipv4: bool,
+    pub ipv6: bool,
+    /// 4-byte AS capability (RFC 6793).
+    pub asn4: bool,
+    pub route_refresh: bool,
+}
+
+/// Path attributes routed keeps (the rest are ignored).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Attrs {
+    /// 0 IGP, 1 EGP, 2 incomplete.
+    pub origin: u8,
+    /// AS_SEQUENCE flattened; an AS_SET counts as one hop.
+    pub as_path: Vec<u32>,
+    pub med: Option<u32>,
+    pub local_pref: Option<u32>,
+    pub communities: Vec<u32>,
+    pub next_hop_v4: Option<Ipv4Addr>,
+    pub next_hop_v6: Option<Ipv6Addr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Update {
+    pub withdrawn: Vec<IpNet>,
+    pub announced: Vec<IpNet>,
+    pub attrs: Attrs,
+    /// RFC 7606: why the announced prefixes are to be treated as withdrawn.
+    pub treat_as_withdraw: Option<String>,
+}
+
+impl Update {
+    /// End-of-RIB marker (RFC 4724): an UPDATE with nothing in it.
+    pub fn is_end_of_rib(&self) -> bool {
+        self.withdrawn.is_empty() && self.announced.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notification {
+    pub code: u8,
+    pub subcode: u8,
+    pub data: Vec<u8>,
+}
+
+impl Notification {
+    pub fn new(code: u8, subcode: u8) -> Notification {
+        Notification {
+            code,
+            subcode,
+            data: Vec::new(),
+        }
+    }
+}
+
+impl std::fmt::Display for Notification {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let what = match (self.code, self.subcode) {
+            (err::HEADER, _) => "message header error",
+            (err::OPEN, err::OPEN_BAD_PEER_AS) => "OPEN: bad peer AS",
+            (err::OPEN, err::OPEN_BAD_HOLD) => "OPEN: unacceptable hold time",
+            (err::OPEN, err::OPEN_UNSUPPORTED_CAPABILITY) => "OPEN: unsupported capability",
+            (err::OPEN, _) => "OPEN message error",
+            (err::UPDATE, _) => "UPDATE message error",
+            (err::HOLD_TIMER, _) => "hold timer expired",
+            (err::FSM, _) => "finite state machine error",
+            (err::CEASE, err::CEASE_MAX_PREFIXES) => "cease: maximum number of prefixes reached",
+            (err::CEASE, err::CEASE_ADMIN_SHUTDOWN) => "cease: administrative shutdown",
+            (err::CEASE, err::CEASE_COLLISION) => "cease: connection collision resolution",
+            (err::CEASE, _) => "cease",
+            _ => "unknown error",
+        };
+        write!(f, "{what} ({}/{})", self.code, self.subcode)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    Open(Open),
+    Update(Update),
+    Notification(Notification),
+    Keepalive,
+    /// A request to resend the routes of one family (`true` = IPv6).
+    RouteRefresh {
+        ipv6: bool,
+    },
+}
+
+/// A message that could not be decoded: the NOTIFICATION to send back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodeError {
+    pub notification: Notification,
+    pub reason: String,
+}
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.reason, self.notification)
+    }
+}
+
+fn decode_err(code: u8, subcode: u8, reason: impl Into<String>) -> DecodeError {
+    DecodeError {
+        notification: Notification::new(code, subcode),
+        reason: reason.into(),
+    }
+}
+
+/// The length of the message at the start of `buf`, once its header is
+/// there; an error for a header that cannot be valid.
+pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, DecodeError> {
+    if buf.len() < HEADER_LEN {
+        return Ok(None);
+    }
+    if buf[..16] != [0xff; 16] {
+        return Err(decode_err(err::HEADER, 1, "marker is not all ones"));
+    }
+    let len = u16::from_be_bytes([buf[16], buf[17]]) as usize;
+    if !(HEADER_LEN..=MAX_LEN).contains(&len) {
+        return Err(decode_err(err::HEADER, 2, format!("bad length {len}")));
+    }
+    Ok(Some(len))
+}
+
+fn header(ty: u8, body: &[u8]) -> Vec<u8> {
+    let mut v = vec![0xff; 16];
+    v.extend_from_slice(&((HEADER_LEN + body.len()) as u16).to_be_bytes());
+    v.push(ty);
+    v.extend_from_slice(body);
+    v
+}
+
+/// Decodes one whole message (header included).
+pub fn decode(buf: &[u8]) -> Result<Message, DecodeError> {
+    let len = frame_len(buf)?.ok_or_else(|| decode_err(err::HEADER, 2, "truncated header"))?;
+    if len != buf.len() {
+        return Err(decode_err(err::HEADER, 2, "length does not match"));
+    }
+    let body = &buf[HEADER_LEN..];
+    match buf[18] {
+        3 => {
+            if body.len() < 2 {
+                return Err(decode_err(err::HEADER, 2, "short NOTIFICATION"));
+            }
+            Ok(Message::Notification(Notification {
+                code: body[0],
+                subcode: body[1],
+                data: body[2..].to_vec(),
+            }))
+        }
+        4 => {
+            if !body.is_empty() {
+                return Err(decode_err(err::HEADER, 2, "KEEPALIVE with a body"));
+            }
+            Ok(Message::Keepalive)
+        }
+        1 | 2 | 5 => decode_with_netgauze(buf),
+        t => Err(decode_err(
+            err::HEADER,
+            3,
+            format!("unknown message type {t}"),
+        )),
+    }
+}
+
+fn parsing_context() -> BgpParsingContext {
+    BgpParsingContext::new(
+        true,
+        HashMap::new(),
+        HashMap::new(),
+        false,
+        false,
+        false,
+        false,
+    )
+}
+
+fn decode_with_netgauze(buf: &[u8]) -> Result<Message, DecodeError> {
+    let mut ctx = parsing_context();
+    let mut cur = SliceReader::new(buf);
+    let msg = BgpMessage::parse(&mut cur, &mut ctx).map_err(|e| {
+        let code = match buf[18] {
+            1 => err::OPEN,
+            2 => err::UPDATE,
+            _ => err::HEADER,
+        };
+        let sub = if code == err::UPDATE {
+            err::UPDATE_MALFORMED_ATTRS
+        } else {
+            0
+        };
+        decode_err(code, sub, format!("{e}"))
+    })?;
+    let ignored = ctx.reset_parsing_errors();
+    match msg {
+        BgpMessage::Open(o) => Ok(Message::Open(from_open(&o))),
+        BgpMessage::Update(u) => {
+            let mut up = from_update(&u);
+            let attr_errors = ignored.path_attr_errors();
+            if !attr_errors.is_empty() && up.treat_as_withdraw.is_none() {
+                up.treat_as_withdraw =
+                    Some(format!("malformed path attribute: {:?}", attr_errors[0]));
+            }
+            Ok(Message::Update(up))
+        }
+        BgpMessage::RouteRefresh(r) => Ok(Message::RouteRefresh {
+            ipv6: r.address_type() == AddressType::Ipv6Unicast,
+        }),
+        BgpMessage::KeepAlive => Ok(Message::Keepalive),
+        BgpMessage::Notification(_) => Err(decode_err(err::HEADER, 3, "unexpected NOTIFICATION")),
+    }
+}
+
+fn from_open(o: &BgpOpenMessage) -> Open {
+    let mut open = Open {
+        asn: o.my_asn4(),
+        hold_time: o.hold_time(),
+        router_id: o.bgp_id(),
+        ipv4: false,
+        ipv6: false,
+        asn4: false,
+        route_refresh: false,
+    };
+    let mut any_mp = false;
+    for c in o.capabilities() {
+        match c {
+            BgpCapability::MultiProtocolExtensions(mp) => {
+                any_mp = true;
+                match mp.address_type() {
+                    AddressType::Ipv4Unicast => open.ipv4 = true,
+                    AddressType::Ipv6Unicast => open.ipv6 = true,
+                    _ => {}
+                }
+            }
+            BgpCapability::FourOctetAs(_) => open.asn4 = true,
+            BgpCapability::RouteRefresh | BgpCapability::EnhancedRouteRefresh => {
+                open.route_refresh = true
+            }
+            _ => {}
+        }
+    }
+    // Without multiprotocol capabilities a speaker does IPv4 unicast only.
+    if !any_mp {
+        open.ipv4 = true;
+    }
+    open
+}
+
+fn from_update(u: &BgpUpdateMessage) -> Update {
+    let mut up = Update::default();
+    for w in u.withdraw_routes() {
+        up.withdrawn.push(IpNet::V4(w.network().address()));
+    }
+    for n in u.nlri() {
+        up.announced.push(IpNet::V4(n.network().address()));
+    }
+    let mut seen_origin = false;
+    let mut seen_path = false;
+    for a in u.path_attributes() {
+        match a.value() {
+            PathAttributeValue::Origin(o) => {
+                seen_origin = true;
+                up.attrs.origin = *o as u8;
+            }
+            PathAttributeValue::AsPath(p) => {
+                seen_path = true;
+                up.attrs.as_path = flatten_path(p);
+            }
+            PathAttributeValue::NextHop(n) => up.attrs.next_hop_v4 = Some(n.next_hop()),
+            PathAttributeValue::MultiExitDiscriminator(m) => up.attrs.med = Some(m.metric()),
+            PathAttributeValue::LocalPreference(l) => up.attrs.local_pref = Some(l.metric()),
+            PathAttributeValue::Communities(c) => {
+                up.attrs.communities = c.communities().iter().map(|c| c.value()).collect()
+            }
+            PathAttributeValue::MpReach(MpReach::Ipv6Unicast {
+                next_hop_global,
+                nlri,
+                ..
+            }) => {
+                up.attrs.next_hop_v6 = Some(*next_hop_global);
+                for n in nlri.iter() {
+                    up.announced.push(IpNet::V6(n.network().address()));
+                }
+            }
+            PathAttributeValue::MpReach(MpReach::Ipv4Unicast { next_hop, nlri, .. }) => {
+                if let IpAddr::V4(nh) = next_hop {
+                    up.attrs.next_hop_v4 = Some(*nh);
+                }
+                for n in nlri.iter() {
+                    up.announced.push(IpNet::V4(n.network().address()));
+                }
+            }
+            PathAttributeValue::MpUnreach(MpUnreach::Ipv6Unicast { nlri }) => {
+                for n in nlri.iter() {
+                    up.withdrawn.push(IpNet::V6(n.network().address()));
+                }
+            }
+            PathAttributeValue::MpUnreach(MpUnreach::Ipv4Unicast { nlri }) => {
+                for n in nlri.iter() {
+                    up.withdrawn.push(IpNet::V4(n.network().address()));
+                }
+            }
+            _ => {}
+        }
+    }
+    if !up.announced.is_empty() {
+        let has_v4 = up.announced.iter().any(|p| matches!(p, IpNet::V4(_)));
+        let has_v6 = up.announced.iter().any(|p| matches!(p, IpNet::V6(_)));
+        let missing = if !seen_origin {
+            Some("ORIGIN")
+        } else if !seen_path {
+            Some("AS_PATH")
+        } else if has_v4 && up.attrs.next_hop_v4.is_none() {
+            Some("NEXT_HOP")
+        } else if has_v6 && up.attrs.next_hop_v6.is_none() {
+            Some("MP_REACH next hop")
+        } else {
+            None
+        };
+        if let Some(m) = missing {
+            up.treat_as_withdraw = Some(format!("missing mandatory attribute {m}"));
+        }
+    }
+    up
+}
+
+fn flatten_path(p: &AsPath) -> Vec<u32> {
+    let mut out = Vec::new();
+    match p {
+        AsPath::As4PathSegments(segs) => {
+            for s in segs.iter() {
+                match s.segment_type() {
+                    AsPathSegmentType::AsSequence => out.extend_from_slice(s.as_numbers()),
+                    AsPathSegmentType::AsSet => {
+                        out.extend(s.as_numbers().iter().min().copied());
+                    }
+                }
+            }
+        }
+        AsPath::As2PathSegments(segs) => {
+            for s in segs.iter() {
+                let nums = s.as_numbers().iter().map(|n| u32::from(*n));
+                match s.segment_type() {
+                    AsPathSegmentType::AsSequence => out.extend(nums),
+                    AsPathSegmentType::AsSet => out.extend(nums.min()),
+                }
+            }
+        }
+    }
+    out
+}
+
+fn write_pdu(m: &BgpMessage) -> Vec<u8> {
+    let mut out = Vec::with_capacity(m.len());
+    // Writing into a Vec only fails for a message over the size limit,
+    // which encode() never builds (updates are split by the caller).
+    if let Err(e) = m.write(&mut out) {
+        tracing::error!("encoding a BGP message failed: {e:?}");
+    }
+    out
+}
+
+fn attr(optional: bool, transitive: bool, v: PathAttributeValue) -> Option<PathAttribute> {
+    PathAttribute::from(optional, transitive, false, false, v).ok()
+}
+
+fn attr_ext(optional: bool, transitive: bool, v: PathAttributeValue) -> Option<PathAttribute> {
+    PathAttribute::from(optional, transitive, false, true, v).ok()
+}
+
+/// Encodes a message.
+pub fn encode(m: &Message) -> Vec<u8> {
+    match m {
+        Message::Keepalive => header(4, &[]),
+        Message::Notification(n) => {
+            let mut body = vec![n.code, n.subcode];
+            body.extend_from_slice(&n.data);
+            header(3, &body)
+        }
+        Message::Open(o) => {
+            let mut caps = Vec::new();
+            if o.ipv4 {
+                caps.push(BgpCapability::MultiProtocolExtensions(
+                    MultiProtocolExtensionsCapability::new(AddressType::Ipv4Unicast),
+                ));
+            }
+            if o.ipv6 {
+                caps.push(BgpCapability::MultiProtocolExtensions(
+                    MultiProtocolExtensionsCapability::new(AddressType::Ipv6Unicast),
+                ));
+            }
+            if o.route_refresh {
+                caps.push(BgpCapability::RouteRefresh);
+            }
+            caps.push(BgpCapability::FourOctetAs(FourOctetAsCapability::new(
+                o.asn,
+            )));
+            let my_as = u16::try_from(o.asn).unwrap_or(AS_TRANS);
+            write_pdu(&BgpMessage::Open(BgpOpenMessage::new(
+                my_as,
+                o.hold_time,
+                o.router_id,
+                vec![BgpOpenMessageParameter::new_capabilities(caps)],
+            )))
+        }
+        Message::RouteRefresh { ipv6 } => {
+            write_pdu(&BgpMessage::RouteRefresh(BgpRouteRefreshMessage::new(
+                if *ipv6 {
+                    AddressType::Ipv6Unicast
+                } else {
+                    AddressType::Ipv4Unicast
+                },
+                RouteRefreshSubcode::NormalRequest,
+            )))
+        }
+        Message::Update(u) => write_pdu(&BgpMessage::Update(to_update(u))),
+    }
+}
+
+fn v4(n: &IpNet) -> Option<Ipv4Net> {
+    match n {
+        IpNet::V4(n) => Some(*n),
+        IpNet::V6(_) => None,
+    }
+}
+
+fn v6(n: &IpNet) -> Option<Ipv6Net> {
+    match n {
+        IpNet::V6(n) => Some(*n),
+        IpNet::V4(_) => None,
+    }
+}
+
+fn to_update(u: &Update) -> BgpUpdateMessage {
+    let v4_addr = |n: Ipv4Net| {
+        Ipv4Unicast::from_net(n)
+            .ok()
+            .map(Ipv4UnicastAddress::new_no_path_id)
+    };
+    let v6_addr = |n: Ipv6Net| {
+        Ipv6Unicast::from_net(n)
+            .ok()
+            .map(|n| Ipv6UnicastAddress::new(None, n))
+    };
+    let withdrawn4: Vec<_> = u
+        .withdrawn
+        .iter()
+        .filter_map(v4)
+        .filter_map(v4_addr)
+        .collect();
+    let withdrawn6: Vec<_> = u
+        .withdrawn
+        .iter()
+        .filter_map(v6)
+        .filter_map(v6_addr)
+        .collect();
+    let nlri4: Vec<_> = u
+        .announced
+        .iter()
+        .filter_map(v4)
+        .filter_map(v4_addr)
+        .collect();
+    let nlri6: Vec<_> = u
+        .announced
+        .iter()
+        .filter_map(v6)
+        .filter_map(v6_addr)
+        .collect();
+    let mut attrs = Vec::new();
+    if !nlri4.is_empty() || !nlri6.is_empty() {
+        let a = &u.attrs;
+        let origin = match a.origin {
+            0 => Origin::IGP,
+            1 => Origin::EGP,
+            _ => Origin::Incomplete,
+        };
+        attrs.extend(attr(false, true, PathAttributeValue::Origin(origin)));
+        let segs = if a.as_path.is_empty() {
+            vec![]
+        } else {
+            vec![As4PathSegment::new(
+                AsPathSegmentType::AsSequence,
+                a.as_path.clone(),
+            )]
+        };
+        attrs.extend(attr(
+            false,
+            true,
+            PathAttributeValue::AsPath(AsPath::As4PathSegments(segs.into())),
+        ));
+        if let (false, Some(nh)) = (nlri4.is_empty(), a.next_hop_v4) {
+            attrs.extend(attr(
+                false,
+                true,
+                PathAttributeValue::NextHop(NextHop::new(nh)),
+            ));
+        }
+        if let Some(m) = a.med {
+            attrs.extend(attr(
+                true,
+                false,
+                PathAttributeValue::MultiExitDiscriminator(MultiExitDiscriminator::new(m)),
+            ));
+        }
+        if let Some(l) = a.local_pref {
+            attrs.extend(attr(
+                false,
+                true,
+                PathAttributeValue::LocalPreference(LocalPreference::new(l)),
+            ));
+        }
+        if !a.communities.is_empty() {
+            let cs: Vec<Community> = a.communities.iter().map(|c| Community::new(*c)).collect();
+            attrs.extend(attr(
+                true,
+                true,
+                PathAttributeValue::Communities(Communities::new(cs)),
+            ));
+        }
+        if !nlri6.is_empty() {
+            attrs.extend(attr_ext(
+                true,
+                false,
+                PathAttributeValue::MpReach(MpReach::Ipv6Unicast {
+                    next_hop_global: a.next_hop_v6.unwrap_or(Ipv6Addr::UNSPECIFIED),
+                    next_hop_local: None,
+                    nlri: nlri6.into(),
+                }),
+            ));
+        }
+    }
+    if !withdrawn6.is_empty() {
+        attrs.extend(attr_ext(
+            true,
+            false,
+            PathAttributeValue::MpUnreach(MpUnreach::Ipv6Unicast {
+                nlri: withdrawn6.into(),
+            }),
+        ));
+    }
+    BgpUpdateMessage::new(withdrawn4, attrs, nlri4)
+}
+
+/// An End-of-RIB marker for one family (RFC 4724 §2).
+pub fn end_of_rib(ipv6: bool) -> Vec<u8> {
+    if !ipv6 {
+        return encode(&Message::Update(Update::default()));
+    }
+    let attrs: Vec<PathAttribute> = attr(
+        true,
+        false,
+        PathAttributeValue::MpUnreach(MpUnreach::Ipv6Unicast {
+            nlri: vec![].into(),
+        }),
+    )
+    .into_iter()
+    .collect();
+    write_pdu(&BgpMessage::Update(BgpUpdateMessage::new(
+        vec![],
+        attrs,
+        vec![],
+    )))
+}
+
+/// Splits announcements and withdrawals so every message stays under the
+/// 4096-byte limit (prefixes are at most 17 bytes each on the wire).
+pub fn split_update(u: Update) -> Vec<Update> {
+    const PER_MESSAGE: usize = 150;
+    let mut out = Vec::new();
+    for chunk in u.withdrawn.chunks(PER_MESSAGE) {
+        out.push(Update {
+            withdrawn: chunk.to_vec(),
+            ..Update::default()
+        });
+    }
+    for chunk in u.announced.chunks(PER_MESSAGE) {
+        out.push(Update {
+            announced: chunk.to_vec(),
+            attrs: u.attrs.clone(),
+            ..Update::default()
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn open() -> Open {
+        Open {
+            asn: 4_200_000_101,
+            hold_time: 9,
+            router_id: Ipv4Addr::new(10, 77, 1, 1),
+            ipv4: true,
+            ipv6: true,
+            asn4: true,
+            route_refresh: true,
+        }
+    }
+
+    #[test]
+    fn open_round_trips_with_4_byte_as() {
+        let m = Message::Open(open());
+        let b = encode(&m);
+        assert_eq!(decode(&b).unwrap(), m);
+        // The 2-byte field carries AS_TRANS.
+        assert_eq!(u16::from_be_bytes([b[20], b[21]]), AS_TRANS);
+    }
+
+    #[test]
+    fn update_round_trips_v4_and_v6() {
+        let u = Update {
+            withdrawn: vec![
+                "10.77.2.11/32".parse().unwrap(),
+                "fd77::2:b/128".parse().unwrap(),
+            ],
+            announced: vec![
+                "10.77.1.11/32".parse().unwrap(),
+                "fd77::1:b/128".parse().unwrap(),
+            ],
+            attrs: Attrs {
+                origin: 0,
+                as_path: vec![4_200_000_101, 4_200_000_201],
+                med: Some(5),
+                local_pref: None,
+                communities: vec![0xfde8_0001],
+                next_hop_v4: Some(Ipv4Addr::new(10, 77, 1, 1)),
+                next_hop_v6: Some("fd77::1:1".parse().unwrap()),
+            },
+            treat_as_withdraw: None,
+        };
+        let b = encode(&Message::Update(u.clone()));
+        let Message::Update(d) = decode(&b).unwrap() else {
+            panic!("not an update")
+        };
+        let mut w = d.withdrawn.clone();
+        w.sort();
+        let mut uw = u.withdrawn.clone();
+        uw.sort();
+        assert_eq!(w, uw);
+        let mut a = d.announced.clone();
+        a.sort();
+        let mut ua = u.announced.clone();
+        ua.sort();
+        assert_eq!(a, ua);
+        assert_eq!(d.attrs, u.attrs);
+        assert!(d.treat_as_withdraw.is_none());
+    }
+
+    #[test]
+    fn keepalive_notification_and_refresh_round_trip() {
+        for m in [
+            Message::Keepalive,
+            Message::Notification(Notification {
+                code: 6,
+                subcode: 2,
+                data: vec![1, 2],
+            }),
+            Message::RouteRefresh { ipv6: true },
+            Message::RouteRefresh { ipv6: false },
+        ] {
+            assert_eq!(decode(&encode(&m)).unwrap(), m);
+        }
+    }
+
+    #[test]
+    fn end_of_rib_markers_decode_as_empty_updates() {
+        for v6 in [false, true] {
+            let Message::Update(u) = decode(&end_of_rib(v6)).unwrap() else {
+                panic!("not an update")
+            };
+            assert!(u.is_end_of_rib());
+        }
+    }
+
+    #[test]
+    fn missing_next_hop_is_treat_as_withdraw() {
+        let u = Update {
+            announced: vec!["10.77.1.11/32".parse().unwrap()],
+            attrs: Attrs {
+                as_path: vec![65001],
+                ..Attrs::default()
+            },
+            ..Update::default()
+        };
+        let Message::Update(d) = decode(&encode(&Message::Update(u))).unwrap() else {
+            panic!()
+        };
+        assert!(d.treat_as_withdraw.unwrap().contains("NEXT_HOP"));
+    }
+
+    #[test]
+    fn malformed_origin_is_treat_as_withdraw_not_a_reset() {
+        let u = Update {
+            announced: vec!["10.77.1.11/32".parse().unwrap()],
+            attrs: Attrs {
+                as_path: vec![65001],
+                next_hop_v4: Some(Ipv4Addr::new(10, 77, 1, 1)),
+                ..Attrs::default()
+            },
+            ..Update::default()
+        };
+        let mut b = encode(&Message::Update(u));
+        // ORIGIN is the first attribute: flags, type 1, len 1, value.
+        let pos = b
+            .windows(3)
+            .position(|w| w == [0x40, 1, 1])
+            .expect("origin attribute");
+        b[pos + 3] = 7; // no such origin
+        match decode(&b) {
+            Ok(Message::Update(d)) => assert!(d.treat_as_withdraw.is_some(), "{d:?}"),
+            other => panic!("expected treat-as-withdraw, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_header_is_an_error() {
+        let mut b = encode(&Message::Keepalive);
+        b[0] = 0;
+        assert_eq!(decode(&b).unwrap_err().notification.code, err::HEADER);
+        let b = header(9, &[]);
+        assert_eq!(decode(&b).unwrap_err().notification.subcode, 3);
+    }
+
+    #[test]
+    fn split_keeps_messages_under_the_limit() {
+        let announced: Vec<IpNet> = (0..1000u32)
+            .map(|i| {
+                IpNet::V6(
+                    Ipv6Net::new(Ipv6Addr::from(i as u128 | (0xfd77u128 << 112)), 128).unwrap(),
+                )
+            })
+            .collect();
+        let u = Update {
+            announced,
+            attrs: Attrs {
+                as_path: vec![1, 2, 3],
+                next_hop_v6: Some("fd77::1".parse().unwrap()),
+                ..Attrs::default()
+            },
+            ..Update::default()
+        };
+        for part in split_update(u) {
+            let b = encode(&Message::Update(part));
+            assert!(b.len() <= MAX_LEN, "{}", b.len());
+            decode(&b).unwrap();
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(body in proptest::collection::vec(any::<u8>(), 0..300), ty in 0u8..7) {
+            let b = header(ty, &body);
+            let _ = decode(&b);
+            let _ = decode(&body);
+            let _ = frame_len(&body);
+        }
+    }
+}
