@@ -9,7 +9,7 @@ mod build;
 mod spec;
 mod state;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
 use state::Lab;
 use std::path::PathBuf;
@@ -109,14 +109,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Exec { dir, node, cmd } => {
             let lab = Lab::load(&dir)?;
             let n = lab.node(&node)?;
-            let status = Command::new("ip")
+            // Replace this process (`ip netns exec` execs in turn), so the
+            // command gets signals sent to us and nothing outlives a kill.
+            use std::os::unix::process::CommandExt;
+            let e = Command::new("ip")
                 .args(["netns", "exec", &n.namespace])
                 .args(&cmd)
-                .status()
-                .with_context(|| format!("running {cmd:?} in {}", n.namespace))?;
-            return Ok(ExitCode::from(
-                status.code().unwrap_or(1).clamp(0, 255) as u8
-            ));
+                .exec();
+            bail!("running {cmd:?} in {}: {e}", n.namespace);
         }
         Cmd::Addr { dir, node } => {
             let lab = Lab::load(&dir)?;
