@@ -22,6 +22,9 @@ needs=(
   wireguard-go:wireguard-go
   wg:wireguard-tools
   iperf3:iperf3
+  bird:bird2
+  gobgpd:gobgpd
+  jq:jq
 )
 missing=()
 for pair in "${needs[@]}"; do

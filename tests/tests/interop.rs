@@ -1,0 +1,339 @@
+//! routed against the BGP speakers operators run: BIRD 2 (BGP + BFD) and
+//! GoBGP, real daemons in network namespaces, routes both ways, IPv4 and
+//! IPv6 over one IPv4 session.
+
+mod common;
+
+use common::{bin, ok};
+use cubenet_testbed::{netns_or_skip, Netns, TestBed};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    start.elapsed()
+}
+
+/// A CA and a gateway certificate for routed, in `dir`.
+fn identity(dir: &Path) {
+    let cert = bin("overlay-cert");
+    let d = dir.to_str().unwrap();
+    ok(Command::new(&cert).args([
+        "ca",
+        "--name",
+        "interop",
+        "--network",
+        "10.77.0.0/16",
+        "--network",
+        "fd77::/48",
+        "--out-dir",
+        &format!("{d}/ca"),
+    ]));
+    ok(Command::new(&cert).args(["keygen", "--out", &format!("{d}/gw.key")]));
+    ok(Command::new(&cert).args([
+        "sign",
+        "--ca-dir",
+        &format!("{d}/ca"),
+        "--name",
+        "fra-gw1",
+        "--ip",
+        "10.77.1.1/16",
+        "--ip",
+        "fd77::1:1/48",
+        "--role",
+        "gateway",
+        "--site",
+        "fra",
+        "--subnet",
+        "10.77.1.0/24",
+        "--subnet",
+        "fd77::1:0/112",
+        "--key",
+        &format!("{d}/gw.key"),
+        "--out",
+        &format!("{d}/gw.crt"),
+    ]));
+}
+
+struct Routed {
+    dir: PathBuf,
+}
+
+impl Routed {
+    /// Starts routed in `ns` with one neighbour.
+    fn start(bed: &TestBed, ns: &Netns, dir: &Path, neighbor: &str) -> Routed {
+        identity(dir);
+        let d = dir.display();
+        let cfg = format!(
+            "asn = 4200000101\nrouter_id = \"10.99.0.1\"\ncontrol_socket = \"{d}/routed.sock\"\n\
+             overlayd_socket = \"{d}/no-overlayd.sock\"\nca = \"{d}/ca/ca.crt\"\ncert = \"{d}/gw.crt\"\n\
+             interface = \"eth0\"\n\
+             [timers]\nconnect_retry_s = 1\nstartup_grace_s = 1\n[bfd]\ninterval_ms = 100\nmultiplier = 3\n\
+             [[announce]]\nprefix = \"10.77.1.0/24\"\n[[announce]]\nprefix = \"fd77::1:0/112\"\n{neighbor}"
+        );
+        let path = dir.join("routed.toml");
+        std::fs::write(&path, cfg).unwrap();
+        ok(Command::new(bin("routed")).args(["check", "--config", path.to_str().unwrap()]));
+        bed.spawn(
+            ns,
+            &[
+                "sh",
+                "-c",
+                &format!(
+                    "exec {} run --config {} 2>{d}/routed.log",
+                    bin("routed").display(),
+                    path.display()
+                ),
+            ],
+        )
+        .unwrap();
+        Routed {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    fn query(&self, what: &str) -> Value {
+        let out = Command::new(bin("routed"))
+            .args([what, "--json", "--socket"])
+            .arg(self.dir.join("routed.sock"))
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    }
+
+    fn neighbor(&self) -> Value {
+        self.query("status")["neighbors"][0].clone()
+    }
+
+    fn has_route(&self, prefix: &str, via: &str) -> bool {
+        self.query("routes")["routes"].as_array().is_some_and(|rs| {
+            rs.iter().any(|r| {
+                r["prefix"] == prefix
+                    && r["via"]
+                        .as_array()
+                        .is_some_and(|v| v.iter().any(|x| x == via))
+            })
+        })
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("routed.log")).unwrap_or_default()
+    }
+}
+
+/// Two namespaces on a veth: routed at .1, the other speaker at .2.
+fn pair(bed: &TestBed) -> (Netns, Netns) {
+    let r = bed.namespace("routed").unwrap();
+    let p = bed.namespace("peer").unwrap();
+    bed.veth(&r, "eth0", &p, "eth0").unwrap();
+    bed.addr(&r, "eth0", "10.99.0.1/24").unwrap();
+    bed.addr(&p, "eth0", "10.99.0.2/24").unwrap();
+    // IPv6 next hops on the link, so IPv6 routes over the IPv4 session
+    // resolve on both sides.
+    bed.addr(&r, "eth0", "fd77::1:1/112").unwrap();
+    bed.addr(&p, "eth0", "fd77::1:2/112").unwrap();
+    (r, p)
+}
+
+#[test]
+fn bird_exchanges_ipv4_and_ipv6_routes_with_bfd() {
+    if !netns_or_skip("bird_exchanges_ipv4_and_ipv6_routes_with_bfd") {
+        return;
+    }
+    let bed = TestBed::new().unwrap();
+    let (r, b) = pair(&bed);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let bird_conf = d.join("bird.conf");
+    std::fs::write(
+        &bird_conf,
+        "router id 10.99.0.2;\n\
+         protocol device {}\n\
+         protocol bfd { interface \"*\" { interval 100 ms; multiplier 3; }; }\n\
+         protocol static s4 { ipv4; route 192.168.50.0/24 blackhole; }\n\
+         protocol static s6 { ipv6; route fd50::/64 blackhole; }\n\
+         protocol bgp cube {\n  local 10.99.0.2 as 65010;\n  neighbor 10.99.0.1 as 4200000101;\n\
+           hold time 9; connect retry time 1; error wait time 1, 10; bfd on;\n\
+           ipv4 { import all; export where proto = \"s4\"; };\n\
+           ipv6 { import all; export where proto = \"s6\"; next hop address fd77::1:2; };\n}\n",
+    )
+    .unwrap();
+    let sock = d.join("bird.ctl");
+    bed.spawn(
+        &b,
+        &[
+            "bird",
+            "-f",
+            "-c",
+            bird_conf.to_str().unwrap(),
+            "-s",
+            sock.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    let routed = Routed::start(
+        &bed,
+        &r,
+        d,
+        "[[neighbor]]\nname = \"bird\"\naddress = \"10.99.0.2\"\nasn = 65010\n\
+         import = [\"192.168.0.0/16\", \"fd50::/16\"]\nexport = \"all\"\n",
+    );
+    wait_until(
+        "the BIRD session with BFD up",
+        Duration::from_secs(30),
+        || {
+            let n = routed.neighbor();
+            n["state"] == "established" && n["bfd"] == "up"
+        },
+    );
+    // BIRD -> routed, both families, and into the kernel under proto 201.
+    wait_until("routes from BIRD", Duration::from_secs(10), || {
+        routed.has_route("192.168.50.0/24", "bird") && routed.has_route("fd50::/64", "bird")
+    });
+    wait_until("kernel routes", Duration::from_secs(10), || {
+        let v4 = bed
+            .exec_ok(&r, &["ip", "route", "show", "proto", "201"])
+            .unwrap();
+        let v6 = bed
+            .exec_ok(&r, &["ip", "-6", "route", "show", "proto", "201"])
+            .unwrap();
+        v4.contains("192.168.50.0/24") && v6.contains("fd50::/64")
+    });
+    // routed -> BIRD, both families.
+    let birdc = |args: &[&str]| {
+        let mut a = vec!["birdc", "-s", sock.to_str().unwrap()];
+        a.extend_from_slice(args);
+        bed.exec_ok(&b, &a).unwrap()
+    };
+    wait_until(
+        "BIRD to learn the site prefixes",
+        Duration::from_secs(10),
+        || {
+            let t = birdc(&["show", "route", "protocol", "cube"]);
+            t.contains("10.77.1.0/24") && t.contains("fd77::1:0/112")
+        },
+    );
+    assert!(birdc(&["show", "bfd", "sessions"]).contains("Up"));
+    // A silent failure of the link: BFD takes the session down, not the
+    // 9 s hold timer.
+    bed.drop_ingress(&r, "eth0", true).unwrap();
+    let took = wait_until(
+        "BFD to take the session down",
+        Duration::from_secs(5),
+        || routed.neighbor()["state"] != "established",
+    );
+    eprintln!("BFD took the BIRD session down {took:?} after the silent drop");
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    assert_eq!(
+        routed.neighbor()["last_error"],
+        "BFD down",
+        "{}",
+        routed.log()
+    );
+    assert!(!routed.has_route("192.168.50.0/24", "bird"));
+    bed.drop_ingress(&r, "eth0", false).unwrap();
+    wait_until("the session to come back", Duration::from_secs(30), || {
+        routed.neighbor()["state"] == "established"
+    });
+}
+
+#[test]
+fn gobgp_exchanges_routes_read_back_as_json() {
+    if !netns_or_skip("gobgp_exchanges_routes_read_back_as_json") {
+        return;
+    }
+    let bed = TestBed::new().unwrap();
+    let (r, g) = pair(&bed);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let conf = d.join("gobgpd.toml");
+    std::fs::write(
+        &conf,
+        "[global.config]\n  as = 65020\n  router-id = \"10.99.0.2\"\n\
+         [[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"10.99.0.1\"\n    peer-as = 4200000101\n\
+           [neighbors.timers.config]\n    connect-retry = 1\n    hold-time = 9\n    keepalive-interval = 3\n\
+           [[neighbors.afi-safis]]\n    [neighbors.afi-safis.config]\n      afi-safi-name = \"ipv4-unicast\"\n\
+           [[neighbors.afi-safis]]\n    [neighbors.afi-safis.config]\n      afi-safi-name = \"ipv6-unicast\"\n",
+    )
+    .unwrap();
+    bed.spawn(
+        &g,
+        &[
+            "sh",
+            "-c",
+            &format!(
+                "exec gobgpd -f {} -t toml --api-hosts 127.0.0.1:50051 >{}/gobgpd.log 2>&1",
+                conf.display(),
+                d.display()
+            ),
+        ],
+    )
+    .unwrap();
+    let routed = Routed::start(
+        &bed,
+        &r,
+        d,
+        "[[neighbor]]\nname = \"gobgp\"\naddress = \"10.99.0.2\"\nasn = 65020\nbfd = false\n\
+         import = [\"192.168.0.0/16\", \"fd60::/16\"]\nexport = \"all\"\n",
+    );
+    wait_until("the GoBGP session", Duration::from_secs(30), || {
+        routed.neighbor()["state"] == "established"
+    });
+    let gobgp = |args: &[&str]| {
+        bed.exec_ok(&g, &[&["gobgp"], args].concat())
+            .unwrap_or_default()
+    };
+    gobgp(&[
+        "global",
+        "rib",
+        "-a",
+        "ipv4",
+        "add",
+        "192.168.60.0/24",
+        "nexthop",
+        "10.99.0.2",
+    ]);
+    gobgp(&[
+        "global",
+        "rib",
+        "-a",
+        "ipv6",
+        "add",
+        "fd60::/64",
+        "nexthop",
+        "fd77::1:2",
+    ]);
+    wait_until("routes from GoBGP", Duration::from_secs(10), || {
+        routed.has_route("192.168.60.0/24", "gobgp") && routed.has_route("fd60::/64", "gobgp")
+    });
+    // routed's routes, read back from GoBGP as JSON.
+    wait_until(
+        "GoBGP to learn the site prefixes",
+        Duration::from_secs(10),
+        || {
+            let v4: Value = serde_json::from_str(&gobgp(&["-j", "global", "rib", "-a", "ipv4"]))
+                .unwrap_or(Value::Null);
+            let v6: Value = serde_json::from_str(&gobgp(&["-j", "global", "rib", "-a", "ipv6"]))
+                .unwrap_or(Value::Null);
+            v4.get("10.77.1.0/24").is_some() && v6.get("fd77::1:0/112").is_some()
+        },
+    );
+    let v4: Value = serde_json::from_str(&gobgp(&["-j", "global", "rib", "-a", "ipv4"])).unwrap();
+    let path = &v4["10.77.1.0/24"][0];
+    let attrs = path["attrs"].to_string();
+    assert!(
+        attrs.contains("4200000101"),
+        "AS path lacks routed's AS: {attrs}"
+    );
+    // A withdrawal travels too.
+    gobgp(&["global", "rib", "-a", "ipv4", "del", "192.168.60.0/24"]);
+    wait_until("the withdrawal", Duration::from_secs(10), || {
+        !routed.has_route("192.168.60.0/24", "gobgp")
+    });
+}
