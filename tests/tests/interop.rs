@@ -4,8 +4,8 @@
 
 mod common;
 
-use common::{bin, ok};
-use cubenet_testbed::{netns_or_skip, Netns, TestBed};
+use common::{bin, netns_or_skip, ok};
+use cubenet_testbed::{Netns, TestBed};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
