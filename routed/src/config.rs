@@ -119,6 +119,19 @@ pub struct Damping {
     /// are used again.
     #[serde(default = "default_stable_up")]
     pub stable_up_s: f64,
+    /// Per-prefix damping (RFC 2439 with the RFC 7196 parameters below):
+    /// a prefix a neighbour keeps withdrawing and announcing again is held
+    /// out of the table. Off by default.
+    #[serde(default)]
+    pub per_prefix: bool,
+    #[serde(default = "default_prefix_half_life")]
+    pub prefix_half_life_s: f64,
+    #[serde(default = "default_prefix_suppress")]
+    pub prefix_suppress: f64,
+    #[serde(default = "default_reuse")]
+    pub prefix_reuse: f64,
+    #[serde(default = "default_prefix_max_suppress")]
+    pub prefix_max_suppress_s: f64,
 }
 
 impl Default for Damping {
@@ -131,6 +144,11 @@ impl Default for Damping {
             reuse: default_reuse(),
             max_suppress_s: default_max_suppress(),
             stable_up_s: default_stable_up(),
+            per_prefix: false,
+            prefix_half_life_s: default_prefix_half_life(),
+            prefix_suppress: default_prefix_suppress(),
+            prefix_reuse: default_reuse(),
+            prefix_max_suppress_s: default_prefix_max_suppress(),
         }
     }
 }
@@ -243,6 +261,15 @@ fn default_max_suppress() -> f64 {
 }
 fn default_stable_up() -> f64 {
     3.0
+}
+fn default_prefix_half_life() -> f64 {
+    900.0
+}
+fn default_prefix_suppress() -> f64 {
+    6000.0
+}
+fn default_prefix_max_suppress() -> f64 {
+    3600.0
 }
 fn default_max_prefixes() -> usize {
     100_000

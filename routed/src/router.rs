@@ -65,6 +65,9 @@ pub struct Neighbor {
     eor: bool,
     /// Subnets its certificate allows it to originate.
     cert_subnets: Vec<IpNet>,
+    /// Per-prefix damping state (when on), and the prefixes it holds out.
+    prefix_links: BTreeMap<IpNet, damping::Link>,
+    held: BTreeSet<IpNet>,
     pub flaps: u64,
     pub history: VecDeque<Flap>,
     pub rejected: u64,
@@ -73,6 +76,7 @@ pub struct Neighbor {
 
 pub struct Router {
     pub cfg: Config,
+    prefix_damping: Option<damping::Config>,
     networks: Vec<IpNet>,
     own_subnets: Vec<IpNet>,
     next_hop_v6: Option<Ipv6Addr>,
@@ -134,6 +138,20 @@ impl Router {
         damping_cfg
             .validate()
             .map_err(|e| format!("damping: {e}"))?;
+        let prefix_damping = if d.per_prefix {
+            let c = damping::Config {
+                penalty_per_flap: d.penalty,
+                half_life: Duration::from_secs_f64(d.prefix_half_life_s),
+                suppress_threshold: d.prefix_suppress,
+                reuse_threshold: d.prefix_reuse,
+                max_suppress: Duration::from_secs_f64(d.prefix_max_suppress_s),
+                stable_up: Duration::ZERO,
+            };
+            c.validate().map_err(|e| format!("damping (per prefix): {e}"))?;
+            Some(c)
+        } else {
+            None
+        };
         let mut neighbors = Vec::new();
         for (i, n) in cfg.neighbors.iter().enumerate() {
             let mut session = Session::new(SessionConfig {
@@ -175,6 +193,8 @@ impl Router {
                 in_rib: false,
                 eor: false,
                 cert_subnets: cert_subnets.get(i).cloned().unwrap_or_default(),
+                prefix_links: BTreeMap::new(),
+                held: BTreeSet::new(),
                 flaps: 0,
                 history: VecDeque::new(),
                 rejected: 0,
@@ -193,6 +213,7 @@ impl Router {
             .collect();
         let mut r = Router {
             cfg,
+            prefix_damping,
             networks,
             own_subnets,
             next_hop_v6: own_v6,
@@ -444,6 +465,7 @@ impl Router {
             self.poll_bfd(n, now);
         }
         self.refresh_site(now);
+        self.release_held(now);
         self.finish(now);
     }
 
@@ -520,6 +542,7 @@ impl Router {
         }
         nb.adj_in.clear();
         nb.adj_out.clear();
+        nb.held.clear();
         self.record(n, false, why);
         self.update_rib_membership(n, now);
     }
@@ -549,9 +572,65 @@ impl Router {
             .map(|(p, a)| (*p, a.clone()))
             .collect();
         for (p, attrs) in paths {
+            if self.prefix_suppressed(n, &p, now) {
+                self.neighbors[n].held.insert(p);
+                continue;
+            }
             if self.rib.upsert(p, Path { source: n, attrs }, now) {
                 self.dirty.insert(p);
             }
+        }
+    }
+
+    fn prefix_suppressed(&self, n: usize, p: &IpNet, now: Instant) -> bool {
+        self.neighbors[n]
+            .prefix_links
+            .get(p)
+            .is_some_and(|l| l.suppressed(now))
+    }
+
+    /// Per-prefix damping: a withdrawal (`up` false) or announcement.
+    fn prefix_event(&mut self, n: usize, p: IpNet, up: bool, now: Instant) {
+        let Some(cfg) = self.prefix_damping else {
+            return;
+        };
+        let l = self.neighbors[n]
+            .prefix_links
+            .entry(p)
+            .or_insert_with(|| damping::Link::new(cfg, now));
+        if up {
+            l.on_up(now);
+        } else {
+            l.on_down(now);
+        }
+    }
+
+    /// Returns held prefixes whose suppression ended to the table, and
+    /// forgets damping state that decayed away.
+    fn release_held(&mut self, now: Instant) {
+        if self.prefix_damping.is_none() {
+            return;
+        }
+        for n in 0..self.neighbors.len() {
+            let released: Vec<IpNet> = self.neighbors[n]
+                .held
+                .iter()
+                .filter(|p| !self.prefix_suppressed(n, p, now))
+                .copied()
+                .collect();
+            for p in released {
+                self.neighbors[n].held.remove(&p);
+                let attrs = self.neighbors[n].adj_in.get(&p).cloned();
+                if let (Some(attrs), true) = (attrs, self.neighbors[n].in_rib) {
+                    tracing::info!(neighbor = %self.neighbors[n].cfg.name, prefix = %p, "prefix reusable");
+                    if self.rib.upsert(p, Path { source: n, attrs }, now) {
+                        self.dirty.insert(p);
+                    }
+                }
+            }
+            self.neighbors[n]
+                .prefix_links
+                .retain(|_, l| l.penalty(now) >= 1.0 || l.suppressed(now));
         }
     }
 
@@ -605,9 +684,11 @@ impl Router {
         }
         let in_rib = self.neighbors[n].in_rib;
         for p in &u.withdrawn {
-            if self.neighbors[n].adj_in.remove(p).is_some() && in_rib && self.rib.remove(*p, n, now)
-            {
-                self.dirty.insert(*p);
+            if self.neighbors[n].adj_in.remove(p).is_some() {
+                self.prefix_event(n, *p, false, now);
+                if in_rib && self.rib.remove(*p, n, now) {
+                    self.dirty.insert(*p);
+                }
             }
         }
         if let Some(why) = &u.treat_as_withdraw {
@@ -625,7 +706,13 @@ impl Router {
                     // LOCAL_PREF is not carried between ASes.
                     attrs.local_pref = None;
                     self.neighbors[n].adj_in.insert(*p, attrs.clone());
-                    if in_rib && self.rib.upsert(*p, Path { source: n, attrs }, now) {
+                    self.prefix_event(n, *p, true, now);
+                    if self.prefix_suppressed(n, p, now) {
+                        self.neighbors[n].held.insert(*p);
+                        if self.rib.remove(*p, n, now) {
+                            self.dirty.insert(*p);
+                        }
+                    } else if in_rib && self.rib.upsert(*p, Path { source: n, attrs }, now) {
                         self.dirty.insert(*p);
                     }
                 }
@@ -866,6 +953,7 @@ impl Router {
                     "routes_out": nb.adj_out.len(),
                     "rejected": nb.rejected,
                     "treat_as_withdraw": nb.treat_as_withdraw,
+                    "damped_prefixes": nb.held.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
                     "history": nb.history.iter().map(|f| json!({
                         "at": cubenet_certs::time::format_rfc3339(f.at_unix),
                         "event": if f.up { "up" } else { "down" },
@@ -920,5 +1008,142 @@ impl Router {
             })
             .collect();
         json!({"routes": routes})
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::Open;
+    use std::net::Ipv4Addr;
+
+    /// A router with one neighbour (AS 65010) whose session is driven by
+    /// hand, message by message.
+    fn router(extra: &str) -> (Router, Instant) {
+        let now = Instant::now();
+        let cfg = Config::parse(&format!(
+            "asn = 4200000101\nrouter_id = \"10.77.1.1\"\nca = \"-\"\ncert = \"-\"\n{extra}\n\
+             [[neighbor]]\nname = \"site\"\naddress = \"10.77.1.9\"\nasn = 65010\nbfd = false\n\
+             import = [\"192.168.0.0/16\"]\nexport = \"all\"\n"
+        ))
+        .unwrap();
+        let mut r = Router::new(
+            cfg,
+            vec!["10.77.0.0/16".parse().unwrap()],
+            vec![],
+            None,
+            vec![vec![]],
+            now,
+        )
+        .unwrap();
+        r.on_connected(0, 1, false, now);
+        let open = Open {
+            asn: 65010,
+            hold_time: 90,
+            router_id: Ipv4Addr::new(10, 77, 1, 9),
+            ipv4: true,
+            ipv6: false,
+            asn4: true,
+            route_refresh: false,
+        };
+        r.on_message(0, 1, Ok(Message::Open(open)), now);
+        r.on_message(0, 1, Ok(Message::Keepalive), now);
+        assert!(r.neighbors[0].session.is_established());
+        r.drain();
+        (r, now)
+    }
+
+    fn announce(p: &str) -> Message {
+        Message::Update(Update {
+            announced: vec![p.parse().unwrap()],
+            attrs: Attrs {
+                as_path: vec![65010],
+                next_hop_v4: Some(Ipv4Addr::new(10, 77, 1, 9)),
+                ..Attrs::default()
+            },
+            ..Update::default()
+        })
+    }
+
+    fn withdraw(p: &str) -> Message {
+        Message::Update(Update {
+            withdrawn: vec![p.parse().unwrap()],
+            ..Update::default()
+        })
+    }
+
+    fn has(r: &Router, p: &str) -> bool {
+        let p: IpNet = p.parse().unwrap();
+        r.fib().iter().any(|(q, _)| *q == p)
+    }
+
+    #[test]
+    fn import_list_and_loops_are_enforced() {
+        let (mut r, now) = router("");
+        r.on_message(0, 1, Ok(announce("192.168.5.0/24")), now);
+        r.on_message(0, 1, Ok(announce("10.99.0.0/16")), now);
+        assert!(has(&r, "192.168.5.0/24"));
+        assert!(!has(&r, "10.99.0.0/16"));
+        assert_eq!(r.neighbors[0].rejected, 1);
+        // Our own AS in the path: a loop.
+        let mut m = announce("192.168.6.0/24");
+        if let Message::Update(u) = &mut m {
+            u.attrs.as_path = vec![65010, 4_200_000_101];
+        }
+        r.on_message(0, 1, Ok(m), now);
+        assert!(!has(&r, "192.168.6.0/24"));
+        // Treat-as-withdraw removes what was there.
+        let mut m = announce("192.168.5.0/24");
+        if let Message::Update(u) = &mut m {
+            u.treat_as_withdraw = Some("test".into());
+        }
+        r.on_message(0, 1, Ok(m), now);
+        assert!(!has(&r, "192.168.5.0/24"));
+        assert!(r.neighbors[0].session.is_established());
+    }
+
+    #[test]
+    fn max_prefixes_closes_the_session() {
+        let (mut r, now) = router("[limits]\nmax_prefixes = 2");
+        for p in ["192.168.1.0/24", "192.168.2.0/24", "192.168.3.0/24"] {
+            r.on_message(0, 1, Ok(announce(p)), now);
+        }
+        assert!(!r.neighbors[0].session.is_established());
+        assert!(r.fib().is_empty());
+        let sent = r.drain();
+        assert!(sent.iter().any(|o| matches!(o, Out::Send { bytes, .. }
+            if wire::decode(bytes) == Ok(Message::Notification(Notification::new(wire::err::CEASE, wire::err::CEASE_MAX_PREFIXES))))));
+    }
+
+    #[test]
+    fn per_prefix_damping_holds_a_flapping_prefix_only() {
+        let (mut r, mut now) = router("[timers]\nhold_time_s = 0\n[damping]\nper_prefix = true");
+        r.on_message(0, 1, Ok(announce("192.168.7.0/24")), now);
+        r.on_message(0, 1, Ok(announce("192.168.8.0/24")), now);
+        for _ in 0..8 {
+            now += Duration::from_secs(10);
+            r.on_message(0, 1, Ok(withdraw("192.168.7.0/24")), now);
+            now += Duration::from_secs(10);
+            r.on_message(0, 1, Ok(announce("192.168.7.0/24")), now);
+        }
+        assert!(!has(&r, "192.168.7.0/24"), "flapping prefix still used");
+        assert!(has(&r, "192.168.8.0/24"));
+        let st = r.status(now);
+        assert_eq!(st["neighbors"][0]["damped_prefixes"][0], "192.168.7.0/24");
+        // Quiet for the maximum suppression time: it is used again.
+        now += Duration::from_secs(3601);
+        r.on_tick(now);
+        assert!(has(&r, "192.168.7.0/24"));
+    }
+
+    #[test]
+    fn per_prefix_damping_is_off_by_default() {
+        let (mut r, mut now) = router("");
+        for _ in 0..8 {
+            now += Duration::from_secs(10);
+            r.on_message(0, 1, Ok(withdraw("192.168.7.0/24")), now);
+            r.on_message(0, 1, Ok(announce("192.168.7.0/24")), now);
+        }
+        assert!(has(&r, "192.168.7.0/24"));
     }
 }
