@@ -34,6 +34,8 @@ pub struct Config {
     pub routes: Vec<StaticRoute>,
     #[serde(default)]
     pub limits: Limits,
+    /// This node's own firewall (inbound default deny once present).
+    pub firewall: Option<crate::firewall::FirewallConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -258,6 +260,7 @@ impl Config {
                     .map_err(|e| format!("gateway[{n}].public_key: {e}"))?;
             }
         }
+        self.firewall_policy()?;
         for (n, r) in self.routes.iter().enumerate() {
             if r.via.is_empty() {
                 return Err(format!("route[{n}].via: needs at least one gateway"));
@@ -269,6 +272,14 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The firewall policy; no `[firewall]` lets everything through.
+    pub fn firewall_policy(&self) -> Result<crate::firewall::Policy, String> {
+        match &self.firewall {
+            None => Ok(crate::firewall::Policy::default()),
+            Some(f) => crate::firewall::Policy::from_config(f),
+        }
     }
 
     fn resolve_paths(&mut self, base: &Path) {

@@ -313,14 +313,25 @@ pub async fn run(cfg: Config, config_path: PathBuf, identity: Identity) -> Resul
     let reload = {
         let node = node.clone();
         Arc::new(move || -> Value {
-            match Identity::load(&node.cfg, cubenet_certs::time::unix_now()) {
-                Ok(id) => {
+            // The firewall rules come from the config file, read again; the
+            // certificates and revocation list from their files. Either
+            // failing refuses the whole reload and keeps what runs.
+            let policy = Config::load(&config_path)
+                .map_err(|e| e.to_string())
+                .and_then(|c| {
+                    c.firewall_policy()
+                        .map_err(|e| format!("{}: {e}", config_path.display()))
+                });
+            let id = Identity::load(&node.cfg, cubenet_certs::time::unix_now());
+            match (policy, id) {
+                (Ok(policy), Ok(id)) => {
                     let r = node.reload_identity(id);
+                    let cut = node.reload_firewall(policy);
                     tracing::info!(config = %config_path.display(), "reloaded: {r}");
-                    json!({"ok": true, "reload": r})
+                    json!({"ok": true, "reload": r, "firewall_flows_cut": cut})
                 }
-                Err(e) => {
-                    tracing::error!("reload refused, running identity kept: {e}");
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::error!("reload refused, running configuration kept: {e}");
                     json!({"ok": false, "error": e})
                 }
             }

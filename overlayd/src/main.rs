@@ -7,6 +7,7 @@ mod config;
 mod ctl;
 mod driver;
 mod fib;
+mod firewall;
 mod health;
 mod identity;
 mod inband;
@@ -59,6 +60,37 @@ enum Cmd {
     Status {
         #[arg(long, default_value = config::DEFAULT_SOCKET)]
         socket: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The firewall, offline.
+    Firewall {
+        #[command(subcommand)]
+        cmd: FirewallCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum FirewallCmd {
+    /// What the rules of a config do with a flow, and which rule decides:
+    /// a dry run before deploying.
+    Explain {
+        #[arg(long)]
+        config: PathBuf,
+        /// The address opening the flow.
+        #[arg(long)]
+        from: std::net::IpAddr,
+        /// The remote end's certificate (else the config's cert_dir is
+        /// searched); without one only address rules can match.
+        #[arg(long)]
+        from_cert: Option<PathBuf>,
+        #[arg(long)]
+        to: std::net::IpAddr,
+        /// tcp, udp, icmp or any
+        #[arg(long)]
+        proto: String,
+        #[arg(long)]
+        port: Option<u16>,
         #[arg(long)]
         json: bool,
     },
@@ -149,6 +181,31 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Cmd::Firewall {
+            cmd:
+                FirewallCmd::Explain {
+                    config,
+                    from,
+                    from_cert,
+                    to,
+                    proto,
+                    port,
+                    json,
+                },
+        } => match explain(&config, from, from_cert.as_deref(), to, &proto, port) {
+            Ok(v) => {
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                } else {
+                    println!("{}", v["summary"].as_str().unwrap_or_default());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("overlayd: {e}");
+                ExitCode::from(2)
+            }
+        },
         Cmd::Status { socket, json } => {
             let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -246,4 +303,95 @@ fn print_status(v: &Value) {
             drops.join(", ")
         }
     );
+}
+
+/// `overlayd firewall explain`: the decision for one flow under a config.
+fn explain(
+    config: &Path,
+    from: std::net::IpAddr,
+    from_cert: Option<&Path>,
+    to: std::net::IpAddr,
+    proto: &str,
+    port: Option<u16>,
+) -> Result<Value, String> {
+    use firewall::{Direction, Firewall, Proto};
+    let (cfg, id) = load(config)?;
+    let proto_v = Proto::parse(proto)
+        .ok_or_else(|| format!("--proto: {proto:?}: expected tcp, udp, icmp or any"))?;
+    if port.is_some() && !matches!(proto_v, Proto::Tcp | Proto::Udp) {
+        return Err("--port: ports need --proto tcp or udp".into());
+    }
+    let (dir, remote) = if id.cert.owns_addr(to) {
+        (Direction::Inbound, from)
+    } else if id.cert.owns_addr(from) {
+        (Direction::Outbound, to)
+    } else {
+        return Err(format!(
+            "neither --from {from} nor --to {to} is an address of {} ({})",
+            id.cert.name(),
+            id.cert
+                .body
+                .addresses
+                .iter()
+                .map(|a| a.addr().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    };
+    let cert = match from_cert {
+        Some(p) => {
+            let c = cubenet_certs::load_node_cert(p)
+                .map_err(|e| format!("--from-cert: {}: {e}", p.display()))?;
+            id.trust
+                .validate(&c, cubenet_certs::time::unix_now())
+                .map_err(|e| format!("--from-cert: {}: {e}", p.display()))?;
+            if !c.owns_addr(remote) {
+                return Err(format!(
+                    "--from-cert: {} is {:?}'s certificate, which does not own {remote}",
+                    p.display(),
+                    c.name()
+                ));
+            }
+            Some(std::sync::Arc::new(c))
+        }
+        None => id.directory.values().find(|c| c.owns_addr(remote)).cloned(),
+    };
+    let ident = cert.as_ref().map(|c| firewall::Identity {
+        name: c.name().to_string(),
+        groups: c.body.groups.clone(),
+        site: c.body.site.clone(),
+    });
+    let fw = Firewall::new(cfg.firewall_policy()?);
+    let (action, rule) = fw.explain(dir, remote, ident.as_ref(), proto_v, port);
+    let port_s = port.map(|p| format!(" port {p}")).unwrap_or_default();
+    let who = match &ident {
+        Some(i) => format!(
+            "{} (groups {}, site {})",
+            i.name,
+            if i.groups.is_empty() {
+                "-".into()
+            } else {
+                i.groups.join(",")
+            },
+            if i.site.is_empty() { "-" } else { &i.site }
+        ),
+        None => "identity unknown: only address rules can match".into(),
+    };
+    let by = match &rule {
+        Some((i, text)) => format!("{}[{i}]: {text}", dir.as_str()),
+        None => format!("the {} default", dir.as_str()),
+    };
+    Ok(json!({
+        "direction": dir.as_str(),
+        "from": from.to_string(),
+        "to": to.to_string(),
+        "proto": proto,
+        "port": port,
+        "remote": remote.to_string(),
+        "remote_identity": ident.as_ref().map(|i| json!({"name": i.name, "groups": i.groups, "site": i.site})),
+        "decision": action.as_str(),
+        "rule_index": rule.as_ref().map(|r| r.0),
+        "rule": rule.as_ref().map(|r| r.1.clone()),
+        "summary": format!("{} {proto} {from} -> {to}{port_s}: {} by {by}\n  remote {remote}: {who}", dir.as_str(), action.as_str()),
+    }))
 }

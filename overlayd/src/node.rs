@@ -6,6 +6,7 @@
 use crate::batch::{NetQueue, TunQueue, TUN_HEADROOM};
 use crate::config::Config;
 use crate::fib::{pick_for_flow, ForwardingTable, NextHop, Origin, PeerId};
+use crate::firewall::{self, Direction, Firewall, Verdict};
 use crate::health::{choose_gateway, Transition};
 use crate::identity::Identity;
 use crate::inband::{self, Message};
@@ -120,6 +121,13 @@ pub struct Node {
     last_rate_reset: RwLock<Instant>,
     /// What the driver got from the kernel (offloads), for status.
     datapath: RwLock<Value>,
+    firewall: std::sync::Mutex<Firewall>,
+    /// Name, groups and site behind virtual addresses, from certificates
+    /// this node has validated.
+    identities: RwLock<HashMap<IpAddr, firewall::Identity>>,
+    /// Rate limit for drop logs: the second of the last line, and how many
+    /// lines were skipped since.
+    drop_log: std::sync::Mutex<(u64, u64)>,
 }
 
 fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -156,9 +164,13 @@ impl Node {
             started: Instant::now(),
             last_rate_reset: RwLock::new(Instant::now()),
             datapath: RwLock::new(Value::Null),
+            firewall: std::sync::Mutex::new(Firewall::new(cfg.firewall_policy()?)),
+            identities: RwLock::new(HashMap::new()),
+            drop_log: std::sync::Mutex::new((0, 0)),
             cfg,
         });
         node.install_own_entries();
+        node.rebuild_identities();
         for g in node.cfg.gateways.clone() {
             node.add_configured_gateway(&g)?;
         }
@@ -168,6 +180,118 @@ impl Node {
 
     pub fn set_datapath(&self, v: Value) {
         *write(&self.datapath) = v;
+    }
+
+    fn fw(&self) -> std::sync::MutexGuard<'_, Firewall> {
+        self.firewall.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn learn_identity(&self, cert: &NodeCert) {
+        let id = firewall::Identity {
+            name: cert.name().to_string(),
+            groups: cert.body.groups.clone(),
+            site: cert.body.site.clone(),
+        };
+        let mut m = write(&self.identities);
+        for a in &cert.body.addresses {
+            m.insert(a.addr(), id.clone());
+        }
+    }
+
+    /// Identities from the cert directory and every validated peer.
+    fn rebuild_identities(&self) {
+        let id = self.identity();
+        write(&self.identities).clear();
+        for c in id.directory.values() {
+            self.learn_identity(c);
+        }
+        for p in self.peers() {
+            if let Some(c) = p.cert() {
+                self.learn_identity(&c);
+            }
+        }
+    }
+
+    pub fn identity_of(&self, a: IpAddr) -> Option<firewall::Identity> {
+        read(&self.identities).get(&a).cloned()
+    }
+
+    /// Runs the firewall on a packet this node receives or sends itself.
+    fn firewall_passes(&self, dir: Direction, pkt: &[u8]) -> bool {
+        let v = {
+            let lookup = |a: IpAddr| self.identity_of(a);
+            self.fw().check(dir, pkt, Instant::now(), &lookup)
+        };
+        if v == Verdict::Pass {
+            return true;
+        }
+        self.log_drop(dir, pkt, v);
+        false
+    }
+
+    /// Logs a firewall drop, at most one line a second.
+    fn log_drop(&self, dir: Direction, pkt: &[u8], v: Verdict) {
+        let sec = self.started.elapsed().as_secs();
+        let mut l = self.drop_log.lock().unwrap_or_else(|p| p.into_inner());
+        if l.0 == sec && l.1 > 0 {
+            l.1 += 1;
+            return;
+        }
+        let skipped = if l.0 == sec { 0 } else { l.1.saturating_sub(1) };
+        *l = (sec, 1);
+        drop(l);
+        let p = firewall::parse(pkt);
+        let why = match v {
+            Verdict::Deny(Some(i)) => format!("rule {}[{i}]", dir.as_str()),
+            Verdict::Deny(None) => format!("{} default", dir.as_str()),
+            Verdict::Malformed => "malformed".into(),
+            Verdict::TableFull => "flow table full".into(),
+            Verdict::Pass => "pass".into(),
+        };
+        tracing::info!(
+            direction = dir.as_str(),
+            src = ?p.map(|p| p.src),
+            dst = ?p.map(|p| p.dst),
+            proto = ?p.map(|p| p.proto),
+            dport = ?p.map(|p| p.dport),
+            skipped_since_last = skipped,
+            "firewall drop: {why}"
+        );
+    }
+
+    /// New firewall rules (SIGHUP): flows they deny are cut at once.
+    pub fn reload_firewall(&self, policy: firewall::Policy) -> usize {
+        let lookup = |a: IpAddr| self.identity_of(a);
+        let cut = self.fw().reload(policy, Instant::now(), &lookup);
+        if cut > 0 {
+            tracing::info!(flows = cut, "firewall reload cut flows the new rules deny");
+        }
+        cut
+    }
+
+    fn firewall_status(&self) -> Value {
+        let fw = self.fw();
+        let rules = |dir: Direction, rs: &[firewall::Rule], hits: &[u64]| -> Vec<Value> {
+            rs.iter()
+                .enumerate()
+                .map(|(i, r)| json!({"index": i, "direction": dir.as_str(), "rule": r.text, "hits": hits.get(i).copied().unwrap_or(0)}))
+                .collect()
+        };
+        let c = &fw.counters;
+        json!({
+            "inbound_default": fw.policy.inbound_default.as_str(),
+            "outbound_default": fw.policy.outbound_default.as_str(),
+            "inbound": rules(Direction::Inbound, &fw.policy.inbound, &c.inbound_hits),
+            "outbound": rules(Direction::Outbound, &fw.policy.outbound, &c.outbound_hits),
+            "inbound_default_hits": c.inbound_default,
+            "outbound_default_hits": c.outbound_default,
+            "tracked_flows": fw.flows(),
+            "tracked_pass": c.tracked_pass,
+            "dropped": c.dropped,
+            "malformed": c.malformed,
+            "table_full": c.table_full,
+            "cut_by_reload": c.cut_by_reload,
+        })
     }
 
     pub fn identity(&self) -> Arc<Identity> {
@@ -506,13 +630,21 @@ impl Node {
             return None;
         }
         if id.role() == Role::Host {
-            if id.cert.owns_addr(dst) {
-                return Some(true);
+            if !id.cert.owns_addr(dst) {
+                bump(&self.drops.not_for_us);
+                return None;
             }
-            bump(&self.drops.not_for_us);
-            return None;
+            return self
+                .firewall_passes(Direction::Inbound, pkt)
+                .then_some(true);
         }
-        self.route(pkt, src, dst, Some(peer.index), out)
+        match self.route(pkt, src, dst, Some(peer.index), out) {
+            // Addressed to the gateway itself: its own firewall decides.
+            Some(true) if id.cert.owns_addr(dst) => self
+                .firewall_passes(Direction::Inbound, pkt)
+                .then_some(true),
+            other => other,
+        }
     }
 
     /// Forwards by longest-prefix match (gateways).
@@ -590,6 +722,9 @@ impl Node {
             // Router solicitations, mDNS and the like stay on this node.
             return;
         }
+        if self.identity().cert.owns_addr(src) && !self.firewall_passes(Direction::Outbound, pkt) {
+            return;
+        }
         if self.role() == Role::Host {
             let gw = *read(&self.active_gateway);
             match gw.and_then(|i| self.peer_by_index(i)) {
@@ -661,6 +796,7 @@ impl Node {
         if let Some(old) = peer.cert() {
             self.remove_cert_entries(peer, &old);
         }
+        self.learn_identity(&cert);
         peer.set_cert(Some(cert));
         if peer.confirmed.load(Ordering::Relaxed) || peer.configured.is_some() {
             self.maybe_attach(peer);
@@ -835,6 +971,7 @@ impl Node {
         if now.duration_since(*last) >= Duration::from_secs(1) {
             *last = now;
             self.rate_limiter.reset_count();
+            self.fw().expire(now);
         }
     }
 
@@ -865,6 +1002,7 @@ impl Node {
                 }
             }
         }
+        self.rebuild_identities();
         // Own certificate may have changed: re-announce it.
         for peer in self.gateways() {
             peer.our_cert_acked.store(false, Ordering::Relaxed);
@@ -937,6 +1075,7 @@ impl Node {
             "drops": self.drops.json(),
             "routes": routes,
             "datapath": read(&self.datapath).clone(),
+            "firewall": self.firewall_status(),
         })
     }
 

@@ -147,7 +147,8 @@ impl Router {
                 max_suppress: Duration::from_secs_f64(d.prefix_max_suppress_s),
                 stable_up: Duration::ZERO,
             };
-            c.validate().map_err(|e| format!("damping (per prefix): {e}"))?;
+            c.validate()
+                .map_err(|e| format!("damping (per prefix): {e}"))?;
             Some(c)
         } else {
             None

@@ -1,0 +1,1061 @@
+//! The per-server firewall on virtual addresses, sans IO: rules by address,
+//! name, group and site, first match wins, one list per direction, and
+//! connection tracking so replies to an allowed flow pass.
+//!
+//! A packet is judged from the point of view of this node: inbound packets
+//! come from a peer to one of our addresses (the remote end is the source),
+//! outbound packets leave our TUN (the remote end is the destination). The
+//! identity behind a remote address (its certificate's name, groups and
+//! site) comes from the caller; until it is known only address rules can
+//! match.
+
+use ipnet::IpNet;
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::{Duration, Instant};
+
+const TCP: u8 = 6;
+const UDP: u8 = 17;
+const ICMP: u8 = 1;
+const ICMPV6: u8 = 58;
+
+/// Connection-tracking timeouts.
+const TCP_OPENING: Duration = Duration::from_secs(30);
+const TCP_ESTABLISHED: Duration = Duration::from_secs(3600);
+const TCP_CLOSING: Duration = Duration::from_secs(30);
+const TCP_RESET: Duration = Duration::from_secs(5);
+const UDP_NEW: Duration = Duration::from_secs(30);
+const UDP_REPLIED: Duration = Duration::from_secs(180);
+const ICMP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Flows tracked at most; beyond, new flows are dropped (and counted).
+pub const DEFAULT_MAX_FLOWS: usize = 65_536;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Allow,
+    Deny,
+}
+
+impl Action {
+    fn parse(s: &str) -> Option<Action> {
+        match s {
+            "allow" => Some(Action::Allow),
+            "deny" => Some(Action::Deny),
+            _ => None,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Allow => "allow",
+            Action::Deny => "deny",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Inbound,
+    Outbound,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proto {
+    Any,
+    Tcp,
+    Udp,
+    Icmp,
+}
+
+impl Proto {
+    pub fn parse(s: &str) -> Option<Proto> {
+        match s {
+            "any" => Some(Proto::Any),
+            "tcp" => Some(Proto::Tcp),
+            "udp" => Some(Proto::Udp),
+            "icmp" => Some(Proto::Icmp),
+            _ => None,
+        }
+    }
+    fn matches(self, p: u8) -> bool {
+        match self {
+            Proto::Any => true,
+            Proto::Tcp => p == TCP,
+            Proto::Udp => p == UDP,
+            Proto::Icmp => p == ICMP || p == ICMPV6,
+        }
+    }
+    pub fn number(self, v6: bool) -> u8 {
+        match self {
+            Proto::Any => 0,
+            Proto::Tcp => TCP,
+            Proto::Udp => UDP,
+            Proto::Icmp if v6 => ICMPV6,
+            Proto::Icmp => ICMP,
+        }
+    }
+}
+
+/// Who a rule is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Peer {
+    Group(String),
+    Name(String),
+    Site(String),
+    Net(IpNet),
+}
+
+impl Peer {
+    pub fn parse(s: &str) -> Result<Peer, String> {
+        let label = |kind: &str, v: &str| {
+            if v.is_empty() {
+                Err(format!("{s:?}: empty {kind}"))
+            } else {
+                Ok(v.to_string())
+            }
+        };
+        if let Some(v) = s.strip_prefix("group:") {
+            return label("group", v).map(Peer::Group);
+        }
+        if let Some(v) = s.strip_prefix("name:") {
+            return label("name", v).map(Peer::Name);
+        }
+        if let Some(v) = s.strip_prefix("site:") {
+            return label("site", v).map(Peer::Site);
+        }
+        if let Ok(n) = s.parse::<IpNet>() {
+            return Ok(Peer::Net(n.trunc()));
+        }
+        if let Ok(a) = s.parse::<IpAddr>() {
+            return Ok(Peer::Net(IpNet::from(a)));
+        }
+        Err(format!(
+            "{s:?}: expected \"group:G\", \"name:N\", \"site:S\" or an address/CIDR"
+        ))
+    }
+
+    fn matches(&self, addr: IpAddr, id: Option<&Identity>) -> bool {
+        match self {
+            Peer::Net(n) => n.contains(&addr),
+            Peer::Group(g) => id.is_some_and(|i| i.groups.iter().any(|x| x == g)),
+            Peer::Name(n) => id.is_some_and(|i| &i.name == n),
+            Peer::Site(s) => id.is_some_and(|i| &i.site == s),
+        }
+    }
+}
+
+/// The certificate facts behind a remote address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub name: String,
+    pub groups: Vec<String>,
+    pub site: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub action: Action,
+    pub proto: Proto,
+    /// Destination port range of the packet that opens a flow.
+    pub ports: Option<(u16, u16)>,
+    /// Any of these; empty = anyone.
+    pub peers: Vec<Peer>,
+    /// The rule as written, for `explain` and logs.
+    pub text: String,
+}
+
+impl Rule {
+    fn matches(&self, f: &Flow, id: Option<&Identity>) -> bool {
+        if !self.proto.matches(f.proto) {
+            return false;
+        }
+        if let Some((lo, hi)) = self.ports {
+            if !(f.proto == TCP || f.proto == UDP) || f.dport < lo || f.dport > hi {
+                return false;
+            }
+        }
+        self.peers.is_empty() || self.peers.iter().any(|p| p.matches(f.remote, id))
+    }
+}
+
+/// `[firewall]` in overlayd's config.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FirewallConfig {
+    pub inbound_default: Option<String>,
+    pub outbound_default: Option<String>,
+    /// Flows tracked at most.
+    pub max_flows: Option<usize>,
+    #[serde(default)]
+    pub inbound: Vec<RuleConfig>,
+    #[serde(default)]
+    pub outbound: Vec<RuleConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    pub action: String,
+    pub proto: Option<String>,
+    pub port: Option<String>,
+    pub from: Option<Vec<String>>,
+    pub to: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    pub inbound: Vec<Rule>,
+    pub outbound: Vec<Rule>,
+    pub inbound_default: Action,
+    pub outbound_default: Action,
+    pub max_flows: usize,
+}
+
+impl Default for Policy {
+    /// No `[firewall]`: everything passes (a node without rules).
+    fn default() -> Self {
+        Policy {
+            inbound: Vec::new(),
+            outbound: Vec::new(),
+            inbound_default: Action::Allow,
+            outbound_default: Action::Allow,
+            max_flows: DEFAULT_MAX_FLOWS,
+        }
+    }
+}
+
+fn parse_ports(s: &str) -> Result<Option<(u16, u16)>, String> {
+    if s == "any" {
+        return Ok(None);
+    }
+    let num = |x: &str| {
+        x.trim()
+            .parse::<u16>()
+            .map_err(|_| format!("{s:?}: expected \"N\", \"N-M\" or \"any\" with ports 0-65535"))
+    };
+    let (lo, hi) = match s.split_once('-') {
+        Some((a, b)) => (num(a)?, num(b)?),
+        None => {
+            let p = num(s)?;
+            (p, p)
+        }
+    };
+    if lo > hi {
+        return Err(format!("{s:?}: the range is backwards"));
+    }
+    Ok(Some((lo, hi)))
+}
+
+fn rule_text(dir: Direction, r: &RuleConfig) -> String {
+    let mut t = format!("{} {}", r.action, r.proto.as_deref().unwrap_or("any"));
+    if let Some(p) = &r.port {
+        t.push_str(&format!(" port {p}"));
+    }
+    let (word, list) = match dir {
+        Direction::Inbound => ("from", &r.from),
+        Direction::Outbound => ("to", &r.to),
+    };
+    if let Some(l) = list {
+        t.push_str(&format!(" {word} {}", l.join(",")));
+    }
+    t
+}
+
+impl Policy {
+    /// Builds the policy; errors name `firewall.<dir>[i].<key>`.
+    pub fn from_config(c: &FirewallConfig) -> Result<Policy, String> {
+        let default = |key: &str, v: &Option<String>, d: Action| match v.as_deref() {
+            None => Ok(d),
+            Some(s) => Action::parse(s)
+                .ok_or_else(|| format!("firewall.{key}: {s:?}: expected \"allow\" or \"deny\"")),
+        };
+        let rules = |dir: Direction, list: &[RuleConfig]| -> Result<Vec<Rule>, String> {
+            let mut out = Vec::new();
+            for (i, r) in list.iter().enumerate() {
+                let at = format!("firewall.{}[{i}]", dir.as_str());
+                let action = Action::parse(&r.action).ok_or_else(|| {
+                    format!(
+                        "{at}.action: {:?}: expected \"allow\" or \"deny\"",
+                        r.action
+                    )
+                })?;
+                let proto = match r.proto.as_deref() {
+                    None => Proto::Any,
+                    Some(p) => Proto::parse(p).ok_or_else(|| {
+                        format!("{at}.proto: {p:?}: expected tcp, udp, icmp or any")
+                    })?,
+                };
+                let ports = match &r.port {
+                    None => None,
+                    Some(p) => parse_ports(p).map_err(|e| format!("{at}.port: {e}"))?,
+                };
+                if ports.is_some() && !matches!(proto, Proto::Tcp | Proto::Udp) {
+                    return Err(format!("{at}.port: ports need proto tcp or udp"));
+                }
+                let (key, list, wrong) = match dir {
+                    Direction::Inbound => ("from", &r.from, r.to.is_some().then_some("to")),
+                    Direction::Outbound => ("to", &r.to, r.from.is_some().then_some("from")),
+                };
+                if let Some(w) = wrong {
+                    return Err(format!(
+                        "{at}.{w}: {} rules name peers with \"{key}\"",
+                        dir.as_str()
+                    ));
+                }
+                let mut peers = Vec::new();
+                for (j, s) in list.iter().flatten().enumerate() {
+                    peers.push(Peer::parse(s).map_err(|e| format!("{at}.{key}[{j}]: {e}"))?);
+                }
+                if list.as_ref().is_some_and(|l| l.is_empty()) {
+                    return Err(format!(
+                        "{at}.{key}: an empty list matches nobody; omit it to match anyone"
+                    ));
+                }
+                out.push(Rule {
+                    action,
+                    proto,
+                    ports,
+                    peers,
+                    text: rule_text(dir, r),
+                });
+            }
+            Ok(out)
+        };
+        Ok(Policy {
+            inbound: rules(Direction::Inbound, &c.inbound)?,
+            outbound: rules(Direction::Outbound, &c.outbound)?,
+            inbound_default: default("inbound_default", &c.inbound_default, Action::Deny)?,
+            outbound_default: default("outbound_default", &c.outbound_default, Action::Allow)?,
+            max_flows: c.max_flows.unwrap_or(DEFAULT_MAX_FLOWS).max(1),
+        })
+    }
+
+    fn rules(&self, dir: Direction) -> &[Rule] {
+        match dir {
+            Direction::Inbound => &self.inbound,
+            Direction::Outbound => &self.outbound,
+        }
+    }
+
+    fn default_for(&self, dir: Direction) -> Action {
+        match dir {
+            Direction::Inbound => self.inbound_default,
+            Direction::Outbound => self.outbound_default,
+        }
+    }
+
+    /// The first matching rule (index) and the action.
+    fn decide(&self, dir: Direction, f: &Flow, id: Option<&Identity>) -> (Action, Option<usize>) {
+        for (i, r) in self.rules(dir).iter().enumerate() {
+            if r.matches(f, id) {
+                return (r.action, Some(i));
+            }
+        }
+        (self.default_for(dir), None)
+    }
+}
+
+/// What the firewall looks at in a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Packet {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub proto: u8,
+    pub sport: u16,
+    pub dport: u16,
+    pub tcp_flags: u8,
+    /// ICMP type, for ICMP and ICMPv6.
+    pub icmp_type: Option<u8>,
+    /// For ICMP errors: the packet they quote (its addresses and ports).
+    pub quoted: Option<(IpAddr, IpAddr, u8, u16, u16)>,
+}
+
+const FIN: u8 = 0x01;
+const SYN: u8 = 0x02;
+const RST: u8 = 0x04;
+const ACK: u8 = 0x10;
+
+fn be16(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_be_bytes([*b.get(at)?, *b.get(at + 1)?]))
+}
+
+/// Addresses, protocol and L4 start of an IP header; never panics.
+fn ip_header(b: &[u8]) -> Option<(IpAddr, IpAddr, u8, usize, bool)> {
+    match b.first()? >> 4 {
+        4 => {
+            let ihl = usize::from(b[0] & 0x0f) * 4;
+            if ihl < 20 || b.len() < ihl {
+                return None;
+            }
+            let src = Ipv4Addr::new(b[12], b[13], b[14], b[15]);
+            let dst = Ipv4Addr::new(b[16], b[17], b[18], b[19]);
+            // A non-first fragment carries no L4 header.
+            let frag_off = be16(b, 6)? & 0x1fff;
+            let l4 = if frag_off != 0 { b.len() } else { ihl };
+            Some((src.into(), dst.into(), b[9], l4, false))
+        }
+        6 => {
+            if b.len() < 40 {
+                return None;
+            }
+            let mut a = [0u8; 16];
+            a.copy_from_slice(&b[8..24]);
+            let src = Ipv6Addr::from(a);
+            a.copy_from_slice(&b[24..40]);
+            let dst = Ipv6Addr::from(a);
+            // Extension headers are not walked: the next header must be
+            // the transport (cubenet's overlay does not use them).
+            Some((src.into(), dst.into(), b[6], 40, true))
+        }
+        _ => None,
+    }
+}
+
+fn ports(b: &[u8], l4: usize) -> (u16, u16) {
+    (be16(b, l4).unwrap_or(0), be16(b, l4 + 2).unwrap_or(0))
+}
+
+/// Parses what the firewall needs; `None` for what is not IP.
+pub fn parse(b: &[u8]) -> Option<Packet> {
+    let (src, dst, proto, l4, v6) = ip_header(b)?;
+    let mut p = Packet {
+        src,
+        dst,
+        proto,
+        sport: 0,
+        dport: 0,
+        tcp_flags: 0,
+        icmp_type: None,
+        quoted: None,
+    };
+    match proto {
+        TCP | UDP => {
+            let (s, d) = ports(b, l4);
+            p.sport = s;
+            p.dport = d;
+            if proto == TCP {
+                p.tcp_flags = b.get(l4 + 13).copied().unwrap_or(0);
+            }
+        }
+        ICMP | ICMPV6 => {
+            let t = b.get(l4).copied()?;
+            p.icmp_type = Some(t);
+            let is_error = if v6 {
+                t < 128
+            } else {
+                matches!(t, 3 | 4 | 5 | 11 | 12)
+            };
+            if is_error {
+                if let Some((qs, qd, qp, ql4, _)) = b.get(l4 + 8..).and_then(ip_header) {
+                    let inner = &b[l4 + 8..];
+                    let (s, d) = match qp {
+                        TCP | UDP => ports(inner, ql4),
+                        _ => (echo_id(inner, ql4), 0),
+                    };
+                    p.quoted = Some((qs, qd, qp, s, d));
+                }
+            } else {
+                // Echo: the identifier plays the port.
+                p.sport = echo_id(b, l4);
+            }
+        }
+        _ => {}
+    }
+    Some(p)
+}
+
+fn echo_id(b: &[u8], l4: usize) -> u16 {
+    be16(b, l4 + 4).unwrap_or(0)
+}
+
+/// A flow as judged: its protocol, the remote end, the destination port of
+/// the opening packet.
+#[derive(Debug, Clone, Copy)]
+struct Flow {
+    proto: u8,
+    remote: IpAddr,
+    dport: u16,
+}
+
+/// Connection-tracking key: the opening packet's source and destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Key {
+    proto: u8,
+    src: IpAddr,
+    sport: u16,
+    dst: IpAddr,
+    dport: u16,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    dir: Direction,
+    expires: Instant,
+    replied: bool,
+    fin_from_orig: bool,
+    fin_from_reply: bool,
+    rule: Option<usize>,
+}
+
+/// Why a packet was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Pass,
+    /// Denied by rule `Some(i)` of its direction, or by the default.
+    Deny(Option<usize>),
+    Malformed,
+    TableFull,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct Counters {
+    pub inbound_hits: Vec<u64>,
+    pub outbound_hits: Vec<u64>,
+    pub inbound_default: u64,
+    pub outbound_default: u64,
+    pub tracked_pass: u64,
+    pub dropped: u64,
+    pub malformed: u64,
+    pub table_full: u64,
+    pub cut_by_reload: u64,
+}
+
+pub struct Firewall {
+    pub policy: Policy,
+    flows: HashMap<Key, Entry>,
+    pub counters: Counters,
+}
+
+fn key_of(p: &Packet) -> Key {
+    let icmp = matches!(p.proto, ICMP | ICMPV6);
+    Key {
+        proto: p.proto,
+        src: p.src,
+        sport: p.sport,
+        dst: p.dst,
+        dport: if icmp { 0 } else { p.dport },
+    }
+}
+
+fn reverse(k: &Key) -> Key {
+    Key {
+        proto: k.proto,
+        src: k.dst,
+        sport: k.dport,
+        dst: k.src,
+        dport: k.sport,
+    }
+}
+
+/// ICMP types that open a flow (echo request) vs answer one.
+fn icmp_opens(proto: u8, t: u8) -> bool {
+    (proto == ICMP && t == 8) || (proto == ICMPV6 && t == 128)
+}
+
+impl Firewall {
+    pub fn new(policy: Policy) -> Firewall {
+        let counters = Counters {
+            inbound_hits: vec![0; policy.inbound.len()],
+            outbound_hits: vec![0; policy.outbound.len()],
+            ..Counters::default()
+        };
+        Firewall {
+            policy,
+            flows: HashMap::new(),
+            counters,
+        }
+    }
+
+    pub fn flows(&self) -> usize {
+        self.flows.len()
+    }
+
+    /// Judges one packet. `identity` looks up the certificate behind an
+    /// address, if known.
+    pub fn check(
+        &mut self,
+        dir: Direction,
+        pkt: &[u8],
+        now: Instant,
+        identity: &dyn Fn(IpAddr) -> Option<Identity>,
+    ) -> Verdict {
+        let Some(p) = parse(pkt) else {
+            self.counters.malformed += 1;
+            self.counters.dropped += 1;
+            return Verdict::Malformed;
+        };
+        let k = key_of(&p);
+        // A packet of a tracked flow, either way.
+        if let Some(e) = self.flows.get_mut(&k) {
+            if e.expires > now {
+                track(e, &p, true, now);
+                self.counters.tracked_pass += 1;
+                return Verdict::Pass;
+            }
+        }
+        let rk = reverse(&k);
+        if let Some(e) = self.flows.get_mut(&rk) {
+            if e.expires > now {
+                track(e, &p, false, now);
+                self.counters.tracked_pass += 1;
+                return Verdict::Pass;
+            }
+        }
+        // An ICMP error about a tracked flow.
+        if let Some((qs, qd, qp, qsp, qdp)) = p.quoted {
+            let qk = Key {
+                proto: qp,
+                src: qs,
+                sport: qsp,
+                dst: qd,
+                dport: if matches!(qp, ICMP | ICMPV6) { 0 } else { qdp },
+            };
+            let live = |k: &Key| self.flows.get(k).is_some_and(|e| e.expires > now);
+            if live(&qk) || live(&reverse(&qk)) {
+                self.counters.tracked_pass += 1;
+                return Verdict::Pass;
+            }
+        }
+        let remote = match dir {
+            Direction::Inbound => p.src,
+            Direction::Outbound => p.dst,
+        };
+        let f = Flow {
+            proto: p.proto,
+            remote,
+            dport: p.dport,
+        };
+        let id = identity(remote);
+        let (action, rule) = self.policy.decide(dir, &f, id.as_ref());
+        match (dir, rule) {
+            (Direction::Inbound, Some(i)) => self.counters.inbound_hits[i] += 1,
+            (Direction::Outbound, Some(i)) => self.counters.outbound_hits[i] += 1,
+            (Direction::Inbound, None) => self.counters.inbound_default += 1,
+            (Direction::Outbound, None) => self.counters.outbound_default += 1,
+        }
+        if action == Action::Deny {
+            self.counters.dropped += 1;
+            return Verdict::Deny(rule);
+        }
+        // Allowed: track what opens a flow (TCP SYN, UDP, ICMP echo), and
+        // pick up a TCP flow already running (after a reload or restart).
+        let opens = match p.proto {
+            TCP => p.tcp_flags & RST == 0,
+            UDP => true,
+            ICMP | ICMPV6 => p.icmp_type.is_some_and(|t| icmp_opens(p.proto, t)),
+            _ => true,
+        };
+        if opens {
+            if self.flows.len() >= self.policy.max_flows {
+                self.flows.retain(|_, e| e.expires > now);
+            }
+            if self.flows.len() >= self.policy.max_flows {
+                self.counters.table_full += 1;
+                self.counters.dropped += 1;
+                return Verdict::TableFull;
+            }
+            let mut e = Entry {
+                dir,
+                expires: now,
+                replied: false,
+                fin_from_orig: false,
+                fin_from_reply: false,
+                rule,
+            };
+            track(&mut e, &p, true, now);
+            if p.proto == TCP && p.tcp_flags & SYN == 0 {
+                // Picked up mid-flow: treat as established.
+                e.replied = true;
+                e.expires = now + TCP_ESTABLISHED;
+            }
+            self.flows.insert(k, e);
+        }
+        Verdict::Pass
+    }
+
+    /// Installs new rules: tracked flows the new rules deny are cut, the
+    /// rest go on. Returns how many were cut.
+    pub fn reload(
+        &mut self,
+        policy: Policy,
+        now: Instant,
+        identity: &dyn Fn(IpAddr) -> Option<Identity>,
+    ) -> usize {
+        let before = self.flows.len();
+        self.flows.retain(|k, e| {
+            if e.expires <= now {
+                return false;
+            }
+            let remote = match e.dir {
+                Direction::Inbound => k.src,
+                Direction::Outbound => k.dst,
+            };
+            let f = Flow {
+                proto: k.proto,
+                remote,
+                dport: k.dport,
+            };
+            let (action, rule) = policy.decide(e.dir, &f, identity(remote).as_ref());
+            e.rule = rule;
+            action == Action::Allow
+        });
+        let cut = before - self.flows.len();
+        self.counters.cut_by_reload += cut as u64;
+        self.counters.inbound_hits = vec![0; policy.inbound.len()];
+        self.counters.outbound_hits = vec![0; policy.outbound.len()];
+        self.policy = policy;
+        cut
+    }
+
+    /// Drops expired flows (call now and then).
+    pub fn expire(&mut self, now: Instant) {
+        self.flows.retain(|_, e| e.expires > now);
+    }
+
+    /// A dry run: what happens to a flow opened by `remote` (inbound) or to
+    /// `remote` (outbound).
+    pub fn explain(
+        &self,
+        dir: Direction,
+        remote: IpAddr,
+        identity: Option<&Identity>,
+        proto: Proto,
+        port: Option<u16>,
+    ) -> (Action, Option<(usize, String)>) {
+        let f = Flow {
+            proto: proto.number(remote.is_ipv6()),
+            remote,
+            dport: port.unwrap_or(0),
+        };
+        let (a, rule) = self.policy.decide(dir, &f, identity);
+        (a, rule.map(|i| (i, self.policy.rules(dir)[i].text.clone())))
+    }
+}
+
+/// Updates a flow's state with a packet (`orig`: from the side that opened it).
+fn track(e: &mut Entry, p: &Packet, orig: bool, now: Instant) {
+    if !orig {
+        e.replied = true;
+    }
+    e.expires = now
+        + match p.proto {
+            TCP => {
+                if p.tcp_flags & RST != 0 {
+                    TCP_RESET
+                } else {
+                    if p.tcp_flags & FIN != 0 {
+                        if orig {
+                            e.fin_from_orig = true;
+                        } else {
+                            e.fin_from_reply = true;
+                        }
+                    }
+                    if e.fin_from_orig && e.fin_from_reply {
+                        TCP_CLOSING
+                    } else if e.replied && p.tcp_flags & ACK != 0 {
+                        TCP_ESTABLISHED
+                    } else {
+                        TCP_OPENING
+                    }
+                }
+            }
+            UDP if e.replied => UDP_REPLIED,
+            UDP => UDP_NEW,
+            _ => ICMP_TIMEOUT,
+        };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn policy(toml_text: &str) -> Result<Policy, String> {
+        #[derive(Deserialize)]
+        struct W {
+            firewall: FirewallConfig,
+        }
+        let w: W = toml::from_str(toml_text).map_err(|e| e.to_string())?;
+        Policy::from_config(&w.firewall)
+    }
+
+    fn v4(src: [u8; 4], dst: [u8; 4], proto: u8, l4: &[u8]) -> Vec<u8> {
+        let mut b = vec![0x45, 0, 0, 0, 0, 0, 0, 0, 64, proto, 0, 0];
+        b.extend_from_slice(&src);
+        b.extend_from_slice(&dst);
+        b.extend_from_slice(l4);
+        let len = b.len() as u16;
+        b[2..4].copy_from_slice(&len.to_be_bytes());
+        b
+    }
+
+    fn tcp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+        let mut l4 = vec![0u8; 20];
+        l4[0..2].copy_from_slice(&sport.to_be_bytes());
+        l4[2..4].copy_from_slice(&dport.to_be_bytes());
+        l4[12] = 0x50;
+        l4[13] = flags;
+        v4(src, dst, TCP, &l4)
+    }
+
+    const ME: [u8; 4] = [10, 77, 1, 11];
+    const WEB: [u8; 4] = [10, 77, 1, 12];
+    const OTHER: [u8; 4] = [10, 77, 2, 11];
+
+    fn ids(a: IpAddr) -> Option<Identity> {
+        match a.to_string().as_str() {
+            "10.77.1.12" => Some(Identity {
+                name: "web1".into(),
+                groups: vec!["db-clients".into()],
+                site: "fra".into(),
+            }),
+            "10.77.2.11" => Some(Identity {
+                name: "ams-h1".into(),
+                groups: vec![],
+                site: "ams".into(),
+            }),
+            _ => None,
+        }
+    }
+
+    const DB: &str = "[firewall]\ninbound_default = \"deny\"\n\
+        [[firewall.inbound]]\naction = \"deny\"\nproto = \"tcp\"\nport = \"5432\"\nfrom = [\"name:web9\"]\n\
+        [[firewall.inbound]]\naction = \"allow\"\nproto = \"tcp\"\nport = \"5432\"\nfrom = [\"group:db-clients\"]\n\
+        [[firewall.inbound]]\naction = \"allow\"\nproto = \"icmp\"\n";
+
+    #[test]
+    fn group_rule_allows_one_peer_and_default_denies_another() {
+        let mut fw = Firewall::new(policy(DB).unwrap());
+        let now = Instant::now();
+        let syn = tcp(WEB, ME, 40000, 5432, SYN);
+        assert_eq!(fw.check(Direction::Inbound, &syn, now, &ids), Verdict::Pass);
+        let syn = tcp(OTHER, ME, 40000, 5432, SYN);
+        assert_eq!(
+            fw.check(Direction::Inbound, &syn, now, &ids),
+            Verdict::Deny(None)
+        );
+        assert_eq!(fw.counters.inbound_hits, vec![0, 1, 0]);
+        // Unknown identity: only address rules can match.
+        let syn = tcp([10, 77, 3, 3], ME, 1, 5432, SYN);
+        assert_eq!(
+            fw.check(Direction::Inbound, &syn, now, &ids),
+            Verdict::Deny(None)
+        );
+    }
+
+    #[test]
+    fn replies_pass_with_inbound_default_deny() {
+        let mut fw = Firewall::new(policy("[firewall]\ninbound_default = \"deny\"\n").unwrap());
+        let now = Instant::now();
+        let out = tcp(ME, OTHER, 50000, 443, SYN);
+        assert_eq!(
+            fw.check(Direction::Outbound, &out, now, &ids),
+            Verdict::Pass
+        );
+        let reply = tcp(OTHER, ME, 443, 50000, SYN | ACK);
+        assert_eq!(
+            fw.check(Direction::Inbound, &reply, now, &ids),
+            Verdict::Pass
+        );
+        // Not a reply: another port.
+        let stray = tcp(OTHER, ME, 443, 50001, ACK);
+        assert_eq!(
+            fw.check(Direction::Inbound, &stray, now, &ids),
+            Verdict::Deny(None)
+        );
+        // The flow expires when idle.
+        let later = now + TCP_OPENING + TCP_ESTABLISHED;
+        assert_eq!(
+            fw.check(Direction::Inbound, &reply, later, &ids),
+            Verdict::Deny(None)
+        );
+    }
+
+    #[test]
+    fn icmp_errors_of_a_tracked_flow_pass() {
+        let mut fw = Firewall::new(policy("[firewall]\n").unwrap());
+        let now = Instant::now();
+        let out = v4(ME, OTHER, UDP, &[0xc3, 0x50, 0, 53, 0, 8, 0, 0]);
+        assert_eq!(
+            fw.check(Direction::Outbound, &out, now, &ids),
+            Verdict::Pass
+        );
+        // Port unreachable quoting our datagram, from a router on the way.
+        let mut icmp = vec![3, 3, 0, 0, 0, 0, 0, 0];
+        icmp.extend_from_slice(&out);
+        let err = v4([10, 77, 0, 1], ME, ICMP, &icmp);
+        assert_eq!(fw.check(Direction::Inbound, &err, now, &ids), Verdict::Pass);
+        // The same error about a flow we never had is judged by the rules.
+        let mut icmp = vec![3, 3, 0, 0, 0, 0, 0, 0];
+        icmp.extend_from_slice(&v4(ME, OTHER, UDP, &[0, 1, 0, 2, 0, 8, 0, 0]));
+        let err = v4([10, 77, 0, 1], ME, ICMP, &icmp);
+        assert_eq!(
+            fw.check(Direction::Inbound, &err, now, &ids),
+            Verdict::Deny(None)
+        );
+    }
+
+    #[test]
+    fn outbound_deny_blocks_and_explain_agrees() {
+        let p = policy(
+            "[firewall]\n[[firewall.outbound]]\naction = \"deny\"\nproto = \"tcp\"\nport = \"25\"\nto = [\"site:ams\"]\n",
+        )
+        .unwrap();
+        let mut fw = Firewall::new(p);
+        let now = Instant::now();
+        let smtp = tcp(ME, OTHER, 50000, 25, SYN);
+        assert_eq!(
+            fw.check(Direction::Outbound, &smtp, now, &ids),
+            Verdict::Deny(Some(0))
+        );
+        let web = tcp(ME, OTHER, 50000, 80, SYN);
+        assert_eq!(
+            fw.check(Direction::Outbound, &web, now, &ids),
+            Verdict::Pass
+        );
+        let other: IpAddr = "10.77.2.11".parse().unwrap();
+        let (a, r) = fw.explain(
+            Direction::Outbound,
+            other,
+            ids(other).as_ref(),
+            Proto::Tcp,
+            Some(25),
+        );
+        assert_eq!(a, Action::Deny);
+        assert_eq!(r, Some((0, "deny tcp port 25 to site:ams".into())));
+        let (a, r) = fw.explain(Direction::Outbound, other, None, Proto::Tcp, Some(25));
+        assert_eq!((a, r), (Action::Allow, None));
+    }
+
+    #[test]
+    fn reload_cuts_flows_the_new_rules_deny() {
+        let mut fw = Firewall::new(policy(DB).unwrap());
+        let now = Instant::now();
+        let syn = tcp(WEB, ME, 40000, 5432, SYN);
+        fw.check(Direction::Inbound, &syn, now, &ids);
+        let ping = v4(WEB, ME, ICMP, &[8, 0, 0, 0, 0, 7, 0, 1]);
+        assert_eq!(
+            fw.check(Direction::Inbound, &ping, now, &ids),
+            Verdict::Pass
+        );
+        assert_eq!(fw.flows(), 2);
+        let without_db = "[firewall]\ninbound_default = \"deny\"\n\
+            [[firewall.inbound]]\naction = \"allow\"\nproto = \"icmp\"\n";
+        let cut = fw.reload(policy(without_db).unwrap(), now, &ids);
+        assert_eq!(cut, 1);
+        let data = tcp(WEB, ME, 40000, 5432, ACK);
+        assert_eq!(
+            fw.check(Direction::Inbound, &data, now, &ids),
+            Verdict::Deny(None)
+        );
+        let pong = v4(ME, WEB, ICMP, &[0, 0, 0, 0, 0, 7, 0, 1]);
+        assert_eq!(
+            fw.check(Direction::Outbound, &pong, now, &ids),
+            Verdict::Pass
+        );
+    }
+
+    #[test]
+    fn the_table_is_bounded() {
+        let mut fw = Firewall::new(policy("[firewall]\nmax_flows = 2\n").unwrap());
+        let now = Instant::now();
+        for port in [1u16, 2] {
+            let p = tcp(ME, OTHER, port, 80, SYN);
+            assert_eq!(fw.check(Direction::Outbound, &p, now, &ids), Verdict::Pass);
+        }
+        let p = tcp(ME, OTHER, 3, 80, SYN);
+        assert_eq!(
+            fw.check(Direction::Outbound, &p, now, &ids),
+            Verdict::TableFull
+        );
+        // Once the others expire there is room again.
+        let later = now + TCP_OPENING + Duration::from_secs(1);
+        assert_eq!(
+            fw.check(Direction::Outbound, &p, later, &ids),
+            Verdict::Pass
+        );
+    }
+
+    #[test]
+    fn config_errors_name_the_rule_and_key() {
+        for (t, want) in [
+            (
+                "[[firewall.inbound]]\naction = \"maybe\"\n",
+                "firewall.inbound[0].action",
+            ),
+            (
+                "[[firewall.inbound]]\naction = \"allow\"\nproto = \"tcp\"\nport = \"70000\"\n",
+                "firewall.inbound[0].port",
+            ),
+            (
+                "[[firewall.inbound]]\naction = \"allow\"\nproto = \"tcp\"\nport = \"9-3\"\n",
+                "backwards",
+            ),
+            (
+                "[[firewall.inbound]]\naction = \"allow\"\nproto = \"icmp\"\nport = \"1\"\n",
+                "need proto tcp or udp",
+            ),
+            (
+                "[[firewall.inbound]]\naction = \"allow\"\nfrom = [\"10.0.0.0/33\"]\n",
+                "firewall.inbound[0].from[0]",
+            ),
+            (
+                "[[firewall.inbound]]\naction = \"allow\"\nfrom = [\"role:x\"]\n",
+                "firewall.inbound[0].from[0]",
+            ),
+            (
+                "[[firewall.outbound]]\naction = \"allow\"\nfrom = [\"name:a\"]\n",
+                "firewall.outbound[0].from",
+            ),
+            (
+                "[[firewall.inbound]]\naction = \"allow\"\nproto = \"sctp\"\n",
+                "firewall.inbound[0].proto",
+            ),
+            ("inbound_default = \"open\"\n", "firewall.inbound_default"),
+            (
+                "[[firewall.inbound]]\naction = \"allow\"\nports = \"1\"\n",
+                "ports",
+            ),
+        ] {
+            let t = format!("[firewall]\n{t}");
+            let e = policy(&t).unwrap_err();
+            assert!(e.contains(want), "{t:?}: {e}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_packets_never_panic(b in proptest::collection::vec(any::<u8>(), 0..120), v6 in any::<bool>()) {
+            let mut b = b;
+            if let Some(x) = b.first_mut() {
+                *x = if v6 { 0x60 | (*x & 0x0f) } else { 0x40 | (*x & 0x0f) };
+            }
+            let _ = parse(&b);
+            let mut fw = Firewall::new(policy(DB).unwrap());
+            let now = Instant::now();
+            let _ = fw.check(Direction::Inbound, &b, now, &ids);
+            let _ = fw.check(Direction::Outbound, &b, now, &ids);
+        }
+
+        #[test]
+        fn first_match_wins(port in 1u16..65535) {
+            // deny 1000-2000 then allow all tcp: exactly the range is denied.
+            let p = policy("[firewall]\n[[firewall.inbound]]\naction = \"deny\"\nproto = \"tcp\"\nport = \"1000-2000\"\n\
+                [[firewall.inbound]]\naction = \"allow\"\nproto = \"tcp\"\n").unwrap();
+            let mut fw = Firewall::new(p);
+            let v = fw.check(Direction::Inbound, &tcp(OTHER, ME, 1, port, SYN), Instant::now(), &ids);
+            let denied = (1000..=2000).contains(&port);
+            prop_assert_eq!(v == Verdict::Deny(Some(0)), denied);
+            prop_assert_eq!(v == Verdict::Pass, !denied);
+        }
+    }
+}
