@@ -320,13 +320,14 @@ pub async fn run(cfg: Config, config_path: PathBuf, identity: Identity) -> Resul
                 .map_err(|e| e.to_string())
                 .and_then(|c| {
                     c.firewall_policy()
+                        .map(|p| (p, c.firewall.is_some()))
                         .map_err(|e| format!("{}: {e}", config_path.display()))
                 });
             let id = Identity::load(&node.cfg, cubenet_certs::time::unix_now());
             match (policy, id) {
-                (Ok(policy), Ok(id)) => {
+                (Ok((policy, on)), Ok(id)) => {
                     let r = node.reload_identity(id);
-                    let cut = node.reload_firewall(policy);
+                    let cut = node.reload_firewall(policy, on);
                     tracing::info!(config = %config_path.display(), "reloaded: {r}");
                     json!({"ok": true, "reload": r, "firewall_flows_cut": cut})
                 }

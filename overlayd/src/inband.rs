@@ -9,7 +9,7 @@
 //!
 //! Payload: magic `CN`, version 1, message type, body.
 
-use std::net::Ipv6Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 pub const NEXT_HEADER: u8 = 253;
 const MAGIC: &[u8; 2] = b"CN";
@@ -31,6 +31,43 @@ pub enum Message {
     ProbeReply {
         seq: u64,
     },
+    /// Which certificate owns this virtual address? (for firewall rules by
+    /// name, group and site). Gateways answer or ask on.
+    WhoIs(IpAddr),
+    /// The certificate that owns `addr`, empty when unknown. The asking
+    /// node validates it itself: no gateway is trusted with identity.
+    WhoIsReply {
+        addr: IpAddr,
+        cert: Vec<u8>,
+    },
+}
+
+fn put_addr(body: &mut Vec<u8>, a: &IpAddr) {
+    match a {
+        IpAddr::V4(v4) => {
+            body.push(4);
+            body.extend_from_slice(&v4.octets());
+        }
+        IpAddr::V6(v6) => {
+            body.push(6);
+            body.extend_from_slice(&v6.octets());
+        }
+    }
+}
+
+/// An address and what follows it.
+fn get_addr(b: &[u8]) -> Result<(IpAddr, &[u8]), InbandError> {
+    match b.first() {
+        Some(4) if b.len() >= 5 => {
+            let o: [u8; 4] = b[1..5].try_into().map_err(|_| InbandError::Short)?;
+            Ok((Ipv4Addr::from(o).into(), &b[5..]))
+        }
+        Some(6) if b.len() >= 17 => {
+            let o: [u8; 16] = b[1..17].try_into().map_err(|_| InbandError::Short)?;
+            Ok((Ipv6Addr::from(o).into(), &b[17..]))
+        }
+        _ => Err(InbandError::Short),
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -78,6 +115,15 @@ impl Message {
                 body.push(4);
                 body.extend_from_slice(&seq.to_be_bytes());
             }
+            Message::WhoIs(a) => {
+                body.push(5);
+                put_addr(&mut body, a);
+            }
+            Message::WhoIsReply { addr, cert } => {
+                body.push(6);
+                put_addr(&mut body, addr);
+                body.extend_from_slice(cert);
+            }
         }
         let mut p = vec![0u8; HEADER];
         p[0] = 0x60;
@@ -119,6 +165,17 @@ impl Message {
             )),
             3 => Ok(Message::Probe { seq: seq()? }),
             4 => Ok(Message::ProbeReply { seq: seq()? }),
+            5 => match get_addr(rest)? {
+                (a, []) => Ok(Message::WhoIs(a)),
+                _ => Err(InbandError::Short),
+            },
+            6 => {
+                let (addr, cert) = get_addr(rest)?;
+                Ok(Message::WhoIsReply {
+                    addr,
+                    cert: cert.to_vec(),
+                })
+            }
             t => Err(InbandError::UnknownType(t)),
         }
     }
@@ -136,6 +193,16 @@ mod tests {
             Message::CertAck([7; 32]),
             Message::Probe { seq: 42 },
             Message::ProbeReply { seq: u64::MAX },
+            Message::WhoIs("10.77.1.11".parse().unwrap()),
+            Message::WhoIs("fd77::1:b".parse().unwrap()),
+            Message::WhoIsReply {
+                addr: "fd77::1:b".parse().unwrap(),
+                cert: vec![9; 300],
+            },
+            Message::WhoIsReply {
+                addr: "10.77.1.11".parse().unwrap(),
+                cert: vec![],
+            },
         ] {
             let p = m.encode();
             assert!(is_inband(&p));

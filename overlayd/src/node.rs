@@ -128,6 +128,27 @@ pub struct Node {
     /// Rate limit for drop logs: the second of the last line, and how many
     /// lines were skipped since.
     drop_log: std::sync::Mutex<(u64, u64)>,
+    /// Only when the config has a `[firewall]`.
+    firewall_on: std::sync::atomic::AtomicBool,
+    /// Identities learned by asking gateways (`None`: nobody knew), until
+    /// the instant they expire. Bounded.
+    remote_ids: std::sync::Mutex<HashMap<IpAddr, (Option<firewall::Identity>, Instant)>>,
+    /// Addresses whose identity the firewall wants, and when we last asked.
+    wanted: std::sync::Mutex<HashMap<IpAddr, Option<Instant>>>,
+    /// Gateways: questions passed on, by address: who asked, and when.
+    whois_relay: std::sync::Mutex<HashMap<IpAddr, (Vec<PeerId>, Instant)>>,
+}
+
+/// How long an identity learned from a gateway is used.
+const IDENTITY_TTL: Duration = Duration::from_secs(600);
+/// How long "nobody knows" is believed before asking again.
+const IDENTITY_NEGATIVE_TTL: Duration = Duration::from_secs(10);
+const IDENTITY_CACHE: usize = 4096;
+const WHOIS_RETRY: Duration = Duration::from_secs(1);
+const WHOIS_PER_TICK: usize = 64;
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -167,6 +188,10 @@ impl Node {
             firewall: std::sync::Mutex::new(Firewall::new(cfg.firewall_policy()?)),
             identities: RwLock::new(HashMap::new()),
             drop_log: std::sync::Mutex::new((0, 0)),
+            firewall_on: std::sync::atomic::AtomicBool::new(cfg.firewall.is_some()),
+            remote_ids: std::sync::Mutex::new(HashMap::new()),
+            wanted: std::sync::Mutex::new(HashMap::new()),
+            whois_relay: std::sync::Mutex::new(HashMap::new()),
             cfg,
         });
         node.install_own_entries();
@@ -212,12 +237,173 @@ impl Node {
         }
     }
 
+    /// The identity behind a virtual address, if known; an unknown one is
+    /// asked of the gateways (answers arrive later).
     pub fn identity_of(&self, a: IpAddr) -> Option<firewall::Identity> {
-        read(&self.identities).get(&a).cloned()
+        if let Some(i) = read(&self.identities).get(&a) {
+            return Some(i.clone());
+        }
+        let now = Instant::now();
+        if let Some((i, until)) = lock(&self.remote_ids).get(&a) {
+            if *until > now {
+                return i.clone();
+            }
+        }
+        if self.identity().trust.ca().covers_addr(a) {
+            lock(&self.wanted).entry(a).or_insert(None);
+        }
+        None
+    }
+
+    /// Asks for the identities the firewall wants: a host asks its active
+    /// gateway, a gateway the peer its table points at.
+    fn ask_whois(&self, now: Instant, out: &mut Outbox) {
+        let due: Vec<IpAddr> = {
+            let mut w = lock(&self.wanted);
+            let due: Vec<IpAddr> = w
+                .iter()
+                .filter(|(_, t)| t.is_none_or(|t| now.duration_since(t) >= WHOIS_RETRY))
+                .map(|(a, _)| *a)
+                .take(WHOIS_PER_TICK)
+                .collect();
+            for a in &due {
+                w.insert(*a, Some(now));
+            }
+            due
+        };
+        for a in due {
+            let to = if self.role() == Role::Host {
+                (*read(&self.active_gateway)).and_then(|i| self.peer_by_index(i))
+            } else {
+                self.next_peer(a, None)
+            };
+            if let Some(p) = to {
+                self.send_message(&p, &Message::WhoIs(a), out);
+            }
+        }
+    }
+
+    /// The peer the forwarding table sends `a` to (not `except`).
+    fn next_peer(&self, a: IpAddr, except: Option<PeerId>) -> Option<Arc<Peer>> {
+        let next = read(&self.fib).lookup(a).cloned();
+        match next {
+            Some(NextHop::Peers(ps)) => ps
+                .into_iter()
+                .filter(|p| Some(*p) != except)
+                .find_map(|i| self.peer_by_index(i)),
+            _ => None,
+        }
+    }
+
+    /// A certificate this node holds for `a`: its own, a peer's, or one in
+    /// the cert directory.
+    fn cert_for(&self, a: IpAddr) -> Option<Arc<NodeCert>> {
+        let id = self.identity();
+        if id.cert.owns_addr(a) {
+            return Some(id.cert.clone());
+        }
+        if let Some(p) = self.next_peer(a, None) {
+            if let Some(c) = p.cert().filter(|c| c.owns_addr(a)) {
+                return Some(c);
+            }
+        }
+        id.directory.values().find(|c| c.owns_addr(a)).cloned()
+    }
+
+    fn on_whois(&self, from: &Arc<Peer>, a: IpAddr, out: &mut Outbox) {
+        if let Some(c) = self.cert_for(a) {
+            let reply = Message::WhoIsReply {
+                addr: a,
+                cert: c.encoded().to_vec(),
+            };
+            self.send_message(from, &reply, out);
+            return;
+        }
+        // A gateway asks the gateway that announces the address.
+        if self.role() == Role::Gateway {
+            if let Some(next) = self
+                .next_peer(a, Some(from.index))
+                .filter(|p| p.is_gateway())
+            {
+                let mut relay = lock(&self.whois_relay);
+                let now = Instant::now();
+                relay.retain(|_, (_, t)| now.duration_since(*t) < Duration::from_secs(2));
+                let e = relay.entry(a).or_insert_with(|| (Vec::new(), now));
+                if !e.0.contains(&from.index) {
+                    e.0.push(from.index);
+                }
+                drop(relay);
+                self.send_message(&next, &Message::WhoIs(a), out);
+                return;
+            }
+        }
+        self.send_message(
+            from,
+            &Message::WhoIsReply {
+                addr: a,
+                cert: Vec::new(),
+            },
+            out,
+        );
+    }
+
+    fn on_whois_reply(&self, a: IpAddr, cert: Vec<u8>, out: &mut Outbox) {
+        let waiting = lock(&self.whois_relay).remove(&a);
+        for i in waiting.map(|w| w.0).unwrap_or_default() {
+            if let Some(p) = self.peer_by_index(i) {
+                let m = Message::WhoIsReply {
+                    addr: a,
+                    cert: cert.clone(),
+                };
+                self.send_message(&p, &m, out);
+            }
+        }
+        if lock(&self.wanted).remove(&a).is_none() {
+            return;
+        }
+        // Trust nobody: the certificate must validate here and own `a`.
+        let now = Instant::now();
+        let checked = NodeCert::decode(&cert).ok().filter(|c| {
+            c.owns_addr(a)
+                && self
+                    .identity()
+                    .trust
+                    .validate(c, cubenet_certs::time::unix_now())
+                    .is_ok()
+        });
+        let entry = match checked {
+            Some(c) => (
+                Some(firewall::Identity {
+                    name: c.name().to_string(),
+                    groups: c.body.groups.clone(),
+                    site: c.body.site.clone(),
+                }),
+                now + IDENTITY_TTL,
+            ),
+            None => {
+                if !cert.is_empty() {
+                    bump(&self.drops.bad_cert);
+                }
+                (None, now + IDENTITY_NEGATIVE_TTL)
+            }
+        };
+        let mut ids = lock(&self.remote_ids);
+        if ids.len() >= IDENTITY_CACHE {
+            ids.retain(|_, (_, t)| *t > now);
+        }
+        if ids.len() >= IDENTITY_CACHE {
+            if let Some(k) = ids.iter().min_by_key(|(_, (_, t))| *t).map(|(k, _)| *k) {
+                ids.remove(&k);
+            }
+        }
+        ids.insert(a, entry);
     }
 
     /// Runs the firewall on a packet this node receives or sends itself.
     fn firewall_passes(&self, dir: Direction, pkt: &[u8]) -> bool {
+        if !self.firewall_on.load(Ordering::Relaxed) {
+            return true;
+        }
         let v = {
             let lookup = |a: IpAddr| self.identity_of(a);
             self.fw().check(dir, pkt, Instant::now(), &lookup)
@@ -260,7 +446,8 @@ impl Node {
     }
 
     /// New firewall rules (SIGHUP): flows they deny are cut at once.
-    pub fn reload_firewall(&self, policy: firewall::Policy) -> usize {
+    pub fn reload_firewall(&self, policy: firewall::Policy, on: bool) -> usize {
+        self.firewall_on.store(on, Ordering::Relaxed);
         let lookup = |a: IpAddr| self.identity_of(a);
         let cut = self.fw().reload(policy, Instant::now(), &lookup);
         if cut > 0 {
@@ -270,6 +457,9 @@ impl Node {
     }
 
     fn firewall_status(&self) -> Value {
+        if !self.firewall_on.load(Ordering::Relaxed) {
+            return json!({"enabled": false});
+        }
         let fw = self.fw();
         let rules = |dir: Direction, rs: &[firewall::Rule], hits: &[u64]| -> Vec<Value> {
             rs.iter()
@@ -279,6 +469,8 @@ impl Node {
         };
         let c = &fw.counters;
         json!({
+            "enabled": true,
+            "identities_learned": lock(&self.remote_ids).len(),
             "inbound_default": fw.policy.inbound_default.as_str(),
             "outbound_default": fw.policy.outbound_default.as_str(),
             "inbound": rules(Direction::Inbound, &fw.policy.inbound, &c.inbound_hits),
@@ -745,6 +937,8 @@ impl Node {
                     self.gateway_transition(peer, t);
                 }
             }
+            Message::WhoIs(a) => self.on_whois(peer, a, out),
+            Message::WhoIsReply { addr, cert } => self.on_whois_reply(addr, cert, out),
             Message::CertAck(fp) => {
                 if fp == self.identity().cert.fingerprint().0 {
                     peer.our_cert_acked.store(true, Ordering::Relaxed);
@@ -973,6 +1167,8 @@ impl Node {
             self.rate_limiter.reset_count();
             self.fw().expire(now);
         }
+        drop(last);
+        self.ask_whois(now, out);
     }
 
     /// Replaces the identity (SIGHUP): peers whose certificate is no longer
