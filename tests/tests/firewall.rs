@@ -60,7 +60,7 @@ fn try_send(lab: &Lab, from: &str, to: &str) -> bool {
     .success()
 }
 
-fn explain(lab: &Lab, cfg: &str, args: &[&str]) -> Value {
+fn explain(cfg: &str, args: &[&str]) -> Value {
     let mut a = vec!["firewall", "explain", "--json", "--config", cfg];
     a.extend_from_slice(args);
     serde_json::from_str(&ok(Command::new(bin("overlayd")).args(&a))).unwrap()
@@ -159,7 +159,6 @@ fn rules_by_name_and_group_replies_reload_and_explain() {
 
     // explain agrees with what the packets did.
     let e = explain(
-        &lab,
         &cfg,
         &[
             "--from",
@@ -180,7 +179,6 @@ fn rules_by_name_and_group_replies_reload_and_explain() {
         "{e}"
     );
     let e = explain(
-        &lab,
         &cfg,
         &[
             "--from",
@@ -201,7 +199,6 @@ fn rules_by_name_and_group_replies_reload_and_explain() {
         "{e}"
     );
     let e = explain(
-        &lab,
         &cfg,
         &["--from", H3, "--to", H1, "--proto", "tcp", "--port", "7001"],
     );
@@ -211,7 +208,6 @@ fn rules_by_name_and_group_replies_reload_and_explain() {
         "{e}"
     );
     let e = explain(
-        &lab,
         &cfg,
         &["--from", H1, "--to", H2, "--proto", "tcp", "--port", "7200"],
     );
@@ -221,7 +217,6 @@ fn rules_by_name_and_group_replies_reload_and_explain() {
     );
     // Without its certificate fw-h2 is just an address: the default.
     let e = explain(
-        &lab,
         &cfg,
         &["--from", H2, "--to", H1, "--proto", "tcp", "--port", "7000"],
     );
