@@ -27,7 +27,7 @@ if ((${#missing[@]})); then
   apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 [[ -f $HOME/.cargo/env ]] && source "$HOME/.cargo/env"
-cargo build --release --workspace --bins -q
+[[ -n ${NO_BUILD:-} ]] || cargo build --release --workspace --bins -q
 lab=$root/target/release/cubenet-lab
 
 P=cnb$$
