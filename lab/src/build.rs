@@ -7,6 +7,7 @@
 //!   bridge in the site's switch namespace; gateways also on the shared
 //!   "internet" 198.18.0.0/16 (gateway j of site i = 198.18.i.j).
 
+use crate::routed;
 use crate::spec::Spec;
 use crate::state::{Lab, Node};
 use anyhow::{bail, Context, Result};
@@ -85,12 +86,69 @@ pub fn sibling(name: &str) -> Result<PathBuf> {
     bail!("cannot find the `{name}` binary next to cubenet-lab or on PATH (build the workspace first)")
 }
 
-struct Plan {
-    node: Node,
-    /// (site index, member index on the site LAN)
-    site_idx: usize,
+pub(crate) struct Plan {
+    pub(crate) node: Node,
+    /// Site index i (1, 2, ... in spec order), as in 10.77.i.0/24.
+    pub(crate) site_idx: usize,
+    /// The node's number in its site: gateway j, host 10+k, wireguard 50+k.
+    pub(crate) member: usize,
     lan_ip: String,
     wan_ip: Option<String>,
+}
+
+/// Every node of `spec`: names, addresses and file paths, without side
+/// effects.
+pub(crate) fn plan_nodes(spec: &Spec, dir: &Path, prefix: &str) -> Vec<Plan> {
+    let mut plans = Vec::new();
+    for (si, site) in spec.sites.iter().enumerate() {
+        let i = si + 1;
+        let members: Vec<(String, &str, usize, &str)> = (1..=site.gateways as usize)
+            .map(|j| (format!("{}-gw{j}", site.name), "gateway", j, "overlayd"))
+            .chain(
+                (1..=site.hosts as usize)
+                    .map(|k| (format!("{}-h{k}", site.name), "host", 10 + k, "overlayd")),
+            )
+            .chain((1..=site.wireguard_hosts as usize).map(|k| {
+                (
+                    format!("{}-wg{k}", site.name),
+                    "host",
+                    50 + k,
+                    "wireguard-go",
+                )
+            }))
+            .collect();
+        for (name, role, n, kind) in members {
+            let node_dir = dir.join("nodes").join(&name);
+            let lan_last = if role == "gateway" { n } else { 90 + n };
+            let routed = spec.routed && role == "gateway";
+            plans.push(Plan {
+                node: Node {
+                    kind: kind.to_string(),
+                    namespace: format!("{prefix}-{name}"),
+                    addresses: vec![format!("10.77.{i}.{n}/16"), format!("fd77::{i:x}:{n:x}/48")],
+                    underlay: std::iter::once(format!("172.16.{i}.{lan_last}"))
+                        .chain((role == "gateway").then(|| format!("198.18.{i}.{n}")))
+                        .collect(),
+                    key: node_dir.join("node.key"),
+                    cert: node_dir.join("node.crt"),
+                    overlayd_config: node_dir.join("overlayd.toml"),
+                    overlayd_socket: dir.join("run").join(format!("{name}.overlayd.sock")),
+                    log: node_dir.join("overlayd.log"),
+                    routed_config: routed.then(|| node_dir.join("routed.toml")),
+                    routed_socket: routed
+                        .then(|| dir.join("run").join(format!("{name}.routed.sock"))),
+                    name,
+                    site: site.name.clone(),
+                    role: role.to_string(),
+                },
+                site_idx: i,
+                member: n,
+                lan_ip: format!("172.16.{i}.{lan_last}/24"),
+                wan_ip: (role == "gateway").then(|| format!("198.18.{i}.{n}/16")),
+            });
+        }
+    }
+    plans
 }
 
 fn unique_prefix() -> String {
@@ -136,51 +194,7 @@ pub fn up(spec: &Spec, dir: &Path) -> Result<Lab> {
         ca_dir.to_str().unwrap_or_default(),
     ])?;
 
-    // Plan every node.
-    let mut plans = Vec::new();
-    for (si, site) in spec.sites.iter().enumerate() {
-        let i = si + 1;
-        let members: Vec<(String, &str, usize, &str)> = (1..=site.gateways as usize)
-            .map(|j| (format!("{}-gw{j}", site.name), "gateway", j, "overlayd"))
-            .chain(
-                (1..=site.hosts as usize)
-                    .map(|k| (format!("{}-h{k}", site.name), "host", 10 + k, "overlayd")),
-            )
-            .chain((1..=site.wireguard_hosts as usize).map(|k| {
-                (
-                    format!("{}-wg{k}", site.name),
-                    "host",
-                    50 + k,
-                    "wireguard-go",
-                )
-            }))
-            .collect();
-        for (name, role, n, kind) in members {
-            let node_dir = dir.join("nodes").join(&name);
-            let lan_last = if role == "gateway" { n } else { 90 + n };
-            plans.push(Plan {
-                node: Node {
-                    kind: kind.to_string(),
-                    namespace: format!("{prefix}-{name}"),
-                    addresses: vec![format!("10.77.{i}.{n}/16"), format!("fd77::{i:x}:{n:x}/48")],
-                    underlay: std::iter::once(format!("172.16.{i}.{lan_last}"))
-                        .chain((role == "gateway").then(|| format!("198.18.{i}.{n}")))
-                        .collect(),
-                    key: node_dir.join("node.key"),
-                    cert: node_dir.join("node.crt"),
-                    overlayd_config: node_dir.join("overlayd.toml"),
-                    overlayd_socket: dir.join("run").join(format!("{name}.overlayd.sock")),
-                    log: node_dir.join("overlayd.log"),
-                    name,
-                    site: site.name.clone(),
-                    role: role.to_string(),
-                },
-                site_idx: i,
-                lan_ip: format!("172.16.{i}.{lan_last}/24"),
-                wan_ip: (role == "gateway").then(|| format!("198.18.{i}.{n}/16")),
-            });
-        }
-    }
+    let plans = plan_nodes(spec, &dir, &prefix);
 
     // Identities.
     for p in &plans {
@@ -243,6 +257,7 @@ pub fn up(spec: &Spec, dir: &Path) -> Result<Lab> {
     for p in plans.iter().filter(|p| p.node.kind == "overlayd") {
         write_overlayd_config(&lab, &plans, p, spec)?;
     }
+    write_routed_configs(&lab, &plans, spec)?;
 
     // Namespaces and links; on any failure remove what was made.
     if let Err(e) = build_network(&lab, &plans) {
@@ -263,6 +278,15 @@ pub fn up(spec: &Spec, dir: &Path) -> Result<Lab> {
 }
 
 fn write_overlayd_config(lab: &Lab, plans: &[Plan], p: &Plan, spec: &Spec) -> Result<()> {
+    let n = &p.node;
+    let text = overlayd_config_text(lab, plans, p, spec);
+    std::fs::write(&n.overlayd_config, text)
+        .with_context(|| format!("{}: writing {}", n.name, n.overlayd_config.display()))
+}
+
+/// The overlayd config of node `p`: its identity, the gateways it talks to
+/// and, on gateways of a lab without routed, static routes to other sites.
+pub(crate) fn overlayd_config_text(lab: &Lab, plans: &[Plan], p: &Plan, spec: &Spec) -> String {
     let n = &p.node;
     let mut t = String::new();
     t.push_str(&format!(
@@ -306,8 +330,8 @@ fn write_overlayd_config(lab: &Lab, plans: &[Plan], p: &Plan, spec: &Spec) -> Re
             q.node.cert.display().to_string()
         ));
     }
-    if n.role == "gateway" {
-        // Static routes to the other sites until routed runs.
+    if n.role == "gateway" && !spec.routed {
+        // Static routes to the other sites; with routed, it installs them.
         for (si, site) in spec.sites.iter().enumerate() {
             if site.name == n.site {
                 continue;
@@ -326,7 +350,39 @@ fn write_overlayd_config(lab: &Lab, plans: &[Plan], p: &Plan, spec: &Spec) -> Re
             }
         }
     }
-    std::fs::write(&n.overlayd_config, t)?;
+    t
+}
+
+/// Every gateway of the lab as routed sees it: name, AS, router id, cert.
+pub(crate) fn routed_gateways(plans: &[Plan]) -> Result<Vec<routed::Gateway>> {
+    plans
+        .iter()
+        .filter(|p| p.node.role == "gateway")
+        .map(|p| {
+            Ok(routed::Gateway {
+                name: p.node.name.clone(),
+                asn: routed::asn(p.site_idx, p.member),
+                router_id: p
+                    .node
+                    .virtual_v4()
+                    .with_context(|| format!("{}: no IPv4 virtual address", p.node.name))?,
+                cert: p.node.cert.clone(),
+            })
+        })
+        .collect()
+}
+
+/// `routed.toml` of every gateway of a lab with `routed = true`.
+fn write_routed_configs(lab: &Lab, plans: &[Plan], spec: &Spec) -> Result<()> {
+    let gateways = routed_gateways(plans)?;
+    for n in lab.nodes.iter().filter(|n| n.role == "gateway") {
+        let Some(path) = &n.routed_config else {
+            continue;
+        };
+        let text = routed::config_text(lab, n, &gateways, spec.bfd_interval_ms)?;
+        std::fs::write(path, text)
+            .with_context(|| format!("{}: writing {}", n.name, path.display()))?;
+    }
     Ok(())
 }
 
@@ -397,37 +453,82 @@ fn build_network(lab: &Lab, plans: &[Plan]) -> Result<()> {
     Ok(())
 }
 
-/// Starts a node's daemons in its namespace, detached, logging to its dir.
+/// Starts a node's daemons in its namespace, detached, logging to its dir:
+/// overlayd, then (gateways of a routed lab) routed once overlayd answers.
 pub fn start_node(lab: &Lab, n: &Node) -> Result<()> {
     if n.kind == "wireguard-go" {
         return start_wireguard_go(lab, n);
     }
-    let pid_file = lab.pid_file(&n.name, "overlayd");
-    if let Some(pid) = read_pid(&pid_file) {
-        if alive(pid) {
-            bail!("{}: overlayd is already running (pid {pid})", n.name);
+    let daemons = std::iter::once("overlayd").chain(n.routed_config.as_ref().map(|_| "routed"));
+    for daemon in daemons {
+        if let Some(pid) = read_pid(&lab.pid_file(&n.name, daemon)) {
+            if alive(pid) {
+                bail!("{}: {daemon} is already running (pid {pid})", n.name);
+            }
         }
     }
-    let bin = sibling("overlayd")?;
+    spawn_daemon(lab, n, "overlayd", &n.overlayd_config, &n.log)?;
+    if let (Some(config), Some(log)) = (&n.routed_config, n.routed_log()) {
+        wait_overlayd_socket(lab, n)?;
+        spawn_daemon(lab, n, "routed", config, &log)?;
+    }
+    Ok(())
+}
+
+/// Starts `DAEMON run --config CONFIG` in the node's namespace and records
+/// its pid in the node's `DAEMON.pid`.
+fn spawn_daemon(lab: &Lab, n: &Node, daemon: &str, config: &Path, log: &Path) -> Result<()> {
+    let bin = sibling(daemon)?;
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(&n.log)?;
+        .open(log)
+        .with_context(|| format!("{}: opening {}", n.name, log.display()))?;
     let child = Command::new("ip")
         .args(["netns", "exec", &n.namespace])
         .arg(&bin)
         .args(["run", "--config"])
-        .arg(&n.overlayd_config)
+        .arg(config)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
         .process_group(0)
         .spawn()
-        .with_context(|| format!("starting overlayd for {}", n.name))?;
-    std::fs::write(&pid_file, child.id().to_string())?;
+        .with_context(|| format!("starting {daemon} for {}", n.name))?;
+    let pid_file = lab.pid_file(&n.name, daemon);
+    std::fs::write(&pid_file, child.id().to_string())
+        .with_context(|| format!("{}: writing {}", n.name, pid_file.display()))?;
     // Not waited for: the daemon outlives this command. Reap it if we are
     // still around when it exits (e.g. a bad config).
     std::mem::forget(child);
+    Ok(())
+}
+
+/// Returns once the node's overlayd accepts connections on its control
+/// socket (a file left by a killed overlayd refuses them).
+fn wait_overlayd_socket(lab: &Lab, n: &Node) -> Result<()> {
+    let sock = &n.overlayd_socket;
+    let pid = read_pid(&lab.pid_file(&n.name, "overlayd"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::os::unix::net::UnixStream::connect(sock).is_err() {
+        if !pid.is_some_and(alive) {
+            bail!(
+                "{}: overlayd exited before opening {} (log {})",
+                n.name,
+                sock.display(),
+                n.log.display()
+            );
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{}: overlayd did not open {} within 10 s (log {})",
+                n.name,
+                sock.display(),
+                n.log.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
     Ok(())
 }
 
@@ -531,12 +632,12 @@ fn b64(b: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(b)
 }
 
-fn read_pid(path: &Path) -> Option<i32> {
+pub(crate) fn read_pid(path: &Path) -> Option<i32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
 /// Whether `pid` runs (a zombie whose parent has not reaped it does not).
-fn alive(pid: i32) -> bool {
+pub(crate) fn alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // The state follows the parenthesised command name.
         Ok(stat) => stat
@@ -644,10 +745,30 @@ fn pending(lab: &Lab, n: &Node) -> Option<String> {
     (!missing.is_empty()).then(|| format!("{}: {}", n.name, missing.join(", ")))
 }
 
+/// Waits until every node is attached and, in a routed lab, every
+/// gateway's routes have converged; fails naming what still lacks.
 pub fn wait_converged(lab: &Lab, timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;
+    let overlay = || lab.nodes.iter().filter_map(|n| pending(lab, n)).collect();
+    wait_until(deadline, timeout, Duration::from_millis(50), overlay)?;
+    if lab.nodes.iter().any(|n| n.routed_socket.is_some()) {
+        let routes = || routed::pending(lab);
+        wait_until(deadline, timeout, Duration::from_millis(100), routes)?;
+    }
+    Ok(())
+}
+
+/// Polls `waiting` (what is not there yet, one line each) every `every`
+/// until it is empty or `deadline` passes. Polling the daemons' status is
+/// the event we wait for.
+fn wait_until(
+    deadline: Instant,
+    timeout: Duration,
+    every: Duration,
+    waiting: impl Fn() -> Vec<String>,
+) -> Result<()> {
     loop {
-        let waiting: Vec<String> = lab.nodes.iter().filter_map(|n| pending(lab, n)).collect();
+        let waiting = waiting();
         if waiting.is_empty() {
             return Ok(());
         }
@@ -658,8 +779,7 @@ pub fn wait_converged(lab: &Lab, timeout: Duration) -> Result<()> {
                 waiting.join("\n  ")
             );
         }
-        // Polling the daemons' status is the event we wait for.
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(every);
     }
 }
 
@@ -673,7 +793,7 @@ pub fn status_json(lab: &Lab) -> Value {
                 .filter_map(|d| read_pid(&lab.pid_file(&n.name, d)))
                 .filter(|p| alive(*p))
                 .collect();
-            json!({
+            let mut v = json!({
                 "name": n.name,
                 "site": n.site,
                 "role": n.role,
@@ -687,7 +807,13 @@ pub fn status_json(lab: &Lab) -> Value {
                 "overlayd_config": n.overlayd_config,
                 "overlayd_socket": n.overlayd_socket,
                 "log": n.log,
-            })
+            });
+            if let (Some(config), Some(socket)) = (&n.routed_config, &n.routed_socket) {
+                v["routed_config"] = json!(config);
+                v["routed_socket"] = json!(socket);
+                v["routed_log"] = json!(n.routed_log());
+            }
+            v
         })
         .collect();
     json!({"dir": lab.dir, "prefix": lab.prefix, "ca_dir": lab.ca_dir, "crl": lab.crl, "nodes": nodes})

@@ -6,6 +6,8 @@
 //! Exit codes: 0 ok; 1 failure; 2 bad usage or spec.
 
 mod build;
+mod link;
+mod routed;
 mod spec;
 mod state;
 
@@ -52,7 +54,8 @@ enum Cmd {
     },
     /// (Re)start a node's daemons with the same identity.
     Start { dir: PathBuf, node: String },
-    /// Wait until every node is attached and converged.
+    /// Wait until every node is attached and converged (with routed: every
+    /// gateway's sessions established and host routes learned).
     Wait {
         dir: PathBuf,
         #[arg(long, default_value_t = 60)]
@@ -63,6 +66,37 @@ enum Cmd {
         dir: PathBuf,
         #[arg(long)]
         json: bool,
+    },
+    /// Act on the underlay path between two nodes: down|up|drop|heal|loss PCT.
+    ///
+    /// Gateways reach each other over the shared "internet" segment (their
+    /// wan0); a host reaches the other nodes of its site over the site LAN
+    /// (lan0); a host and a node of another site have no underlay path.
+    ///
+    /// drop: silently drop the traffic between the two nodes' underlay
+    /// addresses, both directions, with nftables rules in NODE_A's namespace
+    /// (tables `netdev cubenet_lab` and `inet cubenet_lab`). loss PCT: drop
+    /// PCT % of it each way (random); `loss 0` heals. heal: remove the pair's
+    /// drop/loss rules, whichever of the two nodes they were set in. Setting
+    /// drop or loss again replaces the pair's rules (no duplicates).
+    ///
+    /// down/up: set NODE_A's interface on the path down (no carrier) or up.
+    /// That interface is shared by several paths: a gateway's wan0 carries its
+    /// paths to every other gateway, and lan0 its paths to every node of its
+    /// site; so `down` cuts them all.
+    Link {
+        /// The lab's directory (`up --dir`).
+        dir: PathBuf,
+        /// The node whose namespace gets the rules, or whose interface goes
+        /// down/up.
+        node_a: String,
+        /// The node at the other end of the path.
+        node_b: String,
+        #[arg(value_enum)]
+        action: link::Action,
+        /// Loss in percent, 0-100 (with `loss` only).
+        #[arg(value_parser = clap::value_parser!(u8).range(0..=100))]
+        pct: Option<u8>,
     },
     /// Stop every daemon and remove every namespace of the lab.
     Down { dir: PathBuf },
@@ -83,7 +117,8 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("cubenet-lab: {e:#}");
-            ExitCode::from(1)
+            let usage = e.downcast_ref::<link::Usage>().is_some();
+            ExitCode::from(if usage { 2 } else { 1 })
         }
     }
 }
@@ -165,6 +200,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     );
                 }
             }
+        }
+        Cmd::Link {
+            dir,
+            node_a,
+            node_b,
+            action,
+            pct,
+        } => {
+            let lab = Lab::load(&dir)?;
+            link::run(&lab, &node_a, &node_b, action, pct)?;
         }
         Cmd::Down { dir } => {
             let lab = Lab::load(&dir)?;

@@ -18,6 +18,13 @@ pub struct Spec {
     /// TUN offload in every overlayd (`interface.offload`).
     #[serde(default = "yes")]
     pub offload: bool,
+    /// Run `routed` on every gateway: BGP between all gateways installs the
+    /// routes, instead of static `[[route]]` entries in overlayd's configs.
+    #[serde(default)]
+    pub routed: bool,
+    /// routed's BFD transmit interval between gateways, in ms.
+    #[serde(default = "default_bfd_interval")]
+    pub bfd_interval_ms: u64,
 }
 
 fn yes() -> bool {
@@ -47,6 +54,9 @@ fn default_timeout() -> u64 {
 fn default_probe() -> u64 {
     100
 }
+fn default_bfd_interval() -> u64 {
+    100
+}
 
 impl Spec {
     pub fn load(path: &Path) -> Result<Spec> {
@@ -64,6 +74,12 @@ impl Spec {
         }
         if self.sites.len() > 200 {
             bail!("site: at most 200 sites");
+        }
+        if self.bfd_interval_ms < 10 {
+            bail!(
+                "bfd_interval_ms: {} is below routed's minimum of 10",
+                self.bfd_interval_ms
+            );
         }
         let mut seen = std::collections::HashSet::new();
         for (i, s) in self.sites.iter().enumerate() {

@@ -23,10 +23,31 @@ pub struct Node {
     pub overlayd_config: PathBuf,
     pub overlayd_socket: PathBuf,
     pub log: PathBuf,
+    /// Gateways of a lab with `routed = true` only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routed_config: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routed_socket: Option<PathBuf>,
 }
 
 fn overlayd() -> String {
     "overlayd".into()
+}
+
+impl Node {
+    /// routed's log, beside its config.
+    pub fn routed_log(&self) -> Option<PathBuf> {
+        self.routed_config
+            .as_ref()
+            .map(|c| c.with_file_name("routed.log"))
+    }
+
+    /// The node's IPv4 virtual address, without prefix length.
+    pub fn virtual_v4(&self) -> Option<std::net::Ipv4Addr> {
+        self.addresses
+            .iter()
+            .find_map(|a| a.split('/').next()?.parse().ok())
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -275,9 +275,15 @@ pub async fn run(cfg: Config, router: Router) -> Result<(), String> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = int.recv() => {},
+    let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            // Sessions and routes stay; a changed config needs a restart
+            // (overlayd keeps forwarding meanwhile).
+            _ = hup.recv() => tracing::warn!("SIGHUP: routed does not reload its config yet; restart it to apply changes"),
+        }
     }
     tracing::info!("routed stopping; overlayd keeps its routes");
     if cfg.kernel_routes {

@@ -1,0 +1,385 @@
+//! routed on the lab's gateways (spec `routed = true`): the config each
+//! gateway gets, and what "converged" means for its routes.
+//!
+//! Every gateway has its own private 4-byte AS (RFC 6996) and peers with
+//! every other gateway of every site (a full eBGP mesh) over the overlay,
+//! at the neighbour's IPv4 virtual address.
+
+use crate::build::{alive, read_pid, sibling};
+use crate::state::{Lab, Node};
+use anyhow::{anyhow, Context, Result};
+use serde::Serialize;
+use serde_json::Value;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A gateway as routed configs name it.
+pub struct Gateway {
+    pub name: String,
+    pub asn: u32,
+    pub router_id: Ipv4Addr,
+    pub cert: PathBuf,
+}
+
+/// The AS of gateway `gateway_idx` of site `site_idx` (as in 10.77.i.j):
+/// 4200000000 + 100 i + j. The spec's limits (200 sites, 9 gateways) keep
+/// it inside the private range 4200000000-4294967294.
+pub fn asn(site_idx: usize, gateway_idx: usize) -> u32 {
+    4_200_000_000 + 100 * site_idx as u32 + gateway_idx as u32
+}
+
+#[derive(Serialize)]
+struct Config<'a> {
+    asn: u32,
+    router_id: String,
+    control_socket: &'a Path,
+    overlayd_socket: &'a Path,
+    ca: PathBuf,
+    cert: &'a Path,
+    kernel_routes: bool,
+    timers: Timers,
+    bfd: Bfd,
+    damping: Damping,
+    neighbor: Vec<Neighbor<'a>>,
+}
+
+#[derive(Serialize)]
+struct Timers {
+    hold_time_s: u16,
+    keepalive_s: u16,
+    connect_retry_s: u64,
+}
+
+#[derive(Serialize)]
+struct Bfd {
+    interval_ms: u64,
+    multiplier: u8,
+}
+
+#[derive(Serialize)]
+struct Damping {
+    enabled: bool,
+}
+
+#[derive(Serialize)]
+struct Neighbor<'a> {
+    name: &'a str,
+    address: String,
+    asn: u32,
+    cert: &'a Path,
+    import: &'static str,
+    export: &'static str,
+}
+
+/// The `routed.toml` of gateway `n`: its identity, and every other gateway
+/// in `gateways` as a neighbour.
+pub fn config_text(
+    lab: &Lab,
+    n: &Node,
+    gateways: &[Gateway],
+    bfd_interval_ms: u64,
+) -> Result<String> {
+    let me = gateways
+        .iter()
+        .find(|g| g.name == n.name)
+        .with_context(|| format!("{}: not a gateway of this lab", n.name))?;
+    let control_socket = n
+        .routed_socket
+        .as_deref()
+        .with_context(|| format!("{}: routed is off for this node", n.name))?;
+    let neighbor = gateways
+        .iter()
+        .filter(|g| g.name != me.name)
+        .map(|g| Neighbor {
+            name: &g.name,
+            address: g.router_id.to_string(),
+            asn: g.asn,
+            cert: &g.cert,
+            import: "overlay",
+            export: "all",
+        })
+        .collect();
+    let config = Config {
+        asn: me.asn,
+        router_id: me.router_id.to_string(),
+        control_socket,
+        overlayd_socket: &n.overlayd_socket,
+        ca: lab.ca_dir.join("ca.crt"),
+        cert: &n.cert,
+        kernel_routes: true,
+        timers: Timers {
+            hold_time_s: 9,
+            keepalive_s: 3,
+            connect_retry_s: 1,
+        },
+        bfd: Bfd {
+            interval_ms: bfd_interval_ms,
+            multiplier: 3,
+        },
+        damping: Damping { enabled: true },
+        neighbor,
+    };
+    let body =
+        toml::to_string(&config).with_context(|| format!("{}: rendering routed config", n.name))?;
+    Ok(format!(
+        "# routed config for {} (gateway, site {}), written by cubenet-lab\n{body}",
+        n.name, n.site
+    ))
+}
+
+/// What the routed gateways of the lab still lack, one line per gateway;
+/// empty once every gateway has every neighbour established and a route
+/// to every host of every site.
+pub fn pending(lab: &Lab) -> Vec<String> {
+    lab.nodes
+        .iter()
+        .filter_map(|n| Some((n, n.routed_socket.as_deref()?)))
+        .filter_map(|(n, sock)| gateway_pending(lab, n, sock))
+        .collect()
+}
+
+fn gateway_pending(lab: &Lab, n: &Node, sock: &Path) -> Option<String> {
+    let answers = query(sock, "status").and_then(|s| Ok((s, query(sock, "routes")?)));
+    let (status, routes) = match answers {
+        Ok(a) => a,
+        Err(e) => return Some(format!("{}: {}", n.name, not_answering(lab, n, e))),
+    };
+    let mut missing = neighbors_not_established(lab, n, &status);
+    let lacking = missing_routes(lab, &routes);
+    if !lacking.is_empty() {
+        missing.push(format!("no route to {}", lacking.join(", ")));
+    }
+    (!missing.is_empty()).then(|| format!("{}: routed: {}", n.name, missing.join(", ")))
+}
+
+/// Why routed did not answer: it is gone (see its log), or what it said.
+fn not_answering(lab: &Lab, n: &Node, e: anyhow::Error) -> String {
+    let running = read_pid(&lab.pid_file(&n.name, "routed")).is_some_and(alive);
+    let log = n.routed_log().unwrap_or_default();
+    if running {
+        format!("{e:#}")
+    } else {
+        format!("routed is not running (log {})", log.display())
+    }
+}
+
+/// `routed CMD --socket SOCK --json`. `status` exits 1 while a neighbour is
+/// down; its JSON is read all the same.
+fn query(sock: &Path, cmd: &str) -> Result<Value> {
+    let bin = sibling("routed")?;
+    let out = Command::new(&bin)
+        .arg(cmd)
+        .arg("--socket")
+        .arg(sock)
+        .arg("--json")
+        .output()
+        .with_context(|| format!("running {} {cmd}", bin.display()))?;
+    serde_json::from_slice(&out.stdout).map_err(|_| {
+        anyhow!(
+            "routed not answering `{cmd}` on {}: {}",
+            sock.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )
+    })
+}
+
+/// The other gateways that are not established neighbours of `n`, with
+/// the state they are in.
+fn neighbors_not_established(lab: &Lab, n: &Node, status: &Value) -> Vec<String> {
+    let neighbors = status["neighbors"].as_array().cloned().unwrap_or_default();
+    lab.nodes
+        .iter()
+        .filter(|g| g.role == "gateway" && g.name != n.name)
+        .filter_map(|g| {
+            let state = neighbors
+                .iter()
+                .find(|x| x["name"] == g.name.as_str())
+                .map(|x| x["state"].as_str().unwrap_or("in no state").to_string());
+            match state.as_deref() {
+                Some("established") => None,
+                Some(s) => Some(format!("neighbour {} {s}", g.name)),
+                None => Some(format!("neighbour {} not configured", g.name)),
+            }
+        })
+        .collect()
+}
+
+/// The host routes (/32 of every overlayd and wireguard host of every
+/// site) missing from `routes[].prefix`.
+fn missing_routes(lab: &Lab, routes: &Value) -> Vec<String> {
+    let have: Vec<&str> = routes["routes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["prefix"].as_str())
+        .collect();
+    host_prefixes(lab)
+        .into_iter()
+        .filter(|p| !have.contains(&p.as_str()))
+        .collect()
+}
+
+fn host_prefixes(lab: &Lab) -> Vec<String> {
+    lab.nodes
+        .iter()
+        .filter(|n| n.role == "host")
+        .filter_map(Node::virtual_v4)
+        .map(|a| format!("{a}/32"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::build::{overlayd_config_text, plan_nodes, routed_gateways, Plan};
+    use crate::spec::Spec;
+    use serde_json::json;
+
+    const TWO_BY_TWO: &str = "[[site]]\nname = \"fra\"\ngateways = 2\nhosts = 1\n\
+        [[site]]\nname = \"ams\"\ngateways = 2\nhosts = 1\nwireguard_hosts = 1\n";
+
+    fn lab_of(spec_text: &str) -> (Spec, Vec<Plan>, Lab) {
+        let spec: Spec = toml::from_str(spec_text).expect("spec");
+        let dir = Path::new("/lab");
+        let plans = plan_nodes(&spec, dir, "clt");
+        let lab = Lab {
+            prefix: "clt".into(),
+            dir: dir.into(),
+            switches: Vec::new(),
+            nodes: plans.iter().map(|p| p.node.clone()).collect(),
+            ca_dir: dir.join("ca"),
+            crl: dir.join("crl"),
+        };
+        (spec, plans, lab)
+    }
+
+    fn routed_toml(lab: &Lab, plans: &[Plan], name: &str) -> toml::Table {
+        let gateways = routed_gateways(plans).expect("gateways");
+        let n = lab.node(name).expect("node");
+        let text = config_text(lab, n, &gateways, 100).expect("config");
+        toml::from_str(&text).expect("routed config is TOML")
+    }
+
+    #[test]
+    fn asns_are_private_and_per_gateway() {
+        assert_eq!(asn(1, 1), 4_200_000_101);
+        assert_eq!(asn(2, 2), 4_200_000_202);
+        assert_eq!(asn(200, 9), 4_200_020_009);
+    }
+
+    #[test]
+    fn routed_config_of_a_2x2_lab_has_a_full_mesh() {
+        let (_, plans, lab) = lab_of(&format!("routed = true\n{TWO_BY_TWO}"));
+        let t = routed_toml(&lab, &plans, "ams-gw2");
+        assert_eq!(t["asn"].as_integer(), Some(4_200_000_202));
+        assert_eq!(t["router_id"].as_str(), Some("10.77.2.2"));
+        assert_eq!(
+            t["control_socket"].as_str(),
+            Some("/lab/run/ams-gw2.routed.sock")
+        );
+        assert_eq!(
+            t["overlayd_socket"].as_str(),
+            Some("/lab/run/ams-gw2.overlayd.sock")
+        );
+        assert_eq!(t["ca"].as_str(), Some("/lab/ca/ca.crt"));
+        assert_eq!(t["cert"].as_str(), Some("/lab/nodes/ams-gw2/node.crt"));
+        assert_eq!(t["kernel_routes"].as_bool(), Some(true));
+        assert_eq!(t["timers"]["hold_time_s"].as_integer(), Some(9));
+        assert_eq!(t["timers"]["keepalive_s"].as_integer(), Some(3));
+        assert_eq!(t["timers"]["connect_retry_s"].as_integer(), Some(1));
+        assert_eq!(t["bfd"]["interval_ms"].as_integer(), Some(100));
+        assert_eq!(t["bfd"]["multiplier"].as_integer(), Some(3));
+        assert_eq!(t["damping"]["enabled"].as_bool(), Some(true));
+        let neighbors: Vec<(String, String, i64, String)> = t["neighbor"]
+            .as_array()
+            .expect("[[neighbor]]")
+            .iter()
+            .map(|x| {
+                assert_eq!(x["import"].as_str(), Some("overlay"));
+                assert_eq!(x["export"].as_str(), Some("all"));
+                let s = |k: &str| x[k].as_str().expect(k).to_string();
+                let asn = x["asn"].as_integer().expect("asn");
+                (s("name"), s("address"), asn, s("cert"))
+            })
+            .collect();
+        let want = |name: &str, address: &str, asn: i64| {
+            let cert = format!("/lab/nodes/{name}/node.crt");
+            (name.to_string(), address.to_string(), asn, cert)
+        };
+        assert_eq!(
+            neighbors,
+            vec![
+                want("fra-gw1", "10.77.1.1", 4_200_000_101),
+                want("fra-gw2", "10.77.1.2", 4_200_000_102),
+                want("ams-gw1", "10.77.2.1", 4_200_000_201),
+            ]
+        );
+    }
+
+    #[test]
+    fn bfd_interval_comes_from_the_spec() {
+        let (spec, plans, lab) = lab_of(&format!(
+            "routed = true\nbfd_interval_ms = 250\n{TWO_BY_TWO}"
+        ));
+        let gateways = routed_gateways(&plans).expect("gateways");
+        let n = lab.node("fra-gw1").expect("node");
+        let text = config_text(&lab, n, &gateways, spec.bfd_interval_ms).expect("config");
+        let t: toml::Table = toml::from_str(&text).expect("TOML");
+        assert_eq!(t["bfd"]["interval_ms"].as_integer(), Some(250));
+        assert_eq!(t["asn"].as_integer(), Some(4_200_000_101));
+        assert_eq!(t["neighbor"].as_array().map(Vec::len), Some(3));
+    }
+
+    #[test]
+    fn routed_lab_has_no_static_routes_and_files_on_gateways_only() {
+        let (spec, plans, lab) = lab_of(&format!("routed = true\n{TWO_BY_TWO}"));
+        for p in &plans {
+            let gw = p.node.role == "gateway";
+            assert_eq!(p.node.routed_config.is_some(), gw, "{}", p.node.name);
+            assert_eq!(p.node.routed_socket.is_some(), gw, "{}", p.node.name);
+        }
+        let gw = plans.iter().find(|p| p.node.name == "fra-gw1").expect("gw");
+        let text = overlayd_config_text(&lab, &plans, gw, &spec);
+        assert!(!text.contains("[[route]]"), "{text}");
+        // Still every other gateway as a peer.
+        assert_eq!(text.matches("[[gateway]]").count(), 3, "{text}");
+    }
+
+    #[test]
+    fn default_lab_is_unchanged() {
+        let (spec, plans, lab) = lab_of(TWO_BY_TWO);
+        assert!(!spec.routed);
+        assert_eq!(spec.bfd_interval_ms, 100);
+        let gw = plans.iter().find(|p| p.node.name == "fra-gw1").expect("gw");
+        let text = overlayd_config_text(&lab, &plans, gw, &spec);
+        assert_eq!(text.matches("[[route]]").count(), 2, "{text}");
+        assert!(text.contains("via = [\"ams-gw1\", \"ams-gw2\"]"), "{text}");
+        // lab.json and status carry no routed keys.
+        let node = serde_json::to_value(&gw.node).expect("json");
+        assert_eq!(node.get("routed_config"), None);
+        assert_eq!(node.get("routed_socket"), None);
+        assert!(pending(&lab).is_empty());
+    }
+
+    #[test]
+    fn pending_names_neighbours_and_routes() {
+        let (_, _, lab) = lab_of(&format!("routed = true\n{TWO_BY_TWO}"));
+        let n = lab.node("fra-gw1").expect("node");
+        let status = json!({"neighbors": [
+            {"name": "fra-gw2", "state": "established"},
+            {"name": "ams-gw1", "state": "connect"},
+        ]});
+        assert_eq!(
+            neighbors_not_established(&lab, n, &status),
+            vec![
+                "neighbour ams-gw1 connect".to_string(),
+                "neighbour ams-gw2 not configured".to_string()
+            ]
+        );
+        let routes = json!({"routes": [
+            {"prefix": "10.77.1.11/32"}, {"prefix": "10.77.2.0/24"}, {"prefix": "10.77.2.11/32"},
+        ]});
+        assert_eq!(missing_routes(&lab, &routes), vec!["10.77.2.51/32"]);
+    }
+}
