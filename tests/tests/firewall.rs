@@ -223,7 +223,9 @@ fn rules_by_name_and_group_replies_reload_and_explain() {
     assert_eq!(e["decision"], "deny", "{e}");
 
     // A reload that removes the ICMP allow cuts a running ping.
-    let tracked = firewall(&lab, "fw-h1")["tracked_pass"].as_u64().unwrap_or(0);
+    let tracked = firewall(&lab, "fw-h1")["tracked_pass"]
+        .as_u64()
+        .unwrap_or(0);
     let mut ping = lab.spawn("fw-h2", &["ping", "-i", "0.1", "-c", "60", H1]);
     lab.wait_for("the ping flow to be tracked", |l| {
         firewall(l, "fw-h1")["tracked_pass"].as_u64().unwrap_or(0) >= tracked + 5

@@ -185,13 +185,15 @@ impl Lab {
         let mut s = String::new();
         if let Ok(rd) = std::fs::read_dir(self.path().join("nodes")) {
             for e in rd.flatten() {
-                let log = e.path().join("overlayd.log");
-                if let Ok(t) = std::fs::read_to_string(&log) {
-                    let tail: Vec<&str> = t.lines().rev().take(30).collect();
-                    s.push_str(&format!("--- {}\n", log.display()));
-                    for l in tail.into_iter().rev() {
-                        s.push_str(l);
-                        s.push('\n');
+                for daemon in ["overlayd.log", "routed.log"] {
+                    let log = e.path().join(daemon);
+                    if let Ok(t) = std::fs::read_to_string(&log) {
+                        let tail: Vec<&str> = t.lines().rev().take(30).collect();
+                        s.push_str(&format!("--- {}\n", log.display()));
+                        for l in tail.into_iter().rev() {
+                            s.push_str(l);
+                            s.push('\n');
+                        }
                     }
                 }
             }

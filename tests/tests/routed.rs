@@ -1,0 +1,242 @@
+//! routed end to end: real overlayd and routed on every gateway of a lab,
+//! BGP + BFD inside the tunnels, faults made with `cubenet-lab link` and
+//! SIGKILL.
+
+mod common;
+
+use common::{bin, netns_or_skip, Lab};
+use serde_json::Value;
+use std::io::Read;
+use std::process::Command;
+
+const THREE_BY_TWO: &str = "routed = true\nbfd_interval_ms = 100\n\
+    [[site]]\nname = \"fra\"\ngateways = 2\nhosts = 1\n\
+    [[site]]\nname = \"ams\"\ngateways = 2\nhosts = 1\n\
+    [[site]]\nname = \"par\"\ngateways = 2\nhosts = 1\n";
+
+const FRA_H1: &str = "10.77.1.11";
+const AMS_H1: &str = "10.77.2.11";
+
+fn routed(lab: &Lab, node: &str, what: &str) -> Value {
+    let sock = lab.node(node)["routed_socket"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let out = Command::new(bin("routed"))
+        .args([what, "--json", "--socket", &sock])
+        .output()
+        .unwrap();
+    serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+}
+
+fn neighbor(lab: &Lab, node: &str, name: &str) -> Value {
+    routed(lab, node, "status")["neighbors"]
+        .as_array()
+        .and_then(|ns| ns.iter().find(|n| n["name"] == name).cloned())
+        .unwrap_or(Value::Null)
+}
+
+fn via(lab: &Lab, node: &str, prefix: &str) -> Vec<String> {
+    routed(lab, node, "routes")["routes"]
+        .as_array()
+        .and_then(|rs| rs.iter().find(|r| r["prefix"] == prefix).cloned())
+        .map(|r| {
+            r["via"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn active_gateway(lab: &Lab, host: &str) -> String {
+    lab.overlayd(host)["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["active"] == true)
+        .map(|p| p["name"].as_str().unwrap().to_string())
+        .expect("an active gateway")
+}
+
+/// Runs a 50 ms ping across sites while `fault` happens once replies flow;
+/// returns (sent, received, longest run of lost replies).
+fn ping_through(lab: &Lab, from: &str, to: &str, fault: impl FnOnce()) -> (u32, u32, u32) {
+    let gw = active_gateway(lab, from);
+    let rx = |l: &Lab| l.peer(from, &gw)["rx_packets"].as_u64().unwrap_or(0);
+    let before = rx(lab);
+    let mut ping = lab.spawn(from, &["ping", "-i", "0.05", "-c", "100", to]);
+    lab.wait_for("the ping to flow", |l| rx(l) >= before + 10);
+    fault();
+    let mut out = String::new();
+    ping.stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    let _ = ping.wait();
+    let seqs: Vec<u32> = out
+        .lines()
+        .filter_map(|l| l.split("icmp_seq=").nth(1))
+        .filter_map(|s| s.split_whitespace().next()?.parse().ok())
+        .collect();
+    let mut gap = 0;
+    let mut last = 0;
+    for s in &seqs {
+        gap = gap.max(s.saturating_sub(last + 1));
+        last = *s;
+    }
+    gap = gap.max(100u32.saturating_sub(last));
+    (100, seqs.len() as u32, gap)
+}
+
+#[test]
+fn three_sites_of_two_gateways_reach_everyone_and_survive_faults() {
+    if !netns_or_skip("three_sites_of_two_gateways_reach_everyone_and_survive_faults") {
+        return;
+    }
+    let lab = Lab::up(THREE_BY_TWO);
+    // Every host reaches every other host, IPv4 and IPv6.
+    let hosts = ["fra-h1", "ams-h1", "par-h1"];
+    for from in hosts {
+        for to in hosts {
+            if from == to {
+                continue;
+            }
+            for dst in lab.addrs(to) {
+                let out = lab.ping(from, &dst, 2);
+                assert!(out.status.success(), "{from} -> {to} ({dst})");
+            }
+        }
+    }
+    // Equal-cost paths across the gateways of a site (once ams-h1 is
+    // attached to both of them).
+    lab.wait_for("equal-cost paths to ams-h1", |l| {
+        via(l, "fra-gw1", &format!("{AMS_H1}/32")) == vec!["ams-gw1", "ams-gw2"]
+    });
+    let st = routed(&lab, "fra-gw1", "status");
+    for n in st["neighbors"].as_array().unwrap() {
+        assert_eq!(n["state"], "established", "{n}");
+        assert_eq!(n["bfd"], "up", "{n}");
+    }
+
+    // SIGKILL of the gateway fra-h1 sends through: the flow goes on.
+    let gw = active_gateway(&lab, "fra-h1");
+    let (sent, got, gap) = ping_through(&lab, "fra-h1", AMS_H1, || {
+        lab.lab_ok(&["kill", &gw, "--signal", "KILL"]);
+    });
+    eprintln!("SIGKILL of {gw}: {got}/{sent} replies, longest gap {gap} x 50 ms");
+    assert!(gap <= 20, "the flow stopped for {gap} x 50 ms");
+    assert!(got >= sent - 25);
+    lab.lab_ok(&["start", &gw]);
+    lab.lab_ok(&["wait"]);
+
+    // A silent drop of every tunnel between fra and ams: traffic goes
+    // through par.
+    let (sent, got, gap) = ping_through(&lab, "fra-h1", AMS_H1, || {
+        for a in ["fra-gw1", "fra-gw2"] {
+            for b in ["ams-gw1", "ams-gw2"] {
+                lab.lab_ok(&["link", a, b, "drop"]);
+            }
+        }
+    });
+    eprintln!("silent drop fra<->ams: {got}/{sent} replies, longest gap {gap} x 50 ms");
+    assert!(gap <= 20, "the flow stopped for {gap} x 50 ms");
+    let v = via(&lab, "fra-gw1", &format!("{AMS_H1}/32"));
+    assert!(
+        !v.is_empty() && v.iter().all(|g| g.starts_with("par-")),
+        "fra-gw1 reaches ams-h1 via {v:?}"
+    );
+    let n = neighbor(&lab, "fra-gw1", "ams-gw1");
+    let last_down = n["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|h| h["event"] == "down")
+        .cloned();
+    assert_eq!(
+        last_down.map(|h| h["reason"].clone()),
+        Some("BFD down".into()),
+        "{n}"
+    );
+    // The tables agree again once healed.
+    for a in ["fra-gw1", "fra-gw2"] {
+        for b in ["ams-gw1", "ams-gw2"] {
+            lab.lab_ok(&["link", a, b, "heal"]);
+        }
+    }
+    lab.wait_for("the direct paths to return", |l| {
+        via(l, "fra-gw1", &format!("{AMS_H1}/32")) == vec!["ams-gw1", "ams-gw2"]
+    });
+    let out = lab.ping("ams-h1", FRA_H1, 2);
+    assert!(out.status.success());
+}
+
+#[test]
+fn a_flapping_tunnel_is_suppressed_and_returns_when_stable() {
+    if !netns_or_skip("a_flapping_tunnel_is_suppressed_and_returns_when_stable") {
+        return;
+    }
+    let lab = Lab::up(
+        "routed = true\nbfd_interval_ms = 100\n\
+         [[site]]\nname = \"fra\"\n[[site]]\nname = \"ams\"\n[[site]]\nname = \"par\"\n",
+    );
+    // Shorter damping times than the defaults, so the test ends sooner:
+    // half-life 4 s, held down at most 15 s.
+    for gw in ["fra-gw1", "ams-gw1"] {
+        let cfg = lab.node(gw)["routed_config"].as_str().unwrap().to_string();
+        let text = std::fs::read_to_string(&cfg).unwrap().replace(
+            "[damping]\nenabled = true\n",
+            "[damping]\nenabled = true\nhalf_life_s = 4\nmax_suppress_s = 15\nstable_up_s = 2\n",
+        );
+        assert!(text.contains("half_life_s = 4"), "{text}");
+        std::fs::write(&cfg, text).unwrap();
+        lab.lab_ok(&["kill", gw]);
+        lab.lab_ok(&["start", gw]);
+    }
+    lab.lab_ok(&["wait"]);
+    let prefix = format!("{AMS_H1}/32");
+    assert_eq!(via(&lab, "fra-gw1", &prefix), vec!["ams-gw1"]);
+    // Flap: down half a second, up one and a half, until suppressed.
+    let mut flaps = 0;
+    while neighbor(&lab, "fra-gw1", "ams-gw1")["suppressed"] != true {
+        assert!(flaps < 8, "not suppressed after {flaps} flaps");
+        let before = neighbor(&lab, "fra-gw1", "ams-gw1")["flaps"]
+            .as_u64()
+            .unwrap();
+        lab.lab_ok(&["link", "fra-gw1", "ams-gw1", "drop"]);
+        lab.wait_for("BFD to see it", |l| {
+            neighbor(l, "fra-gw1", "ams-gw1")["flaps"].as_u64().unwrap() > before
+        });
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        lab.lab_ok(&["link", "fra-gw1", "ams-gw1", "heal"]);
+        flaps += 1;
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+    }
+    let n = neighbor(&lab, "fra-gw1", "ams-gw1");
+    eprintln!("suppressed after {flaps} flaps: {n}");
+    assert!(flaps <= 4, "suppressed only after {flaps} flaps");
+    // Held down until the penalty decays below the reuse threshold.
+    assert!(n["penalty"].as_f64().unwrap() > 750.0, "{n}");
+    assert_eq!(n["state"], "idle", "{n}");
+    // While suppressed, fra-gw1 reaches ams through par.
+    let v = via(&lab, "fra-gw1", &prefix);
+    assert_eq!(v, vec!["par-gw1"], "while suppressed");
+    let out = lab.ping("fra-h1", AMS_H1, 2);
+    assert!(out.status.success(), "no way to ams while suppressed");
+    // Stable now: the direct route returns.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(40);
+    while via(&lab, "fra-gw1", &prefix) != vec!["ams-gw1"] {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the route did not return"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let n = neighbor(&lab, "fra-gw1", "ams-gw1");
+    assert_eq!(n["suppressed"], false);
+    assert!(n["history"].as_array().unwrap().len() >= 2 * flaps as usize);
+}
