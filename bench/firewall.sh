@@ -24,7 +24,7 @@ trap '"$lab" down "$work/lab" >/dev/null 2>&1; rm -rf "$work"' EXIT INT TERM
 
 printf '[[site]]\nname = "fwb"\ngateways = 1\nhosts = 2\n' >"$work/spec.toml"
 "$lab" up "$work/spec.toml" --dir "$work/lab" >/dev/null
-dst=$("$lab" addr "$work/lab" fwb-h2 | head -1)
+dst=$("$lab" addr "$work/lab" fwb-h2 | sed -n 1p)
 cfg=$("$lab" status "$work/lab" --json | jq -r '.nodes[] | select(.name == "fwb-h2") | .overlayd_config')
 sock=$("$lab" status "$work/lab" --json | jq -r '.nodes[] | select(.name == "fwb-h2") | .overlayd_socket')
 

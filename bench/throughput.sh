@@ -113,7 +113,7 @@ for side in a b; do
   ns=$P-$side
   ip netns exec $ns env WG_PROCESS_FOREGROUND=1 wireguard-go wgb$side >/dev/null 2>&1 &
   for _ in $(seq 100); do ip -n $ns link show wgb$side >/dev/null 2>&1 && break; sleep 0.05; done
-  wgpid[$side]=$(ip netns pids $ns | while read -r p; do [[ $(cat /proc/$p/comm) == wireguard-go ]] && echo $p; done | head -1)
+  wgpid[$side]=$(ip netns pids $ns | while read -r p; do [[ $(cat /proc/$p/comm) == wireguard-go ]] && echo $p; done | sed -n 1p)
 done
 $A wg set wgba listen-port 51820 private-key "$work/a.key" \
   peer "$(wg pubkey <"$work/b.key")" endpoint 192.0.2.2:51820 allowed-ips 10.99.0.2/32
@@ -137,8 +137,8 @@ EOF
 pid() { "$lab" status "$work/lab" --json | jq -r --arg n "$1" '.nodes[] | select(.name == $n) | .pids[0]'; }
 h1=$(pid bench-h1) h2=$(pid bench-h2) g1=$(pid bench-gw1)
 X() { echo "$lab exec $work/lab $1 --"; }
-gw_addr=$("$lab" addr "$work/lab" bench-gw1 | head -1)
-h2_addr=$("$lab" addr "$work/lab" bench-h2 | head -1)
+gw_addr=$("$lab" addr "$work/lab" bench-gw1 | sed -n 1p)
+h2_addr=$("$lab" addr "$work/lab" bench-h2 | sed -n 1p)
 measure overlayd-pair "$(X bench-gw1)" "$(X bench-h1)" "$gw_addr" "$h1 $g1"
 measure overlayd-gw "$(X bench-h2)" "$(X bench-h1)" "$h2_addr" "$h1 $g1 $h2"
 
