@@ -19,7 +19,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Processes a node may run, by pid file name.
-const DAEMONS: [&str; 3] = ["overlayd", "routed", "wireguard-go"];
+const DAEMONS: [&str; 4] = ["overlayd", "routed", "wireguard-go", "bird"];
 
 const NETWORK4: &str = "10.77.0.0/16";
 const NETWORK6: &str = "fd77::/48";
@@ -116,24 +116,47 @@ pub(crate) fn plan_nodes(spec: &Spec, dir: &Path, prefix: &str) -> Vec<Plan> {
                     "wireguard-go",
                 )
             }))
+            .chain(
+                site.bird
+                    .then(|| (format!("{}-bird", site.name), "router", 200, "bird")),
+            )
             .collect();
         for (name, role, n, kind) in members {
             let node_dir = dir.join("nodes").join(&name);
-            let lan_last = if role == "gateway" { n } else { 90 + n };
+            let lan_last = match role {
+                "gateway" | "router" => n,
+                _ => 90 + n,
+            };
+            let bird = kind == "bird";
             let routed = spec.routed && role == "gateway";
             plans.push(Plan {
                 node: Node {
                     kind: kind.to_string(),
                     namespace: format!("{prefix}-{name}"),
-                    addresses: vec![format!("10.77.{i}.{n}/16"), format!("fd77::{i:x}:{n:x}/48")],
+                    // A site router's address is the one behind it.
+                    addresses: if bird {
+                        vec![format!("192.168.{i}.1/24")]
+                    } else {
+                        vec![format!("10.77.{i}.{n}/16"), format!("fd77::{i:x}:{n:x}/48")]
+                    },
                     underlay: std::iter::once(format!("172.16.{i}.{lan_last}"))
                         .chain((role == "gateway").then(|| format!("198.18.{i}.{n}")))
                         .collect(),
                     key: node_dir.join("node.key"),
                     cert: node_dir.join("node.crt"),
-                    overlayd_config: node_dir.join("overlayd.toml"),
-                    overlayd_socket: dir.join("run").join(format!("{name}.overlayd.sock")),
-                    log: node_dir.join("overlayd.log"),
+                    // On a BIRD node these are BIRD's config, control
+                    // socket and log.
+                    overlayd_config: node_dir.join(if bird {
+                        "bird.conf"
+                    } else {
+                        "overlayd.toml"
+                    }),
+                    overlayd_socket: dir.join("run").join(if bird {
+                        format!("{name}.bird.ctl")
+                    } else {
+                        format!("{name}.overlayd.sock")
+                    }),
+                    log: node_dir.join(if bird { "bird.log" } else { "overlayd.log" }),
                     routed_config: routed.then(|| node_dir.join("routed.toml")),
                     routed_socket: routed
                         .then(|| dir.join("run").join(format!("{name}.routed.sock"))),
@@ -182,7 +205,7 @@ pub fn up(spec: &Spec, dir: &Path) -> Result<Lab> {
     let _ = std::fs::remove_file(dir.join("crl"));
     std::fs::create_dir_all(dir.join("certs"))?;
     std::fs::create_dir_all(dir.join("run"))?;
-    oc(&[
+    let mut ca_args = vec![
         "ca",
         "--name",
         "lab",
@@ -192,7 +215,12 @@ pub fn up(spec: &Spec, dir: &Path) -> Result<Lab> {
         NETWORK6,
         "--out-dir",
         ca_dir.to_str().unwrap_or_default(),
-    ])?;
+    ];
+    if spec.sites.iter().any(|s| s.bird) {
+        // The subnets behind site routers, which gateways' certs may carry.
+        ca_args.extend(["--network", "192.168.0.0/16"]);
+    }
+    oc(&ca_args)?;
 
     let plans = plan_nodes(spec, &dir, &prefix);
 
@@ -200,6 +228,9 @@ pub fn up(spec: &Spec, dir: &Path) -> Result<Lab> {
     for p in &plans {
         let n = &p.node;
         std::fs::create_dir_all(n.key.parent().unwrap_or(&dir))?;
+        if n.kind == "bird" {
+            continue;
+        }
         oc(&["keygen", "--out", n.key.to_str().unwrap_or_default()])?;
         let mut args = vec![
             "sign".to_string(),
@@ -230,6 +261,10 @@ pub fn up(spec: &Spec, dir: &Path) -> Result<Lab> {
                 "--subnet".into(),
                 format!("fd77::{i:x}:0/112"),
             ]);
+            if spec.sites[i - 1].bird {
+                // What the site router announces, brought into the overlay.
+                args.extend(["--subnet".into(), format!("192.168.{i}.0/24")]);
+            }
         }
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         oc(&refs)?;
@@ -258,6 +293,16 @@ pub fn up(spec: &Spec, dir: &Path) -> Result<Lab> {
         write_overlayd_config(&lab, &plans, p, spec)?;
     }
     write_routed_configs(&lab, &plans, spec)?;
+    for p in plans.iter().filter(|p| p.node.kind == "bird") {
+        let text = bird_config_text(&plans, p, spec);
+        std::fs::write(&p.node.overlayd_config, text).with_context(|| {
+            format!(
+                "{}: writing {}",
+                p.node.name,
+                p.node.overlayd_config.display()
+            )
+        })?;
+    }
 
     // Namespaces and links; on any failure remove what was made.
     if let Err(e) = build_network(&lab, &plans) {
@@ -304,7 +349,14 @@ pub(crate) fn overlayd_config_text(lab: &Lab, plans: &[Plan], p: &Plan, spec: &S
             lab.dir.join("certs").display().to_string()
         ));
     }
-    t.push_str(&format!("\n[interface]\nname = \"cube0\"\nmtu = 1420\noffload = {}\n\n[probe]\ninterval_ms = {}\nmisses = 3\nfailback_stable_ms = 2000\n", spec.offload, spec.probe_interval_ms));
+    t.push_str(&format!(
+        "\n[interface]\nname = \"cube0\"\nmtu = 1420\noffload = {}\n",
+        spec.offload
+    ));
+    t.push_str(&format!(
+        "\n[probe]\ninterval_ms = {}\nmisses = 3\nfailback_stable_ms = 2000\n",
+        spec.probe_interval_ms
+    ));
     let _ = &p.site_idx;
     let peers: Vec<&Plan> = if n.role == "gateway" {
         plans
@@ -349,6 +401,42 @@ pub(crate) fn overlayd_config_text(lab: &Lab, plans: &[Plan], p: &Plan, spec: &S
                 ));
             }
         }
+    }
+    t
+}
+
+/// The AS of the BIRD site router of site `i`.
+pub(crate) fn bird_asn(site_idx: usize) -> u32 {
+    routed::asn(site_idx, 99)
+}
+
+/// BIRD's config on a site router: BGP + BFD to every gateway of its site
+/// over the LAN; it announces 192.168.i.0/24 and installs what it learns.
+pub(crate) fn bird_config_text(plans: &[Plan], p: &Plan, spec: &Spec) -> String {
+    let i = p.site_idx;
+    let me = format!("172.16.{i}.{}", p.member);
+    let mut t = format!(
+        "# BIRD config for {} (site router of {}), written by cubenet-lab\n\
+         router id {me};\n\
+         protocol device {{}}\n\
+         protocol bfd {{ interface \"lan0\" {{ interval {} ms; multiplier 3; }}; }}\n\
+         protocol static site {{ ipv4; route 192.168.{i}.0/24 blackhole; }}\n\
+         protocol kernel {{ ipv4 {{ import none; export where source = RTS_BGP; }}; merge paths on; }}\n",
+        p.node.name, p.node.site, spec.bfd_interval_ms
+    );
+    for g in plans
+        .iter()
+        .filter(|q| q.node.role == "gateway" && q.site_idx == i)
+    {
+        t.push_str(&format!(
+            "protocol bgp {} {{\n  local {me} as {};\n  neighbor 172.16.{i}.{} as {};\n  \
+             hold time 9; connect retry time 1; error wait time 1, 10; bfd on;\n  \
+             ipv4 {{ import all; export where proto = \"site\"; }};\n}}\n",
+            g.node.name.replace('-', "_"),
+            bird_asn(i),
+            g.member,
+            routed::asn(g.site_idx, g.member)
+        ));
     }
     t
 }
@@ -429,6 +517,20 @@ fn build_network(lab: &Lab, plans: &[Plan]) -> Result<()> {
             &["ip", "addr", "add", &p.lan_ip, "dev", "lan0"],
         )?;
         ns_sh(&n.namespace, &["ip", "link", "set", "lan0", "up"])?;
+        if n.kind == "bird" {
+            // The address behind the site router, for pings from the overlay.
+            let a = format!("192.168.{}.1/32", p.site_idx);
+            ns_sh(&n.namespace, &["ip", "addr", "add", &a, "dev", "lo"])?;
+        }
+        if n.role == "gateway" {
+            // Gateways route between the overlay and the site LAN (site
+            // routers' subnets).
+            ns_sh(&n.namespace, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+            ns_sh(
+                &n.namespace,
+                &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"],
+            )?;
+        }
         if let Some(wan) = &p.wan_ip {
             sh(&[
                 "ip",
@@ -459,6 +561,9 @@ pub fn start_node(lab: &Lab, n: &Node) -> Result<()> {
     if n.kind == "wireguard-go" {
         return start_wireguard_go(lab, n);
     }
+    if n.kind == "bird" {
+        return start_bird(lab, n);
+    }
     let daemons = std::iter::once("overlayd").chain(n.routed_config.as_ref().map(|_| "routed"));
     for daemon in daemons {
         if let Some(pid) = read_pid(&lab.pid_file(&n.name, daemon)) {
@@ -472,6 +577,34 @@ pub fn start_node(lab: &Lab, n: &Node) -> Result<()> {
         wait_overlayd_socket(lab, n)?;
         spawn_daemon(lab, n, "routed", config, &log)?;
     }
+    Ok(())
+}
+
+/// Starts BIRD in the foreground of its own process group.
+fn start_bird(lab: &Lab, n: &Node) -> Result<()> {
+    if let Some(pid) = read_pid(&lab.pid_file(&n.name, "bird")) {
+        if alive(pid) {
+            bail!("{}: bird is already running (pid {pid})", n.name);
+        }
+    }
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&n.log)
+        .with_context(|| format!("{}: opening {}", n.name, n.log.display()))?;
+    let child = Command::new("ip")
+        .args(["netns", "exec", &n.namespace, "bird", "-f", "-c"])
+        .arg(&n.overlayd_config)
+        .arg("-s")
+        .arg(&n.overlayd_socket)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("starting bird for {} (is bird2 installed?)", n.name))?;
+    std::fs::write(lab.pid_file(&n.name, "bird"), child.id().to_string())?;
+    std::mem::forget(child);
     Ok(())
 }
 
@@ -696,7 +829,7 @@ fn status_of(socket: &Path) -> Option<Value> {
 
 /// What a node still waits for, or None when it has converged.
 fn pending(lab: &Lab, n: &Node) -> Option<String> {
-    if n.kind == "wireguard-go" {
+    if n.kind == "wireguard-go" || n.kind == "bird" {
         return None;
     }
     let first_gateway = lab

@@ -67,9 +67,17 @@ struct Neighbor<'a> {
     name: &'a str,
     address: String,
     asn: u32,
-    cert: &'a Path,
-    import: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cert: Option<&'a Path>,
+    import: Import,
     export: &'static str,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Import {
+    Named(&'static str),
+    List(Vec<String>),
 }
 
 /// The `routed.toml` of gateway `n`: its identity, and every other gateway
@@ -95,10 +103,11 @@ pub fn config_text(
             name: &g.name,
             address: g.router_id.to_string(),
             asn: g.asn,
-            cert: &g.cert,
-            import: "overlay",
+            cert: Some(&g.cert),
+            import: Import::Named("overlay"),
             export: "all",
         })
+        .chain(site_router(lab, n))
         .collect();
     let config = Config {
         asn: me.asn,
@@ -126,6 +135,25 @@ pub fn config_text(
         "# routed config for {} (gateway, site {}), written by cubenet-lab\n{body}",
         n.name, n.site
     ))
+}
+
+/// The BIRD router of `n`'s site, if the site has one: a neighbour on the
+/// site LAN that offers 192.168.i.0/24.
+fn site_router<'a>(lab: &'a Lab, n: &Node) -> Option<Neighbor<'a>> {
+    let b = lab
+        .nodes
+        .iter()
+        .find(|b| b.kind == "bird" && b.site == n.site)?;
+    let address = b.underlay.first()?.clone();
+    let i: usize = address.split('.').nth(2)?.parse().ok()?;
+    Some(Neighbor {
+        name: &b.name,
+        address,
+        asn: crate::build::bird_asn(i),
+        cert: None,
+        import: Import::List(vec![format!("192.168.{i}.0/24")]),
+        export: "all",
+    })
 }
 
 /// What the routed gateways of the lab still lack, one line per gateway;

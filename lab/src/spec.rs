@@ -43,6 +43,11 @@ pub struct SiteSpec {
     /// certificates sit in the gateways' cert directory.
     #[serde(default)]
     pub wireguard_hosts: u8,
+    /// A site router running BIRD on the site LAN (node SITE-bird): it
+    /// announces 192.168.i.0/24 to the site's gateways over BGP + BFD and
+    /// learns the overlay's host routes. Needs `routed = true`.
+    #[serde(default)]
+    pub bird: bool,
 }
 
 fn one() -> u8 {
@@ -102,6 +107,9 @@ impl Spec {
             }
             if s.hosts > 80 {
                 bail!("site[{i}].hosts: {} is more than 80", s.hosts);
+            }
+            if s.bird && !self.routed {
+                bail!("site[{i}].bird: a BIRD site router needs `routed = true`");
             }
         }
         Ok(())

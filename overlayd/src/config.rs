@@ -69,6 +69,10 @@ pub struct Interface {
     /// TUN queues, each read by its own task (flows spread by hash).
     #[serde(default = "one")]
     pub queues: usize,
+    /// More prefixes routed into the TUN besides the CA's networks: site
+    /// subnets behind gateways that hosts should reach.
+    #[serde(default)]
+    pub routes: Vec<IpNet>,
 }
 
 fn one() -> usize {
@@ -87,6 +91,7 @@ impl Default for Interface {
             workers: 0,
             offload: true,
             queues: 1,
+            routes: Vec::new(),
         }
     }
 }

@@ -268,7 +268,8 @@ pub async fn run(cfg: Config, config_path: PathBuf, identity: Identity) -> Resul
     let queues = cfg.interface.queues.max(1);
     let (tuns, offload) = open_tun(&ifname, cfg.interface.mtu, cfg.interface.offload, queues)?;
     let addresses = identity.cert.body.addresses.clone();
-    let networks = identity.trust.ca().body.networks.clone();
+    let mut networks = identity.trust.ca().body.networks.clone();
+    networks.extend(cfg.interface.routes.iter().copied());
     crate::netlink::configure(&ifname, cfg.interface.mtu, &addresses, &networks).await?;
 
     let mut v4 = None;

@@ -813,8 +813,17 @@ impl Node {
         let id = self.identity();
         let src_ok = match cert.role() {
             Role::Host => cert.owns_addr(src),
-            // A gateway carries traffic of other sites: any overlay source.
-            Role::Gateway => id.trust.ca().covers_addr(src),
+            // A gateway carries traffic of other sites: any overlay source,
+            // its own cert's subnets, and what our table routes via it.
+            // A host takes any source from the gateways it chose: they
+            // check sources where traffic enters the overlay.
+            Role::Gateway if id.role() == Role::Host && peer.configured.is_some() => true,
+            Role::Gateway => {
+                id.trust.ca().covers_addr(src)
+                    || cert.body.subnets.iter().any(|n| n.contains(&src))
+                    || matches!(read(&self.fib).lookup(src),
+                        Some(NextHop::Peers(ps)) if ps.contains(&peer.index))
+            }
         };
         if !src_ok {
             bump(&self.drops.spoofed);

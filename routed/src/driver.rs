@@ -85,17 +85,20 @@ impl Shared {
     }
 
     async fn connect(self: Arc<Self>, n: usize) {
-        let (addr, name) = {
+        let (addr, name, overlay) = {
             let r = self.router();
-            (r.neighbors[n].cfg.address, r.neighbors[n].cfg.name.clone())
+            let nb = &r.neighbors[n];
+            (nb.cfg.address, nb.cfg.name.clone(), nb.overlay)
         };
         let local = IpAddr::V4(self.cfg.router_id);
         let attempt = async {
             let sock = if addr.is_ipv4() {
                 let s = TcpSocket::new_v4()?;
-                // Speak from our overlay address: that is who the neighbour
-                // expects.
-                s.bind(SocketAddr::new(local, 0))?;
+                // Speak to gateways from our overlay address: that is who
+                // they expect. A LAN router gets the LAN address.
+                if overlay {
+                    s.bind(SocketAddr::new(local, 0))?;
+                }
                 s
             } else {
                 TcpSocket::new_v6()?
@@ -117,6 +120,7 @@ impl Shared {
 
     fn run_conn(self: &Arc<Self>, n: usize, stream: TcpStream, outbound: bool) {
         let _ = stream.set_nodelay(true);
+        let local = stream.local_addr().ok().map(|a| a.ip());
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let (tx, mut rx) = mpsc::unbounded_channel::<Option<Vec<u8>>>();
         self.conns().insert(id, tx);
@@ -129,7 +133,7 @@ impl Shared {
             }
             let _ = wr.shutdown().await;
         });
-        self.with(|r, now| r.on_connected(n, id, outbound, now));
+        self.with(|r, now| r.on_connected(n, id, outbound, local, now));
         let me = self.clone();
         tokio::spawn(async move {
             let why = me.read_loop(n, id, &mut rd).await;
@@ -370,13 +374,13 @@ async fn follow(me: &Arc<Shared>, path: &std::path::Path) -> Result<(), String> 
 /// Writes the best routes into overlayd and the kernel when they change.
 async fn sync_tables(me: Arc<Shared>) {
     let mut last: Option<Value> = None;
-    let mut last_kernel: Option<Vec<ipnet::IpNet>> = None;
+    let mut last_kernel: Option<Vec<(ipnet::IpNet, Option<IpAddr>)>> = None;
     let mut last_sync = Instant::now();
     loop {
         let _ = tokio::time::timeout(RESYNC, me.tables.notified()).await;
         let (ready, fib, kernel) = {
             let r = me.router();
-            (r.fib_ready(), r.fib(), r.kernel_prefixes())
+            (r.fib_ready(), r.fib(), r.kernel_routes())
         };
         if !ready {
             continue;

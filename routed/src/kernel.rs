@@ -1,5 +1,6 @@
 //! Learned site prefixes in the kernel: routes into the overlay interface
-//! with routed's own route protocol number, so they are ours to reconcile
+//! (or via a LAN router that offered them) with routed's own route protocol
+//! number, so they are ours to reconcile
 //! at start and remove at exit (and `ip route show proto 201` shows them).
 
 use futures::TryStreamExt;
@@ -18,8 +19,21 @@ fn destination(m: &RouteMessage) -> Option<IpNet> {
     })
 }
 
-/// Makes the kernel's routes of `protocol` exactly `want`, into `ifname`.
-pub async fn reconcile(ifname: &str, protocol: u8, want: &[IpNet]) -> Result<(), String> {
+fn gateway(m: &RouteMessage) -> Option<IpAddr> {
+    m.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Gateway(RouteAddress::Inet(a)) => Some((*a).into()),
+        RouteAttribute::Gateway(RouteAddress::Inet6(a)) => Some((*a).into()),
+        _ => None,
+    })
+}
+
+/// Makes the kernel's routes of `protocol` exactly `want`: each prefix via
+/// a gateway address, or (`None`) into `ifname`.
+pub async fn reconcile(
+    ifname: &str,
+    protocol: u8,
+    want: &[(IpNet, Option<IpAddr>)],
+) -> Result<(), String> {
     let (conn, handle, _) =
         rtnetlink::new_connection().map_err(|e| format!("netlink socket: {e}"))?;
     tokio::spawn(conn);
@@ -40,12 +54,13 @@ pub async fn reconcile(ifname: &str, protocol: u8, want: &[IpNet]) -> Result<(),
             }
         }
     }
-    let want: BTreeSet<IpNet> = want.iter().map(|p| p.trunc()).collect();
+    let want: BTreeSet<(IpNet, Option<IpAddr>)> =
+        want.iter().map(|(p, g)| (p.trunc(), *g)).collect();
     let mut present = BTreeSet::new();
     for m in have {
-        match destination(&m) {
-            Some(p) if want.contains(&p) => {
-                present.insert(p);
+        match destination(&m).map(|p| (p, gateway(&m))) {
+            Some(k) if want.contains(&k) => {
+                present.insert(k);
             }
             _ => {
                 handle
@@ -69,19 +84,27 @@ pub async fn reconcile(ifname: &str, protocol: u8, want: &[IpNet]) -> Result<(),
         .await
         .map_err(|e| format!("finding interface {ifname}: {e}"))?
         .ok_or_else(|| format!("interface {ifname} not found"))?;
-    for p in want.difference(&present) {
-        let msg = RouteMessageBuilder::<IpAddr>::new()
+    for (p, gw) in want.difference(&present) {
+        let b = RouteMessageBuilder::<IpAddr>::new()
             .destination_prefix(p.addr(), p.prefix_len())
             .map_err(|e| format!("route {p}: {e}"))?
-            .output_interface(link.header.index)
-            .protocol(proto)
-            .build();
+            .protocol(proto);
+        let msg = match gw {
+            Some(g) => b
+                .gateway(*g)
+                .map_err(|e| format!("route {p} via {g}: {e}"))?,
+            None => b.output_interface(link.header.index),
+        }
+        .build();
         handle
             .route()
             .add(msg)
             .execute()
             .await
-            .map_err(|e| format!("adding route {p} dev {ifname}: {e}"))?;
+            .map_err(|e| match gw {
+                Some(g) => format!("adding route {p} via {g}: {e}"),
+                None => format!("adding route {p} dev {ifname}: {e}"),
+            })?;
     }
     Ok(())
 }

@@ -68,6 +68,11 @@ pub struct Neighbor {
     /// Per-prefix damping state (when on), and the prefixes it holds out.
     prefix_links: BTreeMap<IpNet, damping::Link>,
     held: BTreeSet<IpNet>,
+    /// Our address on the established session: the next hop we announce
+    /// to a neighbour outside the overlay.
+    local_addr: Option<IpAddr>,
+    /// The neighbour speaks over the overlay (a gateway), not a LAN.
+    pub overlay: bool,
     pub flaps: u64,
     pub history: VecDeque<Flap>,
     pub rejected: u64,
@@ -196,6 +201,8 @@ impl Router {
                 cert_subnets: cert_subnets.get(i).cloned().unwrap_or_default(),
                 prefix_links: BTreeMap::new(),
                 held: BTreeSet::new(),
+                local_addr: None,
+                overlay: contains(&networks, &IpNet::from(n.address)),
                 flaps: 0,
                 history: VecDeque::new(),
                 rejected: 0,
@@ -242,7 +249,18 @@ impl Router {
 
     // ---- BGP transport events ----
 
-    pub fn on_connected(&mut self, n: usize, conn: ConnId, outbound: bool, now: Instant) {
+    /// A TCP connection to neighbour `n` is up; `local` is our address on it.
+    pub fn on_connected(
+        &mut self,
+        n: usize,
+        conn: ConnId,
+        outbound: bool,
+        local: Option<IpAddr>,
+        now: Instant,
+    ) {
+        if local.is_some() {
+            self.neighbors[n].local_addr = local;
+        }
         let acts = self.neighbors[n].session.on_connected(conn, outbound, now);
         self.apply(n, acts, now);
         self.finish(now);
@@ -655,17 +673,24 @@ impl Router {
                 if contains(&self.networks, p) && (p.prefix_len() == p.max_prefix_len()) {
                     return Ok(());
                 }
-                // A site prefix: the originating gateway's cert must allow it.
-                let origin = attrs.as_path.last().copied();
-                let allowed = self
-                    .neighbors
-                    .iter()
-                    .filter(|o| Some(o.cfg.asn) == origin)
-                    .any(|o| contains(&o.cert_subnets, p));
-                if allowed {
-                    Ok(())
-                } else {
-                    Err("not a host route of the overlay, nor a subnet the originating gateway's cert allows".into())
+                // A site prefix: the gateway that brought it into the
+                // overlay (the one nearest the origin in the path) must have
+                // a cert that allows it.
+                let announcer = attrs.as_path.iter().rev().find_map(|asn| {
+                    self.neighbors
+                        .iter()
+                        .find(|o| o.cfg.asn == *asn && o.cfg.cert.is_some())
+                });
+                match announcer {
+                    Some(o) if contains(&o.cert_subnets, p) => Ok(()),
+                    Some(o) => Err(format!(
+                        "not a host route of the overlay, nor a subnet {}'s cert allows",
+                        o.cfg.name
+                    )),
+                    None => Err(
+                        "not a host route of the overlay, and no gateway with a known cert announced it"
+                            .into(),
+                    ),
                 }
             }
             Some(Import::List(l)) => {
@@ -762,9 +787,17 @@ impl Router {
         }
         let mut as_path = vec![self.cfg.asn];
         as_path.extend_from_slice(&path.attrs.as_path);
-        let (nh4, nh6) = match p {
-            IpNet::V4(_) => (Some(self.cfg.router_id), None),
-            IpNet::V6(_) => (None, Some(self.next_hop_v6?)),
+        // Gateways reach us at our overlay addresses; a router on a LAN at
+        // our address on the session.
+        let (nh4, nh6) = match (p, nb.overlay, nb.local_addr) {
+            (IpNet::V4(_), true, _) => (Some(self.cfg.router_id), None),
+            (IpNet::V6(_), true, _) => (None, Some(self.next_hop_v6?)),
+            (IpNet::V4(_), false, Some(IpAddr::V4(a))) => (Some(a), None),
+            (IpNet::V6(_), false, Some(IpAddr::V6(a))) => (None, Some(a)),
+            // IPv6 over an IPv4 session: our IPv6 address (it must be on
+            // the link for the router to use it).
+            (IpNet::V6(_), false, _) => (None, Some(self.next_hop_v6?)),
+            _ => return None,
         };
         Some(Attrs {
             origin: path.attrs.origin,
@@ -883,29 +916,43 @@ impl Router {
         self.fib_ready
     }
 
-    /// Learned best routes for overlayd: prefix → neighbour names.
+    /// Learned best routes for overlayd: prefix → the gateways (overlay
+    /// neighbours) of the best set. Routes only a LAN router offers are for
+    /// the kernel: overlayd hands them to its TUN by the cert's subnets.
     pub fn fib(&self) -> Vec<(IpNet, Vec<String>)> {
         self.rib
             .iter_best()
             .filter(|(_, b)| b.paths.iter().all(|p| p.source != LOCAL))
-            .map(|(p, b)| {
-                (
-                    *p,
-                    b.paths
-                        .iter()
-                        .map(|x| self.neighbors[x.source].cfg.name.clone())
-                        .collect(),
-                )
+            .filter_map(|(p, b)| {
+                let via: Vec<String> = b
+                    .paths
+                    .iter()
+                    .filter(|x| self.neighbors[x.source].overlay)
+                    .map(|x| self.neighbors[x.source].cfg.name.clone())
+                    .collect();
+                (!via.is_empty()).then_some((*p, via))
             })
             .collect()
     }
 
-    /// Learned site prefixes (not host routes) for the kernel.
-    pub fn kernel_prefixes(&self) -> Vec<IpNet> {
-        self.fib()
-            .into_iter()
-            .map(|(p, _)| p)
-            .filter(|p| p.prefix_len() < p.max_prefix_len())
+    /// Kernel routes: learned site prefixes into the overlay interface
+    /// (`None`), and what LAN routers offer via their address.
+    pub fn kernel_routes(&self) -> Vec<(IpNet, Option<IpAddr>)> {
+        self.rib
+            .iter_best()
+            .filter(|(_, b)| b.paths.iter().all(|p| p.source != LOCAL))
+            .filter_map(|(p, b)| {
+                let best = &b.paths[0];
+                if self.neighbors[best.source].overlay {
+                    return (p.prefix_len() < p.max_prefix_len()).then_some((*p, None));
+                }
+                // Via the next hop the router gave, of the prefix's family.
+                let nh = match p {
+                    IpNet::V4(_) => best.attrs.next_hop_v4.map(IpAddr::V4),
+                    IpNet::V6(_) => best.attrs.next_hop_v6.map(IpAddr::V6),
+                };
+                Some((*p, nh))
+            })
             .collect()
     }
 
@@ -937,6 +984,7 @@ impl Router {
                 json!({
                     "name": nb.cfg.name,
                     "address": nb.cfg.address.to_string(),
+                    "overlay": nb.overlay,
                     "asn": nb.cfg.asn,
                     "state": s.state().as_str(),
                     "uptime_s": s.established_at.map(|t| now.duration_since(t).as_secs()),
@@ -1037,7 +1085,7 @@ mod tests {
             now,
         )
         .unwrap();
-        r.on_connected(0, 1, false, now);
+        r.on_connected(0, 1, false, None, now);
         let open = Open {
             asn: 65010,
             hold_time: 90,

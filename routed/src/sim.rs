@@ -154,8 +154,8 @@ impl Sim {
                 self.next_conn += 1;
                 let pn = self.index_at(p, r);
                 self.conns.insert(id, [(r, n), (p, pn)]);
-                self.routers[r].on_connected(n, id, true, now);
-                self.routers[p].on_connected(pn, id, false, now);
+                self.routers[r].on_connected(n, id, true, None, now);
+                self.routers[p].on_connected(pn, id, false, None, now);
             }
             Out::Send { conn, bytes, .. } => {
                 let Some(ends) = self.conns.get(&conn).copied() else {

@@ -240,3 +240,44 @@ fn a_flapping_tunnel_is_suppressed_and_returns_when_stable() {
     assert_eq!(n["suppressed"], false);
     assert!(n["history"].as_array().unwrap().len() >= 2 * flaps as usize);
 }
+
+#[test]
+fn a_site_router_running_bird_exchanges_routes_with_the_gateways() {
+    if !netns_or_skip("a_site_router_running_bird_exchanges_routes_with_the_gateways") {
+        return;
+    }
+    let lab = Lab::up(
+        "routed = true\nbfd_interval_ms = 100\n\
+         [[site]]\nname = \"fra\"\ngateways = 2\nbird = true\n\
+         [[site]]\nname = \"ams\"\n",
+    );
+    // The router's subnet reaches ams through either fra gateway, and the
+    // gateways next to the router route it there in the kernel.
+    lab.wait_for("the router's subnet at ams-gw1", |l| {
+        via(l, "ams-gw1", "192.168.1.0/24") == vec!["fra-gw1", "fra-gw2"]
+    });
+    lab.wait_for("the kernel route on fra-gw1", |l| {
+        l.exec_ok("fra-gw1", &["ip", "route", "show", "proto", "201"])
+            .contains("192.168.1.0/24 via 172.16.1.200")
+    });
+    let out = lab.ping("ams-h1", "192.168.1.1", 2);
+    assert!(out.status.success(), "ams-h1 -> 192.168.1.1");
+    // BIRD learned the overlay's hosts from both gateways (ECMP).
+    lab.wait_for("BIRD's ECMP route to ams-h1", |l| {
+        let r = l.exec_ok("fra-bird", &["ip", "route", "show", AMS_H1]);
+        r.contains("via 172.16.1.1") && r.contains("via 172.16.1.2")
+    });
+    let n = neighbor(&lab, "fra-gw1", "fra-bird");
+    assert_eq!(
+        (n["state"].as_str(), n["bfd"].as_str()),
+        (Some("established"), Some("up")),
+        "{n}"
+    );
+    // The router loses fra-gw1 silently: BFD moves everything to fra-gw2.
+    lab.lab_ok(&["link", "fra-gw1", "fra-bird", "drop"]);
+    lab.wait_for("ams-gw1 to use fra-gw2 only", |l| {
+        via(l, "ams-gw1", "192.168.1.0/24") == vec!["fra-gw2"]
+    });
+    let out = lab.ping("ams-h1", "192.168.1.1", 2);
+    assert!(out.status.success(), "ams-h1 -> 192.168.1.1 after the drop");
+}
