@@ -19,7 +19,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Processes a node may run, by pid file name.
-const DAEMONS: [&str; 4] = ["overlayd", "routed", "wireguard-go", "bird"];
+const DAEMONS: [&str; 5] = ["overlayd", "routed", "wireguard-go", "bird", "gobgpd"];
 
 const NETWORK4: &str = "10.77.0.0/16";
 const NETWORK6: &str = "fd77::/48";
@@ -120,6 +120,10 @@ pub(crate) fn plan_nodes(spec: &Spec, dir: &Path, prefix: &str) -> Vec<Plan> {
                 site.bird
                     .then(|| (format!("{}-bird", site.name), "router", 200, "bird")),
             )
+            .chain(
+                site.gobgp
+                    .then(|| (format!("{}-gobgp", site.name), "router", 201, "gobgp")),
+            )
             .collect();
         for (name, role, n, kind) in members {
             let node_dir = dir.join("nodes").join(&name);
@@ -128,6 +132,7 @@ pub(crate) fn plan_nodes(spec: &Spec, dir: &Path, prefix: &str) -> Vec<Plan> {
                 _ => 90 + n,
             };
             let bird = kind == "bird";
+            let gobgp = kind == "gobgp";
             let routed = spec.routed && role == "gateway";
             plans.push(Plan {
                 node: Node {
@@ -136,6 +141,8 @@ pub(crate) fn plan_nodes(spec: &Spec, dir: &Path, prefix: &str) -> Vec<Plan> {
                     // A site router's address is the one behind it.
                     addresses: if bird {
                         vec![format!("192.168.{i}.1/24")]
+                    } else if gobgp {
+                        vec![format!("192.168.{}.1/24", 100 + i)]
                     } else {
                         vec![format!("10.77.{i}.{n}/16"), format!("fd77::{i:x}:{n:x}/48")]
                     },
@@ -216,7 +223,7 @@ pub fn up(spec: &Spec, dir: &Path) -> Result<Lab> {
         "--out-dir",
         ca_dir.to_str().unwrap_or_default(),
     ];
-    if spec.sites.iter().any(|s| s.bird) {
+    if spec.sites.iter().any(|s| s.bird || s.gobgp) {
         // The subnets behind site routers, which gateways' certs may carry.
         ca_args.extend(["--network", "192.168.0.0/16"]);
     }
@@ -228,7 +235,7 @@ pub fn up(spec: &Spec, dir: &Path) -> Result<Lab> {
     for p in &plans {
         let n = &p.node;
         std::fs::create_dir_all(n.key.parent().unwrap_or(&dir))?;
-        if n.kind == "bird" {
+        if n.kind == "bird" || n.kind == "gobgp" {
             continue;
         }
         oc(&["keygen", "--out", n.key.to_str().unwrap_or_default()])?;
@@ -265,6 +272,9 @@ pub fn up(spec: &Spec, dir: &Path) -> Result<Lab> {
                 // What the site router announces, brought into the overlay.
                 args.extend(["--subnet".into(), format!("192.168.{i}.0/24")]);
             }
+            if spec.sites[i - 1].gobgp {
+                args.extend(["--subnet".into(), format!("192.168.{}.0/24", 100 + i)]);
+            }
         }
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         oc(&refs)?;
@@ -293,8 +303,15 @@ pub fn up(spec: &Spec, dir: &Path) -> Result<Lab> {
         write_overlayd_config(&lab, &plans, p, spec)?;
     }
     write_routed_configs(&lab, &plans, spec)?;
-    for p in plans.iter().filter(|p| p.node.kind == "bird") {
-        let text = bird_config_text(&plans, p, spec);
+    for p in plans
+        .iter()
+        .filter(|p| p.node.kind == "bird" || p.node.kind == "gobgp")
+    {
+        let text = if p.node.kind == "bird" {
+            bird_config_text(&plans, p, spec)
+        } else {
+            gobgp_config_text(&plans, p)
+        };
         std::fs::write(&p.node.overlayd_config, text).with_context(|| {
             format!(
                 "{}: writing {}",
@@ -441,6 +458,38 @@ pub(crate) fn bird_config_text(plans: &[Plan], p: &Plan, spec: &Spec) -> String 
     t
 }
 
+/// The AS of the GoBGP speaker of site `i`.
+pub(crate) fn gobgp_asn(site_idx: usize) -> u32 {
+    routed::asn(site_idx, 98)
+}
+
+/// gobgpd's config on a site's GoBGP speaker: a neighbour per gateway of
+/// its site, IPv4 unicast.
+pub(crate) fn gobgp_config_text(plans: &[Plan], p: &Plan) -> String {
+    let i = p.site_idx;
+    let mut t = format!(
+        "# gobgpd config for {} (site {}), written by cubenet-lab\n\
+         [global.config]\n  as = {}\n  router-id = \"172.16.{i}.{}\"\n",
+        p.node.name,
+        p.node.site,
+        gobgp_asn(i),
+        p.member
+    );
+    for g in plans
+        .iter()
+        .filter(|q| q.node.role == "gateway" && q.site_idx == i)
+    {
+        t.push_str(&format!(
+            "[[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"172.16.{i}.{}\"\n    peer-as = {}\n\
+               [neighbors.timers.config]\n    connect-retry = 1\n    hold-time = 9\n    keepalive-interval = 3\n\
+               [[neighbors.afi-safis]]\n    [neighbors.afi-safis.config]\n      afi-safi-name = \"ipv4-unicast\"\n",
+            g.member,
+            routed::asn(g.site_idx, g.member)
+        ));
+    }
+    t
+}
+
 /// Every gateway of the lab as routed sees it: name, AS, router id, cert.
 pub(crate) fn routed_gateways(plans: &[Plan]) -> Result<Vec<routed::Gateway>> {
     plans
@@ -517,9 +566,9 @@ fn build_network(lab: &Lab, plans: &[Plan]) -> Result<()> {
             &["ip", "addr", "add", &p.lan_ip, "dev", "lan0"],
         )?;
         ns_sh(&n.namespace, &["ip", "link", "set", "lan0", "up"])?;
-        if n.kind == "bird" {
+        if n.kind == "bird" || n.kind == "gobgp" {
             // The address behind the site router, for pings from the overlay.
-            let a = format!("192.168.{}.1/32", p.site_idx);
+            let a = n.addresses[0].replace("/24", "/32");
             ns_sh(&n.namespace, &["ip", "addr", "add", &a, "dev", "lo"])?;
         }
         if n.role == "gateway" {
@@ -564,6 +613,9 @@ pub fn start_node(lab: &Lab, n: &Node) -> Result<()> {
     if n.kind == "bird" {
         return start_bird(lab, n);
     }
+    if n.kind == "gobgp" {
+        return start_gobgp(lab, n);
+    }
     let daemons = std::iter::once("overlayd").chain(n.routed_config.as_ref().map(|_| "routed"));
     for daemon in daemons {
         if let Some(pid) = read_pid(&lab.pid_file(&n.name, daemon)) {
@@ -606,6 +658,62 @@ fn start_bird(lab: &Lab, n: &Node) -> Result<()> {
     std::fs::write(lab.pid_file(&n.name, "bird"), child.id().to_string())?;
     std::mem::forget(child);
     Ok(())
+}
+
+/// Starts gobgpd and announces the site's prefix through its API.
+fn start_gobgp(lab: &Lab, n: &Node) -> Result<()> {
+    if let Some(pid) = read_pid(&lab.pid_file(&n.name, "gobgpd")) {
+        if alive(pid) {
+            bail!("{}: gobgpd is already running (pid {pid})", n.name);
+        }
+    }
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&n.log)
+        .with_context(|| format!("{}: opening {}", n.name, n.log.display()))?;
+    let child = Command::new("ip")
+        .args(["netns", "exec", &n.namespace, "gobgpd", "-t", "toml", "-f"])
+        .arg(&n.overlayd_config)
+        .args(["--api-hosts", "127.0.0.1:50051"])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("starting gobgpd for {} (is gobgpd installed?)", n.name))?;
+    std::fs::write(lab.pid_file(&n.name, "gobgpd"), child.id().to_string())?;
+    std::mem::forget(child);
+    let prefix = n.addresses[0].replace(".1/24", ".0/24");
+    let nh = n.underlay.first().cloned().unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ok = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &n.namespace,
+                "gobgp",
+                "global",
+                "rib",
+                "-a",
+                "ipv4",
+            ])
+            .args(["add", &prefix, "nexthop", &nh])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if ok {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{}: gobgpd did not take the route {prefix} within 10 s (log {})",
+                n.name,
+                n.log.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Starts `DAEMON run --config CONFIG` in the node's namespace and records
@@ -829,7 +937,7 @@ fn status_of(socket: &Path) -> Option<Value> {
 
 /// What a node still waits for, or None when it has converged.
 fn pending(lab: &Lab, n: &Node) -> Option<String> {
-    if n.kind == "wireguard-go" || n.kind == "bird" {
+    if n.kind == "wireguard-go" || n.kind == "bird" || n.kind == "gobgp" {
         return None;
     }
     let first_gateway = lab

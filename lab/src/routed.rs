@@ -71,6 +71,8 @@ struct Neighbor<'a> {
     cert: Option<&'a Path>,
     import: Import,
     export: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bfd: Option<bool>,
 }
 
 #[derive(Serialize)]
@@ -106,8 +108,9 @@ pub fn config_text(
             cert: Some(&g.cert),
             import: Import::Named("overlay"),
             export: "all",
+            bfd: None,
         })
-        .chain(site_router(lab, n))
+        .chain(site_routers(lab, n))
         .collect();
     let config = Config {
         asn: me.asn,
@@ -137,23 +140,33 @@ pub fn config_text(
     ))
 }
 
-/// The BIRD router of `n`'s site, if the site has one: a neighbour on the
-/// site LAN that offers 192.168.i.0/24.
-fn site_router<'a>(lab: &'a Lab, n: &Node) -> Option<Neighbor<'a>> {
-    let b = lab
-        .nodes
+/// The routers on `n`'s site LAN: a BIRD site router offering
+/// 192.168.i.0/24 (with BFD) and a GoBGP speaker offering
+/// 192.168.(100+i).0/24 (GoBGP has no BFD).
+fn site_routers<'a>(lab: &'a Lab, n: &Node) -> Vec<Neighbor<'a>> {
+    lab.nodes
         .iter()
-        .find(|b| b.kind == "bird" && b.site == n.site)?;
-    let address = b.underlay.first()?.clone();
-    let i: usize = address.split('.').nth(2)?.parse().ok()?;
-    Some(Neighbor {
-        name: &b.name,
-        address,
-        asn: crate::build::bird_asn(i),
-        cert: None,
-        import: Import::List(vec![format!("192.168.{i}.0/24")]),
-        export: "all",
-    })
+        .filter(|b| (b.kind == "bird" || b.kind == "gobgp") && b.site == n.site)
+        .filter_map(|b| {
+            let address = b.underlay.first()?.clone();
+            let i: usize = address.split('.').nth(2)?.parse().ok()?;
+            let prefix = b.addresses.first()?.replace(".1/24", ".0/24");
+            let bird = b.kind == "bird";
+            Some(Neighbor {
+                name: &b.name,
+                address,
+                asn: if bird {
+                    crate::build::bird_asn(i)
+                } else {
+                    crate::build::gobgp_asn(i)
+                },
+                cert: None,
+                import: Import::List(vec![prefix]),
+                export: "all",
+                bfd: (!bird).then_some(false),
+            })
+        })
+        .collect()
 }
 
 /// What the routed gateways of the lab still lack, one line per gateway;

@@ -48,6 +48,12 @@ pub struct SiteSpec {
     /// learns the overlay's host routes. Needs `routed = true`.
     #[serde(default)]
     pub bird: bool,
+    /// A GoBGP speaker on the site LAN (node SITE-gobgp, 172.16.i.201):
+    /// it announces 192.168.(100+i).0/24 to the site's gateways and learns
+    /// the overlay's routes (read them with `gobgp -j global rib`). GoBGP
+    /// installs nothing in the kernel and has no BFD. Needs `routed = true`.
+    #[serde(default)]
+    pub gobgp: bool,
 }
 
 fn one() -> u8 {
@@ -110,6 +116,9 @@ impl Spec {
             }
             if s.bird && !self.routed {
                 bail!("site[{i}].bird: a BIRD site router needs `routed = true`");
+            }
+            if s.gobgp && !self.routed {
+                bail!("site[{i}].gobgp: a GoBGP speaker needs `routed = true`");
             }
         }
         Ok(())

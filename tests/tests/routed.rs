@@ -248,7 +248,7 @@ fn a_site_router_running_bird_exchanges_routes_with_the_gateways() {
     }
     let lab = Lab::up(
         "routed = true\nbfd_interval_ms = 100\n\
-         [[site]]\nname = \"fra\"\ngateways = 2\nbird = true\n\
+         [[site]]\nname = \"fra\"\ngateways = 2\nbird = true\ngobgp = true\n\
          [[site]]\nname = \"ams\"\n",
     );
     // The router's subnet reaches ams through either fra gateway, and the
