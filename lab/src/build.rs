@@ -616,16 +616,16 @@ pub fn start_node(lab: &Lab, n: &Node) -> Result<()> {
     if n.kind == "gobgp" {
         return start_gobgp(lab, n);
     }
-    let daemons = std::iter::once("overlayd").chain(n.routed_config.as_ref().map(|_| "routed"));
-    for daemon in daemons {
-        if let Some(pid) = read_pid(&lab.pid_file(&n.name, daemon)) {
-            if alive(pid) {
-                bail!("{}: {daemon} is already running (pid {pid})", n.name);
-            }
-        }
+    let running = |daemon: &str| read_pid(&lab.pid_file(&n.name, daemon)).filter(|p| alive(*p));
+    let overlayd_up = running("overlayd").is_some();
+    let routed_up = running("routed").is_some();
+    if overlayd_up && (routed_up || n.routed_config.is_none()) {
+        bail!("{}: its daemons are already running", n.name);
     }
-    spawn_daemon(lab, n, "overlayd", &n.overlayd_config, &n.log)?;
-    if let (Some(config), Some(log)) = (&n.routed_config, n.routed_log()) {
+    if !overlayd_up {
+        spawn_daemon(lab, n, "overlayd", &n.overlayd_config, &n.log)?;
+    }
+    if let (Some(config), Some(log), false) = (&n.routed_config, n.routed_log(), routed_up) {
         wait_overlayd_socket(lab, n)?;
         spawn_daemon(lab, n, "routed", config, &log)?;
     }
@@ -903,10 +903,15 @@ pub fn parse_signal(s: &str) -> Result<i32> {
 
 /// Signals every daemon of `node`; returns how many were signalled. For
 /// signals that end a process it returns once they are gone.
-pub fn signal_node(lab: &Lab, node: &str, sig: i32) -> Result<usize> {
+pub fn signal_node(lab: &Lab, node: &str, sig: i32, only: Option<&str>) -> Result<usize> {
     lab.node(node)?;
+    if let Some(d) = only {
+        if !DAEMONS.contains(&d) {
+            bail!("--daemon {d:?}: expected one of {}", DAEMONS.join(", "));
+        }
+    }
     let mut signalled = Vec::new();
-    for daemon in DAEMONS {
+    for daemon in DAEMONS.into_iter().filter(|d| only.is_none_or(|o| o == *d)) {
         if let Some(pid) = read_pid(&lab.pid_file(node, daemon)) {
             // SAFETY: kill(2) on a pid we started; a stale pid fails ESRCH.
             if alive(pid) && unsafe { libc::kill(pid, sig) } == 0 {

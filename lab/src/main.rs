@@ -51,8 +51,12 @@ enum Cmd {
         node: String,
         #[arg(long, default_value = "TERM")]
         signal: String,
+        /// Only this daemon (overlayd, routed, wireguard-go, bird, gobgpd).
+        #[arg(long)]
+        daemon: Option<String>,
     },
-    /// (Re)start a node's daemons with the same identity.
+    /// (Re)start a node's daemons that are not running, with the same
+    /// identity.
     Start { dir: PathBuf, node: String },
     /// Wait until every node is attached and converged (with routed: every
     /// gateway's sessions established and host routes learned).
@@ -159,10 +163,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 println!("{}", a.split('/').next().unwrap_or(a));
             }
         }
-        Cmd::Kill { dir, node, signal } => {
+        Cmd::Kill {
+            dir,
+            node,
+            signal,
+            daemon,
+        } => {
             let lab = Lab::load(&dir)?;
             let sig = build::parse_signal(&signal)?;
-            let n = build::signal_node(&lab, &node, sig)?;
+            let n = build::signal_node(&lab, &node, sig, daemon.as_deref())?;
             if n == 0 {
                 bail!("{node}: no daemon running");
             }

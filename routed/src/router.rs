@@ -1186,6 +1186,64 @@ mod tests {
     }
 
     #[test]
+    fn a_site_prefix_follows_its_probe() {
+        let now = Instant::now();
+        let cfg = Config::parse(
+            "asn = 4200000101\nrouter_id = \"10.77.1.1\"\nca = \"-\"\ncert = \"-\"\n\
+             [[announce]]\nprefix = \"10.77.1.0/24\"\nprobe = \"10.77.1.50\"\n",
+        )
+        .unwrap();
+        let site: IpNet = "10.77.1.0/24".parse().unwrap();
+        let mut r = Router::new(
+            cfg,
+            vec!["10.77.0.0/16".parse().unwrap()],
+            vec![site],
+            None,
+            vec![],
+            now,
+        )
+        .unwrap();
+        let announced = |r: &Router| r.rib.best(&site).is_some();
+        assert_eq!(r.probes(), vec![(site, "10.77.1.50".parse().unwrap())]);
+        // Not before the probe passed for the stable period.
+        assert!(!announced(&r));
+        r.probe_result(site, true, now);
+        r.on_tick(now + Duration::from_secs(2));
+        assert!(!announced(&r));
+        r.on_tick(now + PROBE_STABLE);
+        assert!(announced(&r));
+        // A failed probe withdraws it at once; it waits again after.
+        let t = now + Duration::from_secs(10);
+        r.probe_result(site, false, t);
+        assert!(!announced(&r));
+        r.probe_result(site, true, t + Duration::from_secs(1));
+        r.on_tick(t + Duration::from_secs(2));
+        assert!(!announced(&r));
+        r.on_tick(t + Duration::from_secs(1) + PROBE_STABLE);
+        assert!(announced(&r));
+    }
+
+    #[test]
+    fn an_announcement_the_cert_does_not_allow_is_refused() {
+        let cfg = Config::parse(
+            "asn = 4200000101\nrouter_id = \"10.77.1.1\"\nca = \"-\"\ncert = \"-\"\n\
+             [[announce]]\nprefix = \"10.77.9.0/24\"\n",
+        )
+        .unwrap();
+        let e = Router::new(
+            cfg,
+            vec![],
+            vec!["10.77.1.0/24".parse().unwrap()],
+            None,
+            vec![],
+            Instant::now(),
+        )
+        .err()
+        .unwrap();
+        assert!(e.contains("announce[0].prefix"), "{e}");
+    }
+
+    #[test]
     fn per_prefix_damping_is_off_by_default() {
         let (mut r, mut now) = router("");
         for _ in 0..8 {

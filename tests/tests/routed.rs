@@ -173,6 +173,27 @@ fn three_sites_of_two_gateways_reach_everyone_and_survive_faults() {
     });
     let out = lab.ping("ams-h1", FRA_H1, 2);
     assert!(out.status.success());
+
+    // routed alone dies: overlayd keeps its routes and forwards on.
+    let routed_entries = |l: &Lab| {
+        l.overlayd("fra-gw1")["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["origin"] == "routed")
+            .count()
+    };
+    let before = routed_entries(&lab);
+    assert!(before > 0);
+    lab.lab_ok(&["kill", "fra-gw1", "--daemon", "routed", "--signal", "KILL"]);
+    assert_eq!(routed_entries(&lab), before);
+    let (sent, got, gap) = ping_through(&lab, "fra-h1", AMS_H1, || {});
+    assert!(got >= sent - 5 && gap <= 5, "{got}/{sent}, gap {gap}");
+    // Back: it waits for its neighbours before it rewrites the table.
+    lab.lab_ok(&["start", "fra-gw1"]);
+    lab.lab_ok(&["wait"]);
+    assert_eq!(routed_entries(&lab), before);
+    assert_eq!(routed(&lab, "fra-gw1", "status")["fib_ready"], true);
 }
 
 #[test]
