@@ -23,6 +23,8 @@ pub struct Config {
     /// Unix control socket (mode 0600).
     #[serde(default = "default_socket")]
     pub control_socket: PathBuf,
+    /// Prometheus metrics (`GET /metrics`) on this TCP address; off if unset.
+    pub metrics_listen: Option<SocketAddr>,
     /// Gateways this node keeps tunnels to: on a host, every gateway of its
     /// site; on a gateway, the other gateways.
     #[serde(default, rename = "gateway")]

@@ -366,6 +366,15 @@ pub async fn run(cfg: Config, config_path: PathBuf, identity: Identity) -> Resul
         });
     }
     tokio::spawn(crate::ctl::serve(listener, node.clone(), reload.clone()));
+    if let Some(addr) = node.cfg.metrics_listen {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("metrics_listen {addr}: {e}"))?;
+        let n = node.clone();
+        tokio::spawn(cubenet_metrics::serve_metrics(l, move || {
+            crate::prom::render(&n.status())
+        }));
+    }
 
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;

@@ -15,6 +15,7 @@ mod netlink;
 mod node;
 mod packet;
 mod peer;
+mod prom;
 mod sys;
 
 use clap::{Parser, Subcommand, ValueEnum};

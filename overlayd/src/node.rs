@@ -137,7 +137,12 @@ pub struct Node {
     wanted: std::sync::Mutex<HashMap<IpAddr, Option<Instant>>>,
     /// Gateways: questions passed on, by address: who asked, and when.
     whois_relay: std::sync::Mutex<HashMap<IpAddr, (Vec<PeerId>, Instant)>>,
+    /// When certificate expiry was last checked (warned 30 days ahead).
+    expiry_checked: std::sync::Mutex<Option<Instant>>,
 }
+
+/// Warn this many days before the node's or the CA's certificate expires.
+pub const EXPIRY_WARNING_DAYS: i64 = 30;
 
 /// How long an identity learned from a gateway is used.
 const IDENTITY_TTL: Duration = Duration::from_secs(600);
@@ -192,6 +197,7 @@ impl Node {
             remote_ids: std::sync::Mutex::new(HashMap::new()),
             wanted: std::sync::Mutex::new(HashMap::new()),
             whois_relay: std::sync::Mutex::new(HashMap::new()),
+            expiry_checked: std::sync::Mutex::new(None),
             cfg,
         });
         node.install_own_entries();
@@ -1178,6 +1184,34 @@ impl Node {
         }
         drop(last);
         self.ask_whois(now, out);
+        self.check_expiry(now);
+    }
+
+    /// Logs a warning, hourly, while this node's or the CA's certificate
+    /// expires within [`EXPIRY_WARNING_DAYS`].
+    fn check_expiry(&self, now: Instant) {
+        {
+            let mut c = lock(&self.expiry_checked);
+            if c.is_some_and(|t| now.duration_since(t) < Duration::from_secs(3600)) {
+                return;
+            }
+            *c = Some(now);
+        }
+        let id = self.identity();
+        let unix = cubenet_certs::time::unix_now() as i64;
+        for (what, not_after) in [
+            ("certificate", id.cert.body.not_after),
+            ("CA certificate", id.trust.ca().body.not_after),
+        ] {
+            let days = (not_after as i64 - unix) / 86_400;
+            if days <= EXPIRY_WARNING_DAYS {
+                tracing::warn!(
+                    days_left = days,
+                    not_after = %cubenet_certs::time::format_rfc3339(not_after),
+                    "this node's {what} expires in {days} days: sign a new one and reload (SIGHUP)"
+                );
+            }
+        }
     }
 
     /// Replaces the identity (SIGHUP): peers whose certificate is no longer

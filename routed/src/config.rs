@@ -25,6 +25,8 @@ pub struct Config {
     pub control_socket: PathBuf,
     #[serde(default = "default_overlayd_socket")]
     pub overlayd_socket: PathBuf,
+    /// Prometheus metrics (`GET /metrics`) on this TCP address; off if unset.
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// The CA certificate: its networks are what "overlay" imports accept.
     pub ca: PathBuf,
     /// This gateway's certificate: the site prefixes it may announce.

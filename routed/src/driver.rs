@@ -275,6 +275,17 @@ pub async fn run(cfg: Config, router: Router) -> Result<(), String> {
     tokio::spawn(sync_tables(shared.clone()));
     tokio::spawn(probes(shared.clone()));
     tokio::spawn(crate::ctl::serve(ctl, shared.clone()));
+    if let Some(addr) = cfg.metrics_listen {
+        let l = TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("metrics_listen {addr}: {e}"))?;
+        let me = shared.clone();
+        tokio::spawn(cubenet_metrics::serve_metrics(l, move || {
+            let r = me.router();
+            let now = Instant::now();
+            crate::prom::render(&r.status(now), &r.routes(now))
+        }));
+    }
 
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;

@@ -10,6 +10,7 @@ mod ctl;
 mod damping;
 mod driver;
 mod kernel;
+mod prom;
 mod rib;
 mod router;
 mod session;
