@@ -151,19 +151,23 @@ pub(crate) fn plan_nodes(spec: &Spec, dir: &Path, prefix: &str) -> Vec<Plan> {
                         .collect(),
                     key: node_dir.join("node.key"),
                     cert: node_dir.join("node.crt"),
-                    // On a BIRD node these are BIRD's config, control
-                    // socket and log.
-                    overlayd_config: node_dir.join(if bird {
-                        "bird.conf"
-                    } else {
-                        "overlayd.toml"
+                    // On a BIRD or GoBGP node these are its config,
+                    // control socket and log.
+                    overlayd_config: node_dir.join(match kind {
+                        "bird" => "bird.conf",
+                        "gobgp" => "gobgpd.toml",
+                        _ => "overlayd.toml",
                     }),
-                    overlayd_socket: dir.join("run").join(if bird {
-                        format!("{name}.bird.ctl")
-                    } else {
-                        format!("{name}.overlayd.sock")
+                    overlayd_socket: dir.join("run").join(match kind {
+                        "bird" => format!("{name}.bird.ctl"),
+                        "gobgp" => format!("{name}.gobgp"),
+                        _ => format!("{name}.overlayd.sock"),
                     }),
-                    log: node_dir.join(if bird { "bird.log" } else { "overlayd.log" }),
+                    log: node_dir.join(match kind {
+                        "bird" => "bird.log",
+                        "gobgp" => "gobgpd.log",
+                        _ => "overlayd.log",
+                    }),
                     routed_config: routed.then(|| node_dir.join("routed.toml")),
                     routed_socket: routed
                         .then(|| dir.join("run").join(format!("{name}.routed.sock"))),

@@ -231,7 +231,9 @@ fn neighbors_not_established(lab: &Lab, n: &Node, status: &Value) -> Vec<String>
     let neighbors = status["neighbors"].as_array().cloned().unwrap_or_default();
     lab.nodes
         .iter()
-        .filter(|g| g.role == "gateway" && g.name != n.name)
+        .filter(|g| {
+            (g.role == "gateway" && g.name != n.name) || (g.role == "router" && g.site == n.site)
+        })
         .filter_map(|g| {
             let state = neighbors
                 .iter()

@@ -1145,7 +1145,13 @@ impl Node {
             // second rather than WireGuard's 5 s), probe it, present our cert.
             // An unanswered probe may mean the gateway restarted and lost
             // our session: a fresh handshake fixes that at once.
-            if !peer.health().healthy() {
+            // Between two gateways only the one with the lower key starts
+            // this handshake: both at once collide and drop a few hundred
+            // milliseconds of traffic. (A gateway that restarts initiates
+            // to every gateway it knows anyway.)
+            let we_initiate =
+                self.role() == Role::Host || self.public.as_bytes() < &peer.public_key;
+            if we_initiate && !peer.health().healthy() {
                 let mut last = peer.last_init.lock().unwrap_or_else(|p| p.into_inner());
                 if last.is_none_or(|t| now.duration_since(t) >= HANDSHAKE_RETRY) {
                     *last = Some(now);

@@ -697,6 +697,30 @@ mod tests {
     }
 
     #[test]
+    fn a_healed_path_comes_up_once_and_stays_up() {
+        let mut w = Wire::new(fast());
+        w.run_for(2000 * MS);
+        assert!(w.both(State::Up));
+        let t_drop = w.t;
+        w.drop_to = [true, true];
+        w.run_for(600 * MS);
+        assert!(w.both(State::Down));
+        w.drop_to = [false, false];
+        w.run_for(5000 * MS);
+        assert!(w.both(State::Up));
+        // One Down and one Up per side: no relapse after coming back.
+        for side in 0..2 {
+            let events: Vec<_> = w
+                .log
+                .iter()
+                .filter(|e| e.0 > t_drop && e.1 == side)
+                .map(|e| e.2)
+                .collect();
+            assert_eq!(events.len(), 2, "side {side}: {:?}", w.log);
+        }
+    }
+
+    #[test]
     fn remote_admin_down_and_enable() {
         let mut w = Wire::new(fast());
         w.run_for(2000 * MS);

@@ -329,6 +329,7 @@ impl Router {
         match t {
             Some(bfd::Transition::Up) => {
                 self.neighbors[n].bfd_up = true;
+                self.neighbors[n].session.kick(now);
                 tracing::info!(neighbor = %self.neighbors[n].cfg.name, "BFD up");
             }
             Some(bfd::Transition::Down(diag)) => {
@@ -775,9 +776,22 @@ impl Router {
 
     // ---- export ----
 
+    /// Whether the session with neighbour `n` carries this family (both
+    /// OPENs advertised it).
+    fn negotiated(&self, n: usize, ipv6: bool) -> bool {
+        self.neighbors[n]
+            .session
+            .peer_open
+            .as_ref()
+            .is_some_and(|o| if ipv6 { o.ipv6 } else { o.ipv4 })
+    }
+
     fn exported(&self, n: usize, p: &IpNet) -> Option<Attrs> {
         let nb = &self.neighbors[n];
         if nb.cfg.export.as_deref() != Some("all") {
+            return None;
+        }
+        if !self.negotiated(n, matches!(p, IpNet::V6(_))) {
             return None;
         }
         let best = self.rib.best(p)?;
@@ -868,6 +882,9 @@ impl Router {
         self.export_prefixes(n, &prefixes);
         if let Some(conn) = self.neighbors[n].session.established_conn() {
             for v6 in [false, true] {
+                if !self.negotiated(n, v6) {
+                    continue;
+                }
                 self.out.push(Out::Send {
                     n,
                     conn,

@@ -227,6 +227,16 @@ impl Session {
         self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
     }
 
+    /// The path to the neighbour works again (BFD came up): try at once
+    /// rather than after a connection attempt that may hang on the dead
+    /// path. A late answer to that attempt is resolved like a collision.
+    pub fn kick(&mut self, now: Instant) {
+        if self.enabled && !self.is_established() && self.conns.is_empty() {
+            self.connecting = false;
+            self.retry_at = Some(now);
+        }
+    }
+
     pub fn on_connect_failed(&mut self, why: &str, now: Instant) {
         self.connecting = false;
         self.last_error = Some(format!("connect: {why}"));
@@ -409,12 +419,15 @@ impl Session {
         }
     }
 
-    /// RFC 4271 §6.8: two connections with OPENs from the same peer.
+    /// RFC 4271 §6.8: two connections to the same peer.
     fn resolve_collision(&mut self, id: ConnId, o: &Open, now: Instant) -> Vec<Action> {
+        // This OPEN tells the peer's identifier, so a second connection
+        // still in OpenSent is resolved now too: both ends keep the same
+        // connection and neither establishes on the one that loses.
         let Some(other) = self
             .conns
             .iter()
-            .find(|c| c.id != id && c.state == ConnState::OpenConfirm)
+            .find(|c| c.id != id && c.state != ConnState::Established)
         else {
             return vec![];
         };
