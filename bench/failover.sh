@@ -63,6 +63,11 @@ tables() {
   done
 }
 
+# Settled: every host reached through both gateways of its site.
+for _ in $(seq 200); do
+  if tables | jq -s -e 'all(.[][]; .via == ["local"] or (.via | length) == 2)' >/dev/null; then break; fi
+  sleep 0.1
+done
 gw=$(active_gw)
 echo "== 1. SIGKILL of $gw (fra-h1's gateway) during a 10 ms ping to ams-h1"
 before=$(tables)
