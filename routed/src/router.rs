@@ -1064,6 +1064,7 @@ impl Router {
                     .collect();
                 json!({
                     "prefix": p.to_string(),
+                    "best": via.first(),
                     "via": via,
                     "ecmp": b.paths.len(),
                     "origin": origin,
