@@ -363,6 +363,23 @@ fn enclosing_table(text: &str, pos: usize) -> Option<String> {
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        /// Any text gives a config or an error, never a panic.
+        #[test]
+        fn arbitrary_text_never_panics(t in "\\PC{0,300}") {
+            let _ = Config::parse(&t);
+        }
+
+        #[test]
+        fn mangled_configs_never_panic(cut in 0usize..400, junk in "[\\[\\]=\"a-z0-9._ \n]{0,40}") {
+            let base = "[identity]\nkey = \"k\"\ncert = \"c\"\nca = \"a\"\n[[gateway]]\nname = \"g\"\n\
+                endpoint = \"1.2.3.4:51820\"\ncert = \"g.crt\"\n[firewall]\n[[firewall.inbound]]\naction = \"allow\"\n";
+            let cut = cut.min(base.len());
+            let t = format!("{}{}{}", &base[..cut], junk, &base[cut..]);
+            let _ = Config::parse(&t);
+        }
+    }
+
     #[test]
     fn errors_in_array_tables_name_the_entry() {
         let t = "[identity]\nkey = \"k\"\ncert = \"c\"\nca = \"a\"\n\

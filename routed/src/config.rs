@@ -392,6 +392,14 @@ impl Config {
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        /// Any text gives a config or an error, never a panic.
+        #[test]
+        fn arbitrary_text_never_panics(t in "\\PC{0,300}") {
+            let _ = Config::parse(&t);
+        }
+    }
+
     const MIN: &str =
         "asn = 4200000101\nrouter_id = \"10.77.1.1\"\nca = \"ca.crt\"\ncert = \"n.crt\"\n";
 
