@@ -353,22 +353,26 @@ async fn follow(me: &Arc<Shared>, path: &std::path::Path) -> Result<(), String> 
         .await
         .map_err(|e| e.to_string())?;
     let mut lines = BufReader::new(r).lines();
-    // Subscribed first, then the snapshot: nothing falls in between.
-    let st = overlayd_request(path, &json!({"cmd": "status"})).await?;
-    let hosts: Vec<IpAddr> = st["peers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|p| p["attached"] == true && p["role"] == "host")
-        .flat_map(|p| addrs(&p["addresses"]))
-        .collect();
-    tracing::info!(hosts = hosts.len(), "following overlayd");
-    me.with(|r, now| r.set_attached(&hosts, now));
-    me.tables.notify_one();
+    // Subscribed (acknowledged) first, then the snapshot: nothing falls in
+    // between.
+    let ack = lines
+        .next_line()
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or("overlayd closed the event stream")?;
+    if !ack.contains("\"subscribed\":true") {
+        return Err(format!("overlayd refused to subscribe: {ack}"));
+    }
+    snapshot(me, path).await?;
     while let Some(line) = lines.next_line().await.map_err(|e| e.to_string())? {
         let Ok(ev) = serde_json::from_str::<Value>(&line) else {
             continue;
         };
+        if ev["event"] == "lagged" {
+            // Events were lost: take the whole picture again.
+            snapshot(me, path).await?;
+            continue;
+        }
         if ev["role"] != "host" {
             continue;
         }
@@ -380,6 +384,22 @@ async fn follow(me: &Arc<Shared>, path: &std::path::Path) -> Result<(), String> 
         }
     }
     Err("overlayd closed the event stream".into())
+}
+
+/// The hosts attached to overlayd now, as the full set.
+async fn snapshot(me: &Arc<Shared>, path: &std::path::Path) -> Result<(), String> {
+    let st = overlayd_request(path, &json!({"cmd": "status"})).await?;
+    let hosts: Vec<IpAddr> = st["peers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["attached"] == true && p["role"] == "host")
+        .flat_map(|p| addrs(&p["addresses"]))
+        .collect();
+    tracing::info!(hosts = hosts.len(), "following overlayd");
+    me.with(|r, now| r.set_attached(&hosts, now));
+    me.tables.notify_one();
+    Ok(())
 }
 
 /// Writes the best routes into overlayd and the kernel when they change.
