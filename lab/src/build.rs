@@ -638,56 +638,31 @@ pub fn start_node(lab: &Lab, n: &Node) -> Result<()> {
 
 /// Starts BIRD in the foreground of its own process group.
 fn start_bird(lab: &Lab, n: &Node) -> Result<()> {
-    if let Some(pid) = read_pid(&lab.pid_file(&n.name, "bird")) {
-        if alive(pid) {
-            bail!("{}: bird is already running (pid {pid})", n.name);
-        }
-    }
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&n.log)
-        .with_context(|| format!("{}: opening {}", n.name, n.log.display()))?;
-    let child = Command::new("ip")
-        .args(["netns", "exec", &n.namespace, "bird", "-f", "-c"])
-        .arg(&n.overlayd_config)
-        .arg("-s")
-        .arg(&n.overlayd_socket)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .process_group(0)
-        .spawn()
-        .with_context(|| format!("starting bird for {} (is bird2 installed?)", n.name))?;
-    std::fs::write(lab.pid_file(&n.name, "bird"), child.id().to_string())?;
-    std::mem::forget(child);
-    Ok(())
+    ensure_stopped(lab, n, "bird")?;
+    let argv = [
+        "bird".as_ref(),
+        "-f".as_ref(),
+        "-c".as_ref(),
+        n.overlayd_config.as_os_str(),
+        "-s".as_ref(),
+        n.overlayd_socket.as_os_str(),
+    ];
+    spawn_detached(lab, n, "bird", &argv, &n.log, " (is bird2 installed?)")
 }
 
 /// Starts gobgpd and announces the site's prefix through its API.
 fn start_gobgp(lab: &Lab, n: &Node) -> Result<()> {
-    if let Some(pid) = read_pid(&lab.pid_file(&n.name, "gobgpd")) {
-        if alive(pid) {
-            bail!("{}: gobgpd is already running (pid {pid})", n.name);
-        }
-    }
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&n.log)
-        .with_context(|| format!("{}: opening {}", n.name, n.log.display()))?;
-    let child = Command::new("ip")
-        .args(["netns", "exec", &n.namespace, "gobgpd", "-t", "toml", "-f"])
-        .arg(&n.overlayd_config)
-        .args(["--api-hosts", "127.0.0.1:50051"])
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .process_group(0)
-        .spawn()
-        .with_context(|| format!("starting gobgpd for {} (is gobgpd installed?)", n.name))?;
-    std::fs::write(lab.pid_file(&n.name, "gobgpd"), child.id().to_string())?;
-    std::mem::forget(child);
+    ensure_stopped(lab, n, "gobgpd")?;
+    let argv = [
+        "gobgpd".as_ref(),
+        "-t".as_ref(),
+        "toml".as_ref(),
+        "-f".as_ref(),
+        n.overlayd_config.as_os_str(),
+        "--api-hosts".as_ref(),
+        "127.0.0.1:50051".as_ref(),
+    ];
+    spawn_detached(lab, n, "gobgpd", &argv, &n.log, " (is gobgpd installed?)")?;
     let prefix = n.addresses[0].replace(".1/24", ".0/24");
     let nh = n.underlay.first().cloned().unwrap_or_default();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -724,23 +699,51 @@ fn start_gobgp(lab: &Lab, n: &Node) -> Result<()> {
 /// its pid in the node's `DAEMON.pid`.
 fn spawn_daemon(lab: &Lab, n: &Node, daemon: &str, config: &Path, log: &Path) -> Result<()> {
     let bin = sibling(daemon)?;
-    let log = std::fs::OpenOptions::new()
+    let argv = [
+        bin.as_os_str(),
+        "run".as_ref(),
+        "--config".as_ref(),
+        config.as_os_str(),
+    ];
+    spawn_detached(lab, n, daemon, &argv, log, "")
+}
+
+/// Fails when the node's `pid_name` process is already running.
+fn ensure_stopped(lab: &Lab, n: &Node, pid_name: &str) -> Result<()> {
+    if let Some(pid) = read_pid(&lab.pid_file(&n.name, pid_name)) {
+        if alive(pid) {
+            bail!("{}: {pid_name} is already running (pid {pid})", n.name);
+        }
+    }
+    Ok(())
+}
+
+/// Starts `argv` in the node's namespace, in its own process group, logging
+/// to `log`, and records its pid as `pid_name`. `hint` follows a start
+/// error (e.g. which package provides the program).
+fn spawn_detached(
+    lab: &Lab,
+    n: &Node,
+    pid_name: &str,
+    argv: &[&std::ffi::OsStr],
+    log: &Path,
+    hint: &str,
+) -> Result<()> {
+    let log_file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
         .with_context(|| format!("{}: opening {}", n.name, log.display()))?;
     let child = Command::new("ip")
         .args(["netns", "exec", &n.namespace])
-        .arg(&bin)
-        .args(["run", "--config"])
-        .arg(config)
+        .args(argv)
         .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
+        .stdout(log_file.try_clone()?)
+        .stderr(log_file)
         .process_group(0)
         .spawn()
-        .with_context(|| format!("starting {daemon} for {}", n.name))?;
-    let pid_file = lab.pid_file(&n.name, daemon);
+        .with_context(|| format!("starting {pid_name} for {}{hint}", n.name))?;
+    let pid_file = lab.pid_file(&n.name, pid_name);
     std::fs::write(&pid_file, child.id().to_string())
         .with_context(|| format!("{}: writing {}", n.name, pid_file.display()))?;
     // Not waited for: the daemon outlives this command. Reap it if we are
