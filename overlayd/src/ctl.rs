@@ -7,7 +7,6 @@ use crate::node::Node;
 use ipnet::IpNet;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -42,25 +41,9 @@ pub struct RouteEntry {
     pub via: Vec<String>,
 }
 
-/// Binds the socket with mode 0600 (no window where it is wider: the
-/// umask is tightened around bind).
+/// Binds the control socket, mode 0600.
 pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    if path.exists() {
-        // A socket nobody answers on is left from a previous run.
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::AddrInUse,
-                format!("{} is in use by a running daemon", path.display()),
-            ));
-        }
-        std::fs::remove_file(path)?;
-    }
-    let l = crate::sys::with_umask(0o177, || UnixListener::bind(path))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(l)
+    cubenet_daemon::bind_private_socket(path)
 }
 
 pub async fn serve(

@@ -371,7 +371,7 @@ pub async fn run(cfg: Config, config_path: PathBuf, identity: Identity) -> Resul
             .await
             .map_err(|e| format!("metrics_listen {addr}: {e}"))?;
         let n = node.clone();
-        tokio::spawn(cubenet_metrics::serve_metrics(l, move || {
+        tokio::spawn(cubenet_daemon::metrics::serve_metrics(l, move || {
             crate::prom::render(&n.status())
         }));
     }

@@ -98,15 +98,7 @@ enum FirewallCmd {
 }
 
 fn init_logs(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("OVERLAYD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => b.init(),
-        LogFormat::Json => b.json().init(),
-    }
+    cubenet_daemon::init_logs(matches!(format, LogFormat::Json), "OVERLAYD_LOG");
 }
 
 fn load(path: &Path) -> Result<(Config, identity::Identity), String> {
@@ -116,18 +108,10 @@ fn load(path: &Path) -> Result<(Config, identity::Identity), String> {
     Ok((cfg, id))
 }
 
-/// A closed pipe (`| head`) ends a CLI command quietly instead of a panic in
-/// `println!`. Not for `run`: the daemon must survive a vanished client.
-fn default_sigpipe() {
-    // SAFETY: restores the default disposition of one signal before any
-    // thread exists; no handler is installed.
-    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if !matches!(cli.cmd, Cmd::Run { .. }) {
-        default_sigpipe();
+        cubenet_daemon::default_sigpipe();
     }
     match cli.cmd {
         Cmd::Check { config } => match load(&config) {

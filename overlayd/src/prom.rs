@@ -1,6 +1,6 @@
 //! overlayd's Prometheus metrics, rendered from its status.
 
-use cubenet_metrics::Exposition;
+use cubenet_daemon::metrics::Exposition;
 use serde_json::Value;
 
 fn num(v: &Value) -> f64 {

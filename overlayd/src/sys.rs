@@ -1,17 +1,5 @@
 //! The few raw system calls overlayd makes, each wrapped and explained.
 
-/// Runs `f` with the process umask set to `mask`, so files it creates are
-/// never wider than intended, not even for an instant.
-pub fn with_umask<T>(mask: libc::mode_t, f: impl FnOnce() -> T) -> T {
-    // SAFETY: umask(2) cannot fail and only changes this process's file
-    // creation mask; it is restored right after `f`.
-    let old = unsafe { libc::umask(mask) };
-    let r = f();
-    // SAFETY: as above.
-    unsafe { libc::umask(old) };
-    r
-}
-
 /// Sets SO_RCVBUFFORCE / SO_SNDBUFFORCE (root may exceed net.core.*mem_max);
 /// returns false where that is refused so the caller can fall back.
 pub fn force_buffers(fd: std::os::fd::RawFd, bytes: usize) -> bool {

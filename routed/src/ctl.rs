@@ -4,7 +4,6 @@
 
 use crate::driver::Shared;
 use serde_json::{json, Value};
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
@@ -13,28 +12,9 @@ use tokio::net::{UnixListener, UnixStream};
 
 const MAX_LINE: u64 = 64 << 10;
 
+/// Binds the control socket, mode 0600.
 pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::AddrInUse,
-                format!("{} is in use by a running routed", path.display()),
-            ));
-        }
-        std::fs::remove_file(path)?;
-    }
-    // SAFETY: umask(2) only changes this process's file creation mask and
-    // cannot fail; it is restored right after bind.
-    let old = unsafe { libc::umask(0o177) };
-    let l = UnixListener::bind(path);
-    // SAFETY: as above.
-    unsafe { libc::umask(old) };
-    let l = l?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(l)
+    cubenet_daemon::bind_private_socket(path)
 }
 
 pub async fn serve(listener: UnixListener, shared: Arc<Shared>) {

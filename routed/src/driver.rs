@@ -280,7 +280,7 @@ pub async fn run(cfg: Config, router: Router) -> Result<(), String> {
             .await
             .map_err(|e| format!("metrics_listen {addr}: {e}"))?;
         let me = shared.clone();
-        tokio::spawn(cubenet_metrics::serve_metrics(l, move || {
+        tokio::spawn(cubenet_daemon::metrics::serve_metrics(l, move || {
             let r = me.router();
             let now = Instant::now();
             crate::prom::render(&r.status(now), &r.routes(now))

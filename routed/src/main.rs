@@ -151,28 +151,13 @@ fn build_router(l: &Loaded) -> Result<router::Router, String> {
 }
 
 fn init_logs(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("ROUTED_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => b.init(),
-        LogFormat::Json => b.json().init(),
-    }
-}
-
-/// A closed pipe (`| head`) ends a CLI command quietly. Not for `run`.
-fn default_sigpipe() {
-    // SAFETY: restores the default disposition of one signal before any
-    // thread exists; no handler is installed.
-    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    cubenet_daemon::init_logs(matches!(format, LogFormat::Json), "ROUTED_LOG");
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if !matches!(cli.cmd, Cmd::Run { .. }) {
-        default_sigpipe();
+        cubenet_daemon::default_sigpipe();
     }
     match cli.cmd {
         Cmd::Check { config } => match load(&config).and_then(|l| build_router(&l).map(|_| l)) {

@@ -1,4 +1,4 @@
-//! Prometheus metrics for overlayd and routed: the text exposition format
+//! Prometheus metrics: the text exposition format
 //! (0.0.4) and a minimal HTTP/1.1 responder for `GET /metrics`.
 
 /// Serves `GET /metrics` (Prometheus text format 0.0.4) on `addr`; any

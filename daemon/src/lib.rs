@@ -1,0 +1,59 @@
+//! What overlayd and routed share as daemons: Prometheus metrics, the
+//! private control socket, logging and CLI plumbing.
+
+pub mod metrics;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use tokio::net::UnixListener;
+
+/// Binds a control socket with mode 0600 (no window where it is wider: the
+/// umask is tightened around bind). A socket file nobody answers on is
+/// left from a previous run and replaced.
+pub fn bind_private_socket(path: &Path) -> std::io::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!("{} is in use by a running daemon", path.display()),
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    // SAFETY: umask(2) cannot fail and only changes this process's file
+    // creation mask; it is restored right after bind.
+    let old = unsafe { libc::umask(0o177) };
+    let l = UnixListener::bind(path);
+    // SAFETY: as above.
+    unsafe { libc::umask(old) };
+    let l = l?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(l)
+}
+
+/// Logs to stderr through `tracing`, one line per event (JSON lines with
+/// `json`); the filter comes from the environment variable `env`, default
+/// `info`.
+pub fn init_logs(json: bool, env: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env(env)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        b.json().init()
+    } else {
+        b.init()
+    }
+}
+
+/// A closed pipe (`| head`) ends a CLI command quietly instead of a panic
+/// in `println!`. Not for a daemon: it must survive a vanished client.
+pub fn default_sigpipe() {
+    // SAFETY: restores the default disposition of one signal before any
+    // thread exists; no handler is installed.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+}
