@@ -2,32 +2,13 @@
 //!
 //! Exit codes: 0 ok; 1 runtime failure; 2 bad usage or configuration.
 
-mod batch;
-mod config;
-mod ctl;
-mod driver;
-mod fib;
-mod firewall;
-mod health;
-mod identity;
-mod inband;
-mod netlink;
-mod node;
-mod packet;
-mod peer;
-mod prom;
-mod sys;
+use overlayd::{config, ctl, driver, firewall, identity};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use config::Config;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-
-pub fn b64(b: &[u8]) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(b)
-}
 
 #[derive(Parser)]
 #[command(name = "overlayd", version, about = "cubenet data plane")]

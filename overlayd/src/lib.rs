@@ -1,0 +1,24 @@
+//! overlayd's parts as a library: the binary in `main.rs` drives them, and
+//! the load tools (`cubenet-swarm`) and tests speak the same in-band protocol.
+
+pub mod batch;
+pub mod config;
+pub mod ctl;
+pub mod driver;
+pub mod fib;
+pub mod firewall;
+pub mod health;
+pub mod identity;
+pub mod inband;
+pub mod netlink;
+pub mod node;
+pub mod packet;
+pub mod peer;
+pub mod prom;
+pub mod sys;
+
+/// Standard base64, as keys are written in configs and status.
+pub fn b64(b: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
