@@ -4,16 +4,19 @@
 //! turns the connection into a stream of events.
 
 use crate::node::Node;
+use cubenet_daemon::ctl::{not_utf8_reply, read_request_line, too_long_reply, RequestLine};
 use ipnet::IpNet;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::path::Path;
 use std::sync::Arc;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
-/// Longest request line accepted; a longer one closes the connection.
-const MAX_LINE: usize = 1 << 20;
+/// Longest request line accepted (a `route_set` of thousands of routes
+/// fits); a longer one gets an error naming the limit and the connection
+/// is closed.
+pub const MAX_LINE: usize = 1 << 20;
 
 #[derive(Debug, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
@@ -72,18 +75,20 @@ async fn connection(
 ) -> std::io::Result<()> {
     let (r, mut w) = stream.into_split();
     let mut r = BufReader::new(r);
-    let mut line = String::new();
+    let mut buf = Vec::new();
     loop {
-        line.clear();
-        let n = (&mut r).take(MAX_LINE as u64).read_line(&mut line).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        if !line.ends_with('\n') && n >= MAX_LINE {
-            w.write_all(b"{\"ok\":false,\"error\":\"request line too long\"}\n")
-                .await?;
-            return Ok(());
-        }
+        let line = match read_request_line(&mut r, &mut buf, MAX_LINE).await? {
+            RequestLine::Line(l) => l,
+            RequestLine::Eof => return Ok(()),
+            RequestLine::TooLong => {
+                w.write_all(too_long_reply(MAX_LINE).as_bytes()).await?;
+                return Ok(());
+            }
+            RequestLine::NotUtf8 => {
+                w.write_all(not_utf8_reply().as_bytes()).await?;
+                continue;
+            }
+        };
         let reply = match serde_json::from_str::<Request>(line.trim()) {
             Err(e) => json!({"ok": false, "error": format!("bad request: {e}")}),
             Ok(Request::Subscribe) => {

@@ -3,14 +3,17 @@
 //! reply per line.
 
 use crate::driver::Shared;
+use cubenet_daemon::ctl::{not_utf8_reply, read_request_line, too_long_reply, RequestLine};
 use serde_json::{json, Value};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
-const MAX_LINE: u64 = 64 << 10;
+/// Longest request line accepted; a longer one gets an error naming the
+/// limit and the connection is closed.
+pub const MAX_LINE: usize = 64 << 10;
 
 /// Binds the control socket, mode 0600.
 pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
@@ -18,57 +21,78 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
 }
 
 pub async fn serve(listener: UnixListener, shared: Arc<Shared>) {
+    serve_with(listener, move |line| handle(&shared, line)).await
+}
+
+/// The accept loop around any request handler; each connection is a task
+/// of its own, so a broken client only ends its own connection.
+async fn serve_with(
+    listener: UnixListener,
+    handler: impl Fn(&str) -> Value + Send + Sync + 'static,
+) {
+    let handler = Arc::new(handler);
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        let shared = shared.clone();
+        let handler = handler.clone();
         tokio::spawn(async move {
-            let _ = connection(stream, shared).await;
+            let _ = connection(stream, &*handler).await;
         });
     }
 }
 
-fn handle(shared: &Shared, line: &str) -> Value {
-    let req: Value = match serde_json::from_str(line) {
-        Ok(v) => v,
-        Err(e) => return json!({"ok": false, "error": format!("bad request: {e}")}),
-    };
-    let now = Instant::now();
-    match req["cmd"].as_str() {
-        Some("status") => {
-            let mut v = shared.router().status(now);
-            v["ok"] = json!(true);
-            v
-        }
-        Some("routes") => {
-            let mut v = shared.router().routes(now);
-            v["ok"] = json!(true);
-            v
-        }
-        Some(c) => {
-            json!({"ok": false, "error": format!("unknown cmd {c:?}: expected status or routes")})
-        }
-        None => json!({"ok": false, "error": "bad request: no \"cmd\""}),
+/// A request routed answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request {
+    Status,
+    Routes,
+}
+
+/// Parses one request line; the error is the reply's message.
+pub fn parse_request(line: &str) -> Result<Request, String> {
+    let req: Value = serde_json::from_str(line).map_err(|e| format!("bad request: {e}"))?;
+    match req.get("cmd").map(|c| c.as_str()) {
+        Some(Some("status")) => Ok(Request::Status),
+        Some(Some("routes")) => Ok(Request::Routes),
+        Some(Some(c)) => Err(format!("unknown cmd {c:?}: expected status or routes")),
+        Some(None) => Err("bad request: \"cmd\" is not a string".into()),
+        None => Err("bad request: no \"cmd\"".into()),
     }
 }
 
-async fn connection(stream: UnixStream, shared: Arc<Shared>) -> std::io::Result<()> {
+fn handle(shared: &Shared, line: &str) -> Value {
+    let now = Instant::now();
+    let mut v = match parse_request(line) {
+        Ok(Request::Status) => shared.router().status(now),
+        Ok(Request::Routes) => shared.router().routes(now),
+        Err(e) => return json!({"ok": false, "error": e}),
+    };
+    v["ok"] = json!(true);
+    v
+}
+
+async fn connection(
+    stream: UnixStream,
+    handler: &(dyn Fn(&str) -> Value + Send + Sync),
+) -> std::io::Result<()> {
     let (r, mut w) = stream.into_split();
     let mut r = BufReader::new(r);
-    let mut line = String::new();
+    let mut buf = Vec::new();
     loop {
-        line.clear();
-        let n = (&mut r).take(MAX_LINE).read_line(&mut line).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        if !line.ends_with('\n') && n as u64 >= MAX_LINE {
-            w.write_all(b"{\"ok\":false,\"error\":\"request line too long\"}\n")
-                .await?;
-            return Ok(());
-        }
-        let mut reply = handle(&shared, line.trim()).to_string();
+        let line = match read_request_line(&mut r, &mut buf, MAX_LINE).await? {
+            RequestLine::Line(l) => l,
+            RequestLine::Eof => return Ok(()),
+            RequestLine::TooLong => {
+                w.write_all(too_long_reply(MAX_LINE).as_bytes()).await?;
+                return Ok(());
+            }
+            RequestLine::NotUtf8 => {
+                w.write_all(not_utf8_reply().as_bytes()).await?;
+                continue;
+            }
+        };
+        let mut reply = handler(line.trim()).to_string();
         reply.push('\n');
         w.write_all(reply.as_bytes()).await?;
     }
@@ -89,4 +113,144 @@ pub fn request(path: &Path, cmd: &str) -> Result<Value, String> {
         return Err(v["error"].as_str().unwrap_or("request failed").to_string());
     }
     Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::io::{BufRead, Read, Write};
+    use std::os::unix::net::UnixStream as StdStream;
+    use std::time::Duration;
+
+    #[test]
+    fn requests_parse_and_others_are_named() {
+        assert_eq!(parse_request(r#"{"cmd":"status"}"#), Ok(Request::Status));
+        assert_eq!(
+            parse_request(r#" {"cmd": "routes", "x": 1} "#),
+            Ok(Request::Routes)
+        );
+        for (bad, want) in [
+            (r#"{"cmd":"reboot"}"#, "unknown cmd \"reboot\""),
+            (r#"{"cmd":5}"#, "not a string"),
+            (r#"{}"#, "no \"cmd\""),
+            (r#"[1,2]"#, "no \"cmd\""),
+            ("not json", "bad request"),
+            ("", "bad request"),
+        ] {
+            let e = parse_request(bad).unwrap_err();
+            assert!(e.contains(want), "{bad}: {e}");
+        }
+    }
+
+    proptest! {
+        /// A control-socket line from a broken client never panics the
+        /// parser; only the two commands are accepted.
+        #[test]
+        fn arbitrary_lines_never_panic(line in "\\PC{0,200}") {
+            if let Ok(r) = parse_request(&line) {
+                let v: Value = serde_json::from_str(&line).unwrap();
+                let want = match r { Request::Status => "status", Request::Routes => "routes" };
+                prop_assert_eq!(v["cmd"].as_str(), Some(want));
+            }
+        }
+
+        #[test]
+        fn json_shaped_lines_never_panic(cmd in "[a-z\"{}:, ]{0,12}", extra in "[a-z0-9\"{}\\[\\]:, ]{0,40}") {
+            let _ = parse_request(&format!("{{\"cmd\":{cmd}{extra}}}"));
+            let _ = parse_request(&format!("{{\"cmd\":\"{cmd}\",{extra}}}"));
+        }
+    }
+
+    /// The server loop on a real socket with a handler that answers
+    /// status the way routed does (without a router).
+    fn server() -> (
+        tempfile::TempDir,
+        std::path::PathBuf,
+        tokio::runtime::Runtime,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("routed.sock");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = rt.block_on(async { bind(&path) }).unwrap();
+        rt.spawn(serve_with(listener, |line| match parse_request(line) {
+            Ok(_) => json!({"ok": true, "neighbors": []}),
+            Err(e) => json!({"ok": false, "error": e}),
+        }));
+        (dir, path, rt)
+    }
+
+    fn connect(path: &Path) -> StdStream {
+        let s = StdStream::connect(path).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s
+    }
+
+    fn reply(s: &mut std::io::BufReader<StdStream>) -> Value {
+        let mut line = String::new();
+        s.read_line(&mut line).unwrap();
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"))
+    }
+
+    #[test]
+    fn broken_clients_only_end_their_own_connection() {
+        let (_dir, path, _rt) = server();
+        let mut good = std::io::BufReader::new(connect(&path));
+        let status = |good: &mut std::io::BufReader<StdStream>| {
+            good.get_mut().write_all(b"{\"cmd\":\"status\"}\n").unwrap();
+            assert_eq!(reply(good)["ok"], true);
+        };
+        status(&mut good);
+
+        // A line far over the limit: an error naming the limit, then the
+        // connection closes; the server read at most the limit.
+        let mut long = connect(&path);
+        let writer = {
+            let mut w = long.try_clone().unwrap();
+            std::thread::spawn(move || {
+                let chunk = vec![b'x'; 1 << 20];
+                for _ in 0..16 {
+                    if w.write_all(&chunk).is_err() {
+                        return;
+                    }
+                }
+            })
+        };
+        let mut text = String::new();
+        long.read_to_string(&mut text).unwrap();
+        writer.join().unwrap();
+        let v: Value = serde_json::from_str(text.trim()).unwrap();
+        assert_eq!(v["ok"], false);
+        assert!(
+            v["error"].as_str().unwrap().contains(&MAX_LINE.to_string()),
+            "{v}"
+        );
+        status(&mut good);
+
+        // Not UTF-8, not JSON, not a command: an error each, the
+        // connection stays usable.
+        let mut bad = std::io::BufReader::new(connect(&path));
+        for line in [
+            &b"\xff\xfe\xfd\n"[..],
+            b"{\"cmd\":\n",
+            b"{\"cmd\":\"reboot\"}\n",
+            b"\n",
+        ] {
+            bad.get_mut().write_all(line).unwrap();
+            let v = reply(&mut bad);
+            assert_eq!(v["ok"], false, "{v}");
+            assert!(v["error"].is_string(), "{v}");
+        }
+        status(&mut bad);
+
+        // Closes in the middle of a line.
+        let mut half = connect(&path);
+        half.write_all(b"{\"cmd\":\"sta").unwrap();
+        drop(half);
+        status(&mut good);
+    }
 }

@@ -1,0 +1,197 @@
+//! overlayd's control socket with broken clients: a line far over the
+//! limit, bytes that are not UTF-8 or not JSON, a subscriber that never
+//! reads while events pour out, a client gone in the middle of a line.
+//! Each only affects its own connection: another client's `status` keeps
+//! working and the server keeps accepting.
+
+mod common;
+
+use common::Pki;
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn connect(path: &Path) -> UnixStream {
+    let s = UnixStream::connect(path).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}
+
+fn reply(s: &mut BufReader<UnixStream>) -> Value {
+    let mut line = String::new();
+    s.read_line(&mut line).unwrap();
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"))
+}
+
+/// `status` on a connection, answered in well under a second.
+fn status(c: &mut BufReader<UnixStream>) {
+    let t = Instant::now();
+    c.get_mut().write_all(b"{\"cmd\":\"status\"}\n").unwrap();
+    let v = reply(c);
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["name"], "fra-gw1");
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "status took {:?}",
+        t.elapsed()
+    );
+}
+
+struct Server {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+    node: Arc<overlayd::node::Node>,
+    _rt: tokio::runtime::Runtime,
+}
+
+fn server() -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("overlayd.sock");
+    let node = Pki::get().gateway();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener = rt.block_on(async { overlayd::ctl::bind(&path) }).unwrap();
+    let reload: Arc<dyn Fn() -> Value + Send + Sync> = Arc::new(|| json!({"ok": true}));
+    rt.spawn(overlayd::ctl::serve(listener, node.clone(), reload));
+    Server {
+        _dir: dir,
+        path,
+        node,
+        _rt: rt,
+    }
+}
+
+#[test]
+fn a_line_over_the_limit_is_refused_and_closes_only_that_connection() {
+    let s = server();
+    let mut good = BufReader::new(connect(&s.path));
+    status(&mut good);
+    // 16 MiB without a newline.
+    let mut long = connect(&s.path);
+    let writer = {
+        let mut w = long.try_clone().unwrap();
+        std::thread::spawn(move || {
+            let chunk = vec![b'{'; 1 << 20];
+            for _ in 0..16 {
+                if w.write_all(&chunk).is_err() {
+                    return false;
+                }
+            }
+            true
+        })
+    };
+    let mut text = String::new();
+    long.read_to_string(&mut text).unwrap();
+    // The server stopped reading at the limit and closed: the writer
+    // could not send everything.
+    assert!(!writer.join().unwrap(), "the server read all 16 MiB");
+    let v: Value = serde_json::from_str(text.trim()).unwrap();
+    assert_eq!(v["ok"], false);
+    let e = v["error"].as_str().unwrap();
+    assert!(e.contains(&overlayd::ctl::MAX_LINE.to_string()), "{e}");
+    status(&mut good);
+}
+
+#[test]
+fn bad_lines_get_errors_and_the_connection_goes_on() {
+    let s = server();
+    let mut good = BufReader::new(connect(&s.path));
+    let mut bad = BufReader::new(connect(&s.path));
+    for line in [
+        &b"\xff\xfe{\"cmd\":\"status\"}\n"[..],
+        b"{\"cmd\":\n",
+        b"{\"cmd\":\"reboot\"}\n",
+        b"{\"cmd\":\"route_add\",\"prefix\":\"10.0.0.0/33\",\"via\":[]}\n",
+        b"\0\0\0\n",
+        b"\n",
+    ] {
+        bad.get_mut().write_all(line).unwrap();
+        let v = reply(&mut bad);
+        assert_eq!(v["ok"], false, "{v}");
+        assert!(v["error"].is_string(), "{v}");
+        status(&mut good);
+    }
+    status(&mut bad);
+    // A route set naming an unknown gateway is refused as a whole.
+    bad.get_mut()
+        .write_all(b"{\"cmd\":\"route_set\",\"routes\":[{\"prefix\":\"10.9.0.0/16\",\"via\":[\"nobody\"]}]}\n")
+        .unwrap();
+    let v = reply(&mut bad);
+    assert_eq!(v["ok"], false, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("nobody"), "{v}");
+}
+
+#[test]
+fn a_subscriber_that_never_reads_blocks_nobody() {
+    let s = server();
+    let mut good = BufReader::new(connect(&s.path));
+    // Subscribes, then never reads again.
+    let mut stuck = BufReader::new(connect(&s.path));
+    stuck
+        .get_mut()
+        .write_all(b"{\"cmd\":\"subscribe\"}\n")
+        .unwrap();
+    assert_eq!(reply(&mut stuck)["subscribed"], true);
+    // A subscriber that reads, but only after the flood.
+    let mut late = BufReader::new(connect(&s.path));
+    late.get_mut()
+        .write_all(b"{\"cmd\":\"subscribe\"}\n")
+        .unwrap();
+    assert_eq!(reply(&mut late)["subscribed"], true);
+
+    // Far more events than the socket buffers and the event queue hold.
+    let pad = "x".repeat(1000);
+    let t = Instant::now();
+    for i in 0..20_000 {
+        let _ = s
+            .node
+            .events
+            .send(json!({"event": "test", "n": i, "pad": pad}));
+    }
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "sending events blocked: {:?}",
+        t.elapsed()
+    );
+    status(&mut good);
+
+    // The late reader is told what it missed instead of the server
+    // holding every event for it.
+    let mut lagged = false;
+    for _ in 0..5_000 {
+        let v = reply(&mut late);
+        if v["event"] == "lagged" {
+            assert!(v["missed"].as_u64().unwrap() > 0, "{v}");
+            lagged = true;
+            break;
+        }
+    }
+    assert!(lagged, "no lagged event");
+    status(&mut good);
+    // New connections are still accepted and served.
+    status(&mut BufReader::new(connect(&s.path)));
+    drop(stuck);
+}
+
+#[test]
+fn a_client_gone_mid_line_is_forgotten() {
+    let s = server();
+    let mut good = BufReader::new(connect(&s.path));
+    for _ in 0..50 {
+        let mut half = connect(&s.path);
+        half.write_all(b"{\"cmd\":\"sta").unwrap();
+        drop(half);
+        // And one gone before reading its reply.
+        let mut rude = connect(&s.path);
+        rude.write_all(b"{\"cmd\":\"status\"}\n").unwrap();
+        drop(rude);
+    }
+    status(&mut good);
+    status(&mut BufReader::new(connect(&s.path)));
+}
