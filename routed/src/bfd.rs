@@ -954,7 +954,70 @@ mod tests {
         (0u8..4).prop_map(State::from_bits)
     }
 
+    /// Any packet a peer (or anyone who can reach the port) can send:
+    /// every field arbitrary, the discriminators often the real ones.
+    fn any_packet() -> impl Strategy<Value = ControlPacket> {
+        let discr = prop_oneof![Just(0u32), Just(0xa), Just(0xb), any::<u32>()];
+        let us = prop_oneof![Just(0u32), Just(1), 1u32..2_000_000, any::<u32>()];
+        (
+            (
+                0u8..8,
+                0u8..32,
+                state_strategy(),
+                any::<bool>(),
+                any::<bool>(),
+            ),
+            any::<u8>(),
+            discr.clone(),
+            discr,
+            (us.clone(), us.clone(), us),
+        )
+            .prop_map(
+                |((version, diag, state, poll, final_), mult, my, your, (tx, rx, echo))| {
+                    ControlPacket {
+                        version,
+                        diag: Diag::from_code(diag),
+                        state,
+                        poll,
+                        final_,
+                        detect_mult: mult,
+                        my_discr: my,
+                        your_discr: your,
+                        desired_min_tx_us: tx,
+                        required_min_rx_us: rx,
+                        required_min_echo_rx_us: echo,
+                    }
+                },
+            )
+    }
+
     proptest! {
+        /// A session fed arbitrary packets at arbitrary times: never a
+        /// panic or a time overflow, what it sends decodes, its timers stay
+        /// ahead of the clock, and a packet for another discriminator
+        /// changes nothing (RFC 5880 §6.8.6).
+        #[test]
+        fn arbitrary_packets_at_arbitrary_times(steps in proptest::collection::vec((any_packet(), 0u64..5_000_000), 1..40)) {
+            let t0 = Instant::now();
+            let mut s = Session::new(fast(), 0xa, 7, t0);
+            let mut t = t0;
+            for (p, dt_us) in steps {
+                t += Duration::from_micros(dt_us);
+                let before = (s.state(), s.remote_state());
+                let tr = s.on_packet(&p, t);
+                if p.your_discr != 0 && p.your_discr != 0xa {
+                    prop_assert_eq!((s.state(), s.remote_state()), before);
+                    prop_assert!(tr.is_none());
+                }
+                let out = s.poll(t);
+                if let Some(b) = out.transmit {
+                    prop_assert!(ControlPacket::decode(&b).is_ok());
+                }
+                prop_assert!(s.next_deadline() >= t);
+                let _ = s.detection_time();
+            }
+        }
+
         #[test]
         fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
             if let Ok(p) = ControlPacket::decode(&bytes) {

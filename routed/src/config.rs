@@ -391,11 +391,27 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prop_assert;
 
     proptest::proptest! {
         /// Any text gives a config or an error, never a panic.
         #[test]
         fn arbitrary_text_never_panics(t in "\\PC{0,300}") {
+            let _ = Config::parse(&t);
+        }
+
+        /// A valid config with TOML-ish junk put anywhere: a config or an
+        /// error, never a panic.
+        #[test]
+        fn mangled_configs_never_panic(cut in 0usize..600, junk in "[\\[\\]=\"a-z0-9._: \n-]{0,40}") {
+            let base = "asn = 4200000101\nrouter_id = \"10.77.1.1\"\nca = \"ca.crt\"\ncert = \"n.crt\"\n\
+                [timers]\nhold_time_s = 9\n[bfd]\ninterval_ms = 300\n[damping]\nhalf_life_s = 15\n\
+                [[announce]]\nprefix = \"10.77.1.0/24\"\nprobe = \"10.77.1.50\"\n\
+                [[neighbor]]\nname = \"bird\"\naddress = \"10.77.1.9\"\nasn = 65010\n\
+                import = [\"192.168.0.0/16\"]\nexport = \"all\"\n";
+            prop_assert!(Config::parse(base).is_ok(), "{:?}", Config::parse(base).err());
+            let cut = cut.min(base.len());
+            let t = format!("{}{}{}", &base[..cut], junk, &base[cut..]);
             let _ = Config::parse(&t);
         }
     }

@@ -1169,6 +1169,69 @@ mod tests {
         assert!(r.neighbors[0].session.is_established());
     }
 
+    fn is_notification(o: &Out) -> bool {
+        matches!(o, Out::Send { bytes, .. } if matches!(wire::decode(bytes), Ok(Message::Notification(_))))
+    }
+
+    /// RFC 7606 end to end: a malformed attribute on the wire withdraws the
+    /// prefixes of that UPDATE only; the session and the neighbour's other
+    /// routes stay.
+    #[test]
+    fn a_malformed_update_withdraws_only_its_own_routes() {
+        let (mut r, now) = router("");
+        r.on_message(0, 1, Ok(announce("192.168.5.0/24")), now);
+        r.on_message(0, 1, Ok(announce("192.168.6.0/24")), now);
+        assert!(has(&r, "192.168.6.0/24"));
+        r.drain();
+        // 192.168.6.0/24 again, its ORIGIN changed to 7 (there is none).
+        let mut b = wire::encode(&announce("192.168.6.0/24"));
+        let pos = b
+            .windows(3)
+            .position(|w| w == [0x40, 1, 1])
+            .expect("origin attribute");
+        b[pos + 3] = 7;
+        r.on_message(0, 1, wire::decode(&b), now);
+        assert!(has(&r, "192.168.5.0/24"));
+        assert!(!has(&r, "192.168.6.0/24"));
+        assert!(r.neighbors[0].session.is_established());
+        assert_eq!(r.neighbors[0].treat_as_withdraw, 1);
+        assert!(!r.drain().iter().any(is_notification));
+        // The same prefix announced properly comes back.
+        r.on_message(0, 1, Ok(announce("192.168.6.0/24")), now);
+        assert!(has(&r, "192.168.6.0/24"));
+    }
+
+    proptest::proptest! {
+        /// Any change to the bytes of an UPDATE: either the message cannot
+        /// be parsed (NOTIFICATION, the session resets: RFC 7606 leaves no
+        /// other choice), or the session stays and the neighbour's other
+        /// routes stay unless the UPDATE itself names them.
+        #[test]
+        fn a_mutated_update_affects_only_what_it_names(pos in proptest::prelude::any::<usize>(), val in proptest::prelude::any::<u8>()) {
+            let (mut r, now) = router("");
+            r.on_message(0, 1, Ok(announce("192.168.5.0/24")), now);
+            r.drain();
+            let mut b = wire::encode(&announce("192.168.6.0/24"));
+            let at = wire::HEADER_LEN + pos % (b.len() - wire::HEADER_LEN);
+            b[at] = val;
+            let m = wire::decode(&b);
+            let kept: IpNet = "192.168.5.0/24".parse().unwrap();
+            let names_it = match &m {
+                Ok(Message::Update(u)) => u.withdrawn.contains(&kept) || u.announced.contains(&kept),
+                _ => false,
+            };
+            let parsed = matches!(m, Ok(Message::Update(_)));
+            r.on_message(0, 1, m, now);
+            if parsed {
+                proptest::prop_assert!(r.neighbors[0].session.is_established());
+                proptest::prop_assert!(!r.drain().iter().any(is_notification));
+                if !names_it {
+                    proptest::prop_assert!(has(&r, "192.168.5.0/24"));
+                }
+            }
+        }
+    }
+
     #[test]
     fn max_prefixes_closes_the_session() {
         let (mut r, now) = router("[limits]\nmax_prefixes = 2");

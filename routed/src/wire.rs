@@ -808,6 +808,138 @@ mod tests {
         }
     }
 
+    fn v4_prefix() -> impl Strategy<Value = IpNet> {
+        (any::<u32>(), 0u8..=32)
+            .prop_map(|(a, l)| IpNet::V4(Ipv4Net::new(Ipv4Addr::from(a), l).unwrap().trunc()))
+    }
+
+    fn v6_prefix() -> impl Strategy<Value = IpNet> {
+        (any::<u128>(), 0u8..=128)
+            .prop_map(|(a, l)| IpNet::V6(Ipv6Net::new(Ipv6Addr::from(a), l).unwrap().trunc()))
+    }
+
+    /// A prefix a unicast route can have (not multicast or broadcast:
+    /// those are never sent, see below).
+    fn unicast(p: &IpNet) -> bool {
+        match p {
+            IpNet::V4(n) => Ipv4Unicast::from_net(*n).is_ok(),
+            IpNet::V6(n) => Ipv6Unicast::from_net(*n).is_ok(),
+        }
+    }
+
+    #[test]
+    fn multicast_prefixes_are_never_sent_and_ignored_when_received() {
+        // Found by `updates_round_trip`: a withdrawal of ff00::/8 came back
+        // empty. Unicast routes cannot have such prefixes; the encoder
+        // leaves them out, and one received is ignored (RFC 4271 §6.3: a
+        // semantically incorrect prefix is ignored, the session stays).
+        let u = Update {
+            withdrawn: vec!["ff00::/8".parse().unwrap()],
+            ..Update::default()
+        };
+        let Ok(Message::Update(d)) = decode(&encode(&Message::Update(u))) else {
+            panic!("did not decode")
+        };
+        assert!(d.withdrawn.is_empty());
+        let ok = Update {
+            announced: vec!["10.0.0.0/8".parse().unwrap()],
+            attrs: Attrs {
+                as_path: vec![65001],
+                next_hop_v4: Some(Ipv4Addr::new(10, 77, 1, 1)),
+                ..Attrs::default()
+            },
+            ..Update::default()
+        };
+        let b = encode(&Message::Update(ok));
+        // The NLRI 10/8 (two bytes at the end) becomes 224.1/16.
+        let mut body = b[HEADER_LEN..b.len() - 2].to_vec();
+        body.extend_from_slice(&[16, 224, 1]);
+        match decode(&header(2, &body)) {
+            Ok(Message::Update(d)) => assert!(d.announced.is_empty(), "{d:?}"),
+            other => panic!("expected an update, got {other:?}"),
+        }
+    }
+
+    /// UPDATEs as routed builds them: v4 and v6 prefixes, a path, the
+    /// optional attributes.
+    fn update() -> impl Strategy<Value = Update> {
+        use proptest::collection::vec;
+        (
+            vec(prop_oneof![v4_prefix(), v6_prefix()], 0..6),
+            vec(prop_oneof![v4_prefix(), v6_prefix()], 0..6),
+            0u8..3,
+            vec(any::<u32>(), 1..5),
+            proptest::option::of(any::<u32>()),
+            vec(any::<u32>(), 0..3),
+            any::<u32>(),
+            any::<u128>(),
+        )
+            .prop_map(
+                |(withdrawn, announced, origin, as_path, med, communities, nh4, nh6)| {
+                    let withdrawn: Vec<IpNet> = withdrawn.into_iter().filter(unicast).collect();
+                    let announced: Vec<IpNet> = announced.into_iter().filter(unicast).collect();
+                    let v4 = announced.iter().any(|p| matches!(p, IpNet::V4(_)));
+                    let v6 = announced.iter().any(|p| matches!(p, IpNet::V6(_)));
+                    Update {
+                        withdrawn,
+                        announced,
+                        attrs: Attrs {
+                            origin,
+                            as_path,
+                            med,
+                            local_pref: None,
+                            communities,
+                            next_hop_v4: v4.then(|| Ipv4Addr::from(nh4)),
+                            next_hop_v6: v6.then(|| Ipv6Addr::from(nh6)),
+                        },
+                        treat_as_withdraw: None,
+                    }
+                },
+            )
+    }
+
+    fn sorted(mut v: Vec<IpNet>) -> Vec<IpNet> {
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    /// One path attribute: flags, type, length (one or two bytes), value.
+    fn raw_attr() -> impl Strategy<Value = Vec<u8>> {
+        let any_attr = (
+            any::<u8>(),
+            prop_oneof![1u8..=16, any::<u8>()],
+            proptest::collection::vec(any::<u8>(), 0..40),
+            any::<bool>(),
+        )
+            .prop_map(|(flags, ty, value, lie)| {
+                let extended = flags & 0x10 != 0;
+                let len = if lie { value.len() + 3 } else { value.len() };
+                let mut a = vec![flags, ty];
+                if extended {
+                    a.extend_from_slice(&(len as u16).to_be_bytes());
+                } else {
+                    a.push(len as u8);
+                }
+                a.extend_from_slice(&value);
+                a
+            });
+        // Well-formed mandatory attributes often, so that updates decode
+        // and the treat-as-withdraw decisions are reached.
+        prop_oneof![
+            any_attr,
+            (0u8..4).prop_map(|o| vec![0x40, 1, 1, o]),
+            proptest::collection::vec(any::<u32>(), 0..4).prop_map(|asns| {
+                let mut a = vec![0x40, 2, (2 + 4 * asns.len()) as u8, 2, asns.len() as u8];
+                for n in asns {
+                    a.extend_from_slice(&n.to_be_bytes());
+                }
+                a
+            }),
+            any::<[u8; 4]>().prop_map(|ip| vec![0x40, 3, 4, ip[0], ip[1], ip[2], ip[3]]),
+        ]
+    }
+
     proptest! {
         #[test]
         fn arbitrary_bytes_never_panic(body in proptest::collection::vec(any::<u8>(), 0..300), ty in 0u8..7) {
@@ -815,6 +947,87 @@ mod tests {
             let _ = decode(&b);
             let _ = decode(&body);
             let _ = frame_len(&body);
+        }
+
+        /// What routed sends, it reads back: same prefixes, same
+        /// attributes, no treat-as-withdraw.
+        #[test]
+        fn updates_round_trip(u in update()) {
+            for part in split_update(u.clone()) {
+                let b = encode(&Message::Update(part.clone()));
+                let Ok(Message::Update(d)) = decode(&b) else {
+                    return Err(TestCaseError::fail(format!("{part:?} did not decode")));
+                };
+                prop_assert_eq!(sorted(d.withdrawn), sorted(part.withdrawn));
+                prop_assert_eq!(sorted(d.announced.clone()), sorted(part.announced.clone()));
+                if !part.announced.is_empty() {
+                    prop_assert_eq!(&d.attrs, &part.attrs);
+                }
+                prop_assert!(d.treat_as_withdraw.is_none(), "{:?}", d.treat_as_withdraw);
+            }
+        }
+
+        /// A valid UPDATE with a byte changed or cut short (the header's
+        /// length kept right) decodes to an error or an update; never a
+        /// panic.
+        #[test]
+        fn mutated_updates_never_panic(u in update(), pos in any::<usize>(), val in any::<u8>(), cut in any::<usize>()) {
+            let b = encode(&Message::Update(u));
+            let body = &b[HEADER_LEN..];
+            let mut m = body.to_vec();
+            if !m.is_empty() {
+                let at = pos % m.len();
+                m[at] = val;
+            }
+            let _ = decode(&header(2, &m));
+            let cut = cut % (body.len() + 1);
+            let _ = decode(&header(2, &body[..cut]));
+        }
+
+        /// UPDATEs with arbitrary path attributes (known and unknown types,
+        /// any flags, lying lengths): an error (the session resets), or an
+        /// update that is either treat-as-withdraw or carries every
+        /// mandatory attribute for what it announces.
+        #[test]
+        fn arbitrary_path_attributes(
+            withdrawn in proptest::collection::vec(v4_prefix(), 0..3),
+            attrs in proptest::collection::vec(raw_attr(), 0..6),
+            nlri in proptest::collection::vec(v4_prefix(), 0..3),
+        ) {
+            let prefixes = |ps: &[IpNet]| -> Vec<u8> {
+                let mut v = Vec::new();
+                for p in ps {
+                    let IpNet::V4(n) = p else { continue };
+                    v.push(n.prefix_len());
+                    let o = n.addr().octets();
+                    v.extend_from_slice(&o[..usize::from(n.prefix_len()).div_ceil(8)]);
+                }
+                v
+            };
+            let w = prefixes(&withdrawn);
+            let a: Vec<u8> = attrs.concat();
+            let mut body = Vec::new();
+            body.extend_from_slice(&(w.len() as u16).to_be_bytes());
+            body.extend_from_slice(&w);
+            body.extend_from_slice(&(a.len() as u16).to_be_bytes());
+            body.extend_from_slice(&a);
+            body.extend_from_slice(&prefixes(&nlri));
+            if HEADER_LEN + body.len() > MAX_LEN {
+                return Ok(());
+            }
+            if let Ok(Message::Update(u)) = decode(&header(2, &body)) {
+                if u.treat_as_withdraw.is_none() && !u.announced.is_empty() {
+                    // ORIGIN and AS_PATH were there.
+                    prop_assert!(attrs.iter().any(|a| a[1] == 1), "{:?}", u);
+                    prop_assert!(attrs.iter().any(|a| a[1] == 2), "{:?}", u);
+                    if u.announced.iter().any(|p| matches!(p, IpNet::V4(_))) {
+                        prop_assert!(u.attrs.next_hop_v4.is_some(), "{:?}", u);
+                    }
+                    if u.announced.iter().any(|p| matches!(p, IpNet::V6(_))) {
+                        prop_assert!(u.attrs.next_hop_v6.is_some(), "{:?}", u);
+                    }
+                }
+            }
         }
     }
 }
