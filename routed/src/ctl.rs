@@ -119,7 +119,7 @@ pub fn request(path: &Path, cmd: &str) -> Result<Value, String> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use std::io::{BufRead, Read, Write};
+    use std::io::{BufRead, Write};
     use std::os::unix::net::UnixStream as StdStream;
     use std::time::Duration;
 
@@ -220,8 +220,16 @@ mod tests {
                 }
             })
         };
+        // The reply line, then the end of the connection: EOF, or a reset
+        // since the server closed with the rest of the line unread.
+        let mut long = std::io::BufReader::new(long);
         let mut text = String::new();
-        long.read_to_string(&mut text).unwrap();
+        long.read_line(&mut text).unwrap();
+        let mut rest = String::new();
+        assert!(
+            matches!(long.read_line(&mut rest), Ok(0) | Err(_)),
+            "{rest:?}"
+        );
         writer.join().unwrap();
         let v: Value = serde_json::from_str(text.trim()).unwrap();
         assert_eq!(v["ok"], false);
