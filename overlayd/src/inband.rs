@@ -222,7 +222,37 @@ mod tests {
         assert_eq!(Message::decode(&v6), Err(InbandError::NotInband));
     }
 
+    fn message() -> impl Strategy<Value = Message> {
+        let addr = prop_oneof![
+            any::<[u8; 4]>().prop_map(IpAddr::from),
+            any::<[u8; 16]>().prop_map(IpAddr::from),
+        ];
+        let bytes = proptest::collection::vec(any::<u8>(), 0..MAX_BODY - 40);
+        prop_oneof![
+            bytes.clone().prop_map(Message::Cert),
+            any::<[u8; 32]>().prop_map(Message::CertAck),
+            any::<u64>().prop_map(|seq| Message::Probe { seq }),
+            any::<u64>().prop_map(|seq| Message::ProbeReply { seq }),
+            addr.clone().prop_map(Message::WhoIs),
+            (addr, bytes).prop_map(|(addr, cert)| Message::WhoIsReply { addr, cert }),
+        ]
+    }
+
     proptest! {
+        /// Every message comes back as sent; with a byte changed or cut it
+        /// decodes to an error or some message, never a panic.
+        #[test]
+        fn round_trips_and_survives_changes(m in message(), pos in any::<usize>(), val in any::<u8>(), cut in any::<usize>()) {
+            let p = m.encode();
+            prop_assert!(is_inband(&p));
+            prop_assert_eq!(Message::decode(&p), Ok(m));
+            let mut q = p.clone();
+            let at = pos % q.len();
+            q[at] = val;
+            let _ = Message::decode(&q);
+            let _ = Message::decode(&p[..cut % (p.len() + 1)]);
+        }
+
         #[test]
         fn never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..120), tail in proptest::collection::vec(any::<u8>(), 0..40)) {
             let _ = Message::decode(&bytes);

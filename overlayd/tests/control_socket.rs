@@ -73,7 +73,7 @@ fn a_line_over_the_limit_is_refused_and_closes_only_that_connection() {
     let mut good = BufReader::new(connect(&s.path));
     status(&mut good);
     // 16 MiB without a newline.
-    let mut long = connect(&s.path);
+    let long = connect(&s.path);
     let writer = {
         let mut w = long.try_clone().unwrap();
         std::thread::spawn(move || {

@@ -208,7 +208,7 @@ mod tests {
 
         // A line far over the limit: an error naming the limit, then the
         // connection closes; the server read at most the limit.
-        let mut long = connect(&path);
+        let long = connect(&path);
         let writer = {
             let mut w = long.try_clone().unwrap();
             std::thread::spawn(move || {

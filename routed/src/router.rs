@@ -1201,7 +1201,114 @@ mod tests {
         assert!(has(&r, "192.168.6.0/24"));
     }
 
+    /// What a neighbour (or its TCP connection) can do to the router.
+    #[derive(Debug, Clone)]
+    enum Event {
+        Message(ConnId, Message),
+        DecodeError(ConnId),
+        Connected(ConnId, bool),
+        Closed(ConnId),
+        Wait(u64),
+    }
+
+    fn any_event() -> impl proptest::strategy::Strategy<Value = Event> {
+        use proptest::prelude::*;
+        let conn = prop_oneof![3 => Just(1u64), 1 => Just(2u64)];
+        let prefix = prop_oneof![
+            Just("192.168.5.0/24"),
+            Just("192.168.6.0/24"),
+            Just("192.168.0.0/16"),
+            Just("10.99.0.0/16"),
+            Just("0.0.0.0/0"),
+            Just("fd77::/64"),
+        ]
+        .prop_map(|p| p.parse::<IpNet>().unwrap());
+        let prefixes = proptest::collection::vec(prefix, 0..4);
+        let asn = prop_oneof![Just(65010u32), Just(4_200_000_101), any::<u32>()];
+        let open = (
+            asn.clone(),
+            prop_oneof![Just(0u16), Just(3), Just(90), any::<u16>()],
+            any::<u32>(),
+            any::<[bool; 4]>(),
+        )
+            .prop_map(|(asn, hold_time, id, f)| {
+                Message::Open(Open {
+                    asn,
+                    hold_time,
+                    router_id: std::net::Ipv4Addr::from(id),
+                    ipv4: f[0],
+                    ipv6: f[1],
+                    asn4: f[2],
+                    route_refresh: f[3],
+                })
+            });
+        let update = (
+            prefixes.clone(),
+            prefixes,
+            prop_oneof![Just(vec![65010]), proptest::collection::vec(asn, 0..3)],
+            proptest::option::of(prop_oneof![Just(0x0a4d_0109u32), any::<u32>()]),
+            proptest::option::weighted(0.2, Just("malformed".to_string())),
+        )
+            .prop_map(|(withdrawn, announced, as_path, nh, taw)| {
+                Message::Update(Update {
+                    withdrawn,
+                    announced,
+                    attrs: Attrs {
+                        as_path,
+                        next_hop_v4: nh.map(std::net::Ipv4Addr::from),
+                        next_hop_v6: Some("fd77::1:9".parse().unwrap()),
+                        ..Attrs::default()
+                    },
+                    treat_as_withdraw: taw,
+                })
+            });
+        let message = prop_oneof![
+            1 => open,
+            2 => Just(Message::Keepalive),
+            1 => (1u8..7, any::<u8>()).prop_map(|(c, s)| Message::Notification(Notification::new(c, s))),
+            1 => any::<bool>().prop_map(|ipv6| Message::RouteRefresh { ipv6 }),
+            6 => update,
+        ];
+        prop_oneof![
+            12 => (conn.clone(), message).prop_map(|(c, m)| Event::Message(c, m)),
+            1 => conn.clone().prop_map(Event::DecodeError),
+            1 => (conn.clone(), any::<bool>()).prop_map(|(c, o)| Event::Connected(c, o)),
+            1 => conn.prop_map(Event::Closed),
+            1 => (0u64..20_000).prop_map(Event::Wait),
+        ]
+    }
+
     proptest::proptest! {
+        /// Whatever a neighbour sends, in whatever order and state: no
+        /// panic, and only what its import list allows ever reaches the
+        /// forwarding table.
+        #[test]
+        fn arbitrary_neighbour_behaviour_keeps_the_import_policy(events in proptest::collection::vec(any_event(), 1..30)) {
+            let (mut r, mut now) = router("");
+            let allowed: IpNet = "192.168.0.0/16".parse().unwrap();
+            for e in events {
+                match e {
+                    Event::Message(c, m) => r.on_message(0, c, Ok(m), now),
+                    Event::DecodeError(c) => {
+                        let e = DecodeError { notification: Notification::new(3, 1), reason: "test".into() };
+                        r.on_message(0, c, Err(e), now)
+                    }
+                    Event::Connected(c, o) => r.on_connected(0, c, o, None, now),
+                    Event::Closed(c) => r.on_closed(0, c, "test", now),
+                    Event::Wait(ms) => {
+                        now += Duration::from_millis(ms);
+                        r.on_tick(now);
+                    }
+                }
+                r.drain();
+                for (p, _) in r.fib() {
+                    proptest::prop_assert!(allowed.contains(&p), "{} in the table", p);
+                }
+                let _ = r.status(now);
+                let _ = r.next_deadline(now);
+            }
+        }
+
         /// Any change to the bytes of an UPDATE: either the message cannot
         /// be parsed (NOTIFICATION, the session resets: RFC 7606 leaves no
         /// other choice), or the session stays and the neighbour's other
