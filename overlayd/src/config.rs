@@ -191,7 +191,7 @@ fn default_failback_ms() -> u64 {
     2000
 }
 fn default_pending() -> usize {
-    1024
+    4096
 }
 fn default_pending_timeout() -> u64 {
     5000

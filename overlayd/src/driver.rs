@@ -67,6 +67,17 @@ impl Udp {
             .await
     }
 
+    /// What is there already, without waiting (`WouldBlock` if nothing).
+    fn try_recv(
+        &self,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> std::io::Result<usize> {
+        self.sock.try_io(Interest::READABLE, || {
+            self.state.recv((&self.sock).into(), bufs, meta)
+        })
+    }
+
     async fn recv(
         &self,
         bufs: &mut [IoSliceMut<'_>],
@@ -238,28 +249,92 @@ async fn udp_reader(node: Arc<Node>, io: Arc<Io>, v6: bool) {
     let mut storage = vec![vec![0u8; UDP_RECV_BUF]; UDP_RECV_BATCH];
     let mut meta = [RecvMeta::default(); UDP_RECV_BATCH];
     let mut lane = Lane::new(0);
+    // Handshake initiations wait here while other datagrams go first.
+    let mut inits = Initiations::default();
     loop {
-        let n = {
+        let got = {
             let mut slices: Vec<IoSliceMut> =
                 storage.iter_mut().map(|b| IoSliceMut::new(b)).collect();
-            match udp.recv(&mut slices, &mut meta).await {
-                Ok(n) => n,
-                Err(e) => {
+            if inits.is_empty() {
+                udp.recv(&mut slices, &mut meta).await
+            } else {
+                udp.try_recv(&mut slices, &mut meta)
+            }
+        };
+        let n = match got {
+            Ok(n) => n,
+            Err(e) => {
+                if e.kind() != std::io::ErrorKind::WouldBlock {
                     tracing::debug!("udp recv: {e}");
-                    continue;
                 }
+                0
             }
         };
         for (m, buf) in meta.iter().zip(&storage).take(n) {
             let stride = m.stride.max(1);
             for d in buf[..m.len].chunks(stride) {
-                node.on_datagram(d, m.addr, &mut lane.out);
+                if !crate::node::is_initiation(d) {
+                    node.on_datagram(d, m.addr, &mut lane.out);
+                } else if node.screen_initiation(d, m.addr, &mut lane.out)
+                    && !inits.defer(d, m.addr)
+                {
+                    node.drops
+                        .handshake_backlog
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
             }
             if lane.out.tun.len() >= TUN_FLUSH_AT {
                 io.flush(&mut lane).await;
             }
         }
+        // A few initiations per batch, more once the socket is drained.
+        let budget = if n == 0 { INITS_WHEN_IDLE } else { INITS_PER_BATCH };
+        for _ in 0..budget {
+            let Some((d, from)) = inits.newest() else { break };
+            node.on_initiation(&d, from, &mut lane.out);
+        }
         io.flush(&mut lane).await;
+        if n == 0 && !inits.is_empty() {
+            // Let the other tasks run between rounds of handshakes.
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+/// Handshake initiations wait at most this many; the oldest go first.
+const INIT_BACKLOG: usize = 1024;
+const INITS_PER_BATCH: usize = 2;
+const INITS_WHEN_IDLE: usize = 16;
+
+/// Handshake initiations are what costs a gateway (Diffie-Hellman, about
+/// 0.3 ms each), and a host retries one that went unanswered. Once screened
+/// (mac1, cookie under load: cheap) they wait here under a burst, so data, certificates and probes go first, and the
+/// newest are answered first: an old initiation has most likely been
+/// superseded by its host's retry, and answering it is wasted work. The
+/// backlog is bounded; what falls off the old end is retried by its host.
+#[derive(Default)]
+struct Initiations {
+    queue: std::collections::VecDeque<(Vec<u8>, SocketAddr)>,
+}
+
+impl Initiations {
+    fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// Keeps a screened initiation for later; false when the oldest had
+    /// to make room.
+    fn defer(&mut self, d: &[u8], from: SocketAddr) -> bool {
+        let full = self.queue.len() >= INIT_BACKLOG;
+        if full {
+            self.queue.pop_front();
+        }
+        self.queue.push_back((d.to_vec(), from));
+        !full
+    }
+
+    fn newest(&mut self) -> Option<(Vec<u8>, SocketAddr)> {
+        self.queue.pop_back()
     }
 }
 

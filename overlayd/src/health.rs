@@ -11,6 +11,68 @@ pub enum Transition {
     Down,
 }
 
+/// When to start the next handshake with a gateway that does not answer:
+/// at once, then 1 s later, doubling to 8 s. Each wait is jittered by up to
+/// ±25 % per peer, so hosts that lost their gateway together do not retry
+/// in step, and a loaded gateway sees fewer initiations that are already
+/// stale (superseded by a newer one) when it gets to them.
+#[derive(Debug, Clone)]
+pub struct HandshakeRetry {
+    next: Option<Instant>,
+    attempts: u32,
+    seed: u64,
+}
+
+impl HandshakeRetry {
+    pub const FIRST: Duration = Duration::from_secs(1);
+    pub const MAX: Duration = Duration::from_secs(8);
+
+    /// `seed` spreads the jitter: the peer's index does.
+    pub fn new(seed: u64) -> Self {
+        HandshakeRetry {
+            next: None,
+            attempts: 0,
+            seed,
+        }
+    }
+
+    /// Whether an initiation is due now; when it is, the next is scheduled.
+    pub fn due(&mut self, now: Instant) -> bool {
+        if self.next.is_some_and(|t| now < t) {
+            return false;
+        }
+        self.started(now);
+        true
+    }
+
+    /// An initiation went out (from here or elsewhere): the next one waits.
+    pub fn started(&mut self, now: Instant) {
+        self.next = Some(now + self.wait());
+        self.attempts = self.attempts.saturating_add(1);
+    }
+
+    /// The session answers again: the next loss starts over at once.
+    pub fn reset(&mut self) {
+        self.next = None;
+        self.attempts = 0;
+    }
+
+    fn wait(&self) -> Duration {
+        let base = Self::FIRST
+            .saturating_mul(1 << self.attempts.min(8))
+            .min(Self::MAX);
+        // splitmix64 of (seed, attempt): cheap, and different per peer.
+        let mut z = self
+            .seed
+            .wrapping_add(u64::from(self.attempts).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        let permille = 750 + z % 501;
+        base.mul_f64(permille as f64 / 1000.0)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct GatewayHealth {
     misses_allowed: u32,
@@ -174,5 +236,41 @@ mod tests {
         a = GatewayHealth::new(3);
         b = GatewayHealth::new(3);
         assert_eq!(choose_gateway(Some(0), &[&a, &b], now, stable), None);
+    }
+
+    #[test]
+    fn handshake_retries_back_off_with_jitter_and_start_over() {
+        let t0 = Instant::now();
+        let mut r = HandshakeRetry::new(7);
+        assert!(r.due(t0), "the first initiation goes at once");
+        assert!(!r.due(t0 + Duration::from_millis(700)));
+        // Waits double from 1 s to 8 s, each within ±25 %.
+        let mut now = t0;
+        let mut waits = Vec::new();
+        for _ in 0..6 {
+            let mut t = now + Duration::from_millis(1);
+            while !r.due(t) {
+                t += Duration::from_millis(10);
+            }
+            waits.push((t - now).as_millis() as u64);
+            now = t;
+        }
+        for (w, base) in waits.iter().zip([1000u64, 2000, 4000, 8000, 8000, 8000]) {
+            assert!(
+                (base * 3 / 4..=base * 5 / 4 + 10).contains(w),
+                "waits {waits:?}"
+            );
+        }
+        r.reset();
+        assert!(r.due(now + Duration::from_millis(1)), "after a reset: at once");
+        // Other peers wait other times.
+        let waits: std::collections::HashSet<_> = (0..20u64)
+            .map(|seed| {
+                let mut r = HandshakeRetry::new(seed);
+                r.started(t0);
+                r.next.map(|n| n - t0)
+            })
+            .collect();
+        assert!(waits.len() > 10, "jitter spreads peers: {waits:?}");
     }
 }

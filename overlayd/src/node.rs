@@ -18,7 +18,7 @@ use boringtun::noise::{errors::WireGuardError, Packet, Tunn, TunnResult};
 use cubenet_certs::{NodeCert, Role};
 use ipnet::IpNet;
 use serde_json::{json, Value};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -30,10 +30,11 @@ use x25519_dalek::{PublicKey, StaticSecret};
 const KEEPALIVE_S: u16 = 25;
 /// A peer whose session is gone for this long is forgotten.
 const DEAD_PEER: Duration = Duration::from_secs(240);
+/// A pending peer keeps its place this long even when the set is full: a
+/// real host answers the handshake response within a round trip.
+const PENDING_GRACE: Duration = Duration::from_secs(1);
 /// Resend our certificate until it is acknowledged, this often.
 const CERT_RESEND: Duration = Duration::from_secs(1);
-/// Handshake retry towards a configured gateway without a session.
-const HANDSHAKE_RETRY: Duration = Duration::from_secs(1);
 
 /// What the driver must send after a call into [`Node`]: datagrams grouped
 /// for UDP GSO and TUN packets with room for the virtio-net header.
@@ -58,8 +59,14 @@ pub struct Drops {
     pub invalid: AtomicU64,
     /// A new unknown key while the pending table was full.
     pub pending_full: AtomicU64,
+    /// Pending peers that sent nothing after their handshake, evicted for
+    /// a newer one.
+    pub pending_evicted: AtomicU64,
     /// Handshakes answered with a cookie (under load).
     pub cookies_sent: AtomicU64,
+    /// Screened handshake initiations that fell off the end of a full
+    /// backlog before the gateway got to them (their hosts retry).
+    pub handshake_backlog: AtomicU64,
     /// Certificates presented in-band that failed validation.
     pub bad_cert: AtomicU64,
     /// No endpoint known for the chosen peer yet.
@@ -76,7 +83,9 @@ impl Drops {
             "not_for_us": g(&self.not_for_us),
             "invalid": g(&self.invalid),
             "pending_full": g(&self.pending_full),
+            "pending_evicted": g(&self.pending_evicted),
             "cookies_sent": g(&self.cookies_sent),
+            "handshake_backlog": g(&self.handshake_backlog),
             "bad_cert": g(&self.bad_cert),
             "no_endpoint": g(&self.no_endpoint),
         })
@@ -91,10 +100,45 @@ fn bump(a: &AtomicU64) {
 struct PeerTable {
     by_index: HashMap<u32, Arc<Peer>>,
     by_key: HashMap<[u8; 32], u32>,
+    /// Admitted peers whose certificate is not validated yet (by index).
+    /// Entries whose peer got a certificate or went away are pruned when
+    /// the set is full.
+    pending: HashSet<u32>,
     next_index: u32,
 }
 
 impl PeerTable {
+    /// Frees a place in a full pending set: first entries that are no
+    /// longer pending, else the oldest peer that has not followed its
+    /// handshake with data for [`PENDING_GRACE`] (it never proved its key:
+    /// a flood of initiations). Peers that proved their key keep their
+    /// place until the pending timeout, and a young handshake gets its
+    /// round trip. False when nothing could go.
+    fn make_pending_room(&mut self, now: Instant, evicted: &AtomicU64) -> bool {
+        let before = self.pending.len();
+        let by_index = &self.by_index;
+        self.pending
+            .retain(|i| by_index.get(i).is_some_and(|p| p.cert().is_none()));
+        if self.pending.len() < before {
+            return true;
+        }
+        let oldest = self
+            .pending
+            .iter()
+            .filter_map(|i| self.by_index.get(i))
+            .filter(|p| !p.confirmed.load(Ordering::Relaxed))
+            .min_by_key(|p| p.created)
+            .filter(|p| now.saturating_duration_since(p.created) >= PENDING_GRACE)
+            .cloned();
+        let Some(p) = oldest else { return false };
+        bump(evicted);
+        self.pending.remove(&p.index);
+        self.by_index.remove(&p.index);
+        self.by_key.remove(&p.public_key);
+        tracing::debug!(peer = %p.name(), "pending peer evicted for a newer handshake");
+        true
+    }
+
     fn alloc_index(&mut self) -> u32 {
         loop {
             self.next_index = (self.next_index + 1) & 0x00ff_ffff;
@@ -110,7 +154,12 @@ pub struct Node {
     identity: RwLock<Arc<Identity>>,
     secret: StaticSecret,
     public: PublicKey,
+    /// Handshake initiations of all peers count against this limit; above
+    /// it they need a cookie (mac2). Checked before any Diffie-Hellman.
     rate_limiter: Arc<RateLimiter>,
+    /// What each tunnel checks its handshakes with: mac1 only, because the
+    /// shared limit above was already applied and must not count twice.
+    mac_only: Arc<RateLimiter>,
     peers: RwLock<PeerTable>,
     fib: RwLock<ForwardingTable>,
     /// On a host: the index of the gateway traffic goes through.
@@ -163,6 +212,22 @@ fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     l.write().unwrap_or_else(|p| p.into_inner())
 }
 
+/// What a datagram for a known tunnel is, as far as the receive path cares.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Transport data: proves the peer holds its key.
+    Data,
+    /// A response to our handshake: a new session.
+    Response,
+    Other,
+}
+
+/// Whether a datagram is a WireGuard handshake initiation (type 1, fixed
+/// size), the message that costs a responder Diffie-Hellman work.
+pub fn is_initiation(d: &[u8]) -> bool {
+    d.len() == 148 && d[..4] == [1, 0, 0, 0]
+}
+
 /// The host route (/32 or /128) of an address.
 fn host_net(a: IpAddr) -> IpNet {
     IpNet::from(a)
@@ -173,12 +238,14 @@ impl Node {
         let secret = identity.key.secret().clone();
         let public = PublicKey::from(&secret);
         let rate_limiter = Arc::new(RateLimiter::new(&public, cfg.limits.handshake_rate));
+        let mac_only = Arc::new(RateLimiter::new(&public, u64::MAX));
         let (events, _) = broadcast::channel(1024);
         let node = Arc::new(Node {
             identity: RwLock::new(Arc::new(identity)),
             secret,
             public,
             rate_limiter,
+            mac_only,
             peers: RwLock::new(PeerTable {
                 next_index: rand_start(),
                 ..Default::default()
@@ -507,7 +574,7 @@ impl Node {
             None,
             keepalive,
             index,
-            Some(self.rate_limiter.clone()),
+            Some(self.mac_only.clone()),
         )
     }
 
@@ -624,7 +691,7 @@ impl Node {
         for p in self.gateways() {
             let Some(ep) = p.endpoint() else { continue };
             let mut buf = vec![0u8; 256];
-            *p.last_init.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+            lock(&p.retry).started(Instant::now());
             if let TunnResult::WriteToNetwork(b) =
                 p.tunn().format_handshake_initiation(&mut buf, false)
             {
@@ -635,70 +702,95 @@ impl Node {
 
     /// A datagram from the network.
     pub fn on_datagram(&self, dgram: &[u8], from: SocketAddr, out: &mut Outbox) {
+        if is_initiation(dgram) {
+            if self.screen_initiation(dgram, from, out) {
+                self.on_initiation(dgram, from, out);
+            }
+            return;
+        }
         let Ok(parsed) = Tunn::parse_incoming_packet(dgram) else {
             bump(&self.drops.invalid);
             return;
         };
-        let is_data = matches!(parsed, Packet::PacketData(_));
-        let peer = match parsed {
-            Packet::HandshakeInit(ref init) => {
-                let key = match parse_handshake_anon(&self.secret, &self.public, init) {
-                    Ok(h) => h.peer_static_public,
-                    Err(_) => {
-                        bump(&self.drops.invalid);
-                        return;
-                    }
-                };
-                match self.peer_by_key(&key) {
-                    Some(p) => p,
-                    None => {
-                        // Unknown key: ask for a cookie first when under load,
-                        // so a flood costs us no state.
-                        let mut cookie = [0u8; 64];
-                        match self
-                            .rate_limiter
-                            .verify_packet(Some(from.ip()), dgram, &mut cookie)
-                        {
-                            Ok(_) => {}
-                            Err(TunnResult::WriteToNetwork(c)) => {
-                                bump(&self.drops.cookies_sent);
-                                out.net.push(from, c);
-                                return;
-                            }
-                            Err(_) => {
-                                bump(&self.drops.invalid);
-                                return;
-                            }
-                        }
-                        match self.admit(key) {
-                            Some(p) => p,
-                            None => return,
-                        }
-                    }
-                }
+        let index = match parsed {
+            Packet::HandshakeResponse(ref r) => r.receiver_idx,
+            Packet::PacketCookieReply(ref r) => r.receiver_idx,
+            Packet::PacketData(ref d) => d.receiver_idx,
+            Packet::HandshakeInit(_) => {
+                // Not of an initiation's size: is_initiation said no.
+                bump(&self.drops.invalid);
+                return;
             }
-            Packet::HandshakeResponse(ref r) => match self.peer_by_index(r.receiver_idx >> 8) {
+        };
+        let Some(peer) = self.peer_by_index(index >> 8) else {
+            bump(&self.drops.invalid);
+            return;
+        };
+        let kind = match parsed {
+            Packet::PacketData(_) => Kind::Data,
+            Packet::HandshakeResponse(_) => Kind::Response,
+            _ => Kind::Other,
+        };
+        self.receive(&peer, dgram, from, kind, out);
+    }
+
+    /// The cheap checks of a handshake initiation, before any
+    /// Diffie-Hellman: mac1, and above the rate limit a cookie (mac2)
+    /// proving the source address, else a cookie reply goes out. True when
+    /// the initiation may go on to [`Node::on_initiation`]; the driver lets
+    /// those wait while other datagrams go first.
+    pub fn screen_initiation(&self, dgram: &[u8], from: SocketAddr, out: &mut Outbox) -> bool {
+        let mut cookie = [0u8; 64];
+        match self
+            .rate_limiter
+            .verify_packet(Some(from.ip()), dgram, &mut cookie)
+        {
+            Ok(_) => true,
+            Err(TunnResult::WriteToNetwork(c)) => {
+                bump(&self.drops.cookies_sent);
+                out.net.push(from, c);
+                false
+            }
+            Err(_) => {
+                bump(&self.drops.invalid);
+                false
+            }
+        }
+    }
+
+    /// A screened handshake initiation: the Diffie-Hellman that reveals the
+    /// initiator's key, then the handshake with a known or admitted peer.
+    pub fn on_initiation(&self, dgram: &[u8], from: SocketAddr, out: &mut Outbox) {
+        let Ok(Packet::HandshakeInit(init)) = Tunn::parse_incoming_packet(dgram) else {
+            bump(&self.drops.invalid);
+            return;
+        };
+        let key = match parse_handshake_anon(&self.secret, &self.public, &init) {
+            Ok(h) => h.peer_static_public,
+            Err(_) => {
+                bump(&self.drops.invalid);
+                return;
+            }
+        };
+        let peer = match self.peer_by_key(&key) {
+            Some(p) => p,
+            None => match self.admit(key) {
                 Some(p) => p,
-                None => {
-                    bump(&self.drops.invalid);
-                    return;
-                }
-            },
-            Packet::PacketCookieReply(ref r) => match self.peer_by_index(r.receiver_idx >> 8) {
-                Some(p) => p,
-                None => {
-                    bump(&self.drops.invalid);
-                    return;
-                }
-            },
-            Packet::PacketData(ref d) => match self.peer_by_index(d.receiver_idx >> 8) {
-                Some(p) => p,
-                None => {
-                    bump(&self.drops.invalid);
-                    return;
-                }
+                None => return,
             },
         };
+        self.receive(&peer, dgram, from, Kind::Other, out);
+    }
+
+    /// A datagram for `peer`'s tunnel.
+    fn receive(
+        &self,
+        peer: &Arc<Peer>,
+        dgram: &[u8],
+        from: SocketAddr,
+        kind: Kind,
+        out: &mut Outbox,
+    ) {
         // Decrypt straight into a TUN buffer: a packet for this node goes
         // out without another copy.
         let mut buf = out.tun.take(dgram.len().max(256));
@@ -732,14 +824,17 @@ impl Node {
         if ok {
             // Authenticated: the peer is at `from` now (roaming).
             peer.set_endpoint(from);
-            if is_data && !peer.confirmed.swap(true, Ordering::Relaxed) {
-                self.maybe_attach(&peer);
+            if kind == Kind::Data && !peer.confirmed.swap(true, Ordering::Relaxed) {
+                self.maybe_attach(peer);
+            }
+            if kind == Kind::Response && peer.configured.is_some() {
+                self.present_cert(peer, out);
             }
         }
         match inner_len {
             Some(n) if ok => {
                 buf.truncate(TUN_HEADROOM + n);
-                self.on_inner(&peer, buf, out);
+                self.on_inner(peer, buf, out);
             }
             _ => out.tun.recycle(buf),
         }
@@ -757,12 +852,9 @@ impl Node {
         if let Some(i) = t.by_key.get(&key) {
             return t.by_index.get(i).cloned();
         }
-        let pending = t
-            .by_index
-            .values()
-            .filter(|p| p.configured.is_none() && p.cert().is_none())
-            .count();
-        if pending >= self.cfg.limits.max_pending {
+        if t.pending.len() >= self.cfg.limits.max_pending
+            && !t.make_pending_room(Instant::now(), &self.drops.pending_evicted)
+        {
             bump(&self.drops.pending_full);
             return None;
         }
@@ -776,10 +868,13 @@ impl Node {
         ));
         t.by_key.insert(key, index);
         t.by_index.insert(index, peer.clone());
-        drop(t);
-        if let Some(c) = id.directory.get(&key) {
-            peer.set_cert(Some(c.clone()));
+        match id.directory.get(&key) {
+            Some(c) => peer.set_cert(Some(c.clone())),
+            None => {
+                t.pending.insert(index);
+            }
         }
+        drop(t);
         tracing::debug!(peer = %peer.name(), "new peer");
         Some(peer)
     }
@@ -1000,6 +1095,18 @@ impl Node {
         }
     }
 
+    /// Sends our certificate to a configured gateway as soon as a handshake
+    /// we started completes, and until it is acknowledged again: the
+    /// gateway may be a new process that does not know us (also when our
+    /// probes never noticed it going away), and it knows us one round trip
+    /// later, not at the next resend.
+    fn present_cert(&self, peer: &Peer, out: &mut Outbox) {
+        peer.our_cert_acked.store(false, Ordering::Relaxed);
+        *lock(&peer.last_cert_sent) = Some(Instant::now());
+        let cert = self.identity().cert.encoded().to_vec();
+        self.send_message(peer, &Message::Cert(cert), out);
+    }
+
     /// A validated certificate for `peer`: its addresses route to it.
     fn accept_cert(&self, peer: &Arc<Peer>, cert: Arc<NodeCert>) {
         if let Some(old) = peer.cert() {
@@ -1096,6 +1203,7 @@ impl Node {
             let mut t = write(&self.peers);
             t.by_index.remove(&peer.index);
             t.by_key.remove(&peer.public_key);
+            t.pending.remove(&peer.index);
         }
         write(&self.fib).remove_peer(peer.index);
         if peer.attached.swap(false, Ordering::Relaxed) {
@@ -1110,12 +1218,18 @@ impl Node {
         }
     }
 
+    /// How long probes take to declare a tunnel down.
+    fn probe_window(&self) -> Duration {
+        self.cfg.probe.interval() * (self.cfg.probe.misses + 1)
+    }
+
     /// Called every probe interval.
     pub fn on_tick(&self, now: Instant, out: &mut Outbox) {
         let mut buf = vec![0u8; 2048];
         let pending_timeout = Duration::from_millis(self.cfg.limits.pending_timeout_ms);
         let our_cert = self.identity().cert.encoded().to_vec();
-        for peer in self.peers() {
+        let peers: Vec<Arc<Peer>> = read(&self.peers).by_index.values().cloned().collect();
+        for peer in peers {
             let res = peer.tunn().update_timers(&mut buf);
             match res {
                 TunnResult::WriteToNetwork(b) => {
@@ -1141,21 +1255,26 @@ impl Node {
                 }
                 continue;
             }
-            // Configured gateway: keep a session up (retry handshakes every
-            // second rather than WireGuard's 5 s), probe it, present our cert.
-            // An unanswered probe may mean the gateway restarted and lost
-            // our session: a fresh handshake fixes that at once.
+            // Configured gateway: keep a session up (retry handshakes after
+            // 1 s, backing off to 8 s, rather than WireGuard's fixed 5 s),
+            // probe it, present our cert. An unanswered probe may mean the
+            // gateway restarted and lost our session: a fresh handshake
+            // fixes that at once.
             // Between two gateways only the one with the lower key starts
             // this handshake: both at once collide and drop a few hundred
             // milliseconds of traffic. (A gateway that restarts initiates
             // to every gateway it knows anyway.)
             let we_initiate =
                 self.role() == Role::Host || self.public.as_bytes() < &peer.public_key;
-            if we_initiate && !peer.health().healthy() {
-                let mut last = peer.last_init.lock().unwrap_or_else(|p| p.into_inner());
-                if last.is_none_or(|t| now.duration_since(t) >= HANDSHAKE_RETRY) {
-                    *last = Some(now);
-                    drop(last);
+            if !peer.health().healthy() {
+                // A session younger than the probe window first gets the
+                // chance to prove itself with probes: initiating again
+                // would only cost both ends another handshake.
+                let fresh = peer
+                    .tunn()
+                    .time_since_last_handshake()
+                    .is_some_and(|d| d < self.probe_window());
+                if we_initiate && !fresh && lock(&peer.retry).due(now) {
                     if let (Some(ep), TunnResult::WriteToNetwork(b)) = (
                         peer.endpoint(),
                         peer.tunn().format_handshake_initiation(&mut buf, true),
@@ -1163,6 +1282,8 @@ impl Node {
                         out.net.push(ep, b);
                     }
                 }
+            } else {
+                lock(&peer.retry).reset();
             }
             let (seq, t) = peer.health().on_tick(now);
             if let Some(t) = t {
@@ -1376,4 +1497,85 @@ fn rand_start() -> u32 {
     let mut b = [0u8; 4];
     rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut b);
     u32::from_le_bytes(b) & 0x00ff_ffff
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending_peer(index: u32, created: Instant) -> Arc<Peer> {
+        let ours = StaticSecret::random_from_rng(rand_core::OsRng);
+        let theirs = StaticSecret::random_from_rng(rand_core::OsRng);
+        let key = PublicKey::from(&theirs).to_bytes();
+        let tunn = Tunn::new(ours, PublicKey::from(key), None, None, index, None);
+        let mut p = Peer::new(index, key, None, tunn, 3);
+        p.created = created;
+        Arc::new(p)
+    }
+
+    fn table(peers: &[Arc<Peer>]) -> PeerTable {
+        let mut t = PeerTable::default();
+        for p in peers {
+            t.by_index.insert(p.index, p.clone());
+            t.by_key.insert(p.public_key, p.index);
+            t.pending.insert(p.index);
+        }
+        t
+    }
+
+    #[test]
+    fn a_full_pending_set_evicts_the_oldest_silent_peer_after_its_grace() {
+        let t0 = Instant::now();
+        let old = pending_peer(1, t0);
+        let proven = pending_peer(2, t0);
+        proven.confirmed.store(true, Ordering::Relaxed);
+        let young = pending_peer(3, t0 + Duration::from_millis(900));
+        let mut t = table(&[old.clone(), proven.clone(), young.clone()]);
+        let evicted = AtomicU64::new(0);
+
+        // Within the grace nobody goes: the newcomer is refused.
+        assert!(!t.make_pending_room(t0 + Duration::from_millis(500), &evicted));
+        assert_eq!(t.pending.len(), 3);
+
+        // After it, the oldest peer that sent no data goes; the one that
+        // proved its key stays.
+        assert!(t.make_pending_room(t0 + PENDING_GRACE, &evicted));
+        assert!(!t.by_index.contains_key(&1) && !t.by_key.contains_key(&old.public_key));
+        assert!(t.by_index.contains_key(&2) && t.by_index.contains_key(&3));
+        assert_eq!(evicted.load(Ordering::Relaxed), 1);
+
+        // The young one is next once its own grace is over; the proven one
+        // never is.
+        assert!(!t.make_pending_room(t0 + PENDING_GRACE, &evicted));
+        assert!(t.make_pending_room(t0 + Duration::from_millis(1900), &evicted));
+        assert!(!t.make_pending_room(t0 + Duration::from_secs(60), &evicted));
+        assert_eq!(t.pending.iter().copied().collect::<Vec<_>>(), vec![2]);
+    }
+
+    #[test]
+    fn entries_no_longer_pending_make_room_first() {
+        let t0 = Instant::now();
+        let gone = pending_peer(1, t0);
+        let silent = pending_peer(2, t0);
+        let mut t = table(&[gone, silent]);
+        t.by_index.remove(&1);
+        let evicted = AtomicU64::new(0);
+        assert!(t.make_pending_room(t0 + Duration::from_secs(10), &evicted));
+        assert_eq!(evicted.load(Ordering::Relaxed), 0, "nobody was evicted");
+        assert!(t.by_index.contains_key(&2));
+        assert_eq!(t.pending.len(), 1);
+    }
+
+    #[test]
+    fn initiations_are_recognised_by_type_and_size() {
+        let mut d = vec![0u8; 148];
+        d[0] = 1;
+        assert!(is_initiation(&d));
+        d[1] = 1;
+        assert!(!is_initiation(&d), "reserved bytes must be zero");
+        d[1] = 0;
+        assert!(!is_initiation(&d[..147]));
+        d[0] = 4;
+        assert!(!is_initiation(&d));
+    }
 }

@@ -2,7 +2,7 @@
 //! current UDP endpoint, the certificate once validated, counters and, for
 //! gateway tunnels, liveness.
 
-use crate::health::GatewayHealth;
+use crate::health::{GatewayHealth, HandshakeRetry};
 use boringtun::noise::Tunn;
 use cubenet_certs::{NodeCert, Role};
 use std::net::SocketAddr;
@@ -26,8 +26,8 @@ pub struct Peer {
     /// Our certificate was acknowledged by the peer.
     pub our_cert_acked: AtomicBool,
     pub last_cert_sent: Mutex<Option<Instant>>,
-    /// When we last started a handshake ourselves (configured gateways).
-    pub last_init: Mutex<Option<Instant>>,
+    /// When we start the next handshake ourselves (configured gateways).
+    pub retry: Mutex<HandshakeRetry>,
     pub attached: AtomicBool,
     pub created: Instant,
     pub health: Mutex<GatewayHealth>,
@@ -56,7 +56,7 @@ impl Peer {
             confirmed: AtomicBool::new(false),
             our_cert_acked: AtomicBool::new(false),
             last_cert_sent: Mutex::new(None),
-            last_init: Mutex::new(None),
+            retry: Mutex::new(HandshakeRetry::new(u64::from(index))),
             attached: AtomicBool::new(false),
             created: Instant::now(),
             health: Mutex::new(GatewayHealth::new(misses)),
