@@ -57,6 +57,8 @@ pub struct Drops {
     pub not_for_us: AtomicU64,
     /// Undecodable or unauthenticated datagrams.
     pub invalid: AtomicU64,
+    /// Data with a counter already seen (a duplicate, or a replay).
+    pub replayed: AtomicU64,
     /// A new unknown key while the pending table was full.
     pub pending_full: AtomicU64,
     /// Pending peers that sent nothing after their handshake, evicted for
@@ -82,6 +84,7 @@ impl Drops {
             "no_route": g(&self.no_route),
             "not_for_us": g(&self.not_for_us),
             "invalid": g(&self.invalid),
+            "replayed": g(&self.replayed),
             "pending_full": g(&self.pending_full),
             "pending_evicted": g(&self.pending_evicted),
             "cookies_sent": g(&self.cookies_sent),
@@ -200,6 +203,8 @@ const IDENTITY_NEGATIVE_TTL: Duration = Duration::from_secs(10);
 const IDENTITY_CACHE: usize = 4096;
 const WHOIS_RETRY: Duration = Duration::from_secs(1);
 const WHOIS_PER_TICK: usize = 64;
+/// Peers waiting for the answer to one relayed question, at most.
+const WHOIS_ASKERS: usize = 64;
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -401,13 +406,17 @@ impl Node {
                 let mut relay = lock(&self.whois_relay);
                 let now = Instant::now();
                 relay.retain(|_, (_, t)| now.duration_since(*t) < Duration::from_secs(2));
-                let e = relay.entry(a).or_insert_with(|| (Vec::new(), now));
-                if !e.0.contains(&from.index) {
-                    e.0.push(from.index);
+                // Bounded: past the cap a question is answered "unknown"
+                // (the asker retries) rather than remembered.
+                if relay.len() < IDENTITY_CACHE || relay.contains_key(&a) {
+                    let e = relay.entry(a).or_insert_with(|| (Vec::new(), now));
+                    if !e.0.contains(&from.index) && e.0.len() < WHOIS_ASKERS {
+                        e.0.push(from.index);
+                    }
+                    drop(relay);
+                    self.send_message(&next, &Message::WhoIs(a), out);
+                    return;
                 }
-                drop(relay);
-                self.send_message(&next, &Message::WhoIs(a), out);
-                return;
             }
         }
         self.send_message(
@@ -800,11 +809,8 @@ impl Node {
             let mut tunn = peer.tunn();
             match tunn.decapsulate(Some(from.ip()), dgram, &mut buf[TUN_HEADROOM..]) {
                 TunnResult::Done => ok = true,
-                TunnResult::Err(e) => {
-                    if !matches!(e, WireGuardError::DuplicateCounter) {
-                        bump(&self.drops.invalid);
-                    }
-                }
+                TunnResult::Err(WireGuardError::DuplicateCounter) => bump(&self.drops.replayed),
+                TunnResult::Err(_) => bump(&self.drops.invalid),
                 TunnResult::WriteToNetwork(b) => {
                     ok = true;
                     out.net.push(from, b);
@@ -1046,6 +1052,12 @@ impl Node {
                 if let Some(t) = t {
                     self.gateway_transition(peer, t);
                 }
+            }
+            // Identity questions and answers only from peers whose own
+            // certificate is validated: a key that merely completed a
+            // handshake makes this gateway do no work for others.
+            Message::WhoIs(_) | Message::WhoIsReply { .. } if peer.cert().is_none() => {
+                bump(&self.drops.unauthenticated);
             }
             Message::WhoIs(a) => self.on_whois(peer, a, out),
             Message::WhoIsReply { addr, cert } => self.on_whois_reply(addr, cert, out),

@@ -481,3 +481,32 @@ fn a_stranger_key_gets_a_session_but_never_attaches() {
     assert_eq!(node.peers().len(), 1);
     assert_eq!(node.status()["peers"][0]["authenticated"], false);
 }
+
+#[test]
+fn identity_questions_only_from_peers_with_a_validated_cert() {
+    // A key that merely completed a handshake gets no answer and makes the
+    // gateway ask nobody; a host with its cert gets one.
+    let pki = Pki::get();
+    let node = pki.gateway();
+    let stranger = NodeKey::generate();
+    let mut c = Client::new(
+        node.clone(),
+        &stranger,
+        pki.gw_key.public(),
+        "192.0.2.98:1".parse().unwrap(),
+    );
+    c.handshake();
+    let before = drops(&node)[UNAUTHENTICATED];
+    let ask = Message::WhoIs(GW_V4.parse().unwrap()).encode();
+    assert!(c.send(&ask).is_empty(), "a stranger's WhoIs was answered");
+    assert_eq!(drops(&node)[UNAUTHENTICATED], before + 1);
+
+    let mut host = attached_host();
+    let replies = host.send(&ask);
+    assert!(
+        replies
+            .iter()
+            .any(|p| matches!(Message::decode(p), Ok(Message::WhoIsReply { .. }))),
+        "an attached host's WhoIs got no reply: {replies:?}"
+    );
+}
