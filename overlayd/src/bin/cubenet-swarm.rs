@@ -16,6 +16,8 @@
 //! ```
 //!
 //! Prints one JSON object with the figures on stdout; progress on stderr.
+//! `SWARM_DEBUG=1` also prints every host whose probes went unanswered:
+//! how long ago its last handshake and its last probe reply were.
 
 use boringtun::noise::{Tunn, TunnResult};
 use clap::Parser;
@@ -116,6 +118,7 @@ struct Host {
     next_timers: Instant,
     retry: HandshakeRetry,
     last_cert: Option<Instant>,
+    last_reply: Option<Instant>,
     attached_at: Option<Instant>,
 }
 
@@ -433,6 +436,7 @@ impl Swarm {
                 next_timers: far,
                 retry: HandshakeRetry::new(u64::from(i + 1)),
                 last_cert: None,
+                last_reply: None,
                 attached_at: None,
             });
         }
@@ -629,6 +633,14 @@ impl Swarm {
             // The gateway went quiet: it may be a new process that has to
             // see our certificate again.
             self.c.detached += 1;
+            if std::env::var_os("SWARM_DEBUG").is_some() {
+                eprintln!(
+                    "host {i} down: handshake {:?} ago, attached {}, last reply {:?} ago",
+                    h.tunn.time_since_last_handshake(),
+                    h.attached,
+                    h.last_reply.map(|t| now - t)
+                );
+            }
             if h.attached {
                 h.attached = false;
                 self.attached -= 1;
@@ -731,6 +743,7 @@ impl Swarm {
                 }
             }
             Ok(Message::ProbeReply { seq }) => {
+                self.hosts[i].last_reply = Some(now);
                 self.hosts[i].health.on_reply(seq, now);
             }
             Ok(Message::Probe { seq }) => self.send_message(i, &Message::ProbeReply { seq }),
