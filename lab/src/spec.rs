@@ -73,9 +73,13 @@ impl Spec {
     pub fn load(path: &Path) -> Result<Spec> {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let spec: Spec = toml::from_str(&text)
-            .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.message()))?;
-        spec.check().with_context(|| path.display().to_string())?;
+        Spec::parse(&text).with_context(|| path.display().to_string())
+    }
+
+    /// A spec from its TOML text, checked.
+    pub fn parse(text: &str) -> Result<Spec> {
+        let spec: Spec = toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+        spec.check()?;
         Ok(spec)
     }
 
@@ -122,5 +126,38 @@ impl Spec {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const SPEC: &str = "routed = true\nbfd_interval_ms = 100\n[[site]]\nname = \"fra\"\ngateways = 2\nhosts = 2\nbird = true\n[[site]]\nname = \"ams\"\n";
+
+    #[test]
+    fn the_smallest_spec_and_errors_that_name_the_key() {
+        let s = Spec::parse(SPEC).unwrap();
+        assert_eq!(s.sites.len(), 2);
+        let e = Spec::parse("[[site]]\nname = \"fra\"\ngateways = 0\n").unwrap_err();
+        assert!(format!("{e:#}").contains("site[0].gateways"), "{e:#}");
+        let e = Spec::parse("[[site]]\nname = \"fra\"\nbird = true\n").unwrap_err();
+        assert!(format!("{e:#}").contains("site[0].bird"), "{e:#}");
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_text_never_panics(text in "\\PC{0,200}") {
+            let _ = Spec::parse(&text);
+        }
+
+        #[test]
+        fn mangled_specs_never_panic(at in 0..SPEC.len(), cut in 0..40usize, junk in "[ -~\n]{0,12}") {
+            let mut t = SPEC.to_string();
+            let end = (at + cut).min(t.len());
+            t.replace_range(at..end, &junk);
+            let _ = Spec::parse(&t);
+        }
     }
 }
