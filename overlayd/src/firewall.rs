@@ -30,6 +30,11 @@ const UDP_REPLIED: Duration = Duration::from_secs(180);
 const ICMP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Flows tracked at most; beyond, new flows are dropped (and counted).
 pub const DEFAULT_MAX_FLOWS: usize = 65_536;
+/// Later fragments of an IPv4 datagram follow the verdict on its first
+/// fragment for this long (Linux reassembles for 30 s at most).
+const FRAGMENT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Datagrams whose later fragments are let through, at most.
+const MAX_FRAGMENTED: usize = 4096;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
@@ -514,6 +519,8 @@ pub enum Verdict {
     Deny(Option<usize>),
     Malformed,
     TableFull,
+    /// A later IPv4 fragment whose first fragment did not pass.
+    OrphanFragment,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -527,12 +534,48 @@ pub struct Counters {
     pub malformed: u64,
     pub table_full: u64,
     pub cut_by_reload: u64,
+    /// Later IPv4 fragments whose first fragment was not let through (or
+    /// came after them).
+    pub orphan_fragments: u64,
 }
 
 pub struct Firewall {
     pub policy: Policy,
     flows: HashMap<Key, Entry>,
+    /// IPv4 datagrams whose first fragment passed, until when their later
+    /// fragments (no ports in them) pass too.
+    fragmented: HashMap<FragmentKey, Instant>,
     pub counters: Counters,
+}
+
+/// What ties the fragments of one IPv4 datagram together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct FragmentKey {
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    proto: u8,
+    id: u16,
+}
+
+/// For a fragment of an IPv4 datagram: its key, and whether it is the
+/// first (the one with the transport header). `None` for a whole datagram.
+fn ipv4_fragment(b: &[u8]) -> Option<(FragmentKey, bool)> {
+    if b.len() < 20 || b[0] >> 4 != 4 {
+        return None;
+    }
+    let flags = be16(b, 6)?;
+    let offset = flags & 0x1fff;
+    let more = flags & 0x2000 != 0;
+    if offset == 0 && !more {
+        return None;
+    }
+    let key = FragmentKey {
+        src: Ipv4Addr::new(b[12], b[13], b[14], b[15]),
+        dst: Ipv4Addr::new(b[16], b[17], b[18], b[19]),
+        proto: b[9],
+        id: be16(b, 4)?,
+    };
+    Some((key, offset == 0))
 }
 
 fn key_of(p: &Packet) -> Key {
@@ -571,6 +614,7 @@ impl Firewall {
         Firewall {
             policy,
             flows: HashMap::new(),
+            fragmented: HashMap::new(),
             counters,
         }
     }
@@ -580,8 +624,38 @@ impl Firewall {
     }
 
     /// Judges one packet. `identity` looks up the certificate behind an
-    /// address, if known.
+    /// address, if known. The later fragments of an IPv4 datagram carry no
+    /// ports: they pass when its first fragment passed, else they drop.
     pub fn check(
+        &mut self,
+        dir: Direction,
+        pkt: &[u8],
+        now: Instant,
+        identity: &dyn Fn(IpAddr) -> Option<Identity>,
+    ) -> Verdict {
+        let fragment = ipv4_fragment(pkt);
+        if let Some((k, false)) = fragment {
+            if self.fragmented.get(&k).is_some_and(|t| *t > now) {
+                self.counters.tracked_pass += 1;
+                return Verdict::Pass;
+            }
+            self.counters.orphan_fragments += 1;
+            self.counters.dropped += 1;
+            return Verdict::OrphanFragment;
+        }
+        let v = self.judge(dir, pkt, now, identity);
+        if let (Some((k, true)), Verdict::Pass) = (fragment, v) {
+            if self.fragmented.len() >= MAX_FRAGMENTED {
+                self.fragmented.retain(|_, t| *t > now);
+            }
+            if self.fragmented.len() < MAX_FRAGMENTED {
+                self.fragmented.insert(k, now + FRAGMENT_TIMEOUT);
+            }
+        }
+        v
+    }
+
+    fn judge(
         &mut self,
         dir: Direction,
         pkt: &[u8],
@@ -690,6 +764,8 @@ impl Firewall {
         now: Instant,
         identity: &dyn Fn(IpAddr) -> Option<Identity>,
     ) -> usize {
+        // Datagrams in pieces are judged anew by their next first fragment.
+        self.fragmented.clear();
         let before = self.flows.len();
         self.flows.retain(|k, e| {
             if e.expires <= now {
@@ -719,6 +795,7 @@ impl Firewall {
     /// Drops expired flows (call now and then).
     pub fn expire(&mut self, now: Instant) {
         self.flows.retain(|_, e| e.expires > now);
+        self.fragmented.retain(|_, t| *t > now);
     }
 
     /// A dry run: what happens to a flow opened by `remote` (inbound) or to
@@ -849,6 +926,87 @@ mod tests {
         assert_eq!(
             fw.check(Direction::Inbound, &syn, now, &ids),
             Verdict::Deny(None)
+        );
+    }
+
+    /// One fragment of an IPv4 datagram: `id`, byte `offset`, more to come.
+    fn fragment(src: [u8; 4], proto: u8, id: u16, offset: u16, more: bool, l4: &[u8]) -> Vec<u8> {
+        let mut b = v4(src, ME, proto, l4);
+        b[4..6].copy_from_slice(&id.to_be_bytes());
+        let flags = (offset / 8) | if more { 0x2000 } else { 0 };
+        b[6..8].copy_from_slice(&flags.to_be_bytes());
+        b
+    }
+
+    #[test]
+    fn later_fragments_follow_their_first() {
+        let mut fw = Firewall::new(
+            policy("[firewall]\ninbound_default = \"deny\"\n[[firewall.inbound]]\naction = \"allow\"\nproto = \"udp\"\nport = \"5000\"\n[[firewall.inbound]]\naction = \"allow\"\nproto = \"icmp\"\n").unwrap(),
+        );
+        let now = Instant::now();
+        let check = |fw: &mut Firewall, p: &[u8]| fw.check(Direction::Inbound, p, now, &ids);
+        // A UDP datagram to the allowed port in three pieces: all pass.
+        let mut udp = vec![0u8; 16];
+        udp[0..2].copy_from_slice(&40000u16.to_be_bytes());
+        udp[2..4].copy_from_slice(&5000u16.to_be_bytes());
+        assert_eq!(
+            check(&mut fw, &fragment(OTHER, UDP, 7, 0, true, &udp)),
+            Verdict::Pass
+        );
+        assert_eq!(
+            check(&mut fw, &fragment(OTHER, UDP, 7, 1480, true, &[9; 16])),
+            Verdict::Pass
+        );
+        assert_eq!(
+            check(&mut fw, &fragment(OTHER, UDP, 7, 2960, false, &[9; 16])),
+            Verdict::Pass
+        );
+        // A large ping, the same.
+        let echo = [8u8, 0, 0, 0, 0, 1, 0, 1];
+        assert_eq!(
+            check(&mut fw, &fragment(OTHER, ICMP, 8, 0, true, &echo)),
+            Verdict::Pass
+        );
+        assert_eq!(
+            check(&mut fw, &fragment(OTHER, ICMP, 8, 1480, false, &[0; 8])),
+            Verdict::Pass
+        );
+        // To a denied port: the first fragment is denied and the rest go
+        // with it; pieces of another datagram (id, source) do not ride along.
+        udp[2..4].copy_from_slice(&6000u16.to_be_bytes());
+        assert_eq!(
+            check(&mut fw, &fragment(OTHER, UDP, 9, 0, true, &udp)),
+            Verdict::Deny(None)
+        );
+        assert_eq!(
+            check(&mut fw, &fragment(OTHER, UDP, 9, 1480, false, &[9; 16])),
+            Verdict::OrphanFragment
+        );
+        assert_eq!(
+            check(&mut fw, &fragment(WEB, UDP, 7, 1480, false, &[9; 16])),
+            Verdict::OrphanFragment
+        );
+        assert_eq!(fw.counters.orphan_fragments, 2);
+        // They expire, and a reload forgets them.
+        let later = now + FRAGMENT_TIMEOUT;
+        assert_eq!(
+            fw.check(
+                Direction::Inbound,
+                &fragment(OTHER, UDP, 7, 2960, false, &[9; 16]),
+                later,
+                &ids
+            ),
+            Verdict::OrphanFragment
+        );
+        assert_eq!(
+            check(&mut fw, &fragment(OTHER, ICMP, 10, 0, true, &echo)),
+            Verdict::Pass
+        );
+        let same = fw.policy.clone();
+        fw.reload(same, now, &ids);
+        assert_eq!(
+            check(&mut fw, &fragment(OTHER, ICMP, 10, 1480, false, &[0; 8])),
+            Verdict::OrphanFragment
         );
     }
 

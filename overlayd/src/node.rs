@@ -514,6 +514,7 @@ impl Node {
             Verdict::Deny(None) => format!("{} default", dir.as_str()),
             Verdict::Malformed => "malformed".into(),
             Verdict::TableFull => "flow table full".into(),
+            Verdict::OrphanFragment => "fragment without its first".into(),
             Verdict::Pass => "pass".into(),
         };
         tracing::info!(
@@ -565,6 +566,7 @@ impl Node {
             "malformed": c.malformed,
             "table_full": c.table_full,
             "cut_by_reload": c.cut_by_reload,
+            "orphan_fragments": c.orphan_fragments,
         })
     }
 
