@@ -288,9 +288,15 @@ async fn udp_reader(node: Arc<Node>, io: Arc<Io>, v6: bool) {
             }
         }
         // A few initiations per batch, more once the socket is drained.
-        let budget = if n == 0 { INITS_WHEN_IDLE } else { INITS_PER_BATCH };
+        let budget = if n == 0 {
+            INITS_WHEN_IDLE
+        } else {
+            INITS_PER_BATCH
+        };
         for _ in 0..budget {
-            let Some((d, from)) = inits.newest() else { break };
+            let Some((d, from)) = inits.newest() else {
+                break;
+            };
             node.on_initiation(&d, from, &mut lane.out);
         }
         io.flush(&mut lane).await;

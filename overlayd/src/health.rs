@@ -262,7 +262,10 @@ mod tests {
             );
         }
         r.reset();
-        assert!(r.due(now + Duration::from_millis(1)), "after a reset: at once");
+        assert!(
+            r.due(now + Duration::from_millis(1)),
+            "after a reset: at once"
+        );
         // Other peers wait other times.
         let waits: std::collections::HashSet<_> = (0..20u64)
             .map(|seed| {

@@ -43,7 +43,10 @@ fn a_swarm_attaches_survives_a_restart_and_a_flood_gets_cookies() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     // The swarm itself fails when not every host attached, when the
     // gateway's own count of attached peers differs, or when it panicked.
-    assert!(out.status.success(), "bench/swarm.sh failed:\n{stdout}\n{stderr}");
+    assert!(
+        out.status.success(),
+        "bench/swarm.sh failed:\n{stdout}\n{stderr}"
+    );
     eprintln!("{stdout}");
     let read = |f: &str| -> Value {
         serde_json::from_slice(&std::fs::read(dir.path().join(f)).unwrap()).unwrap()
@@ -63,7 +66,10 @@ fn a_swarm_attaches_survives_a_restart_and_a_flood_gets_cookies() {
     let f = &flood["flood"];
     // The cookie mechanism engaged: the gateway answered initiations above
     // the limit with cookies, and the flooder received them.
-    assert!(f["gateway_drops"]["cookies_sent"].as_u64().unwrap() > 0, "{f}");
+    assert!(
+        f["gateway_drops"]["cookies_sent"].as_u64().unwrap() > 0,
+        "{f}"
+    );
     assert!(f["flood"]["cookie_replies"].as_u64().unwrap() > 0, "{f}");
     // Full handshakes with the unknown keys stayed within the rate limit:
     // at most RATE per second of the flood (plus the second it started).
