@@ -2,22 +2,32 @@
 //! the bytes, so a test can prove that data crossed the overlay intact.
 //!
 //!   cubenet-tcpcheck serve ADDR:PORT          # accepts one connection
-//!   cubenet-tcpcheck send ADDR:PORT BYTES     # sends BYTES pseudo-random bytes
+//!   cubenet-tcpcheck send ADDR:PORT BYTES [--rate BYTES_PER_S] [--until-eof]
 //!
-//! Both print `<bytes> <sha256>` on success.
+//! `send` sends BYTES pseudo-random bytes; `--rate` paces them (so a
+//! transfer can outlast a series of faults), `--until-eof` also ends it, at
+//! a chunk boundary, once its stdin reaches end of file (so the caller
+//! decides how long it runs). Both ends print `<bytes> <sha256>` on success.
 
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::ExitCode;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const USAGE: &str =
+    "usage: cubenet-tcpcheck serve ADDR:PORT | send ADDR:PORT BYTES [--rate BYTES_PER_S] [--until-eof]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let r = match args.get(1).map(String::as_str) {
         Some("serve") if args.len() == 3 => serve(&args[2]),
-        Some("send") if args.len() == 4 => send(&args[2], &args[3]),
-        _ => Err("usage: cubenet-tcpcheck serve ADDR:PORT | send ADDR:PORT BYTES".to_string()),
+        Some("send") if args.len() >= 4 => {
+            send_options(&args[4..]).and_then(|o| send(&args[2], &args[3], o))
+        }
+        _ => Err(USAGE.to_string()),
     };
     match r {
         Ok(line) => {
@@ -59,10 +69,53 @@ fn serve(a: &str) -> Result<String, String> {
     Ok(format!("{total} {}", hex(&h.finalize())))
 }
 
-fn send(a: &str, bytes: &str) -> Result<String, String> {
+/// What `send` takes after ADDR:PORT BYTES.
+#[derive(Debug, Default, PartialEq)]
+struct SendOptions {
+    /// Bytes per second at most.
+    rate: Option<u64>,
+    /// End at stdin's end of file.
+    until_eof: bool,
+}
+
+fn send_options(args: &[String]) -> Result<SendOptions, String> {
+    let mut o = SendOptions::default();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--rate" => {
+                let v = it.next().ok_or("--rate needs BYTES_PER_S")?;
+                let r: u64 =
+                    v.parse().ok().filter(|r| *r > 0).ok_or_else(|| {
+                        format!("--rate {v:?}: expected bytes per second above 0")
+                    })?;
+                o.rate = Some(r);
+            }
+            "--until-eof" => o.until_eof = true,
+            _ => return Err(format!("{a:?}: unknown option\n{USAGE}")),
+        }
+    }
+    Ok(o)
+}
+
+/// A flag raised once stdin reaches end of file (or fails).
+fn stdin_closed() -> Arc<AtomicBool> {
+    let closed = Arc::new(AtomicBool::new(false));
+    let flag = closed.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        let mut stdin = std::io::stdin();
+        while matches!(stdin.read(&mut buf), Ok(n) if n > 0) {}
+        flag.store(true, Ordering::SeqCst);
+    });
+    closed
+}
+
+fn send(a: &str, bytes: &str, o: SendOptions) -> Result<String, String> {
     let want: u64 = bytes
         .parse()
         .map_err(|_| format!("{bytes:?} is not a byte count"))?;
+    let closed = o.until_eof.then(stdin_closed);
     let mut s = TcpStream::connect_timeout(&addr(a)?, Duration::from_secs(10))
         .map_err(|e| format!("connect {a}: {e}"))?;
     s.set_write_timeout(Some(Duration::from_secs(60)))
@@ -72,8 +125,19 @@ fn send(a: &str, bytes: &str) -> Result<String, String> {
     // xorshift: deterministic, not compressible, cheap.
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut sent = 0u64;
+    // Smaller chunks when paced, so the pace is smooth.
+    let chunk = if o.rate.is_some() { 1 << 14 } else { buf.len() };
+    let start = Instant::now();
     while sent < want {
-        let n = ((want - sent) as usize).min(buf.len());
+        if closed.as_ref().is_some_and(|c| c.load(Ordering::SeqCst)) {
+            break;
+        }
+        if let Some(rate) = o.rate {
+            // Not ahead of `rate`: wait until the bytes sent so far are due.
+            let due = start + Duration::from_secs_f64(sent as f64 / rate as f64);
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        }
+        let n = ((want - sent) as usize).min(chunk);
         for chunk in buf[..n].chunks_mut(8) {
             x ^= x << 13;
             x ^= x >> 7;
@@ -95,4 +159,29 @@ fn send(a: &str, bytes: &str) -> Result<String, String> {
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(args: &[&str]) -> Result<SendOptions, String> {
+        send_options(&args.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn send_options_parse_and_name_what_is_wrong() {
+        assert_eq!(opts(&[]), Ok(SendOptions::default()));
+        assert_eq!(
+            opts(&["--rate", "1000", "--until-eof"]),
+            Ok(SendOptions {
+                rate: Some(1000),
+                until_eof: true
+            })
+        );
+        assert!(opts(&["--rate"]).unwrap_err().contains("--rate needs"));
+        assert!(opts(&["--rate", "0"]).unwrap_err().contains("above 0"));
+        assert!(opts(&["--rate", "fast"]).unwrap_err().contains("\"fast\""));
+        assert!(opts(&["--speed"]).unwrap_err().contains("unknown option"));
+    }
 }

@@ -4,7 +4,6 @@
 mod common;
 
 use common::{bin, netns_or_skip, ok, Lab};
-use serde_json::Value;
 use std::path::Path;
 use std::process::Command;
 
@@ -157,34 +156,7 @@ fn metrics_are_scraped_and_expiry_is_warned() {
     let lab = Lab::up("routed = true\n[[site]]\nname = \"fra\"\n[[site]]\nname = \"ams\"\n");
     // fra-h1 gets a certificate that expires in 10 days, and metrics.
     let h1 = lab.node("fra-h1");
-    let printed: Value = serde_json::from_str(&ok(Command::new(bin("overlay-cert")).args([
-        "print",
-        "--json",
-        h1["cert"].as_str().unwrap(),
-    ])))
-    .unwrap();
-    let mut args = vec![
-        "sign".to_string(),
-        "--ca-dir".into(),
-        lab.path().join("ca").to_str().unwrap().into(),
-        "--name".into(),
-        "fra-h1".into(),
-        "--role".into(),
-        "host".into(),
-        "--site".into(),
-        "fra".into(),
-        "--days".into(),
-        "10".into(),
-        "--key".into(),
-        h1["key"].as_str().unwrap().into(),
-        "--out".into(),
-        h1["cert"].as_str().unwrap().into(),
-    ];
-    for a in printed["addresses"].as_array().unwrap() {
-        args.push("--ip".into());
-        args.push(a.as_str().unwrap().into());
-    }
-    ok(Command::new(bin("overlay-cert")).args(&args));
+    lab.resign("fra-h1", &["--days", "10"]);
     let cfg = h1["overlayd_config"].as_str().unwrap().to_string();
     let text = std::fs::read_to_string(&cfg).unwrap();
     std::fs::write(&cfg, format!("metrics_listen = \"127.0.0.1:9469\"\n{text}")).unwrap();

@@ -4,10 +4,9 @@
 
 mod common;
 
-use common::{bin, netns_or_skip, Lab};
+use common::{netns_or_skip, Lab};
 use serde_json::Value;
 use std::io::Read;
-use std::process::Command;
 
 const THREE_BY_TWO: &str = "routed = true\nbfd_interval_ms = 100\n\
     [[site]]\nname = \"fra\"\ngateways = 2\nhosts = 1\n\
@@ -17,27 +16,15 @@ const THREE_BY_TWO: &str = "routed = true\nbfd_interval_ms = 100\n\
 const FRA_H1: &str = "10.77.1.11";
 const AMS_H1: &str = "10.77.2.11";
 
-fn routed(lab: &Lab, node: &str, what: &str) -> Value {
-    let sock = lab.node(node)["routed_socket"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let out = Command::new(bin("routed"))
-        .args([what, "--json", "--socket", &sock])
-        .output()
-        .unwrap();
-    serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
-}
-
 fn neighbor(lab: &Lab, node: &str, name: &str) -> Value {
-    routed(lab, node, "status")["neighbors"]
+    lab.routed(node, "status")["neighbors"]
         .as_array()
         .and_then(|ns| ns.iter().find(|n| n["name"] == name).cloned())
         .unwrap_or(Value::Null)
 }
 
 fn via(lab: &Lab, node: &str, prefix: &str) -> Vec<String> {
-    routed(lab, node, "routes")["routes"]
+    lab.routed(node, "routes")["routes"]
         .as_array()
         .and_then(|rs| rs.iter().find(|r| r["prefix"] == prefix).cloned())
         .map(|r| {
@@ -51,20 +38,10 @@ fn via(lab: &Lab, node: &str, prefix: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn active_gateway(lab: &Lab, host: &str) -> String {
-    lab.overlayd(host)["peers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["active"] == true)
-        .map(|p| p["name"].as_str().unwrap().to_string())
-        .expect("an active gateway")
-}
-
 /// Runs a 50 ms ping across sites while `fault` happens once replies flow;
 /// returns (sent, received, longest run of lost replies).
 fn ping_through(lab: &Lab, from: &str, to: &str, fault: impl FnOnce()) -> (u32, u32, u32) {
-    let gw = active_gateway(lab, from);
+    let gw = lab.active_gateway(from);
     let rx = |l: &Lab| l.peer(from, &gw)["rx_packets"].as_u64().unwrap_or(0);
     let before = rx(lab);
     let mut ping = lab.spawn(from, &["ping", "-i", "0.05", "-c", "100", to]);
@@ -116,14 +93,14 @@ fn three_sites_of_two_gateways_reach_everyone_and_survive_faults() {
     lab.wait_for("equal-cost paths to ams-h1", |l| {
         via(l, "fra-gw1", &format!("{AMS_H1}/32")) == vec!["ams-gw1", "ams-gw2"]
     });
-    let st = routed(&lab, "fra-gw1", "status");
+    let st = lab.routed("fra-gw1", "status");
     for n in st["neighbors"].as_array().unwrap() {
         assert_eq!(n["state"], "established", "{n}");
         assert_eq!(n["bfd"], "up", "{n}");
     }
 
     // SIGKILL of the gateway fra-h1 sends through: the flow goes on.
-    let gw = active_gateway(&lab, "fra-h1");
+    let gw = lab.active_gateway("fra-h1");
     let (sent, got, gap) = ping_through(&lab, "fra-h1", AMS_H1, || {
         lab.lab_ok(&["kill", &gw, "--signal", "KILL"]);
     });
@@ -193,7 +170,7 @@ fn three_sites_of_two_gateways_reach_everyone_and_survive_faults() {
     lab.lab_ok(&["start", "fra-gw1"]);
     lab.lab_ok(&["wait"]);
     assert_eq!(routed_entries(&lab), before);
-    assert_eq!(routed(&lab, "fra-gw1", "status")["fib_ready"], true);
+    assert_eq!(lab.routed("fra-gw1", "status")["fib_ready"], true);
 }
 
 #[test]

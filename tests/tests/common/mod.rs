@@ -5,7 +5,7 @@
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Output, Stdio};
 
 pub use cubenet_testbed::netns_or_skip;
 
@@ -97,9 +97,7 @@ impl Lab {
 
     /// Runs a command in a node's namespace.
     pub fn exec(&self, node: &str, cmd: &[&str]) -> Output {
-        let mut c = Command::new(bin("cubenet-lab"));
-        c.arg("exec").arg(self.path()).arg(node).arg("--").args(cmd);
-        run(&mut c)
+        run(&mut self.exec_command(node, cmd))
     }
 
     pub fn exec_ok(&self, node: &str, cmd: &[&str]) -> String {
@@ -114,14 +112,16 @@ impl Lab {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// A command that runs `cmd` in a node's namespace.
+    pub fn exec_command(&self, node: &str, cmd: &[&str]) -> Command {
+        let mut c = Command::new(bin("cubenet-lab"));
+        c.arg("exec").arg(self.path()).arg(node).arg("--").args(cmd);
+        c
+    }
+
     /// Spawns a command in a node's namespace (killed with the Lab).
     pub fn spawn(&self, node: &str, cmd: &[&str]) -> Child {
-        Command::new(bin("cubenet-lab"))
-            .arg("exec")
-            .arg(self.path())
-            .arg(node)
-            .arg("--")
-            .args(cmd)
+        self.exec_command(node, cmd)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -156,11 +156,103 @@ impl Lab {
         serde_json::from_str(&out).expect("overlayd status json")
     }
 
+    /// `routed WHAT --json` of a gateway (`status`, `routes`); Null when
+    /// routed does not answer.
+    pub fn routed(&self, node: &str, what: &str) -> Value {
+        let sock = self.node(node)["routed_socket"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{node}: no routed socket"))
+            .to_string();
+        let out = run(Command::new(bin("routed")).args([what, "--json", "--socket", &sock]));
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    }
+
+    /// Signs a new certificate for a node's key into its cert path, with
+    /// the name, role, site, groups, addresses and subnets of its current
+    /// one; `extra` adds `overlay-cert sign` options (`--days 10`) or
+    /// replaces the groups (`--groups a,b`). Restart the node to use it.
+    pub fn resign(&self, node: &str, extra: &[&str]) {
+        let n = self.node(node);
+        let cert = n["cert"].as_str().expect("cert path").to_string();
+        let printed: Value = serde_json::from_str(&ok(
+            Command::new(bin("overlay-cert")).args(["print", "--json", &cert])
+        ))
+        .expect("overlay-cert print json");
+        let field = |k: &str| printed[k].as_str().unwrap_or_default().to_string();
+        let list = |k: &str| -> Vec<String> {
+            printed[k]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        };
+        let ca_dir = self.path().join("ca");
+        let mut args: Vec<String> = vec![
+            "sign".into(),
+            "--ca-dir".into(),
+            ca_dir.to_str().expect("utf-8 path").into(),
+            "--name".into(),
+            field("name"),
+            "--role".into(),
+            field("role"),
+            "--site".into(),
+            field("site"),
+            "--key".into(),
+            n["key"].as_str().expect("key path").into(),
+            "--out".into(),
+            cert,
+        ];
+        if !extra.contains(&"--groups") && !list("groups").is_empty() {
+            args.extend(["--groups".into(), list("groups").join(",")]);
+        }
+        for a in list("addresses") {
+            args.extend(["--ip".into(), a]);
+        }
+        for s in list("subnets") {
+            args.extend(["--subnet".into(), s]);
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        ok(Command::new(bin("overlay-cert")).args(&args));
+    }
+
+    /// Lines of any daemon log (overlayd, routed) of any node that report
+    /// a panic, each prefixed with the log's path.
+    pub fn panics(&self) -> Vec<String> {
+        let mut found = Vec::new();
+        for e in std::fs::read_dir(self.path().join("nodes"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            for daemon in ["overlayd.log", "routed.log"] {
+                let log = e.path().join(daemon);
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                found.extend(
+                    text.lines()
+                        .filter(|l| l.contains("panicked"))
+                        .map(|l| format!("{}: {l}", log.display())),
+                );
+            }
+        }
+        found
+    }
+
     pub fn peer(&self, node: &str, peer: &str) -> Value {
         self.overlayd(node)["peers"]
             .as_array()
             .and_then(|a| a.iter().find(|p| p["name"] == peer).cloned())
             .unwrap_or(Value::Null)
+    }
+
+    /// The gateway a host sends through now.
+    pub fn active_gateway(&self, host: &str) -> String {
+        self.overlayd(host)["peers"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["active"] == true))
+            .and_then(|p| p["name"].as_str())
+            .unwrap_or_else(|| panic!("{host}: no active gateway"))
+            .to_string()
     }
 
     pub fn ping(&self, from: &str, to: &str, count: u32) -> Output {
@@ -234,6 +326,11 @@ impl TcpServer {
         TcpServer { child, out }
     }
 
+    /// Its exit status once it has stopped (None while it waits or reads).
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("try_wait")
+    }
+
     /// `<bytes> <sha256>` of what it received.
     pub fn result(mut self) -> String {
         let mut line = String::new();
@@ -264,4 +361,72 @@ pub fn tcp_send(lab: &Lab, node: &str, addr: &str, bytes: u64) -> String {
     )
     .trim()
     .to_string()
+}
+
+/// A paced `cubenet-tcpcheck send --rate R --until-eof` running in a node:
+/// it sends until `finish` closes its stdin, so a transfer can run through
+/// a series of faults however long they take.
+pub struct TcpSender {
+    child: Child,
+    stdin: Option<ChildStdin>,
+}
+
+impl TcpSender {
+    /// Starts sending to `addr` at `rate` bytes per second at most.
+    pub fn start(lab: &Lab, node: &str, addr: &str, rate: u64) -> TcpSender {
+        let tcpcheck = bin("cubenet-tcpcheck");
+        let rate = rate.to_string();
+        // More than will ever be sent: the transfer ends at `finish`.
+        let cmd = [
+            tcpcheck.to_str().expect("utf-8 path"),
+            "send",
+            addr,
+            "1000000000000",
+            "--rate",
+            &rate,
+            "--until-eof",
+        ];
+        let mut child = lab
+            .exec_command(node, &cmd)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn tcpcheck send");
+        let stdin = child.stdin.take();
+        TcpSender { child, stdin }
+    }
+
+    /// Its exit status and stderr once it has stopped (None while it sends).
+    pub fn exited(&mut self) -> Option<String> {
+        let status = self.child.try_wait().expect("try_wait")?;
+        let mut err = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut e, &mut err);
+        }
+        Some(format!("{status}: {}", err.trim()))
+    }
+
+    /// Ends the transfer and returns `<bytes> <sha256>` of what was sent.
+    pub fn finish(mut self) -> String {
+        drop(self.stdin.take());
+        let mut out = String::new();
+        if let Some(mut o) = self.child.stdout.take() {
+            let _ = std::io::Read::read_to_string(&mut o, &mut out);
+        }
+        let status = self.child.wait().expect("wait");
+        let mut err = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut e, &mut err);
+        }
+        assert!(status.success(), "tcpcheck send failed ({status}): {err}");
+        out.trim().to_string()
+    }
+}
+
+impl Drop for TcpSender {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
