@@ -31,9 +31,14 @@ pub enum Request {
     RouteDel {
         prefix: IpNet,
     },
-    /// Replaces every routed entry with this set (used by routed at start).
+    /// Replaces every routed entry with this set; with `merge`, installs or
+    /// replaces these entries and keeps the others (what routed sends while
+    /// it is still learning after a start: a restarted overlayd gets routes
+    /// at once, a running one loses none).
     RouteSet {
         routes: Vec<RouteEntry>,
+        #[serde(default)]
+        merge: bool,
     },
 }
 
@@ -130,7 +135,7 @@ fn handle(node: &Node, req: Request, reload: &(dyn Fn() -> Value + Send + Sync))
             Err(e) => json!({"ok": false, "error": format!("{prefix}: {e}")}),
         },
         Request::RouteDel { prefix } => json!({"ok": true, "removed": node.route_del(prefix)}),
-        Request::RouteSet { routes } => {
+        Request::RouteSet { routes, merge } => {
             // Validate everything first: a bad entry refuses the whole set
             // and the installed table stays as it was.
             let mut errors = Vec::new();
@@ -144,7 +149,7 @@ fn handle(node: &Node, req: Request, reload: &(dyn Fn() -> Value + Send + Sync))
             if !errors.is_empty() {
                 return json!({"ok": false, "error": errors.join("; ")});
             }
-            node.route_replace_all(&routes);
+            node.route_set(&routes, merge);
             json!({"ok": true, "installed": routes.len()})
         }
         Request::Subscribe => json!({"ok": false, "error": "unreachable"}),
@@ -181,9 +186,15 @@ mod tests {
             serde_json::from_str(r#"{"cmd":"route_add","prefix":"10.77.2.0/24","via":["g"]}"#)
                 .unwrap();
         assert!(matches!(r, Request::RouteAdd { .. }));
+        let r: Request = serde_json::from_str(r#"{"cmd":"route_set","routes":[]}"#).unwrap();
+        assert!(matches!(r, Request::RouteSet { merge: false, .. }));
+        let r: Request =
+            serde_json::from_str(r#"{"cmd":"route_set","routes":[],"merge":true}"#).unwrap();
+        assert!(matches!(r, Request::RouteSet { merge: true, .. }));
         for bad in [
             r#"{"cmd":"reboot"}"#,
             r#"{"cmd":"route_add","prefix":"10.77.2.0/33","via":[]}"#,
+            r#"{"cmd":"route_set","routes":[],"merge":"yes"}"#,
             "not json",
         ] {
             assert!(serde_json::from_str::<Request>(bad).is_err(), "{bad}");

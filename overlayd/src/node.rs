@@ -1478,8 +1478,9 @@ impl Node {
         Ok(())
     }
 
-    /// Replaces all routed entries (names already checked by the caller).
-    pub fn route_replace_all(&self, routes: &[crate::ctl::RouteEntry]) {
+    /// Replaces all routed entries, or with `merge` installs or replaces
+    /// these and keeps the rest (names already checked by the caller).
+    pub fn route_set(&self, routes: &[crate::ctl::RouteEntry], merge: bool) {
         let resolved: Vec<(IpNet, Vec<PeerId>)> = routes
             .iter()
             .map(|r| {
@@ -1494,7 +1495,9 @@ impl Node {
             })
             .collect();
         let mut fib = write(&self.fib);
-        fib.remove_origin(Origin::Routed);
+        if !merge {
+            fib.remove_origin(Origin::Routed);
+        }
         for (prefix, ids) in resolved {
             if !ids.is_empty() {
                 fib.insert(prefix, Origin::Routed, NextHop::Peers(ids));

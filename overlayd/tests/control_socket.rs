@@ -48,9 +48,12 @@ struct Server {
 }
 
 fn server() -> Server {
+    server_of(Pki::get().gateway())
+}
+
+fn server_of(node: Arc<overlayd::node::Node>) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("overlayd.sock");
-    let node = Pki::get().gateway();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -202,4 +205,73 @@ fn a_client_gone_mid_line_is_forgotten() {
     }
     status(&mut good);
     status(&mut BufReader::new(connect(&s.path)));
+}
+
+/// The routed entries of `status`: prefix → via.
+fn routed_entries(c: &mut BufReader<UnixStream>) -> Vec<(String, Value)> {
+    c.get_mut().write_all(b"{\"cmd\":\"status\"}\n").unwrap();
+    let v = reply(c);
+    v["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["origin"] == "routed")
+        .map(|r| (r["prefix"].as_str().unwrap().to_string(), r["via"].clone()))
+        .collect()
+}
+
+#[test]
+fn route_set_replaces_the_table_and_merge_keeps_the_rest() {
+    // A host node: its one gateway, fra-gw1, is a valid next hop.
+    let s = server_of(Pki::get().host());
+    let mut c = BufReader::new(connect(&s.path));
+    let send = |c: &mut BufReader<UnixStream>, line: &str| {
+        c.get_mut()
+            .write_all(format!("{line}\n").as_bytes())
+            .unwrap();
+        let v = reply(c);
+        assert_eq!(v["ok"], true, "{line}: {v}");
+    };
+    let entry = |p: &str| format!(r#"{{"prefix":"{p}","via":["fra-gw1"]}}"#);
+    send(
+        &mut c,
+        &format!(
+            r#"{{"cmd":"route_set","routes":[{},{}]}}"#,
+            entry("10.9.1.0/24"),
+            entry("10.9.2.0/24")
+        ),
+    );
+    let prefixes = |c: &mut BufReader<UnixStream>| -> Vec<String> {
+        let mut p: Vec<String> = routed_entries(c).into_iter().map(|(p, _)| p).collect();
+        p.sort();
+        p
+    };
+    assert_eq!(prefixes(&mut c), ["10.9.1.0/24", "10.9.2.0/24"]);
+    // Merge: one added, the others kept.
+    send(
+        &mut c,
+        &format!(
+            r#"{{"cmd":"route_set","routes":[{}],"merge":true}}"#,
+            entry("10.9.3.0/24")
+        ),
+    );
+    assert_eq!(
+        prefixes(&mut c),
+        ["10.9.1.0/24", "10.9.2.0/24", "10.9.3.0/24"]
+    );
+    // A merge naming an unknown gateway changes nothing.
+    c.get_mut()
+        .write_all(b"{\"cmd\":\"route_set\",\"merge\":true,\"routes\":[{\"prefix\":\"10.9.4.0/24\",\"via\":[\"nobody\"]}]}\n")
+        .unwrap();
+    assert_eq!(reply(&mut c)["ok"], false);
+    assert_eq!(prefixes(&mut c).len(), 3);
+    // Without merge the set is the whole table.
+    send(
+        &mut c,
+        &format!(
+            r#"{{"cmd":"route_set","routes":[{}]}}"#,
+            entry("10.9.3.0/24")
+        ),
+    );
+    assert_eq!(prefixes(&mut c), ["10.9.3.0/24"]);
 }

@@ -302,7 +302,9 @@ pub async fn run(cfg: Config, router: Router) -> Result<(), String> {
     }
     tracing::info!("routed stopping; overlayd keeps its routes");
     if cfg.kernel_routes {
-        if let Err(e) = crate::kernel::reconcile(&cfg.interface, cfg.route_protocol, &[]).await {
+        if let Err(e) =
+            crate::kernel::reconcile(&cfg.interface, cfg.route_protocol, &[], true).await
+        {
             tracing::warn!("removing kernel routes: {e}");
         }
     }
@@ -405,7 +407,9 @@ async fn snapshot(me: &Arc<Shared>, path: &std::path::Path) -> Result<(), String
 /// Writes the best routes into overlayd and the kernel when they change.
 async fn sync_tables(me: Arc<Shared>) {
     let mut last: Option<Value> = None;
-    let mut last_kernel: Option<Vec<(ipnet::IpNet, Option<IpAddr>)>> = None;
+    // What the kernel was last given, and whether stale routes were pruned.
+    type KernelRoutes = (bool, Vec<(ipnet::IpNet, Option<IpAddr>)>);
+    let mut last_kernel: Option<KernelRoutes> = None;
     let mut last_sync = Instant::now();
     loop {
         let _ = tokio::time::timeout(RESYNC, me.tables.notified()).await;
@@ -413,14 +417,19 @@ async fn sync_tables(me: Arc<Shared>) {
             let r = me.router();
             (r.fib_ready(), r.fib(), r.kernel_routes())
         };
-        if !ready {
+        // Until routed owns the table (its neighbours back, or the startup
+        // grace over) what it has learned is merged in and nothing is
+        // removed: a running overlayd keeps forwarding on the routes of
+        // before the restart, and one that restarted with routed (an empty
+        // table) forwards on the first routes learned instead of waiting.
+        if !ready && fib.is_empty() {
             continue;
         }
         let routes: Vec<Value> = fib
             .iter()
             .map(|(p, via)| json!({"prefix": p.to_string(), "via": via}))
             .collect();
-        let req = json!({"cmd": "route_set", "routes": routes});
+        let req = json!({"cmd": "route_set", "routes": routes, "merge": !ready});
         if last.as_ref() != Some(&req) || last_sync.elapsed() >= RESYNC {
             match overlayd_request(&me.cfg.overlayd_socket, &req).await {
                 Ok(v) if v["ok"] == true => {
@@ -431,10 +440,12 @@ async fn sync_tables(me: Arc<Shared>) {
                 Err(e) => tracing::debug!("overlayd: {e}"),
             }
         }
-        if me.cfg.kernel_routes && last_kernel.as_ref() != Some(&kernel) {
-            match crate::kernel::reconcile(&me.cfg.interface, me.cfg.route_protocol, &kernel).await
+        if me.cfg.kernel_routes && last_kernel.as_ref() != Some(&(ready, kernel.clone())) {
+            let prune = ready;
+            match crate::kernel::reconcile(&me.cfg.interface, me.cfg.route_protocol, &kernel, prune)
+                .await
             {
-                Ok(()) => last_kernel = Some(kernel),
+                Ok(()) => last_kernel = Some((ready, kernel)),
                 Err(e) => tracing::warn!("kernel routes: {e}"),
             }
         }

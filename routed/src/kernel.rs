@@ -28,11 +28,14 @@ fn gateway(m: &RouteMessage) -> Option<IpAddr> {
 }
 
 /// Makes the kernel's routes of `protocol` exactly `want`: each prefix via
-/// a gateway address, or (`None`) into `ifname`.
+/// a gateway address, or (`None`) into `ifname`. Without `prune` it only
+/// adds what is missing and removes nothing (while routed is still
+/// learning after a start).
 pub async fn reconcile(
     ifname: &str,
     protocol: u8,
     want: &[(IpNet, Option<IpAddr>)],
+    prune: bool,
 ) -> Result<(), String> {
     let (conn, handle, _) =
         rtnetlink::new_connection().map_err(|e| format!("netlink socket: {e}"))?;
@@ -54,15 +57,21 @@ pub async fn reconcile(
             }
         }
     }
-    let want: BTreeSet<(IpNet, Option<IpAddr>)> =
+    let mut want: BTreeSet<(IpNet, Option<IpAddr>)> =
         want.iter().map(|(p, g)| (p.trunc(), *g)).collect();
+    if !prune {
+        // A prefix the kernel routes already (by a route of before the
+        // start) stays as it is: adding a second route for it would fail.
+        let routed: BTreeSet<IpNet> = have.iter().filter_map(destination).collect();
+        want.retain(|(p, _)| !routed.contains(p));
+    }
     let mut present = BTreeSet::new();
     for m in have {
         match destination(&m).map(|p| (p, gateway(&m))) {
             Some(k) if want.contains(&k) => {
                 present.insert(k);
             }
-            _ => {
+            _ if prune => {
                 handle
                     .route()
                     .del(m)
@@ -70,6 +79,7 @@ pub async fn reconcile(
                     .await
                     .map_err(|e| format!("removing a stale route: {e}"))?;
             }
+            _ => {}
         }
     }
     if want.len() == present.len() {
