@@ -20,12 +20,16 @@ use std::io::IoSliceMut;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tun_rs::{AsyncDevice, GROTable, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
 /// Socket buffers large enough that a burst does not overflow them.
+/// How long a stopping overlayd goes on forwarding after telling its peers
+/// it leaves: what they sent before they heard still arrives (a round trip
+/// across the internet).
+const DRAIN: Duration = Duration::from_millis(250);
 const SOCKET_BUFFER: usize = 8 << 20;
 /// Datagrams (each possibly a GRO run) per receive call.
 const UDP_RECV_BATCH: usize = 8;
@@ -468,7 +472,14 @@ pub async fn run(cfg: Config, config_path: PathBuf, identity: Identity) -> Resul
             _ = int.recv() => break,
         }
     }
-    tracing::info!("overlayd stopping");
+    // Tell the peers, then go on forwarding what is already on its way
+    // here while they move their traffic elsewhere.
+    tracing::info!("overlayd stopping: telling peers, draining {DRAIN:?}");
+    let mut lane = Lane::new(0);
+    node.leave(&mut lane.out);
+    io.flush(&mut lane).await;
+    tokio::time::sleep(DRAIN).await;
+    tracing::info!("overlayd stopped");
     let _ = std::fs::remove_file(&socket_path);
     Ok(())
 }

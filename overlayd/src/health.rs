@@ -133,6 +133,18 @@ impl GatewayHealth {
         (self.seq, t)
     }
 
+    /// The gateway said it is shutting down: down at once, not after
+    /// missed probes.
+    pub fn leaving(&mut self) -> Option<Transition> {
+        if !self.healthy {
+            return None;
+        }
+        self.healthy = false;
+        self.healthy_since = None;
+        self.flaps += 1;
+        Some(Transition::Down)
+    }
+
     /// A probe reply arrived.
     pub fn on_reply(&mut self, seq: u64, now: Instant) -> Option<Transition> {
         // Replies to older probes still prove the path works, but only the
@@ -180,6 +192,23 @@ mod tests {
     use super::*;
 
     const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn leaving_is_down_at_once_and_a_reply_brings_it_back() {
+        let t0 = Instant::now();
+        let mut h = GatewayHealth::new(3);
+        let (s, _) = h.on_tick(t0);
+        assert_eq!(h.on_reply(s, t0 + MS), Some(Transition::Up));
+        assert_eq!(h.leaving(), Some(Transition::Down));
+        assert!(!h.healthy());
+        assert_eq!(h.flaps, 1);
+        // Said twice, or while down: nothing more.
+        assert_eq!(h.leaving(), None);
+        assert_eq!(h.flaps, 1);
+        // Its successor answers a probe: up again.
+        let (s, _) = h.on_tick(t0 + 100 * MS);
+        assert_eq!(h.on_reply(s, t0 + 101 * MS), Some(Transition::Up));
+    }
 
     #[test]
     fn down_after_misses_up_on_reply() {

@@ -40,6 +40,9 @@ pub enum Message {
         addr: IpAddr,
         cert: Vec<u8>,
     },
+    /// The sender is shutting down: take traffic elsewhere now rather than
+    /// after missed probes, and handshake anew with whatever answers later.
+    Leaving,
 }
 
 fn put_addr(body: &mut Vec<u8>, a: &IpAddr) {
@@ -124,6 +127,7 @@ impl Message {
                 put_addr(&mut body, addr);
                 body.extend_from_slice(cert);
             }
+            Message::Leaving => body.push(7),
         }
         let mut p = vec![0u8; HEADER];
         p[0] = 0x60;
@@ -176,6 +180,8 @@ impl Message {
                     cert: cert.to_vec(),
                 })
             }
+            7 if rest.is_empty() => Ok(Message::Leaving),
+            7 => Err(InbandError::TooLarge(rest.len())),
             t => Err(InbandError::UnknownType(t)),
         }
     }
@@ -203,6 +209,7 @@ mod tests {
                 addr: "10.77.1.11".parse().unwrap(),
                 cert: vec![],
             },
+            Message::Leaving,
         ] {
             let p = m.encode();
             assert!(is_inband(&p));
@@ -235,6 +242,7 @@ mod tests {
             any::<u64>().prop_map(|seq| Message::ProbeReply { seq }),
             addr.clone().prop_map(Message::WhoIs),
             (addr, bytes).prop_map(|(addr, cert)| Message::WhoIsReply { addr, cert }),
+            Just(Message::Leaving),
         ]
     }
 

@@ -191,6 +191,9 @@ pub struct Node {
     whois_relay: std::sync::Mutex<HashMap<IpAddr, (Vec<PeerId>, Instant)>>,
     /// When certificate expiry was last checked (warned 30 days ahead).
     expiry_checked: std::sync::Mutex<Option<Instant>>,
+    /// Shutting down: peers were told (`Leaving`), probes go unanswered so
+    /// they do not take this node back while it drains.
+    leaving: std::sync::atomic::AtomicBool,
 }
 
 /// Warn this many days before the node's or the CA's certificate expires.
@@ -259,6 +262,7 @@ impl Node {
             active_gateway: RwLock::new(None),
             drops: Drops::default(),
             events,
+            leaving: std::sync::atomic::AtomicBool::new(false),
             started: Instant::now(),
             last_rate_reset: RwLock::new(Instant::now()),
             datapath: RwLock::new(Value::Null),
@@ -1048,7 +1052,22 @@ impl Node {
 
     fn on_message(&self, peer: &Arc<Peer>, m: Message, out: &mut Outbox) {
         match m {
-            Message::Probe { seq } => self.send_message(peer, &Message::ProbeReply { seq }, out),
+            Message::Probe { seq } => {
+                if !self.leaving.load(Ordering::Relaxed) {
+                    self.send_message(peer, &Message::ProbeReply { seq }, out);
+                }
+            }
+            // Authenticated by the tunnel: a gateway going away is down now
+            // (traffic moves to the others, a handshake with its successor
+            // follows), a host going away is detached (its routes go).
+            Message::Leaving if peer.configured.is_some() => {
+                tracing::info!(peer = %peer.name(), "gateway is shutting down");
+                let t = peer.health().leaving();
+                if let Some(t) = t {
+                    self.gateway_transition(peer, t);
+                }
+            }
+            Message::Leaving => self.remove_peer(peer, "shut down"),
             Message::ProbeReply { seq } => {
                 let t = peer.health().on_reply(seq, Instant::now());
                 if let Some(t) = t {
@@ -1208,6 +1227,20 @@ impl Node {
             let name = chosen.map(|c| gws[c].name());
             tracing::info!(gateway = ?name, "active gateway changed");
             *active = new;
+        }
+    }
+
+    /// Shutting down: tells every peer with a session, and stops answering
+    /// probes. The caller keeps forwarding a moment before it exits, for
+    /// what was already on its way here.
+    pub fn leave(&self, out: &mut Outbox) {
+        self.leaving.store(true, Ordering::Relaxed);
+        let peers: Vec<Arc<Peer>> = read(&self.peers).by_index.values().cloned().collect();
+        for peer in peers {
+            let session = peer.tunn().time_since_last_handshake().is_some();
+            if session && (peer.configured.is_some() || peer.cert().is_some()) {
+                self.send_message(&peer, &Message::Leaving, out);
+            }
         }
     }
 

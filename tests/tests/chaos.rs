@@ -765,3 +765,50 @@ fn a_gateway_restarted_while_a_neighbor_is_unreachable_forwards_when_hosts_fail_
     let seen = watch.stop();
     nothing_lost_when_calm(&seen, &[calm]);
 }
+
+/// A gateway stopped the polite way (SIGTERM) and started again: it tells
+/// its peers before it goes (in-band `Leaving`), so its hosts and the other
+/// gateways move their traffic at once instead of after missed probes and
+/// BFD, and not one ping of the watch is lost through the stop, the restart
+/// and the hosts' failback to it.
+#[test]
+fn a_gateway_stopped_with_sigterm_and_started_again_loses_no_ping() {
+    if !netns_or_skip("a_gateway_stopped_with_sigterm_and_started_again_loses_no_ping") {
+        return;
+    }
+    let lab = Lab::up(SPEC);
+    // fra-h1 on its preferred gateway, so it fails back there after.
+    let gw = FRA_PREFERRED.to_string();
+    lab.wait_for("fra-h1 on its preferred gateway", |l| {
+        l.active_gateway("fra-h1") == gw
+    });
+    let watch = PingWatch::start(&lab);
+    let from = unix_now();
+    let old_flaps = lab.peer("fra-h1", &gw)["flaps"].as_u64().unwrap_or(0);
+    // `kill` returns once the daemons are gone.
+    lab.lab_ok(&["kill", &gw]);
+    assert_ne!(
+        lab.active_gateway("fra-h1"),
+        gw,
+        "fra-h1 still sends to {gw}"
+    );
+    assert!(
+        lab.peer("fra-h1", &gw)["flaps"].as_u64().unwrap_or(0) > old_flaps,
+        "fra-h1 did not take {gw} down"
+    );
+    let log = std::fs::read_to_string(lab.path().join("nodes").join(&gw).join("overlayd.log"))
+        .unwrap_or_default();
+    assert!(
+        log.contains("telling peers"),
+        "{gw} did not tell its peers:\n{log}"
+    );
+    lab.lab_ok(&["start", &gw]);
+    lab.wait_for("fra-h1 to fail back", |l| l.active_gateway("fra-h1") == gw);
+    lab.lab_ok(&["wait"]);
+    let calm = Calm {
+        what: format!("{gw} stopped with SIGTERM, started, failed back to"),
+        from,
+        to: unix_now(),
+    };
+    nothing_lost_when_calm(&watch.stop(), &[calm]);
+}
