@@ -25,11 +25,11 @@ use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tun_rs::{AsyncDevice, GROTable, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
-/// Socket buffers large enough that a burst does not overflow them.
 /// How long a stopping overlayd goes on forwarding after telling its peers
 /// it leaves: what they sent before they heard still arrives (a round trip
 /// across the internet).
 const DRAIN: Duration = Duration::from_millis(250);
+/// Socket buffers large enough that a burst does not overflow them.
 const SOCKET_BUFFER: usize = 8 << 20;
 /// Datagrams (each possibly a GRO run) per receive call.
 const UDP_RECV_BATCH: usize = 8;

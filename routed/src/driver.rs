@@ -441,8 +441,8 @@ async fn sync_tables(me: Arc<Shared>) {
             }
         }
         if me.cfg.kernel_routes && last_kernel.as_ref() != Some(&(ready, kernel.clone())) {
-            let prune = ready;
-            match crate::kernel::reconcile(&me.cfg.interface, me.cfg.route_protocol, &kernel, prune)
+            // Stale routes go only once routed owns the table.
+            match crate::kernel::reconcile(&me.cfg.interface, me.cfg.route_protocol, &kernel, ready)
                 .await
             {
                 Ok(()) => last_kernel = Some((ready, kernel)),
