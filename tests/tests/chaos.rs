@@ -126,6 +126,18 @@ fn pids(lab: &Lab) -> BTreeMap<String, Vec<i64>> {
         .collect()
 }
 
+/// Fails when a daemon's pid is not the expected one (it restarted or died
+/// by itself) or a daemon log reports a panic.
+fn nothing_restarted_or_panicked(lab: &Lab, expected: &BTreeMap<String, Vec<i64>>, phase: &str) {
+    assert_eq!(
+        &pids(lab),
+        expected,
+        "{phase}: a daemon restarted or died by itself"
+    );
+    let panics = lab.panics();
+    assert!(panics.is_empty(), "{phase}: panics:\n{}", panics.join("\n"));
+}
+
 /// Every host's virtual addresses as host routes (/32, /128).
 fn host_prefixes(lab: &Lab) -> BTreeMap<String, Vec<String>> {
     HOSTS
@@ -262,28 +274,57 @@ struct PingWatch {
     pings: Vec<(String, Child, JoinHandle<Echoes>)>,
 }
 
-impl PingWatch {
-    fn start(lab: &Lab) -> PingWatch {
-        let mut pings = Vec::new();
-        for from in HOSTS {
-            for to in HOSTS.iter().filter(|t| **t != from) {
-                for addr in lab.addrs(to) {
-                    let interval = WATCH_INTERVAL.to_string();
-                    let cmd = ["ping", "-D", "-n", "-O", "-i", &interval, &addr];
-                    let mut child = lab.spawn(from, &cmd);
-                    let out = child.stdout.take().expect("ping stdout");
-                    let reader = std::thread::spawn(move || {
-                        let mut echoes = Echoes::default();
-                        for line in BufReader::new(out).lines() {
-                            let Ok(line) = line else { break };
-                            echoes.add(&line);
-                        }
-                        echoes
-                    });
-                    pings.push((format!("{from} -> {to} ({addr})"), child, reader));
-                }
+/// A host and another host's virtual address it must reach.
+struct Pair {
+    from: &'static str,
+    to: &'static str,
+    addr: String,
+}
+
+impl std::fmt::Display for Pair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} -> {} ({})", self.from, self.to, self.addr)
+    }
+}
+
+/// Every host with every other host's every address.
+fn pairs(lab: &Lab) -> Vec<Pair> {
+    let addrs: BTreeMap<&str, Vec<String>> = HOSTS.iter().map(|h| (*h, lab.addrs(h))).collect();
+    let mut pairs = Vec::new();
+    for from in HOSTS {
+        for to in HOSTS.into_iter().filter(|t| *t != from) {
+            for addr in &addrs[to] {
+                pairs.push(Pair {
+                    from,
+                    to,
+                    addr: addr.clone(),
+                });
             }
         }
+    }
+    pairs
+}
+
+impl PingWatch {
+    fn start(lab: &Lab, pairs: &[Pair]) -> PingWatch {
+        let interval = WATCH_INTERVAL.to_string();
+        let pings = pairs
+            .iter()
+            .map(|p| {
+                let cmd = ["ping", "-D", "-n", "-O", "-i", &interval, &p.addr];
+                let mut child = lab.spawn(p.from, &cmd);
+                let out = child.stdout.take().expect("ping stdout");
+                let reader = std::thread::spawn(move || {
+                    let mut echoes = Echoes::default();
+                    for line in BufReader::new(out).lines() {
+                        let Ok(line) = line else { break };
+                        echoes.add(&line);
+                    }
+                    echoes
+                });
+                (p.to_string(), child, reader)
+            })
+            .collect();
         PingWatch { pings }
     }
 
@@ -363,23 +404,20 @@ fn nothing_lost_when_calm(seen: &[(String, Echoes)], calm: &[Calm]) {
 /// Every host pings every other host's every address; returns the longest
 /// time from `healed` to a pair's first reply, and that pair. Fails once
 /// `REACH_BOUND` has passed since `healed` without a reply for some pair.
-fn everyone_reaches_everyone(lab: &Lab, healed: Instant, phase: &str) -> (Duration, String) {
-    let mut pairs = Vec::new();
-    for from in HOSTS {
-        for to in HOSTS.iter().filter(|t| **t != from) {
-            for addr in lab.addrs(to) {
-                pairs.push((from, *to, addr));
-            }
-        }
-    }
+fn everyone_reaches_everyone(
+    lab: &Lab,
+    pairs: &[Pair],
+    healed: Instant,
+    phase: &str,
+) -> (Duration, String) {
     std::thread::scope(|s| {
         let pings: Vec<_> = pairs
             .iter()
-            .map(|(from, to, addr)| {
+            .map(|p| {
                 s.spawn(move || {
-                    let pair = format!("{from} -> {to} ({addr})");
+                    let pair = p.to_string();
                     for attempt in 1.. {
-                        let out = lab.exec(from, &["ping", "-c", "1", "-W", "0.5", addr]);
+                        let out = lab.exec(p.from, &["ping", "-c", "1", "-W", "0.5", &p.addr]);
                         if out.status.success() {
                             return Ok((healed.elapsed(), format!("{pair}, ping {attempt}")));
                         }
@@ -593,7 +631,8 @@ fn every_fault_heals_with_everyone_reachable_and_the_transfer_intact() {
     let server = TcpServer::start(&lab, "ams-h1", SINK);
     let mut sender = TcpSender::start(&lab, "fra-h1", SINK, RATE);
     let mut server = Some(server);
-    let watch = PingWatch::start(&lab);
+    let pairs = pairs(&lab);
+    let watch = PingWatch::start(&lab, &pairs);
     let mut calm = vec![Calm {
         what: "before the faults".into(),
         from: unix_now(),
@@ -641,15 +680,9 @@ fn every_fault_heals_with_everyone_reachable_and_the_transfer_intact() {
                 None => {}
             }
 
-            let (reach, slowest) = everyone_reaches_everyone(&lab, healed, &phase);
+            let (reach, slowest) = everyone_reaches_everyone(&lab, &pairs, healed, &phase);
             let (agree, differed) = tables_agree(&lab, healed, &want, &phase);
-            assert_eq!(
-                pids(&lab),
-                expected_pids,
-                "{phase}: a daemon restarted or died by itself"
-            );
-            let panics = lab.panics();
-            assert!(panics.is_empty(), "{phase}: panics:\n{}", panics.join("\n"));
+            nothing_restarted_or_panicked(&lab, &expected_pids, &phase);
             if let Some(e) = sender.exited() {
                 panic!("{phase}: the transfer's sender stopped: {e}");
             }
@@ -702,13 +735,7 @@ fn every_fault_heals_with_everyone_reachable_and_the_transfer_intact() {
             .join("\n")
     );
     lab.lab_ok(&["wait"]);
-    assert_eq!(
-        pids(&lab),
-        expected_pids,
-        "a daemon restarted or died by itself"
-    );
-    let panics = lab.panics();
-    assert!(panics.is_empty(), "panics:\n{}", panics.join("\n"));
+    nothing_restarted_or_panicked(&lab, &expected_pids, "at the end");
     if let Some(c) = calm.last_mut() {
         c.to = unix_now();
     }
@@ -737,7 +764,7 @@ fn a_gateway_restarted_while_a_neighbor_is_unreachable_forwards_when_hosts_fail_
         return;
     }
     let lab = Lab::up(SPEC);
-    let watch = PingWatch::start(&lab);
+    let watch = PingWatch::start(&lab, &pairs(&lab));
     let gw = FRA_PREFERRED;
     // par-gw2 unreachable from fra-gw1 (par-gw1 and every other path fine).
     link(&lab, gw, "par-gw2", &["drop"]);
@@ -782,7 +809,7 @@ fn a_gateway_stopped_with_sigterm_and_started_again_loses_no_ping() {
     lab.wait_for("fra-h1 on its preferred gateway", |l| {
         l.active_gateway("fra-h1") == gw
     });
-    let watch = PingWatch::start(&lab);
+    let watch = PingWatch::start(&lab, &pairs(&lab));
     let from = unix_now();
     let old_flaps = lab.peer("fra-h1", &gw)["flaps"].as_u64().unwrap_or(0);
     // `kill` returns once the daemons are gone.

@@ -400,28 +400,28 @@ impl TcpSender {
     /// Its exit status and stderr once it has stopped (None while it sends).
     pub fn exited(&mut self) -> Option<String> {
         let status = self.child.try_wait().expect("try_wait")?;
-        let mut err = String::new();
-        if let Some(mut e) = self.child.stderr.take() {
-            let _ = std::io::Read::read_to_string(&mut e, &mut err);
-        }
+        let err = read_all(self.child.stderr.take());
         Some(format!("{status}: {}", err.trim()))
     }
 
     /// Ends the transfer and returns `<bytes> <sha256>` of what was sent.
     pub fn finish(mut self) -> String {
         drop(self.stdin.take());
-        let mut out = String::new();
-        if let Some(mut o) = self.child.stdout.take() {
-            let _ = std::io::Read::read_to_string(&mut o, &mut out);
-        }
+        let out = read_all(self.child.stdout.take());
         let status = self.child.wait().expect("wait");
-        let mut err = String::new();
-        if let Some(mut e) = self.child.stderr.take() {
-            let _ = std::io::Read::read_to_string(&mut e, &mut err);
-        }
+        let err = read_all(self.child.stderr.take());
         assert!(status.success(), "tcpcheck send failed ({status}): {err}");
         out.trim().to_string()
     }
+}
+
+/// All a child's pipe still gives (empty when it is gone or unreadable).
+fn read_all(pipe: Option<impl std::io::Read>) -> String {
+    let mut s = String::new();
+    if let Some(mut p) = pipe {
+        let _ = p.read_to_string(&mut s);
+    }
+    s
 }
 
 impl Drop for TcpSender {
