@@ -12,7 +12,6 @@ use crate::spec::Spec;
 use crate::state::{Lab, Node};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -938,13 +937,13 @@ pub fn signal_node(lab: &Lab, node: &str, sig: i32, only: Option<&str>) -> Resul
     Ok(signalled.len())
 }
 
-fn status_of(socket: &Path) -> Option<Value> {
-    let mut s = std::os::unix::net::UnixStream::connect(socket).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    s.write_all(b"{\"cmd\":\"status\"}\n").ok()?;
-    let mut line = String::new();
-    BufReader::new(s).read_line(&mut line).ok()?;
-    serde_json::from_str(&line).ok()
+fn status_of(socket: &Path) -> Option<cubenet_api::overlayd::Status> {
+    cubenet_api::client::call_blocking_within(
+        socket,
+        &cubenet_api::overlayd::Request::Status,
+        Some(Duration::from_secs(2)),
+    )
+    .ok()
 }
 
 /// What a node still waits for, or None when it has converged.
@@ -964,12 +963,8 @@ fn pending(lab: &Lab, n: &Node) -> Option<String> {
             n.overlayd_socket.display()
         ));
     };
-    let peers = st["peers"].as_array().cloned().unwrap_or_default();
-    let healthy = |name: &str| {
-        peers
-            .iter()
-            .any(|p| p["name"] == name && p["healthy"] == json!(true))
-    };
+    let peers = st.peers;
+    let healthy = |name: &str| peers.iter().any(|p| p.name == name && p.healthy);
     let mut missing = Vec::new();
     let want_gateways = lab.nodes.iter().filter(|m| {
         m.role == "gateway" && m.name != n.name && (n.role == "gateway" || m.site == n.site)
@@ -987,10 +982,7 @@ fn pending(lab: &Lab, n: &Node) -> Option<String> {
             .filter(|m| m.role == "host" && m.site == n.site)
             .filter(ours)
         {
-            if !peers
-                .iter()
-                .any(|p| p["name"] == h.name.as_str() && p["attached"] == json!(true))
-            {
+            if !peers.iter().any(|p| p.name == h.name && p.attached) {
                 missing.push(format!("host {} not attached", h.name));
             }
         }

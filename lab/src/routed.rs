@@ -8,8 +8,9 @@
 use crate::build::{alive, read_pid, sibling};
 use crate::state::{Lab, Node};
 use anyhow::{anyhow, Context, Result};
+use cubenet_api::routed as api;
+use ipnet::IpNet;
 use serde::Serialize;
-use serde_json::Value;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -181,13 +182,20 @@ pub fn pending(lab: &Lab) -> Vec<String> {
 }
 
 fn gateway_pending(lab: &Lab, n: &Node, sock: &Path) -> Option<String> {
-    let answers = query(sock, "status").and_then(|s| Ok((s, query(sock, "routes")?)));
+    let answers = query::<api::Status>(sock, "status")
+        .and_then(|s| Ok((s, query::<api::Routes>(sock, "routes")?)));
     let (status, routes) = match answers {
         Ok(a) => a,
         Err(e) => return Some(format!("{}: {}", n.name, not_answering(lab, n, e))),
     };
-    let mut missing = neighbors_not_established(lab, n, &status);
-    let lacking = missing_routes(lab, &routes);
+    let states: Vec<(&str, api::SessionState)> = status
+        .neighbors
+        .iter()
+        .map(|x| (x.name.as_str(), x.state))
+        .collect();
+    let mut missing = neighbors_not_established(lab, n, &states);
+    let have: Vec<IpNet> = routes.routes.iter().map(|r| r.prefix).collect();
+    let lacking = missing_routes(lab, &have);
     if !lacking.is_empty() {
         missing.push(format!("no route to {}", lacking.join(", ")));
     }
@@ -207,7 +215,7 @@ fn not_answering(lab: &Lab, n: &Node, e: anyhow::Error) -> String {
 
 /// `routed CMD --socket SOCK --json`. `status` exits 1 while a neighbour is
 /// down; its JSON is read all the same.
-fn query(sock: &Path, cmd: &str) -> Result<Value> {
+fn query<T: serde::de::DeserializeOwned>(sock: &Path, cmd: &str) -> Result<T> {
     let bin = sibling("routed")?;
     let out = Command::new(&bin)
         .arg(cmd)
@@ -216,19 +224,24 @@ fn query(sock: &Path, cmd: &str) -> Result<Value> {
         .arg("--json")
         .output()
         .with_context(|| format!("running {} {cmd}", bin.display()))?;
-    serde_json::from_slice(&out.stdout).map_err(|_| {
-        anyhow!(
+    match serde_json::from_slice::<cubenet_api::Reply<T>>(&out.stdout) {
+        Ok(cubenet_api::Reply::Ok(t)) => Ok(t),
+        Ok(cubenet_api::Reply::Err(e)) => Err(anyhow!("routed refused `{cmd}`: {e}")),
+        Err(_) => Err(anyhow!(
             "routed not answering `{cmd}` on {}: {}",
             sock.display(),
             String::from_utf8_lossy(&out.stderr).trim()
-        )
-    })
+        )),
+    }
 }
 
 /// The other gateways that are not established neighbours of `n`, with
 /// the state they are in.
-fn neighbors_not_established(lab: &Lab, n: &Node, status: &Value) -> Vec<String> {
-    let neighbors = status["neighbors"].as_array().cloned().unwrap_or_default();
+fn neighbors_not_established(
+    lab: &Lab,
+    n: &Node,
+    neighbors: &[(&str, api::SessionState)],
+) -> Vec<String> {
     lab.nodes
         .iter()
         .filter(|g| {
@@ -237,11 +250,11 @@ fn neighbors_not_established(lab: &Lab, n: &Node, status: &Value) -> Vec<String>
         .filter_map(|g| {
             let state = neighbors
                 .iter()
-                .find(|x| x["name"] == g.name.as_str())
-                .map(|x| x["state"].as_str().unwrap_or("in no state").to_string());
-            match state.as_deref() {
-                Some("established") => None,
-                Some(s) => Some(format!("neighbour {} {s}", g.name)),
+                .find(|x| x.0 == g.name.as_str())
+                .map(|x| x.1);
+            match state {
+                Some(api::SessionState::Established) => None,
+                Some(s) => Some(format!("neighbour {} {}", g.name, s.as_str())),
                 None => Some(format!("neighbour {} not configured", g.name)),
             }
         })
@@ -250,16 +263,11 @@ fn neighbors_not_established(lab: &Lab, n: &Node, status: &Value) -> Vec<String>
 
 /// The host routes (/32 of every overlayd and wireguard host of every
 /// site) missing from `routes[].prefix`.
-fn missing_routes(lab: &Lab, routes: &Value) -> Vec<String> {
-    let have: Vec<&str> = routes["routes"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|r| r["prefix"].as_str())
-        .collect();
+fn missing_routes(lab: &Lab, have: &[IpNet]) -> Vec<String> {
+    let have: Vec<String> = have.iter().map(|p| p.to_string()).collect();
     host_prefixes(lab)
         .into_iter()
-        .filter(|p| !have.contains(&p.as_str()))
+        .filter(|p| !have.contains(p))
         .collect()
 }
 
@@ -277,7 +285,6 @@ mod tests {
     use super::*;
     use crate::build::{overlayd_config_text, plan_nodes, routed_gateways, Plan};
     use crate::spec::Spec;
-    use serde_json::json;
 
     const TWO_BY_TWO: &str = "[[site]]\nname = \"fra\"\ngateways = 2\nhosts = 1\n\
         [[site]]\nname = \"ams\"\ngateways = 2\nhosts = 1\nwireguard_hosts = 1\n";
@@ -409,10 +416,10 @@ mod tests {
     fn pending_names_neighbours_and_routes() {
         let (_, _, lab) = lab_of(&format!("routed = true\n{TWO_BY_TWO}"));
         let n = lab.node("fra-gw1").expect("node");
-        let status = json!({"neighbors": [
-            {"name": "fra-gw2", "state": "established"},
-            {"name": "ams-gw1", "state": "connect"},
-        ]});
+        let status = [
+            ("fra-gw2", api::SessionState::Established),
+            ("ams-gw1", api::SessionState::Connect),
+        ];
         assert_eq!(
             neighbors_not_established(&lab, n, &status),
             vec![
@@ -420,9 +427,10 @@ mod tests {
                 "neighbour ams-gw2 not configured".to_string()
             ]
         );
-        let routes = json!({"routes": [
-            {"prefix": "10.77.1.11/32"}, {"prefix": "10.77.2.0/24"}, {"prefix": "10.77.2.11/32"},
-        ]});
+        let routes: Vec<IpNet> = ["10.77.1.11/32", "10.77.2.0/24", "10.77.2.11/32"]
+            .iter()
+            .map(|p| p.parse().unwrap())
+            .collect();
         assert_eq!(missing_routes(&lab, &routes), vec!["10.77.2.51/32"]);
     }
 }

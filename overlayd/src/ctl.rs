@@ -1,64 +1,32 @@
 //! The control socket: a Unix stream socket (mode 0600) carrying
-//! newline-delimited JSON. Requests are `{"cmd": ...}`; each gets one reply
-//! line `{"ok": true, ...}` or `{"ok": false, "error": "..."}`. `subscribe`
-//! turns the connection into a stream of events.
+//! newline-delimited JSON, typed in [`cubenet_api::overlayd`]. Each request
+//! gets one reply line (`{"ok": true, ...}` or `{"ok": false, "error":
+//! "..."}`); `subscribe` turns the connection into a stream of events. A
+//! connection keeps one piece of state: the prefixes of a route resync in
+//! progress.
 
 use crate::node::Node;
+use cubenet_api::overlayd::{self as api, Request};
+use cubenet_api::{line, Empty, Reply};
 use cubenet_daemon::ctl::{not_utf8_reply, read_request_line, too_long_reply, RequestLine};
 use ipnet::IpNet;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
-/// Longest request line accepted (a `route_set` of thousands of routes
-/// fits); a longer one gets an error naming the limit and the connection
-/// is closed.
-pub const MAX_LINE: usize = 1 << 20;
+pub use api::MAX_LINE;
 
-#[derive(Debug, Deserialize)]
-#[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
-pub enum Request {
-    Status,
-    Subscribe,
-    Reload,
-    RouteAdd {
-        prefix: IpNet,
-        via: Vec<String>,
-    },
-    RouteDel {
-        prefix: IpNet,
-    },
-    /// Replaces every routed entry with this set; with `merge`, installs or
-    /// replaces these entries and keeps the others (what routed sends while
-    /// it is still learning after a start: a restarted overlayd gets routes
-    /// at once, a running one loses none).
-    RouteSet {
-        routes: Vec<RouteEntry>,
-        #[serde(default)]
-        merge: bool,
-    },
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RouteEntry {
-    pub prefix: IpNet,
-    pub via: Vec<String>,
-}
+/// Reloads the node's certificates and rules (shared with SIGHUP).
+pub type Reload = Arc<dyn Fn() -> Result<api::Reloaded, String> + Send + Sync>;
 
 /// Binds the control socket, mode 0600.
 pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     cubenet_daemon::bind_private_socket(path)
 }
 
-pub async fn serve(
-    listener: UnixListener,
-    node: Arc<Node>,
-    reload: Arc<dyn Fn() -> Value + Send + Sync>,
-) {
+pub async fn serve(listener: UnixListener, node: Arc<Node>, reload: Reload) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
@@ -73,16 +41,14 @@ pub async fn serve(
     }
 }
 
-async fn connection(
-    stream: UnixStream,
-    node: Arc<Node>,
-    reload: Arc<dyn Fn() -> Value + Send + Sync>,
-) -> std::io::Result<()> {
+async fn connection(stream: UnixStream, node: Arc<Node>, reload: Reload) -> std::io::Result<()> {
     let (r, mut w) = stream.into_split();
     let mut r = BufReader::new(r);
     let mut buf = Vec::new();
+    // The prefixes added since `route_sync_begin`, while a sync runs.
+    let mut sync: Option<HashSet<IpNet>> = None;
     loop {
-        let line = match read_request_line(&mut r, &mut buf, MAX_LINE).await? {
+        let text = match read_request_line(&mut r, &mut buf, MAX_LINE).await? {
             RequestLine::Line(l) => l,
             RequestLine::Eof => return Ok(()),
             RequestLine::TooLong => {
@@ -94,119 +60,69 @@ async fn connection(
                 continue;
             }
         };
-        let reply = match serde_json::from_str::<Request>(line.trim()) {
-            Err(e) => json!({"ok": false, "error": format!("bad request: {e}")}),
+        let reply = match serde_json::from_str::<Request>(text.trim()) {
+            Err(e) => line(&Reply::<Empty>::Err(format!("bad request: {e}"))),
             Ok(Request::Subscribe) => {
                 let mut rx = node.events.subscribe();
-                w.write_all(b"{\"ok\":true,\"subscribed\":true}\n").await?;
+                w.write_all(line(&Reply::Ok(api::Subscribed { subscribed: true })).as_bytes())
+                    .await?;
                 loop {
-                    match rx.recv().await {
-                        Ok(ev) => {
-                            let mut s = ev.to_string();
-                            s.push('\n');
-                            w.write_all(s.as_bytes()).await?;
-                        }
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                            let s = format!("{{\"event\":\"lagged\",\"missed\":{n}}}\n");
-                            w.write_all(s.as_bytes()).await?;
+                    let ev = match rx.recv().await {
+                        Ok(ev) => ev,
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                            api::Event::Lagged { missed }
                         }
                         Err(_) => return Ok(()),
-                    }
+                    };
+                    w.write_all(line(&ev).as_bytes()).await?;
                 }
             }
-            Ok(req) => handle(&node, req, &*reload),
+            Ok(req) => handle(&node, req, &reload, &mut sync),
         };
-        let mut s = reply.to_string();
-        s.push('\n');
-        w.write_all(s.as_bytes()).await?;
+        w.write_all(reply.as_bytes()).await?;
     }
 }
 
-fn handle(node: &Node, req: Request, reload: &(dyn Fn() -> Value + Send + Sync)) -> Value {
+/// Answers one request with its reply line.
+fn handle(node: &Node, req: Request, reload: &Reload, sync: &mut Option<HashSet<IpNet>>) -> String {
     match req {
-        Request::Status => {
-            let mut s = node.status();
-            s["ok"] = json!(true);
-            s
+        Request::Status => line(&Reply::Ok(node.status())),
+        Request::Attached => line(&Reply::Ok(node.attached_hosts())),
+        Request::Reload => line(&Reply::from(reload())),
+        Request::RouteAdd { prefix, via } => line(&Reply::from(
+            node.route_add(prefix, &via).map(|()| Empty {}),
+        )),
+        Request::RouteDel { prefix } => line(&Reply::Ok(api::Removed {
+            removed: node.route_del(prefix),
+        })),
+        Request::RouteSet { routes, merge } => line(&Reply::from(
+            node.route_set(&routes, merge)
+                .map(|installed| api::Installed { installed }),
+        )),
+        Request::RouteUpdate { add, withdraw } => {
+            let u = node.route_update(&add, &withdraw);
+            if let Some(seen) = sync.as_mut() {
+                // Not the refused ones: an older entry of theirs is not
+                // what routed has, and goes at the end.
+                let refused: HashSet<IpNet> = u.refused.iter().map(|r| r.prefix).collect();
+                seen.extend(
+                    add.iter()
+                        .map(|r| r.prefix.trunc())
+                        .filter(|p| !refused.contains(p)),
+                );
+            }
+            line(&Reply::Ok(u))
         }
-        Request::Reload => reload(),
-        Request::RouteAdd { prefix, via } => match node.route_add(prefix, &via) {
-            Ok(()) => json!({"ok": true}),
-            Err(e) => json!({"ok": false, "error": format!("{prefix}: {e}")}),
+        Request::RouteSyncBegin => {
+            *sync = Some(HashSet::new());
+            line(&Reply::Ok(Empty {}))
+        }
+        Request::RouteSyncEnd => match sync.take() {
+            Some(seen) => line(&Reply::Ok(node.route_retain(&seen))),
+            None => line(&Reply::<Empty>::Err(
+                "route_sync_end without route_sync_begin on this connection".into(),
+            )),
         },
-        Request::RouteDel { prefix } => json!({"ok": true, "removed": node.route_del(prefix)}),
-        Request::RouteSet { routes, merge } => {
-            // Validate everything first: a bad entry refuses the whole set
-            // and the installed table stays as it was.
-            let mut errors = Vec::new();
-            for r in &routes {
-                for v in &r.via {
-                    if node.peer_by_name(v).is_none_or(|p| !p.is_gateway()) {
-                        errors.push(format!("{}: unknown gateway {v:?}", r.prefix));
-                    }
-                }
-            }
-            if !errors.is_empty() {
-                return json!({"ok": false, "error": errors.join("; ")});
-            }
-            node.route_set(&routes, merge);
-            json!({"ok": true, "installed": routes.len()})
-        }
-        Request::Subscribe => json!({"ok": false, "error": "unreachable"}),
-    }
-}
-
-/// Sends one request and returns the reply (client side of the CLI).
-pub async fn request(path: &Path, req: &Value) -> Result<Value, String> {
-    let stream = UnixStream::connect(path)
-        .await
-        .map_err(|e| format!("{}: {e} (is overlayd running?)", path.display()))?;
-    let (r, mut w) = stream.into_split();
-    let mut s = req.to_string();
-    s.push('\n');
-    w.write_all(s.as_bytes())
-        .await
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut line = String::new();
-    BufReader::new(r)
-        .read_line(&mut line)
-        .await
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    serde_json::from_str(&line).map_err(|e| format!("{}: bad reply: {e}", path.display()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    #[test]
-    fn requests_parse_and_unknown_ones_are_refused() {
-        let r: Request =
-            serde_json::from_str(r#"{"cmd":"route_add","prefix":"10.77.2.0/24","via":["g"]}"#)
-                .unwrap();
-        assert!(matches!(r, Request::RouteAdd { .. }));
-        let r: Request = serde_json::from_str(r#"{"cmd":"route_set","routes":[]}"#).unwrap();
-        assert!(matches!(r, Request::RouteSet { merge: false, .. }));
-        let r: Request =
-            serde_json::from_str(r#"{"cmd":"route_set","routes":[],"merge":true}"#).unwrap();
-        assert!(matches!(r, Request::RouteSet { merge: true, .. }));
-        for bad in [
-            r#"{"cmd":"reboot"}"#,
-            r#"{"cmd":"route_add","prefix":"10.77.2.0/33","via":[]}"#,
-            r#"{"cmd":"route_set","routes":[],"merge":"yes"}"#,
-            "not json",
-        ] {
-            assert!(serde_json::from_str::<Request>(bad).is_err(), "{bad}");
-        }
-    }
-
-    proptest! {
-        /// A control-socket line from a broken client never panics the
-        /// parser (the connection just gets an error reply).
-        #[test]
-        fn arbitrary_lines_never_panic(line in "\\PC{0,200}") {
-            let _ = serde_json::from_str::<Request>(&line);
-        }
+        Request::Subscribe => line(&Reply::<Empty>::Err("unreachable".into())),
     }
 }

@@ -14,7 +14,6 @@ use crate::config::Config;
 use crate::identity::Identity;
 use crate::node::{Node, Outbox};
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
-use serde_json::{json, Value};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io::IoSliceMut;
 use std::net::SocketAddr;
@@ -375,14 +374,14 @@ pub async fn run(cfg: Config, config_path: PathBuf, identity: Identity) -> Resul
     let node = Node::new(cfg, identity)?;
     let gso = |u: &Option<Udp>| u.as_ref().map(|u| u.state.max_gso_segments());
     let gro = |u: &Option<Udp>| u.as_ref().map(|u| u.state.gro_segments());
-    node.set_datapath(json!({
-        "tun_offload": offload,
-        "tun_queues": queues,
-        "udp_gso_segments_v4": gso(&io.v4),
-        "udp_gso_segments_v6": gso(&io.v6),
-        "udp_gro_segments_v4": gro(&io.v4),
-        "udp_gro_segments_v6": gro(&io.v6),
-    }));
+    node.set_datapath(cubenet_api::overlayd::Datapath {
+        tun_offload: offload,
+        tun_queues: queues,
+        udp_gso_segments_v4: gso(&io.v4),
+        udp_gso_segments_v6: gso(&io.v6),
+        udp_gro_segments_v4: gro(&io.v4),
+        udp_gro_segments_v6: gro(&io.v6),
+    });
     let id = node.identity();
     tracing::info!(
         name = id.cert.name(),
@@ -398,7 +397,7 @@ pub async fn run(cfg: Config, config_path: PathBuf, identity: Identity) -> Resul
     // Reload: shared by SIGHUP and the control socket.
     let reload = {
         let node = node.clone();
-        Arc::new(move || -> Value {
+        let reload: crate::ctl::Reload = Arc::new(move || {
             // The firewall rules come from the config file, read again; the
             // certificates and revocation list from their files. Either
             // failing refuses the whole reload and keeps what runs.
@@ -414,15 +413,19 @@ pub async fn run(cfg: Config, config_path: PathBuf, identity: Identity) -> Resul
                 (Ok((policy, on)), Ok(id)) => {
                     let r = node.reload_identity(id);
                     let cut = node.reload_firewall(policy, on);
-                    tracing::info!(config = %config_path.display(), "reloaded: {r}");
-                    json!({"ok": true, "reload": r, "firewall_flows_cut": cut})
+                    tracing::info!(config = %config_path.display(), cut = r.cut.len(), skipped_certs = r.skipped_certs.len(), firewall_flows_cut = cut, "reloaded");
+                    Ok(cubenet_api::overlayd::Reloaded {
+                        reload: r,
+                        firewall_flows_cut: cut,
+                    })
                 }
                 (Err(e), _) | (_, Err(e)) => {
                     tracing::error!("reload refused, running configuration kept: {e}");
-                    json!({"ok": false, "error": e})
+                    Err(e)
                 }
             }
-        })
+        });
+        reload
     };
 
     let mut lane = Lane::new(0);
@@ -467,7 +470,8 @@ pub async fn run(cfg: Config, config_path: PathBuf, identity: Identity) -> Resul
     let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
     loop {
         tokio::select! {
-            _ = hup.recv() => { reload(); }
+            // The outcome is logged by the reload itself.
+            _ = hup.recv() => { let _ = reload(); }
             _ = term.recv() => break,
             _ = int.recv() => break,
         }

@@ -7,7 +7,6 @@
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use prefix_trie::PrefixMap;
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 /// Index of a peer (its WireGuard receiver index).
@@ -34,6 +33,17 @@ impl Origin {
     }
 }
 
+impl From<Origin> for cubenet_api::overlayd::RouteOrigin {
+    fn from(o: Origin) -> Self {
+        use cubenet_api::overlayd::RouteOrigin as R;
+        match o {
+            Origin::Routed => R::Routed,
+            Origin::Static => R::Static,
+            Origin::Cert => R::Cert,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NextHop {
     /// Deliver to this node's TUN (own addresses, subnets behind it).
@@ -42,14 +52,31 @@ pub enum NextHop {
     Peers(Vec<PeerId>),
 }
 
+/// The entries of one prefix, one place per origin (a fixed array, not a
+/// map: a million routed prefixes cost their next hops and the trie, no
+/// more).
 #[derive(Debug, Clone, Default)]
 struct Slot {
-    by_origin: BTreeMap<Origin, NextHop>,
+    by_origin: [Option<NextHop>; ORIGINS],
 }
+
+const ORIGINS: usize = 3;
+const ALL_ORIGINS: [Origin; ORIGINS] = [Origin::Routed, Origin::Static, Origin::Cert];
 
 impl Slot {
     fn best(&self) -> Option<&NextHop> {
-        self.by_origin.values().next_back()
+        self.by_origin.iter().rev().find_map(|n| n.as_ref())
+    }
+
+    fn is_empty(&self) -> bool {
+        self.by_origin.iter().all(|n| n.is_none())
+    }
+
+    fn entries(&self) -> impl Iterator<Item = (Origin, &NextHop)> {
+        ALL_ORIGINS
+            .iter()
+            .zip(&self.by_origin)
+            .filter_map(|(o, n)| Some((*o, n.as_ref()?)))
     }
 }
 
@@ -57,6 +84,8 @@ impl Slot {
 pub struct ForwardingTable {
     v4: PrefixMap<Ipv4Net, Slot>,
     v6: PrefixMap<Ipv6Net, Slot>,
+    /// Entries per origin.
+    counts: [usize; ORIGINS],
 }
 
 /// One row for status output.
@@ -90,7 +119,15 @@ impl ForwardingTable {
     }
 
     pub fn insert(&mut self, prefix: IpNet, origin: Origin, next: NextHop) {
-        self.slot_mut(prefix).by_origin.insert(origin, next);
+        let old = self.slot_mut(prefix).by_origin[origin as usize].replace(next);
+        if old.is_none() {
+            self.counts[origin as usize] += 1;
+        }
+    }
+
+    /// How many entries `origin` has.
+    pub fn count(&self, origin: Origin) -> usize {
+        self.counts[origin as usize]
     }
 
     /// Removes the entry of `origin` for `prefix`; true if there was one.
@@ -102,8 +139,8 @@ impl ForwardingTable {
                 let Some(s) = self.v4.get_mut(&p) else {
                     return false;
                 };
-                removed = s.by_origin.remove(&origin).is_some();
-                empty = s.by_origin.is_empty();
+                removed = s.by_origin[origin as usize].take().is_some();
+                empty = s.is_empty();
                 if empty {
                     self.v4.remove(&p);
                 }
@@ -112,23 +149,44 @@ impl ForwardingTable {
                 let Some(s) = self.v6.get_mut(&p) else {
                     return false;
                 };
-                removed = s.by_origin.remove(&origin).is_some();
-                empty = s.by_origin.is_empty();
+                removed = s.by_origin[origin as usize].take().is_some();
+                empty = s.is_empty();
                 if empty {
                     self.v6.remove(&p);
                 }
             }
+        }
+        if removed {
+            self.counts[origin as usize] -= 1;
         }
         removed
     }
 
     /// Removes every entry of `origin` (e.g. all static routes on reload).
     pub fn remove_origin(&mut self, origin: Origin) {
-        for row in self.rows() {
-            if row.origin == origin {
-                self.remove(row.prefix, origin);
-            }
+        self.retain(origin, |_| false);
+    }
+
+    /// Removes the entries of `origin` whose prefix `keep` refuses; returns
+    /// how many went.
+    pub fn retain(&mut self, origin: Origin, keep: impl Fn(IpNet) -> bool) -> usize {
+        let gone: Vec<IpNet> = self
+            .v4
+            .iter()
+            .filter(|(_, s)| s.by_origin[origin as usize].is_some())
+            .map(|(p, _)| IpNet::V4(p))
+            .chain(
+                self.v6
+                    .iter()
+                    .filter(|(_, s)| s.by_origin[origin as usize].is_some())
+                    .map(|(p, _)| IpNet::V6(p)),
+            )
+            .filter(|p| !keep(*p))
+            .collect();
+        for p in &gone {
+            self.remove(*p, origin);
         }
+        gone.len()
     }
 
     /// Drops `peer` from every entry; entries left without a next hop go.
@@ -165,19 +223,19 @@ impl ForwardingTable {
     pub fn rows(&self) -> Vec<Row> {
         let mut out = Vec::new();
         for (p, s) in self.v4.iter() {
-            for (o, n) in &s.by_origin {
+            for (o, n) in s.entries() {
                 out.push(Row {
                     prefix: IpNet::V4(p),
-                    origin: *o,
+                    origin: o,
                     next: n.clone(),
                 });
             }
         }
         for (p, s) in self.v6.iter() {
-            for (o, n) in &s.by_origin {
+            for (o, n) in s.entries() {
                 out.push(Row {
                     prefix: IpNet::V6(p),
-                    origin: *o,
+                    origin: o,
                     next: n.clone(),
                 });
             }

@@ -2,11 +2,11 @@
 //!
 //! Exit codes: 0 ok; 1 runtime failure; 2 bad usage or configuration.
 
-use overlayd::{config, ctl, driver, firewall, identity};
+use overlayd::{config, driver, firewall, identity};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use config::Config;
-use serde_json::{json, Value};
+use cubenet_api::overlayd as api;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -161,9 +161,9 @@ fn main() -> ExitCode {
         } => match explain(&config, from, from_cert.as_deref(), to, &proto, port) {
             Ok(v) => {
                 if json {
-                    println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                    println!("{}", pretty(&v));
                 } else {
-                    println!("{}", v["summary"].as_str().unwrap_or_default());
+                    println!("{}", v.summary);
                 }
                 ExitCode::SUCCESS
             }
@@ -173,28 +173,17 @@ fn main() -> ExitCode {
             }
         },
         Cmd::Status { socket, json } => {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("overlayd: {e}");
-                    return ExitCode::from(1);
-                }
-            };
-            match rt.block_on(ctl::request(&socket, &json!({"cmd": "status"}))) {
-                Ok(v) if v["ok"] == json!(true) => {
+            match cubenet_api::client::call_blocking::<_, api::Status>(
+                &socket,
+                &api::Request::Status,
+            ) {
+                Ok(st) => {
                     if json {
-                        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                        println!("{}", pretty(&cubenet_api::Reply::Ok(st)));
                     } else {
-                        print_status(&v);
+                        print_status(&st);
                     }
                     ExitCode::SUCCESS
-                }
-                Ok(v) => {
-                    eprintln!("overlayd: {}", v["error"]);
-                    ExitCode::from(1)
                 }
                 Err(e) => {
                     eprintln!("overlayd: {e}");
@@ -205,62 +194,53 @@ fn main() -> ExitCode {
     }
 }
 
-fn s(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Null => "-".into(),
-        other => other.to_string(),
-    }
+fn pretty<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_default()
 }
 
-fn print_status(v: &Value) {
-    let addrs: Vec<String> = v["addresses"]
-        .as_array()
-        .map(|a| a.iter().map(s).collect())
-        .unwrap_or_default();
+fn or_dash<T: std::fmt::Display>(v: &Option<T>) -> String {
+    v.as_ref().map_or_else(|| "-".into(), |v| v.to_string())
+}
+
+fn print_status(st: &api::Status) {
+    let addrs: Vec<String> = st.addresses.iter().map(|a| a.to_string()).collect();
     println!(
         "{} ({}, site {}) {}  up {}s  cert expires in {} days",
-        s(&v["name"]),
-        s(&v["role"]),
-        s(&v["site"]),
+        st.name,
+        st.role.as_str(),
+        if st.site.is_empty() { "-" } else { &st.site },
         addrs.join(" "),
-        s(&v["uptime_s"]),
-        s(&v["cert_days_left"])
+        st.uptime_s,
+        st.cert_days_left
     );
     println!(
         "{:<2}{:<16} {:<8} {:<24} {:<8} {:>10} {:>12} {:>12}",
         "", "PEER", "ROLE", "ENDPOINT", "HEALTHY", "HANDSHAKE", "RX", "TX"
     );
-    for p in v["peers"].as_array().into_iter().flatten() {
-        let hs = p["last_handshake_s"]
-            .as_f64()
+    for p in &st.peers {
+        let hs = p
+            .last_handshake_s
             .map(|x| format!("{x:.0}s ago"))
             .unwrap_or_else(|| "never".into());
         println!(
             "{:<2}{:<16} {:<8} {:<24} {:<8} {:>10} {:>12} {:>12}",
-            if p["active"] == json!(true) { "*" } else { "" },
-            s(&p["name"]),
-            s(&p["role"]),
-            s(&p["endpoint"]),
-            if p["healthy"] == json!(true) {
-                "yes"
-            } else {
-                "no"
-            },
+            if p.active { "*" } else { "" },
+            p.name,
+            p.role.as_str(),
+            or_dash(&p.endpoint),
+            if p.healthy { "yes" } else { "no" },
             hs,
-            s(&p["rx_bytes"]),
-            s(&p["tx_bytes"])
+            p.rx_bytes,
+            p.tx_bytes
         );
     }
-    let drops: Vec<String> = v["drops"]
-        .as_object()
-        .map(|m| {
-            m.iter()
-                .filter(|(_, n)| n.as_u64() != Some(0))
-                .map(|(k, n)| format!("{k} {n}"))
-                .collect()
-        })
-        .unwrap_or_default();
+    let drops: Vec<String> = st
+        .drops
+        .iter()
+        .into_iter()
+        .filter(|(_, n)| *n != 0)
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect();
     println!(
         "drops: {}",
         if drops.is_empty() {
@@ -279,7 +259,7 @@ fn explain(
     to: std::net::IpAddr,
     proto: &str,
     port: Option<u16>,
-) -> Result<Value, String> {
+) -> Result<api::Explanation, String> {
     use firewall::{Direction, Firewall, Proto};
     let (cfg, id) = load(config)?;
     let proto_v = Proto::parse(proto)
@@ -347,17 +327,25 @@ fn explain(
         Some((i, text)) => format!("{}[{i}]: {text}", dir.as_str()),
         None => format!("the {} default", dir.as_str()),
     };
-    Ok(json!({
-        "direction": dir.as_str(),
-        "from": from.to_string(),
-        "to": to.to_string(),
-        "proto": proto,
-        "port": port,
-        "remote": remote.to_string(),
-        "remote_identity": ident.as_ref().map(|i| json!({"name": i.name, "groups": i.groups, "site": i.site})),
-        "decision": action.as_str(),
-        "rule_index": rule.as_ref().map(|r| r.0),
-        "rule": rule.as_ref().map(|r| r.1.clone()),
-        "summary": format!("{} {proto} {from} -> {to}{port_s}: {} by {by}\n  remote {remote}: {who}", dir.as_str(), action.as_str()),
-    }))
+    Ok(api::Explanation {
+        direction: dir.as_str().to_string(),
+        from,
+        to,
+        proto: proto.to_string(),
+        port,
+        remote,
+        remote_identity: ident.as_ref().map(|i| api::RemoteIdentity {
+            name: i.name.clone(),
+            groups: i.groups.clone(),
+            site: i.site.clone(),
+        }),
+        decision: action.as_str().to_string(),
+        rule_index: rule.as_ref().map(|r| r.0),
+        rule: rule.as_ref().map(|r| r.1.clone()),
+        summary: format!(
+            "{} {proto} {from} -> {to}{port_s}: {} by {by}\n  remote {remote}: {who}",
+            dir.as_str(),
+            action.as_str()
+        ),
+    })
 }

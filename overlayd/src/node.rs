@@ -15,9 +15,9 @@ use crate::peer::Peer;
 use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{errors::WireGuardError, Packet, Tunn, TunnResult};
+use cubenet_api::overlayd as api;
 use cubenet_certs::{NodeCert, Role};
 use ipnet::IpNet;
-use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -76,22 +76,22 @@ pub struct Drops {
 }
 
 impl Drops {
-    fn json(&self) -> Value {
+    pub fn snapshot(&self) -> api::Drops {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        json!({
-            "spoofed": g(&self.spoofed),
-            "unauthenticated": g(&self.unauthenticated),
-            "no_route": g(&self.no_route),
-            "not_for_us": g(&self.not_for_us),
-            "invalid": g(&self.invalid),
-            "replayed": g(&self.replayed),
-            "pending_full": g(&self.pending_full),
-            "pending_evicted": g(&self.pending_evicted),
-            "cookies_sent": g(&self.cookies_sent),
-            "handshake_backlog": g(&self.handshake_backlog),
-            "bad_cert": g(&self.bad_cert),
-            "no_endpoint": g(&self.no_endpoint),
-        })
+        api::Drops {
+            spoofed: g(&self.spoofed),
+            unauthenticated: g(&self.unauthenticated),
+            no_route: g(&self.no_route),
+            not_for_us: g(&self.not_for_us),
+            invalid: g(&self.invalid),
+            replayed: g(&self.replayed),
+            pending_full: g(&self.pending_full),
+            pending_evicted: g(&self.pending_evicted),
+            cookies_sent: g(&self.cookies_sent),
+            handshake_backlog: g(&self.handshake_backlog),
+            bad_cert: g(&self.bad_cert),
+            no_endpoint: g(&self.no_endpoint),
+        }
     }
 }
 
@@ -168,11 +168,11 @@ pub struct Node {
     /// On a host: the index of the gateway traffic goes through.
     active_gateway: RwLock<Option<u32>>,
     pub drops: Drops,
-    pub events: broadcast::Sender<Value>,
+    pub events: broadcast::Sender<api::Event>,
     started: Instant,
     last_rate_reset: RwLock<Instant>,
     /// What the driver got from the kernel (offloads), for status.
-    datapath: RwLock<Value>,
+    datapath: RwLock<Option<api::Datapath>>,
     firewall: std::sync::Mutex<Firewall>,
     /// Name, groups and site behind virtual addresses, from certificates
     /// this node has validated.
@@ -265,7 +265,7 @@ impl Node {
             leaving: std::sync::atomic::AtomicBool::new(false),
             started: Instant::now(),
             last_rate_reset: RwLock::new(Instant::now()),
-            datapath: RwLock::new(Value::Null),
+            datapath: RwLock::new(None),
             firewall: std::sync::Mutex::new(Firewall::new(cfg.firewall_policy()?)),
             identities: RwLock::new(HashMap::new()),
             drop_log: std::sync::Mutex::new((0, 0)),
@@ -285,8 +285,8 @@ impl Node {
         Ok(node)
     }
 
-    pub fn set_datapath(&self, v: Value) {
-        *write(&self.datapath) = v;
+    pub fn set_datapath(&self, v: api::Datapath) {
+        *write(&self.datapath) = Some(v);
     }
 
     fn fw(&self) -> std::sync::MutexGuard<'_, Firewall> {
@@ -543,35 +543,45 @@ impl Node {
         cut
     }
 
-    fn firewall_status(&self) -> Value {
+    fn firewall_status(&self) -> api::FirewallStatus {
         if !self.firewall_on.load(Ordering::Relaxed) {
-            return json!({"enabled": false});
+            return api::FirewallStatus {
+                enabled: false,
+                detail: None,
+            };
         }
         let fw = self.fw();
-        let rules = |dir: Direction, rs: &[firewall::Rule], hits: &[u64]| -> Vec<Value> {
+        let rules = |dir: Direction, rs: &[firewall::Rule], hits: &[u64]| -> Vec<api::RuleHits> {
             rs.iter()
                 .enumerate()
-                .map(|(i, r)| json!({"index": i, "direction": dir.as_str(), "rule": r.text, "hits": hits.get(i).copied().unwrap_or(0)}))
+                .map(|(i, r)| api::RuleHits {
+                    index: i,
+                    direction: dir.as_str().to_string(),
+                    rule: r.text.clone(),
+                    hits: hits.get(i).copied().unwrap_or(0),
+                })
                 .collect()
         };
         let c = &fw.counters;
-        json!({
-            "enabled": true,
-            "identities_learned": lock(&self.remote_ids).len(),
-            "inbound_default": fw.policy.inbound_default.as_str(),
-            "outbound_default": fw.policy.outbound_default.as_str(),
-            "inbound": rules(Direction::Inbound, &fw.policy.inbound, &c.inbound_hits),
-            "outbound": rules(Direction::Outbound, &fw.policy.outbound, &c.outbound_hits),
-            "inbound_default_hits": c.inbound_default,
-            "outbound_default_hits": c.outbound_default,
-            "tracked_flows": fw.flows(),
-            "tracked_pass": c.tracked_pass,
-            "dropped": c.dropped,
-            "malformed": c.malformed,
-            "table_full": c.table_full,
-            "cut_by_reload": c.cut_by_reload,
-            "orphan_fragments": c.orphan_fragments,
-        })
+        api::FirewallStatus {
+            enabled: true,
+            detail: Some(api::FirewallDetail {
+                identities_learned: lock(&self.remote_ids).len(),
+                inbound_default: fw.policy.inbound_default.as_str().to_string(),
+                outbound_default: fw.policy.outbound_default.as_str().to_string(),
+                inbound: rules(Direction::Inbound, &fw.policy.inbound, &c.inbound_hits),
+                outbound: rules(Direction::Outbound, &fw.policy.outbound, &c.outbound_hits),
+                inbound_default_hits: c.inbound_default,
+                outbound_default_hits: c.outbound_default,
+                tracked_flows: fw.flows(),
+                tracked_pass: c.tracked_pass,
+                dropped: c.dropped,
+                malformed: c.malformed,
+                table_full: c.table_full,
+                cut_by_reload: c.cut_by_reload,
+                orphan_fragments: c.orphan_fragments,
+            }),
+        }
     }
 
     pub fn identity(&self) -> Arc<Identity> {
@@ -1176,20 +1186,14 @@ impl Node {
             }
         }
         if !peer.attached.swap(true, Ordering::Relaxed) {
-            let addrs: Vec<String> = cert
-                .body
-                .addresses
-                .iter()
-                .map(|a| a.addr().to_string())
-                .collect();
-            tracing::info!(peer = %cert.name(), role = %cert.role(), addresses = ?addrs, "attached");
-            let _ = self.events.send(json!({
-                "event": "attached",
-                "name": cert.name(),
-                "role": cert.role().as_str(),
-                "site": cert.body.site,
-                "addresses": addrs,
-            }));
+            let addresses: Vec<IpAddr> = cert.body.addresses.iter().map(|a| a.addr()).collect();
+            tracing::info!(peer = %cert.name(), role = %cert.role(), addresses = ?addresses, "attached");
+            let _ = self.events.send(api::Event::Attached {
+                name: cert.name().to_string(),
+                role: api_role(cert.role()),
+                site: cert.body.site.clone(),
+                addresses,
+            });
         }
     }
 
@@ -1200,10 +1204,12 @@ impl Node {
             peer.our_cert_acked.store(false, Ordering::Relaxed);
         }
         tracing::info!(peer = %peer.name(), "gateway tunnel {}", if up { "up" } else { "down" });
-        let _ = self.events.send(json!({
-            "event": if up { "gateway_up" } else { "gateway_down" },
-            "name": peer.name(),
-        }));
+        let name = peer.name();
+        let _ = self.events.send(if up {
+            api::Event::GatewayUp { name }
+        } else {
+            api::Event::GatewayDown { name }
+        });
         self.update_active_gateway(Instant::now());
     }
 
@@ -1255,13 +1261,17 @@ impl Node {
         write(&self.fib).remove_peer(peer.index);
         if peer.attached.swap(false, Ordering::Relaxed) {
             tracing::info!(peer = %peer.name(), "detached: {why}");
-            let cert = peer.cert();
-            let _ = self.events.send(json!({
-                "event": "detached",
-                "name": peer.name(),
-                "reason": why,
-                "addresses": cert.map(|c| c.body.addresses.iter().map(|a| a.addr().to_string()).collect::<Vec<_>>()).unwrap_or_default(),
-            }));
+            // Attached implies a validated certificate: it says the role and
+            // the addresses routed withdraws.
+            if let Some(cert) = peer.cert() {
+                let _ = self.events.send(api::Event::Detached {
+                    name: peer.name(),
+                    role: api_role(cert.role()),
+                    site: cert.body.site.clone(),
+                    addresses: cert.body.addresses.iter().map(|a| a.addr()).collect(),
+                    reason: why.to_string(),
+                });
+            }
         }
     }
 
@@ -1390,7 +1400,7 @@ impl Node {
 
     /// Replaces the identity (SIGHUP): peers whose certificate is no longer
     /// valid lose their session at once; the others keep theirs.
-    pub fn reload_identity(&self, identity: Identity) -> Value {
+    pub fn reload_identity(&self, identity: Identity) -> api::ReloadReport {
         let now = cubenet_certs::time::unix_now();
         let identity = Arc::new(identity);
         *write(&self.identity) = identity.clone();
@@ -1399,12 +1409,23 @@ impl Node {
             let Some(cert) = peer.cert() else { continue };
             if let Err(e) = identity.trust.validate(&cert, now) {
                 tracing::warn!(peer = %peer.name(), "certificate no longer valid: {e}");
-                cut.push(json!({"name": peer.name(), "reason": e.to_string()}));
+                cut.push(api::CutPeer {
+                    name: peer.name(),
+                    reason: e.to_string(),
+                });
                 if peer.configured.is_some() {
                     // Keep the configured tunnel, but cut the session.
                     self.remove_cert_entries(&peer, &cert);
                     peer.set_cert(None);
-                    peer.attached.store(false, Ordering::Relaxed);
+                    if peer.attached.swap(false, Ordering::Relaxed) {
+                        let _ = self.events.send(api::Event::Detached {
+                            name: peer.name(),
+                            role: api_role(cert.role()),
+                            site: cert.body.site.clone(),
+                            addresses: cert.body.addresses.iter().map(|a| a.addr()).collect(),
+                            reason: format!("certificate no longer valid: {e}"),
+                        });
+                    }
                     peer.replace_tunn(self.new_tunn(
                         peer.public_key,
                         peer.index,
@@ -1420,47 +1441,60 @@ impl Node {
         for peer in self.gateways() {
             peer.our_cert_acked.store(false, Ordering::Relaxed);
         }
-        json!({"cut": cut, "skipped_certs": identity.directory_skipped})
+        api::ReloadReport {
+            cut,
+            skipped_certs: identity.directory_skipped.clone(),
+        }
     }
 
-    pub fn status(&self) -> Value {
+    pub fn status(&self) -> api::Status {
         let id = self.identity();
         let active = *read(&self.active_gateway);
-        let peers: Vec<Value> = self
+        let peers: Vec<api::PeerStatus> = self
             .peers()
             .iter()
             .map(|p| {
                 let (hs, _, _, _, _) = p.tunn().stats();
                 let cert = p.cert();
                 let health = p.health().clone();
-                json!({
-                    "name": p.name(),
-                    "role": p.role().map(|r| r.as_str()).unwrap_or("unknown"),
-                    "configured": p.configured.is_some(),
-                    "public_key": crate::b64(&p.public_key),
-                    "endpoint": p.endpoint().map(|e| e.to_string()),
-                    "addresses": cert.as_ref().map(|c| c.body.addresses.iter().map(|a| a.addr().to_string()).collect::<Vec<_>>()).unwrap_or_default(),
-                    "site": cert.as_ref().map(|c| c.body.site.clone()),
-                    "authenticated": cert.is_some(),
-                    "attached": p.attached.load(Ordering::Relaxed),
-                    "last_handshake_s": hs.map(|d| d.as_secs_f64()),
-                    "rx_bytes": p.rx_bytes.load(Ordering::Relaxed),
-                    "tx_bytes": p.tx_bytes.load(Ordering::Relaxed),
-                    "rx_packets": p.rx_packets.load(Ordering::Relaxed),
-                    "tx_packets": p.tx_packets.load(Ordering::Relaxed),
-                    "healthy": if p.is_gateway() && p.configured.is_some() { health.healthy() } else { p.attached.load(Ordering::Relaxed) },
-                    "rtt_ms": health.last_rtt.map(|d| d.as_secs_f64() * 1000.0),
-                    "flaps": health.flaps,
-                    "active": active == Some(p.index),
-                    "spoofed": p.spoofed.load(Ordering::Relaxed),
-                })
+                let attached = p.attached.load(Ordering::Relaxed);
+                api::PeerStatus {
+                    name: p.name(),
+                    role: p.role().map(api_role).into(),
+                    configured: p.configured.is_some(),
+                    public_key: crate::b64(&p.public_key),
+                    endpoint: p.endpoint(),
+                    addresses: cert
+                        .as_ref()
+                        .map(|c| c.body.addresses.iter().map(|a| a.addr()).collect())
+                        .unwrap_or_default(),
+                    site: cert.as_ref().map(|c| c.body.site.clone()),
+                    authenticated: cert.is_some(),
+                    attached,
+                    last_handshake_s: hs.map(|d| d.as_secs_f64()),
+                    rx_bytes: p.rx_bytes.load(Ordering::Relaxed),
+                    tx_bytes: p.tx_bytes.load(Ordering::Relaxed),
+                    rx_packets: p.rx_packets.load(Ordering::Relaxed),
+                    tx_packets: p.tx_packets.load(Ordering::Relaxed),
+                    healthy: if p.is_gateway() && p.configured.is_some() {
+                        health.healthy()
+                    } else {
+                        attached
+                    },
+                    rtt_ms: health.last_rtt.map(|d| d.as_secs_f64() * 1000.0),
+                    flaps: health.flaps,
+                    active: active == Some(p.index),
+                    spoofed: p.spoofed.load(Ordering::Relaxed),
+                }
             })
             .collect();
-        let routes: Vec<Value> = read(&self.fib)
+        let routes: Vec<api::RouteRow> = read(&self.fib)
             .rows()
             .into_iter()
-            .map(|r| {
-                let via: Vec<String> = match &r.next {
+            .map(|r| api::RouteRow {
+                prefix: r.prefix,
+                origin: r.origin.into(),
+                via: match &r.next {
                     NextHop::Local => vec!["local".into()],
                     NextHop::Peers(ps) => ps
                         .iter()
@@ -1470,76 +1504,197 @@ impl Node {
                                 .unwrap_or_else(|| format!("#{i}"))
                         })
                         .collect(),
-                };
-                json!({"prefix": r.prefix.to_string(), "origin": r.origin.as_str(), "via": via})
+                },
             })
             .collect();
-        json!({
-            "name": id.cert.name(),
-            "role": id.role().as_str(),
-            "site": id.cert.body.site,
-            "public_key": crate::b64(&self.public.to_bytes()),
-            "addresses": id.cert.body.addresses.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
-            "uptime_s": self.started.elapsed().as_secs(),
-            "cert_days_left": (id.cert.body.not_after as i64 - cubenet_certs::time::unix_now() as i64) / 86_400,
-            "ca_days_left": (id.trust.ca().body.not_after as i64 - cubenet_certs::time::unix_now() as i64) / 86_400,
-            "crl_serial": id.trust.revocation_list().map(|c| c.body.serial),
-            "peers": peers,
-            "drops": self.drops.json(),
-            "routes": routes,
-            "datapath": read(&self.datapath).clone(),
-            "firewall": self.firewall_status(),
-        })
+        let unix = cubenet_certs::time::unix_now() as i64;
+        api::Status {
+            name: id.cert.name().to_string(),
+            role: api_role(id.role()),
+            site: id.cert.body.site.clone(),
+            public_key: crate::b64(&self.public.to_bytes()),
+            addresses: id.cert.body.addresses.clone(),
+            uptime_s: self.started.elapsed().as_secs(),
+            cert_days_left: (id.cert.body.not_after as i64 - unix) / 86_400,
+            ca_days_left: (id.trust.ca().body.not_after as i64 - unix) / 86_400,
+            crl_serial: id.trust.revocation_list().map(|c| c.body.serial),
+            peers,
+            drops: self.drops.snapshot(),
+            routes,
+            datapath: read(&self.datapath).clone(),
+            firewall: self.firewall_status(),
+        }
+    }
+
+    /// The hosts attached here now (what routed announces).
+    pub fn attached_hosts(&self) -> api::AttachedHosts {
+        let hosts = self
+            .peers()
+            .iter()
+            .filter(|p| p.attached.load(Ordering::Relaxed))
+            .filter_map(|p| {
+                let cert = p.cert()?;
+                Some(api::AttachedPeer {
+                    name: p.name(),
+                    role: api_role(cert.role()),
+                    addresses: cert.body.addresses.iter().map(|a| a.addr()).collect(),
+                })
+            })
+            .collect();
+        api::AttachedHosts { hosts }
+    }
+
+    /// Gateways by name (configured or certified), for resolving the
+    /// `via` of routes: one pass over the peers per request.
+    fn gateways_by_name(&self) -> HashMap<String, PeerId> {
+        read(&self.peers)
+            .by_index
+            .values()
+            .filter(|p| p.is_gateway())
+            .flat_map(|p| {
+                let mut names = vec![];
+                if let Some(n) = &p.configured {
+                    names.push((n.clone(), p.index));
+                }
+                if let Some(c) = p.cert() {
+                    names.push((c.name().to_string(), p.index));
+                }
+                names
+            })
+            .collect()
+    }
+
+    /// Resolves every route's gateways, or says every route that names one
+    /// this node does not have (nothing is installed then).
+    fn resolve(&self, routes: &[api::Route]) -> Result<Vec<(IpNet, Vec<PeerId>)>, RouteError> {
+        let (good, bad) = self.resolve_each(routes);
+        if bad.is_empty() {
+            Ok(good)
+        } else {
+            Err(RouteError::Refused(
+                bad.iter().map(|b| b.to_string()).collect(),
+            ))
+        }
+    }
+
+    /// Resolves the routes one by one: the good ones, and a line for each
+    /// bad one.
+    fn resolve_each(
+        &self,
+        routes: &[api::Route],
+    ) -> (Vec<(IpNet, Vec<PeerId>)>, Vec<api::Refused>) {
+        let by_name = self.gateways_by_name();
+        let mut bad = Vec::new();
+        let mut out = Vec::with_capacity(routes.len());
+        for r in routes {
+            let mut refuse = |reason: String| {
+                bad.push(api::Refused {
+                    prefix: r.prefix,
+                    reason,
+                })
+            };
+            if r.via.is_empty() {
+                refuse("via: needs at least one gateway".into());
+                continue;
+            }
+            let mut ids = Vec::with_capacity(r.via.len());
+            let mut ok = true;
+            for v in &r.via {
+                match by_name.get(v) {
+                    Some(i) => ids.push(*i),
+                    None if self.peer_by_name(v).is_some() => {
+                        ok = false;
+                        refuse(format!("{v:?} is not a gateway"));
+                    }
+                    None => {
+                        ok = false;
+                        refuse(format!("unknown gateway {v:?}"));
+                    }
+                }
+            }
+            if ok {
+                out.push((r.prefix, ids));
+            }
+        }
+        (out, bad)
     }
 
     /// Installs or replaces a routed entry: `via` names gateways.
-    pub fn route_add(&self, prefix: IpNet, via: &[String]) -> Result<(), String> {
-        let mut ids = Vec::new();
-        for v in via {
-            let p = self
-                .peer_by_name(v)
-                .ok_or_else(|| format!("unknown gateway {v:?}"))?;
-            if !p.is_gateway() {
-                return Err(format!("{v:?} is not a gateway"));
-            }
-            ids.push(p.index);
-        }
-        if ids.is_empty() {
-            return Err("via: needs at least one gateway".into());
-        }
-        write(&self.fib).insert(prefix, Origin::Routed, NextHop::Peers(ids));
-        Ok(())
+    pub fn route_add(&self, prefix: IpNet, via: &[String]) -> Result<(), RouteError> {
+        let r = [api::Route {
+            prefix,
+            via: via.to_vec(),
+        }];
+        self.route_set(&r, true).map(|_| ())
     }
 
     /// Replaces all routed entries, or with `merge` installs or replaces
-    /// these and keeps the rest (names already checked by the caller).
-    pub fn route_set(&self, routes: &[crate::ctl::RouteEntry], merge: bool) {
-        let resolved: Vec<(IpNet, Vec<PeerId>)> = routes
-            .iter()
-            .map(|r| {
-                (
-                    r.prefix,
-                    r.via
-                        .iter()
-                        .filter_map(|v| self.peer_by_name(v))
-                        .map(|p| p.index)
-                        .collect(),
-                )
-            })
-            .collect();
+    /// these and keeps the rest. A bad entry refuses the whole set.
+    pub fn route_set(&self, routes: &[api::Route], merge: bool) -> Result<usize, RouteError> {
+        let resolved = self.resolve(routes)?;
         let mut fib = write(&self.fib);
         if !merge {
             fib.remove_origin(Origin::Routed);
         }
         for (prefix, ids) in resolved {
-            if !ids.is_empty() {
-                fib.insert(prefix, Origin::Routed, NextHop::Peers(ids));
-            }
+            fib.insert(prefix, Origin::Routed, NextHop::Peers(ids));
+        }
+        Ok(routes.len())
+    }
+
+    /// Increments from routed: withdraws, then adds. A route naming a
+    /// gateway this node does not have is refused alone; the rest go in.
+    pub fn route_update(&self, add: &[api::Route], withdraw: &[IpNet]) -> api::Updated {
+        let (resolved, refused) = self.resolve_each(add);
+        if !refused.is_empty() {
+            tracing::warn!(refused = refused.len(), first = %refused[0], "routes refused");
+        }
+        let mut fib = write(&self.fib);
+        let mut withdrawn = 0;
+        for p in withdraw {
+            withdrawn += usize::from(fib.remove(*p, Origin::Routed));
+        }
+        let added = resolved.len();
+        for (prefix, ids) in resolved {
+            fib.insert(prefix, Origin::Routed, NextHop::Peers(ids));
+        }
+        api::Updated {
+            added,
+            withdrawn,
+            routes: fib.count(Origin::Routed),
+            refused,
+        }
+    }
+
+    /// The end of a full resync: routed entries outside `seen` go.
+    pub fn route_retain(&self, seen: &HashSet<IpNet>) -> api::Updated {
+        let mut fib = write(&self.fib);
+        let withdrawn = fib.retain(Origin::Routed, |p| seen.contains(&p));
+        api::Updated {
+            added: 0,
+            withdrawn,
+            routes: fib.count(Origin::Routed),
+            refused: Vec::new(),
         }
     }
 
     pub fn route_del(&self, prefix: IpNet) -> bool {
         write(&self.fib).remove(prefix, Origin::Routed)
+    }
+}
+
+/// Why routes were refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    /// One line per bad route: its prefix and what is wrong.
+    #[error("{}", .0.join("; "))]
+    Refused(Vec<String>),
+}
+
+fn api_role(r: Role) -> api::Role {
+    match r {
+        Role::Host => api::Role::Host,
+        Role::Gateway => api::Role::Gateway,
     }
 }
 

@@ -1,18 +1,10 @@
-//! overlayd's Prometheus metrics, rendered from its status.
+//! overlayd's Prometheus metrics, rendered from its typed status.
 
+use cubenet_api::overlayd::{PeerStatus, Status};
 use cubenet_daemon::metrics::Exposition;
-use serde_json::Value;
 
-fn num(v: &Value) -> f64 {
-    match v {
-        Value::Bool(b) => f64::from(u8::from(*b)),
-        v => v.as_f64().unwrap_or(0.0),
-    }
-}
-
-pub fn render(st: &Value) -> String {
+pub fn render(st: &Status) -> String {
     let mut e = Exposition::default();
-    let name = st["name"].as_str().unwrap_or_default();
     e.family(
         "cubenet_overlayd_info",
         "gauge",
@@ -21,102 +13,89 @@ pub fn render(st: &Value) -> String {
     e.sample(
         "cubenet_overlayd_info",
         &[
-            ("name", name),
-            ("role", st["role"].as_str().unwrap_or_default()),
-            ("site", st["site"].as_str().unwrap_or_default()),
+            ("name", &st.name),
+            ("role", st.role.as_str()),
+            ("site", &st.site),
         ],
         1.0,
     );
-    e.family(
-        "cubenet_overlayd_uptime_seconds",
-        "gauge",
-        "Seconds since start.",
-    );
-    e.sample("cubenet_overlayd_uptime_seconds", &[], num(&st["uptime_s"]));
-    e.family(
-        "cubenet_overlayd_cert_days_left",
-        "gauge",
-        "Days until this node's certificate expires.",
-    );
-    e.sample(
-        "cubenet_overlayd_cert_days_left",
-        &[],
-        num(&st["cert_days_left"]),
-    );
-    e.family(
-        "cubenet_overlayd_ca_days_left",
-        "gauge",
-        "Days until the CA certificate expires.",
-    );
-    e.sample(
-        "cubenet_overlayd_ca_days_left",
-        &[],
-        num(&st["ca_days_left"]),
-    );
-    let peers = st["peers"].as_array().cloned().unwrap_or_default();
-    for (metric, field, kind, help) in [
+    for (metric, help, v) in [
+        (
+            "cubenet_overlayd_uptime_seconds",
+            "Seconds since start.",
+            st.uptime_s as f64,
+        ),
+        (
+            "cubenet_overlayd_cert_days_left",
+            "Days until this node's certificate expires.",
+            st.cert_days_left as f64,
+        ),
+        (
+            "cubenet_overlayd_ca_days_left",
+            "Days until the CA certificate expires.",
+            st.ca_days_left as f64,
+        ),
+    ] {
+        e.family(metric, "gauge", help);
+        e.sample(metric, &[], v);
+    }
+    type Field = fn(&PeerStatus) -> Option<f64>;
+    let per_peer: [(&str, &str, &str, Field); 8] = [
         (
             "cubenet_overlayd_peer_rx_bytes_total",
-            "rx_bytes",
             "counter",
             "Bytes received from the peer (inner packets).",
+            |p| Some(p.rx_bytes as f64),
         ),
         (
             "cubenet_overlayd_peer_tx_bytes_total",
-            "tx_bytes",
             "counter",
             "Bytes sent to the peer (inner packets).",
+            |p| Some(p.tx_bytes as f64),
         ),
         (
             "cubenet_overlayd_peer_rx_packets_total",
-            "rx_packets",
             "counter",
             "Packets received from the peer.",
+            |p| Some(p.rx_packets as f64),
         ),
         (
             "cubenet_overlayd_peer_tx_packets_total",
-            "tx_packets",
             "counter",
             "Packets sent to the peer.",
+            |p| Some(p.tx_packets as f64),
         ),
         (
             "cubenet_overlayd_peer_healthy",
-            "healthy",
             "gauge",
             "1 when the peer's tunnel is healthy.",
+            |p| Some(f64::from(u8::from(p.healthy))),
         ),
         (
             "cubenet_overlayd_peer_handshake_age_seconds",
-            "last_handshake_s",
             "gauge",
             "Seconds since the last handshake.",
+            |p| p.last_handshake_s,
         ),
         (
             "cubenet_overlayd_peer_spoofed_total",
-            "spoofed",
             "counter",
             "Packets from the peer with a source it does not own.",
+            |p| Some(p.spoofed as f64),
         ),
         (
             "cubenet_overlayd_peer_flaps_total",
-            "flaps",
             "counter",
             "Times a gateway tunnel went down.",
+            |p| Some(p.flaps as f64),
         ),
-    ] {
+    ];
+    for (metric, kind, help, field) in per_peer {
         e.family(metric, kind, help);
-        for p in &peers {
-            if p[field].is_null() {
-                continue;
+        for p in &st.peers {
+            if let Some(v) = field(p) {
+                e.sample(metric, &[("peer", &p.name), ("role", p.role.as_str())], v);
             }
-            e.sample(
-                metric,
-                &[
-                    ("peer", p["name"].as_str().unwrap_or_default()),
-                    ("role", p["role"].as_str().unwrap_or_default()),
-                ],
-                num(&p[field]),
-            );
         }
     }
     e.family(
@@ -124,11 +103,11 @@ pub fn render(st: &Value) -> String {
         "gauge",
         "Probe round-trip time to a gateway.",
     );
-    for p in &peers {
-        if let Some(ms) = p["rtt_ms"].as_f64() {
+    for p in &st.peers {
+        if let Some(ms) = p.rtt_ms {
             e.sample(
                 "cubenet_overlayd_peer_rtt_seconds",
-                &[("peer", p["name"].as_str().unwrap_or_default())],
+                &[("peer", &p.name)],
                 ms / 1000.0,
             );
         }
@@ -138,47 +117,41 @@ pub fn render(st: &Value) -> String {
         "counter",
         "Dropped packets by reason.",
     );
-    if let Some(d) = st["drops"].as_object() {
-        for (reason, v) in d {
-            e.sample(
-                "cubenet_overlayd_drops_total",
-                &[("reason", reason)],
-                num(v),
-            );
-        }
+    for (reason, v) in st.drops.iter() {
+        e.sample(
+            "cubenet_overlayd_drops_total",
+            &[("reason", reason)],
+            v as f64,
+        );
     }
     e.family(
         "cubenet_overlayd_routes",
         "gauge",
         "Forwarding entries by origin.",
     );
-    let mut by_origin = std::collections::BTreeMap::<String, f64>::new();
-    for r in st["routes"].as_array().into_iter().flatten() {
-        *by_origin
-            .entry(r["origin"].as_str().unwrap_or("?").to_string())
-            .or_default() += 1.0;
+    let mut by_origin = std::collections::BTreeMap::<&str, f64>::new();
+    for r in &st.routes {
+        *by_origin.entry(origin_name(r.origin)).or_default() += 1.0;
     }
     for (o, n) in by_origin {
-        e.sample("cubenet_overlayd_routes", &[("origin", &o)], n);
+        e.sample("cubenet_overlayd_routes", &[("origin", o)], n);
     }
-    let fw = &st["firewall"];
-    if fw["enabled"] == true {
+    if let Some(fw) = &st.firewall.detail {
         e.family(
             "cubenet_overlayd_firewall_rule_hits_total",
             "counter",
             "Flows each firewall rule decided.",
         );
-        for dir in ["inbound", "outbound"] {
-            for r in fw[dir].as_array().into_iter().flatten() {
-                let idx = r["index"].to_string();
+        for (dir, rules) in [("inbound", &fw.inbound), ("outbound", &fw.outbound)] {
+            for r in rules {
                 e.sample(
                     "cubenet_overlayd_firewall_rule_hits_total",
                     &[
                         ("direction", dir),
-                        ("index", &idx),
-                        ("rule", r["rule"].as_str().unwrap_or_default()),
+                        ("index", &r.index.to_string()),
+                        ("rule", &r.rule),
                     ],
-                    num(&r["hits"]),
+                    r.hits as f64,
                 );
             }
         }
@@ -187,11 +160,14 @@ pub fn render(st: &Value) -> String {
             "counter",
             "Flows the default of a direction decided.",
         );
-        for dir in ["inbound", "outbound"] {
+        for (dir, hits) in [
+            ("inbound", fw.inbound_default_hits),
+            ("outbound", fw.outbound_default_hits),
+        ] {
             e.sample(
                 "cubenet_overlayd_firewall_default_hits_total",
                 &[("direction", dir)],
-                num(&fw[format!("{dir}_default_hits")]),
+                hits as f64,
             );
         }
         e.family(
@@ -202,7 +178,7 @@ pub fn render(st: &Value) -> String {
         e.sample(
             "cubenet_overlayd_firewall_dropped_total",
             &[],
-            num(&fw["dropped"]),
+            fw.dropped as f64,
         );
         e.family(
             "cubenet_overlayd_firewall_tracked_flows",
@@ -212,8 +188,17 @@ pub fn render(st: &Value) -> String {
         e.sample(
             "cubenet_overlayd_firewall_tracked_flows",
             &[],
-            num(&fw["tracked_flows"]),
+            fw.tracked_flows as f64,
         );
     }
     e.finish()
+}
+
+fn origin_name(o: cubenet_api::overlayd::RouteOrigin) -> &'static str {
+    use cubenet_api::overlayd::RouteOrigin as R;
+    match o {
+        R::Routed => "routed",
+        R::Static => "static",
+        R::Cert => "cert",
+    }
 }

@@ -7,7 +7,7 @@
 mod common;
 
 use common::Pki;
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -60,7 +60,12 @@ fn server_of(node: Arc<overlayd::node::Node>) -> Server {
         .build()
         .unwrap();
     let listener = rt.block_on(async { overlayd::ctl::bind(&path) }).unwrap();
-    let reload: Arc<dyn Fn() -> Value + Send + Sync> = Arc::new(|| json!({"ok": true}));
+    let reload: overlayd::ctl::Reload = Arc::new(|| {
+        Ok(cubenet_api::overlayd::Reloaded {
+            reload: Default::default(),
+            firewall_flows_cut: 0,
+        })
+    });
     rt.spawn(overlayd::ctl::serve(listener, node.clone(), reload));
     Server {
         _dir: dir,
@@ -160,10 +165,9 @@ fn a_subscriber_that_never_reads_blocks_nobody() {
     let pad = "x".repeat(1000);
     let t = Instant::now();
     for i in 0..20_000 {
-        let _ = s
-            .node
-            .events
-            .send(json!({"event": "test", "n": i, "pad": pad}));
+        let _ = s.node.events.send(cubenet_api::overlayd::Event::GatewayUp {
+            name: format!("{i}{pad}"),
+        });
     }
     assert!(
         t.elapsed() < Duration::from_secs(5),
@@ -271,4 +275,124 @@ fn route_set_replaces_the_table_and_merge_keeps_the_rest() {
         ),
     );
     assert_eq!(routed_prefixes(&mut c), ["10.9.3.0/24"]);
+}
+
+/// `n` distinct /32 routes (from 11.0.0.0 up), all via fra-gw1.
+fn table(n: u32, base: u32) -> Vec<(ipnet::IpNet, Vec<String>)> {
+    (0..n)
+        .map(|i| {
+            let a = std::net::Ipv4Addr::from(0x0b00_0000 + base + i);
+            (
+                ipnet::IpNet::from(std::net::IpAddr::V4(a)),
+                vec!["fra-gw1".to_string()],
+            )
+        })
+        .collect()
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))?
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+/// routed's route feed moves a table of a million routes into overlayd
+/// (far past what one request line could carry), then only what changed;
+/// a feed that is still learning adds and removes nothing, and its first
+/// ready push removes what no longer is. Prints time and memory per route
+/// (`bench/routes.sh` reads them).
+#[test]
+fn a_million_routes_move_from_routed_to_overlayd_and_then_only_changes() {
+    use routed::overlay::RouteFeed;
+    const N: u32 = 1_000_000;
+    let s = server_of(Pki::get().host());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut t = table(N, 0);
+    let rss0 = rss_kib();
+    let start = Instant::now();
+    let mut feed = RouteFeed::new(&s.path);
+    let p = rt.block_on(feed.push(&t, true)).unwrap();
+    let took = start.elapsed();
+    let rss1 = rss_kib();
+    assert!(p.resynced, "{p:?}");
+    assert_eq!(p.routes, N as usize, "{p:?}");
+    // The figures (server and feed share this process).
+    eprintln!(
+        "route feed: {N} routes in {:.2} s, {:.2} us and {:.0} bytes per route (both ends)",
+        took.as_secs_f64(),
+        took.as_secs_f64() * 1e6 / f64::from(N),
+        (rss1.saturating_sub(rss0) * 1024) as f64 / f64::from(N)
+    );
+
+    // Increments: 1000 withdrawn, 10 added; then one moved to a next hop
+    // that does not exist: refused alone, the rest stays.
+    t.drain(..1000);
+    t.extend(table(10, N));
+    let p = rt.block_on(feed.push(&t, true)).unwrap();
+    assert!(!p.resynced, "{p:?}");
+    assert_eq!((p.added, p.withdrawn), (10, 1000), "{p:?}");
+    assert_eq!(p.routes, N as usize - 1000 + 10);
+    let mut bad = t.clone();
+    bad[0].1 = vec!["nobody".into()];
+    bad[1].1 = vec!["fra-gw1".into(), "nobody".into()];
+    let p = rt.block_on(feed.push(&bad, true)).unwrap();
+    assert_eq!(p.added, 0, "{p:?}");
+    assert_eq!(p.refused.len(), 2, "{p:?}");
+    assert_eq!(p.refused[0].prefix, bad[0].0);
+    assert!(p.refused[0].reason.contains("nobody"), "{p:?}");
+    assert_eq!(p.routes, N as usize - 1000 + 10, "the old entries stay");
+    // Refused routes are offered again with the next push.
+    let p = rt.block_on(feed.push(&bad, true)).unwrap();
+    assert_eq!(p.refused.len(), 2, "{p:?}");
+    let p = rt.block_on(feed.push(&t, true)).unwrap();
+    assert!(!p.resynced && p.refused.is_empty(), "{p:?}");
+    assert_eq!(p.added, 2, "{p:?}");
+
+    // A restarted routed, still learning: merges a small table in.
+    let small = table(5, 2 * N);
+    let mut feed = RouteFeed::new(&s.path);
+    let p = rt.block_on(feed.push(&small, false)).unwrap();
+    assert_eq!(p.routes, N as usize - 1000 + 10 + 5, "{p:?}");
+    // Withdrawing while learning removes nothing.
+    let p = rt.block_on(feed.push(&small[..2], false)).unwrap();
+    assert_eq!(
+        (p.withdrawn, p.routes),
+        (0, N as usize - 1000 + 15),
+        "{p:?}"
+    );
+    // Ready: the table is exactly what routed has now.
+    let p = rt.block_on(feed.push(&small[..2], true)).unwrap();
+    assert!(p.resynced, "{p:?}");
+    assert_eq!(p.routes, 2, "{p:?}");
+    let mut c = BufReader::new(connect(&s.path));
+    assert_eq!(
+        routed_prefixes(&mut c),
+        ["11.30.132.128/32", "11.30.132.129/32"]
+    );
+}
+
+#[test]
+fn a_sync_end_without_a_begin_is_refused() {
+    let s = server_of(Pki::get().host());
+    let mut c = BufReader::new(connect(&s.path));
+    c.get_mut()
+        .write_all(b"{\"cmd\":\"route_sync_end\"}\n")
+        .unwrap();
+    let v = reply(&mut c);
+    assert_eq!(v["ok"], false, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("route_sync_begin"),
+        "{v}"
+    );
 }

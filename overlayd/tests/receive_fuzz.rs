@@ -407,10 +407,10 @@ proptest! {
         prop_assert!(c.probe(77), "the session stopped answering");
         prop_assert_eq!(attached(&c.node), 1);
         let st = c.node.status();
-        let peer = &st["peers"][0];
+        let peer = &st.peers[0];
         let (name, addr) = if to_host { ("fra-gw1", GW_V4) } else { ("fra-h1", HOST_V4) };
-        prop_assert_eq!(&peer["name"], name);
-        prop_assert_eq!(&peer["addresses"][0], addr);
+        prop_assert_eq!(&peer.name, name);
+        prop_assert_eq!(peer.addresses[0].to_string(), addr);
     }
 }
 
@@ -420,8 +420,8 @@ fn a_session_attaches_and_answers_probes() {
     assert!(c.probe(1));
     assert!(c.probe(2));
     let st = c.node.status();
-    assert_eq!(st["peers"][0]["attached"], true, "{st}");
-    assert_eq!(st["drops"]["invalid"], 0, "{st}");
+    assert!(st.peers[0].attached, "{st:?}");
+    assert_eq!(st.drops.invalid, 0, "{st:?}");
 }
 
 #[test]
@@ -435,8 +435,8 @@ fn a_spoofed_source_is_counted_and_the_session_survives() {
     let before = drops(&c.node)[SPOOFED];
     c.send(&ipv6("fd77::1:99", GW_V6, 17, &[0; 8]));
     assert_eq!(drops(&c.node)[SPOOFED], before + 1);
-    assert_eq!(c.node.status()["drops"]["spoofed"], before + 1);
-    assert_eq!(c.node.status()["peers"][0]["spoofed"], before + 1);
+    assert_eq!(c.node.status().drops.spoofed, before + 1);
+    assert_eq!(c.node.status().peers[0].spoofed, before + 1);
     assert!(c.probe(3));
 }
 
@@ -479,7 +479,7 @@ fn a_stranger_key_gets_a_session_but_never_attaches() {
     c.send(&ipv4(HOST_V4, GW_V4, 17, &[0; 8]));
     assert_eq!(attached(&node), 0);
     assert_eq!(node.peers().len(), 1);
-    assert_eq!(node.status()["peers"][0]["authenticated"], false);
+    assert!(!node.status().peers[0].authenticated);
 }
 
 #[test]

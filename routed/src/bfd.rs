@@ -27,6 +27,18 @@ pub enum State {
     Up = 3,
 }
 
+impl From<State> for cubenet_api::routed::BfdState {
+    fn from(s: State) -> Self {
+        use cubenet_api::routed::BfdState as B;
+        match s {
+            State::AdminDown => B::AdminDown,
+            State::Down => B::Down,
+            State::Init => B::Init,
+            State::Up => B::Up,
+        }
+    }
+}
+
 impl State {
     fn from_bits(b: u8) -> State {
         [State::AdminDown, State::Down, State::Init, State::Up][usize::from(b & 3)]

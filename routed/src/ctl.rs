@@ -1,19 +1,18 @@
 //! routed's control socket: a Unix stream socket (mode 0600) with one JSON
-//! request per line (`{"cmd":"status"}`, `{"cmd":"routes"}`) and one JSON
-//! reply per line.
+//! request per line and one JSON reply per line, typed in
+//! [`cubenet_api::routed`].
 
 use crate::driver::Shared;
+use cubenet_api::routed::Request;
+use cubenet_api::{line, Empty, Reply};
 use cubenet_daemon::ctl::{not_utf8_reply, read_request_line, too_long_reply, RequestLine};
-use serde_json::{json, Value};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
-/// Longest request line accepted; a longer one gets an error naming the
-/// limit and the connection is closed.
-pub const MAX_LINE: usize = 64 << 10;
+pub use cubenet_api::routed::MAX_LINE;
 
 /// Binds the control socket, mode 0600.
 pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
@@ -24,11 +23,12 @@ pub async fn serve(listener: UnixListener, shared: Arc<Shared>) {
     serve_with(listener, move |line| handle(&shared, line)).await
 }
 
-/// The accept loop around any request handler; each connection is a task
-/// of its own, so a broken client only ends its own connection.
+/// The accept loop around any request handler (a request line in, a reply
+/// line out); each connection is a task of its own, so a broken client
+/// only ends its own connection.
 async fn serve_with(
     listener: UnixListener,
-    handler: impl Fn(&str) -> Value + Send + Sync + 'static,
+    handler: impl Fn(&str) -> String + Send + Sync + 'static,
 ) {
     let handler = Arc::new(handler);
     loop {
@@ -42,45 +42,29 @@ async fn serve_with(
     }
 }
 
-/// A request routed answers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Request {
-    Status,
-    Routes,
-}
-
 /// Parses one request line; the error is the reply's message.
 pub fn parse_request(line: &str) -> Result<Request, String> {
-    let req: Value = serde_json::from_str(line).map_err(|e| format!("bad request: {e}"))?;
-    match req.get("cmd").map(|c| c.as_str()) {
-        Some(Some("status")) => Ok(Request::Status),
-        Some(Some("routes")) => Ok(Request::Routes),
-        Some(Some(c)) => Err(format!("unknown cmd {c:?}: expected status or routes")),
-        Some(None) => Err("bad request: \"cmd\" is not a string".into()),
-        None => Err("bad request: no \"cmd\"".into()),
-    }
+    serde_json::from_str(line).map_err(|e| format!("bad request: {e}"))
 }
 
-fn handle(shared: &Shared, line: &str) -> Value {
+fn handle(shared: &Shared, text: &str) -> String {
     let now = Instant::now();
-    let mut v = match parse_request(line) {
-        Ok(Request::Status) => shared.router().status(now),
-        Ok(Request::Routes) => shared.router().routes(now),
-        Err(e) => return json!({"ok": false, "error": e}),
-    };
-    v["ok"] = json!(true);
-    v
+    match parse_request(text) {
+        Ok(Request::Status) => line(&Reply::Ok(shared.router().status(now))),
+        Ok(Request::Routes) => line(&Reply::Ok(shared.router().routes(now))),
+        Err(e) => line(&Reply::<Empty>::Err(e)),
+    }
 }
 
 async fn connection(
     stream: UnixStream,
-    handler: &(dyn Fn(&str) -> Value + Send + Sync),
+    handler: &(dyn Fn(&str) -> String + Send + Sync),
 ) -> std::io::Result<()> {
     let (r, mut w) = stream.into_split();
     let mut r = BufReader::new(r);
     let mut buf = Vec::new();
     loop {
-        let line = match read_request_line(&mut r, &mut buf, MAX_LINE).await? {
+        let text = match read_request_line(&mut r, &mut buf, MAX_LINE).await? {
             RequestLine::Line(l) => l,
             RequestLine::Eof => return Ok(()),
             RequestLine::TooLong => {
@@ -92,33 +76,15 @@ async fn connection(
                 continue;
             }
         };
-        let mut reply = handler(line.trim()).to_string();
-        reply.push('\n');
-        w.write_all(reply.as_bytes()).await?;
+        w.write_all(handler(text.trim()).as_bytes()).await?;
     }
-}
-
-/// One request to a running routed (the CLI side).
-pub fn request(path: &Path, cmd: &str) -> Result<Value, String> {
-    use std::io::{BufRead, Write};
-    let mut s = std::os::unix::net::UnixStream::connect(path)
-        .map_err(|e| format!("{}: {e} (is routed running?)", path.display()))?;
-    writeln!(s, "{}", json!({"cmd": cmd})).map_err(|e| e.to_string())?;
-    let mut reply = String::new();
-    std::io::BufReader::new(s)
-        .read_line(&mut reply)
-        .map_err(|e| e.to_string())?;
-    let v: Value = serde_json::from_str(&reply).map_err(|e| format!("reply: {e}"))?;
-    if v["ok"] != true {
-        return Err(v["error"].as_str().unwrap_or("request failed").to_string());
-    }
-    Ok(v)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use serde_json::Value;
     use std::io::{BufRead, Write};
     use std::os::unix::net::UnixStream as StdStream;
     use std::time::Duration;
@@ -131,10 +97,10 @@ mod tests {
             Ok(Request::Routes)
         );
         for (bad, want) in [
-            (r#"{"cmd":"reboot"}"#, "unknown cmd \"reboot\""),
-            (r#"{"cmd":5}"#, "not a string"),
-            (r#"{}"#, "no \"cmd\""),
-            (r#"[1,2]"#, "no \"cmd\""),
+            (r#"{"cmd":"reboot"}"#, "unknown variant `reboot`"),
+            (r#"{"cmd":5}"#, "bad request"),
+            (r#"{}"#, "missing field `cmd`"),
+            (r#"[1,2]"#, "bad request"),
             ("not json", "bad request"),
             ("", "bad request"),
         ] {
@@ -177,9 +143,9 @@ mod tests {
             .build()
             .unwrap();
         let listener = rt.block_on(async { bind(&path) }).unwrap();
-        rt.spawn(serve_with(listener, |line| match parse_request(line) {
-            Ok(_) => json!({"ok": true, "neighbors": []}),
-            Err(e) => json!({"ok": false, "error": e}),
+        rt.spawn(serve_with(listener, |text| match parse_request(text) {
+            Ok(_) => line(&Reply::Ok(cubenet_api::routed::Routes { routes: vec![] })),
+            Err(e) => line(&Reply::<Empty>::Err(e)),
         }));
         (dir, path, rt)
     }

@@ -3,22 +3,24 @@
 //! sits behind a mutex that is never held across an `.await`.
 
 use crate::config::Config;
+use crate::overlay::RouteFeed;
 use crate::router::{Out, Router};
 use crate::wire;
-use serde_json::{json, Value};
+use cubenet_api::overlayd as api;
+use cubenet_api::{CallError, Client};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket, UnixStream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, Notify};
 
 pub const BFD_PORT: u16 = 3784;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-/// overlayd's table is rewritten this often even without changes, so a
-/// restarted overlayd gets its routes back.
+/// The route feed looks at overlayd this often even without changes (an
+/// empty update), so a restarted overlayd gets its routes back.
 const RESYNC: Duration = Duration::from_secs(5);
 
 pub struct Shared {
@@ -312,29 +314,6 @@ pub async fn run(cfg: Config, router: Router) -> Result<(), String> {
     Ok(())
 }
 
-/// One request to overlayd's control socket.
-pub async fn overlayd_request(path: &std::path::Path, req: &Value) -> Result<Value, String> {
-    let s = UnixStream::connect(path)
-        .await
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    let (r, mut w) = s.into_split();
-    let mut line = req.to_string();
-    line.push('\n');
-    w.write_all(line.as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut r = BufReader::new(r);
-    let mut reply = String::new();
-    r.read_line(&mut reply).await.map_err(|e| e.to_string())?;
-    serde_json::from_str(&reply).map_err(|e| format!("overlayd reply: {e}"))
-}
-
-fn addrs(v: &Value) -> Vec<IpAddr> {
-    v.as_array()
-        .map(|a| a.iter().filter_map(|x| x.as_str()?.parse().ok()).collect())
-        .unwrap_or_default()
-}
-
 /// Follows overlayd's attach/detach events; reconnects when it restarts.
 async fn overlay_events(me: Arc<Shared>) {
     let path = me.cfg.overlayd_socket.clone();
@@ -346,58 +325,34 @@ async fn overlay_events(me: Arc<Shared>) {
     }
 }
 
-async fn follow(me: &Arc<Shared>, path: &std::path::Path) -> Result<(), String> {
-    let s = UnixStream::connect(path)
-        .await
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    let (r, mut w) = s.into_split();
-    w.write_all(b"{\"cmd\":\"subscribe\"}\n")
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut lines = BufReader::new(r).lines();
+async fn follow(me: &Arc<Shared>, path: &std::path::Path) -> Result<(), CallError> {
+    let mut c = Client::connect(path).await?;
     // Subscribed (acknowledged) first, then the snapshot: nothing falls in
     // between.
-    let ack = lines
-        .next_line()
-        .await
-        .map_err(|e| e.to_string())?
-        .ok_or("overlayd closed the event stream")?;
-    if !ack.contains("\"subscribed\":true") {
-        return Err(format!("overlayd refused to subscribe: {ack}"));
-    }
+    let _: api::Subscribed = c.call(&api::Request::Subscribe).await?;
     snapshot(me, path).await?;
-    while let Some(line) = lines.next_line().await.map_err(|e| e.to_string())? {
-        let Ok(ev) = serde_json::from_str::<Value>(&line) else {
-            continue;
-        };
-        if ev["event"] == "lagged" {
+    loop {
+        match c.next::<api::Event>().await? {
             // Events were lost: take the whole picture again.
-            snapshot(me, path).await?;
-            continue;
-        }
-        if ev["role"] != "host" {
-            continue;
-        }
-        let a = addrs(&ev["addresses"]);
-        match ev["event"].as_str() {
-            Some("attached") => me.with(|r, now| r.attach(&a, now)),
-            Some("detached") => me.with(|r, now| r.detach(&a, now)),
+            api::Event::Lagged { .. } => snapshot(me, path).await?,
+            api::Event::Attached {
+                role: api::Role::Host,
+                addresses,
+                ..
+            } => me.with(|r, now| r.attach(&addresses, now)),
+            api::Event::Detached {
+                role: api::Role::Host,
+                addresses,
+                ..
+            } => me.with(|r, now| r.detach(&addresses, now)),
             _ => {}
         }
     }
-    Err("overlayd closed the event stream".into())
 }
 
 /// The hosts attached to overlayd now, as the full set.
-async fn snapshot(me: &Arc<Shared>, path: &std::path::Path) -> Result<(), String> {
-    let st = overlayd_request(path, &json!({"cmd": "status"})).await?;
-    let hosts: Vec<IpAddr> = st["peers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|p| p["attached"] == true && p["role"] == "host")
-        .flat_map(|p| addrs(&p["addresses"]))
-        .collect();
+async fn snapshot(me: &Arc<Shared>, path: &std::path::Path) -> Result<(), CallError> {
+    let hosts = crate::overlay::attached_hosts(path).await?;
     tracing::info!(hosts = hosts.len(), "following overlayd");
     me.with(|r, now| r.set_attached(&hosts, now));
     me.tables.notify_one();
@@ -406,11 +361,10 @@ async fn snapshot(me: &Arc<Shared>, path: &std::path::Path) -> Result<(), String
 
 /// Writes the best routes into overlayd and the kernel when they change.
 async fn sync_tables(me: Arc<Shared>) {
-    let mut last: Option<Value> = None;
+    let mut feed = RouteFeed::new(&me.cfg.overlayd_socket);
     // What the kernel was last given, and whether stale routes were pruned.
     type KernelRoutes = (bool, Vec<(ipnet::IpNet, Option<IpAddr>)>);
     let mut last_kernel: Option<KernelRoutes> = None;
-    let mut last_sync = Instant::now();
     loop {
         let _ = tokio::time::timeout(RESYNC, me.tables.notified()).await;
         let (ready, fib, kernel) = {
@@ -422,21 +376,13 @@ async fn sync_tables(me: Arc<Shared>) {
         // removed: a running overlayd keeps forwarding on the routes of
         // before the restart, and one that restarted with routed (an empty
         // table) forwards on the first routes learned instead of waiting.
-        if !ready && fib.is_empty() {
-            continue;
-        }
-        let routes: Vec<Value> = fib
-            .iter()
-            .map(|(p, via)| json!({"prefix": p.to_string(), "via": via}))
-            .collect();
-        let req = json!({"cmd": "route_set", "routes": routes, "merge": !ready});
-        if last.as_ref() != Some(&req) || last_sync.elapsed() >= RESYNC {
-            match overlayd_request(&me.cfg.overlayd_socket, &req).await {
-                Ok(v) if v["ok"] == true => {
-                    last = Some(req);
-                    last_sync = Instant::now();
+        if ready || !fib.is_empty() {
+            match feed.push(&fib, ready).await {
+                Ok(p) if p.resynced => {
+                    tracing::info!(routes = p.routes, merge = !ready, "overlayd table resynced")
                 }
-                Ok(v) => tracing::warn!("overlayd refused routes: {}", v["error"]),
+                Ok(_) => {}
+                Err(CallError::Refused(e)) => tracing::warn!("overlayd refused routes: {e}"),
                 Err(e) => tracing::debug!("overlayd: {e}"),
             }
         }

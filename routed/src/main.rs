@@ -4,24 +4,13 @@
 //! Exit codes: 0 ok; 1 runtime failure (and `status` when a configured
 //! neighbour is not established); 2 bad usage or configuration.
 
-mod bfd;
-mod config;
-mod ctl;
-mod damping;
-mod driver;
-mod kernel;
-mod prom;
-mod rib;
-mod router;
-mod session;
-#[cfg(test)]
-mod sim;
-mod wire;
+use routed::{config, driver, router};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use config::Config;
+use cubenet_api::client::call_blocking;
+use cubenet_api::routed as api;
 use ipnet::IpNet;
-use serde_json::Value;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -213,95 +202,100 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Cmd::Status { socket, json } => match ctl::request(&socket, "status") {
-            Ok(v) => {
-                if json {
-                    println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
-                } else {
-                    print_status(&v);
+        Cmd::Status { socket, json } => {
+            match call_blocking::<_, api::Status>(&socket, &api::Request::Status) {
+                Ok(st) => {
+                    if json {
+                        println!("{}", pretty(&cubenet_api::Reply::Ok(&st)));
+                    } else {
+                        print_status(&st);
+                    }
+                    let all_up = st
+                        .neighbors
+                        .iter()
+                        .all(|n| n.state == api::SessionState::Established);
+                    if all_up {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(1)
+                    }
                 }
-                let all_up = v["neighbors"]
-                    .as_array()
-                    .is_some_and(|ns| ns.iter().all(|n| n["state"] == "established"));
-                if all_up {
-                    ExitCode::SUCCESS
-                } else {
+                Err(e) => {
+                    eprintln!("routed: {e}");
                     ExitCode::from(1)
                 }
             }
-            Err(e) => {
-                eprintln!("routed: {e}");
-                ExitCode::from(1)
-            }
-        },
-        Cmd::Routes { socket, json } => match ctl::request(&socket, "routes") {
-            Ok(v) => {
-                if json {
-                    println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
-                } else {
-                    print_routes(&v);
+        }
+        Cmd::Routes { socket, json } => {
+            match call_blocking::<_, api::Routes>(&socket, &api::Request::Routes) {
+                Ok(rs) => {
+                    if json {
+                        println!("{}", pretty(&cubenet_api::Reply::Ok(&rs)));
+                    } else {
+                        print_routes(&rs);
+                    }
+                    ExitCode::SUCCESS
                 }
-                ExitCode::SUCCESS
+                Err(e) => {
+                    eprintln!("routed: {e}");
+                    ExitCode::from(1)
+                }
             }
-            Err(e) => {
-                eprintln!("routed: {e}");
-                ExitCode::from(1)
-            }
-        },
+        }
     }
 }
 
-fn s(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Null => "-".into(),
-        v => v.to_string(),
-    }
+fn pretty<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_default()
 }
 
-fn print_status(v: &Value) {
+fn or_dash<T: std::fmt::Display>(v: &Option<T>) -> String {
+    v.as_ref().map_or_else(|| "-".into(), |v| v.to_string())
+}
+
+fn print_status(st: &api::Status) {
     println!(
         "AS {}  router id {}  up {} s",
-        s(&v["asn"]),
-        s(&v["router_id"]),
-        s(&v["uptime_s"])
+        st.asn, st.router_id, st.uptime_s
     );
     println!(
         "{:<12} {:<16} {:<11} {:<12} {:<10} {:>5} {:>8} {:<14} {:>6} {:>6}  last error",
         "neighbor", "address", "asn", "state", "bfd", "flaps", "penalty", "damping", "in", "out"
     );
-    for n in v["neighbors"].as_array().into_iter().flatten() {
-        let damping = if n["suppressed"] == true {
-            format!(
-                "suppressed {:.0}s",
-                n["suppressed_for_s"].as_f64().unwrap_or(0.0)
-            )
-        } else if n["usable"] == true {
+    for n in &st.neighbors {
+        let damping = if n.suppressed {
+            format!("suppressed {:.0}s", n.suppressed_for_s.unwrap_or(0.0))
+        } else if n.usable {
             "-".into()
         } else {
             "held".into()
         };
         println!(
             "{:<12} {:<16} {:<11} {:<12} {:<10} {:>5} {:>8} {:<14} {:>6} {:>6}  {}",
-            s(&n["name"]),
-            s(&n["address"]),
-            s(&n["asn"]),
-            s(&n["state"]),
-            s(&n["bfd"]),
-            s(&n["flaps"]),
-            s(&n["penalty"]),
+            n.name,
+            n.address.to_string(),
+            n.asn,
+            n.state.as_str(),
+            n.bfd.as_str(),
+            n.flaps,
+            n.penalty,
             damping,
-            s(&n["routes_in"]),
-            s(&n["routes_out"]),
-            s(&n["last_error"]),
+            n.routes_in,
+            n.routes_out,
+            or_dash(&n.last_error),
         );
-        let hist: Vec<String> = n["history"]
-            .as_array()
-            .into_iter()
-            .flatten()
+        let hist: Vec<String> = n
+            .history
+            .iter()
             .rev()
             .take(4)
-            .map(|h| format!("{} {}", s(&h["event"]), s(&h["at"])))
+            .map(|h| {
+                let ev = match h.event {
+                    api::UpDown::Up => "up",
+                    api::UpDown::Down => "down",
+                };
+                format!("{ev} {}", h.at)
+            })
             .collect();
         if !hist.is_empty() {
             println!("{:<12} history: {}", "", hist.join(", "));
@@ -309,20 +303,19 @@ fn print_status(v: &Value) {
     }
 }
 
-fn print_routes(v: &Value) {
+fn print_routes(rs: &api::Routes) {
     println!(
         "{:<22} {:<8} {:<6} {:>6}  via",
         "prefix", "origin", "paths", "age_s"
     );
-    for r in v["routes"].as_array().into_iter().flatten() {
-        let via: Vec<String> = r["via"].as_array().into_iter().flatten().map(s).collect();
+    for r in &rs.routes {
         println!(
             "{:<22} {:<8} {:<6} {:>6}  {}",
-            s(&r["prefix"]),
-            s(&r["origin"]),
-            s(&r["ecmp"]),
-            s(&r["age_s"]),
-            via.join(", ")
+            r.prefix.to_string(),
+            r.origin.as_str(),
+            r.ecmp,
+            r.age_s,
+            r.via.join(", ")
         );
     }
 }

@@ -1,42 +1,27 @@
-//! routed's Prometheus metrics, rendered from its status and routes.
+//! routed's Prometheus metrics, rendered from its typed status and routes.
 
+use cubenet_api::routed::{BfdState, NeighborStatus, Routes, SessionState, Status};
 use cubenet_daemon::metrics::Exposition;
-use serde_json::Value;
 
-fn num(v: &Value) -> f64 {
-    match v {
-        Value::Bool(b) => f64::from(u8::from(*b)),
-        v => v.as_f64().unwrap_or(0.0),
-    }
-}
-
-pub fn render(status: &Value, routes: &Value) -> String {
+pub fn render(status: &Status, routes: &Routes) -> String {
     let mut e = Exposition::default();
     e.family(
         "cubenet_routed_uptime_seconds",
         "gauge",
         "Seconds since start.",
     );
-    e.sample(
-        "cubenet_routed_uptime_seconds",
-        &[],
-        num(&status["uptime_s"]),
-    );
-    let ns = status["neighbors"].as_array().cloned().unwrap_or_default();
-    let name = |n: &Value| n["name"].as_str().unwrap_or_default().to_string();
+    e.sample("cubenet_routed_uptime_seconds", &[], status.uptime_s as f64);
+    let ns = &status.neighbors;
     e.family(
         "cubenet_routed_neighbor_established",
         "gauge",
         "1 when the BGP session is established.",
     );
-    for n in &ns {
+    for n in ns {
         e.sample(
             "cubenet_routed_neighbor_established",
-            &[
-                ("neighbor", &name(n)),
-                ("state", n["state"].as_str().unwrap_or_default()),
-            ],
-            f64::from(u8::from(n["state"] == "established")),
+            &[("neighbor", &n.name), ("state", n.state.as_str())],
+            f64::from(u8::from(n.state == SessionState::Established)),
         );
     }
     e.family(
@@ -44,66 +29,67 @@ pub fn render(status: &Value, routes: &Value) -> String {
         "gauge",
         "1 when BFD is up (absent when BFD is off).",
     );
-    for n in &ns {
-        if n["bfd"] != "disabled" {
+    for n in ns {
+        if n.bfd != BfdState::Disabled {
             e.sample(
                 "cubenet_routed_neighbor_bfd_up",
-                &[("neighbor", &name(n))],
-                f64::from(u8::from(n["bfd"] == "up")),
+                &[("neighbor", &n.name)],
+                f64::from(u8::from(n.bfd == BfdState::Up)),
             );
         }
     }
-    for (metric, field, kind, help) in [
+    type Field = fn(&NeighborStatus) -> f64;
+    let per_neighbor: [(&str, &str, &str, Field); 6] = [
         (
             "cubenet_routed_neighbor_flaps_total",
-            "flaps",
             "counter",
             "Times the session went down.",
+            |n| n.flaps as f64,
         ),
         (
             "cubenet_routed_neighbor_penalty",
-            "penalty",
             "gauge",
             "Link damping penalty.",
+            |n| n.penalty,
         ),
         (
             "cubenet_routed_neighbor_suppressed",
-            "suppressed",
             "gauge",
             "1 while damping holds the link down.",
+            |n| f64::from(u8::from(n.suppressed)),
         ),
         (
             "cubenet_routed_neighbor_routes_in",
-            "routes_in",
             "gauge",
             "Prefixes accepted from the neighbour.",
+            |n| n.routes_in as f64,
         ),
         (
             "cubenet_routed_neighbor_routes_out",
-            "routes_out",
             "gauge",
             "Prefixes announced to the neighbour.",
+            |n| n.routes_out as f64,
         ),
         (
             "cubenet_routed_neighbor_rejected_total",
-            "rejected",
             "counter",
             "Prefixes refused by the import policy.",
+            |n| n.rejected as f64,
         ),
-    ] {
+    ];
+    for (metric, kind, help, field) in per_neighbor {
         e.family(metric, kind, help);
-        for n in &ns {
-            e.sample(metric, &[("neighbor", &name(n))], num(&n[field]));
+        for n in ns {
+            e.sample(metric, &[("neighbor", &n.name)], field(n));
         }
     }
     e.family("cubenet_routed_routes", "gauge", "Best routes by origin.");
-    let mut by = std::collections::BTreeMap::<String, f64>::new();
-    for r in routes["routes"].as_array().into_iter().flatten() {
-        *by.entry(r["origin"].as_str().unwrap_or("?").to_string())
-            .or_default() += 1.0;
+    let mut by = std::collections::BTreeMap::<&str, f64>::new();
+    for r in &routes.routes {
+        *by.entry(r.origin.as_str()).or_default() += 1.0;
     }
     for (o, n) in by {
-        e.sample("cubenet_routed_routes", &[("origin", &o)], n);
+        e.sample("cubenet_routed_routes", &[("origin", o)], n);
     }
     e.finish()
 }

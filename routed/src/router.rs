@@ -9,8 +9,8 @@ use crate::damping;
 use crate::rib::{Path, Rib, LOCAL};
 use crate::session::{Action, ConnId, Session, SessionConfig};
 use crate::wire::{self, Attrs, DecodeError, Message, Notification, Update};
+use cubenet_api::routed as api;
 use ipnet::IpNet;
-use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::{IpAddr, Ipv6Addr};
 use std::time::{Duration, Instant};
@@ -975,17 +975,17 @@ impl Router {
 
     // ---- status ----
 
-    pub fn status(&self, now: Instant) -> Value {
-        let neighbors: Vec<Value> = self
+    pub fn status(&self, now: Instant) -> api::Status {
+        let neighbors = self
             .neighbors
             .iter()
             .map(|nb| {
                 let s = &nb.session;
                 let (bfd, bfd_remote, bfd_diag) = match &nb.bfd {
-                    None => ("disabled".to_string(), None, None),
+                    None => (api::BfdState::Disabled, None, None),
                     Some(b) => (
-                        format!("{:?}", b.state()).to_lowercase(),
-                        Some(format!("{:?}", b.remote_state()).to_lowercase()),
+                        b.state().into(),
+                        Some(b.remote_state().into()),
                         Some(format!("{:?}", b.local_diag())),
                     ),
                 };
@@ -998,58 +998,66 @@ impl Router {
                             .map(|t| t.saturating_duration_since(now).as_secs_f64()),
                     ),
                 };
-                json!({
-                    "name": nb.cfg.name,
-                    "address": nb.cfg.address.to_string(),
-                    "overlay": nb.overlay,
-                    "asn": nb.cfg.asn,
-                    "state": s.state().as_str(),
-                    "uptime_s": s.established_at.map(|t| now.duration_since(t).as_secs()),
-                    "bfd": bfd,
-                    "bfd_remote": bfd_remote,
-                    "bfd_diag": bfd_diag,
-                    "reconnect_s": s.backoff().as_secs(),
-                    "flaps": nb.flaps,
-                    "penalty": (penalty * 10.0).round() / 10.0,
-                    "suppressed": suppressed,
-                    "suppressed_for_s": until,
-                    "usable": nb.in_rib,
-                    "last_error": s.last_error,
-                    "routes_in": nb.adj_in.len(),
-                    "routes_out": nb.adj_out.len(),
-                    "rejected": nb.rejected,
-                    "treat_as_withdraw": nb.treat_as_withdraw,
-                    "damped_prefixes": nb.held.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
-                    "history": nb.history.iter().map(|f| json!({
-                        "at": cubenet_certs::time::format_rfc3339(f.at_unix),
-                        "event": if f.up { "up" } else { "down" },
-                        "reason": f.reason,
-                    })).collect::<Vec<_>>(),
-                })
+                api::NeighborStatus {
+                    name: nb.cfg.name.clone(),
+                    address: nb.cfg.address,
+                    overlay: nb.overlay,
+                    asn: nb.cfg.asn,
+                    state: s.state().into(),
+                    uptime_s: s.established_at.map(|t| now.duration_since(t).as_secs()),
+                    bfd,
+                    bfd_remote,
+                    bfd_diag,
+                    reconnect_s: s.backoff().as_secs(),
+                    flaps: nb.flaps,
+                    penalty: (penalty * 10.0).round() / 10.0,
+                    suppressed,
+                    suppressed_for_s: until,
+                    usable: nb.in_rib,
+                    last_error: s.last_error.clone(),
+                    routes_in: nb.adj_in.len(),
+                    routes_out: nb.adj_out.len(),
+                    rejected: nb.rejected,
+                    treat_as_withdraw: nb.treat_as_withdraw,
+                    damped_prefixes: nb.held.iter().copied().collect(),
+                    history: nb
+                        .history
+                        .iter()
+                        .map(|f| api::FlapEvent {
+                            at: cubenet_certs::time::format_rfc3339(f.at_unix),
+                            event: if f.up {
+                                api::UpDown::Up
+                            } else {
+                                api::UpDown::Down
+                            },
+                            reason: f.reason.clone(),
+                        })
+                        .collect(),
+                }
             })
             .collect();
-        json!({
-            "asn": self.cfg.asn,
-            "router_id": self.cfg.router_id.to_string(),
-            "uptime_s": now.duration_since(self.started).as_secs(),
-            "fib_ready": self.fib_ready,
-            "own_subnets": self.own_subnets.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
-            "neighbors": neighbors,
-        })
+        api::Status {
+            asn: self.cfg.asn,
+            router_id: self.cfg.router_id,
+            uptime_s: now.duration_since(self.started).as_secs(),
+            fib_ready: self.fib_ready,
+            own_subnets: self.own_subnets.clone(),
+            neighbors,
+        }
     }
 
-    pub fn routes(&self, now: Instant) -> Value {
-        let routes: Vec<Value> = self
+    pub fn routes(&self, now: Instant) -> api::Routes {
+        let routes = self
             .rib
             .iter_best()
             .map(|(p, b)| {
                 let local = b.paths.iter().any(|x| x.source == LOCAL);
                 let origin = if !local {
-                    "learned"
+                    api::RouteOrigin::Learned
                 } else if self.attached.contains(p) {
-                    "host"
+                    api::RouteOrigin::Host
                 } else {
-                    "site"
+                    api::RouteOrigin::Site
                 };
                 let via: Vec<String> = b
                     .paths
@@ -1062,19 +1070,19 @@ impl Router {
                         }
                     })
                     .collect();
-                json!({
-                    "prefix": p.to_string(),
-                    "best": via.first(),
-                    "via": via,
-                    "ecmp": b.paths.len(),
-                    "origin": origin,
-                    "as_path": b.paths[0].attrs.as_path,
-                    "candidates": self.rib.candidates(p).len(),
-                    "age_s": now.duration_since(b.since).as_secs(),
-                })
+                api::RouteStatus {
+                    prefix: *p,
+                    best: via.first().cloned(),
+                    ecmp: b.paths.len(),
+                    via,
+                    origin,
+                    as_path: b.paths[0].attrs.as_path.clone(),
+                    candidates: self.rib.candidates(p).len(),
+                    age_s: now.duration_since(b.since).as_secs(),
+                }
             })
             .collect();
-        json!({"routes": routes})
+        api::Routes { routes }
     }
 }
 
@@ -1366,7 +1374,10 @@ mod tests {
         assert!(!has(&r, "192.168.7.0/24"), "flapping prefix still used");
         assert!(has(&r, "192.168.8.0/24"));
         let st = r.status(now);
-        assert_eq!(st["neighbors"][0]["damped_prefixes"][0], "192.168.7.0/24");
+        assert_eq!(
+            st.neighbors[0].damped_prefixes,
+            vec!["192.168.7.0/24".parse::<IpNet>().unwrap()]
+        );
         // Quiet for the maximum suppression time: it is used again.
         now += Duration::from_secs(3601);
         r.on_tick(now);

@@ -55,6 +55,20 @@ impl State {
     }
 }
 
+impl From<State> for cubenet_api::routed::SessionState {
+    fn from(s: State) -> Self {
+        use cubenet_api::routed::SessionState as S;
+        match s {
+            State::Idle => S::Idle,
+            State::Connect => S::Connect,
+            State::Active => S::Active,
+            State::OpenSent => S::OpenSent,
+            State::OpenConfirm => S::OpenConfirm,
+            State::Established => S::Established,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// Open a TCP connection to the neighbour; answer with `on_connected`

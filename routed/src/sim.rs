@@ -222,15 +222,7 @@ impl Sim {
     pub fn tables(&self) -> Vec<BTreeSet<IpNet>> {
         self.routers
             .iter()
-            .map(|r| {
-                let v = r.routes(self.now);
-                v["routes"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|x| x["prefix"].as_str().unwrap().parse().unwrap())
-                    .collect()
-            })
+            .map(|r| r.routes(self.now).routes.iter().map(|x| x.prefix).collect())
             .collect()
     }
 
@@ -299,13 +291,8 @@ mod tests {
         let moved = moved.expect("route moved to the third site");
         assert!(moved <= Duration::from_millis(500), "{moved:?}");
         let st = sim.routers[a].status(sim.now);
-        let nb = st["neighbors"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|n| n["name"] == "s2-gw1")
-            .unwrap();
-        assert_eq!(nb["last_error"], "BFD down");
+        let nb = st.neighbors.iter().find(|n| n.name == "s2-gw1").unwrap();
+        assert_eq!(nb.last_error.as_deref(), Some("BFD down"));
         // Heal: the direct path returns after the stable-up period.
         sim.link_up(a, b);
         sim.run_for(Duration::from_secs(15));
@@ -331,14 +318,8 @@ mod tests {
             sim.link_up(a, b);
             sim.run_for(Duration::from_secs(2));
             let st = sim.routers[a].status(sim.now);
-            let nb = st["neighbors"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|n| n["name"] == "s2-gw1")
-                .unwrap()
-                .clone();
-            if nb["suppressed"] == true && suppressed_at.is_none() {
+            let nb = st.neighbors.iter().find(|n| n.name == "s2-gw1").unwrap();
+            if nb.suppressed && suppressed_at.is_none() {
                 suppressed_at = Some(cycle + 1);
             }
         }
@@ -371,15 +352,13 @@ mod tests {
         let a = sim.index("s1-gw1");
         sim.run_for(Duration::from_secs(70));
         let st = sim.routers[a].status(sim.now);
-        let nb = st["neighbors"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|n| n["name"] == "s2-gw1")
-            .unwrap()
-            .clone();
-        assert_eq!(nb["state"], "established", "{nb}");
-        assert_eq!(nb["suppressed"], false);
+        let nb = st.neighbors.iter().find(|n| n.name == "s2-gw1").unwrap();
+        assert_eq!(
+            nb.state,
+            cubenet_api::routed::SessionState::Established,
+            "{nb:?}"
+        );
+        assert!(!nb.suppressed);
         assert_eq!(sim.via(a, "10.77.2.11/32"), vec!["s2-gw1"]);
         let want = all_hosts(3, 2);
         for t in sim.tables() {

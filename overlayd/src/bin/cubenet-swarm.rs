@@ -21,6 +21,7 @@
 
 use boringtun::noise::{Tunn, TunnResult};
 use clap::Parser;
+use cubenet_api::overlayd::{Request, Status};
 use cubenet_certs::{CaKey, NodeBody, NodeKey, Role};
 use ipnet::IpNet;
 use overlayd::health::{GatewayHealth, HandshakeRetry, Transition};
@@ -210,7 +211,7 @@ fn run(cli: &Cli) -> Result<Value, String> {
         "all_attached_s": start,
         "gateway_rss_mib": rss_all as f64 / 1024.0,
         "gateway_cpu_s": gw.cpu_s(),
-        "gateway_drops": gw.status()?["drops"],
+        "gateway_drops": gw.status()?.drops,
         "swarm_cpu_s": swarm_cpu,
         "swarm": swarm.counters(),
     });
@@ -245,7 +246,7 @@ fn run(cli: &Cli) -> Result<Value, String> {
             "gateway_peak_rss_mib": hwm as f64 / 1024.0,
             "gateway_kib_per_host": (rss_again.saturating_sub(rss_idle)) as f64 / cli.hosts as f64,
             "gateway_cpu_s": gw2.cpu_s(),
-            "gateway_drops": gw2.status()?["drops"],
+            "gateway_drops": gw2.status()?.drops,
             "swarm_cpu_s": cpu_s(me) - cpu0,
             "swarm": swarm.counters(),
         });
@@ -310,7 +311,7 @@ fn flood_run(cli: &Cli, swarm: &mut Swarm, gw_public: PublicKey) -> Result<Value
         "gateway_cores": cpu / wall,
         "gateway_idle_rss_mib": rss0 as f64 / 1024.0,
         "gateway_peak_rss_mib": hwm as f64 / 1024.0,
-        "gateway_drops": status["drops"],
+        "gateway_drops": status.drops,
         "flood": stats,
         "swarm": swarm.counters(),
     }))
@@ -804,15 +805,9 @@ impl Gateway {
         self.child.try_wait().ok().flatten()
     }
 
-    fn status(&self) -> Result<Value, String> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| e.to_string())?;
-        rt.block_on(overlayd::ctl::request(
-            &self.socket,
-            &json!({"cmd": "status"}),
-        ))
+    fn status(&self) -> Result<Status, String> {
+        cubenet_api::client::call_blocking(&self.socket, &Request::Status)
+            .map_err(|e| e.to_string())
     }
 
     /// Waits until the control socket answers.
@@ -834,10 +829,7 @@ impl Gateway {
 
     fn attached_count(&self) -> Result<usize, String> {
         let s = self.status()?;
-        Ok(s["peers"]
-            .as_array()
-            .map(|ps| ps.iter().filter(|p| p["attached"] == true).count())
-            .unwrap_or(0))
+        Ok(s.peers.iter().filter(|p| p.attached).count())
     }
 
     fn cpu_s(&self) -> f64 {

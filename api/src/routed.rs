@@ -1,0 +1,222 @@
+//! routed's control socket: requests and the `status` and `routes`
+//! documents.
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use std::net::IpAddr;
+
+/// Longest request line routed accepts.
+pub const MAX_LINE: usize = 64 << 10;
+
+/// A request, `{"cmd": "status"}` or `{"cmd": "routes"}`. Other keys are
+/// ignored, so a newer client's options do not break an older routed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Request {
+    /// Reply: [`Status`].
+    Status,
+    /// Reply: [`Routes`].
+    Routes,
+}
+
+/// The `status` document.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub asn: u32,
+    pub router_id: std::net::Ipv4Addr,
+    pub uptime_s: u64,
+    /// routed owns overlayd's table (its neighbours are back, or the
+    /// startup grace is over); before, it only adds.
+    pub fib_ready: bool,
+    pub own_subnets: Vec<IpNet>,
+    pub neighbors: Vec<NeighborStatus>,
+}
+
+/// BGP session state (RFC 4271 §8.2.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionState {
+    Idle,
+    Connect,
+    Active,
+    OpenSent,
+    OpenConfirm,
+    Established,
+}
+
+impl SessionState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionState::Idle => "idle",
+            SessionState::Connect => "connect",
+            SessionState::Active => "active",
+            SessionState::OpenSent => "opensent",
+            SessionState::OpenConfirm => "openconfirm",
+            SessionState::Established => "established",
+        }
+    }
+}
+
+/// BFD state (RFC 5880 §4.1), or `disabled` when BFD is off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BfdState {
+    Disabled,
+    AdminDown,
+    Down,
+    Init,
+    Up,
+}
+
+impl BfdState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BfdState::Disabled => "disabled",
+            BfdState::AdminDown => "admindown",
+            BfdState::Down => "down",
+            BfdState::Init => "init",
+            BfdState::Up => "up",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NeighborStatus {
+    pub name: String,
+    pub address: IpAddr,
+    /// A gateway reached through the overlay (not a LAN router).
+    pub overlay: bool,
+    pub asn: u32,
+    pub state: SessionState,
+    pub uptime_s: Option<u64>,
+    pub bfd: BfdState,
+    pub bfd_remote: Option<BfdState>,
+    /// The local diagnostic code (RFC 5880 §4.1), by name.
+    pub bfd_diag: Option<String>,
+    pub reconnect_s: u64,
+    pub flaps: u64,
+    pub penalty: f64,
+    pub suppressed: bool,
+    pub suppressed_for_s: Option<f64>,
+    /// Its routes are in the RIB (not held down by damping).
+    pub usable: bool,
+    pub last_error: Option<String>,
+    pub routes_in: usize,
+    pub routes_out: usize,
+    pub rejected: u64,
+    pub treat_as_withdraw: u64,
+    pub damped_prefixes: Vec<IpNet>,
+    pub history: Vec<FlapEvent>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlapEvent {
+    /// RFC 3339.
+    pub at: String,
+    pub event: UpDown,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpDown {
+    Up,
+    Down,
+}
+
+/// The `routes` document: the best routes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Routes {
+    pub routes: Vec<RouteStatus>,
+}
+
+/// Where a best route came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RouteOrigin {
+    /// From a neighbour.
+    Learned,
+    /// A host attached to this gateway.
+    Host,
+    /// A site prefix this gateway's certificate allows.
+    Site,
+}
+
+impl RouteOrigin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteOrigin::Learned => "learned",
+            RouteOrigin::Host => "host",
+            RouteOrigin::Site => "site",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteStatus {
+    pub prefix: IpNet,
+    pub best: Option<String>,
+    /// Neighbour names of the equal-cost paths, or `local`.
+    pub via: Vec<String>,
+    pub ecmp: usize,
+    pub origin: RouteOrigin,
+    pub as_path: Vec<u32>,
+    pub candidates: usize,
+    pub age_s: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_parse_extra_keys_are_ignored_and_unknown_ones_named() {
+        let r: Request = serde_json::from_str(r#" {"cmd": "routes", "x": 1} "#).unwrap();
+        assert_eq!(r, Request::Routes);
+        let e = serde_json::from_str::<Request>(r#"{"cmd":"reboot"}"#).unwrap_err();
+        assert!(e.to_string().contains("reboot"), "{e}");
+        let e = serde_json::from_str::<Request>("{}").unwrap_err();
+        assert!(e.to_string().contains("cmd"), "{e}");
+        assert_eq!(
+            serde_json::to_string(&Request::Status).unwrap(),
+            r#"{"cmd":"status"}"#
+        );
+    }
+
+    #[test]
+    fn state_names_are_the_serialised_names() {
+        use SessionState as S;
+        for s in [
+            S::Idle,
+            S::Connect,
+            S::Active,
+            S::OpenSent,
+            S::OpenConfirm,
+            S::Established,
+        ] {
+            assert_eq!(
+                serde_json::to_string(&s).unwrap(),
+                format!("\"{}\"", s.as_str())
+            );
+        }
+        use BfdState as B;
+        for b in [B::Disabled, B::AdminDown, B::Down, B::Init, B::Up] {
+            assert_eq!(
+                serde_json::to_string(&b).unwrap(),
+                format!("\"{}\"", b.as_str())
+            );
+        }
+    }
+
+    #[test]
+    fn states_are_written_as_the_readme_shows() {
+        assert_eq!(
+            serde_json::to_string(&SessionState::OpenConfirm).unwrap(),
+            r#""openconfirm""#
+        );
+        assert_eq!(
+            serde_json::to_string(&BfdState::AdminDown).unwrap(),
+            r#""admindown""#
+        );
+    }
+}

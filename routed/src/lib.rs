@@ -1,0 +1,18 @@
+//! routed's core as a library: the sans-IO BGP-4 router (sessions, BFD,
+//! damping, RIB, codec) and the tokio driver the `routed` binary runs, so
+//! the lab, the tests and other tools can use them.
+
+pub mod bfd;
+pub mod config;
+pub mod ctl;
+pub mod damping;
+pub mod driver;
+pub mod kernel;
+pub mod overlay;
+pub mod prom;
+pub mod rib;
+pub mod router;
+pub mod session;
+#[cfg(test)]
+mod sim;
+pub mod wire;

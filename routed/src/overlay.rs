@@ -1,0 +1,202 @@
+//! routed's side of overlayd's control socket: the route feed (best paths
+//! into overlayd's forwarding table, as increments) and the attach/detach
+//! events routed announces hosts from.
+//!
+//! The feed keeps one connection. On connect it resyncs the whole table in
+//! chunks of [`ROUTE_CHUNK`] routes between `route_sync_begin` and
+//! `route_sync_end`, so no table size meets the request-line limit; after
+//! that it sends only what changed. While routed is still learning after
+//! its start (not `ready`), it adds and never removes: the sync is left
+//! open (overlayd removes nothing then) and withdrawals wait; when routed
+//! becomes ready it resyncs once more, ending it, and stale entries go. A
+//! failed request drops the connection, and the next push starts over.
+
+use cubenet_api::overlayd::{self as api, Request, Route, Updated, ROUTE_CHUNK};
+use cubenet_api::{CallError, Client, Empty};
+use ipnet::IpNet;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+/// What a push did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pushed {
+    /// A full resync was sent (new connection, or routed became ready).
+    pub resynced: bool,
+    pub added: usize,
+    pub withdrawn: usize,
+    /// overlayd's routed entries afterwards.
+    pub routes: usize,
+    /// Routes overlayd refused (a gateway it does not know), each with its
+    /// prefix and why; they are sent again with the next push.
+    pub refused: Vec<api::Refused>,
+}
+
+pub struct RouteFeed {
+    path: PathBuf,
+    conn: Option<Client>,
+    /// What overlayd holds from this feed, as last acknowledged.
+    sent: HashMap<IpNet, Vec<String>>,
+    /// The last sync was ended (overlayd's table is `sent`, plus perhaps
+    /// older entries of `unsure`).
+    owner: bool,
+    /// Prefixes whose last add overlayd refused: it may still hold an
+    /// older entry of theirs, to withdraw if routed drops them.
+    unsure: HashSet<IpNet>,
+}
+
+impl RouteFeed {
+    pub fn new(path: &Path) -> Self {
+        RouteFeed {
+            path: path.to_path_buf(),
+            conn: None,
+            sent: HashMap::new(),
+            owner: false,
+            unsure: HashSet::new(),
+        }
+    }
+
+    /// Brings overlayd's table to `table`. `ready`: routed owns the table
+    /// (entries not in `table` are removed); else only adds.
+    pub async fn push(
+        &mut self,
+        table: &[(IpNet, Vec<String>)],
+        ready: bool,
+    ) -> Result<Pushed, CallError> {
+        let r = self.push_inner(table, ready).await;
+        if r.is_err() {
+            // Start over on a new connection next time.
+            self.conn = None;
+            self.owner = false;
+        }
+        r
+    }
+
+    async fn push_inner(
+        &mut self,
+        table: &[(IpNet, Vec<String>)],
+        ready: bool,
+    ) -> Result<Pushed, CallError> {
+        if self.conn.is_none() {
+            self.conn = Some(Client::connect(&self.path).await?);
+            return self.resync(table, ready).await;
+        }
+        if ready && !self.owner {
+            return self.resync(table, ready).await;
+        }
+        let want: HashMap<&IpNet, &Vec<String>> = table.iter().map(|(p, v)| (p, v)).collect();
+        let add: Vec<Route> = table
+            .iter()
+            .filter(|(p, via)| self.sent.get(p) != Some(via))
+            .map(|(p, via)| Route {
+                prefix: *p,
+                via: via.clone(),
+            })
+            .collect();
+        let withdraw: Vec<IpNet> = if ready {
+            self.sent
+                .keys()
+                .chain(&self.unsure)
+                .filter(|p| !want.contains_key(p))
+                .copied()
+                .collect::<HashSet<_>>()
+                .into_iter()
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let mut out = Pushed::default();
+        let conn = self.conn.as_mut().ok_or(CallError::Closed {
+            path: self.path.clone(),
+        })?;
+        // An empty update still goes: it tells whether overlayd is still
+        // there (a restarted one needs the whole table again).
+        let u = update(conn, add.clone(), withdraw.clone()).await?;
+        out.add(u);
+        for p in withdraw {
+            self.sent.remove(&p);
+            self.unsure.remove(&p);
+        }
+        for r in add {
+            self.sent.insert(r.prefix, r.via);
+        }
+        self.forget_refused(&out.refused);
+        Ok(out)
+    }
+
+    async fn resync(
+        &mut self,
+        table: &[(IpNet, Vec<String>)],
+        ready: bool,
+    ) -> Result<Pushed, CallError> {
+        let conn = self.conn.as_mut().ok_or(CallError::Closed {
+            path: self.path.clone(),
+        })?;
+        let mut out = Pushed {
+            resynced: true,
+            ..Default::default()
+        };
+        let _: Empty = conn.call(&Request::RouteSyncBegin).await?;
+        for chunk in table.chunks(ROUTE_CHUNK) {
+            let add = chunk
+                .iter()
+                .map(|(p, via)| Route {
+                    prefix: *p,
+                    via: via.clone(),
+                })
+                .collect();
+            out.add(update(conn, add, Vec::new()).await?);
+        }
+        if table.is_empty() {
+            out.add(update(conn, Vec::new(), Vec::new()).await?);
+        }
+        if ready {
+            // The end removes every entry not installed since the begin.
+            let u: Updated = conn.call(&Request::RouteSyncEnd).await?;
+            out.add(u);
+            self.sent = table.iter().cloned().collect();
+            self.unsure.clear();
+        } else {
+            // Merged: overlayd keeps what it had besides these.
+            self.sent.extend(table.iter().cloned());
+        }
+        self.owner = ready;
+        self.forget_refused(&out.refused);
+        Ok(out)
+    }
+
+    /// Refused routes are not in overlayd: forget them, so the next push
+    /// offers them again (the gateway they name may have come up since).
+    fn forget_refused(&mut self, refused: &[api::Refused]) {
+        for r in refused {
+            self.sent.remove(&r.prefix);
+            self.unsure.insert(r.prefix);
+        }
+    }
+}
+
+impl Pushed {
+    fn add(&mut self, u: Updated) {
+        self.added += u.added;
+        self.withdrawn += u.withdrawn;
+        self.routes = u.routes;
+        self.refused.extend(u.refused);
+    }
+}
+
+async fn update(
+    conn: &mut Client,
+    add: Vec<Route>,
+    withdraw: Vec<IpNet>,
+) -> Result<Updated, CallError> {
+    conn.call(&Request::RouteUpdate { add, withdraw }).await
+}
+
+/// The hosts attached to overlayd now.
+pub async fn attached_hosts(path: &Path) -> Result<Vec<std::net::IpAddr>, CallError> {
+    let a: api::AttachedHosts = cubenet_api::client::call(path, &Request::Attached).await?;
+    Ok(a.hosts
+        .into_iter()
+        .filter(|h| h.role == api::Role::Host)
+        .flat_map(|h| h.addresses)
+        .collect())
+}
