@@ -279,3 +279,46 @@ fn a_site_router_running_bird_exchanges_routes_with_the_gateways() {
     let out = lab.ping("ams-h1", "192.168.1.1", 2);
     assert!(out.status.success(), "ams-h1 -> 192.168.1.1 after the drop");
 }
+
+/// A host that stops (SIGTERM: its gateways are told it is leaving) is
+/// withdrawn by every gateway, and announced again when it starts. Before
+/// the typed event contract routed skipped overlayd's `detached` events
+/// (they had no role), so the host's /32 stayed on every gateway.
+#[test]
+fn a_stopped_host_is_withdrawn_everywhere_and_returns_when_it_starts() {
+    if !netns_or_skip("a_stopped_host_is_withdrawn_everywhere_and_returns_when_it_starts") {
+        return;
+    }
+    let lab = Lab::up(
+        "routed = true\nbfd_interval_ms = 100\n\
+         [[site]]\nname = \"fra\"\ngateways = 2\nhosts = 1\n\
+         [[site]]\nname = \"ams\"\ngateways = 2\nhosts = 1\n",
+    );
+    let gateways = ["fra-gw1", "fra-gw2", "ams-gw1", "ams-gw2"];
+    let host = format!("{FRA_H1}/32");
+    let announced = |l: &Lab| gateways.iter().all(|g| !via(l, g, &host).is_empty());
+    let withdrawn = |l: &Lab| gateways.iter().all(|g| via(l, g, &host).is_empty());
+    assert!(announced(&lab), "fra-h1 not announced at the start");
+
+    lab.lab_ok(&["kill", "fra-h1"]);
+    lab.wait_for("every gateway to withdraw fra-h1", withdrawn);
+    // Its site's gateways no longer hold it in overlayd either.
+    for g in ["fra-gw1", "fra-gw2"] {
+        let st = lab.overlayd(g);
+        let held = st["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["prefix"] == host.as_str());
+        assert!(!held, "{g} still forwards to fra-h1: {}", st["routes"]);
+    }
+
+    lab.lab_ok(&["start", "fra-h1"]);
+    lab.wait_for("every gateway to announce fra-h1 again", announced);
+    let out = lab.ping("ams-h1", FRA_H1, 3);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
