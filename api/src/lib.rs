@@ -19,6 +19,16 @@ pub mod routed;
 pub use client::{CallError, Client};
 pub use reply::{Empty, Reply};
 
+/// A document as the CLIs print it with `--json`: indented JSON.
+pub fn pretty<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_default()
+}
+
+/// A field the CLIs print as a table cell: its value, or `-` when absent.
+pub fn or_dash<T: std::fmt::Display>(v: &Option<T>) -> String {
+    v.as_ref().map_or_else(|| "-".into(), |v| v.to_string())
+}
+
 /// One JSON line (with its newline) for a request, reply or event.
 pub fn line<T: serde::Serialize>(v: &T) -> String {
     // Serialising these types cannot fail: they hold no maps with

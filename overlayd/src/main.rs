@@ -161,7 +161,7 @@ fn main() -> ExitCode {
         } => match explain(&config, from, from_cert.as_deref(), to, &proto, port) {
             Ok(v) => {
                 if json {
-                    println!("{}", pretty(&v));
+                    println!("{}", cubenet_api::pretty(&v));
                 } else {
                     println!("{}", v.summary);
                 }
@@ -179,7 +179,7 @@ fn main() -> ExitCode {
             ) {
                 Ok(st) => {
                     if json {
-                        println!("{}", pretty(&cubenet_api::Reply::Ok(st)));
+                        println!("{}", cubenet_api::pretty(&cubenet_api::Reply::Ok(st)));
                     } else {
                         print_status(&st);
                     }
@@ -192,14 +192,6 @@ fn main() -> ExitCode {
             }
         }
     }
-}
-
-fn pretty<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_string_pretty(v).unwrap_or_default()
-}
-
-fn or_dash<T: std::fmt::Display>(v: &Option<T>) -> String {
-    v.as_ref().map_or_else(|| "-".into(), |v| v.to_string())
 }
 
 fn print_status(st: &api::Status) {
@@ -227,7 +219,7 @@ fn print_status(st: &api::Status) {
             if p.active { "*" } else { "" },
             p.name,
             p.role.as_str(),
-            or_dash(&p.endpoint),
+            cubenet_api::or_dash(&p.endpoint),
             if p.healthy { "yes" } else { "no" },
             hs,
             p.rx_bytes,

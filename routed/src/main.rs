@@ -206,7 +206,7 @@ fn main() -> ExitCode {
             match call_blocking::<_, api::Status>(&socket, &api::Request::Status) {
                 Ok(st) => {
                     if json {
-                        println!("{}", pretty(&cubenet_api::Reply::Ok(&st)));
+                        println!("{}", cubenet_api::pretty(&cubenet_api::Reply::Ok(&st)));
                     } else {
                         print_status(&st);
                     }
@@ -230,7 +230,7 @@ fn main() -> ExitCode {
             match call_blocking::<_, api::Routes>(&socket, &api::Request::Routes) {
                 Ok(rs) => {
                     if json {
-                        println!("{}", pretty(&cubenet_api::Reply::Ok(&rs)));
+                        println!("{}", cubenet_api::pretty(&cubenet_api::Reply::Ok(&rs)));
                     } else {
                         print_routes(&rs);
                     }
@@ -243,14 +243,6 @@ fn main() -> ExitCode {
             }
         }
     }
-}
-
-fn pretty<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_string_pretty(v).unwrap_or_default()
-}
-
-fn or_dash<T: std::fmt::Display>(v: &Option<T>) -> String {
-    v.as_ref().map_or_else(|| "-".into(), |v| v.to_string())
 }
 
 fn print_status(st: &api::Status) {
@@ -282,7 +274,7 @@ fn print_status(st: &api::Status) {
             damping,
             n.routes_in,
             n.routes_out,
-            or_dash(&n.last_error),
+            cubenet_api::or_dash(&n.last_error),
         );
         let hist: Vec<String> = n
             .history
