@@ -86,7 +86,7 @@ async fn connection(stream: UnixStream, node: Arc<Node>, reload: Reload) -> std:
 /// Answers one request with its reply line.
 fn handle(node: &Node, req: Request, reload: &Reload, sync: &mut Option<HashSet<IpNet>>) -> String {
     match req {
-        Request::Status => line(&Reply::Ok(node.status())),
+        Request::Status => line(&Reply::Ok(node.status(std::time::Instant::now()))),
         Request::Attached => line(&Reply::Ok(node.attached_hosts())),
         Request::Reload => line(&Reply::from(reload())),
         Request::RouteAdd { prefix, via } => line(&Reply::from(

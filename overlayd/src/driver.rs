@@ -222,8 +222,10 @@ async fn tun_reader(node: Arc<Node>, io: Arc<Io>, queue: usize, mtu: usize) {
             .await
         {
             Ok(n) => {
+                // One clock read per batch, passed to every packet of it.
+                let now = Instant::now();
                 for i in 0..n {
-                    node.on_tun_packet(&bufs[i][..sizes[i]], &mut lane.out);
+                    node.on_tun_packet(&bufs[i][..sizes[i]], now, &mut lane.out);
                 }
             }
             Err(e) => {
@@ -235,8 +237,9 @@ async fn tun_reader(node: Arc<Node>, io: Arc<Io>, queue: usize, mtu: usize) {
         for _ in 0..TUN_READ_AHEAD {
             match tun.try_recv_multiple(&mut original, &mut bufs, &mut sizes, 0) {
                 Ok(n) => {
+                    let now = Instant::now();
                     for i in 0..n {
-                        node.on_tun_packet(&bufs[i][..sizes[i]], &mut lane.out);
+                        node.on_tun_packet(&bufs[i][..sizes[i]], now, &mut lane.out);
                     }
                 }
                 Err(_) => break,
@@ -273,11 +276,12 @@ async fn udp_reader(node: Arc<Node>, io: Arc<Io>, v6: bool) {
                 0
             }
         };
+        let now = Instant::now();
         for (m, buf) in meta.iter().zip(&storage).take(n) {
             let stride = m.stride.max(1);
             for d in buf[..m.len].chunks(stride) {
                 if !crate::node::is_initiation(d) {
-                    node.on_datagram(d, m.addr, &mut lane.out);
+                    node.on_datagram(d, m.addr, now, &mut lane.out);
                 } else if node.screen_initiation(d, m.addr, &mut lane.out)
                     && !inits.defer(d, m.addr)
                 {
@@ -300,7 +304,7 @@ async fn udp_reader(node: Arc<Node>, io: Arc<Io>, v6: bool) {
             let Some((d, from)) = inits.newest() else {
                 break;
             };
-            node.on_initiation(&d, from, &mut lane.out);
+            node.on_initiation(&d, from, Instant::now(), &mut lane.out);
         }
         io.flush(&mut lane).await;
         if n == 0 && !inits.is_empty() {
@@ -371,7 +375,13 @@ pub async fn run(cfg: Config, config_path: PathBuf, identity: Identity) -> Resul
     let socket_path = cfg.control_socket.clone();
     let listener = crate::ctl::bind(&socket_path)
         .map_err(|e| format!("control socket {}: {e}", socket_path.display()))?;
-    let node = Node::new(cfg, identity)?;
+    let node = Node::new(
+        cfg,
+        identity,
+        Instant::now(),
+        cubenet_certs::time::unix_now(),
+        random_seed(),
+    )?;
     let gso = |u: &Option<Udp>| u.as_ref().map(|u| u.state.max_gso_segments());
     let gro = |u: &Option<Udp>| u.as_ref().map(|u| u.state.gro_segments());
     node.set_datapath(cubenet_api::overlayd::Datapath {
@@ -412,7 +422,7 @@ pub async fn run(cfg: Config, config_path: PathBuf, identity: Identity) -> Resul
             match (policy, id) {
                 (Ok((policy, on)), Ok(id)) => {
                     let r = node.reload_identity(id);
-                    let cut = node.reload_firewall(policy, on);
+                    let cut = node.reload_firewall(policy, on, Instant::now());
                     tracing::info!(config = %config_path.display(), cut = r.cut.len(), skipped_certs = r.skipped_certs.len(), firewall_flows_cut = cut, "reloaded");
                     Ok(cubenet_api::overlayd::Reloaded {
                         reload: r,
@@ -429,7 +439,7 @@ pub async fn run(cfg: Config, config_path: PathBuf, identity: Identity) -> Resul
     };
 
     let mut lane = Lane::new(0);
-    node.initiate_all(&mut lane.out);
+    node.initiate_all(Instant::now(), &mut lane.out);
     io.flush(&mut lane).await;
 
     let mtu = usize::from(node.cfg.interface.mtu);
@@ -448,7 +458,11 @@ pub async fn run(cfg: Config, config_path: PathBuf, identity: Identity) -> Resul
             let mut lane = Lane::new(0);
             loop {
                 tick.tick().await;
-                node.on_tick(Instant::now(), &mut lane.out);
+                node.on_tick(
+                    Instant::now(),
+                    cubenet_certs::time::unix_now(),
+                    &mut lane.out,
+                );
                 io.flush(&mut lane).await;
             }
         });
@@ -460,7 +474,7 @@ pub async fn run(cfg: Config, config_path: PathBuf, identity: Identity) -> Resul
             .map_err(|e| format!("metrics_listen {addr}: {e}"))?;
         let n = node.clone();
         tokio::spawn(cubenet_daemon::metrics::serve_metrics(l, move || {
-            crate::prom::render(&n.status())
+            crate::prom::render(&n.status(Instant::now()))
         }));
     }
 
@@ -486,4 +500,12 @@ pub async fn run(cfg: Config, config_path: PathBuf, identity: Identity) -> Resul
     tracing::info!("overlayd stopped");
     let _ = std::fs::remove_file(&socket_path);
     Ok(())
+}
+
+/// Where the receiver indices start: random, so a restarted node's new
+/// sessions do not collide with indices its peers still hold from before.
+fn random_seed() -> u32 {
+    let mut b = [0u8; 4];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut b);
+    u32::from_le_bytes(b)
 }

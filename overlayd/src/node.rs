@@ -194,6 +194,10 @@ pub struct Node {
     /// Shutting down: peers were told (`Leaving`), probes go unanswered so
     /// they do not take this node back while it drains.
     leaving: std::sync::atomic::AtomicBool,
+    /// The wall clock (Unix seconds) as the driver last passed it in
+    /// ([`Node::new`], [`Node::on_tick`]): what certificates are validated
+    /// against. The node never reads a clock itself.
+    unix: AtomicU64,
 }
 
 /// Warn this many days before the node's or the CA's certificate expires.
@@ -242,7 +246,15 @@ fn host_net(a: IpAddr) -> IpNet {
 }
 
 impl Node {
-    pub fn new(cfg: Config, identity: Identity) -> Result<Arc<Node>, String> {
+    /// A node at monotonic `now` and wall clock `unix`; `seed` picks the
+    /// first receiver index (random in the daemon, fixed in simulations).
+    pub fn new(
+        cfg: Config,
+        identity: Identity,
+        now: Instant,
+        unix: u64,
+        seed: u32,
+    ) -> Result<Arc<Node>, String> {
         let secret = identity.key.secret().clone();
         let public = PublicKey::from(&secret);
         let rate_limiter = Arc::new(RateLimiter::new(&public, cfg.limits.handshake_rate));
@@ -255,7 +267,7 @@ impl Node {
             rate_limiter,
             mac_only,
             peers: RwLock::new(PeerTable {
-                next_index: rand_start(),
+                next_index: seed & 0x00ff_ffff,
                 ..Default::default()
             }),
             fib: RwLock::new(ForwardingTable::new()),
@@ -263,8 +275,9 @@ impl Node {
             drops: Drops::default(),
             events,
             leaving: std::sync::atomic::AtomicBool::new(false),
-            started: Instant::now(),
-            last_rate_reset: RwLock::new(Instant::now()),
+            started: now,
+            last_rate_reset: RwLock::new(now),
+            unix: AtomicU64::new(unix),
             datapath: RwLock::new(None),
             firewall: std::sync::Mutex::new(Firewall::new(cfg.firewall_policy()?)),
             identities: RwLock::new(HashMap::new()),
@@ -279,10 +292,15 @@ impl Node {
         node.install_own_entries();
         node.rebuild_identities();
         for g in node.cfg.gateways.clone() {
-            node.add_configured_gateway(&g)?;
+            node.add_configured_gateway(&g, now)?;
         }
         node.install_static_routes()?;
         Ok(node)
+    }
+
+    /// The wall clock as last passed in.
+    fn unix(&self) -> u64 {
+        self.unix.load(Ordering::Relaxed)
     }
 
     pub fn set_datapath(&self, v: api::Datapath) {
@@ -321,11 +339,10 @@ impl Node {
 
     /// The identity behind a virtual address, if known; an unknown one is
     /// asked of the gateways (answers arrive later).
-    pub fn identity_of(&self, a: IpAddr) -> Option<firewall::Identity> {
+    pub fn identity_of(&self, a: IpAddr, now: Instant) -> Option<firewall::Identity> {
         if let Some(i) = read(&self.identities).get(&a) {
             return Some(i.clone());
         }
-        let now = Instant::now();
         if let Some((i, until)) = lock(&self.remote_ids).get(&a) {
             if *until > now {
                 return i.clone();
@@ -392,7 +409,7 @@ impl Node {
         id.directory.values().find(|c| c.owns_addr(a)).cloned()
     }
 
-    fn on_whois(&self, from: &Arc<Peer>, a: IpAddr, out: &mut Outbox) {
+    fn on_whois(&self, from: &Arc<Peer>, a: IpAddr, now: Instant, out: &mut Outbox) {
         if let Some(c) = self.cert_for(a) {
             let reply = Message::WhoIsReply {
                 addr: a,
@@ -408,7 +425,6 @@ impl Node {
                 .filter(|p| p.is_gateway())
             {
                 let mut relay = lock(&self.whois_relay);
-                let now = Instant::now();
                 relay.retain(|_, (_, t)| now.duration_since(*t) < Duration::from_secs(2));
                 // Bounded: past the cap a question is answered "unknown"
                 // (the asker retries) rather than remembered.
@@ -433,7 +449,7 @@ impl Node {
         );
     }
 
-    fn on_whois_reply(&self, a: IpAddr, cert: Vec<u8>, out: &mut Outbox) {
+    fn on_whois_reply(&self, a: IpAddr, cert: Vec<u8>, now: Instant, out: &mut Outbox) {
         let waiting = lock(&self.whois_relay).remove(&a);
         for i in waiting.map(|w| w.0).unwrap_or_default() {
             if let Some(p) = self.peer_by_index(i) {
@@ -448,15 +464,9 @@ impl Node {
             return;
         }
         // Trust nobody: the certificate must validate here and own `a`.
-        let now = Instant::now();
-        let checked = NodeCert::decode(&cert).ok().filter(|c| {
-            c.owns_addr(a)
-                && self
-                    .identity()
-                    .trust
-                    .validate(c, cubenet_certs::time::unix_now())
-                    .is_ok()
-        });
+        let checked = NodeCert::decode(&cert)
+            .ok()
+            .filter(|c| c.owns_addr(a) && self.identity().trust.validate(c, self.unix()).is_ok());
         let entry = match checked {
             Some(c) => (
                 Some(firewall::Identity {
@@ -486,24 +496,24 @@ impl Node {
     }
 
     /// Runs the firewall on a packet this node receives or sends itself.
-    fn firewall_passes(&self, dir: Direction, pkt: &[u8]) -> bool {
+    fn firewall_passes(&self, dir: Direction, pkt: &[u8], now: Instant) -> bool {
         if !self.firewall_on.load(Ordering::Relaxed) {
             return true;
         }
         let v = {
-            let lookup = |a: IpAddr| self.identity_of(a);
-            self.fw().check(dir, pkt, Instant::now(), &lookup)
+            let lookup = |a: IpAddr| self.identity_of(a, now);
+            self.fw().check(dir, pkt, now, &lookup)
         };
         if v == Verdict::Pass {
             return true;
         }
-        self.log_drop(dir, pkt, v);
+        self.log_drop(dir, pkt, v, now);
         false
     }
 
     /// Logs a firewall drop, at most one line a second.
-    fn log_drop(&self, dir: Direction, pkt: &[u8], v: Verdict) {
-        let sec = self.started.elapsed().as_secs();
+    fn log_drop(&self, dir: Direction, pkt: &[u8], v: Verdict, now: Instant) {
+        let sec = now.saturating_duration_since(self.started).as_secs();
         let mut l = self.drop_log.lock().unwrap_or_else(|p| p.into_inner());
         if l.0 == sec && l.1 > 0 {
             l.1 += 1;
@@ -533,10 +543,10 @@ impl Node {
     }
 
     /// New firewall rules (SIGHUP): flows they deny are cut at once.
-    pub fn reload_firewall(&self, policy: firewall::Policy, on: bool) -> usize {
+    pub fn reload_firewall(&self, policy: firewall::Policy, on: bool, now: Instant) -> usize {
         self.firewall_on.store(on, Ordering::Relaxed);
-        let lookup = |a: IpAddr| self.identity_of(a);
-        let cut = self.fw().reload(policy, Instant::now(), &lookup);
+        let lookup = |a: IpAddr| self.identity_of(a, now);
+        let cut = self.fw().reload(policy, now, &lookup);
         if cut > 0 {
             tracing::info!(flows = cut, "firewall reload cut flows the new rules deny");
         }
@@ -603,14 +613,18 @@ impl Node {
         )
     }
 
-    fn add_configured_gateway(&self, g: &crate::config::GatewayPeer) -> Result<(), String> {
+    fn add_configured_gateway(
+        &self,
+        g: &crate::config::GatewayPeer,
+        now: Instant,
+    ) -> Result<(), String> {
         let (key, cert) = match (&g.public_key, &g.cert) {
             (_, Some(path)) => {
                 let c = cubenet_certs::load_node_cert(path)
                     .map_err(|e| format!("gateway {}: cert: {e}", g.name))?;
                 let id = self.identity();
                 id.trust
-                    .validate(&c, cubenet_certs::time::unix_now())
+                    .validate(&c, self.unix())
                     .map_err(|e| format!("gateway {}: cert {}: {e}", g.name, path.display()))?;
                 (*c.public_key(), Some(Arc::new(c)))
             }
@@ -632,6 +646,7 @@ impl Node {
             Some(g.name.clone()),
             self.new_tunn(key, index, Some(KEEPALIVE_S)),
             self.cfg.probe.misses,
+            now,
         ));
         peer.set_endpoint(g.endpoint);
         t.by_key.insert(key, index);
@@ -712,11 +727,11 @@ impl Node {
 
     /// Starts handshakes with every configured gateway at once rather than
     /// waiting for the first packet.
-    pub fn initiate_all(&self, out: &mut Outbox) {
+    pub fn initiate_all(&self, now: Instant, out: &mut Outbox) {
         for p in self.gateways() {
             let Some(ep) = p.endpoint() else { continue };
             let mut buf = vec![0u8; 256];
-            lock(&p.retry).started(Instant::now());
+            lock(&p.retry).started(now);
             if let TunnResult::WriteToNetwork(b) =
                 p.tunn().format_handshake_initiation(&mut buf, false)
             {
@@ -726,10 +741,10 @@ impl Node {
     }
 
     /// A datagram from the network.
-    pub fn on_datagram(&self, dgram: &[u8], from: SocketAddr, out: &mut Outbox) {
+    pub fn on_datagram(&self, dgram: &[u8], from: SocketAddr, now: Instant, out: &mut Outbox) {
         if is_initiation(dgram) {
             if self.screen_initiation(dgram, from, out) {
-                self.on_initiation(dgram, from, out);
+                self.on_initiation(dgram, from, now, out);
             }
             return;
         }
@@ -756,7 +771,7 @@ impl Node {
             Packet::HandshakeResponse(_) => Kind::Response,
             _ => Kind::Other,
         };
-        self.receive(&peer, dgram, from, kind, out);
+        self.receive(&peer, dgram, from, kind, now, out);
     }
 
     /// The cheap checks of a handshake initiation, before any
@@ -785,7 +800,7 @@ impl Node {
 
     /// A screened handshake initiation: the Diffie-Hellman that reveals the
     /// initiator's key, then the handshake with a known or admitted peer.
-    pub fn on_initiation(&self, dgram: &[u8], from: SocketAddr, out: &mut Outbox) {
+    pub fn on_initiation(&self, dgram: &[u8], from: SocketAddr, now: Instant, out: &mut Outbox) {
         let Ok(Packet::HandshakeInit(init)) = Tunn::parse_incoming_packet(dgram) else {
             bump(&self.drops.invalid);
             return;
@@ -799,12 +814,12 @@ impl Node {
         };
         let peer = match self.peer_by_key(&key) {
             Some(p) => p,
-            None => match self.admit(key) {
+            None => match self.admit(key, now) {
                 Some(p) => p,
                 None => return,
             },
         };
-        self.receive(&peer, dgram, from, Kind::Other, out);
+        self.receive(&peer, dgram, from, Kind::Other, now, out);
     }
 
     /// A datagram for `peer`'s tunnel.
@@ -814,6 +829,7 @@ impl Node {
         dgram: &[u8],
         from: SocketAddr,
         kind: Kind,
+        now: Instant,
         out: &mut Outbox,
     ) {
         // Decrypt straight into a TUN buffer: a packet for this node goes
@@ -850,20 +866,20 @@ impl Node {
                 self.maybe_attach(peer);
             }
             if kind == Kind::Response && peer.configured.is_some() {
-                self.present_cert(peer, out);
+                self.present_cert(peer, now, out);
             }
         }
         match inner_len {
             Some(n) if ok => {
                 buf.truncate(TUN_HEADROOM + n);
-                self.on_inner(peer, buf, out);
+                self.on_inner(peer, buf, now, out);
             }
             _ => out.tun.recycle(buf),
         }
     }
 
     /// A new key completed the first half of a handshake (gateways only).
-    fn admit(&self, key: [u8; 32]) -> Option<Arc<Peer>> {
+    fn admit(&self, key: [u8; 32], now: Instant) -> Option<Arc<Peer>> {
         let id = self.identity();
         if id.role() != Role::Gateway {
             // Hosts talk to their configured gateways only.
@@ -875,7 +891,7 @@ impl Node {
             return t.by_index.get(i).cloned();
         }
         if t.pending.len() >= self.cfg.limits.max_pending
-            && !t.make_pending_room(Instant::now(), &self.drops.pending_evicted)
+            && !t.make_pending_room(now, &self.drops.pending_evicted)
         {
             bump(&self.drops.pending_full);
             return None;
@@ -887,6 +903,7 @@ impl Node {
             None,
             self.new_tunn(key, index, None),
             self.cfg.probe.misses,
+            now,
         ));
         t.by_key.insert(key, index);
         t.by_index.insert(index, peer.clone());
@@ -902,10 +919,10 @@ impl Node {
     }
 
     /// A decrypted packet from `peer`, after [`TUN_HEADROOM`] bytes of `buf`.
-    fn on_inner(&self, peer: &Arc<Peer>, buf: Vec<u8>, out: &mut Outbox) {
+    fn on_inner(&self, peer: &Arc<Peer>, buf: Vec<u8>, now: Instant, out: &mut Outbox) {
         let pkt = &buf[TUN_HEADROOM..];
         peer.count_rx(pkt.len());
-        let deliver = self.check_inner(peer, pkt, out);
+        let deliver = self.check_inner(peer, pkt, now, out);
         match deliver {
             Some(true) => {
                 let n = pkt.len();
@@ -917,10 +934,16 @@ impl Node {
 
     /// Decides what happens to a decrypted packet: `Some(true)` = deliver to
     /// our TUN; otherwise it was consumed (forwarded, answered or dropped).
-    fn check_inner(&self, peer: &Arc<Peer>, pkt: &[u8], out: &mut Outbox) -> Option<bool> {
+    fn check_inner(
+        &self,
+        peer: &Arc<Peer>,
+        pkt: &[u8],
+        now: Instant,
+        out: &mut Outbox,
+    ) -> Option<bool> {
         if inband::is_inband(pkt) {
             match Message::decode(pkt) {
-                Ok(m) => self.on_message(peer, m, out),
+                Ok(m) => self.on_message(peer, m, now, out),
                 Err(_) => bump(&self.drops.invalid),
             }
             return None;
@@ -959,13 +982,13 @@ impl Node {
                 return None;
             }
             return self
-                .firewall_passes(Direction::Inbound, pkt)
+                .firewall_passes(Direction::Inbound, pkt, now)
                 .then_some(true);
         }
         match self.route(pkt, src, dst, Some(peer.index), out) {
             // Addressed to the gateway itself: its own firewall decides.
             Some(true) if id.cert.owns_addr(dst) => self
-                .firewall_passes(Direction::Inbound, pkt)
+                .firewall_passes(Direction::Inbound, pkt, now)
                 .then_some(true),
             other => other,
         }
@@ -1037,7 +1060,7 @@ impl Node {
     }
 
     /// A packet from our TUN.
-    pub fn on_tun_packet(&self, pkt: &[u8], out: &mut Outbox) {
+    pub fn on_tun_packet(&self, pkt: &[u8], now: Instant, out: &mut Outbox) {
         let Some((src, dst)) = packet::addresses(pkt) else {
             bump(&self.drops.invalid);
             return;
@@ -1046,7 +1069,9 @@ impl Node {
             // Router solicitations, mDNS and the like stay on this node.
             return;
         }
-        if self.identity().cert.owns_addr(src) && !self.firewall_passes(Direction::Outbound, pkt) {
+        if self.identity().cert.owns_addr(src)
+            && !self.firewall_passes(Direction::Outbound, pkt, now)
+        {
             return;
         }
         if self.role() == Role::Host {
@@ -1060,7 +1085,7 @@ impl Node {
         self.route(pkt, src, dst, None, out);
     }
 
-    fn on_message(&self, peer: &Arc<Peer>, m: Message, out: &mut Outbox) {
+    fn on_message(&self, peer: &Arc<Peer>, m: Message, now: Instant, out: &mut Outbox) {
         match m {
             Message::Probe { seq } => {
                 if !self.leaving.load(Ordering::Relaxed) {
@@ -1074,14 +1099,14 @@ impl Node {
                 tracing::info!(peer = %peer.name(), "gateway is shutting down");
                 let t = peer.health().leaving();
                 if let Some(t) = t {
-                    self.gateway_transition(peer, t);
+                    self.gateway_transition(peer, t, now);
                 }
             }
             Message::Leaving => self.remove_peer(peer, "shut down"),
             Message::ProbeReply { seq } => {
-                let t = peer.health().on_reply(seq, Instant::now());
+                let t = peer.health().on_reply(seq, now);
                 if let Some(t) = t {
-                    self.gateway_transition(peer, t);
+                    self.gateway_transition(peer, t, now);
                 }
             }
             // Identity questions and answers only from peers whose own
@@ -1090,21 +1115,21 @@ impl Node {
             Message::WhoIs(_) | Message::WhoIsReply { .. } if peer.cert().is_none() => {
                 bump(&self.drops.unauthenticated);
             }
-            Message::WhoIs(a) => self.on_whois(peer, a, out),
-            Message::WhoIsReply { addr, cert } => self.on_whois_reply(addr, cert, out),
+            Message::WhoIs(a) => self.on_whois(peer, a, now, out),
+            Message::WhoIsReply { addr, cert } => self.on_whois_reply(addr, cert, now, out),
             Message::CertAck(fp) => {
                 if fp == self.identity().cert.fingerprint().0 {
                     peer.our_cert_acked.store(true, Ordering::Relaxed);
                 }
             }
             Message::Cert(bytes) => {
-                let now = cubenet_certs::time::unix_now();
+                let unix = self.unix();
                 let checked = NodeCert::decode(&bytes)
                     .map_err(|e| e.to_string())
                     .and_then(|c| {
                         self.identity()
                             .trust
-                            .validate(&c, now)
+                            .validate(&c, unix)
                             .map_err(|e| e.to_string())?;
                         if c.public_key() != &peer.public_key {
                             return Err("certificate is for another key than the tunnel's".into());
@@ -1143,9 +1168,9 @@ impl Node {
     /// gateway may be a new process that does not know us (also when our
     /// probes never noticed it going away), and it knows us one round trip
     /// later, not at the next resend.
-    fn present_cert(&self, peer: &Peer, out: &mut Outbox) {
+    fn present_cert(&self, peer: &Peer, now: Instant, out: &mut Outbox) {
         peer.our_cert_acked.store(false, Ordering::Relaxed);
-        *lock(&peer.last_cert_sent) = Some(Instant::now());
+        *lock(&peer.last_cert_sent) = Some(now);
         let cert = self.identity().cert.encoded().to_vec();
         self.send_message(peer, &Message::Cert(cert), out);
     }
@@ -1197,7 +1222,7 @@ impl Node {
         }
     }
 
-    fn gateway_transition(&self, peer: &Arc<Peer>, t: Transition) {
+    fn gateway_transition(&self, peer: &Arc<Peer>, t: Transition, now: Instant) {
         let up = t == Transition::Up;
         if !up {
             // It may come back as a new process: present our cert again.
@@ -1210,7 +1235,7 @@ impl Node {
         } else {
             api::Event::GatewayDown { name }
         });
-        self.update_active_gateway(Instant::now());
+        self.update_active_gateway(now);
     }
 
     fn update_active_gateway(&self, now: Instant) {
@@ -1280,8 +1305,9 @@ impl Node {
         self.cfg.probe.interval() * (self.cfg.probe.misses + 1)
     }
 
-    /// Called every probe interval.
-    pub fn on_tick(&self, now: Instant, out: &mut Outbox) {
+    /// Called every probe interval, with the monotonic and the wall clock.
+    pub fn on_tick(&self, now: Instant, unix: u64, out: &mut Outbox) {
+        self.unix.store(unix, Ordering::Relaxed);
         let mut buf = vec![0u8; 2048];
         let pending_timeout = Duration::from_millis(self.cfg.limits.pending_timeout_ms);
         let our_cert = self.identity().cert.encoded().to_vec();
@@ -1344,7 +1370,7 @@ impl Node {
             }
             let (seq, t) = peer.health().on_tick(now);
             if let Some(t) = t {
-                self.gateway_transition(&peer, t);
+                self.gateway_transition(&peer, t, now);
             }
             self.send_message(&peer, &Message::Probe { seq }, out);
             if !peer.our_cert_acked.load(Ordering::Relaxed) {
@@ -1382,7 +1408,7 @@ impl Node {
             *c = Some(now);
         }
         let id = self.identity();
-        let unix = cubenet_certs::time::unix_now() as i64;
+        let unix = self.unix() as i64;
         for (what, not_after) in [
             ("certificate", id.cert.body.not_after),
             ("CA certificate", id.trust.ca().body.not_after),
@@ -1401,7 +1427,7 @@ impl Node {
     /// Replaces the identity (SIGHUP): peers whose certificate is no longer
     /// valid lose their session at once; the others keep theirs.
     pub fn reload_identity(&self, identity: Identity) -> api::ReloadReport {
-        let now = cubenet_certs::time::unix_now();
+        let now = self.unix();
         let identity = Arc::new(identity);
         *write(&self.identity) = identity.clone();
         let mut cut = Vec::new();
@@ -1447,7 +1473,7 @@ impl Node {
         }
     }
 
-    pub fn status(&self) -> api::Status {
+    pub fn status(&self, now: Instant) -> api::Status {
         let id = self.identity();
         let active = *read(&self.active_gateway);
         let peers: Vec<api::PeerStatus> = self
@@ -1507,14 +1533,14 @@ impl Node {
                 },
             })
             .collect();
-        let unix = cubenet_certs::time::unix_now() as i64;
+        let unix = self.unix() as i64;
         api::Status {
             name: id.cert.name().to_string(),
             role: api_role(id.role()),
             site: id.cert.body.site.clone(),
             public_key: crate::b64(&self.public.to_bytes()),
             addresses: id.cert.body.addresses.clone(),
-            uptime_s: self.started.elapsed().as_secs(),
+            uptime_s: now.saturating_duration_since(self.started).as_secs(),
             cert_days_left: (id.cert.body.not_after as i64 - unix) / 86_400,
             ca_days_left: (id.trust.ca().body.not_after as i64 - unix) / 86_400,
             crl_serial: id.trust.revocation_list().map(|c| c.body.serial),
@@ -1698,12 +1724,6 @@ fn api_role(r: Role) -> api::Role {
     }
 }
 
-fn rand_start() -> u32 {
-    let mut b = [0u8; 4];
-    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut b);
-    u32::from_le_bytes(b) & 0x00ff_ffff
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1713,9 +1733,7 @@ mod tests {
         let theirs = StaticSecret::random_from_rng(rand_core::OsRng);
         let key = PublicKey::from(&theirs).to_bytes();
         let tunn = Tunn::new(ours, PublicKey::from(key), None, None, index, None);
-        let mut p = Peer::new(index, key, None, tunn, 3);
-        p.created = created;
-        Arc::new(p)
+        Arc::new(Peer::new(index, key, None, tunn, 3, created))
     }
 
     fn table(peers: &[Arc<Peer>]) -> PeerTable {

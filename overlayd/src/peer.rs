@@ -45,6 +45,7 @@ impl Peer {
         configured: Option<String>,
         tunn: Tunn,
         misses: u32,
+        now: Instant,
     ) -> Peer {
         Peer {
             index,
@@ -58,7 +59,7 @@ impl Peer {
             last_cert_sent: Mutex::new(None),
             retry: Mutex::new(HandshakeRetry::new(u64::from(index))),
             attached: AtomicBool::new(false),
-            created: Instant::now(),
+            created: now,
             health: Mutex::new(GatewayHealth::new(misses)),
             rx_bytes: AtomicU64::new(0),
             tx_bytes: AtomicU64::new(0),

@@ -102,7 +102,7 @@ fn strangers(
             } => shaped(*kind, body, *extra, aim.filter(|_| *a)),
         };
         let before = drops(node);
-        node.on_datagram(&bytes, from_addr(*v6, *port), &mut out);
+        node.on_datagram(&bytes, from_addr(*v6, *port), Instant::now(), &mut out);
         let after = drops(node);
         let counted = (after[INVALID] - before[INVALID]) + (after[COOKIES] - before[COOKIES]);
         prop_assert_eq!(counted, 1, "{:?} was not counted once: {:?}", d, after);
@@ -130,7 +130,7 @@ proptest! {
         strangers(&node, &ds)?;
         // And a tick in between changes nothing about that.
         let mut out = Outbox::default();
-        node.on_tick(Instant::now(), &mut out);
+        node.on_tick(Instant::now(), cubenet_certs::time::unix_now(), &mut out);
         strangers(&node, &ds)?;
     }
 
@@ -159,7 +159,7 @@ proptest! {
         let pki = Pki::get();
         let host = pki.host();
         let mut out = Outbox::default();
-        host.initiate_all(&mut out);
+        host.initiate_all(Instant::now(), &mut out);
         let init = take_datagrams(&mut out).pop().expect("an initiation").1;
         // The gateway's side, by hand.
         let mut gw = boringtun::noise::Tunn::new(
@@ -174,7 +174,12 @@ proptest! {
         };
         resp[pos] ^= xor;
         let before = drops(&host)[INVALID];
-        host.on_datagram(&resp, "192.0.2.1:51820".parse().unwrap(), &mut out);
+        host.on_datagram(
+            &resp,
+            "192.0.2.1:51820".parse().unwrap(),
+            Instant::now(),
+            &mut out,
+        );
         prop_assert_eq!(drops(&host)[INVALID] - before, u64::from(pos < 76), "byte {}", pos);
         prop_assert_eq!(attached(&host), 0);
     }
@@ -393,7 +398,7 @@ proptest! {
             if matches!(i, Inner::Tick) {
                 now += Duration::from_millis(100);
                 let mut out = Outbox::default();
-                c.node.on_tick(now, &mut out);
+                c.node.on_tick(now, cubenet_certs::time::unix_now(), &mut out);
                 continue;
             }
             let (bytes, counter) = build(i, to_host);
@@ -406,7 +411,7 @@ proptest! {
         }
         prop_assert!(c.probe(77), "the session stopped answering");
         prop_assert_eq!(attached(&c.node), 1);
-        let st = c.node.status();
+        let st = c.node.status(Instant::now());
         let peer = &st.peers[0];
         let (name, addr) = if to_host { ("fra-gw1", GW_V4) } else { ("fra-h1", HOST_V4) };
         prop_assert_eq!(&peer.name, name);
@@ -419,7 +424,7 @@ fn a_session_attaches_and_answers_probes() {
     let mut c = attached_host();
     assert!(c.probe(1));
     assert!(c.probe(2));
-    let st = c.node.status();
+    let st = c.node.status(Instant::now());
     assert!(st.peers[0].attached, "{st:?}");
     assert_eq!(st.drops.invalid, 0, "{st:?}");
 }
@@ -435,8 +440,8 @@ fn a_spoofed_source_is_counted_and_the_session_survives() {
     let before = drops(&c.node)[SPOOFED];
     c.send(&ipv6("fd77::1:99", GW_V6, 17, &[0; 8]));
     assert_eq!(drops(&c.node)[SPOOFED], before + 1);
-    assert_eq!(c.node.status().drops.spoofed, before + 1);
-    assert_eq!(c.node.status().peers[0].spoofed, before + 1);
+    assert_eq!(c.node.status(Instant::now()).drops.spoofed, before + 1);
+    assert_eq!(c.node.status(Instant::now()).peers[0].spoofed, before + 1);
     assert!(c.probe(3));
 }
 
@@ -479,7 +484,7 @@ fn a_stranger_key_gets_a_session_but_never_attaches() {
     c.send(&ipv4(HOST_V4, GW_V4, 17, &[0; 8]));
     assert_eq!(attached(&node), 0);
     assert_eq!(node.peers().len(), 1);
-    assert!(!node.status().peers[0].authenticated);
+    assert!(!node.status(Instant::now()).peers[0].authenticated);
 }
 
 #[test]

@@ -162,7 +162,7 @@ impl Pki {
     fn node(config: &Path) -> Arc<Node> {
         let cfg = Config::load(config).unwrap();
         let id = Identity::load(&cfg, now()).unwrap();
-        Node::new(cfg, id).unwrap()
+        Node::new(cfg, id, std::time::Instant::now(), now(), 1).unwrap()
     }
 
     /// A fresh gateway node (no peers, counters at zero).
@@ -250,7 +250,8 @@ impl Client {
         while let Some(d) = pending.pop() {
             rounds += 1;
             assert!(rounds < 64, "the exchange does not settle");
-            self.node.on_datagram(&d, self.addr, &mut self.out);
+            self.node
+                .on_datagram(&d, self.addr, std::time::Instant::now(), &mut self.out);
             for (to, reply) in take_datagrams(&mut self.out) {
                 if to != self.addr {
                     continue;
@@ -386,7 +387,7 @@ pub fn gateway_of_host() -> Client {
     let pki = Pki::get();
     let node = pki.host();
     let mut out = Outbox::default();
-    node.initiate_all(&mut out);
+    node.initiate_all(std::time::Instant::now(), &mut out);
     let (to, init) = take_datagrams(&mut out).pop().expect("an initiation");
     let mut c = Client::new(node, &pki.gw_key, pki.host_key.public(), to);
     let mut buf = vec![0u8; 256];
