@@ -20,7 +20,7 @@ pub enum Request {
     Status,
     /// Reply: [`Subscribed`], then one [`Event`] per line.
     Subscribe,
-    /// The hosts attached now. Reply: [`AttachedHosts`].
+    /// The peers (hosts and gateways) attached now. Reply: [`AttachedPeers`].
     Attached,
     /// Reads the certificates, revocation list and firewall rules again.
     /// Reply: [`Reloaded`].
@@ -106,8 +106,8 @@ pub struct Subscribed {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AttachedHosts {
-    pub hosts: Vec<AttachedPeer>,
+pub struct AttachedPeers {
+    pub peers: Vec<AttachedPeer>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -87,7 +87,7 @@ async fn connection(stream: UnixStream, node: Arc<Node>, reload: Reload) -> std:
 fn handle(node: &Node, req: Request, reload: &Reload, sync: &mut Option<HashSet<IpNet>>) -> String {
     match req {
         Request::Status => line(&Reply::Ok(node.status(std::time::Instant::now()))),
-        Request::Attached => line(&Reply::Ok(node.attached_hosts())),
+        Request::Attached => line(&Reply::Ok(node.attached())),
         Request::Reload => line(&Reply::from(reload())),
         Request::RouteAdd { prefix, via } => line(&Reply::from(
             node.route_add(prefix, &via).map(|()| Empty {}),

@@ -231,6 +231,8 @@ enum Kind {
     Data,
     /// A response to our handshake: a new session.
     Response,
+    /// An initiation we answered: a new session.
+    Initiation,
     Other,
 }
 
@@ -819,7 +821,7 @@ impl Node {
                 None => return,
             },
         };
-        self.receive(&peer, dgram, from, Kind::Other, now, out);
+        self.receive(&peer, dgram, from, Kind::Initiation, now, out);
     }
 
     /// A datagram for `peer`'s tunnel.
@@ -862,6 +864,9 @@ impl Node {
         if ok {
             // Authenticated: the peer is at `from` now (roaming).
             peer.set_endpoint(from);
+            if matches!(kind, Kind::Response | Kind::Initiation) {
+                *lock(&peer.handshake_at) = Some(now);
+            }
             if kind == Kind::Data && !peer.confirmed.swap(true, Ordering::Relaxed) {
                 self.maybe_attach(peer);
             }
@@ -1268,7 +1273,7 @@ impl Node {
         self.leaving.store(true, Ordering::Relaxed);
         let peers: Vec<Arc<Peer>> = read(&self.peers).by_index.values().cloned().collect();
         for peer in peers {
-            let session = peer.tunn().time_since_last_handshake().is_some();
+            let session = lock(&peer.handshake_at).is_some();
             if session && (peer.configured.is_some() || peer.cert().is_some()) {
                 self.send_message(&peer, &Message::Leaving, out);
             }
@@ -1321,10 +1326,9 @@ impl Node {
                     }
                 }
                 TunnResult::Err(WireGuardError::ConnectionExpired) if peer.configured.is_none() => {
-                    let idle = peer
-                        .tunn()
-                        .time_since_last_handshake()
-                        .unwrap_or(now - peer.created);
+                    let idle = now.saturating_duration_since(
+                        (*lock(&peer.handshake_at)).unwrap_or(peer.created),
+                    );
                     if idle > DEAD_PEER {
                         self.remove_peer(&peer, "session expired");
                         continue;
@@ -1353,10 +1357,8 @@ impl Node {
                 // A session younger than the probe window first gets the
                 // chance to prove itself with probes: initiating again
                 // would only cost both ends another handshake.
-                let fresh = peer
-                    .tunn()
-                    .time_since_last_handshake()
-                    .is_some_and(|d| d < self.probe_window());
+                let fresh = (*lock(&peer.handshake_at))
+                    .is_some_and(|t| now.saturating_duration_since(t) < self.probe_window());
                 if we_initiate && !fresh && lock(&peer.retry).due(now) {
                     if let (Some(ep), TunnResult::WriteToNetwork(b)) = (
                         peer.endpoint(),
@@ -1480,7 +1482,7 @@ impl Node {
             .peers()
             .iter()
             .map(|p| {
-                let (hs, _, _, _, _) = p.tunn().stats();
+                let hs = (*lock(&p.handshake_at)).map(|t| now.saturating_duration_since(t));
                 let cert = p.cert();
                 let health = p.health().clone();
                 let attached = p.attached.load(Ordering::Relaxed);
@@ -1552,9 +1554,9 @@ impl Node {
         }
     }
 
-    /// The hosts attached here now (what routed announces).
-    pub fn attached_hosts(&self) -> api::AttachedHosts {
-        let hosts = self
+    /// The peers attached here now (routed announces the hosts of them).
+    pub fn attached(&self) -> api::AttachedPeers {
+        let peers = self
             .peers()
             .iter()
             .filter(|p| p.attached.load(Ordering::Relaxed))
@@ -1567,7 +1569,7 @@ impl Node {
                 })
             })
             .collect();
-        api::AttachedHosts { hosts }
+        api::AttachedPeers { peers }
     }
 
     /// Gateways by name (configured or certified), for resolving the

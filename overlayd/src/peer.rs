@@ -26,6 +26,10 @@ pub struct Peer {
     /// Our certificate was acknowledged by the peer.
     pub our_cert_acked: AtomicBool,
     pub last_cert_sent: Mutex<Option<Instant>>,
+    /// When the last handshake completed, on the clock the node is given
+    /// (boringtun keeps its own on the real clock; the node's decisions use
+    /// this one, so they run on a virtual clock too).
+    pub handshake_at: Mutex<Option<Instant>>,
     /// When we start the next handshake ourselves (configured gateways).
     pub retry: Mutex<HandshakeRetry>,
     pub attached: AtomicBool,
@@ -57,6 +61,7 @@ impl Peer {
             confirmed: AtomicBool::new(false),
             our_cert_acked: AtomicBool::new(false),
             last_cert_sent: Mutex::new(None),
+            handshake_at: Mutex::new(None),
             retry: Mutex::new(HandshakeRetry::new(u64::from(index))),
             attached: AtomicBool::new(false),
             created: now,

@@ -193,8 +193,8 @@ async fn update(
 
 /// The hosts attached to overlayd now.
 pub async fn attached_hosts(path: &Path) -> Result<Vec<std::net::IpAddr>, CallError> {
-    let a: api::AttachedHosts = cubenet_api::client::call(path, &Request::Attached).await?;
-    Ok(a.hosts
+    let a: api::AttachedPeers = cubenet_api::client::call(path, &Request::Attached).await?;
+    Ok(a.peers
         .into_iter()
         .filter(|h| h.role == api::Role::Host)
         .flat_map(|h| h.addresses)

@@ -1,0 +1,448 @@
+//! A small overlay in memory on a virtual clock: real overlayd nodes (real
+//! certificates, real WireGuard handshakes through boringtun, the real
+//! probe, failover and attach logic) wired by a simulated underlay that can
+//! silently drop the path between two nodes. Time is passed in: a minute of
+//! overlay time runs in milliseconds, and every run is the same.
+//!
+//! What boringtun times itself (rekey after 120 s, session expiry after
+//! 180 s) still follows the real clock: these scenarios stay well inside
+//! those and test what overlayd decides.
+
+use cubenet_api::overlayd::{Event, PeerStatus, Role as ApiRole};
+use cubenet_certs::{CaBody, CaKey, NodeBody, NodeKey, Role};
+use overlayd::config::Config;
+use overlayd::identity::Identity;
+use overlayd::node::{Node, Outbox};
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The underlay moves in steps this long; nodes tick every probe interval.
+const STEP: Duration = Duration::from_millis(10);
+const PROBE_MS: u64 = 100;
+const MISSES: u32 = 3;
+const FAILBACK_MS: u64 = 2000;
+
+struct SimNode {
+    name: String,
+    node: Arc<Node>,
+    addr: SocketAddr,
+    out: Outbox,
+    /// Packets the node wrote to its TUN.
+    tun: Vec<Vec<u8>>,
+    events: tokio::sync::broadcast::Receiver<Event>,
+}
+
+/// Hosts and gateways of one site, each with its own underlay address.
+struct Net {
+    _dir: tempfile::TempDir,
+    nodes: Vec<SimNode>,
+    now: Instant,
+    start: Instant,
+    unix: u64,
+    /// Pairs of node indices whose path silently drops everything.
+    cut: HashSet<(usize, usize)>,
+    /// (from, to): what `from` sends `to` is dropped.
+    one_way: HashSet<(usize, usize)>,
+    /// Datagrams delivered, by (from, to).
+    sent: Vec<(usize, usize, Instant, Vec<u8>)>,
+}
+
+fn unix_now() -> u64 {
+    cubenet_certs::time::unix_now()
+}
+
+impl Net {
+    /// Site `fra` with `gateways` gateways and one host that lists them
+    /// all, in order; the gateways know each other too.
+    fn site(gateways: usize) -> Net {
+        let dir = tempfile::Builder::new()
+            .prefix("overlay-sim-")
+            .tempdir()
+            .unwrap();
+        let d = dir.path();
+        let unix = unix_now();
+        let ca_key = CaKey::generate();
+        let ca = CaBody {
+            name: "sim".into(),
+            public_key: ca_key.signing.verifying_key().to_bytes(),
+            networks: vec!["10.77.0.0/16".parse().unwrap()],
+            not_before: unix - 3600,
+            not_after: unix + 86_400 * 3650,
+        }
+        .self_sign(&ca_key.signing)
+        .unwrap();
+        std::fs::write(d.join("ca.crt"), ca.to_armor()).unwrap();
+        let mut names = Vec::new();
+        let mut keys = Vec::new();
+        for g in 1..=gateways {
+            names.push((format!("fra-gw{g}"), Role::Gateway, format!("10.77.1.{g}")));
+        }
+        names.push(("fra-h1".into(), Role::Host, "10.77.1.11".into()));
+        for (name, role, addr) in &names {
+            let key = NodeKey::generate();
+            let cert = NodeBody {
+                name: name.clone(),
+                public_key: key.public(),
+                addresses: vec![format!("{addr}/16").parse().unwrap()],
+                groups: vec![],
+                site: "fra".into(),
+                role: *role,
+                subnets: vec![],
+                not_before: unix - 3600,
+                not_after: unix + 86_400 * 365,
+                ca_fingerprint: ca.fingerprint(),
+            }
+            .sign(&ca_key.signing)
+            .unwrap();
+            std::fs::write(d.join(format!("{name}.crt")), cert.to_armor()).unwrap();
+            cubenet_certs::keys::write_private(&d.join(format!("{name}.key")), &key.to_armor())
+                .unwrap();
+            keys.push(key);
+        }
+        let addr = |i: usize| SocketAddr::from(([192, 0, 2, i as u8 + 1], 51820));
+        let now = Instant::now();
+        let mut nodes = Vec::new();
+        for (i, (name, role, _)) in names.iter().enumerate() {
+            let mut text = format!(
+                "control_socket = \"{d}/{name}.sock\"\n\
+                 [identity]\nkey = \"{d}/{name}.key\"\ncert = \"{d}/{name}.crt\"\nca = \"{d}/ca.crt\"\n\
+                 [probe]\ninterval_ms = {PROBE_MS}\nmisses = {MISSES}\nfailback_stable_ms = {FAILBACK_MS}\n",
+                d = d.display()
+            );
+            for (j, (other, other_role, _)) in names.iter().enumerate() {
+                if j != i && *other_role == Role::Gateway {
+                    text += &format!(
+                        "[[gateway]]\nname = \"{other}\"\nendpoint = \"{}\"\npublic_key = \"{}\"\n",
+                        addr(j),
+                        keys[j].public_base64()
+                    );
+                }
+            }
+            let path = d.join(format!("{name}.toml"));
+            std::fs::write(&path, text).unwrap();
+            let node = load(&path, now, unix, i as u32 * 1000);
+            let events = node.events.subscribe();
+            let _ = role;
+            nodes.push(SimNode {
+                name: name.clone(),
+                node,
+                addr: addr(i),
+                out: Outbox::default(),
+                tun: Vec::new(),
+                events,
+            });
+        }
+        let mut net = Net {
+            _dir: dir,
+            nodes,
+            now,
+            start: now,
+            unix,
+            cut: HashSet::new(),
+            one_way: HashSet::new(),
+            sent: Vec::new(),
+        };
+        for i in 0..net.nodes.len() {
+            let n = &mut net.nodes[i];
+            n.node.initiate_all(now, &mut n.out);
+        }
+        net.settle();
+        net
+    }
+
+    fn index(&self, name: &str) -> usize {
+        self.nodes
+            .iter()
+            .position(|n| n.name == name)
+            .unwrap_or_else(|| panic!("no node {name}"))
+    }
+
+    fn elapsed(&self) -> Duration {
+        self.now - self.start
+    }
+
+    fn blocked(&self, a: usize, b: usize) -> bool {
+        self.cut.contains(&(a.min(b), a.max(b)))
+    }
+
+    /// Silently drops everything between two nodes, both ways.
+    fn cut(&mut self, a: &str, b: &str) {
+        let (a, b) = (self.index(a), self.index(b));
+        self.cut.insert((a.min(b), a.max(b)));
+    }
+
+    /// Drops what `from` sends to `to` (the other way still flows).
+    fn cut_one_way(&mut self, from: usize, to: usize) {
+        self.one_way.insert((from, to));
+    }
+
+    fn heal(&mut self, a: &str, b: &str) {
+        let (a, b) = (self.index(a), self.index(b));
+        self.cut.remove(&(a.min(b), a.max(b)));
+    }
+
+    /// Delivers what the nodes queued, and what that makes them send, at
+    /// the current instant (the underlay has no delay).
+    fn settle(&mut self) {
+        for _ in 0..64 {
+            let mut moved = false;
+            for i in 0..self.nodes.len() {
+                let n = &mut self.nodes[i];
+                let dgrams: Vec<(SocketAddr, Vec<u8>)> = n
+                    .out
+                    .net
+                    .batches()
+                    .iter()
+                    .flat_map(|b| b.datagrams().map(move |d| (b.ep, d.to_vec())))
+                    .collect();
+                n.out.net.clear();
+                let tun: Vec<Vec<u8>> = n
+                    .out
+                    .tun
+                    .bufs
+                    .iter()
+                    .map(|b| b[overlayd::batch::TUN_HEADROOM..].to_vec())
+                    .collect();
+                n.tun.extend(tun);
+                n.out.tun.clear();
+                let from = n.addr;
+                for (to, d) in dgrams {
+                    let Some(j) = self.nodes.iter().position(|m| m.addr == to) else {
+                        continue;
+                    };
+                    if self.blocked(i, j) || self.one_way.contains(&(i, j)) {
+                        continue;
+                    }
+                    moved = true;
+                    self.sent.push((i, j, self.now, d.clone()));
+                    let m = &mut self.nodes[j];
+                    m.node.on_datagram(&d, from, self.now, &mut m.out);
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+        panic!("the underlay does not settle");
+    }
+
+    /// Runs `d` of overlay time: every node ticks each probe interval.
+    fn run_for(&mut self, d: Duration) {
+        let end = self.now + d;
+        while self.now < end {
+            self.now += STEP;
+            let since = self.now - self.start;
+            if since.as_millis().is_multiple_of(u128::from(PROBE_MS)) {
+                let unix = self.unix + since.as_secs();
+                for n in &mut self.nodes {
+                    n.node.on_tick(self.now, unix, &mut n.out);
+                }
+            }
+            self.settle();
+        }
+    }
+
+    /// Runs until `cond` holds (at most `limit` of overlay time); returns
+    /// how long it took.
+    fn run_until(&mut self, limit: Duration, mut cond: impl FnMut(&Net) -> bool) -> Duration {
+        let t0 = self.now;
+        while !cond(self) {
+            assert!(
+                self.now - t0 < limit,
+                "not within {limit:?} of overlay time"
+            );
+            self.run_for(STEP);
+        }
+        self.now - t0
+    }
+
+    fn peer(&self, node: &str, peer: &str) -> PeerStatus {
+        let st = self.nodes[self.index(node)].node.status(self.now);
+        st.peers
+            .into_iter()
+            .find(|p| p.name == peer)
+            .unwrap_or_else(|| panic!("{node} has no peer {peer}"))
+    }
+
+    /// The gateway the host sends through.
+    fn active(&self, host: &str) -> Option<String> {
+        let st = self.nodes[self.index(host)].node.status(self.now);
+        st.peers.into_iter().find(|p| p.active).map(|p| p.name)
+    }
+
+    fn events(&mut self, node: &str) -> Vec<Event> {
+        let i = self.index(node);
+        let mut v = Vec::new();
+        while let Ok(e) = self.nodes[i].events.try_recv() {
+            v.push(e);
+        }
+        v
+    }
+
+    /// Handshake initiations `from` sent to `to` (delivered or not is not
+    /// told: only delivered ones are recorded, so count before cutting).
+    fn initiations(&self, from: &str, to: &str) -> Vec<Instant> {
+        let (a, b) = (self.index(from), self.index(to));
+        self.sent
+            .iter()
+            .filter(|(i, j, _, d)| *i == a && *j == b && overlayd::node::is_initiation(d))
+            .map(|(_, _, t, _)| *t)
+            .collect()
+    }
+}
+
+fn load(path: &Path, now: Instant, unix: u64, seed: u32) -> Arc<Node> {
+    let cfg = Config::load(path).unwrap();
+    let id = Identity::load(&cfg, unix).unwrap();
+    Node::new(cfg, id, now, unix, seed).unwrap()
+}
+
+/// How long probes take to call a gateway down, at most: the misses, the
+/// tick they are counted on, one step.
+fn probe_window() -> Duration {
+    Duration::from_millis(PROBE_MS * u64::from(MISSES + 1)) + STEP
+}
+
+fn converged(net: &mut Net) {
+    let took = net.run_until(Duration::from_secs(5), |n| {
+        n.active("fra-h1").is_some()
+            && n.peer("fra-gw1", "fra-h1").attached
+            && n.peer("fra-gw2", "fra-h1").attached
+            && n.peer("fra-h1", "fra-gw1").healthy
+            && n.peer("fra-h1", "fra-gw2").healthy
+    });
+    assert!(took < Duration::from_secs(1), "converged after {took:?}");
+}
+
+#[test]
+fn a_host_attaches_to_both_gateways_and_sends_through_the_first() {
+    let mut net = Net::site(2);
+    converged(&mut net);
+    assert_eq!(net.active("fra-h1").as_deref(), Some("fra-gw1"));
+    let ev = net.events("fra-gw1");
+    assert!(
+        ev.iter().any(
+            |e| matches!(e, Event::Attached { name, role: ApiRole::Host, .. } if name == "fra-h1")
+        ),
+        "{ev:?}"
+    );
+    // A packet from the host's TUN arrives on its gateway's TUN.
+    let h = net.index("fra-h1");
+    let pkt = ipv4_udp([10, 77, 1, 11], [10, 77, 1, 1]);
+    let n = &mut net.nodes[h];
+    n.node.on_tun_packet(&pkt, net.now, &mut n.out);
+    net.settle();
+    let g = net.index("fra-gw1");
+    assert!(net.nodes[g].tun.contains(&pkt), "not delivered");
+}
+
+#[test]
+fn a_gateway_silently_lost_fails_over_within_the_probe_window_and_back_after_it_is_stable() {
+    let mut net = Net::site(2);
+    converged(&mut net);
+    net.cut("fra-h1", "fra-gw1");
+    let failover = net.run_until(Duration::from_secs(5), |n| {
+        n.active("fra-h1").as_deref() == Some("fra-gw2")
+    });
+    assert!(failover <= probe_window(), "failover took {failover:?}");
+    assert!(!net.peer("fra-h1", "fra-gw1").healthy);
+    // A minute away: still on gw2, gw1 stays down.
+    net.run_for(Duration::from_secs(60));
+    assert_eq!(net.active("fra-h1").as_deref(), Some("fra-gw2"));
+    net.heal("fra-h1", "fra-gw1");
+    let back = net.run_until(Duration::from_secs(20), |n| {
+        n.active("fra-h1").as_deref() == Some("fra-gw1")
+    });
+    // Back only once gw1 has been healthy for the failback period, and not
+    // much later than the handshake retry (at most 8 s) plus that period.
+    assert!(
+        back >= Duration::from_millis(FAILBACK_MS),
+        "back after {back:?}"
+    );
+    assert!(
+        back <= Duration::from_secs(10) + Duration::from_millis(FAILBACK_MS),
+        "back after {back:?}"
+    );
+}
+
+#[test]
+fn a_leaving_gateway_is_left_at_once_without_waiting_for_probes() {
+    let mut net = Net::site(2);
+    converged(&mut net);
+    let g = net.index("fra-gw1");
+    let n = &mut net.nodes[g];
+    n.node.leave(&mut n.out);
+    net.settle();
+    // The same instant: no probe interval has passed.
+    assert_eq!(net.active("fra-h1").as_deref(), Some("fra-gw2"));
+    assert!(!net.peer("fra-h1", "fra-gw1").healthy);
+}
+
+#[test]
+fn a_leaving_host_is_detached_by_its_gateways_with_its_role() {
+    let mut net = Net::site(2);
+    converged(&mut net);
+    net.events("fra-gw2");
+    let h = net.index("fra-h1");
+    let n = &mut net.nodes[h];
+    n.node.leave(&mut n.out);
+    net.settle();
+    let ev = net.events("fra-gw2");
+    assert!(
+        ev.iter().any(|e| matches!(e,
+            Event::Detached { name, role: ApiRole::Host, addresses, .. }
+                if name == "fra-h1" && addresses == &["10.77.1.11".parse::<std::net::IpAddr>().unwrap()])),
+        "{ev:?}"
+    );
+    let attached = net.nodes[net.index("fra-gw2")].node.attached().peers;
+    assert!(
+        attached.iter().all(|p| p.role != ApiRole::Host),
+        "{attached:?}"
+    );
+}
+
+#[test]
+fn handshakes_to_an_unreachable_gateway_back_off_from_one_to_eight_seconds() {
+    let mut net = Net::site(2);
+    converged(&mut net);
+    // Count what reaches gw1 while the path is half open: the host's
+    // initiations arrive, gw1's answers are lost.
+    let h = net.index("fra-h1");
+    let g = net.index("fra-gw1");
+    let before = net.initiations("fra-h1", "fra-gw1").len();
+    net.cut_one_way(g, h);
+    net.run_for(Duration::from_secs(40));
+    let tries: Vec<Instant> = net.initiations("fra-h1", "fra-gw1")[before..].to_vec();
+    assert!(tries.len() >= 5, "{} initiations", tries.len());
+    let gaps: Vec<Duration> = tries.windows(2).map(|w| w[1] - w[0]).collect();
+    // Jittered by up to ±25 %: 1, 2, 4, 8, 8 ... seconds.
+    for (i, gap) in gaps.iter().enumerate() {
+        let want = Duration::from_secs(1 << i.min(3));
+        assert!(
+            *gap >= want.mul_f64(0.75) - STEP && *gap <= want.mul_f64(1.25) + 2 * STEP,
+            "gap {i} is {gap:?}, want about {want:?}: {gaps:?}"
+        );
+    }
+    assert!(net.elapsed() > Duration::from_secs(40));
+}
+
+/// A minimal IPv4/UDP packet with a valid header checksum.
+fn ipv4_udp(src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
+    let mut p = vec![
+        0x45, 0, 0, 28, 0, 0, 0, 0, 64, 17, 0, 0, src[0], src[1], src[2], src[3], dst[0], dst[1],
+        dst[2], dst[3], 0x30, 0x39, 0x30, 0x39, 0, 8, 0, 0,
+    ];
+    let mut sum: u32 = 0;
+    for c in p[..20].chunks(2) {
+        sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    let ck = !(sum as u16);
+    p[10..12].copy_from_slice(&ck.to_be_bytes());
+    p
+}
