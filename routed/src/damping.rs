@@ -46,28 +46,40 @@ impl Default for Config {
     }
 }
 
+/// Why damping parameters cannot work.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("penalty_per_flap must be finite and > 0")]
+    Penalty,
+    #[error("thresholds must be finite and reuse_threshold > 0")]
+    Thresholds,
+    #[error("reuse_threshold must be below suppress_threshold")]
+    ReuseAboveSuppress,
+    #[error("half_life must be > 0")]
+    HalfLife,
+    #[error("penalty ceiling {0} (from max_suppress) must be finite and above suppress_threshold")]
+    Ceiling(f64),
+}
+
 impl Config {
     /// Checks the parameters are consistent.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         let finite_pos = |x: f64| x.is_finite() && x > 0.0;
         if !finite_pos(self.penalty_per_flap) {
-            return Err("penalty_per_flap must be finite and > 0".into());
+            return Err(ConfigError::Penalty);
         }
         if !finite_pos(self.reuse_threshold) || !self.suppress_threshold.is_finite() {
-            return Err("thresholds must be finite and reuse_threshold > 0".into());
+            return Err(ConfigError::Thresholds);
         }
         if self.reuse_threshold >= self.suppress_threshold {
-            return Err("reuse_threshold must be below suppress_threshold".into());
+            return Err(ConfigError::ReuseAboveSuppress);
         }
         if self.half_life.is_zero() {
-            return Err("half_life must be > 0".into());
+            return Err(ConfigError::HalfLife);
         }
         let ceiling = self.ceiling();
         if !(ceiling.is_finite() && ceiling > self.suppress_threshold) {
-            return Err(format!(
-                "penalty ceiling {ceiling} (from max_suppress) must be finite and above \
-                 suppress_threshold"
-            ));
+            return Err(ConfigError::Ceiling(ceiling));
         }
         Ok(())
     }

@@ -4,6 +4,7 @@
 
 use crate::config::Config;
 use crate::overlay::RouteFeed;
+use crate::rib::NeighborId;
 use crate::router::{Out, Router};
 use crate::wire;
 use cubenet_api::overlayd as api;
@@ -86,7 +87,7 @@ impl Shared {
         }
     }
 
-    async fn connect(self: Arc<Self>, n: usize) {
+    async fn connect(self: Arc<Self>, n: NeighborId) {
         let (addr, name, overlay) = {
             let r = self.router();
             let nb = &r.neighbors[n];
@@ -120,7 +121,7 @@ impl Shared {
         }
     }
 
-    fn run_conn(self: &Arc<Self>, n: usize, stream: TcpStream, outbound: bool) {
+    fn run_conn(self: &Arc<Self>, n: NeighborId, stream: TcpStream, outbound: bool) {
         let _ = stream.set_nodelay(true);
         let local = stream.local_addr().ok().map(|a| a.ip());
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
@@ -147,7 +148,7 @@ impl Shared {
 
     async fn read_loop(
         self: &Arc<Self>,
-        n: usize,
+        n: NeighborId,
         id: u64,
         rd: &mut tokio::net::tcp::OwnedReadHalf,
     ) -> String {

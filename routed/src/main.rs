@@ -128,7 +128,7 @@ fn load(path: &Path) -> Result<Loaded, String> {
     })
 }
 
-fn build_router(l: &Loaded) -> Result<router::Router, String> {
+fn build_router(l: &Loaded) -> Result<router::Router, router::RouterError> {
     router::Router::new(
         l.cfg.clone(),
         l.networks.clone(),
@@ -149,7 +149,11 @@ fn main() -> ExitCode {
         cubenet_daemon::default_sigpipe();
     }
     match cli.cmd {
-        Cmd::Check { config } => match load(&config).and_then(|l| build_router(&l).map(|_| l)) {
+        Cmd::Check { config } => match load(&config).and_then(|l| {
+            build_router(&l)
+                .map(|_| l)
+                .map_err(|e| format!("{}: {e}", config.display()))
+        }) {
             Ok(l) => {
                 println!(
                     "{}: ok: AS {} router id {}, {} neighbour(s), {} prefix(es) to announce",

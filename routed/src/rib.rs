@@ -13,9 +13,25 @@ use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-/// Where a path comes from: a neighbour index, or [`LOCAL`].
-pub type Source = usize;
-pub const LOCAL: Source = usize::MAX;
+/// A neighbour of this router: its place in the config's list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NeighborId(pub usize);
+
+impl std::fmt::Display for NeighborId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "neighbor[{}]", self.0)
+    }
+}
+
+/// Where a path comes from: a neighbour, or this router. Neighbours sort
+/// first, in config order; the local path last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Source {
+    Neighbor(NeighborId),
+    Local,
+}
+
+pub const LOCAL: Source = Source::Local;
 
 const DEFAULT_LOCAL_PREF: u32 = 100;
 
@@ -143,9 +159,19 @@ impl Rib {
 mod tests {
     use super::*;
 
-    fn path(source: Source, as_path: &[u32]) -> Path {
+    fn src(n: usize) -> Source {
+        Source::Neighbor(NeighborId(n))
+    }
+
+    impl From<usize> for Source {
+        fn from(n: usize) -> Source {
+            src(n)
+        }
+    }
+
+    fn path(source: impl Into<Source>, as_path: &[u32]) -> Path {
         Path {
-            source,
+            source: source.into(),
             attrs: Attrs {
                 as_path: as_path.to_vec(),
                 ..Attrs::default()
@@ -161,17 +187,17 @@ mod tests {
         assert!(r.upsert(p, path(2, &[3, 1]), now));
         assert!(r.upsert(p, path(0, &[1]), now));
         assert_eq!(r.best(&p).unwrap().paths.len(), 1);
-        assert_eq!(r.best(&p).unwrap().paths[0].source, 0);
+        assert_eq!(r.best(&p).unwrap().paths[0].source, src(0));
         assert!(r.upsert(p, path(1, &[2]), now));
         let srcs: Vec<_> = r.best(&p).unwrap().paths.iter().map(|p| p.source).collect();
-        assert_eq!(srcs, vec![0, 1]);
+        assert_eq!(srcs, vec![src(0), src(1)]);
         // Same path again: nothing changes.
         assert!(!r.upsert(p, path(1, &[2]), now));
         // Losing both short paths falls back to the long one.
-        assert!(r.remove(p, 0, now));
-        assert_eq!(r.remove_source(1, now), vec![p]);
-        assert_eq!(r.best(&p).unwrap().paths[0].source, 2);
-        assert!(r.remove(p, 2, now));
+        assert!(r.remove(p, src(0), now));
+        assert_eq!(r.remove_source(src(1), now), vec![p]);
+        assert_eq!(r.best(&p).unwrap().paths[0].source, src(2));
+        assert!(r.remove(p, src(2), now));
         assert!(r.best(&p).is_none());
     }
 

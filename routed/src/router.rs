@@ -6,7 +6,7 @@
 use crate::bfd;
 use crate::config::{Config, Import};
 use crate::damping;
-use crate::rib::{Path, Rib, LOCAL};
+use crate::rib::{NeighborId, Path, Rib, Source, LOCAL};
 use crate::session::{Action, ConnId, Session, SessionConfig};
 use crate::wire::{self, Attrs, DecodeError, Message, Notification, Update};
 use cubenet_api::routed as api;
@@ -26,23 +26,73 @@ const HISTORY: usize = 16;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Out {
     Connect {
-        n: usize,
+        n: NeighborId,
     },
     Send {
-        n: usize,
+        n: NeighborId,
         conn: ConnId,
         bytes: Vec<u8>,
     },
     Close {
-        n: usize,
+        n: NeighborId,
         conn: ConnId,
     },
     Bfd {
-        n: usize,
+        n: NeighborId,
         bytes: [u8; 24],
     },
     /// The best routes changed: reprogram overlayd and the kernel.
     TablesChanged,
+}
+
+impl std::ops::Index<NeighborId> for Vec<Neighbor> {
+    type Output = Neighbor;
+    fn index(&self, n: NeighborId) -> &Neighbor {
+        &self[n.0]
+    }
+}
+
+impl std::ops::IndexMut<NeighborId> for Vec<Neighbor> {
+    fn index_mut(&mut self, n: NeighborId) -> &mut Neighbor {
+        &mut self[n.0]
+    }
+}
+
+/// Why a router cannot be built from a config.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RouterError {
+    #[error("announce[{index}].prefix: {prefix} is not among the subnets this gateway's cert allows ({allowed})")]
+    AnnounceNotAllowed {
+        index: usize,
+        prefix: IpNet,
+        allowed: String,
+    },
+    #[error("damping: {0}")]
+    Damping(damping::ConfigError),
+    #[error("damping (per prefix): {0}")]
+    PrefixDamping(damping::ConfigError),
+}
+
+/// Why an announced prefix is not imported (counted, logged).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("our AS is in the path (loop)")]
+    Loop,
+    #[error("AS_PATH does not start with the neighbour's AS {0}")]
+    FirstAs(u32),
+    #[error("no import policy (RFC 8212)")]
+    NoImportPolicy,
+    #[error("import policy none")]
+    ImportNone,
+    #[error("not a host route of the overlay, nor a subnet {0}'s cert allows")]
+    NotAllowedFor(String),
+    #[error("not a host route of the overlay, and no gateway with a known cert announced it")]
+    NoKnownAnnouncer,
+    #[error("outside the neighbour's import list")]
+    OutsideImportList,
+    /// RFC 7606.
+    #[error("{0}")]
+    TreatAsWithdraw(String),
 }
 
 #[derive(Debug, Clone)]
@@ -117,18 +167,18 @@ impl Router {
         own_v6: Option<Ipv6Addr>,
         cert_subnets: Vec<Vec<IpNet>>,
         now: Instant,
-    ) -> Result<Router, String> {
+    ) -> Result<Router, RouterError> {
         for (i, a) in cfg.announce.iter().enumerate() {
             if !contains(&own_subnets, &a.prefix) {
-                return Err(format!(
-                    "announce[{i}].prefix: {} is not among the subnets this gateway's cert allows ({})",
-                    a.prefix,
-                    own_subnets
+                return Err(RouterError::AnnounceNotAllowed {
+                    index: i,
+                    prefix: a.prefix,
+                    allowed: own_subnets
                         .iter()
                         .map(|s| s.to_string())
                         .collect::<Vec<_>>()
-                        .join(", ")
-                ));
+                        .join(", "),
+                });
             }
         }
         let d = &cfg.damping;
@@ -140,9 +190,7 @@ impl Router {
             max_suppress: Duration::from_secs_f64(d.max_suppress_s),
             stable_up: Duration::from_secs_f64(d.stable_up_s),
         };
-        damping_cfg
-            .validate()
-            .map_err(|e| format!("damping: {e}"))?;
+        damping_cfg.validate().map_err(RouterError::Damping)?;
         let prefix_damping = if d.per_prefix {
             let c = damping::Config {
                 penalty_per_flap: d.penalty,
@@ -152,8 +200,7 @@ impl Router {
                 max_suppress: Duration::from_secs_f64(d.prefix_max_suppress_s),
                 stable_up: Duration::ZERO,
             };
-            c.validate()
-                .map_err(|e| format!("damping (per prefix): {e}"))?;
+            c.validate().map_err(RouterError::PrefixDamping)?;
             Some(c)
         } else {
             None
@@ -243,8 +290,24 @@ impl Router {
         std::mem::take(&mut self.out)
     }
 
-    pub fn neighbor_by_addr(&self, a: IpAddr) -> Option<usize> {
-        self.neighbors.iter().position(|n| n.cfg.address == a)
+    pub fn neighbor_by_addr(&self, a: IpAddr) -> Option<NeighborId> {
+        self.neighbors
+            .iter()
+            .position(|n| n.cfg.address == a)
+            .map(NeighborId)
+    }
+
+    /// Every neighbour, in config order.
+    pub fn neighbor_ids(&self) -> impl Iterator<Item = NeighborId> {
+        (0..self.neighbors.len()).map(NeighborId)
+    }
+
+    /// The neighbour a path came from (none for a local path).
+    fn neighbor_of(&self, s: Source) -> Option<&Neighbor> {
+        match s {
+            Source::Neighbor(n) => Some(&self.neighbors[n]),
+            Source::Local => None,
+        }
     }
 
     // ---- BGP transport events ----
@@ -252,7 +315,7 @@ impl Router {
     /// A TCP connection to neighbour `n` is up; `local` is our address on it.
     pub fn on_connected(
         &mut self,
-        n: usize,
+        n: NeighborId,
         conn: ConnId,
         outbound: bool,
         local: Option<IpAddr>,
@@ -266,11 +329,11 @@ impl Router {
         self.finish(now);
     }
 
-    pub fn on_connect_failed(&mut self, n: usize, why: &str, now: Instant) {
+    pub fn on_connect_failed(&mut self, n: NeighborId, why: &str, now: Instant) {
         self.neighbors[n].session.on_connect_failed(why, now);
     }
 
-    pub fn on_closed(&mut self, n: usize, conn: ConnId, why: &str, now: Instant) {
+    pub fn on_closed(&mut self, n: NeighborId, conn: ConnId, why: &str, now: Instant) {
         let acts = self.neighbors[n].session.on_closed(conn, why, now);
         self.apply(n, acts, now);
         self.finish(now);
@@ -278,7 +341,7 @@ impl Router {
 
     pub fn on_message(
         &mut self,
-        n: usize,
+        n: NeighborId,
         conn: ConnId,
         m: Result<Message, DecodeError>,
         now: Instant,
@@ -309,7 +372,7 @@ impl Router {
         self.finish(now);
     }
 
-    fn poll_bfd(&mut self, n: usize, now: Instant) {
+    fn poll_bfd(&mut self, n: NeighborId, now: Instant) {
         loop {
             let Some(b) = self.neighbors[n].bfd.as_mut() else {
                 return;
@@ -325,7 +388,7 @@ impl Router {
         }
     }
 
-    fn bfd_transition(&mut self, n: usize, t: Option<bfd::Transition>, now: Instant) {
+    fn bfd_transition(&mut self, n: NeighborId, t: Option<bfd::Transition>, now: Instant) {
         match t {
             Some(bfd::Transition::Up) => {
                 self.neighbors[n].bfd_up = true;
@@ -458,7 +521,7 @@ impl Router {
     // ---- the clock ----
 
     pub fn on_tick(&mut self, now: Instant) {
-        for n in 0..self.neighbors.len() {
+        for n in self.neighbor_ids() {
             // Damping: a suppressed link keeps its session down.
             let suppressed = self.neighbors[n]
                 .link
@@ -469,10 +532,9 @@ impl Router {
                 tracing::warn!(neighbor = %nb.cfg.name, "link suppressed by damping");
                 let acts = nb.session.stop(
                     "suppressed (damping)",
-                    Some(Notification::new(
-                        wire::err::CEASE,
-                        wire::err::CEASE_ADMIN_SHUTDOWN,
-                    )),
+                    Some(Notification::new(wire::Reason::Cease(
+                        wire::Cease::AdministrativeShutdown,
+                    ))),
                     now,
                 );
                 self.apply(n, acts, now);
@@ -507,7 +569,7 @@ impl Router {
 
     // ---- session actions ----
 
-    fn apply(&mut self, n: usize, acts: Vec<Action>, now: Instant) {
+    fn apply(&mut self, n: NeighborId, acts: Vec<Action>, now: Instant) {
         for a in acts {
             match a {
                 Action::Connect => self.out.push(Out::Connect { n }),
@@ -529,7 +591,7 @@ impl Router {
         }
     }
 
-    fn record(&mut self, n: usize, up: bool, reason: &str) {
+    fn record(&mut self, n: NeighborId, up: bool, reason: &str) {
         let nb = &mut self.neighbors[n];
         nb.history.push_back(Flap {
             at_unix: unix_now(),
@@ -541,7 +603,7 @@ impl Router {
         }
     }
 
-    fn session_up(&mut self, n: usize, open: wire::Open, now: Instant) {
+    fn session_up(&mut self, n: NeighborId, open: wire::Open, now: Instant) {
         tracing::info!(neighbor = %self.neighbors[n].cfg.name, router_id = %open.router_id, "session established");
         if let Some(l) = self.neighbors[n].link.as_mut() {
             l.on_up(now);
@@ -553,7 +615,7 @@ impl Router {
         self.update_rib_membership(n, now);
     }
 
-    fn session_down(&mut self, n: usize, why: &str, now: Instant) {
+    fn session_down(&mut self, n: NeighborId, why: &str, now: Instant) {
         tracing::warn!(neighbor = %self.neighbors[n].cfg.name, "session down: {why}");
         let nb = &mut self.neighbors[n];
         nb.flaps += 1;
@@ -569,7 +631,7 @@ impl Router {
 
     /// Puts a neighbour's paths into the Loc-RIB or takes them out, as its
     /// session and damping state say.
-    fn update_rib_membership(&mut self, n: usize, now: Instant) {
+    fn update_rib_membership(&mut self, n: NeighborId, now: Instant) {
         let nb = &self.neighbors[n];
         let want = nb.session.is_established()
             && nb
@@ -580,7 +642,7 @@ impl Router {
             return;
         }
         if !want {
-            let changed = self.rib.remove_source(n, now);
+            let changed = self.rib.remove_source(Source::Neighbor(n), now);
             self.dirty.extend(changed);
             self.neighbors[n].in_rib = false;
             return;
@@ -596,13 +658,20 @@ impl Router {
                 self.neighbors[n].held.insert(p);
                 continue;
             }
-            if self.rib.upsert(p, Path { source: n, attrs }, now) {
+            if self.rib.upsert(
+                p,
+                Path {
+                    source: Source::Neighbor(n),
+                    attrs,
+                },
+                now,
+            ) {
                 self.dirty.insert(p);
             }
         }
     }
 
-    fn prefix_suppressed(&self, n: usize, p: &IpNet, now: Instant) -> bool {
+    fn prefix_suppressed(&self, n: NeighborId, p: &IpNet, now: Instant) -> bool {
         self.neighbors[n]
             .prefix_links
             .get(p)
@@ -610,7 +679,7 @@ impl Router {
     }
 
     /// Per-prefix damping: a withdrawal (`up` false) or announcement.
-    fn prefix_event(&mut self, n: usize, p: IpNet, up: bool, now: Instant) {
+    fn prefix_event(&mut self, n: NeighborId, p: IpNet, up: bool, now: Instant) {
         let Some(cfg) = self.prefix_damping else {
             return;
         };
@@ -631,7 +700,7 @@ impl Router {
         if self.prefix_damping.is_none() {
             return;
         }
-        for n in 0..self.neighbors.len() {
+        for n in self.neighbor_ids() {
             let released: Vec<IpNet> = self.neighbors[n]
                 .held
                 .iter()
@@ -643,7 +712,14 @@ impl Router {
                 let attrs = self.neighbors[n].adj_in.get(&p).cloned();
                 if let (Some(attrs), true) = (attrs, self.neighbors[n].in_rib) {
                     tracing::info!(neighbor = %self.neighbors[n].cfg.name, prefix = %p, "prefix reusable");
-                    if self.rib.upsert(p, Path { source: n, attrs }, now) {
+                    if self.rib.upsert(
+                        p,
+                        Path {
+                            source: Source::Neighbor(n),
+                            attrs,
+                        },
+                        now,
+                    ) {
                         self.dirty.insert(p);
                     }
                 }
@@ -656,20 +732,17 @@ impl Router {
 
     // ---- import ----
 
-    fn accepts(&self, n: usize, p: &IpNet, attrs: &Attrs) -> Result<(), String> {
+    fn accepts(&self, n: NeighborId, p: &IpNet, attrs: &Attrs) -> Result<(), Refusal> {
         let nb = &self.neighbors[n];
         if attrs.as_path.contains(&self.cfg.asn) {
-            return Err("our AS is in the path (loop)".into());
+            return Err(Refusal::Loop);
         }
         if attrs.as_path.first() != Some(&nb.cfg.asn) {
-            return Err(format!(
-                "AS_PATH does not start with the neighbour's AS {}",
-                nb.cfg.asn
-            ));
+            return Err(Refusal::FirstAs(nb.cfg.asn));
         }
         match &nb.cfg.import {
-            None => Err("no import policy (RFC 8212)".into()),
-            Some(Import::Named(s)) if s == "none" => Err("import policy none".into()),
+            None => Err(Refusal::NoImportPolicy),
+            Some(Import::Named(s)) if s == "none" => Err(Refusal::ImportNone),
             Some(Import::Named(_)) => {
                 if contains(&self.networks, p) && (p.prefix_len() == p.max_prefix_len()) {
                     return Ok(());
@@ -684,27 +757,21 @@ impl Router {
                 });
                 match announcer {
                     Some(o) if contains(&o.cert_subnets, p) => Ok(()),
-                    Some(o) => Err(format!(
-                        "not a host route of the overlay, nor a subnet {}'s cert allows",
-                        o.cfg.name
-                    )),
-                    None => Err(
-                        "not a host route of the overlay, and no gateway with a known cert announced it"
-                            .into(),
-                    ),
+                    Some(o) => Err(Refusal::NotAllowedFor(o.cfg.name.clone())),
+                    None => Err(Refusal::NoKnownAnnouncer),
                 }
             }
             Some(Import::List(l)) => {
                 if contains(l, p) {
                     Ok(())
                 } else {
-                    Err("outside the neighbour's import list".into())
+                    Err(Refusal::OutsideImportList)
                 }
             }
         }
     }
 
-    fn import(&mut self, n: usize, u: Update, now: Instant) {
+    fn import(&mut self, n: NeighborId, u: Update, now: Instant) {
         if u.is_end_of_rib() {
             self.neighbors[n].eor = true;
             return;
@@ -713,7 +780,7 @@ impl Router {
         for p in &u.withdrawn {
             if self.neighbors[n].adj_in.remove(p).is_some() {
                 self.prefix_event(n, *p, false, now);
-                if in_rib && self.rib.remove(*p, n, now) {
+                if in_rib && self.rib.remove(*p, Source::Neighbor(n), now) {
                     self.dirty.insert(*p);
                 }
             }
@@ -724,7 +791,7 @@ impl Router {
         }
         for p in &u.announced {
             let verdict = match &u.treat_as_withdraw {
-                Some(why) => Err(why.clone()),
+                Some(why) => Err(Refusal::TreatAsWithdraw(why.clone())),
                 None => self.accepts(n, p, &u.attrs),
             };
             match verdict {
@@ -736,10 +803,19 @@ impl Router {
                     self.prefix_event(n, *p, true, now);
                     if self.prefix_suppressed(n, p, now) {
                         self.neighbors[n].held.insert(*p);
-                        if self.rib.remove(*p, n, now) {
+                        if self.rib.remove(*p, Source::Neighbor(n), now) {
                             self.dirty.insert(*p);
                         }
-                    } else if in_rib && self.rib.upsert(*p, Path { source: n, attrs }, now) {
+                    } else if in_rib
+                        && self.rib.upsert(
+                            *p,
+                            Path {
+                                source: Source::Neighbor(n),
+                                attrs,
+                            },
+                            now,
+                        )
+                    {
                         self.dirty.insert(*p);
                     }
                 }
@@ -750,7 +826,7 @@ impl Router {
                     }
                     if self.neighbors[n].adj_in.remove(p).is_some()
                         && in_rib
-                        && self.rib.remove(*p, n, now)
+                        && self.rib.remove(*p, Source::Neighbor(n), now)
                     {
                         self.dirty.insert(*p);
                     }
@@ -764,10 +840,9 @@ impl Router {
             );
             let acts = self.neighbors[n].session.reset(
                 &why,
-                Some(Notification::new(
-                    wire::err::CEASE,
-                    wire::err::CEASE_MAX_PREFIXES,
-                )),
+                Some(Notification::new(wire::Reason::Cease(
+                    wire::Cease::MaxPrefixes,
+                ))),
                 now,
             );
             self.apply(n, acts, now);
@@ -778,7 +853,7 @@ impl Router {
 
     /// Whether the session with neighbour `n` carries this family (both
     /// OPENs advertised it).
-    fn negotiated(&self, n: usize, ipv6: bool) -> bool {
+    fn negotiated(&self, n: NeighborId, ipv6: bool) -> bool {
         self.neighbors[n]
             .session
             .peer_open
@@ -786,7 +861,7 @@ impl Router {
             .is_some_and(|o| if ipv6 { o.ipv6 } else { o.ipv4 })
     }
 
-    fn exported(&self, n: usize, p: &IpNet) -> Option<Attrs> {
+    fn exported(&self, n: NeighborId, p: &IpNet) -> Option<Attrs> {
         let nb = &self.neighbors[n];
         if nb.cfg.export.as_deref() != Some("all") {
             return None;
@@ -795,7 +870,10 @@ impl Router {
             return None;
         }
         let best = self.rib.best(p)?;
-        let path = best.paths.iter().find(|x| x.source != n)?;
+        let path = best
+            .paths
+            .iter()
+            .find(|x| x.source != Source::Neighbor(n))?;
         if path.attrs.as_path.contains(&nb.cfg.asn) {
             return None;
         }
@@ -824,7 +902,7 @@ impl Router {
         })
     }
 
-    fn export_prefixes(&mut self, n: usize, prefixes: &[IpNet]) {
+    fn export_prefixes(&mut self, n: NeighborId, prefixes: &[IpNet]) {
         let Some(conn) = self.neighbors[n].session.established_conn() else {
             return;
         };
@@ -875,7 +953,7 @@ impl Router {
         }
     }
 
-    fn export_all(&mut self, n: usize) {
+    fn export_all(&mut self, n: NeighborId) {
         let mut prefixes: BTreeSet<IpNet> = self.rib.iter_best().map(|(p, _)| *p).collect();
         prefixes.extend(self.neighbors[n].adj_out.keys().copied());
         let prefixes: Vec<IpNet> = prefixes.into_iter().collect();
@@ -897,7 +975,7 @@ impl Router {
     /// Ends every entry point: exports what changed, and tells the driver
     /// to reprogram the tables.
     fn finish(&mut self, now: Instant) {
-        for n in 0..self.neighbors.len() {
+        for n in self.neighbor_ids() {
             self.update_rib_membership(n, now);
         }
         if !self.fib_ready {
@@ -919,7 +997,7 @@ impl Router {
             return;
         }
         let dirty: Vec<IpNet> = std::mem::take(&mut self.dirty).into_iter().collect();
-        for n in 0..self.neighbors.len() {
+        for n in self.neighbor_ids() {
             self.export_prefixes(n, &dirty);
         }
         if self.fib_ready {
@@ -944,8 +1022,9 @@ impl Router {
                 let via: Vec<String> = b
                     .paths
                     .iter()
-                    .filter(|x| self.neighbors[x.source].overlay)
-                    .map(|x| self.neighbors[x.source].cfg.name.clone())
+                    .filter_map(|x| self.neighbor_of(x.source))
+                    .filter(|nb| nb.overlay)
+                    .map(|nb| nb.cfg.name.clone())
                     .collect();
                 (!via.is_empty()).then_some((*p, via))
             })
@@ -960,7 +1039,7 @@ impl Router {
             .filter(|(_, b)| b.paths.iter().all(|p| p.source != LOCAL))
             .filter_map(|(p, b)| {
                 let best = &b.paths[0];
-                if self.neighbors[best.source].overlay {
+                if self.neighbor_of(best.source)?.overlay {
                     return (p.prefix_len() < p.max_prefix_len()).then_some((*p, None));
                 }
                 // Via the next hop the router gave, of the prefix's family.
@@ -1062,12 +1141,9 @@ impl Router {
                 let via: Vec<String> = b
                     .paths
                     .iter()
-                    .map(|x| {
-                        if x.source == LOCAL {
-                            "local".to_string()
-                        } else {
-                            self.neighbors[x.source].cfg.name.clone()
-                        }
+                    .map(|x| match self.neighbor_of(x.source) {
+                        None => "local".to_string(),
+                        Some(nb) => nb.cfg.name.clone(),
                     })
                     .collect();
                 api::RouteStatus {
@@ -1089,6 +1165,8 @@ impl Router {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const N0: NeighborId = NeighborId(0);
     use crate::wire::Open;
     use std::net::Ipv4Addr;
 
@@ -1111,7 +1189,7 @@ mod tests {
             now,
         )
         .unwrap();
-        r.on_connected(0, 1, false, None, now);
+        r.on_connected(N0, 1, false, None, now);
         let open = Open {
             asn: 65010,
             hold_time: 90,
@@ -1121,8 +1199,8 @@ mod tests {
             asn4: true,
             route_refresh: false,
         };
-        r.on_message(0, 1, Ok(Message::Open(open)), now);
-        r.on_message(0, 1, Ok(Message::Keepalive), now);
+        r.on_message(N0, 1, Ok(Message::Open(open)), now);
+        r.on_message(N0, 1, Ok(Message::Keepalive), now);
         assert!(r.neighbors[0].session.is_established());
         r.drain();
         (r, now)
@@ -1155,8 +1233,8 @@ mod tests {
     #[test]
     fn import_list_and_loops_are_enforced() {
         let (mut r, now) = router("");
-        r.on_message(0, 1, Ok(announce("192.168.5.0/24")), now);
-        r.on_message(0, 1, Ok(announce("10.99.0.0/16")), now);
+        r.on_message(N0, 1, Ok(announce("192.168.5.0/24")), now);
+        r.on_message(N0, 1, Ok(announce("10.99.0.0/16")), now);
         assert!(has(&r, "192.168.5.0/24"));
         assert!(!has(&r, "10.99.0.0/16"));
         assert_eq!(r.neighbors[0].rejected, 1);
@@ -1165,14 +1243,14 @@ mod tests {
         if let Message::Update(u) = &mut m {
             u.attrs.as_path = vec![65010, 4_200_000_101];
         }
-        r.on_message(0, 1, Ok(m), now);
+        r.on_message(N0, 1, Ok(m), now);
         assert!(!has(&r, "192.168.6.0/24"));
         // Treat-as-withdraw removes what was there.
         let mut m = announce("192.168.5.0/24");
         if let Message::Update(u) = &mut m {
             u.treat_as_withdraw = Some("test".into());
         }
-        r.on_message(0, 1, Ok(m), now);
+        r.on_message(N0, 1, Ok(m), now);
         assert!(!has(&r, "192.168.5.0/24"));
         assert!(r.neighbors[0].session.is_established());
     }
@@ -1187,8 +1265,8 @@ mod tests {
     #[test]
     fn a_malformed_update_withdraws_only_its_own_routes() {
         let (mut r, now) = router("");
-        r.on_message(0, 1, Ok(announce("192.168.5.0/24")), now);
-        r.on_message(0, 1, Ok(announce("192.168.6.0/24")), now);
+        r.on_message(N0, 1, Ok(announce("192.168.5.0/24")), now);
+        r.on_message(N0, 1, Ok(announce("192.168.6.0/24")), now);
         assert!(has(&r, "192.168.6.0/24"));
         r.drain();
         // 192.168.6.0/24 again, its ORIGIN changed to 7 (there is none).
@@ -1198,14 +1276,14 @@ mod tests {
             .position(|w| w == [0x40, 1, 1])
             .expect("origin attribute");
         b[pos + 3] = 7;
-        r.on_message(0, 1, wire::decode(&b), now);
+        r.on_message(N0, 1, wire::decode(&b), now);
         assert!(has(&r, "192.168.5.0/24"));
         assert!(!has(&r, "192.168.6.0/24"));
         assert!(r.neighbors[0].session.is_established());
         assert_eq!(r.neighbors[0].treat_as_withdraw, 1);
         assert!(!r.drain().iter().any(is_notification));
         // The same prefix announced properly comes back.
-        r.on_message(0, 1, Ok(announce("192.168.6.0/24")), now);
+        r.on_message(N0, 1, Ok(announce("192.168.6.0/24")), now);
         assert!(has(&r, "192.168.6.0/24"));
     }
 
@@ -1273,7 +1351,7 @@ mod tests {
         let message = prop_oneof![
             1 => open,
             2 => Just(Message::Keepalive),
-            1 => (1u8..7, any::<u8>()).prop_map(|(c, s)| Message::Notification(Notification::new(c, s))),
+            1 => (1u8..7, any::<u8>()).prop_map(|(c, s)| Message::Notification(Notification::new(wire::Reason::from_codes(c, s)))),
             1 => any::<bool>().prop_map(|ipv6| Message::RouteRefresh { ipv6 }),
             6 => update,
         ];
@@ -1296,13 +1374,13 @@ mod tests {
             let allowed: IpNet = "192.168.0.0/16".parse().unwrap();
             for e in events {
                 match e {
-                    Event::Message(c, m) => r.on_message(0, c, Ok(m), now),
+                    Event::Message(c, m) => r.on_message(N0, c, Ok(m), now),
                     Event::DecodeError(c) => {
-                        let e = DecodeError { notification: Notification::new(3, 1), reason: "test".into() };
-                        r.on_message(0, c, Err(e), now)
+                        let e = DecodeError { notification: Notification::new(wire::Reason::Update(wire::UpdateError::MalformedAttributeList)), reason: "test".into() };
+                        r.on_message(N0, c, Err(e), now)
                     }
-                    Event::Connected(c, o) => r.on_connected(0, c, o, None, now),
-                    Event::Closed(c) => r.on_closed(0, c, "test", now),
+                    Event::Connected(c, o) => r.on_connected(N0, c, o, None, now),
+                    Event::Closed(c) => r.on_closed(N0, c, "test", now),
                     Event::Wait(ms) => {
                         now += Duration::from_millis(ms);
                         r.on_tick(now);
@@ -1324,7 +1402,7 @@ mod tests {
         #[test]
         fn a_mutated_update_affects_only_what_it_names(pos in proptest::prelude::any::<usize>(), val in proptest::prelude::any::<u8>()) {
             let (mut r, now) = router("");
-            r.on_message(0, 1, Ok(announce("192.168.5.0/24")), now);
+            r.on_message(N0, 1, Ok(announce("192.168.5.0/24")), now);
             r.drain();
             let mut b = wire::encode(&announce("192.168.6.0/24"));
             let at = wire::HEADER_LEN + pos % (b.len() - wire::HEADER_LEN);
@@ -1336,7 +1414,7 @@ mod tests {
                 _ => false,
             };
             let parsed = matches!(m, Ok(Message::Update(_)));
-            r.on_message(0, 1, m, now);
+            r.on_message(N0, 1, m, now);
             if parsed {
                 proptest::prop_assert!(r.neighbors[0].session.is_established());
                 proptest::prop_assert!(!r.drain().iter().any(is_notification));
@@ -1351,25 +1429,25 @@ mod tests {
     fn max_prefixes_closes_the_session() {
         let (mut r, now) = router("[limits]\nmax_prefixes = 2");
         for p in ["192.168.1.0/24", "192.168.2.0/24", "192.168.3.0/24"] {
-            r.on_message(0, 1, Ok(announce(p)), now);
+            r.on_message(N0, 1, Ok(announce(p)), now);
         }
         assert!(!r.neighbors[0].session.is_established());
         assert!(r.fib().is_empty());
         let sent = r.drain();
         assert!(sent.iter().any(|o| matches!(o, Out::Send { bytes, .. }
-            if wire::decode(bytes) == Ok(Message::Notification(Notification::new(wire::err::CEASE, wire::err::CEASE_MAX_PREFIXES))))));
+            if wire::decode(bytes) == Ok(Message::Notification(Notification::new(wire::Reason::Cease(wire::Cease::MaxPrefixes)))))));
     }
 
     #[test]
     fn per_prefix_damping_holds_a_flapping_prefix_only() {
         let (mut r, mut now) = router("[timers]\nhold_time_s = 0\n[damping]\nper_prefix = true");
-        r.on_message(0, 1, Ok(announce("192.168.7.0/24")), now);
-        r.on_message(0, 1, Ok(announce("192.168.8.0/24")), now);
+        r.on_message(N0, 1, Ok(announce("192.168.7.0/24")), now);
+        r.on_message(N0, 1, Ok(announce("192.168.8.0/24")), now);
         for _ in 0..8 {
             now += Duration::from_secs(10);
-            r.on_message(0, 1, Ok(withdraw("192.168.7.0/24")), now);
+            r.on_message(N0, 1, Ok(withdraw("192.168.7.0/24")), now);
             now += Duration::from_secs(10);
-            r.on_message(0, 1, Ok(announce("192.168.7.0/24")), now);
+            r.on_message(N0, 1, Ok(announce("192.168.7.0/24")), now);
         }
         assert!(!has(&r, "192.168.7.0/24"), "flapping prefix still used");
         assert!(has(&r, "192.168.8.0/24"));
@@ -1439,7 +1517,11 @@ mod tests {
         )
         .err()
         .unwrap();
-        assert!(e.contains("announce[0].prefix"), "{e}");
+        assert!(
+            matches!(e, RouterError::AnnounceNotAllowed { index: 0, .. }),
+            "{e}"
+        );
+        assert!(e.to_string().contains("announce[0].prefix"), "{e}");
     }
 
     #[test]
@@ -1447,8 +1529,8 @@ mod tests {
         let (mut r, mut now) = router("");
         for _ in 0..8 {
             now += Duration::from_secs(10);
-            r.on_message(0, 1, Ok(withdraw("192.168.7.0/24")), now);
-            r.on_message(0, 1, Ok(announce("192.168.7.0/24")), now);
+            r.on_message(N0, 1, Ok(withdraw("192.168.7.0/24")), now);
+            r.on_message(N0, 1, Ok(announce("192.168.7.0/24")), now);
         }
         assert!(has(&r, "192.168.7.0/24"));
     }

@@ -7,7 +7,7 @@
 //! connection events, decoded messages and the clock; the session answers
 //! with [`Action`]s.
 
-use crate::wire::{err, DecodeError, Message, Notification, Open, Update};
+use crate::wire::{Cease, DecodeError, Message, Notification, Open, OpenError, Reason, Update};
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
@@ -269,7 +269,9 @@ impl Session {
             return vec![
                 Action::Send(
                     id,
-                    Message::Notification(Notification::new(err::CEASE, err::CEASE_COLLISION)),
+                    Message::Notification(Notification::new(Reason::Cease(
+                        Cease::ConnectionCollisionResolution,
+                    ))),
                 ),
                 Action::Close(id),
             ];
@@ -323,7 +325,7 @@ impl Session {
     fn check_open(&self, o: &Open) -> Result<Duration, (Notification, String)> {
         if o.asn != self.cfg.peer_asn {
             return Err((
-                Notification::new(err::OPEN, err::OPEN_BAD_PEER_AS),
+                Notification::new(Reason::Open(OpenError::BadPeerAs)),
                 format!(
                     "neighbour says AS {}, configured {}",
                     o.asn, self.cfg.peer_asn
@@ -332,19 +334,19 @@ impl Session {
         }
         if o.hold_time == 1 || o.hold_time == 2 {
             return Err((
-                Notification::new(err::OPEN, err::OPEN_BAD_HOLD),
+                Notification::new(Reason::Open(OpenError::UnacceptableHoldTime)),
                 format!("hold time {} s", o.hold_time),
             ));
         }
         if !o.asn4 {
             return Err((
-                Notification::new(err::OPEN, err::OPEN_UNSUPPORTED_CAPABILITY),
+                Notification::new(Reason::Open(OpenError::UnsupportedCapability)),
                 "neighbour lacks the 4-byte AS capability".into(),
             ));
         }
         if o.router_id == self.cfg.router_id {
             return Err((
-                Notification::new(err::OPEN, 3),
+                Notification::new(Reason::Open(OpenError::BadBgpIdentifier)),
                 format!("neighbour uses our router id {}", o.router_id),
             ));
         }
@@ -410,7 +412,9 @@ impl Session {
                 for o in others {
                     out.push(Action::Send(
                         o,
-                        Message::Notification(Notification::new(err::CEASE, err::CEASE_COLLISION)),
+                        Message::Notification(Notification::new(Reason::Cease(
+                            Cease::ConnectionCollisionResolution,
+                        ))),
                     ));
                     out.push(Action::Close(o));
                     self.conns.retain(|c| c.id != o);
@@ -428,7 +432,7 @@ impl Session {
             }
             (s, m) => {
                 let why = format!("unexpected {} in {s:?}", kind(&m));
-                self.close_with(id, Notification::new(err::FSM, 0), &why, now)
+                self.close_with(id, Notification::new(Reason::Fsm), &why, now)
             }
         }
     }
@@ -457,7 +461,9 @@ impl Session {
         let mut out = vec![
             Action::Send(
                 loser,
-                Message::Notification(Notification::new(err::CEASE, err::CEASE_COLLISION)),
+                Message::Notification(Notification::new(Reason::Cease(
+                    Cease::ConnectionCollisionResolution,
+                ))),
             ),
             Action::Close(loser),
         ];
@@ -478,7 +484,7 @@ impl Session {
         for id in expired {
             out.extend(self.close_with(
                 id,
-                Notification::new(err::HOLD_TIMER, 0),
+                Notification::new(Reason::HoldTimerExpired),
                 "hold timer expired",
                 now,
             ));
@@ -666,7 +672,7 @@ mod tests {
                 down_at = Some(s);
                 assert!(acts.contains(&Action::Send(
                     a_conn,
-                    Message::Notification(Notification::new(err::HOLD_TIMER, 0))
+                    Message::Notification(Notification::new(Reason::HoldTimerExpired))
                 )));
                 break;
             }
@@ -696,7 +702,7 @@ mod tests {
             acts[0],
             Action::Send(
                 1,
-                Message::Notification(Notification::new(err::OPEN, err::OPEN_BAD_PEER_AS))
+                Message::Notification(Notification::new(Reason::Open(OpenError::BadPeerAs)))
             )
         );
         assert!(a.last_error.as_ref().unwrap().contains("65002"));
@@ -731,7 +737,7 @@ mod tests {
         let acts = a.on_message(1, Message::Update(Update::default()), now);
         assert!(matches!(
             &acts[0],
-            Action::Send(1, Message::Notification(n)) if n.code == err::FSM
+            Action::Send(1, Message::Notification(n)) if n.reason == Reason::Fsm
         ));
     }
 

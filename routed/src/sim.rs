@@ -3,6 +3,7 @@
 //! encoder and decoder, and links between gateways can fail, flap and heal.
 
 use crate::config::Config;
+use crate::rib::NeighborId;
 use crate::router::{Out, Router};
 use crate::session::ConnId;
 use crate::wire;
@@ -16,7 +17,7 @@ pub struct Sim {
     pub routers: Vec<Router>,
     pub names: Vec<String>,
     /// conn id -> (router, neighbour index there) for both ends.
-    conns: HashMap<ConnId, [(usize, usize); 2]>,
+    conns: HashMap<ConnId, [(usize, NeighborId); 2]>,
     next_conn: ConnId,
     /// Links that carry nothing (silent drop), as ordered pairs.
     down: BTreeSet<(usize, usize)>,
@@ -101,7 +102,7 @@ impl Sim {
         }
     }
 
-    fn peer_of(&self, r: usize, n: usize) -> usize {
+    fn peer_of(&self, r: usize, n: NeighborId) -> usize {
         let addr = self.routers[r].neighbors[n].cfg.address;
         self.routers
             .iter()
@@ -109,7 +110,7 @@ impl Sim {
             .expect("neighbour router")
     }
 
-    fn index_at(&self, r: usize, peer: usize) -> usize {
+    fn index_at(&self, r: usize, peer: usize) -> NeighborId {
         let addr = IpAddr::V4(self.routers[peer].cfg.router_id);
         self.routers[r].neighbor_by_addr(addr).expect("configured")
     }

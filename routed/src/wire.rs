@@ -34,22 +34,133 @@ pub const MAX_LEN: usize = 4096;
 /// The AS_TRANS placeholder for 4-byte AS numbers in the 2-byte field.
 const AS_TRANS: u16 = 23456;
 
-/// NOTIFICATION error codes (RFC 4271 §4.5) used here.
-pub mod err {
-    pub const HEADER: u8 = 1;
-    pub const OPEN: u8 = 2;
-    pub const UPDATE: u8 = 3;
-    pub const HOLD_TIMER: u8 = 4;
-    pub const FSM: u8 = 5;
-    pub const CEASE: u8 = 6;
-    /// Cease subcodes (RFC 4486).
-    pub const CEASE_MAX_PREFIXES: u8 = 1;
-    pub const CEASE_ADMIN_SHUTDOWN: u8 = 2;
-    pub const CEASE_COLLISION: u8 = 7;
-    pub const OPEN_BAD_PEER_AS: u8 = 2;
-    pub const OPEN_BAD_HOLD: u8 = 6;
-    pub const OPEN_UNSUPPORTED_CAPABILITY: u8 = 7;
-    pub const UPDATE_MALFORMED_ATTRS: u8 = 1;
+/// What a NOTIFICATION says: its error code and subcode (RFC 4271 §4.5,
+/// §6; Cease subcodes RFC 4486). A peer may send codes this speaker has no
+/// name for: they are kept as [`Reason::Unknown`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// 1: Message Header Error (§6.1).
+    Header(HeaderError),
+    /// 2: OPEN Message Error (§6.2).
+    Open(OpenError),
+    /// 3: UPDATE Message Error (§6.3).
+    Update(UpdateError),
+    /// 4: Hold Timer Expired (§6.5).
+    HoldTimerExpired,
+    /// 5: Finite State Machine Error (§6.6).
+    Fsm,
+    /// 6: Cease (§6.7, RFC 4486).
+    Cease(Cease),
+    Unknown {
+        code: u8,
+        subcode: u8,
+    },
+}
+
+/// Subcodes of a Message Header Error (RFC 4271 §4.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeaderError {
+    ConnectionNotSynchronized = 1,
+    BadMessageLength = 2,
+    BadMessageType = 3,
+}
+
+/// Subcodes of an OPEN Message Error used here (RFC 4271 §4.5, RFC 5492).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenError {
+    /// Subcode 0: unspecific (the codec could not say more).
+    Unspecific = 0,
+    BadPeerAs = 2,
+    BadBgpIdentifier = 3,
+    UnacceptableHoldTime = 6,
+    UnsupportedCapability = 7,
+}
+
+/// Subcodes of an UPDATE Message Error used here (RFC 4271 §4.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpdateError {
+    MalformedAttributeList = 1,
+}
+
+/// Cease subcodes (RFC 4486 §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cease {
+    /// Subcode 0: no subcode given.
+    Unspecific = 0,
+    MaxPrefixes = 1,
+    AdministrativeShutdown = 2,
+    PeerDeconfigured = 3,
+    AdministrativeReset = 4,
+    ConnectionRejected = 5,
+    OtherConfigurationChange = 6,
+    ConnectionCollisionResolution = 7,
+    OutOfResources = 8,
+}
+
+impl Reason {
+    /// The (code, subcode) pair on the wire.
+    pub fn codes(self) -> (u8, u8) {
+        match self {
+            Reason::Header(s) => (1, s as u8),
+            Reason::Open(s) => (2, s as u8),
+            Reason::Update(s) => (3, s as u8),
+            Reason::HoldTimerExpired => (4, 0),
+            Reason::Fsm => (5, 0),
+            Reason::Cease(s) => (6, s as u8),
+            Reason::Unknown { code, subcode } => (code, subcode),
+        }
+    }
+
+    /// The reason a received (code, subcode) pair names.
+    pub fn from_codes(code: u8, subcode: u8) -> Reason {
+        use Cease as C;
+        let r = match (code, subcode) {
+            (1, 1) => Reason::Header(HeaderError::ConnectionNotSynchronized),
+            (1, 2) => Reason::Header(HeaderError::BadMessageLength),
+            (1, 3) => Reason::Header(HeaderError::BadMessageType),
+            (2, 0) => Reason::Open(OpenError::Unspecific),
+            (2, 2) => Reason::Open(OpenError::BadPeerAs),
+            (2, 3) => Reason::Open(OpenError::BadBgpIdentifier),
+            (2, 6) => Reason::Open(OpenError::UnacceptableHoldTime),
+            (2, 7) => Reason::Open(OpenError::UnsupportedCapability),
+            (3, 1) => Reason::Update(UpdateError::MalformedAttributeList),
+            (4, 0) => Reason::HoldTimerExpired,
+            (5, 0) => Reason::Fsm,
+            (6, 0) => Reason::Cease(C::Unspecific),
+            (6, 1) => Reason::Cease(C::MaxPrefixes),
+            (6, 2) => Reason::Cease(C::AdministrativeShutdown),
+            (6, 3) => Reason::Cease(C::PeerDeconfigured),
+            (6, 4) => Reason::Cease(C::AdministrativeReset),
+            (6, 5) => Reason::Cease(C::ConnectionRejected),
+            (6, 6) => Reason::Cease(C::OtherConfigurationChange),
+            (6, 7) => Reason::Cease(C::ConnectionCollisionResolution),
+            (6, 8) => Reason::Cease(C::OutOfResources),
+            _ => Reason::Unknown { code, subcode },
+        };
+        debug_assert_eq!(r.codes(), (code, subcode));
+        r
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Reason::Header(_) => "message header error",
+            Reason::Open(OpenError::BadPeerAs) => "OPEN: bad peer AS",
+            Reason::Open(OpenError::UnacceptableHoldTime) => "OPEN: unacceptable hold time",
+            Reason::Open(OpenError::UnsupportedCapability) => "OPEN: unsupported capability",
+            Reason::Open(_) => "OPEN message error",
+            Reason::Update(_) => "UPDATE message error",
+            Reason::HoldTimerExpired => "hold timer expired",
+            Reason::Fsm => "finite state machine error",
+            Reason::Cease(Cease::MaxPrefixes) => "cease: maximum number of prefixes reached",
+            Reason::Cease(Cease::AdministrativeShutdown) => "cease: administrative shutdown",
+            Reason::Cease(Cease::ConnectionCollisionResolution) => {
+                "cease: connection collision resolution"
+            }
+            Reason::Cease(_) => "cease",
+            Reason::Unknown { code: 1..=6, .. } => "error with an unknown subcode",
+            Reason::Unknown { .. } => "unknown error",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,16 +208,14 @@ impl Update {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Notification {
-    pub code: u8,
-    pub subcode: u8,
+    pub reason: Reason,
     pub data: Vec<u8>,
 }
 
 impl Notification {
-    pub fn new(code: u8, subcode: u8) -> Notification {
+    pub fn new(reason: Reason) -> Notification {
         Notification {
-            code,
-            subcode,
+            reason,
             data: Vec::new(),
         }
     }
@@ -114,22 +223,8 @@ impl Notification {
 
 impl std::fmt::Display for Notification {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let what = match (self.code, self.subcode) {
-            (err::HEADER, _) => "message header error",
-            (err::OPEN, err::OPEN_BAD_PEER_AS) => "OPEN: bad peer AS",
-            (err::OPEN, err::OPEN_BAD_HOLD) => "OPEN: unacceptable hold time",
-            (err::OPEN, err::OPEN_UNSUPPORTED_CAPABILITY) => "OPEN: unsupported capability",
-            (err::OPEN, _) => "OPEN message error",
-            (err::UPDATE, _) => "UPDATE message error",
-            (err::HOLD_TIMER, _) => "hold timer expired",
-            (err::FSM, _) => "finite state machine error",
-            (err::CEASE, err::CEASE_MAX_PREFIXES) => "cease: maximum number of prefixes reached",
-            (err::CEASE, err::CEASE_ADMIN_SHUTDOWN) => "cease: administrative shutdown",
-            (err::CEASE, err::CEASE_COLLISION) => "cease: connection collision resolution",
-            (err::CEASE, _) => "cease",
-            _ => "unknown error",
-        };
-        write!(f, "{what} ({}/{})", self.code, self.subcode)
+        let (code, subcode) = self.reason.codes();
+        write!(f, "{} ({code}/{subcode})", self.reason.describe())
     }
 }
 
@@ -158,9 +253,9 @@ impl std::fmt::Display for DecodeError {
     }
 }
 
-fn decode_err(code: u8, subcode: u8, reason: impl Into<String>) -> DecodeError {
+fn decode_err(r: Reason, reason: impl Into<String>) -> DecodeError {
     DecodeError {
-        notification: Notification::new(code, subcode),
+        notification: Notification::new(r),
         reason: reason.into(),
     }
 }
@@ -172,11 +267,17 @@ pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, DecodeError> {
         return Ok(None);
     }
     if buf[..16] != [0xff; 16] {
-        return Err(decode_err(err::HEADER, 1, "marker is not all ones"));
+        return Err(decode_err(
+            Reason::Header(HeaderError::ConnectionNotSynchronized),
+            "marker is not all ones",
+        ));
     }
     let len = u16::from_be_bytes([buf[16], buf[17]]) as usize;
     if !(HEADER_LEN..=MAX_LEN).contains(&len) {
-        return Err(decode_err(err::HEADER, 2, format!("bad length {len}")));
+        return Err(decode_err(
+            Reason::Header(HeaderError::BadMessageLength),
+            format!("bad length {len}"),
+        ));
     }
     Ok(Some(len))
 }
@@ -191,32 +292,44 @@ fn header(ty: u8, body: &[u8]) -> Vec<u8> {
 
 /// Decodes one whole message (header included).
 pub fn decode(buf: &[u8]) -> Result<Message, DecodeError> {
-    let len = frame_len(buf)?.ok_or_else(|| decode_err(err::HEADER, 2, "truncated header"))?;
+    let len = frame_len(buf)?.ok_or_else(|| {
+        decode_err(
+            Reason::Header(HeaderError::BadMessageLength),
+            "truncated header",
+        )
+    })?;
     if len != buf.len() {
-        return Err(decode_err(err::HEADER, 2, "length does not match"));
+        return Err(decode_err(
+            Reason::Header(HeaderError::BadMessageLength),
+            "length does not match",
+        ));
     }
     let body = &buf[HEADER_LEN..];
     match buf[18] {
         3 => {
             if body.len() < 2 {
-                return Err(decode_err(err::HEADER, 2, "short NOTIFICATION"));
+                return Err(decode_err(
+                    Reason::Header(HeaderError::BadMessageLength),
+                    "short NOTIFICATION",
+                ));
             }
             Ok(Message::Notification(Notification {
-                code: body[0],
-                subcode: body[1],
+                reason: Reason::from_codes(body[0], body[1]),
                 data: body[2..].to_vec(),
             }))
         }
         4 => {
             if !body.is_empty() {
-                return Err(decode_err(err::HEADER, 2, "KEEPALIVE with a body"));
+                return Err(decode_err(
+                    Reason::Header(HeaderError::BadMessageLength),
+                    "KEEPALIVE with a body",
+                ));
             }
             Ok(Message::Keepalive)
         }
         1 | 2 | 5 => decode_with_netgauze(buf),
         t => Err(decode_err(
-            err::HEADER,
-            3,
+            Reason::Header(HeaderError::BadMessageType),
             format!("unknown message type {t}"),
         )),
     }
@@ -238,17 +351,13 @@ fn decode_with_netgauze(buf: &[u8]) -> Result<Message, DecodeError> {
     let mut ctx = parsing_context();
     let mut cur = SliceReader::new(buf);
     let msg = BgpMessage::parse(&mut cur, &mut ctx).map_err(|e| {
-        let code = match buf[18] {
-            1 => err::OPEN,
-            2 => err::UPDATE,
-            _ => err::HEADER,
+        let r = match buf[18] {
+            1 => Reason::Open(OpenError::Unspecific),
+            2 => Reason::Update(UpdateError::MalformedAttributeList),
+            // A malformed ROUTE-REFRESH (RFC 2918 §4): bad message length.
+            _ => Reason::Header(HeaderError::BadMessageLength),
         };
-        let sub = if code == err::UPDATE {
-            err::UPDATE_MALFORMED_ATTRS
-        } else {
-            0
-        };
-        decode_err(code, sub, format!("{e}"))
+        decode_err(r, format!("{e}"))
     })?;
     let ignored = ctx.reset_parsing_errors();
     match msg {
@@ -266,7 +375,10 @@ fn decode_with_netgauze(buf: &[u8]) -> Result<Message, DecodeError> {
             ipv6: r.address_type() == AddressType::Ipv6Unicast,
         }),
         BgpMessage::KeepAlive => Ok(Message::Keepalive),
-        BgpMessage::Notification(_) => Err(decode_err(err::HEADER, 3, "unexpected NOTIFICATION")),
+        BgpMessage::Notification(_) => Err(decode_err(
+            Reason::Header(HeaderError::BadMessageType),
+            "unexpected NOTIFICATION",
+        )),
     }
 }
 
@@ -432,7 +544,8 @@ pub fn encode(m: &Message) -> Vec<u8> {
     match m {
         Message::Keepalive => header(4, &[]),
         Message::Notification(n) => {
-            let mut body = vec![n.code, n.subcode];
+            let (code, subcode) = n.reason.codes();
+            let mut body = vec![code, subcode];
             body.extend_from_slice(&n.data);
             header(3, &body)
         }
@@ -709,13 +822,36 @@ mod tests {
     }
 
     #[test]
+    fn every_code_pair_names_one_reason_and_back() {
+        for code in 0..=255u8 {
+            for subcode in 0..=255u8 {
+                assert_eq!(Reason::from_codes(code, subcode).codes(), (code, subcode));
+            }
+        }
+        assert_eq!(
+            Reason::from_codes(6, 7),
+            Reason::Cease(Cease::ConnectionCollisionResolution)
+        );
+        assert_eq!(
+            Notification::new(Reason::from_codes(2, 6)).to_string(),
+            "OPEN: unacceptable hold time (2/6)"
+        );
+    }
+
+    #[test]
     fn keepalive_notification_and_refresh_round_trip() {
         for m in [
             Message::Keepalive,
             Message::Notification(Notification {
-                code: 6,
-                subcode: 2,
+                reason: Reason::Cease(Cease::AdministrativeShutdown),
                 data: vec![1, 2],
+            }),
+            Message::Notification(Notification {
+                reason: Reason::Unknown {
+                    code: 9,
+                    subcode: 4,
+                },
+                data: vec![],
             }),
             Message::RouteRefresh { ipv6: true },
             Message::RouteRefresh { ipv6: false },
@@ -778,9 +914,15 @@ mod tests {
     fn bad_header_is_an_error() {
         let mut b = encode(&Message::Keepalive);
         b[0] = 0;
-        assert_eq!(decode(&b).unwrap_err().notification.code, err::HEADER);
+        assert_eq!(
+            decode(&b).unwrap_err().notification.reason,
+            Reason::Header(HeaderError::ConnectionNotSynchronized)
+        );
         let b = header(9, &[]);
-        assert_eq!(decode(&b).unwrap_err().notification.subcode, 3);
+        assert_eq!(
+            decode(&b).unwrap_err().notification.reason,
+            Reason::Header(HeaderError::BadMessageType)
+        );
     }
 
     #[test]
