@@ -381,7 +381,8 @@ pub async fn run(cfg: Config, config_path: PathBuf, identity: Identity) -> Resul
         Instant::now(),
         cubenet_certs::time::unix_now(),
         random_seed(),
-    )?;
+    )
+    .map_err(|e| e.to_string())?;
     let gso = |u: &Option<Udp>| u.as_ref().map(|u| u.state.max_gso_segments());
     let gro = |u: &Option<Udp>| u.as_ref().map(|u| u.state.gro_segments());
     node.set_datapath(cubenet_api::overlayd::Datapath {
@@ -418,7 +419,8 @@ pub async fn run(cfg: Config, config_path: PathBuf, identity: Identity) -> Resul
                         .map(|p| (p, c.firewall.is_some()))
                         .map_err(|e| format!("{}: {e}", config_path.display()))
                 });
-            let id = Identity::load(&node.cfg, cubenet_certs::time::unix_now());
+            let id = Identity::load(&node.cfg, cubenet_certs::time::unix_now())
+                .map_err(|e| e.to_string());
             match (policy, id) {
                 (Ok((policy, on)), Ok(id)) => {
                     let r = node.reload_identity(id);

@@ -9,8 +9,16 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use prefix_trie::PrefixMap;
 use std::net::IpAddr;
 
-/// Index of a peer (its WireGuard receiver index).
-pub type PeerId = u32;
+/// A peer of this node: its WireGuard receiver index (24 bits; the
+/// receiver index field of incoming messages is this shifted left 8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PeerId(pub u32);
+
+impl std::fmt::Display for PeerId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "#{}", self.0)
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Origin {
@@ -280,6 +288,10 @@ mod tests {
     fn net(s: &str) -> IpNet {
         s.parse().unwrap()
     }
+    fn ids(n: &[u32]) -> Vec<PeerId> {
+        n.iter().copied().map(PeerId).collect()
+    }
+
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
     }
@@ -287,26 +299,37 @@ mod tests {
     #[test]
     fn longest_prefix_and_origin_precedence() {
         let mut t = ForwardingTable::new();
-        t.insert(net("10.77.0.0/16"), Origin::Static, NextHop::Peers(vec![1]));
+        t.insert(
+            net("10.77.0.0/16"),
+            Origin::Static,
+            NextHop::Peers(ids(&[1])),
+        );
         t.insert(
             net("10.77.2.0/24"),
             Origin::Routed,
-            NextHop::Peers(vec![2, 3]),
+            NextHop::Peers(ids(&[2, 3])),
         );
-        t.insert(net("10.77.2.9/32"), Origin::Cert, NextHop::Peers(vec![9]));
+        t.insert(net("10.77.2.9/32"), Origin::Cert, NextHop::Peers(ids(&[9])));
         t.insert(net("fd77::/48"), Origin::Cert, NextHop::Local);
-        assert_eq!(t.lookup(ip("10.77.5.1")), Some(&NextHop::Peers(vec![1])));
-        assert_eq!(t.lookup(ip("10.77.2.1")), Some(&NextHop::Peers(vec![2, 3])));
-        assert_eq!(t.lookup(ip("10.77.2.9")), Some(&NextHop::Peers(vec![9])));
+        assert_eq!(t.lookup(ip("10.77.5.1")), Some(&NextHop::Peers(ids(&[1]))));
+        assert_eq!(
+            t.lookup(ip("10.77.2.1")),
+            Some(&NextHop::Peers(ids(&[2, 3])))
+        );
+        assert_eq!(t.lookup(ip("10.77.2.9")), Some(&NextHop::Peers(ids(&[9]))));
         assert_eq!(t.lookup(ip("fd77::5")), Some(&NextHop::Local));
         assert_eq!(t.lookup(ip("10.78.0.1")), None);
         // A routed entry for the same prefix as a cert entry does not win.
-        t.insert(net("10.77.2.9/32"), Origin::Routed, NextHop::Peers(vec![2]));
-        assert_eq!(t.lookup(ip("10.77.2.9")), Some(&NextHop::Peers(vec![9])));
+        t.insert(
+            net("10.77.2.9/32"),
+            Origin::Routed,
+            NextHop::Peers(ids(&[2])),
+        );
+        assert_eq!(t.lookup(ip("10.77.2.9")), Some(&NextHop::Peers(ids(&[9]))));
         assert!(t.remove(net("10.77.2.9/32"), Origin::Cert));
-        assert_eq!(t.lookup(ip("10.77.2.9")), Some(&NextHop::Peers(vec![2])));
+        assert_eq!(t.lookup(ip("10.77.2.9")), Some(&NextHop::Peers(ids(&[2]))));
         t.remove_origin(Origin::Routed);
-        assert_eq!(t.lookup(ip("10.77.2.9")), Some(&NextHop::Peers(vec![1])));
+        assert_eq!(t.lookup(ip("10.77.2.9")), Some(&NextHop::Peers(ids(&[1]))));
     }
 
     #[test]
@@ -315,18 +338,22 @@ mod tests {
         t.insert(
             net("10.77.2.0/24"),
             Origin::Routed,
-            NextHop::Peers(vec![2, 3]),
+            NextHop::Peers(ids(&[2, 3])),
         );
-        t.insert(net("10.77.3.0/24"), Origin::Routed, NextHop::Peers(vec![3]));
-        t.remove_peer(3);
-        assert_eq!(t.lookup(ip("10.77.2.1")), Some(&NextHop::Peers(vec![2])));
+        t.insert(
+            net("10.77.3.0/24"),
+            Origin::Routed,
+            NextHop::Peers(ids(&[3])),
+        );
+        t.remove_peer(PeerId(3));
+        assert_eq!(t.lookup(ip("10.77.2.1")), Some(&NextHop::Peers(ids(&[2]))));
         assert_eq!(t.lookup(ip("10.77.3.1")), None);
         assert_eq!(t.rows().len(), 1);
     }
 
     #[test]
     fn flows_stick_to_one_path() {
-        let peers = [4, 5, 6];
+        let peers = ids(&[4, 5, 6]);
         let a = pick_for_flow(&peers, ip("10.77.1.1"), ip("10.77.2.1"));
         for _ in 0..10 {
             assert_eq!(pick_for_flow(&peers, ip("10.77.1.1"), ip("10.77.2.1")), a);

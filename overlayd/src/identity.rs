@@ -3,11 +3,12 @@
 //! and validated at `now`. Reloaded on SIGHUP.
 
 use crate::config::Config;
+use cubenet_certs::error::CertError;
 use cubenet_certs::{
     load_ca_cert, load_node_cert, load_revocation_list, NodeCert, NodeKey, Role, TrustAnchor,
 };
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub struct Identity {
@@ -20,36 +21,68 @@ pub struct Identity {
     pub directory_skipped: Vec<String>,
 }
 
+/// Why a node's identity cannot be loaded; each names the config key.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("identity.key: {0}")]
+    Key(cubenet_certs::error::KeyFileError),
+    #[error("identity.ca: {0}")]
+    CaFile(cubenet_certs::LoadError),
+    #[error("identity.ca: {}: {source}", path.display())]
+    Ca { path: PathBuf, source: CertError },
+    #[error("identity.crl: {0}")]
+    CrlFile(cubenet_certs::LoadError),
+    #[error("identity.crl: {}: {source}", path.display())]
+    Crl { path: PathBuf, source: CertError },
+    #[error("identity.cert: {0}")]
+    CertFile(cubenet_certs::LoadError),
+    #[error("identity.cert: {}: {source}", path.display())]
+    Cert { path: PathBuf, source: CertError },
+    #[error("identity.cert: {} certifies another key than identity.key {}", cert.display(), key.display())]
+    OtherKey { cert: PathBuf, key: PathBuf },
+    #[error("identity.cert_dir: {}: {source}", path.display())]
+    CertDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
 impl Identity {
-    pub fn load(cfg: &Config, now: u64) -> Result<Identity, String> {
+    pub fn load(cfg: &Config, now: u64) -> Result<Identity, IdentityError> {
+        use IdentityError as E;
         let id = &cfg.identity;
-        let key = NodeKey::load(&id.key).map_err(|e| format!("identity.key: {e}"))?;
-        let ca = load_ca_cert(&id.ca).map_err(|e| format!("identity.ca: {e}"))?;
-        let mut trust = TrustAnchor::new(ca, now)
-            .map_err(|e| format!("identity.ca: {}: {e}", id.ca.display()))?;
+        let key = NodeKey::load(&id.key).map_err(E::Key)?;
+        let ca = load_ca_cert(&id.ca).map_err(E::CaFile)?;
+        let mut trust = TrustAnchor::new(ca, now).map_err(|source| E::Ca {
+            path: id.ca.clone(),
+            source,
+        })?;
         if let Some(crl) = &id.crl {
             // A missing list is fine until the first revocation.
             if crl.exists() {
-                let list = load_revocation_list(crl).map_err(|e| format!("identity.crl: {e}"))?;
-                trust
-                    .offer_revocation_list(list)
-                    .map_err(|e| format!("identity.crl: {}: {e}", crl.display()))?;
+                let list = load_revocation_list(crl).map_err(E::CrlFile)?;
+                trust.offer_revocation_list(list).map_err(|source| E::Crl {
+                    path: crl.clone(),
+                    source,
+                })?;
             }
         }
-        let cert = load_node_cert(&id.cert).map_err(|e| format!("identity.cert: {e}"))?;
-        trust
-            .validate(&cert, now)
-            .map_err(|e| format!("identity.cert: {}: {e}", id.cert.display()))?;
+        let cert = load_node_cert(&id.cert).map_err(E::CertFile)?;
+        trust.validate(&cert, now).map_err(|source| E::Cert {
+            path: id.cert.clone(),
+            source,
+        })?;
         if cert.public_key() != &key.public() {
-            return Err(format!(
-                "identity.cert: {} certifies another key than identity.key {}",
-                id.cert.display(),
-                id.key.display()
-            ));
+            return Err(E::OtherKey {
+                cert: id.cert.clone(),
+                key: id.key.clone(),
+            });
         }
         let (directory, directory_skipped) = match &id.cert_dir {
-            Some(dir) => load_directory(dir, &trust, now)
-                .map_err(|e| format!("identity.cert_dir: {}: {e}", dir.display()))?,
+            Some(dir) => load_directory(dir, &trust, now).map_err(|source| E::CertDir {
+                path: dir.clone(),
+                source,
+            })?,
             None => (HashMap::new(), Vec::new()),
         };
         Ok(Identity {

@@ -101,12 +101,12 @@ fn bump(a: &AtomicU64) {
 
 #[derive(Default)]
 struct PeerTable {
-    by_index: HashMap<u32, Arc<Peer>>,
-    by_key: HashMap<[u8; 32], u32>,
+    by_index: HashMap<PeerId, Arc<Peer>>,
+    by_key: HashMap<[u8; 32], PeerId>,
     /// Admitted peers whose certificate is not validated yet (by index).
     /// Entries whose peer got a certificate or went away are pruned when
     /// the set is full.
-    pending: HashSet<u32>,
+    pending: HashSet<PeerId>,
     next_index: u32,
 }
 
@@ -142,11 +142,12 @@ impl PeerTable {
         true
     }
 
-    fn alloc_index(&mut self) -> u32 {
+    fn alloc_index(&mut self) -> PeerId {
         loop {
             self.next_index = (self.next_index + 1) & 0x00ff_ffff;
-            if self.next_index != 0 && !self.by_index.contains_key(&self.next_index) {
-                return self.next_index;
+            let id = PeerId(self.next_index);
+            if self.next_index != 0 && !self.by_index.contains_key(&id) {
+                return id;
             }
         }
     }
@@ -166,7 +167,7 @@ pub struct Node {
     peers: RwLock<PeerTable>,
     fib: RwLock<ForwardingTable>,
     /// On a host: the index of the gateway traffic goes through.
-    active_gateway: RwLock<Option<u32>>,
+    active_gateway: RwLock<Option<PeerId>>,
     pub drops: Drops,
     pub events: broadcast::Sender<api::Event>,
     started: Instant,
@@ -256,7 +257,7 @@ impl Node {
         now: Instant,
         unix: u64,
         seed: u32,
-    ) -> Result<Arc<Node>, String> {
+    ) -> Result<Arc<Node>, NodeError> {
         let secret = identity.key.secret().clone();
         let public = PublicKey::from(&secret);
         let rate_limiter = Arc::new(RateLimiter::new(&public, cfg.limits.handshake_rate));
@@ -281,7 +282,9 @@ impl Node {
             last_rate_reset: RwLock::new(now),
             unix: AtomicU64::new(unix),
             datapath: RwLock::new(None),
-            firewall: std::sync::Mutex::new(Firewall::new(cfg.firewall_policy()?)),
+            firewall: std::sync::Mutex::new(Firewall::new(
+                cfg.firewall_policy().map_err(NodeError::Firewall)?,
+            )),
             identities: RwLock::new(HashMap::new()),
             drop_log: std::sync::Mutex::new((0, 0)),
             firewall_on: std::sync::atomic::AtomicBool::new(cfg.firewall.is_some()),
@@ -604,13 +607,13 @@ impl Node {
         self.identity().role()
     }
 
-    fn new_tunn(&self, peer_key: [u8; 32], index: u32, keepalive: Option<u16>) -> Tunn {
+    fn new_tunn(&self, peer_key: [u8; 32], index: PeerId, keepalive: Option<u16>) -> Tunn {
         Tunn::new(
             self.secret.clone(),
             PublicKey::from(peer_key),
             None,
             keepalive,
-            index,
+            index.0,
             Some(self.mac_only.clone()),
         )
     }
@@ -619,26 +622,39 @@ impl Node {
         &self,
         g: &crate::config::GatewayPeer,
         now: Instant,
-    ) -> Result<(), String> {
+    ) -> Result<(), NodeError> {
+        let name = || g.name.clone();
         let (key, cert) = match (&g.public_key, &g.cert) {
             (_, Some(path)) => {
-                let c = cubenet_certs::load_node_cert(path)
-                    .map_err(|e| format!("gateway {}: cert: {e}", g.name))?;
+                let c = cubenet_certs::load_node_cert(path).map_err(|source| {
+                    NodeError::GatewayCertFile {
+                        name: name(),
+                        source,
+                    }
+                })?;
                 let id = self.identity();
                 id.trust
                     .validate(&c, self.unix())
-                    .map_err(|e| format!("gateway {}: cert {}: {e}", g.name, path.display()))?;
+                    .map_err(|source| NodeError::GatewayCert {
+                        name: name(),
+                        path: path.clone(),
+                        source,
+                    })?;
                 (*c.public_key(), Some(Arc::new(c)))
             }
             (Some(k), None) => (
-                cubenet_certs::keys::decode_public_key(k)
-                    .map_err(|e| format!("gateway {}: public_key: {e}", g.name))?,
+                cubenet_certs::keys::decode_public_key(k).map_err(|source| {
+                    NodeError::GatewayKey {
+                        name: name(),
+                        source,
+                    }
+                })?,
                 None,
             ),
-            (None, None) => return Err(format!("gateway {}: needs public_key or cert", g.name)),
+            (None, None) => return Err(NodeError::NoGatewayKey(name())),
         };
         if key == self.public.to_bytes() {
-            return Err(format!("gateway {}: that is this node's own key", g.name));
+            return Err(NodeError::OwnKey(name()));
         }
         let mut t = write(&self.peers);
         let index = t.alloc_index();
@@ -672,13 +688,16 @@ impl Node {
         }
     }
 
-    fn install_static_routes(&self) -> Result<(), String> {
+    fn install_static_routes(&self) -> Result<(), NodeError> {
         let mut fib = write(&self.fib);
         for (n, r) in self.cfg.routes.iter().enumerate() {
             let mut via = Vec::new();
             for name in &r.via {
                 let Some(p) = self.peer_by_name(name) else {
-                    return Err(format!("route[{n}].via: no gateway named {name:?}"));
+                    return Err(NodeError::StaticVia {
+                        index: n,
+                        name: name.clone(),
+                    });
                 };
                 via.push(p.index);
             }
@@ -693,7 +712,7 @@ impl Node {
         v
     }
 
-    pub fn peer_by_index(&self, index: u32) -> Option<Arc<Peer>> {
+    pub fn peer_by_index(&self, index: PeerId) -> Option<Arc<Peer>> {
         read(&self.peers).by_index.get(&index).cloned()
     }
 
@@ -764,7 +783,7 @@ impl Node {
                 return;
             }
         };
-        let Some(peer) = self.peer_by_index(index >> 8) else {
+        let Some(peer) = self.peer_by_index(PeerId(index >> 8)) else {
             bump(&self.drops.invalid);
             return;
         };
@@ -1711,6 +1730,36 @@ impl Node {
     }
 }
 
+/// Why a node cannot be built from its config.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The `[firewall]` section (the message names the rule).
+    #[error("{0}")]
+    Firewall(String),
+    #[error("gateway {name}: cert: {source}")]
+    GatewayCertFile {
+        name: String,
+        source: cubenet_certs::LoadError,
+    },
+    #[error("gateway {name}: cert {}: {source}", path.display())]
+    GatewayCert {
+        name: String,
+        path: std::path::PathBuf,
+        source: cubenet_certs::error::CertError,
+    },
+    #[error("gateway {name}: public_key: {source}")]
+    GatewayKey {
+        name: String,
+        source: cubenet_certs::error::CertError,
+    },
+    #[error("gateway {0}: needs public_key or cert")]
+    NoGatewayKey(String),
+    #[error("gateway {0}: that is this node's own key")]
+    OwnKey(String),
+    #[error("route[{index}].via: no gateway named {name:?}")]
+    StaticVia { index: usize, name: String },
+}
+
 /// Why routes were refused.
 #[derive(Debug, thiserror::Error)]
 pub enum RouteError {
@@ -1731,10 +1780,11 @@ mod tests {
     use super::*;
 
     fn pending_peer(index: u32, created: Instant) -> Arc<Peer> {
+        let index = PeerId(index);
         let ours = StaticSecret::random_from_rng(rand_core::OsRng);
         let theirs = StaticSecret::random_from_rng(rand_core::OsRng);
         let key = PublicKey::from(&theirs).to_bytes();
-        let tunn = Tunn::new(ours, PublicKey::from(key), None, None, index, None);
+        let tunn = Tunn::new(ours, PublicKey::from(key), None, None, index.0, None);
         Arc::new(Peer::new(index, key, None, tunn, 3, created))
     }
 
@@ -1765,8 +1815,8 @@ mod tests {
         // After it, the oldest peer that sent no data goes; the one that
         // proved its key stays.
         assert!(t.make_pending_room(t0 + PENDING_GRACE, &evicted));
-        assert!(!t.by_index.contains_key(&1) && !t.by_key.contains_key(&old.public_key));
-        assert!(t.by_index.contains_key(&2) && t.by_index.contains_key(&3));
+        assert!(!t.by_index.contains_key(&PeerId(1)) && !t.by_key.contains_key(&old.public_key));
+        assert!(t.by_index.contains_key(&PeerId(2)) && t.by_index.contains_key(&PeerId(3)));
         assert_eq!(evicted.load(Ordering::Relaxed), 1);
 
         // The young one is next once its own grace is over; the proven one
@@ -1774,7 +1824,10 @@ mod tests {
         assert!(!t.make_pending_room(t0 + PENDING_GRACE, &evicted));
         assert!(t.make_pending_room(t0 + Duration::from_millis(1900), &evicted));
         assert!(!t.make_pending_room(t0 + Duration::from_secs(60), &evicted));
-        assert_eq!(t.pending.iter().copied().collect::<Vec<_>>(), vec![2]);
+        assert_eq!(
+            t.pending.iter().copied().collect::<Vec<_>>(),
+            vec![PeerId(2)]
+        );
     }
 
     #[test]
@@ -1783,11 +1836,11 @@ mod tests {
         let gone = pending_peer(1, t0);
         let silent = pending_peer(2, t0);
         let mut t = table(&[gone, silent]);
-        t.by_index.remove(&1);
+        t.by_index.remove(&PeerId(1));
         let evicted = AtomicU64::new(0);
         assert!(t.make_pending_room(t0 + Duration::from_secs(10), &evicted));
         assert_eq!(evicted.load(Ordering::Relaxed), 0, "nobody was evicted");
-        assert!(t.by_index.contains_key(&2));
+        assert!(t.by_index.contains_key(&PeerId(2)));
         assert_eq!(t.pending.len(), 1);
     }
 

@@ -2,6 +2,7 @@
 //! current UDP endpoint, the certificate once validated, counters and, for
 //! gateway tunnels, liveness.
 
+use crate::fib::PeerId;
 use crate::health::{GatewayHealth, HandshakeRetry};
 use boringtun::noise::Tunn;
 use cubenet_certs::{NodeCert, Role};
@@ -12,7 +13,7 @@ use std::time::Instant;
 
 pub struct Peer {
     /// Our WireGuard receiver index for this peer (24 bits).
-    pub index: u32,
+    pub index: PeerId,
     pub public_key: [u8; 32],
     /// The name in our config, for gateways we keep a tunnel to.
     pub configured: Option<String>,
@@ -44,7 +45,7 @@ pub struct Peer {
 
 impl Peer {
     pub fn new(
-        index: u32,
+        index: PeerId,
         public_key: [u8; 32],
         configured: Option<String>,
         tunn: Tunn,
@@ -62,7 +63,7 @@ impl Peer {
             our_cert_acked: AtomicBool::new(false),
             last_cert_sent: Mutex::new(None),
             handshake_at: Mutex::new(None),
-            retry: Mutex::new(HandshakeRetry::new(u64::from(index))),
+            retry: Mutex::new(HandshakeRetry::new(u64::from(index.0))),
             attached: AtomicBool::new(false),
             created: now,
             health: Mutex::new(GatewayHealth::new(misses)),

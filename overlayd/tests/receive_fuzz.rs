@@ -89,7 +89,7 @@ fn strangers(
     ds: &[(Datagram, bool, u16)],
 ) -> Result<(), TestCaseError> {
     let peers = node.peers().len();
-    let aim = node.peers().first().map(|p| p.index);
+    let aim = node.peers().first().map(|p| p.index.0);
     let mut out = Outbox::default();
     for (d, v6, port) in ds {
         let bytes = match d {
