@@ -3,6 +3,12 @@
 #
 #   sudo bench/throughput.sh            # 10 s per iperf3 run
 #   SECONDS_PER_RUN=5 sudo bench/throughput.sh
+#   OLD_BIN=/path/to/old/target/release sudo bench/throughput.sh
+#
+# OLD_BIN names the binary directory of another build (cubenet-lab,
+# overlayd, overlay-cert): its overlayd-pair and overlayd-gw are measured in
+# the same run, after the new build's, and each figure is also given as a
+# ratio to the old one.
 #
 # Paths measured (each with iperf3 TCP, 1 and 4 streams, and ping RTT):
 #   veth          two namespaces on a plain veth pair: the baseline
@@ -141,10 +147,25 @@ gw_addr=$("$lab" addr "$work/lab" bench-gw1 | sed -n 1p)
 h2_addr=$("$lab" addr "$work/lab" bench-h2 | sed -n 1p)
 measure overlayd-pair "$(X bench-gw1)" "$(X bench-h1)" "$gw_addr" "$h1 $g1"
 measure overlayd-gw "$(X bench-h2)" "$(X bench-h1)" "$h2_addr" "$h1 $g1 $h2"
+paths=(veth wireguard-go overlayd-pair overlayd-gw)
+
+if [[ -n ${OLD_BIN:-} ]]; then
+  echo "== overlayd of $OLD_BIN (the same lab)"
+  "$lab" down "$work/lab" >/dev/null
+  lab=$OLD_BIN/cubenet-lab
+  export CUBENET_BIN_DIR=$OLD_BIN
+  "$lab" up "$work/spec.toml" --dir "$work/lab" >/dev/null
+  h1=$(pid bench-h1) h2=$(pid bench-h2) g1=$(pid bench-gw1)
+  gw_addr=$("$lab" addr "$work/lab" bench-gw1 | sed -n 1p)
+  h2_addr=$("$lab" addr "$work/lab" bench-h2 | sed -n 1p)
+  measure old-pair "$(X bench-gw1)" "$(X bench-h1)" "$gw_addr" "$h1 $g1"
+  measure old-gw "$(X bench-h2)" "$(X bench-h1)" "$h2_addr" "$h1 $g1 $h2"
+  paths+=(old-pair old-gw)
+fi
 
 echo
 printf '%-14s %9s %7s %6s %8s %9s %7s %6s %8s %9s %7s\n' path "1 stream" ratio retr "CPU-s/GB" "4 streams" ratio retr "CPU-s/GB" "RTT ms" ratio
-for n in veth wireguard-go overlayd-pair overlayd-gw; do
+for n in "${paths[@]}"; do
   printf '%-14s %7s G %7s %6s %8s %7s G %7s %6s %8s %9s %7s\n' "$n" \
     "${gbps[$n.1]}" "$(awk -v a="${gbps[$n.1]}" -v b="${gbps[veth.1]}" 'BEGIN{printf "%.3f", a / b}')" "${retr[$n.1]}" "${cpu[$n.1]}" \
     "${gbps[$n.4]}" "$(awk -v a="${gbps[$n.4]}" -v b="${gbps[veth.4]}" 'BEGIN{printf "%.3f", a / b}')" "${retr[$n.4]}" "${cpu[$n.4]}" \
@@ -155,3 +176,12 @@ for n in overlayd-pair overlayd-gw; do
   awk -v n="$n" -v a="${gbps[$n.1]}" -v b="${gbps[wireguard-go.1]}" \
     'BEGIN{printf "%s single stream = %.2f x wireguard-go\n", n, a / b}'
 done
+if [[ -n ${OLD_BIN:-} ]]; then
+  for k in pair gw; do
+    for st in 1 4; do
+      awk -v k="$k" -v st="$st" -v a="${gbps[overlayd-$k.$st]}" -v b="${gbps[old-$k.$st]}" \
+        -v ca="${cpu[overlayd-$k.$st]}" -v cb="${cpu[old-$k.$st]}" \
+        'BEGIN{printf "overlayd-%s %d stream(s): %.3f x the old build, CPU-s/GB %.1f vs %.1f\n", k, st, a / b, ca, cb}'
+    done
+  done
+fi

@@ -1112,8 +1112,17 @@ impl Node {
     fn on_message(&self, peer: &Arc<Peer>, m: Message, now: Instant, out: &mut Outbox) {
         match m {
             Message::Probe { seq } => {
-                if !self.leaving.load(Ordering::Relaxed) {
-                    self.send_message(peer, &Message::ProbeReply { seq }, out);
+                if self.leaving.load(Ordering::Relaxed) {
+                    return;
+                }
+                *lock(&peer.last_probe) = Some(now);
+                self.send_message(peer, &Message::ProbeReply { seq }, out);
+                // Detached for silence and heard again: its routes return.
+                if peer.configured.is_none()
+                    && !peer.attached.load(Ordering::Relaxed)
+                    && peer.confirmed.load(Ordering::Relaxed)
+                {
+                    self.maybe_attach(peer);
                 }
             }
             // Authenticated by the tunnel: a gateway going away is down now
@@ -1324,6 +1333,57 @@ impl Node {
         }
     }
 
+    /// Ends the session of a peer whose certificate is no longer valid: a
+    /// configured gateway keeps its tunnel (a new session needs a valid
+    /// certificate again), any other peer goes.
+    fn cut_session(&self, peer: &Arc<Peer>, why: &str) {
+        tracing::warn!(peer = %peer.name(), "certificate no longer valid: {why}");
+        let why = format!("certificate no longer valid: {why}");
+        if peer.configured.is_some() {
+            self.detach(peer, &why);
+            peer.set_cert(None);
+            peer.replace_tunn(self.new_tunn(peer.public_key, peer.index, Some(KEEPALIVE_S)));
+        } else {
+            self.remove_peer(peer, &why);
+        }
+    }
+
+    /// Cuts the peers whose certificate expired (or is not valid yet) at
+    /// the wall clock `unix`: a session does not outlive its certificate.
+    /// Only the validity window is compared here (cheap, every second); the
+    /// signature was checked when the certificate was accepted.
+    fn cut_expired(&self, unix: u64) {
+        for peer in self.peers() {
+            let Some(cert) = peer.cert() else { continue };
+            let b = &cert.body;
+            if unix >= b.not_after || unix < b.not_before {
+                let why = format!(
+                    "certificate of {} expired at {}",
+                    cert.name(),
+                    cubenet_certs::time::format_rfc3339(b.not_after)
+                );
+                self.cut_session(&peer, &why);
+            }
+        }
+    }
+
+    /// Takes a peer's addresses out of the forwarding table and says so;
+    /// the peer and its session stay.
+    fn detach(&self, peer: &Arc<Peer>, why: &str) {
+        let Some(cert) = peer.cert() else { return };
+        self.remove_cert_entries(peer, &cert);
+        if peer.attached.swap(false, Ordering::Relaxed) {
+            tracing::info!(peer = %peer.name(), "detached: {why}");
+            let _ = self.events.send(api::Event::Detached {
+                name: peer.name(),
+                role: api_role(cert.role()),
+                site: cert.body.site.clone(),
+                addresses: cert.body.addresses.iter().map(|a| a.addr()).collect(),
+                reason: why.to_string(),
+            });
+        }
+    }
+
     /// How long probes take to declare a tunnel down.
     fn probe_window(&self) -> Duration {
         self.cfg.probe.interval() * (self.cfg.probe.misses + 1)
@@ -1358,6 +1418,17 @@ impl Node {
             if peer.configured.is_none() {
                 if peer.cert().is_none() && now.duration_since(peer.created) > pending_timeout {
                     self.remove_peer(&peer, "no valid certificate");
+                    continue;
+                }
+                // A peer that probes (an overlayd host) and has gone quiet
+                // for the probe window is not reachable through this node
+                // now: detach it, so its routes go at BFD speed instead of
+                // when the session expires. Its session stays; its next
+                // probe attaches it again.
+                let silent = (*lock(&peer.last_probe))
+                    .is_some_and(|t| now.saturating_duration_since(t) > self.probe_window());
+                if silent && peer.attached.load(Ordering::Relaxed) {
+                    self.detach(&peer, "no probe for the probe window");
                 }
                 continue;
             }
@@ -1412,6 +1483,7 @@ impl Node {
             *last = now;
             self.rate_limiter.reset_count();
             self.fw().expire(now);
+            self.cut_expired(unix);
         }
         drop(last);
         self.ask_whois(now, out);
@@ -1455,32 +1527,11 @@ impl Node {
         for peer in self.peers() {
             let Some(cert) = peer.cert() else { continue };
             if let Err(e) = identity.trust.validate(&cert, now) {
-                tracing::warn!(peer = %peer.name(), "certificate no longer valid: {e}");
                 cut.push(api::CutPeer {
                     name: peer.name(),
                     reason: e.to_string(),
                 });
-                if peer.configured.is_some() {
-                    // Keep the configured tunnel, but cut the session.
-                    self.remove_cert_entries(&peer, &cert);
-                    peer.set_cert(None);
-                    if peer.attached.swap(false, Ordering::Relaxed) {
-                        let _ = self.events.send(api::Event::Detached {
-                            name: peer.name(),
-                            role: api_role(cert.role()),
-                            site: cert.body.site.clone(),
-                            addresses: cert.body.addresses.iter().map(|a| a.addr()).collect(),
-                            reason: format!("certificate no longer valid: {e}"),
-                        });
-                    }
-                    peer.replace_tunn(self.new_tunn(
-                        peer.public_key,
-                        peer.index,
-                        Some(KEEPALIVE_S),
-                    ));
-                } else {
-                    self.remove_peer(&peer, &format!("certificate no longer valid: {e}"));
-                }
+                self.cut_session(&peer, &e.to_string());
             }
         }
         self.rebuild_identities();

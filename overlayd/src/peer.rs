@@ -31,6 +31,9 @@ pub struct Peer {
     /// (boringtun keeps its own on the real clock; the node's decisions use
     /// this one, so they run on a virtual clock too).
     pub handshake_at: Mutex<Option<Instant>>,
+    /// When the peer's last probe arrived (overlayd hosts probe their
+    /// gateways; a plain WireGuard client never does).
+    pub last_probe: Mutex<Option<Instant>>,
     /// When we start the next handshake ourselves (configured gateways).
     pub retry: Mutex<HandshakeRetry>,
     pub attached: AtomicBool,
@@ -63,6 +66,7 @@ impl Peer {
             our_cert_acked: AtomicBool::new(false),
             last_cert_sent: Mutex::new(None),
             handshake_at: Mutex::new(None),
+            last_probe: Mutex::new(None),
             retry: Mutex::new(HandshakeRetry::new(u64::from(index.0))),
             attached: AtomicBool::new(false),
             created: now,

@@ -37,7 +37,9 @@ struct SimNode {
 
 /// Hosts and gateways of one site, each with its own underlay address.
 struct Net {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
+    ca_key: CaKey,
+    ca: cubenet_certs::CaCert,
     nodes: Vec<SimNode>,
     now: Instant,
     start: Instant,
@@ -58,6 +60,12 @@ impl Net {
     /// Site `fra` with `gateways` gateways and one host that lists them
     /// all, in order; the gateways know each other too.
     fn site(gateways: usize) -> Net {
+        Net::build(gateways, Duration::from_secs(86_400 * 365))
+    }
+
+    /// [`Net::site`] with the host's certificate valid for `host_valid`
+    /// from now.
+    fn build(gateways: usize, host_valid: Duration) -> Net {
         let dir = tempfile::Builder::new()
             .prefix("overlay-sim-")
             .tempdir()
@@ -92,7 +100,11 @@ impl Net {
                 role: *role,
                 subnets: vec![],
                 not_before: unix - 3600,
-                not_after: unix + 86_400 * 365,
+                not_after: if *role == Role::Host {
+                    unix + host_valid.as_secs()
+                } else {
+                    unix + 86_400 * 365
+                },
                 ca_fingerprint: ca.fingerprint(),
             }
             .sign(&ca_key.signing)
@@ -109,6 +121,7 @@ impl Net {
             let mut text = format!(
                 "control_socket = \"{d}/{name}.sock\"\n\
                  [identity]\nkey = \"{d}/{name}.key\"\ncert = \"{d}/{name}.crt\"\nca = \"{d}/ca.crt\"\n\
+                 crl = \"{d}/crl.crt\"\n\
                  [probe]\ninterval_ms = {PROBE_MS}\nmisses = {MISSES}\nfailback_stable_ms = {FAILBACK_MS}\n",
                 d = d.display()
             );
@@ -136,7 +149,9 @@ impl Net {
             });
         }
         let mut net = Net {
-            _dir: dir,
+            dir,
+            ca_key,
+            ca,
             nodes,
             now,
             start: now,
@@ -294,6 +309,56 @@ impl Net {
     }
 }
 
+impl Net {
+    fn config(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join(format!("{name}.toml"))
+    }
+
+    /// The wall clock the nodes were last given.
+    fn unix_now(&self) -> u64 {
+        self.unix + self.elapsed().as_secs()
+    }
+
+    /// Revokes a node's certificate (a new list, serial 1) and reloads
+    /// `at`'s identity; returns the names of the peers it cut.
+    fn revoke_and_reload(&mut self, revoked: &str, at: &str) -> Vec<String> {
+        let cert =
+            cubenet_certs::load_node_cert(&self.dir.path().join(format!("{revoked}.crt"))).unwrap();
+        let crl = cubenet_certs::RevocationBody {
+            ca_fingerprint: self.ca.fingerprint(),
+            serial: 1,
+            issued_at: self.unix_now(),
+            revoked: [cert.fingerprint()].into_iter().collect(),
+        }
+        .sign(&self.ca_key.signing)
+        .unwrap();
+        std::fs::write(self.dir.path().join("crl.crt"), crl.to_armor()).unwrap();
+        let cfg = Config::load(&self.config(at)).unwrap();
+        let id = Identity::load(&cfg, self.unix_now()).unwrap();
+        let i = self.index(at);
+        let r = self.nodes[i].node.reload_identity(id);
+        r.cut.into_iter().map(|c| c.name).collect()
+    }
+
+    /// A new process for `name` (same key, config and address), as after a
+    /// crash and restart: it knows no sessions and starts its handshakes.
+    fn restart(&mut self, name: &str) {
+        let i = self.index(name);
+        let node = load(
+            &self.config(name),
+            self.now,
+            self.unix_now(),
+            77_000 + i as u32,
+        );
+        let n = &mut self.nodes[i];
+        n.events = node.events.subscribe();
+        n.node = node;
+        n.out = Outbox::default();
+        n.node.initiate_all(self.now, &mut n.out);
+        self.settle();
+    }
+}
+
 fn load(path: &Path, now: Instant, unix: u64, seed: u32) -> Arc<Node> {
     let cfg = Config::load(path).unwrap();
     let id = Identity::load(&cfg, unix).unwrap();
@@ -445,4 +510,139 @@ fn ipv4_udp(src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
     let ck = !(sum as u16);
     p[10..12].copy_from_slice(&ck.to_be_bytes());
     p
+}
+
+#[test]
+fn a_gateway_detaches_a_host_it_stops_hearing_within_the_probe_window_and_takes_it_back() {
+    let mut net = Net::site(2);
+    converged(&mut net);
+    net.events("fra-gw1");
+    net.cut("fra-h1", "fra-gw1");
+    let took = net.run_until(Duration::from_secs(5), |n| {
+        !n.peer("fra-gw1", "fra-h1").attached
+    });
+    // More than the window since the last probe, seen on a tick: at most a
+    // window and a tick after the cut.
+    let bound = probe_window() + Duration::from_millis(PROBE_MS);
+    assert!(took <= bound, "detached after {took:?}");
+    assert!(
+        took >= Duration::from_millis(PROBE_MS * u64::from(MISSES)),
+        "detached after {took:?}"
+    );
+    let ev = net.events("fra-gw1");
+    assert!(
+        ev.iter().any(
+            |e| matches!(e, Event::Detached { name, role: ApiRole::Host, .. } if name == "fra-h1")
+        ),
+        "{ev:?}"
+    );
+    // Its address no longer routes to it on gw1; gw2 still has it.
+    let routes_to_host = |n: &Net, gw: &str| {
+        let st = n.nodes[n.index(gw)].node.status(n.now);
+        st.routes
+            .iter()
+            .any(|r| r.prefix == "10.77.1.11/32".parse().unwrap())
+    };
+    assert!(!routes_to_host(&net, "fra-gw1"));
+    assert!(routes_to_host(&net, "fra-gw2"));
+    assert!(net.peer("fra-gw2", "fra-h1").attached);
+    // Heard again: attached again, with an event routed announces from.
+    net.heal("fra-h1", "fra-gw1");
+    net.run_until(Duration::from_secs(2), |n| {
+        n.peer("fra-gw1", "fra-h1").attached
+    });
+    assert!(routes_to_host(&net, "fra-gw1"));
+    let ev = net.events("fra-gw1");
+    assert!(
+        ev.iter().any(
+            |e| matches!(e, Event::Attached { name, role: ApiRole::Host, .. } if name == "fra-h1")
+        ),
+        "{ev:?}"
+    );
+}
+
+#[test]
+fn a_session_ends_when_its_certificate_expires() {
+    let mut net = Net::build(2, Duration::from_secs(30));
+    converged(&mut net);
+    net.events("fra-gw1");
+    let took = net.run_until(Duration::from_secs(60), |n| {
+        n.nodes[n.index("fra-gw1")]
+            .node
+            .attached()
+            .peers
+            .iter()
+            .all(|p| p.name != "fra-h1")
+    });
+    // Expiry is looked at once a second.
+    assert!(
+        took >= Duration::from_secs(29) && took <= Duration::from_secs(32),
+        "cut after {took:?}"
+    );
+    let ev = net.events("fra-gw1");
+    assert!(
+        ev.iter()
+            .any(|e| matches!(e, Event::Detached { name, reason, .. }
+            if name == "fra-h1" && reason.contains("expired"))),
+        "{ev:?}"
+    );
+    // It cannot come back with that certificate.
+    net.run_for(Duration::from_secs(10));
+    assert!(net.nodes[net.index("fra-gw1")]
+        .node
+        .attached()
+        .peers
+        .iter()
+        .all(|p| p.name != "fra-h1"));
+}
+
+#[test]
+fn a_revoked_host_is_cut_at_reload_and_cannot_attach_again() {
+    let mut net = Net::site(2);
+    converged(&mut net);
+    net.events("fra-gw1");
+    let cut = net.revoke_and_reload("fra-h1", "fra-gw1");
+    assert_eq!(cut, ["fra-h1"]);
+    let ev = net.events("fra-gw1");
+    assert!(
+        ev.iter().any(
+            |e| matches!(e, Event::Detached { name, role: ApiRole::Host, .. } if name == "fra-h1")
+        ),
+        "{ev:?}"
+    );
+    // The host retries for a while: never attached, its certificate is
+    // refused each time it presents it.
+    net.run_for(Duration::from_secs(20));
+    let gw = &net.nodes[net.index("fra-gw1")].node;
+    assert!(gw.attached().peers.iter().all(|p| p.name != "fra-h1"));
+    assert!(gw.status(net.now).drops.bad_cert > 0);
+    // gw2 was not reloaded: it still has the host.
+    assert!(net.peer("fra-gw2", "fra-h1").attached);
+}
+
+#[test]
+fn a_crashed_gateway_is_failed_over_and_taken_back_after_its_restart() {
+    let mut net = Net::site(2);
+    converged(&mut net);
+    // Crash: silence (every path of gw1 drops), then a new process.
+    for other in ["fra-h1", "fra-gw2"] {
+        net.cut("fra-gw1", other);
+    }
+    let failover = net.run_until(Duration::from_secs(5), |n| {
+        n.active("fra-h1").as_deref() == Some("fra-gw2")
+    });
+    assert!(failover <= probe_window(), "failover took {failover:?}");
+    net.run_for(Duration::from_secs(3));
+    net.restart("fra-gw1");
+    for other in ["fra-h1", "fra-gw2"] {
+        net.heal("fra-gw1", other);
+    }
+    let back = net.run_until(Duration::from_secs(20), |n| {
+        n.active("fra-h1").as_deref() == Some("fra-gw1")
+    });
+    assert!(
+        back <= Duration::from_secs(8) + Duration::from_millis(FAILBACK_MS) + probe_window(),
+        "back after {back:?}"
+    );
+    assert!(net.peer("fra-gw1", "fra-h1").attached);
 }
