@@ -1115,7 +1115,7 @@ impl Node {
                 if self.leaving.load(Ordering::Relaxed) {
                     return;
                 }
-                *lock(&peer.last_probe) = Some(now);
+                lock(&peer.probes).heard(now);
                 self.send_message(peer, &Message::ProbeReply { seq }, out);
                 // Detached for silence and heard again: its routes return.
                 if peer.configured.is_none()
@@ -1420,13 +1420,16 @@ impl Node {
                     self.remove_peer(&peer, "no valid certificate");
                     continue;
                 }
-                // A peer that probes (an overlayd host) and has gone quiet
-                // for the probe window is not reachable through this node
-                // now: detach it, so its routes go at BFD speed instead of
-                // when the session expires. Its session stays; its next
-                // probe attaches it again.
-                let silent = (*lock(&peer.last_probe))
-                    .is_some_and(|t| now.saturating_duration_since(t) > self.probe_window());
+                // A peer that probes (an overlayd host) and has missed as
+                // many of its probes as a host allows a gateway is not
+                // reachable through this node now: detach it, so its routes
+                // go at BFD speed instead of when the session expires. Its
+                // session stays; its next probe attaches it again.
+                let silent = lock(&peer.probes).silent(
+                    now,
+                    self.cfg.probe.interval(),
+                    self.cfg.probe.misses,
+                );
                 if silent && peer.attached.load(Ordering::Relaxed) {
                     self.detach(&peer, "no probe for the probe window");
                 }

@@ -9,7 +9,7 @@ use cubenet_certs::{NodeCert, Role};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 pub struct Peer {
     /// Our WireGuard receiver index for this peer (24 bits).
@@ -31,9 +31,9 @@ pub struct Peer {
     /// (boringtun keeps its own on the real clock; the node's decisions use
     /// this one, so they run on a virtual clock too).
     pub handshake_at: Mutex<Option<Instant>>,
-    /// When the peer's last probe arrived (overlayd hosts probe their
-    /// gateways; a plain WireGuard client never does).
-    pub last_probe: Mutex<Option<Instant>>,
+    /// When the peer's probes arrive (overlayd hosts probe their gateways;
+    /// a plain WireGuard client never does).
+    pub probes: Mutex<ProbeClock>,
     /// When we start the next handshake ourselves (configured gateways).
     pub retry: Mutex<HandshakeRetry>,
     pub attached: AtomicBool,
@@ -44,6 +44,44 @@ pub struct Peer {
     pub rx_packets: AtomicU64,
     pub tx_packets: AtomicU64,
     pub spoofed: AtomicU64,
+}
+
+/// The rhythm of a peer's probes, learned from their arrivals: a gateway
+/// judges a host's silence by the host's own probe interval, whatever the
+/// two configs say.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProbeClock {
+    pub last: Option<Instant>,
+    /// Smoothed gap between probes (1/8 weight per sample, each sample at
+    /// most 4× the estimate, so an outage barely moves it).
+    pub gap: Option<Duration>,
+}
+
+impl ProbeClock {
+    pub fn heard(&mut self, now: Instant) {
+        if let Some(last) = self.last {
+            let g = now.saturating_duration_since(last);
+            self.gap = Some(match self.gap {
+                None => g,
+                Some(old) => (old * 7 + g.min(old * 4)) / 8,
+            });
+        }
+        self.last = Some(now);
+    }
+
+    /// Silent for `misses + 1` of its probe intervals (at least `floor`
+    /// each). Until two probes showed the interval it is taken to be
+    /// [`ProbeClock::UNKNOWN`]; a peer that never probed is never silent.
+    pub fn silent(&self, now: Instant, floor: Duration, misses: u32) -> bool {
+        let Some(last) = self.last else { return false };
+        let gap = self.gap.unwrap_or(Self::UNKNOWN);
+        now.saturating_duration_since(last) > gap.max(floor) * (misses + 1)
+    }
+
+    /// The probe interval assumed before it is known: slower than any
+    /// host's default, so a host that probes slowly is not detached
+    /// between its first two probes.
+    pub const UNKNOWN: Duration = Duration::from_secs(1);
 }
 
 impl Peer {
@@ -66,7 +104,7 @@ impl Peer {
             our_cert_acked: AtomicBool::new(false),
             last_cert_sent: Mutex::new(None),
             handshake_at: Mutex::new(None),
-            last_probe: Mutex::new(None),
+            probes: Mutex::new(ProbeClock::default()),
             retry: Mutex::new(HandshakeRetry::new(u64::from(index.0))),
             attached: AtomicBool::new(false),
             created: now,
@@ -139,5 +177,45 @@ impl Peer {
     pub fn count_tx(&self, bytes: usize) {
         self.tx_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
         self.tx_packets.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn silence_is_judged_by_the_peers_own_probe_interval() {
+        let t0 = Instant::now();
+        let mut c = ProbeClock::default();
+        assert!(!c.silent(t0 + 60_000 * MS, 100 * MS, 3), "never probed");
+        c.heard(t0);
+        // One probe: the interval is taken to be a second.
+        assert!(!c.silent(t0 + 3900 * MS, 100 * MS, 3));
+        assert!(c.silent(t0 + 4100 * MS, 100 * MS, 3));
+        // Probes every second: silent after four of them are missing.
+        for i in 1..=5 {
+            c.heard(t0 + i * 1000 * MS);
+        }
+        let last = t0 + 5000 * MS;
+        assert!(!c.silent(last + 3900 * MS, 100 * MS, 3));
+        assert!(c.silent(last + 4100 * MS, 100 * MS, 3));
+        // Never faster than the floor.
+        assert!(!c.silent(last + 4100 * MS, 2000 * MS, 3));
+    }
+
+    #[test]
+    fn an_outage_barely_moves_the_learned_interval() {
+        let t0 = Instant::now();
+        let mut c = ProbeClock::default();
+        for i in 0..10 {
+            c.heard(t0 + i * 100 * MS);
+        }
+        // A minute of silence, then probes again.
+        c.heard(t0 + 60_900 * MS);
+        let gap = c.gap.unwrap();
+        assert!(gap < 200 * MS, "{gap:?}");
     }
 }

@@ -13,6 +13,8 @@ pub mod prom;
 pub mod rib;
 pub mod router;
 pub mod session;
-#[cfg(test)]
-mod sim;
+/// Routers wired in memory on a virtual clock (tests of this crate and,
+/// with the `sim` feature, of others).
+#[cfg(any(test, feature = "sim"))]
+pub mod sim;
 pub mod wire;
