@@ -1000,9 +1000,10 @@ impl Router {
         for n in self.neighbor_ids() {
             self.export_prefixes(n, &dirty);
         }
-        if self.fib_ready {
-            self.out.push(Out::TablesChanged);
-        }
+        // Also during the startup grace: what is learned then is merged
+        // into overlayd at once (a restarted gateway whose hosts fail back
+        // to it forwards for them), not at the next periodic look.
+        self.out.push(Out::TablesChanged);
     }
 
     /// Whether routed owns overlayd's table yet (after start it waits for
@@ -1172,6 +1173,19 @@ mod tests {
 
     /// A router with one neighbour (AS 65010) whose session is driven by
     /// hand, message by message.
+    #[test]
+    fn routes_learned_during_the_startup_grace_tell_the_driver_at_once() {
+        let (mut r, now) = router("");
+        // One neighbour, up for less than SETTLE, no End-of-RIB: still in
+        // the grace, so routed only merges into overlayd; but it does so
+        // as soon as something is learned.
+        assert!(!r.fib_ready());
+        r.on_message(N0, 1, Ok(announce("192.168.5.0/24")), now);
+        assert!(!r.fib_ready());
+        assert!(r.drain().contains(&Out::TablesChanged));
+        assert_eq!(r.kernel_routes().len(), 1);
+    }
+
     fn router(extra: &str) -> (Router, Instant) {
         let now = Instant::now();
         let cfg = Config::parse(&format!(

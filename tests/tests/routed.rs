@@ -322,3 +322,51 @@ fn a_stopped_host_is_withdrawn_everywhere_and_returns_when_it_starts() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+/// A host whose tunnel to one of its two gateways drops silently: that
+/// gateway stops hearing its probes and detaches it, routed withdraws it,
+/// and the other site's gateways send to the host's other gateway only, so
+/// pings from the other site get through again. Prints how long after the
+/// fault the path was gone at the far gateways.
+#[test]
+fn a_hosts_tunnel_to_one_gateway_dropped_silently_is_withdrawn_and_the_host_stays_reachable() {
+    if !netns_or_skip(
+        "a_hosts_tunnel_to_one_gateway_dropped_silently_is_withdrawn_and_the_host_stays_reachable",
+    ) {
+        return;
+    }
+    let lab = Lab::up(
+        "routed = true\nbfd_interval_ms = 100\n\
+         [[site]]\nname = \"fra\"\ngateways = 2\nhosts = 1\n\
+         [[site]]\nname = \"ams\"\ngateways = 2\nhosts = 1\n",
+    );
+    let host = format!("{FRA_H1}/32");
+    let far = ["ams-gw1", "ams-gw2", "fra-gw2"];
+    let through_gw1 = |l: &Lab| {
+        far.iter()
+            .any(|g| via(l, g, &host).contains(&"fra-gw1".into()))
+    };
+    lab.wait_for("fra-h1 announced through fra-gw1", through_gw1);
+    let t0 = std::time::Instant::now();
+    lab.lab_ok(&["link", "fra-h1", "fra-gw1", "drop"]);
+    lab.wait_for("fra-gw1's path to fra-h1 withdrawn", |l| !through_gw1(l));
+    eprintln!(
+        "path through fra-gw1 gone at {far:?} {:.2} s after the drop",
+        t0.elapsed().as_secs_f64()
+    );
+    assert_eq!(via(&lab, "fra-gw2", &host), ["local"]);
+    for g in ["ams-gw1", "ams-gw2"] {
+        assert_eq!(via(&lab, g, &host), ["fra-gw2"], "{g}");
+    }
+    let out = lab.ping("ams-h1", FRA_H1, 20);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(" 0% packet loss"), "{text}");
+    // Healed: both gateways announce it again.
+    lab.lab_ok(&["link", "fra-h1", "fra-gw1", "heal"]);
+    lab.wait_for("fra-h1 announced through fra-gw1 again", through_gw1);
+}
