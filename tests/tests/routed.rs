@@ -258,13 +258,15 @@ fn a_site_router_running_bird_exchanges_routes_with_the_gateways() {
         l.exec_ok("fra-gw1", &["ip", "route", "show", "proto", "201"])
             .contains("192.168.1.0/24 via 172.16.1.200")
     });
-    let out = lab.ping("ams-h1", "192.168.1.1", 2);
-    assert!(out.status.success(), "ams-h1 -> 192.168.1.1");
-    // BIRD learned the overlay's hosts from both gateways (ECMP).
+    // BIRD learned the overlay's hosts from both gateways (ECMP): the way
+    // back for the ping below (waited for first: on a busy machine BIRD
+    // may learn it after the gateways are ready).
     lab.wait_for("BIRD's ECMP route to ams-h1", |l| {
         let r = l.exec_ok("fra-bird", &["ip", "route", "show", AMS_H1]);
         r.contains("via 172.16.1.1") && r.contains("via 172.16.1.2")
     });
+    let out = lab.ping("ams-h1", "192.168.1.1", 2);
+    assert!(out.status.success(), "ams-h1 -> 192.168.1.1");
     let n = neighbor(&lab, "fra-gw1", "fra-bird");
     assert_eq!(
         (n["state"].as_str(), n["bfd"].as_str()),
