@@ -34,7 +34,7 @@ done
 bin=${CUBENET_BIN_DIR:-$root/target/release}
 work=$(mktemp -d /tmp/cubenet-swarm.XXXXXX)
 ns=cnswarm$$
-trap 'ip netns del "$ns" 2>/dev/null; rm -rf "$work"' EXIT INT TERM
+trap 'ip netns del "$ns" 2>/dev/null; [[ -n ${KEEP:-} ]] || rm -rf "$work"' EXIT INT TERM
 ip netns add "$ns"
 ip -n "$ns" link set lo up
 

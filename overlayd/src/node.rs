@@ -1115,7 +1115,7 @@ impl Node {
                 if self.leaving.load(Ordering::Relaxed) {
                     return;
                 }
-                lock(&peer.probes).heard(now);
+                lock(&peer.probes).heard(now, self.cfg.probe.interval());
                 self.send_message(peer, &Message::ProbeReply { seq }, out);
                 // Detached for silence and heard again: its routes return.
                 if peer.configured.is_none()

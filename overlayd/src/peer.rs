@@ -52,18 +52,25 @@ pub struct Peer {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ProbeClock {
     pub last: Option<Instant>,
-    /// Smoothed gap between probes (1/8 weight per sample, each sample at
-    /// most 4× the estimate, so an outage barely moves it).
+    /// Smoothed gap between probes: half weight per sample, so a host
+    /// whose interval changes is followed within three probes, and each
+    /// sample at most 4× the estimate, so an outage moves it little.
     pub gap: Option<Duration>,
 }
 
 impl ProbeClock {
-    pub fn heard(&mut self, now: Instant) {
+    /// A probe arrived. Gaps shorter than half of `floor` (the gateway's
+    /// own interval) are bursts, not the rhythm (probes queued during a
+    /// handshake arrive together) and are not counted.
+    pub fn heard(&mut self, now: Instant, floor: Duration) {
         if let Some(last) = self.last {
             let g = now.saturating_duration_since(last);
+            if g < floor / 2 {
+                return;
+            }
             self.gap = Some(match self.gap {
                 None => g,
-                Some(old) => (old * 7 + g.min(old * 4)) / 8,
+                Some(old) => (old + g.min(old * 4)) / 2,
             });
         }
         self.last = Some(now);
@@ -191,13 +198,13 @@ mod tests {
         let t0 = Instant::now();
         let mut c = ProbeClock::default();
         assert!(!c.silent(t0 + 60_000 * MS, 100 * MS, 3), "never probed");
-        c.heard(t0);
+        c.heard(t0, 100 * MS);
         // One probe: the interval is taken to be a second.
         assert!(!c.silent(t0 + 3900 * MS, 100 * MS, 3));
         assert!(c.silent(t0 + 4100 * MS, 100 * MS, 3));
         // Probes every second: silent after four of them are missing.
         for i in 1..=5 {
-            c.heard(t0 + i * 1000 * MS);
+            c.heard(t0 + i * 1000 * MS, 100 * MS);
         }
         let last = t0 + 5000 * MS;
         assert!(!c.silent(last + 3900 * MS, 100 * MS, 3));
@@ -211,11 +218,45 @@ mod tests {
         let t0 = Instant::now();
         let mut c = ProbeClock::default();
         for i in 0..10 {
-            c.heard(t0 + i * 100 * MS);
+            c.heard(t0 + i * 100 * MS, 100 * MS);
         }
         // A minute of silence, then probes again.
-        c.heard(t0 + 60_900 * MS);
+        c.heard(t0 + 60_900 * MS, 100 * MS);
         let gap = c.gap.unwrap();
-        assert!(gap < 200 * MS, "{gap:?}");
+        assert!(gap <= 250 * MS, "{gap:?}");
+        for i in 1..=3 {
+            c.heard(t0 + 60_900 * MS + i * 100 * MS, 100 * MS);
+        }
+        assert!(c.gap.unwrap() < 130 * MS, "{:?}", c.gap);
+    }
+
+    #[test]
+    fn probes_arriving_together_are_not_the_rhythm() {
+        let t0 = Instant::now();
+        let mut c = ProbeClock::default();
+        // Queued during a handshake: three at once, then every second.
+        for _ in 0..3 {
+            c.heard(t0, 100 * MS);
+        }
+        for i in 1..=3 {
+            c.heard(t0 + i * 1000 * MS, 100 * MS);
+        }
+        assert_eq!(c.gap, Some(1000 * MS));
+        assert!(!c.silent(t0 + 3000 * MS + 3900 * MS, 100 * MS, 3));
+    }
+
+    #[test]
+    fn a_slower_interval_is_followed_within_three_probes() {
+        let t0 = Instant::now();
+        let mut c = ProbeClock::default();
+        for i in 0..10 {
+            c.heard(t0 + i * 100 * MS, 100 * MS);
+        }
+        let mut t = t0 + 900 * MS;
+        for _ in 0..3 {
+            t += 1000 * MS;
+            c.heard(t, 100 * MS);
+        }
+        assert!(c.gap.unwrap() >= 800 * MS, "{:?}", c.gap);
     }
 }
