@@ -69,6 +69,16 @@ impl Net {
     /// Every gateway keeps tunnels to all others; a host lists its site's
     /// gateways, in order.
     fn build(sites: &[&str], gateways: usize, host_valid: Duration) -> Net {
+        Net::build_with(sites, gateways, host_valid, &|_| String::new())
+    }
+
+    /// [`Net::build`], with `extra(name)` appended to each node's config.
+    fn build_with(
+        sites: &[&str],
+        gateways: usize,
+        host_valid: Duration,
+        extra: &dyn Fn(&str) -> String,
+    ) -> Net {
         let dir = tempfile::Builder::new()
             .prefix("overlay-sim-")
             .tempdir()
@@ -154,6 +164,7 @@ impl Net {
                     );
                 }
             }
+            text += &extra(name);
             let path = d.join(format!("{name}.toml"));
             std::fs::write(&path, text).unwrap();
             let node = load(&path, now, unix, i as u32 * 1000);
@@ -684,9 +695,14 @@ struct Whole {
 impl Whole {
     /// Sites `s1`.. of two gateways and one host each.
     fn new(sites: u8) -> Whole {
+        Whole::with_config(sites, &|_| String::new())
+    }
+
+    /// [`Whole::new`], with `extra(name)` appended to each node's config.
+    fn with_config(sites: u8, extra: &dyn Fn(&str) -> String) -> Whole {
         let names: Vec<String> = (1..=sites).map(|s| format!("s{s}")).collect();
         let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
-        let net = Net::build(&refs, 2, Duration::from_secs(86_400 * 365));
+        let net = Net::build_with(&refs, 2, Duration::from_secs(86_400 * 365), extra);
         let mut bgp = routed::sim::Sim::new(sites, 2, 100);
         // The routers learn their hosts from overlayd, not from the sim.
         let now = bgp.now;
@@ -848,4 +864,42 @@ fn a_gateway_link_flapping_every_two_seconds_for_a_minute_is_damped_and_traffic_
     }
     assert!(suppressed, "damping never suppressed the flapping link");
     assert!(w.delivers("s1-h1", "s2-h1", [10, 77, 1, 11], [10, 77, 2, 11]));
+}
+
+#[test]
+fn a_firewall_learns_a_remote_hosts_identity_through_two_gateways() {
+    // s1-h1 takes UDP from s2-h1 by name only: it must learn who is behind
+    // 10.77.2.11, which its gateway does not know either and asks the
+    // gateway that routes the address.
+    let mut w = Whole::with_config(2, &|name| {
+        if name == "s1-h1" {
+            "[firewall]\ninbound_default = \"deny\"\n\
+             [[firewall.inbound]]\naction = \"allow\"\nproto = \"udp\"\nfrom = [\"name:s2-h1\"]\n"
+                .into()
+        } else {
+            String::new()
+        }
+    });
+    let (src, dst) = ([10, 77, 2, 11], [10, 77, 1, 11]);
+    // Unknown at first: the rule cannot match and the default denies.
+    assert!(!w.delivers("s2-h1", "s1-h1", src, dst));
+    let learned = w.run_until(Duration::from_secs(5), |w| {
+        let i = w.net.index("s1-h1");
+        let st = w.net.nodes[i].node.status(w.net.now);
+        st.firewall.detail.is_some_and(|d| d.identities_learned > 0)
+    });
+    assert!(
+        learned <= Duration::from_secs(2),
+        "learned after {learned:?}"
+    );
+    assert!(w.delivers("s2-h1", "s1-h1", src, dst));
+    // The identity is s2-h1's own certificate's, and s1-h1's gateways hold
+    // no session with s2-h1: the answer came from an s2 gateway, relayed.
+    let h = &w.net.nodes[w.net.index("s1-h1")].node;
+    let id = h.identity_of("10.77.2.11".parse().unwrap(), w.net.now);
+    assert_eq!(id.map(|i| i.name).as_deref(), Some("s2-h1"));
+    for g in ["s1-gw1", "s1-gw2"] {
+        let st = w.net.nodes[w.net.index(g)].node.status(w.net.now);
+        assert!(st.peers.iter().all(|p| p.name != "s2-h1"), "{g}");
+    }
 }
