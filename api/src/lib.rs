@@ -12,6 +12,7 @@
 //! added, never renamed or removed.
 
 pub mod client;
+pub mod lab;
 pub mod overlayd;
 pub mod reply;
 pub mod routed;

@@ -11,7 +11,6 @@ use crate::routed;
 use crate::spec::Spec;
 use crate::state::{Lab, Node};
 use anyhow::{bail, Context, Result};
-use serde_json::{json, Value};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -1028,8 +1027,8 @@ fn wait_until(
     }
 }
 
-pub fn status_json(lab: &Lab) -> Value {
-    let nodes: Vec<Value> = lab
+pub fn status(lab: &Lab) -> cubenet_api::lab::LabStatus {
+    let nodes = lab
         .nodes
         .iter()
         .map(|n| {
@@ -1038,30 +1037,34 @@ pub fn status_json(lab: &Lab) -> Value {
                 .filter_map(|d| read_pid(&lab.pid_file(&n.name, d)))
                 .filter(|p| alive(*p))
                 .collect();
-            let mut v = json!({
-                "name": n.name,
-                "site": n.site,
-                "role": n.role,
-                "kind": n.kind,
-                "namespace": n.namespace,
-                "addresses": n.addresses,
-                "underlay": n.underlay,
-                "pids": pids,
-                "key": n.key,
-                "cert": n.cert,
-                "overlayd_config": n.overlayd_config,
-                "overlayd_socket": n.overlayd_socket,
-                "log": n.log,
-            });
-            if let (Some(config), Some(socket)) = (&n.routed_config, &n.routed_socket) {
-                v["routed_config"] = json!(config);
-                v["routed_socket"] = json!(socket);
-                v["routed_log"] = json!(n.routed_log());
+            let routed = n.routed_config.is_some() && n.routed_socket.is_some();
+            cubenet_api::lab::NodeStatus {
+                name: n.name.clone(),
+                site: n.site.clone(),
+                role: n.role.clone(),
+                kind: n.kind.clone(),
+                namespace: n.namespace.clone(),
+                addresses: n.addresses.clone(),
+                underlay: n.underlay.clone(),
+                pids,
+                key: n.key.clone(),
+                cert: n.cert.clone(),
+                overlayd_config: n.overlayd_config.clone(),
+                overlayd_socket: n.overlayd_socket.clone(),
+                log: n.log.clone(),
+                routed_config: n.routed_config.clone().filter(|_| routed),
+                routed_socket: n.routed_socket.clone().filter(|_| routed),
+                routed_log: n.routed_log().filter(|_| routed),
             }
-            v
         })
         .collect();
-    json!({"dir": lab.dir, "prefix": lab.prefix, "ca_dir": lab.ca_dir, "crl": lab.crl, "nodes": nodes})
+    cubenet_api::lab::LabStatus {
+        dir: lab.dir.clone(),
+        prefix: lab.prefix.clone(),
+        ca_dir: lab.ca_dir.clone(),
+        crl: lab.crl.clone(),
+        nodes,
+    }
 }
 
 pub fn down(lab: &Lab) -> Result<()> {

@@ -187,25 +187,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Status { dir, json } => {
             let lab = Lab::load(&dir)?;
-            let v = build::status_json(&lab);
+            let st = build::status(&lab);
             if json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                println!("{}", serde_json::to_string_pretty(&st)?);
             } else {
-                for n in v["nodes"].as_array().into_iter().flatten() {
+                for n in &st.nodes {
                     println!(
-                        "{:<12} {:<8} {:<6} {:<28} pids {}",
-                        n["name"].as_str().unwrap_or(""),
-                        n["role"].as_str().unwrap_or(""),
-                        n["site"].as_str().unwrap_or(""),
-                        n["addresses"]
-                            .as_array()
-                            .map(|a| a
-                                .iter()
-                                .filter_map(|x| x.as_str())
-                                .collect::<Vec<_>>()
-                                .join(" "))
-                            .unwrap_or_default(),
-                        n["pids"]
+                        "{:<12} {:<8} {:<6} {:<28} pids {:?}",
+                        n.name,
+                        n.role,
+                        n.site,
+                        n.addresses.join(" "),
+                        n.pids
                     );
                 }
             }

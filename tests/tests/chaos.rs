@@ -109,20 +109,10 @@ enum Restarted {
 
 /// The pids of every node's daemons, from `cubenet-lab status`.
 fn pids(lab: &Lab) -> BTreeMap<String, Vec<i64>> {
-    lab.status()["nodes"]
-        .as_array()
-        .expect("nodes")
-        .iter()
-        .map(|n| {
-            let name = n["name"].as_str().expect("name").to_string();
-            let pids = n["pids"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_i64)
-                .collect();
-            (name, pids)
-        })
+    lab.status()
+        .nodes
+        .into_iter()
+        .map(|n| (n.name, n.pids.into_iter().map(i64::from).collect()))
         .collect()
 }
 

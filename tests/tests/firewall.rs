@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{bin, netns_or_skip, ok, tcp_send, Lab, TcpServer};
+use common::{bin, netns_or_skip, ok, path_str, tcp_send, Lab, TcpServer};
 use serde_json::Value;
 use std::process::Command;
 
@@ -73,17 +73,14 @@ fn rules_by_name_and_group_replies_reload_and_explain() {
     }
     let lab = Lab::up("[[site]]\nname = \"fw\"\ngateways = 1\nhosts = 3\n");
     // fw-h2 joins the group db-clients: a new certificate, same key.
-    let h2_cert = lab.node("fw-h2")["cert"].as_str().unwrap().to_string();
+    let h2_cert = path_str(&lab.node("fw-h2").cert);
     lab.resign("fw-h2", &["--groups", "host,db-clients"]);
     lab.lab_ok(&["kill", "fw-h2"]);
     lab.lab_ok(&["start", "fw-h2"]);
     lab.lab_ok(&["wait"]);
 
     // fw-h1 gets its rules and reloads them.
-    let cfg = lab.node("fw-h1")["overlayd_config"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let cfg = path_str(&lab.node("fw-h1").overlayd_config);
     let base = std::fs::read_to_string(&cfg).unwrap();
     std::fs::write(&cfg, format!("{base}{RULES}")).unwrap();
     lab.lab_ok(&["kill", "fw-h1", "--signal", "HUP"]);

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{bin, netns_or_skip, ok, Lab};
+use common::{bin, netns_or_skip, ok, path_str, Lab};
 use std::path::Path;
 use std::process::Command;
 
@@ -157,11 +157,11 @@ fn metrics_are_scraped_and_expiry_is_warned() {
     // fra-h1 gets a certificate that expires in 10 days, and metrics.
     let h1 = lab.node("fra-h1");
     lab.resign("fra-h1", &["--days", "10"]);
-    let cfg = h1["overlayd_config"].as_str().unwrap().to_string();
+    let cfg = path_str(&h1.overlayd_config);
     let text = std::fs::read_to_string(&cfg).unwrap();
     std::fs::write(&cfg, format!("metrics_listen = \"127.0.0.1:9469\"\n{text}")).unwrap();
     let gw = lab.node("fra-gw1");
-    let rcfg = gw["routed_config"].as_str().unwrap().to_string();
+    let rcfg = path_str(gw.routed_config.as_deref().unwrap());
     let text = std::fs::read_to_string(&rcfg).unwrap();
     std::fs::write(
         &rcfg,
@@ -191,7 +191,7 @@ fn metrics_are_scraped_and_expiry_is_warned() {
         .and_then(|v| v.parse::<f64>().ok())
         .expect("cert_days_left");
     assert!(days <= 10.0, "{days}");
-    let log = std::fs::read_to_string(h1["log"].as_str().unwrap()).unwrap();
+    let log = std::fs::read_to_string(&h1.log).unwrap();
     assert!(
         log.contains("certificate expires in"),
         "no expiry warning in the log"

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{bin, netns_or_skip, ok, tcp_send, Lab, TcpServer};
+use common::{bin, netns_or_skip, ok, path_str, tcp_send, Lab, TcpServer};
 use std::process::Command;
 
 fn drops(lab: &Lab, node: &str, reason: &str) -> u64 {
@@ -165,10 +165,10 @@ fn revoked_host_is_cut_off_after_reload() {
     ok(Command::new(bin("overlay-cert")).args([
         "revoke",
         "--ca-dir",
-        st["ca_dir"].as_str().unwrap(),
+        &path_str(&st.ca_dir),
         "--crl",
-        st["crl"].as_str().unwrap(),
-        h2["cert"].as_str().unwrap(),
+        &path_str(&st.crl),
+        &path_str(&h2.cert),
     ]));
     lab.lab_ok(&["kill", "fra-gw1", "--signal", "HUP"]);
     lab.wait_for("fra-h2 detached at the gateway", |l| {
@@ -222,7 +222,7 @@ fn cert_of_another_ca_never_gets_a_packet_through() {
         "r.crt",
     ]);
     let gw = lab.node("fra-gw1");
-    let gw_cert = gw["cert"].as_str().unwrap();
+    let gw_cert = &path_str(&gw.cert);
     // The rogue node trusts the real gateway (its cert is public) but holds
     // a cert of its own CA: the gateway must refuse it.
     std::fs::copy(lab.path().join("ca/ca.crt"), d.join("real-ca.crt")).unwrap();

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{netns_or_skip, Lab};
+use common::{netns_or_skip, path_str, Lab};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -65,10 +65,10 @@ fn a_bad_reload_is_refused_and_the_running_config_stays() {
     }
     let lab = Lab::up("[[site]]\nname = \"fra\"\nhosts = 2\n");
     let h1 = lab.node("fra-h1");
-    let socket = h1["overlayd_socket"].as_str().unwrap().to_string();
-    let config = Path::new(h1["overlayd_config"].as_str().unwrap()).to_path_buf();
-    let cert = Path::new(h1["cert"].as_str().unwrap()).to_path_buf();
-    let crl = Path::new(lab.status()["crl"].as_str().unwrap()).to_path_buf();
+    let socket = path_str(&h1.overlayd_socket);
+    let config = h1.overlayd_config.clone();
+    let cert = h1.cert.clone();
+    let crl = lab.status().crl;
     let reload = || request(&socket, &json!({"cmd": "reload"}));
     let base = std::fs::read_to_string(&config).unwrap();
 
@@ -103,7 +103,7 @@ fn a_bad_reload_is_refused_and_the_running_config_stays() {
     // A certificate file that is not one, then a valid certificate of
     // another key: refused, the identity and the sessions stay.
     let good_cert = std::fs::read_to_string(&cert).unwrap();
-    let other = lab.node("fra-h2")["cert"].as_str().unwrap().to_string();
+    let other = path_str(&lab.node("fra-h2").cert);
     for (bad, want) in [
         (
             "-----BEGIN CUBENET CERTIFICATE-----\nAAAA\n-----END CUBENET CERTIFICATE-----\n"

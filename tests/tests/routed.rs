@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{netns_or_skip, Lab};
+use common::{netns_or_skip, path_str, Lab};
 use serde_json::Value;
 use std::io::Read;
 
@@ -185,7 +185,7 @@ fn a_flapping_tunnel_is_suppressed_and_returns_when_stable() {
     // Shorter damping times than the defaults, so the test ends sooner:
     // half-life 4 s, held down at most 15 s.
     for gw in ["fra-gw1", "ams-gw1"] {
-        let cfg = lab.node(gw)["routed_config"].as_str().unwrap().to_string();
+        let cfg = path_str(lab.node(gw).routed_config.as_deref().unwrap());
         let text = std::fs::read_to_string(&cfg).unwrap().replace(
             "[damping]\nenabled = true\n",
             "[damping]\nenabled = true\nhalf_life_s = 4\nmax_suppress_s = 15\nstable_up_s = 2\n",

@@ -2,6 +2,7 @@
 //! workspace binaries, read JSON status, and clean a lab up on drop.
 #![allow(dead_code)]
 
+pub use cubenet_api::lab::{LabStatus, NodeStatus};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -135,23 +136,22 @@ impl Lab {
             .collect()
     }
 
-    pub fn status(&self) -> Value {
+    pub fn status(&self) -> LabStatus {
         serde_json::from_str(&self.lab_ok(&["status", "--json"])).expect("lab status json")
     }
 
-    pub fn node(&self, name: &str) -> Value {
-        self.status()["nodes"]
-            .as_array()
-            .and_then(|a| a.iter().find(|n| n["name"] == name).cloned())
+    pub fn node(&self, name: &str) -> NodeStatus {
+        self.status()
+            .nodes
+            .into_iter()
+            .find(|n| n.name == name)
             .unwrap_or_else(|| panic!("no node {name}"))
     }
 
-    /// `overlayd status --json` of a node.
+    /// `overlayd status --json` of a node, as JSON (the tests check its
+    /// documented shape).
     pub fn overlayd(&self, node: &str) -> Value {
-        let sock = self.node(node)["overlayd_socket"]
-            .as_str()
-            .expect("socket")
-            .to_string();
+        let sock = path_str(&self.node(node).overlayd_socket);
         let out = ok(Command::new(bin("overlayd")).args(["status", "--json", "--socket", &sock]));
         serde_json::from_str(&out).expect("overlayd status json")
     }
@@ -159,10 +159,11 @@ impl Lab {
     /// `routed WHAT --json` of a gateway (`status`, `routes`); Null when
     /// routed does not answer.
     pub fn routed(&self, node: &str, what: &str) -> Value {
-        let sock = self.node(node)["routed_socket"]
-            .as_str()
-            .unwrap_or_else(|| panic!("{node}: no routed socket"))
-            .to_string();
+        let sock = self
+            .node(node)
+            .routed_socket
+            .map(|p| path_str(&p))
+            .unwrap_or_else(|| panic!("{node}: no routed socket"));
         let out = run(Command::new(bin("routed")).args([what, "--json", "--socket", &sock]));
         serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
     }
@@ -173,7 +174,7 @@ impl Lab {
     /// replaces the groups (`--groups a,b`). Restart the node to use it.
     pub fn resign(&self, node: &str, extra: &[&str]) {
         let n = self.node(node);
-        let cert = n["cert"].as_str().expect("cert path").to_string();
+        let cert = path_str(&n.cert);
         let printed: Value = serde_json::from_str(&ok(
             Command::new(bin("overlay-cert")).args(["print", "--json", &cert])
         ))
@@ -199,7 +200,7 @@ impl Lab {
             "--site".into(),
             field("site"),
             "--key".into(),
-            n["key"].as_str().expect("key path").into(),
+            path_str(&n.key),
             "--out".into(),
             cert,
         ];
@@ -429,4 +430,9 @@ impl Drop for TcpSender {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A path of the lab as the string commands take.
+pub fn path_str(p: &std::path::Path) -> String {
+    p.to_str().expect("utf-8 path").to_string()
 }
