@@ -198,18 +198,33 @@ impl ForwardingTable {
     }
 
     /// Drops `peer` from every entry; entries left without a next hop go.
+    /// One pass over the table in place (no copy of its rows: a gateway
+    /// with a million routed entries does this whenever a peer goes).
     pub fn remove_peer(&mut self, peer: PeerId) {
-        for row in self.rows() {
-            if let NextHop::Peers(ps) = &row.next {
-                if ps.contains(&peer) {
-                    let rest: Vec<_> = ps.iter().copied().filter(|p| *p != peer).collect();
-                    if rest.is_empty() {
-                        self.remove(row.prefix, row.origin);
-                    } else {
-                        self.insert(row.prefix, row.origin, NextHop::Peers(rest));
+        let mut gone = [0usize; ORIGINS];
+        let mut drop_peer = |slot: &mut Slot| {
+            for (o, entry) in slot.by_origin.iter_mut().enumerate() {
+                if let Some(NextHop::Peers(ps)) = entry {
+                    if ps.contains(&peer) {
+                        ps.retain(|p| *p != peer);
+                        if ps.is_empty() {
+                            *entry = None;
+                            gone[o] += 1;
+                        }
                     }
                 }
             }
+        };
+        for (_, slot) in self.v4.iter_mut() {
+            drop_peer(slot);
+        }
+        for (_, slot) in self.v6.iter_mut() {
+            drop_peer(slot);
+        }
+        self.v4.retain(|_, s| !s.is_empty());
+        self.v6.retain(|_, s| !s.is_empty());
+        for (c, g) in self.counts.iter_mut().zip(gone) {
+            *c -= g;
         }
     }
 
@@ -349,6 +364,44 @@ mod tests {
         assert_eq!(t.lookup(ip("10.77.2.1")), Some(&NextHop::Peers(ids(&[2]))));
         assert_eq!(t.lookup(ip("10.77.3.1")), None);
         assert_eq!(t.rows().len(), 1);
+        assert_eq!(t.count(Origin::Routed), 1);
+        // A prefix with entries of two origins keeps the one left.
+        t.insert(
+            net("10.77.4.0/24"),
+            Origin::Routed,
+            NextHop::Peers(ids(&[5])),
+        );
+        t.insert(
+            net("10.77.4.0/24"),
+            Origin::Static,
+            NextHop::Peers(ids(&[6])),
+        );
+        t.remove_peer(PeerId(6));
+        assert_eq!(t.lookup(ip("10.77.4.1")), Some(&NextHop::Peers(ids(&[5]))));
+        assert_eq!((t.count(Origin::Routed), t.count(Origin::Static)), (2, 0));
+    }
+
+    proptest::proptest! {
+        /// Whatever is inserted, removed or loses a peer, the counts per
+        /// origin are the rows of that origin, and no empty entry is left.
+        #[test]
+        fn counts_follow_the_rows(ops in proptest::collection::vec((0u8..4, 0u32..16, 0usize..3, 1u32..5), 0..200)) {
+            let mut t = ForwardingTable::new();
+            for (op, p, o, peer) in ops {
+                let prefix = net(&format!("10.77.{p}.0/24"));
+                let origin = ALL_ORIGINS[o];
+                match op {
+                    0 | 1 => t.insert(prefix, origin, NextHop::Peers(ids(&[peer, peer + 1]))),
+                    2 => { t.remove(prefix, origin); }
+                    _ => t.remove_peer(PeerId(peer)),
+                }
+            }
+            let rows = t.rows();
+            for o in ALL_ORIGINS {
+                proptest::prop_assert_eq!(t.count(o), rows.iter().filter(|r| r.origin == o).count());
+            }
+            proptest::prop_assert!(rows.iter().all(|r| r.next != NextHop::Peers(vec![])));
+        }
     }
 
     #[test]
