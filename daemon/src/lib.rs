@@ -1,6 +1,7 @@
 //! What overlayd and routed share as daemons: Prometheus metrics, the
 //! private control socket, logging and CLI plumbing.
 
+pub mod config;
 pub mod ctl;
 pub mod metrics;
 

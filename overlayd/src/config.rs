@@ -221,16 +221,8 @@ impl Config {
 
     /// Parses and checks; the message names the key and the problem.
     pub fn parse(text: &str) -> Result<Config, String> {
-        let cfg: Config = toml::from_str(text).map_err(|e| {
-            // toml's message already names the key; keep it on one line,
-            // after the table it is in (`firewall.inbound[1]: ...`).
-            let table = e.span().and_then(|s| enclosing_table(text, s.start));
-            let msg = e.message().to_string() + &location(text, e.span());
-            match table {
-                Some(t) => format!("{t}: {msg}"),
-                None => msg,
-            }
-        })?;
+        let cfg: Config =
+            toml::from_str(text).map_err(|e| cubenet_daemon::config::toml_error(text, &e))?;
         cfg.check()?;
         Ok(cfg)
     }
@@ -324,41 +316,6 @@ impl Config {
     }
 }
 
-fn location(text: &str, span: Option<std::ops::Range<usize>>) -> String {
-    let Some(span) = span else {
-        return String::new();
-    };
-    let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
-    format!(" (line {line})")
-}
-
-/// The table a position in a TOML text belongs to, with the index of an
-/// array-of-tables entry: `firewall.inbound[1]`, `gateway[0]`, `limits`.
-fn enclosing_table(text: &str, pos: usize) -> Option<String> {
-    let before = text.get(..pos)?;
-    let header = before
-        .lines()
-        .rev()
-        .map(str::trim)
-        .find(|l| l.starts_with('['))?;
-    if let Some(name) = header.strip_prefix("[[").and_then(|h| h.strip_suffix("]]")) {
-        let name = name.trim();
-        let index = before
-            .lines()
-            .filter(|l| {
-                l.trim()
-                    .strip_prefix("[[")
-                    .and_then(|h| h.strip_suffix("]]"))
-                    .is_some_and(|h| h.trim() == name)
-            })
-            .count()
-            .checked_sub(1)?;
-        return Some(format!("{name}[{index}]"));
-    }
-    let name = header.strip_prefix('[')?.strip_suffix(']')?.trim();
-    Some(name.to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -389,11 +346,6 @@ mod tests {
             e.starts_with("firewall.inbound[1]: unknown field `ports`"),
             "{e}"
         );
-        assert_eq!(
-            enclosing_table("[limits]\nx = 1\n", 12).as_deref(),
-            Some("limits")
-        );
-        assert_eq!(enclosing_table("x = 1\n", 3), None);
     }
 
     const MIN: &str = r#"

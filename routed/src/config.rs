@@ -301,16 +301,8 @@ impl Config {
     }
 
     pub fn parse(text: &str) -> Result<Config, String> {
-        let cfg: Config = toml::from_str(text).map_err(|x| {
-            let msg = x.message().to_string();
-            match x.span() {
-                Some(s) => {
-                    let line = text[..s.start].matches('\n').count() + 1;
-                    format!("line {line}: {msg}")
-                }
-                None => msg,
-            }
-        })?;
+        let cfg: Config =
+            toml::from_str(text).map_err(|x| cubenet_daemon::config::toml_error(text, &x))?;
         cfg.check()?;
         Ok(cfg)
     }
