@@ -4,6 +4,7 @@
 pub mod config;
 pub mod ctl;
 pub mod metrics;
+pub mod netlink;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;

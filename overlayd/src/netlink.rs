@@ -2,7 +2,6 @@
 //! running `ip`). An rtnetlink connection acts in the network namespace of
 //! the thread that opened it: open it from the daemon's own thread.
 
-use futures::TryStreamExt;
 use ipnet::IpNet;
 use netlink_packet_route::address::{AddressAttribute, AddressFlags};
 use rtnetlink::{LinkUnspec, RouteMessageBuilder};
@@ -23,16 +22,7 @@ pub async fn configure(
     let (conn, handle, _) =
         rtnetlink::new_connection().map_err(|e| format!("netlink socket: {e}"))?;
     tokio::spawn(conn);
-    let link = handle
-        .link()
-        .get()
-        .match_name(ifname.to_string())
-        .execute()
-        .try_next()
-        .await
-        .map_err(|e| format!("finding interface {ifname}: {e}"))?
-        .ok_or_else(|| format!("interface {ifname} vanished"))?;
-    let index = link.header.index;
+    let index = cubenet_daemon::netlink::interface_index(&handle, ifname).await?;
     handle
         .link()
         .set(

@@ -85,15 +85,7 @@ pub async fn reconcile(
     if want.len() == present.len() {
         return Ok(());
     }
-    let link = handle
-        .link()
-        .get()
-        .match_name(ifname.to_string())
-        .execute()
-        .try_next()
-        .await
-        .map_err(|e| format!("finding interface {ifname}: {e}"))?
-        .ok_or_else(|| format!("interface {ifname} not found"))?;
+    let index = cubenet_daemon::netlink::interface_index(&handle, ifname).await?;
     for (p, gw) in want.difference(&present) {
         let b = RouteMessageBuilder::<IpAddr>::new()
             .destination_prefix(p.addr(), p.prefix_len())
@@ -103,7 +95,7 @@ pub async fn reconcile(
             Some(g) => b
                 .gateway(*g)
                 .map_err(|e| format!("route {p} via {g}: {e}"))?,
-            None => b.output_interface(link.header.index),
+            None => b.output_interface(index),
         }
         .build();
         handle
