@@ -6,6 +6,15 @@ use crate::crl::RevocationList;
 use crate::error::CertError;
 use crate::time::format_rfc3339;
 
+impl NodeCert {
+    /// Whether `now` is inside the certificate's validity window, by the
+    /// same rule as [`TrustAnchor::validate`], without the signature and
+    /// revocation checks (for re-checking accepted certificates cheaply).
+    pub fn check_validity_window(&self, now: u64) -> Result<(), CertError> {
+        check_time(self.body.not_before, self.body.not_after, now)
+    }
+}
+
 /// A trusted CA plus the newest revocation list seen for it.
 #[derive(Debug, Clone)]
 pub struct TrustAnchor {

@@ -1244,7 +1244,7 @@ impl Node {
             }
         }
         if !peer.attached.swap(true, Ordering::Relaxed) {
-            let addresses: Vec<IpAddr> = cert.body.addresses.iter().map(|a| a.addr()).collect();
+            let addresses = cert_addrs(&cert);
             tracing::info!(peer = %cert.name(), role = %cert.role(), addresses = ?addresses, "attached");
             let _ = self.events.send(api::Event::Attached {
                 name: cert.name().to_string(),
@@ -1318,19 +1318,24 @@ impl Node {
         }
         write(&self.fib).remove_peer(peer.index);
         if peer.attached.swap(false, Ordering::Relaxed) {
-            tracing::info!(peer = %peer.name(), "detached: {why}");
             // Attached implies a validated certificate: it says the role and
             // the addresses routed withdraws.
             if let Some(cert) = peer.cert() {
-                let _ = self.events.send(api::Event::Detached {
-                    name: peer.name(),
-                    role: api_role(cert.role()),
-                    site: cert.body.site.clone(),
-                    addresses: cert.body.addresses.iter().map(|a| a.addr()).collect(),
-                    reason: why.to_string(),
-                });
+                self.announce_detached(peer, &cert, why);
             }
         }
+    }
+
+    /// Logs and sends the `detached` event of a peer that was attached.
+    fn announce_detached(&self, peer: &Peer, cert: &NodeCert, why: &str) {
+        tracing::info!(peer = %peer.name(), "detached: {why}");
+        let _ = self.events.send(api::Event::Detached {
+            name: peer.name(),
+            role: api_role(cert.role()),
+            site: cert.body.site.clone(),
+            addresses: cert_addrs(cert),
+            reason: why.to_string(),
+        });
     }
 
     /// Ends the session of a peer whose certificate is no longer valid: a
@@ -1355,14 +1360,8 @@ impl Node {
     fn cut_expired(&self, unix: u64) {
         for peer in self.peers() {
             let Some(cert) = peer.cert() else { continue };
-            let b = &cert.body;
-            if unix >= b.not_after || unix < b.not_before {
-                let why = format!(
-                    "certificate of {} expired at {}",
-                    cert.name(),
-                    cubenet_certs::time::format_rfc3339(b.not_after)
-                );
-                self.cut_session(&peer, &why);
+            if let Err(e) = cert.check_validity_window(unix) {
+                self.cut_session(&peer, &e.to_string());
             }
         }
     }
@@ -1373,14 +1372,7 @@ impl Node {
         let Some(cert) = peer.cert() else { return };
         self.remove_cert_entries(peer, &cert);
         if peer.attached.swap(false, Ordering::Relaxed) {
-            tracing::info!(peer = %peer.name(), "detached: {why}");
-            let _ = self.events.send(api::Event::Detached {
-                name: peer.name(),
-                role: api_role(cert.role()),
-                site: cert.body.site.clone(),
-                addresses: cert.body.addresses.iter().map(|a| a.addr()).collect(),
-                reason: why.to_string(),
-            });
+            self.announce_detached(peer, &cert, why);
         }
     }
 
@@ -1565,10 +1557,7 @@ impl Node {
                     configured: p.configured.is_some(),
                     public_key: crate::b64(&p.public_key),
                     endpoint: p.endpoint(),
-                    addresses: cert
-                        .as_ref()
-                        .map(|c| c.body.addresses.iter().map(|a| a.addr()).collect())
-                        .unwrap_or_default(),
+                    addresses: cert.as_ref().map(|c| cert_addrs(c)).unwrap_or_default(),
                     site: cert.as_ref().map(|c| c.body.site.clone()),
                     authenticated: cert.is_some(),
                     attached,
@@ -1638,7 +1627,7 @@ impl Node {
                 Some(api::AttachedPeer {
                     name: p.name(),
                     role: api_role(cert.role()),
-                    addresses: cert.body.addresses.iter().map(|a| a.addr()).collect(),
+                    addresses: cert_addrs(&cert),
                 })
             })
             .collect();
@@ -1820,6 +1809,11 @@ pub enum RouteError {
     /// One line per bad route: its prefix and what is wrong.
     #[error("{}", .0.join("; "))]
     Refused(Vec<String>),
+}
+
+/// A certificate's virtual addresses, without prefix lengths.
+fn cert_addrs(cert: &NodeCert) -> Vec<IpAddr> {
+    cert.body.addresses.iter().map(|a| a.addr()).collect()
 }
 
 fn api_role(r: Role) -> api::Role {
