@@ -40,7 +40,8 @@ pub struct RouteFeed {
     /// older entries of `unsure`).
     owner: bool,
     /// Prefixes whose last add overlayd refused: it may still hold an
-    /// older entry of theirs, to withdraw if routed drops them.
+    /// older entry of theirs, to withdraw if routed drops them. Never in
+    /// `sent` at the same time.
     unsure: HashSet<IpNet>,
 }
 
@@ -83,23 +84,18 @@ impl RouteFeed {
         if ready && !self.owner {
             return self.resync(table, ready).await;
         }
-        let want: HashMap<&IpNet, &Vec<String>> = table.iter().map(|(p, v)| (p, v)).collect();
+        let want: HashSet<&IpNet> = table.iter().map(|(p, _)| p).collect();
         let add: Vec<Route> = table
             .iter()
             .filter(|(p, via)| self.sent.get(p) != Some(via))
-            .map(|(p, via)| Route {
-                prefix: *p,
-                via: via.clone(),
-            })
+            .map(route)
             .collect();
         let withdraw: Vec<IpNet> = if ready {
             self.sent
                 .keys()
                 .chain(&self.unsure)
-                .filter(|p| !want.contains_key(p))
+                .filter(|p| !want.contains(p))
                 .copied()
-                .collect::<HashSet<_>>()
-                .into_iter()
                 .collect()
         } else {
             Vec::new()
@@ -110,13 +106,17 @@ impl RouteFeed {
         })?;
         // An empty update still goes: it tells whether overlayd is still
         // there (a restarted one needs the whole table again).
-        let u = update(conn, add.clone(), withdraw.clone()).await?;
-        out.add(u);
+        let req = Request::RouteUpdate { add, withdraw };
+        out.add(conn.call(&req).await?);
+        let Request::RouteUpdate { add, withdraw } = req else {
+            unreachable!("built just above")
+        };
         for p in withdraw {
             self.sent.remove(&p);
             self.unsure.remove(&p);
         }
         for r in add {
+            self.unsure.remove(&r.prefix);
             self.sent.insert(r.prefix, r.via);
         }
         self.forget_refused(&out.refused);
@@ -137,17 +137,11 @@ impl RouteFeed {
         };
         let _: Empty = conn.call(&Request::RouteSyncBegin).await?;
         for chunk in table.chunks(ROUTE_CHUNK) {
-            let add = chunk
-                .iter()
-                .map(|(p, via)| Route {
-                    prefix: *p,
-                    via: via.clone(),
-                })
-                .collect();
-            out.add(update(conn, add, Vec::new()).await?);
+            let add = chunk.iter().map(route).collect();
+            out.add(update(conn, add).await?);
         }
         if table.is_empty() {
-            out.add(update(conn, Vec::new(), Vec::new()).await?);
+            out.add(update(conn, Vec::new()).await?);
         }
         if ready {
             // The end removes every entry not installed since the begin.
@@ -157,7 +151,10 @@ impl RouteFeed {
             self.unsure.clear();
         } else {
             // Merged: overlayd keeps what it had besides these.
-            self.sent.extend(table.iter().cloned());
+            for (p, via) in table {
+                self.unsure.remove(p);
+                self.sent.insert(*p, via.clone());
+            }
         }
         self.owner = ready;
         self.forget_refused(&out.refused);
@@ -183,12 +180,17 @@ impl Pushed {
     }
 }
 
-async fn update(
-    conn: &mut Client,
-    add: Vec<Route>,
-    withdraw: Vec<IpNet>,
-) -> Result<Updated, CallError> {
+/// One chunk of a resync: adds only.
+async fn update(conn: &mut Client, add: Vec<Route>) -> Result<Updated, CallError> {
+    let withdraw = Vec::new();
     conn.call(&Request::RouteUpdate { add, withdraw }).await
+}
+
+fn route((prefix, via): &(IpNet, Vec<String>)) -> Route {
+    Route {
+        prefix: *prefix,
+        via: via.clone(),
+    }
 }
 
 /// The hosts attached to overlayd now.
