@@ -91,15 +91,7 @@ impl Client {
                 path: self.path.clone(),
                 source,
             })?;
-        if n == 0 {
-            return Err(CallError::Closed {
-                path: self.path.clone(),
-            });
-        }
-        serde_json::from_str(&self.line).map_err(|e| CallError::BadReply {
-            path: self.path.clone(),
-            msg: e.to_string(),
-        })
+        decode_line(&self.path, &self.line, n)
     }
 }
 
@@ -141,16 +133,22 @@ pub fn call_blocking_within<Q: Serialize, R: DeserializeOwned>(
     let n = std::io::BufReader::new(s)
         .read_line(&mut line)
         .map_err(io)?;
+    decode_line::<Reply<R>>(path, &line, n)?
+        .into_result()
+        .map_err(CallError::Refused)
+}
+
+/// One line read (`n` bytes; none means the daemon closed) as `T`.
+fn decode_line<T: DeserializeOwned>(path: &Path, line: &str, n: usize) -> Result<T, CallError> {
     if n == 0 {
         return Err(CallError::Closed {
             path: path.to_path_buf(),
         });
     }
-    let reply: Reply<R> = serde_json::from_str(&line).map_err(|e| CallError::BadReply {
+    serde_json::from_str(line).map_err(|e| CallError::BadReply {
         path: path.to_path_buf(),
         msg: e.to_string(),
-    })?;
-    reply.into_result().map_err(CallError::Refused)
+    })
 }
 
 #[cfg(test)]
