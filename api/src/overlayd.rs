@@ -319,6 +319,16 @@ pub enum RouteOrigin {
     Cert,
 }
 
+impl RouteOrigin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteOrigin::Routed => "routed",
+            RouteOrigin::Static => "static",
+            RouteOrigin::Cert => "cert",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RouteRow {
     pub prefix: IpNet,

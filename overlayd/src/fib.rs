@@ -31,16 +31,6 @@ pub enum Origin {
     Cert = 2,
 }
 
-impl Origin {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Origin::Routed => "routed",
-            Origin::Static => "static",
-            Origin::Cert => "cert",
-        }
-    }
-}
-
 impl From<Origin> for cubenet_api::overlayd::RouteOrigin {
     fn from(o: Origin) -> Self {
         use cubenet_api::overlayd::RouteOrigin as R;

@@ -131,7 +131,7 @@ pub fn render(st: &Status) -> String {
     );
     let mut by_origin = std::collections::BTreeMap::<&str, f64>::new();
     for r in &st.routes {
-        *by_origin.entry(origin_name(r.origin)).or_default() += 1.0;
+        *by_origin.entry(r.origin.as_str()).or_default() += 1.0;
     }
     for (o, n) in by_origin {
         e.sample("cubenet_overlayd_routes", &[("origin", o)], n);
@@ -192,13 +192,4 @@ pub fn render(st: &Status) -> String {
         );
     }
     e.finish()
-}
-
-fn origin_name(o: cubenet_api::overlayd::RouteOrigin) -> &'static str {
-    use cubenet_api::overlayd::RouteOrigin as R;
-    match o {
-        R::Routed => "routed",
-        R::Static => "static",
-        R::Cert => "cert",
-    }
 }

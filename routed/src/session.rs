@@ -42,19 +42,6 @@ pub enum State {
     Established,
 }
 
-impl State {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            State::Idle => "idle",
-            State::Connect => "connect",
-            State::Active => "active",
-            State::OpenSent => "opensent",
-            State::OpenConfirm => "openconfirm",
-            State::Established => "established",
-        }
-    }
-}
-
 impl From<State> for cubenet_api::routed::SessionState {
     fn from(s: State) -> Self {
         use cubenet_api::routed::SessionState as S;
