@@ -23,6 +23,21 @@ fn neighbor(lab: &Lab, node: &str, name: &str) -> Value {
         .unwrap_or(Value::Null)
 }
 
+/// The peers overlayd on `node` forwards `prefix` to (its own table, not
+/// routed's).
+fn overlay_via(lab: &Lab, node: &str, prefix: &str) -> Vec<String> {
+    lab.overlayd(node)["routes"]
+        .as_array()
+        .and_then(|rs| rs.iter().find(|r| r["prefix"] == prefix).cloned())
+        .and_then(|r| r["via"].as_array().cloned())
+        .map(|v| {
+            v.iter()
+                .filter_map(|p| p.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn via(lab: &Lab, node: &str, prefix: &str) -> Vec<String> {
     lab.routed(node, "routes")["routes"]
         .as_array()
@@ -254,10 +269,21 @@ fn a_site_router_running_bird_exchanges_routes_with_the_gateways() {
     lab.wait_for("the router's subnet at ams-gw1", |l| {
         via(l, "ams-gw1", "192.168.1.0/24") == vec!["fra-gw1", "fra-gw2"]
     });
-    lab.wait_for("the kernel route on fra-gw1", |l| {
-        l.exec_ok("fra-gw1", &["ip", "route", "show", "proto", "201"])
-            .contains("192.168.1.0/24 via 172.16.1.200")
+    // Every hop of both ways is ready before the ping: ams-gw1's overlayd
+    // forwards the subnet, both fra gateways route it in the kernel (ams-gw1
+    // may hash the ping to either) and forward ams-h1 into the overlay.
+    lab.wait_for("ams-gw1's overlayd to forward the router's subnet", |l| {
+        overlay_via(l, "ams-gw1", "192.168.1.0/24").len() == 2
     });
+    for gw in ["fra-gw1", "fra-gw2"] {
+        lab.wait_for(&format!("the kernel route on {gw}"), |l| {
+            l.exec_ok(gw, &["ip", "route", "show", "proto", "201"])
+                .contains("192.168.1.0/24 via 172.16.1.200")
+        });
+        lab.wait_for(&format!("{gw}'s overlayd to forward ams-h1"), |l| {
+            overlay_via(l, gw, &format!("{AMS_H1}/32")) == vec!["ams-gw1"]
+        });
+    }
     // BIRD learned the overlay's hosts from both gateways (ECMP): the way
     // back for the ping below (waited for first: on a busy machine BIRD
     // may learn it after the gateways are ready).
@@ -277,6 +303,13 @@ fn a_site_router_running_bird_exchanges_routes_with_the_gateways() {
     lab.lab_ok(&["link", "fra-gw1", "fra-bird", "drop"]);
     lab.wait_for("ams-gw1 to use fra-gw2 only", |l| {
         via(l, "ams-gw1", "192.168.1.0/24") == vec!["fra-gw2"]
+    });
+    lab.wait_for("ams-gw1's overlayd to forward to fra-gw2 only", |l| {
+        overlay_via(l, "ams-gw1", "192.168.1.0/24") == vec!["fra-gw2"]
+    });
+    lab.wait_for("BIRD to route ams-h1 through fra-gw2 only", |l| {
+        let r = l.exec_ok("fra-bird", &["ip", "route", "show", AMS_H1]);
+        r.contains("via 172.16.1.2") && !r.contains("via 172.16.1.1")
     });
     let out = lab.ping("ams-h1", "192.168.1.1", 2);
     assert!(out.status.success(), "ams-h1 -> 192.168.1.1 after the drop");
