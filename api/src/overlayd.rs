@@ -278,6 +278,9 @@ pub struct Drops {
     pub replayed: u64,
     /// A new unknown key while the pending table was full.
     pub pending_full: u64,
+    /// A new key while the peer table (`limits.max_peers`) was full.
+    #[serde(default)]
+    pub peers_full: u64,
     /// Pending peers that sent nothing after their handshake, evicted.
     pub pending_evicted: u64,
     /// Handshakes answered with a cookie (under load).
@@ -292,7 +295,7 @@ pub struct Drops {
 
 impl Drops {
     /// Every counter with its name, in document order.
-    pub fn iter(&self) -> [(&'static str, u64); 12] {
+    pub fn iter(&self) -> [(&'static str, u64); 13] {
         [
             ("spoofed", self.spoofed),
             ("unauthenticated", self.unauthenticated),
@@ -301,6 +304,7 @@ impl Drops {
             ("invalid", self.invalid),
             ("replayed", self.replayed),
             ("pending_full", self.pending_full),
+            ("peers_full", self.peers_full),
             ("pending_evicted", self.pending_evicted),
             ("cookies_sent", self.cookies_sent),
             ("handshake_backlog", self.handshake_backlog),

@@ -154,6 +154,11 @@ pub struct Limits {
     /// Peers whose certificate is not validated yet, at most.
     #[serde(default = "default_pending")]
     pub max_pending: usize,
+    /// Peers (tunnels) of this node at most, pending ones included: the
+    /// table every packet looks its peer up in is this big (8 bytes a
+    /// place), allocated at start.
+    #[serde(default = "default_max_peers")]
+    pub max_peers: usize,
     /// A pending peer is dropped after this long without a valid certificate.
     #[serde(default = "default_pending_timeout")]
     pub pending_timeout_ms: u64,
@@ -166,6 +171,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_pending: default_pending(),
+            max_peers: default_max_peers(),
             pending_timeout_ms: default_pending_timeout(),
             handshake_rate: default_handshake_rate(),
         }
@@ -193,6 +199,11 @@ fn default_failback_ms() -> u64 {
 fn default_pending() -> usize {
     4096
 }
+fn default_max_peers() -> usize {
+    65_536
+}
+/// The receiver index has 24 bits.
+pub const MAX_PEERS_LIMIT: usize = 1 << 23;
 fn default_pending_timeout() -> u64 {
     5000
 }
@@ -246,6 +257,19 @@ impl Config {
         }
         if self.probe.misses == 0 {
             return Err("probe.misses: must be at least 1".into());
+        }
+        let l = &self.limits;
+        if !(16..=MAX_PEERS_LIMIT).contains(&l.max_peers) {
+            return Err(format!(
+                "limits.max_peers: {} is outside 16-{MAX_PEERS_LIMIT}",
+                l.max_peers
+            ));
+        }
+        if l.max_pending > l.max_peers {
+            return Err(format!(
+                "limits.max_pending: {} is more than limits.max_peers ({})",
+                l.max_pending, l.max_peers
+            ));
         }
         let mut names = std::collections::HashSet::new();
         for (n, g) in self.gateways.iter().enumerate() {

@@ -34,9 +34,11 @@ pub async fn serve(listener: UnixListener, node: Arc<Node>, reload: Reload) {
         let node = node.clone();
         let reload = reload.clone();
         tokio::spawn(async move {
-            if let Err(e) = connection(stream, node, reload).await {
+            if let Err(e) = connection(stream, node.clone(), reload).await {
                 tracing::debug!("control connection closed: {e}");
             }
+            // A resync cut short: what it installed so far is published.
+            node.publish_fib();
         });
     }
 }
@@ -100,7 +102,9 @@ fn handle(node: &Node, req: Request, reload: &Reload, sync: &mut Option<HashSet<
                 .map(|installed| api::Installed { installed }),
         )),
         Request::RouteUpdate { add, withdraw } => {
-            let u = node.route_update(&add, &withdraw);
+            // During a resync the workers keep the table they have until
+            // its end: one copy of the new table, not one per chunk.
+            let u = node.route_update(&add, &withdraw, sync.is_none());
             if let Some(seen) = sync.as_mut() {
                 // Not the refused ones: an older entry of theirs is not
                 // what routed has, and goes at the end.

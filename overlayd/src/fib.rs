@@ -8,6 +8,7 @@
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use prefix_trie::PrefixMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 /// A peer of this node: its WireGuard receiver index (24 bits; the
 /// receiver index field of incoming messages is this shifted left 8).
@@ -50,38 +51,51 @@ pub enum NextHop {
     Peers(Vec<PeerId>),
 }
 
-/// The entries of one prefix, one place per origin (a fixed array, not a
-/// map: a million routed prefixes cost their next hops and the trie, no
-/// more).
-#[derive(Debug, Clone, Default)]
-struct Slot {
-    by_origin: [Option<NextHop>; ORIGINS],
-}
-
 const ORIGINS: usize = 3;
 const ALL_ORIGINS: [Origin; ORIGINS] = [Origin::Routed, Origin::Static, Origin::Cert];
 
-impl Slot {
-    fn best(&self) -> Option<&NextHop> {
-        self.by_origin.iter().rev().find_map(|n| n.as_ref())
+/// The entries of one origin.
+#[derive(Clone, Default)]
+struct Entries {
+    v4: PrefixMap<Ipv4Net, NextHop>,
+    v6: PrefixMap<Ipv6Net, NextHop>,
+}
+
+impl Entries {
+    fn lpm(&self, dst: IpAddr) -> Option<(u8, &NextHop)> {
+        match dst {
+            IpAddr::V4(a) => self
+                .v4
+                .get_lpm(&Ipv4Net::from(a))
+                .map(|(p, n)| (p.prefix_len(), n)),
+            IpAddr::V6(a) => self
+                .v6
+                .get_lpm(&Ipv6Net::from(a))
+                .map(|(p, n)| (p.prefix_len(), n)),
+        }
     }
 
-    fn is_empty(&self) -> bool {
-        self.by_origin.iter().all(|n| n.is_none())
-    }
-
-    fn entries(&self) -> impl Iterator<Item = (Origin, &NextHop)> {
-        ALL_ORIGINS
+    fn iter(&self) -> impl Iterator<Item = (IpNet, &NextHop)> {
+        self.v4
             .iter()
-            .zip(&self.by_origin)
-            .filter_map(|(o, n)| Some((*o, n.as_ref()?)))
+            .map(|(p, n)| (IpNet::V4(p), n))
+            .chain(self.v6.iter().map(|(p, n)| (IpNet::V6(p), n)))
+    }
+
+    fn has_peer(&self, peer: PeerId) -> bool {
+        self.iter()
+            .any(|(_, n)| matches!(n, NextHop::Peers(ps) if ps.contains(&peer)))
     }
 }
 
-#[derive(Default)]
+/// A forwarding table. Each origin's entries sit behind their own `Arc`,
+/// so a copy of the table (what the node publishes to its workers after a
+/// change) costs three reference counts, and a change copies the entries
+/// of its own origin only when a published copy still shares them: a host
+/// attaching does not copy a million routed prefixes.
+#[derive(Clone, Default)]
 pub struct ForwardingTable {
-    v4: PrefixMap<Ipv4Net, Slot>,
-    v6: PrefixMap<Ipv6Net, Slot>,
+    by_origin: [Arc<Entries>; ORIGINS],
     /// Entries per origin.
     counts: [usize; ORIGINS],
 }
@@ -99,25 +113,17 @@ impl ForwardingTable {
         Self::default()
     }
 
-    fn slot_mut(&mut self, prefix: IpNet) -> &mut Slot {
-        match prefix.trunc() {
-            IpNet::V4(p) => {
-                if self.v4.get(&p).is_none() {
-                    self.v4.insert(p, Slot::default());
-                }
-                self.v4.get_mut(&p).expect("just inserted")
-            }
-            IpNet::V6(p) => {
-                if self.v6.get(&p).is_none() {
-                    self.v6.insert(p, Slot::default());
-                }
-                self.v6.get_mut(&p).expect("just inserted")
-            }
-        }
+    /// The entries of `origin`, to change (copied first if shared).
+    fn entries_mut(&mut self, origin: Origin) -> &mut Entries {
+        Arc::make_mut(&mut self.by_origin[origin as usize])
     }
 
     pub fn insert(&mut self, prefix: IpNet, origin: Origin, next: NextHop) {
-        let old = self.slot_mut(prefix).by_origin[origin as usize].replace(next);
+        let e = self.entries_mut(origin);
+        let old = match prefix.trunc() {
+            IpNet::V4(p) => e.v4.insert(p, next),
+            IpNet::V6(p) => e.v6.insert(p, next),
+        };
         if old.is_none() {
             self.counts[origin as usize] += 1;
         }
@@ -130,140 +136,132 @@ impl ForwardingTable {
 
     /// Removes the entry of `origin` for `prefix`; true if there was one.
     pub fn remove(&mut self, prefix: IpNet, origin: Origin) -> bool {
-        let removed;
-        let empty;
-        match prefix.trunc() {
-            IpNet::V4(p) => {
-                let Some(s) = self.v4.get_mut(&p) else {
-                    return false;
-                };
-                removed = s.by_origin[origin as usize].take().is_some();
-                empty = s.is_empty();
-                if empty {
-                    self.v4.remove(&p);
-                }
-            }
-            IpNet::V6(p) => {
-                let Some(s) = self.v6.get_mut(&p) else {
-                    return false;
-                };
-                removed = s.by_origin[origin as usize].take().is_some();
-                empty = s.is_empty();
-                if empty {
-                    self.v6.remove(&p);
-                }
-            }
+        let prefix = prefix.trunc();
+        let e = &self.by_origin[origin as usize];
+        let present = match prefix {
+            IpNet::V4(p) => e.v4.get(&p).is_some(),
+            IpNet::V6(p) => e.v6.get(&p).is_some(),
+        };
+        if !present {
+            return false;
         }
-        if removed {
-            self.counts[origin as usize] -= 1;
-        }
-        removed
+        let e = self.entries_mut(origin);
+        match prefix {
+            IpNet::V4(p) => e.v4.remove(&p),
+            IpNet::V6(p) => e.v6.remove(&p),
+        };
+        self.counts[origin as usize] -= 1;
+        true
     }
 
     /// Removes every entry of `origin` (e.g. all static routes on reload).
     pub fn remove_origin(&mut self, origin: Origin) {
-        self.retain(origin, |_| false);
+        self.by_origin[origin as usize] = Arc::default();
+        self.counts[origin as usize] = 0;
     }
 
     /// Removes the entries of `origin` whose prefix `keep` refuses; returns
     /// how many went.
     pub fn retain(&mut self, origin: Origin, keep: impl Fn(IpNet) -> bool) -> usize {
-        let gone: Vec<IpNet> = self
-            .v4
+        let gone = self.by_origin[origin as usize]
             .iter()
-            .filter(|(_, s)| s.by_origin[origin as usize].is_some())
-            .map(|(p, _)| IpNet::V4(p))
-            .chain(
-                self.v6
-                    .iter()
-                    .filter(|(_, s)| s.by_origin[origin as usize].is_some())
-                    .map(|(p, _)| IpNet::V6(p)),
-            )
-            .filter(|p| !keep(*p))
-            .collect();
-        for p in &gone {
-            self.remove(*p, origin);
+            .filter(|(p, _)| !keep(*p))
+            .count();
+        if gone > 0 {
+            let e = self.entries_mut(origin);
+            e.v4.retain(|p, _| keep(IpNet::V4(*p)));
+            e.v6.retain(|p, _| keep(IpNet::V6(*p)));
+            self.counts[origin as usize] -= gone;
         }
-        gone.len()
+        gone
     }
 
     /// Drops `peer` from every entry; entries left without a next hop go.
-    /// One pass over the table in place (no copy of its rows: a gateway
-    /// with a million routed entries does this whenever a peer goes).
+    /// One pass over each origin in place (no copy of its rows); an origin
+    /// without the peer is not touched, so not copied.
     pub fn remove_peer(&mut self, peer: PeerId) {
-        let mut gone = [0usize; ORIGINS];
-        let mut drop_peer = |slot: &mut Slot| {
-            for (o, entry) in slot.by_origin.iter_mut().enumerate() {
-                if let Some(NextHop::Peers(ps)) = entry {
-                    if ps.contains(&peer) {
-                        ps.retain(|p| *p != peer);
-                        if ps.is_empty() {
-                            *entry = None;
-                            gone[o] += 1;
-                        }
-                    }
+        for o in ALL_ORIGINS {
+            if !self.by_origin[o as usize].has_peer(peer) {
+                continue;
+            }
+            let e = self.entries_mut(o);
+            let drop_peer = |n: &mut NextHop| {
+                if let NextHop::Peers(ps) = n {
+                    ps.retain(|p| *p != peer);
+                }
+            };
+            for (_, n) in e.v4.iter_mut() {
+                drop_peer(n);
+            }
+            for (_, n) in e.v6.iter_mut() {
+                drop_peer(n);
+            }
+            let live = |n: &NextHop| !matches!(n, NextHop::Peers(ps) if ps.is_empty());
+            e.v4.retain(|_, n| live(n));
+            e.v6.retain(|_, n| live(n));
+            self.counts[o as usize] = e.v4.len() + e.v6.len();
+        }
+    }
+
+    /// Longest-prefix match; for the same prefix the higher origin wins.
+    /// A host entry of a certificate (the longest prefix there is) ends
+    /// the search at once.
+    pub fn lookup(&self, dst: IpAddr) -> Option<&NextHop> {
+        let full = if dst.is_ipv4() { 32 } else { 128 };
+        let mut best: Option<(u8, &NextHop)> = None;
+        for o in ALL_ORIGINS.iter().rev() {
+            if let Some((len, n)) = self.by_origin[*o as usize].lpm(dst) {
+                if len == full {
+                    return Some(n);
+                }
+                if best.is_none_or(|(b, _)| len > b) {
+                    best = Some((len, n));
                 }
             }
-        };
-        for (_, slot) in self.v4.iter_mut() {
-            drop_peer(slot);
         }
-        for (_, slot) in self.v6.iter_mut() {
-            drop_peer(slot);
-        }
-        self.v4.retain(|_, s| !s.is_empty());
-        self.v6.retain(|_, s| !s.is_empty());
-        for (c, g) in self.counts.iter_mut().zip(gone) {
-            *c -= g;
-        }
+        best.map(|(_, n)| n)
     }
 
-    /// Longest-prefix match.
-    pub fn lookup(&self, dst: IpAddr) -> Option<&NextHop> {
-        match dst {
-            IpAddr::V4(a) => self
-                .v4
-                .get_lpm(&Ipv4Net::from(a))
-                .and_then(|(_, s)| s.best()),
-            IpAddr::V6(a) => self
-                .v6
-                .get_lpm(&Ipv6Net::from(a))
-                .and_then(|(_, s)| s.best()),
-        }
-    }
-
-    /// Every entry of every origin, sorted by prefix.
+    /// Every entry of every origin, sorted by prefix, then origin.
     pub fn rows(&self) -> Vec<Row> {
-        let mut out = Vec::new();
-        for (p, s) in self.v4.iter() {
-            for (o, n) in s.entries() {
-                out.push(Row {
-                    prefix: IpNet::V4(p),
-                    origin: o,
+        let mut out: Vec<Row> = ALL_ORIGINS
+            .iter()
+            .flat_map(|o| {
+                self.by_origin[*o as usize].iter().map(|(prefix, n)| Row {
+                    prefix,
+                    origin: *o,
                     next: n.clone(),
-                });
-            }
-        }
-        for (p, s) in self.v6.iter() {
-            for (o, n) in s.entries() {
-                out.push(Row {
-                    prefix: IpNet::V6(p),
-                    origin: o,
-                    next: n.clone(),
-                });
-            }
-        }
+                })
+            })
+            .collect();
+        out.sort_by_key(|r| (r.prefix, r.origin));
         out
     }
 }
 
 /// Picks one of equal-cost peers for a flow, so a flow stays on one path.
 pub fn pick_for_flow(peers: &[PeerId], src: IpAddr, dst: IpAddr) -> Option<PeerId> {
-    if peers.is_empty() {
+    pick_for_flow_among(peers, src, dst, |_| true)
+}
+
+/// [`pick_for_flow`] among the peers `keep` accepts, without collecting
+/// them (the forwarding path allocates nothing).
+pub fn pick_for_flow_among(
+    peers: &[PeerId],
+    src: IpAddr,
+    dst: IpAddr,
+    keep: impl Fn(PeerId) -> bool,
+) -> Option<PeerId> {
+    let n = peers.iter().filter(|p| keep(**p)).count();
+    if n == 0 {
         return None;
     }
     let h = flow_hash(src, dst);
-    Some(peers[(h % peers.len() as u64) as usize])
+    peers
+        .iter()
+        .copied()
+        .filter(|p| keep(*p))
+        .nth((h % n as u64) as usize)
 }
 
 fn flow_hash(src: IpAddr, dst: IpAddr) -> u64 {
@@ -392,6 +390,71 @@ mod tests {
             }
             proptest::prop_assert!(rows.iter().all(|r| r.next != NextHop::Peers(vec![])));
         }
+    }
+
+    proptest::proptest! {
+        /// The lookup over the three origins is the longest prefix of any
+        /// origin, the higher origin on the same prefix: checked against
+        /// a plain scan of the entries.
+        #[test]
+        fn lookup_is_the_longest_match_of_any_origin(
+            entries in proptest::collection::vec((0u8..3, 0u8..4, 0usize..3, 1u32..9), 0..40),
+            dsts in proptest::collection::vec(0u8..4, 1..8),
+        ) {
+            let mut t = ForwardingTable::new();
+            let mut model: Vec<(IpNet, Origin, NextHop)> = Vec::new();
+            for (third, len, o, peer) in entries {
+                // Nested prefixes inside 10.0.0.0/8: /8, /16, /24 or /32.
+                let bits = [8u8, 16, 24, 32][len as usize];
+                let prefix = IpNet::new(ip(&format!("10.{third}.1.{third}")), bits).unwrap().trunc();
+                let next = NextHop::Peers(ids(&[peer]));
+                t.insert(prefix, ALL_ORIGINS[o], next.clone());
+                model.retain(|(p, og, _)| !(*p == prefix && *og == ALL_ORIGINS[o]));
+                model.push((prefix, ALL_ORIGINS[o], next));
+            }
+            for d in dsts {
+                let dst = ip(&format!("10.{d}.1.{d}"));
+                let want = model
+                    .iter()
+                    .filter(|(p, _, _)| p.contains(&dst))
+                    .max_by_key(|(p, o, _)| (p.prefix_len(), *o))
+                    .map(|(_, _, n)| n);
+                proptest::prop_assert_eq!(t.lookup(dst), want);
+            }
+        }
+    }
+
+    #[test]
+    fn a_copy_shares_the_entries_a_change_does_not_touch() {
+        let mut t = ForwardingTable::new();
+        for i in 0..1000u32 {
+            let p = IpNet::new(ip(&format!("10.{}.{}.0", i / 256, i % 256)), 24).unwrap();
+            t.insert(p, Origin::Routed, NextHop::Peers(ids(&[1])));
+        }
+        let published = t.clone();
+        t.insert(net("10.77.1.5/32"), Origin::Cert, NextHop::Peers(ids(&[7])));
+        let routed = Origin::Routed as usize;
+        assert!(Arc::ptr_eq(
+            &t.by_origin[routed],
+            &published.by_origin[routed]
+        ));
+        assert_eq!(
+            published.lookup(ip("10.77.1.5")),
+            None,
+            "the copy is unchanged"
+        );
+        assert_eq!(t.lookup(ip("10.77.1.5")), Some(&NextHop::Peers(ids(&[7]))));
+        // Losing a peer that only cert entries have leaves routed shared.
+        t.remove_peer(PeerId(7));
+        assert!(Arc::ptr_eq(
+            &t.by_origin[routed],
+            &published.by_origin[routed]
+        ));
+        t.remove_peer(PeerId(1));
+        assert_eq!(
+            (t.count(Origin::Routed), published.count(Origin::Routed)),
+            (0, 1000)
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod netlink;
 pub mod node;
 pub mod packet;
 pub mod peer;
+pub mod peers;
 pub mod prom;
 pub mod sys;
 

@@ -5,13 +5,15 @@
 
 use crate::batch::{NetQueue, TunQueue, TUN_HEADROOM};
 use crate::config::Config;
-use crate::fib::{pick_for_flow, ForwardingTable, NextHop, Origin, PeerId};
+use crate::fib::{pick_for_flow_among, ForwardingTable, NextHop, Origin, PeerId};
 use crate::firewall::{self, Direction, Firewall, Verdict};
 use crate::health::{choose_gateway, Transition};
 use crate::identity::Identity;
 use crate::inband::{self, Message};
 use crate::packet;
 use crate::peer::Peer;
+use crate::peers::{PeerSlots, PeerTable};
+use arc_swap::ArcSwap;
 use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{errors::WireGuardError, Packet, Tunn, TunnResult};
@@ -20,8 +22,8 @@ use cubenet_certs::{NodeCert, Role};
 use ipnet::IpNet;
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
 use x25519_dalek::{PublicKey, StaticSecret};
@@ -30,9 +32,6 @@ use x25519_dalek::{PublicKey, StaticSecret};
 const KEEPALIVE_S: u16 = 25;
 /// A peer whose session is gone for this long is forgotten.
 const DEAD_PEER: Duration = Duration::from_secs(240);
-/// A pending peer keeps its place this long even when the set is full: a
-/// real host answers the handshake response within a round trip.
-const PENDING_GRACE: Duration = Duration::from_secs(1);
 /// Resend our certificate until it is acknowledged, this often.
 const CERT_RESEND: Duration = Duration::from_secs(1);
 
@@ -61,6 +60,8 @@ pub struct Drops {
     pub replayed: AtomicU64,
     /// A new unknown key while the pending table was full.
     pub pending_full: AtomicU64,
+    /// A new key while the peer table (`limits.max_peers`) was full.
+    pub peers_full: AtomicU64,
     /// Pending peers that sent nothing after their handshake, evicted for
     /// a newer one.
     pub pending_evicted: AtomicU64,
@@ -86,6 +87,7 @@ impl Drops {
             invalid: g(&self.invalid),
             replayed: g(&self.replayed),
             pending_full: g(&self.pending_full),
+            peers_full: g(&self.peers_full),
             pending_evicted: g(&self.pending_evicted),
             cookies_sent: g(&self.cookies_sent),
             handshake_backlog: g(&self.handshake_backlog),
@@ -99,63 +101,10 @@ fn bump(a: &AtomicU64) {
     a.fetch_add(1, Ordering::Relaxed);
 }
 
-#[derive(Default)]
-struct PeerTable {
-    by_index: HashMap<PeerId, Arc<Peer>>,
-    by_key: HashMap<[u8; 32], PeerId>,
-    /// Admitted peers whose certificate is not validated yet (by index).
-    /// Entries whose peer got a certificate or went away are pruned when
-    /// the set is full.
-    pending: HashSet<PeerId>,
-    next_index: u32,
-}
-
-impl PeerTable {
-    /// Frees a place in a full pending set: first entries that are no
-    /// longer pending, else the oldest peer that has not followed its
-    /// handshake with data for [`PENDING_GRACE`] (it never proved its key:
-    /// a flood of initiations). Peers that proved their key keep their
-    /// place until the pending timeout, and a young handshake gets its
-    /// round trip. False when nothing could go.
-    fn make_pending_room(&mut self, now: Instant, evicted: &AtomicU64) -> bool {
-        let before = self.pending.len();
-        let by_index = &self.by_index;
-        self.pending
-            .retain(|i| by_index.get(i).is_some_and(|p| p.cert().is_none()));
-        if self.pending.len() < before {
-            return true;
-        }
-        let oldest = self
-            .pending
-            .iter()
-            .filter_map(|i| self.by_index.get(i))
-            .filter(|p| !p.confirmed.load(Ordering::Relaxed))
-            .min_by_key(|p| p.created)
-            .filter(|p| now.saturating_duration_since(p.created) >= PENDING_GRACE)
-            .cloned();
-        let Some(p) = oldest else { return false };
-        bump(evicted);
-        self.pending.remove(&p.index);
-        self.by_index.remove(&p.index);
-        self.by_key.remove(&p.public_key);
-        tracing::debug!(peer = %p.name(), "pending peer evicted for a newer handshake");
-        true
-    }
-
-    fn alloc_index(&mut self) -> PeerId {
-        loop {
-            self.next_index = (self.next_index + 1) & 0x00ff_ffff;
-            let id = PeerId(self.next_index);
-            if self.next_index != 0 && !self.by_index.contains_key(&id) {
-                return id;
-            }
-        }
-    }
-}
-
 pub struct Node {
     pub cfg: Config,
-    identity: RwLock<Arc<Identity>>,
+    /// Read by every packet, replaced on reload: no lock.
+    identity: ArcSwap<Identity>,
     secret: StaticSecret,
     public: PublicKey,
     /// Handshake initiations of all peers count against this limit; above
@@ -164,10 +113,20 @@ pub struct Node {
     /// What each tunnel checks its handshakes with: mac1 only, because the
     /// shared limit above was already applied and must not count twice.
     mac_only: Arc<RateLimiter>,
+    /// The peers as the control side changes them.
     peers: RwLock<PeerTable>,
-    fib: RwLock<ForwardingTable>,
-    /// On a host: the index of the gateway traffic goes through.
-    active_gateway: RwLock<Option<PeerId>>,
+    /// The peers by receiver index, as every datagram looks them up.
+    slots: Arc<PeerSlots>,
+    /// The forwarding table the workers read: an immutable copy, replaced
+    /// whole after each change (copies share what did not change).
+    fib: ArcSwap<ForwardingTable>,
+    /// The table the control side changes, then publishes into `fib`.
+    fib_master: Mutex<ForwardingTable>,
+    /// On a host: the index of the gateway traffic goes through (0: none;
+    /// index 0 is never given out).
+    active_gateway: AtomicU32,
+    /// Held while the active gateway is chosen, so two choices do not race.
+    choosing_gateway: Mutex<()>,
     pub drops: Drops,
     pub events: broadcast::Sender<api::Event>,
     started: Instant,
@@ -263,18 +222,20 @@ impl Node {
         let rate_limiter = Arc::new(RateLimiter::new(&public, cfg.limits.handshake_rate));
         let mac_only = Arc::new(RateLimiter::new(&public, u64::MAX));
         let (events, _) = broadcast::channel(1024);
+        let peers = PeerTable::new(cfg.limits.max_peers, seed);
+        let slots = peers.slots();
         let node = Arc::new(Node {
-            identity: RwLock::new(Arc::new(identity)),
+            identity: ArcSwap::from_pointee(identity),
             secret,
             public,
             rate_limiter,
             mac_only,
-            peers: RwLock::new(PeerTable {
-                next_index: seed & 0x00ff_ffff,
-                ..Default::default()
-            }),
-            fib: RwLock::new(ForwardingTable::new()),
-            active_gateway: RwLock::new(None),
+            peers: RwLock::new(peers),
+            slots,
+            fib: ArcSwap::from_pointee(ForwardingTable::new()),
+            fib_master: Mutex::new(ForwardingTable::new()),
+            active_gateway: AtomicU32::new(0),
+            choosing_gateway: Mutex::new(()),
             drops: Drops::default(),
             events,
             leaving: std::sync::atomic::AtomicBool::new(false),
@@ -377,7 +338,7 @@ impl Node {
         };
         for a in due {
             let to = if self.role() == Role::Host {
-                (*read(&self.active_gateway)).and_then(|i| self.peer_by_index(i))
+                self.active_gateway().and_then(|i| self.peer_by_index(i))
             } else {
                 self.next_peer(a, None)
             };
@@ -389,7 +350,7 @@ impl Node {
 
     /// The peer the forwarding table sends `a` to (not `except`).
     fn next_peer(&self, a: IpAddr, except: Option<PeerId>) -> Option<Arc<Peer>> {
-        let next = read(&self.fib).lookup(a).cloned();
+        let next = self.fib.load().lookup(a).cloned();
         match next {
             Some(NextHop::Peers(ps)) => ps
                 .into_iter()
@@ -600,11 +561,11 @@ impl Node {
     }
 
     pub fn identity(&self) -> Arc<Identity> {
-        read(&self.identity).clone()
+        self.identity.load_full()
     }
 
     pub fn role(&self) -> Role {
-        self.identity().role()
+        self.identity.load().role()
     }
 
     fn new_tunn(&self, peer_key: [u8; 32], index: PeerId, keepalive: Option<u16>) -> Tunn {
@@ -657,6 +618,9 @@ impl Node {
             return Err(NodeError::OwnKey(name()));
         }
         let mut t = write(&self.peers);
+        if t.is_full() {
+            return Err(NodeError::TooManyPeers(self.cfg.limits.max_peers));
+        }
         let index = t.alloc_index();
         let peer = Arc::new(Peer::new(
             index,
@@ -667,8 +631,7 @@ impl Node {
             now,
         ));
         peer.set_endpoint(g.endpoint);
-        t.by_key.insert(key, index);
-        t.by_index.insert(index, peer.clone());
+        t.insert(peer.clone());
         drop(t);
         if let Some(c) = cert {
             self.accept_cert(&peer, c);
@@ -679,17 +642,18 @@ impl Node {
     /// This node's own addresses and (gateways) subnets go to the TUN.
     fn install_own_entries(&self) {
         let id = self.identity();
-        let mut fib = write(&self.fib);
-        for a in &id.cert.body.addresses {
-            fib.insert(host_net(a.addr()), Origin::Cert, NextHop::Local);
-        }
-        for s in &id.cert.body.subnets {
-            fib.insert(*s, Origin::Cert, NextHop::Local);
-        }
+        self.edit_fib(|fib| {
+            for a in &id.cert.body.addresses {
+                fib.insert(host_net(a.addr()), Origin::Cert, NextHop::Local);
+            }
+            for s in &id.cert.body.subnets {
+                fib.insert(*s, Origin::Cert, NextHop::Local);
+            }
+        });
     }
 
     fn install_static_routes(&self) -> Result<(), NodeError> {
-        let mut fib = write(&self.fib);
+        let mut routes = Vec::new();
         for (n, r) in self.cfg.routes.iter().enumerate() {
             let mut via = Vec::new();
             for name in &r.via {
@@ -701,29 +665,61 @@ impl Node {
                 };
                 via.push(p.index);
             }
-            fib.insert(r.prefix, Origin::Static, NextHop::Peers(via));
+            routes.push((r.prefix, NextHop::Peers(via)));
         }
+        self.edit_fib(|fib| {
+            for (prefix, next) in routes {
+                fib.insert(prefix, Origin::Static, next);
+            }
+        });
         Ok(())
     }
 
+    /// Changes the forwarding table and publishes it to the workers.
+    fn edit_fib<R>(&self, f: impl FnOnce(&mut ForwardingTable) -> R) -> R {
+        self.edit_fib_then(true, f)
+    }
+
+    fn edit_fib_then<R>(&self, publish: bool, f: impl FnOnce(&mut ForwardingTable) -> R) -> R {
+        let mut master = lock(&self.fib_master);
+        let r = f(&mut master);
+        if publish {
+            // Three reference counts: the origins' entries are shared.
+            self.fib.store(Arc::new(master.clone()));
+        }
+        r
+    }
+
+    /// Publishes changes made without publishing (the end of a resync, or
+    /// a control connection gone in the middle of one).
+    pub fn publish_fib(&self) {
+        self.edit_fib(|_| ());
+    }
+
+    /// The gateway a host sends through.
+    fn active_gateway(&self) -> Option<PeerId> {
+        match self.active_gateway.load(Ordering::Relaxed) {
+            0 => None,
+            i => Some(PeerId(i)),
+        }
+    }
+
     pub fn peers(&self) -> Vec<Arc<Peer>> {
-        let mut v: Vec<_> = read(&self.peers).by_index.values().cloned().collect();
+        let mut v: Vec<_> = read(&self.peers).values().cloned().collect();
         v.sort_by_key(|p| (p.configured.is_none(), p.name()));
         v
     }
 
     pub fn peer_by_index(&self, index: PeerId) -> Option<Arc<Peer>> {
-        read(&self.peers).by_index.get(&index).cloned()
+        self.slots.get(index)
     }
 
     fn peer_by_key(&self, key: &[u8; 32]) -> Option<Arc<Peer>> {
-        let t = read(&self.peers);
-        t.by_key.get(key).and_then(|i| t.by_index.get(i)).cloned()
+        read(&self.peers).by_key(key).cloned()
     }
 
     pub fn peer_by_name(&self, name: &str) -> Option<Arc<Peer>> {
         read(&self.peers)
-            .by_index
             .values()
             .find(|p| {
                 p.configured.as_deref() == Some(name) || p.cert().is_some_and(|c| c.name() == name)
@@ -738,7 +734,6 @@ impl Node {
             .iter()
             .filter_map(|g| {
                 read(&self.peers)
-                    .by_index
                     .values()
                     .find(|p| p.configured.as_deref() == Some(g.name.as_str()))
                     .cloned()
@@ -886,7 +881,11 @@ impl Node {
             if matches!(kind, Kind::Response | Kind::Initiation) {
                 *lock(&peer.handshake_at) = Some(now);
             }
-            if kind == Kind::Data && !peer.confirmed.swap(true, Ordering::Relaxed) {
+            // A load first: the swap would write a shared line per packet.
+            if kind == Kind::Data
+                && !peer.confirmed.load(Ordering::Relaxed)
+                && !peer.confirmed.swap(true, Ordering::Relaxed)
+            {
                 self.maybe_attach(peer);
             }
             if kind == Kind::Response && peer.configured.is_some() {
@@ -911,8 +910,12 @@ impl Node {
             return None;
         }
         let mut t = write(&self.peers);
-        if let Some(i) = t.by_key.get(&key) {
-            return t.by_index.get(i).cloned();
+        if let Some(p) = t.by_key(&key) {
+            return Some(p.clone());
+        }
+        if t.is_full() {
+            bump(&self.drops.peers_full);
+            return None;
         }
         if t.pending.len() >= self.cfg.limits.max_pending
             && !t.make_pending_room(now, &self.drops.pending_evicted)
@@ -929,8 +932,7 @@ impl Node {
             self.cfg.probe.misses,
             now,
         ));
-        t.by_key.insert(key, index);
-        t.by_index.insert(index, peer.clone());
+        t.insert(peer.clone());
         match id.directory.get(&key) {
             Some(c) => peer.set_cert(Some(c.clone())),
             None => {
@@ -980,7 +982,7 @@ impl Node {
             bump(&self.drops.invalid);
             return None;
         };
-        let id = self.identity();
+        let id = self.identity.load();
         let src_ok = match cert.role() {
             Role::Host => cert.owns_addr(src),
             // A gateway carries traffic of other sites: any overlay source,
@@ -991,7 +993,7 @@ impl Node {
             Role::Gateway => {
                 id.trust.ca().covers_addr(src)
                     || cert.body.subnets.iter().any(|n| n.contains(&src))
-                    || matches!(read(&self.fib).lookup(src),
+                    || matches!(self.fib.load().lookup(src),
                         Some(NextHop::Peers(ps)) if ps.contains(&peer.index))
             }
         };
@@ -1029,8 +1031,8 @@ impl Node {
         from: Option<PeerId>,
         out: &mut Outbox,
     ) -> Option<bool> {
-        let next = read(&self.fib).lookup(dst).cloned();
-        match next {
+        let fib = self.fib.load();
+        match fib.lookup(dst) {
             Some(NextHop::Local) => {
                 if from.is_some() {
                     return Some(true);
@@ -1039,22 +1041,18 @@ impl Node {
                 bump(&self.drops.no_route);
             }
             Some(NextHop::Peers(ps)) => {
-                let candidates: Vec<PeerId> =
-                    ps.iter().copied().filter(|p| Some(*p) != from).collect();
-                let healthy: Vec<PeerId> = candidates
-                    .iter()
-                    .copied()
-                    .filter(|i| {
-                        self.peer_by_index(*i)
-                            .is_some_and(|p| !p.is_gateway() || p.health().healthy())
-                    })
-                    .collect();
-                let set = if healthy.is_empty() {
-                    &candidates
-                } else {
-                    &healthy
+                // Per flow among the healthy next hops, else among all (not
+                // back where it came from).
+                let usable = |i: PeerId| Some(i) != from;
+                let healthy = |i: PeerId| {
+                    usable(i)
+                        && self
+                            .peer_by_index(i)
+                            .is_some_and(|p| !p.is_gateway() || p.healthy())
                 };
-                match pick_for_flow(set, src, dst).and_then(|i| self.peer_by_index(i)) {
+                let chosen = pick_for_flow_among(ps, src, dst, healthy)
+                    .or_else(|| pick_for_flow_among(ps, src, dst, usable));
+                match chosen.and_then(|i| self.peer_by_index(i)) {
                     Some(p) => self.send_to_peer(&p, pkt, out),
                     None => bump(&self.drops.no_route),
                 }
@@ -1093,13 +1091,13 @@ impl Node {
             // Router solicitations, mDNS and the like stay on this node.
             return;
         }
-        if self.identity().cert.owns_addr(src)
+        if self.identity.load().cert.owns_addr(src)
             && !self.firewall_passes(Direction::Outbound, pkt, now)
         {
             return;
         }
         if self.role() == Role::Host {
-            let gw = *read(&self.active_gateway);
+            let gw = self.active_gateway();
             match gw.and_then(|i| self.peer_by_index(i)) {
                 Some(p) => self.send_to_peer(&p, pkt, out),
                 None => bump(&self.drops.no_route),
@@ -1130,14 +1128,14 @@ impl Node {
             // follows), a host going away is detached (its routes go).
             Message::Leaving if peer.configured.is_some() => {
                 tracing::info!(peer = %peer.name(), "gateway is shutting down");
-                let t = peer.health().leaving();
+                let t = peer.update_health(|h| h.leaving());
                 if let Some(t) = t {
                     self.gateway_transition(peer, t, now);
                 }
             }
             Message::Leaving => self.remove_peer(peer, "shut down"),
             Message::ProbeReply { seq } => {
-                let t = peer.health().on_reply(seq, now);
+                let t = peer.update_health(|h| h.on_reply(seq, now));
                 if let Some(t) = t {
                     self.gateway_transition(peer, t, now);
                 }
@@ -1221,20 +1219,20 @@ impl Node {
     }
 
     fn remove_cert_entries(&self, peer: &Peer, cert: &NodeCert) {
-        let mut fib = write(&self.fib);
-        for a in &cert.body.addresses {
-            if fib.lookup(a.addr()) == Some(&NextHop::Peers(vec![peer.index])) {
-                fib.remove(host_net(a.addr()), Origin::Cert);
+        self.edit_fib(|fib| {
+            for a in &cert.body.addresses {
+                if fib.lookup(a.addr()) == Some(&NextHop::Peers(vec![peer.index])) {
+                    fib.remove(host_net(a.addr()), Origin::Cert);
+                }
             }
-        }
+        });
     }
 
     /// Installs the peer's addresses and announces it once it both holds a
     /// valid certificate and proved its key.
     fn maybe_attach(&self, peer: &Arc<Peer>) {
         let Some(cert) = peer.cert() else { return };
-        {
-            let mut fib = write(&self.fib);
+        self.edit_fib(|fib| {
             for a in &cert.body.addresses {
                 fib.insert(
                     host_net(a.addr()),
@@ -1242,7 +1240,7 @@ impl Node {
                     NextHop::Peers(vec![peer.index]),
                 );
             }
-        }
+        });
         if !peer.attached.swap(true, Ordering::Relaxed) {
             let addresses = cert_addrs(&cert);
             tracing::info!(peer = %cert.name(), role = %cert.role(), addresses = ?addresses, "attached");
@@ -1276,9 +1274,10 @@ impl Node {
             return;
         }
         let gws = self.gateways();
-        let healths: Vec<_> = gws.iter().map(|p| p.health().clone()).collect();
+        let healths: Vec<_> = gws.iter().map(|p| p.health()).collect();
         let refs: Vec<_> = healths.iter().collect();
-        let mut active = write(&self.active_gateway);
+        let _choosing = lock(&self.choosing_gateway);
+        let active = self.active_gateway();
         let current = active.and_then(|i| gws.iter().position(|p| p.index == i));
         let chosen = choose_gateway(
             current,
@@ -1287,10 +1286,11 @@ impl Node {
             Duration::from_millis(self.cfg.probe.failback_stable_ms),
         );
         let new = chosen.map(|c| gws[c].index);
-        if new != *active {
+        if new != active {
             let name = chosen.map(|c| gws[c].name());
             tracing::info!(gateway = ?name, "active gateway changed");
-            *active = new;
+            self.active_gateway
+                .store(new.map_or(0, |i| i.0), Ordering::Relaxed);
         }
     }
 
@@ -1299,7 +1299,7 @@ impl Node {
     /// what was already on its way here.
     pub fn leave(&self, out: &mut Outbox) {
         self.leaving.store(true, Ordering::Relaxed);
-        let peers: Vec<Arc<Peer>> = read(&self.peers).by_index.values().cloned().collect();
+        let peers: Vec<Arc<Peer>> = read(&self.peers).values().cloned().collect();
         for peer in peers {
             let session = lock(&peer.handshake_at).is_some();
             if session && (peer.configured.is_some() || peer.cert().is_some()) {
@@ -1310,13 +1310,8 @@ impl Node {
 
     /// Removes a peer: its session ends, its routes go.
     fn remove_peer(&self, peer: &Arc<Peer>, why: &str) {
-        {
-            let mut t = write(&self.peers);
-            t.by_index.remove(&peer.index);
-            t.by_key.remove(&peer.public_key);
-            t.pending.remove(&peer.index);
-        }
-        write(&self.fib).remove_peer(peer.index);
+        write(&self.peers).remove(peer);
+        self.edit_fib(|fib| fib.remove_peer(peer.index));
         if peer.attached.swap(false, Ordering::Relaxed) {
             // Attached implies a validated certificate: it says the role and
             // the addresses routed withdraws.
@@ -1387,7 +1382,7 @@ impl Node {
         let mut buf = vec![0u8; 2048];
         let pending_timeout = Duration::from_millis(self.cfg.limits.pending_timeout_ms);
         let our_cert = self.identity().cert.encoded().to_vec();
-        let peers: Vec<Arc<Peer>> = read(&self.peers).by_index.values().cloned().collect();
+        let peers: Vec<Arc<Peer>> = read(&self.peers).values().cloned().collect();
         for peer in peers {
             let res = peer.tunn().update_timers(&mut buf);
             match res {
@@ -1438,7 +1433,7 @@ impl Node {
             // to every gateway it knows anyway.)
             let we_initiate =
                 self.role() == Role::Host || self.public.as_bytes() < &peer.public_key;
-            if !peer.health().healthy() {
+            if !peer.healthy() {
                 // A session younger than the probe window first gets the
                 // chance to prove itself with probes: initiating again
                 // would only cost both ends another handshake.
@@ -1455,7 +1450,7 @@ impl Node {
             } else {
                 lock(&peer.retry).reset();
             }
-            let (seq, t) = peer.health().on_tick(now);
+            let (seq, t) = peer.update_health(|h| h.on_tick(now));
             if let Some(t) = t {
                 self.gateway_transition(&peer, t, now);
             }
@@ -1517,7 +1512,7 @@ impl Node {
     pub fn reload_identity(&self, identity: Identity) -> api::ReloadReport {
         let now = self.unix();
         let identity = Arc::new(identity);
-        *write(&self.identity) = identity.clone();
+        self.identity.store(identity.clone());
         let mut cut = Vec::new();
         for peer in self.peers() {
             let Some(cert) = peer.cert() else { continue };
@@ -1542,14 +1537,14 @@ impl Node {
 
     pub fn status(&self, now: Instant) -> api::Status {
         let id = self.identity();
-        let active = *read(&self.active_gateway);
+        let active = self.active_gateway();
         let peers: Vec<api::PeerStatus> = self
             .peers()
             .iter()
             .map(|p| {
                 let hs = (*lock(&p.handshake_at)).map(|t| now.saturating_duration_since(t));
                 let cert = p.cert();
-                let health = p.health().clone();
+                let health = p.health();
                 let attached = p.attached.load(Ordering::Relaxed);
                 api::PeerStatus {
                     name: p.name(),
@@ -1578,7 +1573,9 @@ impl Node {
                 }
             })
             .collect();
-        let routes: Vec<api::RouteRow> = read(&self.fib)
+        let routes: Vec<api::RouteRow> = self
+            .fib
+            .load()
             .rows()
             .into_iter()
             .map(|r| api::RouteRow {
@@ -1638,7 +1635,6 @@ impl Node {
     /// `via` of routes: one pass over the peers per request.
     fn gateways_by_name(&self) -> HashMap<String, PeerId> {
         read(&self.peers)
-            .by_index
             .values()
             .filter(|p| p.is_gateway())
             .flat_map(|p| {
@@ -1722,54 +1718,65 @@ impl Node {
     /// these and keeps the rest. A bad entry refuses the whole set.
     pub fn route_set(&self, routes: &[api::Route], merge: bool) -> Result<usize, RouteError> {
         let resolved = self.resolve(routes)?;
-        let mut fib = write(&self.fib);
-        if !merge {
-            fib.remove_origin(Origin::Routed);
-        }
-        for (prefix, ids) in resolved {
-            fib.insert(prefix, Origin::Routed, NextHop::Peers(ids));
-        }
+        self.edit_fib(|fib| {
+            if !merge {
+                fib.remove_origin(Origin::Routed);
+            }
+            for (prefix, ids) in resolved {
+                fib.insert(prefix, Origin::Routed, NextHop::Peers(ids));
+            }
+        });
         Ok(routes.len())
     }
 
     /// Increments from routed: withdraws, then adds. A route naming a
     /// gateway this node does not have is refused alone; the rest go in.
-    pub fn route_update(&self, add: &[api::Route], withdraw: &[IpNet]) -> api::Updated {
+    /// With `publish` false (a resync in progress) the workers go on with
+    /// the table they have until [`Node::publish_fib`]: a resync in chunks
+    /// does not copy the table per chunk.
+    pub fn route_update(
+        &self,
+        add: &[api::Route],
+        withdraw: &[IpNet],
+        publish: bool,
+    ) -> api::Updated {
         let (resolved, refused) = self.resolve_each(add);
         if !refused.is_empty() {
             tracing::warn!(refused = refused.len(), first = %refused[0], "routes refused");
         }
-        let mut fib = write(&self.fib);
-        let mut withdrawn = 0;
-        for p in withdraw {
-            withdrawn += usize::from(fib.remove(*p, Origin::Routed));
-        }
-        let added = resolved.len();
-        for (prefix, ids) in resolved {
-            fib.insert(prefix, Origin::Routed, NextHop::Peers(ids));
-        }
-        api::Updated {
-            added,
-            withdrawn,
-            routes: fib.count(Origin::Routed),
-            refused,
-        }
+        self.edit_fib_then(publish, |fib| {
+            let mut withdrawn = 0;
+            for p in withdraw {
+                withdrawn += usize::from(fib.remove(*p, Origin::Routed));
+            }
+            let added = resolved.len();
+            for (prefix, ids) in resolved {
+                fib.insert(prefix, Origin::Routed, NextHop::Peers(ids));
+            }
+            api::Updated {
+                added,
+                withdrawn,
+                routes: fib.count(Origin::Routed),
+                refused,
+            }
+        })
     }
 
     /// The end of a full resync: routed entries outside `seen` go.
     pub fn route_retain(&self, seen: &HashSet<IpNet>) -> api::Updated {
-        let mut fib = write(&self.fib);
-        let withdrawn = fib.retain(Origin::Routed, |p| seen.contains(&p));
-        api::Updated {
-            added: 0,
-            withdrawn,
-            routes: fib.count(Origin::Routed),
-            refused: Vec::new(),
-        }
+        self.edit_fib(|fib| {
+            let withdrawn = fib.retain(Origin::Routed, |p| seen.contains(&p));
+            api::Updated {
+                added: 0,
+                withdrawn,
+                routes: fib.count(Origin::Routed),
+                refused: Vec::new(),
+            }
+        })
     }
 
     pub fn route_del(&self, prefix: IpNet) -> bool {
-        write(&self.fib).remove(prefix, Origin::Routed)
+        self.edit_fib(|fib| fib.remove(prefix, Origin::Routed))
     }
 }
 
@@ -1801,6 +1808,8 @@ pub enum NodeError {
     OwnKey(String),
     #[error("route[{index}].via: no gateway named {name:?}")]
     StaticVia { index: usize, name: String },
+    #[error("gateways: more than limits.max_peers ({0})")]
+    TooManyPeers(usize),
 }
 
 /// Why routes were refused.
@@ -1826,71 +1835,6 @@ fn api_role(r: Role) -> api::Role {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn pending_peer(index: u32, created: Instant) -> Arc<Peer> {
-        let index = PeerId(index);
-        let ours = StaticSecret::random_from_rng(rand_core::OsRng);
-        let theirs = StaticSecret::random_from_rng(rand_core::OsRng);
-        let key = PublicKey::from(&theirs).to_bytes();
-        let tunn = Tunn::new(ours, PublicKey::from(key), None, None, index.0, None);
-        Arc::new(Peer::new(index, key, None, tunn, 3, created))
-    }
-
-    fn table(peers: &[Arc<Peer>]) -> PeerTable {
-        let mut t = PeerTable::default();
-        for p in peers {
-            t.by_index.insert(p.index, p.clone());
-            t.by_key.insert(p.public_key, p.index);
-            t.pending.insert(p.index);
-        }
-        t
-    }
-
-    #[test]
-    fn a_full_pending_set_evicts_the_oldest_silent_peer_after_its_grace() {
-        let t0 = Instant::now();
-        let old = pending_peer(1, t0);
-        let proven = pending_peer(2, t0);
-        proven.confirmed.store(true, Ordering::Relaxed);
-        let young = pending_peer(3, t0 + Duration::from_millis(900));
-        let mut t = table(&[old.clone(), proven.clone(), young.clone()]);
-        let evicted = AtomicU64::new(0);
-
-        // Within the grace nobody goes: the newcomer is refused.
-        assert!(!t.make_pending_room(t0 + Duration::from_millis(500), &evicted));
-        assert_eq!(t.pending.len(), 3);
-
-        // After it, the oldest peer that sent no data goes; the one that
-        // proved its key stays.
-        assert!(t.make_pending_room(t0 + PENDING_GRACE, &evicted));
-        assert!(!t.by_index.contains_key(&PeerId(1)) && !t.by_key.contains_key(&old.public_key));
-        assert!(t.by_index.contains_key(&PeerId(2)) && t.by_index.contains_key(&PeerId(3)));
-        assert_eq!(evicted.load(Ordering::Relaxed), 1);
-
-        // The young one is next once its own grace is over; the proven one
-        // never is.
-        assert!(!t.make_pending_room(t0 + PENDING_GRACE, &evicted));
-        assert!(t.make_pending_room(t0 + Duration::from_millis(1900), &evicted));
-        assert!(!t.make_pending_room(t0 + Duration::from_secs(60), &evicted));
-        assert_eq!(
-            t.pending.iter().copied().collect::<Vec<_>>(),
-            vec![PeerId(2)]
-        );
-    }
-
-    #[test]
-    fn entries_no_longer_pending_make_room_first() {
-        let t0 = Instant::now();
-        let gone = pending_peer(1, t0);
-        let silent = pending_peer(2, t0);
-        let mut t = table(&[gone, silent]);
-        t.by_index.remove(&PeerId(1));
-        let evicted = AtomicU64::new(0);
-        assert!(t.make_pending_room(t0 + Duration::from_secs(10), &evicted));
-        assert_eq!(evicted.load(Ordering::Relaxed), 0, "nobody was evicted");
-        assert!(t.by_index.contains_key(&PeerId(2)));
-        assert_eq!(t.pending.len(), 1);
-    }
 
     #[test]
     fn initiations_are_recognised_by_type_and_size() {

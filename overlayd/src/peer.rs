@@ -4,11 +4,12 @@
 
 use crate::fib::PeerId;
 use crate::health::{GatewayHealth, HandshakeRetry};
+use arc_swap::ArcSwapOption;
 use boringtun::noise::Tunn;
 use cubenet_certs::{NodeCert, Role};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 pub struct Peer {
@@ -17,10 +18,13 @@ pub struct Peer {
     pub public_key: [u8; 32],
     /// The name in our config, for gateways we keep a tunnel to.
     pub configured: Option<String>,
+    /// The only lock a packet takes: the session's keys and counters.
     tunn: Mutex<Tunn>,
-    pub endpoint: RwLock<Option<SocketAddr>>,
+    /// Read on every packet sent, written when the peer roams: no lock.
+    endpoint: ArcSwapOption<SocketAddr>,
     /// Set once the certificate is validated; nothing is forwarded before.
-    pub cert: RwLock<Option<Arc<NodeCert>>>,
+    /// Read on every packet without a lock.
+    cert: ArcSwapOption<NodeCert>,
     /// The peer sent authenticated data (not just a handshake), so it holds
     /// the key: a replayed handshake never gets this far.
     pub confirmed: AtomicBool,
@@ -38,7 +42,10 @@ pub struct Peer {
     pub retry: Mutex<HandshakeRetry>,
     pub attached: AtomicBool,
     pub created: Instant,
-    pub health: Mutex<GatewayHealth>,
+    health: Mutex<GatewayHealth>,
+    /// `health.healthy()`, for the forwarding path to read without the
+    /// lock; written with it by [`Peer::update_health`].
+    healthy: AtomicBool,
     pub rx_bytes: AtomicU64,
     pub tx_bytes: AtomicU64,
     pub rx_packets: AtomicU64,
@@ -105,8 +112,8 @@ impl Peer {
             public_key,
             configured,
             tunn: Mutex::new(tunn),
-            endpoint: RwLock::new(None),
-            cert: RwLock::new(None),
+            endpoint: ArcSwapOption::empty(),
+            cert: ArcSwapOption::empty(),
             confirmed: AtomicBool::new(false),
             our_cert_acked: AtomicBool::new(false),
             last_cert_sent: Mutex::new(None),
@@ -116,6 +123,7 @@ impl Peer {
             attached: AtomicBool::new(false),
             created: now,
             health: Mutex::new(GatewayHealth::new(misses)),
+            healthy: AtomicBool::new(false),
             rx_bytes: AtomicU64::new(0),
             tx_bytes: AtomicU64::new(0),
             rx_packets: AtomicU64::new(0),
@@ -133,25 +141,50 @@ impl Peer {
         *self.tunn() = tunn;
     }
 
-    pub fn health(&self) -> MutexGuard<'_, GatewayHealth> {
-        self.health.lock().unwrap_or_else(|p| p.into_inner())
+    /// A copy of the gateway tunnel's liveness.
+    pub fn health(&self) -> GatewayHealth {
+        self.health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Changes the liveness (probe sent, reply, leaving) and publishes
+    /// whether the tunnel is healthy for the forwarding path.
+    pub fn update_health<R>(&self, f: impl FnOnce(&mut GatewayHealth) -> R) -> R {
+        let mut h = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        let r = f(&mut h);
+        self.healthy.store(h.healthy(), Ordering::Relaxed);
+        r
+    }
+
+    /// Whether the gateway tunnel answers its probes (lock-free).
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
     }
 
     pub fn cert(&self) -> Option<Arc<NodeCert>> {
-        self.cert.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.cert.load_full()
+    }
+
+    /// Whether the certificate is validated, without taking a reference.
+    pub fn has_cert(&self) -> bool {
+        self.cert.load().is_some()
     }
 
     pub fn set_cert(&self, cert: Option<Arc<NodeCert>>) {
-        *self.cert.write().unwrap_or_else(|p| p.into_inner()) = cert;
+        self.cert.store(cert);
     }
 
     pub fn endpoint(&self) -> Option<SocketAddr> {
-        *self.endpoint.read().unwrap_or_else(|p| p.into_inner())
+        self.endpoint.load().as_deref().copied()
     }
 
+    /// Where the peer was last authenticated from; stored only when it
+    /// moved (the common case is one lock-free load).
     pub fn set_endpoint(&self, ep: SocketAddr) {
-        if self.endpoint() != Some(ep) {
-            *self.endpoint.write().unwrap_or_else(|p| p.into_inner()) = Some(ep);
+        if self.endpoint.load().as_deref() != Some(&ep) {
+            self.endpoint.store(Some(Arc::new(ep)));
         }
     }
 
@@ -167,7 +200,9 @@ impl Peer {
     }
 
     pub fn role(&self) -> Option<Role> {
-        self.cert()
+        self.cert
+            .load()
+            .as_ref()
             .map(|c| c.role())
             .or(self.configured.as_ref().map(|_| Role::Gateway))
     }
