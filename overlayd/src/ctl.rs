@@ -18,6 +18,17 @@ use tokio::net::{UnixListener, UnixStream};
 
 pub use api::MAX_LINE;
 
+/// Where the driver puts the node's events and subscribers read them (a
+/// subscriber too slow for [`EVENT_QUEUE`] of them is told `lagged`).
+pub type Events = tokio::sync::broadcast::Sender<api::Event>;
+
+/// Events a subscriber may be behind before it is told it lagged.
+pub const EVENT_QUEUE: usize = 1024;
+
+pub fn events() -> Events {
+    tokio::sync::broadcast::channel(EVENT_QUEUE).0
+}
+
 /// Reloads the node's certificates and rules (shared with SIGHUP).
 pub type Reload = Arc<dyn Fn() -> Result<api::Reloaded, String> + Send + Sync>;
 
@@ -26,15 +37,16 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     cubenet_daemon::bind_private_socket(path)
 }
 
-pub async fn serve(listener: UnixListener, node: Arc<Node>, reload: Reload) {
+pub async fn serve(listener: UnixListener, node: Arc<Node>, reload: Reload, events: Events) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         let node = node.clone();
         let reload = reload.clone();
+        let events = events.clone();
         tokio::spawn(async move {
-            if let Err(e) = connection(stream, node.clone(), reload).await {
+            if let Err(e) = connection(stream, node.clone(), reload, events).await {
                 tracing::debug!("control connection closed: {e}");
             }
             // A resync cut short: what it installed so far is published.
@@ -43,7 +55,12 @@ pub async fn serve(listener: UnixListener, node: Arc<Node>, reload: Reload) {
     }
 }
 
-async fn connection(stream: UnixStream, node: Arc<Node>, reload: Reload) -> std::io::Result<()> {
+async fn connection(
+    stream: UnixStream,
+    node: Arc<Node>,
+    reload: Reload,
+    events: Events,
+) -> std::io::Result<()> {
     let (r, mut w) = stream.into_split();
     let mut r = BufReader::new(r);
     let mut buf = Vec::new();
@@ -65,7 +82,7 @@ async fn connection(stream: UnixStream, node: Arc<Node>, reload: Reload) -> std:
         let reply = match serde_json::from_str::<Request>(text.trim()) {
             Err(e) => line(&Reply::<Empty>::Err(format!("bad request: {e}"))),
             Ok(Request::Subscribe) => {
-                let mut rx = node.events.subscribe();
+                let mut rx = events.subscribe();
                 w.write_all(line(&Reply::Ok(api::Subscribed { subscribed: true })).as_bytes())
                     .await?;
                 loop {

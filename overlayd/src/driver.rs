@@ -99,6 +99,8 @@ struct Io {
     tuns: Vec<AsyncDevice>,
     v4: Option<Udp>,
     v6: Option<Udp>,
+    /// The node's events, to the control socket's subscribers.
+    events: crate::ctl::Events,
 }
 
 /// One task's buffers: what [`Node`] fills, the TUN's GRO table and the
@@ -122,6 +124,10 @@ impl Lane {
 impl Io {
     async fn flush(&self, lane: &mut Lane) {
         let out = &mut lane.out;
+        for e in out.events.drain(..) {
+            // Nobody subscribed is no error.
+            let _ = self.events.send(e);
+        }
         for b in out.net.batches() {
             let Some(udp) = (if b.ep.is_ipv4() { &self.v4 } else { &self.v6 }) else {
                 continue;
@@ -371,7 +377,13 @@ pub async fn run(cfg: Config, config_path: PathBuf, identity: Identity) -> Resul
             v6 = Some(s);
         }
     }
-    let io = Arc::new(Io { tuns, v4, v6 });
+    let events = crate::ctl::events();
+    let io = Arc::new(Io {
+        tuns,
+        v4,
+        v6,
+        events: events.clone(),
+    });
     let socket_path = cfg.control_socket.clone();
     let listener = crate::ctl::bind(&socket_path)
         .map_err(|e| format!("control socket {}: {e}", socket_path.display()))?;
@@ -408,6 +420,7 @@ pub async fn run(cfg: Config, config_path: PathBuf, identity: Identity) -> Resul
     // Reload: shared by SIGHUP and the control socket.
     let reload = {
         let node = node.clone();
+        let events = events.clone();
         let reload: crate::ctl::Reload = Arc::new(move || {
             // The firewall rules come from the config file, read again; the
             // certificates and revocation list from their files. Either
@@ -423,7 +436,12 @@ pub async fn run(cfg: Config, config_path: PathBuf, identity: Identity) -> Resul
                 .map_err(|e| e.to_string());
             match (policy, id) {
                 (Ok((policy, on)), Ok(id)) => {
-                    let r = node.reload_identity(id);
+                    // A reload cuts sessions (events) and sends nothing.
+                    let mut out = Outbox::default();
+                    let r = node.reload_identity(id, &mut out);
+                    for e in out.events {
+                        let _ = events.send(e);
+                    }
                     let cut = node.reload_firewall(policy, on, Instant::now());
                     tracing::info!(config = %config_path.display(), cut = r.cut.len(), skipped_certs = r.skipped_certs.len(), firewall_flows_cut = cut, "reloaded");
                     Ok(cubenet_api::overlayd::Reloaded {
@@ -469,7 +487,12 @@ pub async fn run(cfg: Config, config_path: PathBuf, identity: Identity) -> Resul
             }
         });
     }
-    tokio::spawn(crate::ctl::serve(listener, node.clone(), reload.clone()));
+    tokio::spawn(crate::ctl::serve(
+        listener,
+        node.clone(),
+        reload.clone(),
+        events.clone(),
+    ));
     if let Some(addr) = node.cfg.metrics_listen {
         let l = tokio::net::TcpListener::bind(addr)
             .await

@@ -25,7 +25,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
-use tokio::sync::broadcast;
 use x25519_dalek::{PublicKey, StaticSecret};
 
 /// WireGuard's keepalive for gateway tunnels; probes keep them busier anyway.
@@ -35,12 +34,15 @@ const DEAD_PEER: Duration = Duration::from_secs(240);
 /// Resend our certificate until it is acknowledged, this often.
 const CERT_RESEND: Duration = Duration::from_secs(1);
 
-/// What the driver must send after a call into [`Node`]: datagrams grouped
-/// for UDP GSO and TUN packets with room for the virtio-net header.
+/// What the driver must do after a call into [`Node`]: datagrams grouped
+/// for UDP GSO, TUN packets with room for the virtio-net header, and
+/// events for the control socket's subscribers.
 #[derive(Default)]
 pub struct Outbox {
     pub net: NetQueue,
     pub tun: TunQueue,
+    /// What subscribers of the control socket are told, in order.
+    pub events: Vec<api::Event>,
 }
 
 /// Why packets were dropped; shown in status and metrics.
@@ -128,7 +130,6 @@ pub struct Node {
     /// Held while the active gateway is chosen, so two choices do not race.
     choosing_gateway: Mutex<()>,
     pub drops: Drops,
-    pub events: broadcast::Sender<api::Event>,
     started: Instant,
     last_rate_reset: RwLock<Instant>,
     /// What the driver got from the kernel (offloads), for status.
@@ -221,7 +222,6 @@ impl Node {
         let public = PublicKey::from(&secret);
         let rate_limiter = Arc::new(RateLimiter::new(&public, cfg.limits.handshake_rate));
         let mac_only = Arc::new(RateLimiter::new(&public, u64::MAX));
-        let (events, _) = broadcast::channel(1024);
         let peers = PeerTable::new(cfg.limits.max_peers, seed);
         let slots = peers.slots();
         let node = Arc::new(Node {
@@ -237,7 +237,6 @@ impl Node {
             active_gateway: AtomicU32::new(0),
             choosing_gateway: Mutex::new(()),
             drops: Drops::default(),
-            events,
             leaving: std::sync::atomic::AtomicBool::new(false),
             started: now,
             last_rate_reset: RwLock::new(now),
@@ -257,8 +256,11 @@ impl Node {
         });
         node.install_own_entries();
         node.rebuild_identities();
+        // Nobody is subscribed yet: what attaching the configured gateways
+        // says goes nowhere.
+        let mut out = Outbox::default();
         for g in node.cfg.gateways.clone() {
-            node.add_configured_gateway(&g, now)?;
+            node.add_configured_gateway(&g, now, &mut out)?;
         }
         node.install_static_routes()?;
         Ok(node)
@@ -583,6 +585,7 @@ impl Node {
         &self,
         g: &crate::config::GatewayPeer,
         now: Instant,
+        out: &mut Outbox,
     ) -> Result<(), NodeError> {
         let name = || g.name.clone();
         let (key, cert) = match (&g.public_key, &g.cert) {
@@ -634,7 +637,7 @@ impl Node {
         t.insert(peer.clone());
         drop(t);
         if let Some(c) = cert {
-            self.accept_cert(&peer, c);
+            self.accept_cert(&peer, c, out);
         }
         Ok(())
     }
@@ -886,7 +889,7 @@ impl Node {
                 && !peer.confirmed.load(Ordering::Relaxed)
                 && !peer.confirmed.swap(true, Ordering::Relaxed)
             {
-                self.maybe_attach(peer);
+                self.maybe_attach(peer, out);
             }
             if kind == Kind::Response && peer.configured.is_some() {
                 self.present_cert(peer, now, out);
@@ -1120,7 +1123,7 @@ impl Node {
                     && !peer.attached.load(Ordering::Relaxed)
                     && peer.confirmed.load(Ordering::Relaxed)
                 {
-                    self.maybe_attach(peer);
+                    self.maybe_attach(peer, out);
                 }
             }
             // Authenticated by the tunnel: a gateway going away is down now
@@ -1130,14 +1133,14 @@ impl Node {
                 tracing::info!(peer = %peer.name(), "gateway is shutting down");
                 let t = peer.update_health(|h| h.leaving());
                 if let Some(t) = t {
-                    self.gateway_transition(peer, t, now);
+                    self.gateway_transition(peer, t, now, out);
                 }
             }
-            Message::Leaving => self.remove_peer(peer, "shut down"),
+            Message::Leaving => self.remove_peer(peer, "shut down", out),
             Message::ProbeReply { seq } => {
                 let t = peer.update_health(|h| h.on_reply(seq, now));
                 if let Some(t) = t {
-                    self.gateway_transition(peer, t, now);
+                    self.gateway_transition(peer, t, now, out);
                 }
             }
             // Identity questions and answers only from peers whose own
@@ -1181,7 +1184,7 @@ impl Node {
                         let fp = c.fingerprint().0;
                         let same = peer.cert().is_some_and(|old| old.fingerprint().0 == fp);
                         if !same {
-                            self.accept_cert(peer, Arc::new(c));
+                            self.accept_cert(peer, Arc::new(c), out);
                         }
                         self.send_message(peer, &Message::CertAck(fp), out);
                     }
@@ -1207,14 +1210,14 @@ impl Node {
     }
 
     /// A validated certificate for `peer`: its addresses route to it.
-    fn accept_cert(&self, peer: &Arc<Peer>, cert: Arc<NodeCert>) {
+    fn accept_cert(&self, peer: &Arc<Peer>, cert: Arc<NodeCert>, out: &mut Outbox) {
         if let Some(old) = peer.cert() {
             self.remove_cert_entries(peer, &old);
         }
         self.learn_identity(&cert);
         peer.set_cert(Some(cert));
         if peer.confirmed.load(Ordering::Relaxed) || peer.configured.is_some() {
-            self.maybe_attach(peer);
+            self.maybe_attach(peer, out);
         }
     }
 
@@ -1230,7 +1233,7 @@ impl Node {
 
     /// Installs the peer's addresses and announces it once it both holds a
     /// valid certificate and proved its key.
-    fn maybe_attach(&self, peer: &Arc<Peer>) {
+    fn maybe_attach(&self, peer: &Arc<Peer>, out: &mut Outbox) {
         let Some(cert) = peer.cert() else { return };
         self.edit_fib(|fib| {
             for a in &cert.body.addresses {
@@ -1244,7 +1247,7 @@ impl Node {
         if !peer.attached.swap(true, Ordering::Relaxed) {
             let addresses = cert_addrs(&cert);
             tracing::info!(peer = %cert.name(), role = %cert.role(), addresses = ?addresses, "attached");
-            let _ = self.events.send(api::Event::Attached {
+            out.events.push(api::Event::Attached {
                 name: cert.name().to_string(),
                 role: api_role(cert.role()),
                 site: cert.body.site.clone(),
@@ -1253,7 +1256,7 @@ impl Node {
         }
     }
 
-    fn gateway_transition(&self, peer: &Arc<Peer>, t: Transition, now: Instant) {
+    fn gateway_transition(&self, peer: &Arc<Peer>, t: Transition, now: Instant, out: &mut Outbox) {
         let up = t == Transition::Up;
         if !up {
             // It may come back as a new process: present our cert again.
@@ -1261,7 +1264,7 @@ impl Node {
         }
         tracing::info!(peer = %peer.name(), "gateway tunnel {}", if up { "up" } else { "down" });
         let name = peer.name();
-        let _ = self.events.send(if up {
+        out.events.push(if up {
             api::Event::GatewayUp { name }
         } else {
             api::Event::GatewayDown { name }
@@ -1309,22 +1312,22 @@ impl Node {
     }
 
     /// Removes a peer: its session ends, its routes go.
-    fn remove_peer(&self, peer: &Arc<Peer>, why: &str) {
+    fn remove_peer(&self, peer: &Arc<Peer>, why: &str, out: &mut Outbox) {
         write(&self.peers).remove(peer);
         self.edit_fib(|fib| fib.remove_peer(peer.index));
         if peer.attached.swap(false, Ordering::Relaxed) {
             // Attached implies a validated certificate: it says the role and
             // the addresses routed withdraws.
             if let Some(cert) = peer.cert() {
-                self.announce_detached(peer, &cert, why);
+                self.announce_detached(peer, &cert, why, out);
             }
         }
     }
 
     /// Logs and sends the `detached` event of a peer that was attached.
-    fn announce_detached(&self, peer: &Peer, cert: &NodeCert, why: &str) {
+    fn announce_detached(&self, peer: &Peer, cert: &NodeCert, why: &str, out: &mut Outbox) {
         tracing::info!(peer = %peer.name(), "detached: {why}");
-        let _ = self.events.send(api::Event::Detached {
+        out.events.push(api::Event::Detached {
             name: peer.name(),
             role: api_role(cert.role()),
             site: cert.body.site.clone(),
@@ -1336,15 +1339,15 @@ impl Node {
     /// Ends the session of a peer whose certificate is no longer valid: a
     /// configured gateway keeps its tunnel (a new session needs a valid
     /// certificate again), any other peer goes.
-    fn cut_session(&self, peer: &Arc<Peer>, why: &str) {
+    fn cut_session(&self, peer: &Arc<Peer>, why: &str, out: &mut Outbox) {
         tracing::warn!(peer = %peer.name(), "certificate no longer valid: {why}");
         let why = format!("certificate no longer valid: {why}");
         if peer.configured.is_some() {
-            self.detach(peer, &why);
+            self.detach(peer, &why, out);
             peer.set_cert(None);
             peer.replace_tunn(self.new_tunn(peer.public_key, peer.index, Some(KEEPALIVE_S)));
         } else {
-            self.remove_peer(peer, &why);
+            self.remove_peer(peer, &why, out);
         }
     }
 
@@ -1352,22 +1355,22 @@ impl Node {
     /// the wall clock `unix`: a session does not outlive its certificate.
     /// Only the validity window is compared here (cheap, every second); the
     /// signature was checked when the certificate was accepted.
-    fn cut_expired(&self, unix: u64) {
+    fn cut_expired(&self, unix: u64, out: &mut Outbox) {
         for peer in self.peers() {
             let Some(cert) = peer.cert() else { continue };
             if let Err(e) = cert.check_validity_window(unix) {
-                self.cut_session(&peer, &e.to_string());
+                self.cut_session(&peer, &e.to_string(), out);
             }
         }
     }
 
     /// Takes a peer's addresses out of the forwarding table and says so;
     /// the peer and its session stay.
-    fn detach(&self, peer: &Arc<Peer>, why: &str) {
+    fn detach(&self, peer: &Arc<Peer>, why: &str, out: &mut Outbox) {
         let Some(cert) = peer.cert() else { return };
         self.remove_cert_entries(peer, &cert);
         if peer.attached.swap(false, Ordering::Relaxed) {
-            self.announce_detached(peer, &cert, why);
+            self.announce_detached(peer, &cert, why, out);
         }
     }
 
@@ -1396,7 +1399,7 @@ impl Node {
                         (*lock(&peer.handshake_at)).unwrap_or(peer.created),
                     );
                     if idle > DEAD_PEER {
-                        self.remove_peer(&peer, "session expired");
+                        self.remove_peer(&peer, "session expired", out);
                         continue;
                     }
                 }
@@ -1404,7 +1407,7 @@ impl Node {
             }
             if peer.configured.is_none() {
                 if peer.cert().is_none() && now.duration_since(peer.created) > pending_timeout {
-                    self.remove_peer(&peer, "no valid certificate");
+                    self.remove_peer(&peer, "no valid certificate", out);
                     continue;
                 }
                 // A peer that probes (an overlayd host) and has missed as
@@ -1418,7 +1421,7 @@ impl Node {
                     self.cfg.probe.misses,
                 );
                 if silent && peer.attached.load(Ordering::Relaxed) {
-                    self.detach(&peer, "no probe for the probe window");
+                    self.detach(&peer, "no probe for the probe window", out);
                 }
                 continue;
             }
@@ -1452,7 +1455,7 @@ impl Node {
             }
             let (seq, t) = peer.update_health(|h| h.on_tick(now));
             if let Some(t) = t {
-                self.gateway_transition(&peer, t, now);
+                self.gateway_transition(&peer, t, now, out);
             }
             self.send_message(&peer, &Message::Probe { seq }, out);
             if !peer.our_cert_acked.load(Ordering::Relaxed) {
@@ -1473,7 +1476,7 @@ impl Node {
             *last = now;
             self.rate_limiter.reset_count();
             self.fw().expire(now);
-            self.cut_expired(unix);
+            self.cut_expired(unix, out);
         }
         drop(last);
         self.ask_whois(now, out);
@@ -1509,7 +1512,7 @@ impl Node {
 
     /// Replaces the identity (SIGHUP): peers whose certificate is no longer
     /// valid lose their session at once; the others keep theirs.
-    pub fn reload_identity(&self, identity: Identity) -> api::ReloadReport {
+    pub fn reload_identity(&self, identity: Identity, out: &mut Outbox) -> api::ReloadReport {
         let now = self.unix();
         let identity = Arc::new(identity);
         self.identity.store(identity.clone());
@@ -1521,7 +1524,7 @@ impl Node {
                     name: peer.name(),
                     reason: e.to_string(),
                 });
-                self.cut_session(&peer, &e.to_string());
+                self.cut_session(&peer, &e.to_string(), out);
             }
         }
         self.rebuild_identities();

@@ -26,24 +26,21 @@ fn reply(s: &mut BufReader<UnixStream>) -> Value {
     serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"))
 }
 
-/// `status` on a connection, answered in well under a second.
+/// `status` on a connection, answered (a connection that hangs fails on
+/// its read timeout).
 fn status(c: &mut BufReader<UnixStream>) {
-    let t = Instant::now();
     c.get_mut().write_all(b"{\"cmd\":\"status\"}\n").unwrap();
     let v = reply(c);
     assert_eq!(v["ok"], true, "{v}");
     assert_eq!(v["name"], "fra-gw1");
-    assert!(
-        t.elapsed() < Duration::from_secs(2),
-        "status took {:?}",
-        t.elapsed()
-    );
 }
 
 struct Server {
     _dir: tempfile::TempDir,
     path: PathBuf,
-    node: Arc<overlayd::node::Node>,
+    _node: Arc<overlayd::node::Node>,
+    /// Where the driver would put the node's events.
+    events: overlayd::ctl::Events,
     _rt: tokio::runtime::Runtime,
 }
 
@@ -66,11 +63,18 @@ fn server_of(node: Arc<overlayd::node::Node>) -> Server {
             firewall_flows_cut: 0,
         })
     });
-    rt.spawn(overlayd::ctl::serve(listener, node.clone(), reload));
+    let events = overlayd::ctl::events();
+    rt.spawn(overlayd::ctl::serve(
+        listener,
+        node.clone(),
+        reload,
+        events.clone(),
+    ));
     Server {
         _dir: dir,
         path,
-        node,
+        _node: node,
+        events,
         _rt: rt,
     }
 }
@@ -163,17 +167,12 @@ fn a_subscriber_that_never_reads_blocks_nobody() {
 
     // Far more events than the socket buffers and the event queue hold.
     let pad = "x".repeat(1000);
-    let t = Instant::now();
+    // Sending never waits for a subscriber (it would hang here).
     for i in 0..20_000 {
-        let _ = s.node.events.send(cubenet_api::overlayd::Event::GatewayUp {
+        let _ = s.events.send(cubenet_api::overlayd::Event::GatewayUp {
             name: format!("{i}{pad}"),
         });
     }
-    assert!(
-        t.elapsed() < Duration::from_secs(5),
-        "sending events blocked: {:?}",
-        t.elapsed()
-    );
     status(&mut good);
 
     // The late reader is told what it missed instead of the server

@@ -32,7 +32,8 @@ struct SimNode {
     out: Outbox,
     /// Packets the node wrote to its TUN.
     tun: Vec<Vec<u8>>,
-    events: tokio::sync::broadcast::Receiver<Event>,
+    /// Events the node put out, not yet read by the test.
+    events: Vec<Event>,
 }
 
 /// Hosts and gateways of one site, each with its own underlay address.
@@ -168,14 +169,13 @@ impl Net {
             let path = d.join(format!("{name}.toml"));
             std::fs::write(&path, text).unwrap();
             let node = load(&path, now, unix, i as u32 * 1000);
-            let events = node.events.subscribe();
             nodes.push(SimNode {
                 name: name.clone(),
                 node,
                 addr: addr(i),
                 out: Outbox::default(),
                 tun: Vec::new(),
-                events,
+                events: Vec::new(),
             });
         }
         let mut net = Net {
@@ -253,6 +253,7 @@ impl Net {
                     .collect();
                 n.tun.extend(tun);
                 n.out.tun.clear();
+                n.events.append(&mut n.out.events);
                 let from = n.addr;
                 for (to, d) in dgrams {
                     let Some(j) = self.nodes.iter().position(|m| m.addr == to) else {
@@ -320,11 +321,9 @@ impl Net {
 
     fn events(&mut self, node: &str) -> Vec<Event> {
         let i = self.index(node);
-        let mut v = Vec::new();
-        while let Ok(e) = self.nodes[i].events.try_recv() {
-            v.push(e);
-        }
-        v
+        let n = &mut self.nodes[i];
+        n.events.append(&mut n.out.events);
+        std::mem::take(&mut n.events)
     }
 
     /// Handshake initiations `from` sent to `to` (delivered or not is not
@@ -366,7 +365,8 @@ impl Net {
         let cfg = Config::load(&self.config(at)).unwrap();
         let id = Identity::load(&cfg, self.unix_now()).unwrap();
         let i = self.index(at);
-        let r = self.nodes[i].node.reload_identity(id);
+        let n = &mut self.nodes[i];
+        let r = n.node.reload_identity(id, &mut n.out);
         r.cut.into_iter().map(|c| c.name).collect()
     }
 
@@ -381,7 +381,7 @@ impl Net {
             77_000 + i as u32,
         );
         let n = &mut self.nodes[i];
-        n.events = node.events.subscribe();
+        n.events.clear();
         n.node = node;
         n.out = Outbox::default();
         n.node.initiate_all(self.now, &mut n.out);
