@@ -48,6 +48,12 @@ pub enum Request {
         add: Vec<Route>,
         #[serde(default)]
         withdraw: Vec<IpNet>,
+        /// More chunks of the same resync follow at once: overlayd may
+        /// leave these out of the table its workers use until a request
+        /// without it (so a resync in chunks is copied once, not per
+        /// chunk). Left out of the JSON when false.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        more: bool,
     },
     /// Starts a full resync on this connection. Reply: [`crate::Empty`].
     RouteSyncBegin,
@@ -429,7 +435,8 @@ mod tests {
             r,
             Request::RouteUpdate {
                 add: vec![],
-                withdraw: vec!["10.1.0.0/16".parse().unwrap()]
+                withdraw: vec!["10.1.0.0/16".parse().unwrap()],
+                more: false,
             }
         );
         for bad in [
@@ -493,7 +500,7 @@ mod tests {
                 via,
             }).collect();
             let withdraw = withdraws.into_iter().map(|(a, l)| IpNet::new(IpAddr::V6(a.into()), l).unwrap().trunc()).collect();
-            let r = Request::RouteUpdate { add, withdraw };
+            let r = Request::RouteUpdate { add, withdraw, more: false };
             let back: Request = serde_json::from_str(crate::line(&r).trim_end()).unwrap();
             prop_assert_eq!(back, r);
         }

@@ -118,10 +118,14 @@ fn handle(node: &Node, req: Request, reload: &Reload, sync: &mut Option<HashSet<
             node.route_set(&routes, merge)
                 .map(|installed| api::Installed { installed }),
         )),
-        Request::RouteUpdate { add, withdraw } => {
-            // During a resync the workers keep the table they have until
-            // its end: one copy of the new table, not one per chunk.
-            let u = node.route_update(&add, &withdraw, sync.is_none());
+        Request::RouteUpdate {
+            add,
+            withdraw,
+            more,
+        } => {
+            // Chunks of a resync with more to follow are published with the
+            // last: one copy of the table, not one per chunk.
+            let u = node.route_update(&add, &withdraw, !more);
             if let Some(seen) = sync.as_mut() {
                 // Not the refused ones: an older entry of theirs is not
                 // what routed has, and goes at the end.

@@ -1734,9 +1734,10 @@ impl Node {
 
     /// Increments from routed: withdraws, then adds. A route naming a
     /// gateway this node does not have is refused alone; the rest go in.
-    /// With `publish` false (a resync in progress) the workers go on with
-    /// the table they have until [`Node::publish_fib`]: a resync in chunks
-    /// does not copy the table per chunk.
+    /// With `publish` false (more chunks of a resync follow) the workers go
+    /// on with the table they have until the next change that publishes,
+    /// or [`Node::publish_fib`]: a resync in chunks does not copy the
+    /// table per chunk.
     pub fn route_update(
         &self,
         add: &[api::Route],

@@ -381,6 +381,33 @@ fn a_million_routes_move_from_routed_to_overlayd_and_then_only_changes() {
     );
 }
 
+/// What a routed still learning after its start installs (its sync stays
+/// open) is forwarded at once, chunks and increments alike: the table the
+/// workers use is not held back until a sync end that may come seconds
+/// later.
+#[test]
+fn routes_of_a_feed_still_learning_are_forwarded_at_once() {
+    use routed::overlay::RouteFeed;
+    let s = server_of(Pki::get().host());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut feed = RouteFeed::new(&s.path);
+    // More than one chunk, so the resync says "more" in between.
+    let n = cubenet_api::overlayd::ROUTE_CHUNK as u32 + 3;
+    let mut t = table(n, 0);
+    let p = rt.block_on(feed.push(&t, false)).unwrap();
+    assert!(p.resynced, "{p:?}");
+    let mut c = BufReader::new(connect(&s.path));
+    assert_eq!(routed_prefixes(&mut c).len(), n as usize);
+    // An increment inside the open sync.
+    t.extend(table(1, n));
+    let p = rt.block_on(feed.push(&t, false)).unwrap();
+    assert!(!p.resynced && p.added == 1, "{p:?}");
+    assert!(routed_prefixes(&mut c).contains(&t[n as usize].0.to_string()));
+}
+
 #[test]
 fn a_sync_end_without_a_begin_is_refused() {
     let s = server_of(Pki::get().host());

@@ -106,9 +106,13 @@ impl RouteFeed {
         })?;
         // An empty update still goes: it tells whether overlayd is still
         // there (a restarted one needs the whole table again).
-        let req = Request::RouteUpdate { add, withdraw };
+        let req = Request::RouteUpdate {
+            add,
+            withdraw,
+            more: false,
+        };
         out.add(conn.call(&req).await?);
-        let Request::RouteUpdate { add, withdraw } = req else {
+        let Request::RouteUpdate { add, withdraw, .. } = req else {
             unreachable!("built just above")
         };
         for p in withdraw {
@@ -136,12 +140,15 @@ impl RouteFeed {
             ..Default::default()
         };
         let _: Empty = conn.call(&Request::RouteSyncBegin).await?;
-        for chunk in table.chunks(ROUTE_CHUNK) {
+        // Every chunk but the last says more follow: overlayd makes the
+        // table its workers use whole once, after the last.
+        let chunks = table.len().div_ceil(ROUTE_CHUNK);
+        for (i, chunk) in table.chunks(ROUTE_CHUNK).enumerate() {
             let add = chunk.iter().map(route).collect();
-            out.add(update(conn, add).await?);
+            out.add(update(conn, add, i + 1 < chunks).await?);
         }
         if table.is_empty() {
-            out.add(update(conn, Vec::new()).await?);
+            out.add(update(conn, Vec::new(), false).await?);
         }
         if ready {
             // The end removes every entry not installed since the begin.
@@ -180,10 +187,15 @@ impl Pushed {
     }
 }
 
-/// One chunk of a resync: adds only.
-async fn update(conn: &mut Client, add: Vec<Route>) -> Result<Updated, CallError> {
+/// One chunk of a resync: adds only; `more` when another follows.
+async fn update(conn: &mut Client, add: Vec<Route>, more: bool) -> Result<Updated, CallError> {
     let withdraw = Vec::new();
-    conn.call(&Request::RouteUpdate { add, withdraw }).await
+    conn.call(&Request::RouteUpdate {
+        add,
+        withdraw,
+        more,
+    })
+    .await
 }
 
 fn route((prefix, via): &(IpNet, Vec<String>)) -> Route {
