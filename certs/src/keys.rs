@@ -98,6 +98,12 @@ impl CaKey {
             signing: SigningKey::generate(&mut OsRng),
         }
     }
+    /// The key with this secret (simulations derive keys from a seed).
+    pub fn from_bytes(b: [u8; 32]) -> CaKey {
+        CaKey {
+            signing: SigningKey::from_bytes(&b),
+        }
+    }
     pub fn to_armor(&self) -> String {
         armor::encode(armor::CA_KEY, &self.signing.to_bytes())
     }

@@ -1,7 +1,45 @@
 //! The data plane's decisions: what to do with a datagram from the network,
-//! a packet from the TUN, and a timer tick. Functions here are synchronous
-//! and fill an [`Outbox`]; the tokio driver owns the sockets and the TUN and
-//! flushes it. Locks are never held across an `.await`.
+//! a packet from the TUN, a control request and a timer tick. Functions
+//! here are synchronous, take the time (`now`, and the wall clock on
+//! ticks) and fill an [`Outbox`] with what is to be done: datagrams, TUN
+//! writes and events. The node does no I/O and reads no clock and no
+//! RNG; the tokio driver owns the sockets, the TUN and the subscribers, and
+//! flushes the outbox. Locks are never held across an `.await`.
+//!
+//! # Locks on the forwarding path
+//!
+//! What every packet reads is published, not locked: the peers by receiver
+//! index ([`PeerSlots`]: one atomic load), the forwarding table (an
+//! immutable copy swapped whole after each change, read through
+//! `arc_swap`), this node's identity, and each peer's endpoint,
+//! certificate and gateway liveness. A packet a gateway forwards from one
+//! peer to another therefore takes **2 lock acquisitions**: the receiving
+//! peer's tunnel to decrypt and the sending peer's tunnel to encrypt
+//! (boringtun's `Tunn` needs `&mut`). Inside the first, boringtun takes its
+//! own replay-window mutex of the session; it is never contended, as it is
+//! only taken under the tunnel lock. A host sending or receiving takes its
+//! one tunnel lock, and the firewall's flow table when `[firewall]` is on
+//! (it keeps connection state; forwarded packets do not pass it).
+//!
+//! Everything else the node locks belongs to the control side: the peer
+//! table as handshakes and ticks change it, the forwarding table being
+//! edited before it is published, identity questions (WhoIs) and their
+//! caches, and per-peer timers (probes, handshake retries, certificate
+//! resends).
+//!
+//! # Time
+//!
+//! boringtun 0.7.1 keeps its own timers on the real clock (rekey after
+//! 120 s, session expiry after 180 s, keepalives); a wrapper cannot change
+//! what `Tunn` reads inside. Its `mock-instant` feature is not used: it
+//! swaps the clock of the whole process (one global mock clock for every
+//! tunnel), and cargo's feature unification would build the daemons the
+//! end-to-end tests run with it under `cargo test`. The node's own
+//! decisions (liveness, failover and failback, detaching silent
+//! hosts, handshake retry with back-off, expiry, pending timeouts) use only
+//! the time passed in and are tested on a virtual clock; what boringtun
+//! times itself stays on the real one, and simulations stay well within
+//! those periods.
 
 use crate::batch::{NetQueue, TunQueue, TUN_HEADROOM};
 use crate::config::Config;
@@ -147,7 +185,7 @@ pub struct Node {
     /// the instant they expire. Bounded.
     remote_ids: std::sync::Mutex<HashMap<IpAddr, (Option<firewall::Identity>, Instant)>>,
     /// Addresses whose identity the firewall wants, and when we last asked.
-    wanted: std::sync::Mutex<HashMap<IpAddr, Option<Instant>>>,
+    wanted: std::sync::Mutex<std::collections::BTreeMap<IpAddr, Option<Instant>>>,
     /// Gateways: questions passed on, by address: who asked, and when.
     whois_relay: std::sync::Mutex<HashMap<IpAddr, (Vec<PeerId>, Instant)>>,
     /// When certificate expiry was last checked (warned 30 days ahead).
@@ -249,7 +287,7 @@ impl Node {
             drop_log: std::sync::Mutex::new((0, 0)),
             firewall_on: std::sync::atomic::AtomicBool::new(cfg.firewall.is_some()),
             remote_ids: std::sync::Mutex::new(HashMap::new()),
-            wanted: std::sync::Mutex::new(HashMap::new()),
+            wanted: std::sync::Mutex::new(Default::default()),
             whois_relay: std::sync::Mutex::new(HashMap::new()),
             expiry_checked: std::sync::Mutex::new(None),
             cfg,

@@ -5,7 +5,7 @@
 use crate::fib::PeerId;
 use crate::peer::Peer;
 use arc_swap::ArcSwapOption;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -58,13 +58,16 @@ impl PeerSlots {
 
 /// The control side's view of the peers; every change goes to the
 /// lock-free places too.
+/// Peers are kept and visited in index order (ordered maps): what a node
+/// does on a tick does not depend on a hash seed, so a simulation is the
+/// same every run.
 pub struct PeerTable {
-    by_index: HashMap<PeerId, Arc<Peer>>,
+    by_index: BTreeMap<PeerId, Arc<Peer>>,
     by_key: HashMap<[u8; 32], PeerId>,
     /// Admitted peers whose certificate is not validated yet (by index).
     /// Entries whose peer got a certificate or went away are pruned when
     /// the set is full.
-    pub pending: HashSet<PeerId>,
+    pub pending: BTreeSet<PeerId>,
     next_index: u32,
     slots: Arc<PeerSlots>,
     capacity: usize,
@@ -74,9 +77,9 @@ impl PeerTable {
     /// A table of at most `capacity` peers; `seed` picks the first index.
     pub fn new(capacity: usize, seed: u32) -> PeerTable {
         PeerTable {
-            by_index: HashMap::new(),
+            by_index: BTreeMap::new(),
             by_key: HashMap::new(),
-            pending: HashSet::new(),
+            pending: BTreeSet::new(),
             next_index: seed & 0x00ff_ffff,
             slots: Arc::new(PeerSlots::new(capacity)),
             capacity,
@@ -174,6 +177,7 @@ impl PeerTable {
 mod tests {
     use super::*;
     use boringtun::noise::Tunn;
+    use std::collections::HashSet;
     use x25519_dalek::{PublicKey, StaticSecret};
 
     fn pending_peer(index: u32, created: Instant) -> Arc<Peer> {

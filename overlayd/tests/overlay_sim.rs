@@ -1,8 +1,15 @@
 //! A small overlay in memory on a virtual clock: real overlayd nodes (real
 //! certificates, real WireGuard handshakes through boringtun, the real
 //! probe, failover and attach logic) wired by a simulated underlay that can
-//! silently drop the path between two nodes. Time is passed in: a minute of
-//! overlay time runs in milliseconds, and every run is the same.
+//! silently drop the path between two nodes, lose a share of what crosses a
+//! link and delay it. Time is passed in: a minute of overlay time runs in
+//! milliseconds.
+//!
+//! A run is fixed by its seed (`CUBENET_SIM_SEED`, printed by every test):
+//! the keys (so which gateway starts a handshake), the receiver indices,
+//! the wall clock and every loss come from it, and a node's peers are
+//! visited in index order. boringtun's ephemeral keys and handshake
+//! timestamps stay random: they change the bytes, not what is decided.
 //!
 //! What boringtun times itself (rekey after 120 s, session expiry after
 //! 180 s) still follows the real clock: these scenarios stay well inside
@@ -13,7 +20,7 @@ use cubenet_certs::{CaBody, CaKey, NodeBody, NodeKey, Role};
 use overlayd::config::Config;
 use overlayd::identity::Identity;
 use overlayd::node::{Node, Outbox};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -51,10 +58,60 @@ struct Net {
     one_way: HashSet<(usize, usize)>,
     /// Datagrams delivered, by (from, to).
     sent: Vec<(usize, usize, Instant, Vec<u8>)>,
+    /// Loss and delay of what `from` sends `to`, by (from, to).
+    links: HashMap<(usize, usize), Link>,
+    /// Delayed datagrams: when they arrive, from, to, bytes.
+    in_flight: Vec<(Instant, usize, usize, Vec<u8>)>,
+    rng: Rng,
+    /// Every event of every node with the overlay time it came at.
+    trace: Vec<(Duration, String, Event)>,
 }
 
+/// What one direction of a link does to a datagram.
+#[derive(Clone, Copy, Default)]
+struct Link {
+    /// Lost, per thousand.
+    loss_per_mille: u64,
+    delay: Duration,
+}
+
+/// SplitMix64: the sim's only source of chance, from the seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn key(&mut self) -> [u8; 32] {
+        let mut k = [0u8; 32];
+        for c in k.chunks_mut(8) {
+            c.copy_from_slice(&self.next().to_le_bytes());
+        }
+        k
+    }
+}
+
+/// The seed of this run: `CUBENET_SIM_SEED`, else a fixed one.
+fn seed() -> u64 {
+    let seed = std::env::var("CUBENET_SIM_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5eed);
+    eprintln!("overlay sim seed {seed} (CUBENET_SIM_SEED={seed} reruns it)");
+    seed
+}
+
+/// The wall clock the sim starts at (2027-01-15): certificates are valid
+/// relative to it, whatever the machine's clock says.
+const UNIX0: u64 = 1_800_000_000;
+
 fn unix_now() -> u64 {
-    cubenet_certs::time::unix_now()
+    UNIX0
 }
 
 impl Net {
@@ -86,7 +143,8 @@ impl Net {
             .unwrap();
         let d = dir.path();
         let unix = unix_now();
-        let ca_key = CaKey::generate();
+        let mut rng = Rng(seed());
+        let ca_key = CaKey::from_bytes(rng.key());
         let ca = CaBody {
             name: "sim".into(),
             public_key: ca_key.signing.verifying_key().to_bytes(),
@@ -117,7 +175,7 @@ impl Net {
             ));
         }
         for (name, role, addr, site) in &names {
-            let key = NodeKey::generate();
+            let key = NodeKey::from_bytes(rng.key());
             let cert = NodeBody {
                 name: name.clone(),
                 public_key: key.public(),
@@ -189,6 +247,10 @@ impl Net {
             cut: HashSet::new(),
             one_way: HashSet::new(),
             sent: Vec::new(),
+            links: HashMap::new(),
+            in_flight: Vec::new(),
+            rng,
+            trace: Vec::new(),
         };
         for i in 0..net.nodes.len() {
             let n = &mut net.nodes[i];
@@ -229,6 +291,47 @@ impl Net {
         self.cut.remove(&(a.min(b), a.max(b)));
     }
 
+    /// Every link, both ways, loses `loss_per_mille` of what crosses it
+    /// and delays the rest by `delay`.
+    fn degrade_all(&mut self, loss_per_mille: u64, delay: Duration) {
+        let n = self.nodes.len();
+        for a in 0..n {
+            for b in 0..n {
+                if a != b {
+                    self.links.insert(
+                        (a, b),
+                        Link {
+                            loss_per_mille,
+                            delay,
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    /// Hands one datagram to `j`'s node now.
+    fn deliver(&mut self, i: usize, j: usize, d: Vec<u8>) {
+        let from = self.nodes[i].addr;
+        self.sent.push((i, j, self.now, d.clone()));
+        let m = &mut self.nodes[j];
+        m.node.on_datagram(&d, from, self.now, &mut m.out);
+    }
+
+    /// Delivers the delayed datagrams that are due.
+    fn arrive(&mut self) {
+        let now = self.now;
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.in_flight)
+            .into_iter()
+            .partition(|(t, ..)| *t <= now);
+        self.in_flight = later;
+        for (_, i, j, d) in due {
+            if !self.blocked(i, j) {
+                self.deliver(i, j, d);
+            }
+        }
+    }
+
     /// Delivers what the nodes queued, and what that makes them send, at
     /// the current instant (the underlay has no delay).
     fn settle(&mut self) {
@@ -253,8 +356,11 @@ impl Net {
                     .collect();
                 n.tun.extend(tun);
                 n.out.tun.clear();
+                let at = self.now - self.start;
+                for e in &n.out.events {
+                    self.trace.push((at, n.name.clone(), e.clone()));
+                }
                 n.events.append(&mut n.out.events);
-                let from = n.addr;
                 for (to, d) in dgrams {
                     let Some(j) = self.nodes.iter().position(|m| m.addr == to) else {
                         continue;
@@ -262,10 +368,16 @@ impl Net {
                     if self.blocked(i, j) || self.one_way.contains(&(i, j)) {
                         continue;
                     }
+                    let link = self.links.get(&(i, j)).copied().unwrap_or_default();
+                    if link.loss_per_mille > 0 && self.rng.next() % 1000 < link.loss_per_mille {
+                        continue;
+                    }
+                    if !link.delay.is_zero() {
+                        self.in_flight.push((self.now + link.delay, i, j, d));
+                        continue;
+                    }
                     moved = true;
-                    self.sent.push((i, j, self.now, d.clone()));
-                    let m = &mut self.nodes[j];
-                    m.node.on_datagram(&d, from, self.now, &mut m.out);
+                    self.deliver(i, j, d);
                 }
             }
             if !moved {
@@ -280,6 +392,7 @@ impl Net {
         let end = self.now + d;
         while self.now < end {
             self.now += STEP;
+            self.arrive();
             let since = self.now - self.start;
             if since.as_millis().is_multiple_of(u128::from(PROBE_MS)) {
                 let unix = self.unix + since.as_secs();
@@ -650,6 +763,73 @@ fn a_revoked_host_is_cut_at_reload_and_cannot_attach_again() {
     assert!(gw.status(net.now).drops.bad_cert > 0);
     // gw2 was not reloaded: it still has the host.
     assert!(net.peer("fra-gw2", "fra-h1").attached);
+}
+
+/// A crash and restart of fra-gw1 over an underlay that loses 2% of
+/// every link's datagrams and delays the rest 20 ms: returns every event
+/// of the run with its overlay time, and every datagram delivered (from,
+/// to, when, how long).
+fn crash_and_return_over_a_lossy_slow_underlay() -> Run {
+    let mut net = Net::site(2);
+    net.degrade_all(20, Duration::from_millis(20));
+    net.run_until(Duration::from_secs(20), |n| {
+        n.active("fra-h1").as_deref() == Some("fra-gw1")
+            && n.peer("fra-gw1", "fra-h1").attached
+            && n.peer("fra-gw2", "fra-h1").attached
+    });
+    for other in ["fra-h1", "fra-gw2"] {
+        net.cut("fra-gw1", other);
+    }
+    let failover = net.run_until(Duration::from_secs(5), |n| {
+        n.active("fra-h1").as_deref() == Some("fra-gw2")
+    });
+    // The probe window, and what the delay adds to the last reply.
+    assert!(
+        failover <= probe_window() + Duration::from_millis(40),
+        "failover took {failover:?}"
+    );
+    net.run_for(Duration::from_secs(3));
+    net.restart("fra-gw1");
+    for other in ["fra-h1", "fra-gw2"] {
+        net.heal("fra-gw1", other);
+    }
+    net.run_until(Duration::from_secs(30), |n| {
+        n.active("fra-h1").as_deref() == Some("fra-gw1") && n.peer("fra-gw1", "fra-h1").attached
+    });
+    let start = net.start;
+    let sent = net
+        .sent
+        .iter()
+        .map(|(i, j, t, d)| (*i, *j, *t - start, d.len()))
+        .collect();
+    (net.trace, sent)
+}
+
+type Run = (
+    Vec<(Duration, String, Event)>,
+    Vec<(usize, usize, Duration, usize)>,
+);
+
+/// The sim is deterministic: the same seed gives the same run, event for
+/// event and millisecond for millisecond, over a lossy underlay too.
+#[test]
+fn the_same_seed_runs_the_same_overlay_twice() {
+    let (first, first_sent) = crash_and_return_over_a_lossy_slow_underlay();
+    let (second, second_sent) = crash_and_return_over_a_lossy_slow_underlay();
+    assert!(
+        first.iter().any(|(_, n, e)| n == "fra-h1"
+            && matches!(e, Event::GatewayDown { name } if name == "fra-gw1")),
+        "{first:?}"
+    );
+    assert_eq!(first.len(), second.len(), "{first:?}\n{second:?}");
+    for (a, b) in first.iter().zip(&second) {
+        assert_eq!(a, b);
+    }
+    // What crossed the underlay, datagram for datagram.
+    assert_eq!(first_sent.len(), second_sent.len());
+    for (a, b) in first_sent.iter().zip(&second_sent) {
+        assert_eq!(a, b);
+    }
 }
 
 #[test]
