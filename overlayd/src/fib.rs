@@ -7,6 +7,7 @@
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use prefix_trie::PrefixMap;
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -54,14 +55,99 @@ pub enum NextHop {
 const ORIGINS: usize = 3;
 const ALL_ORIGINS: [Origin; ORIGINS] = [Origin::Routed, Origin::Static, Origin::Cert];
 
-/// The entries of one origin.
+/// Host routes (/32, /128) of one origin are spread over this many
+/// shards: a change copies one shard, not every host.
+const HOST_SHARDS: usize = 256;
+
+/// Exact-match entries of full-length prefixes (attached hosts, hosts of
+/// other sites), sharded by address. A copy costs a reference count per
+/// shard; a change copies the one shard it touches if a published copy
+/// still shares it.
+#[derive(Clone)]
+struct HostMap {
+    shards: Vec<Arc<HashMap<IpAddr, NextHop>>>,
+    len: usize,
+}
+
+impl Default for HostMap {
+    fn default() -> Self {
+        HostMap {
+            shards: vec![Arc::default(); HOST_SHARDS],
+            len: 0,
+        }
+    }
+}
+
+impl HostMap {
+    fn shard(a: &IpAddr) -> usize {
+        (flow_hash(*a, *a) % HOST_SHARDS as u64) as usize
+    }
+
+    fn get(&self, a: &IpAddr) -> Option<&NextHop> {
+        self.shards[Self::shard(a)].get(a)
+    }
+
+    fn insert(&mut self, a: IpAddr, n: NextHop) -> Option<NextHop> {
+        let old = Arc::make_mut(&mut self.shards[Self::shard(&a)]).insert(a, n);
+        if old.is_none() {
+            self.len += 1;
+        }
+        old
+    }
+
+    fn remove(&mut self, a: &IpAddr) -> Option<NextHop> {
+        let i = Self::shard(a);
+        if !self.shards[i].contains_key(a) {
+            return None;
+        }
+        let old = Arc::make_mut(&mut self.shards[i]).remove(a);
+        self.len -= 1;
+        old
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&IpAddr, &NextHop)> {
+        self.shards.iter().flat_map(|s| s.iter())
+    }
+
+    /// Keeps the entries `keep` accepts, copying only the shards that lose
+    /// one; returns how many went.
+    fn retain(&mut self, mut keep: impl FnMut(&IpAddr, &NextHop) -> bool) -> usize {
+        let mut gone = 0;
+        for s in &mut self.shards {
+            if s.iter().all(|(a, n)| keep(a, n)) {
+                continue;
+            }
+            let m = Arc::make_mut(s);
+            let before = m.len();
+            m.retain(|a, n| keep(a, n));
+            gone += before - m.len();
+        }
+        self.len -= gone;
+        gone
+    }
+
+    /// Applies `f` to the entries `pick` selects, copying only their shards.
+    fn update(&mut self, pick: impl Fn(&NextHop) -> bool, f: impl Fn(&mut NextHop)) {
+        for s in &mut self.shards {
+            if s.values().any(&pick) {
+                for n in Arc::make_mut(s).values_mut() {
+                    if pick(n) {
+                        f(n);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The shorter prefixes of one origin, in tries for longest-prefix match.
 #[derive(Clone, Default)]
-struct Entries {
+struct Nets {
     v4: PrefixMap<Ipv4Net, NextHop>,
     v6: PrefixMap<Ipv6Net, NextHop>,
 }
 
-impl Entries {
+impl Nets {
     fn lpm(&self, dst: IpAddr) -> Option<(u8, &NextHop)> {
         match dst {
             IpAddr::V4(a) => self
@@ -82,22 +168,86 @@ impl Entries {
             .chain(self.v6.iter().map(|(p, n)| (IpNet::V6(p), n)))
     }
 
-    fn has_peer(&self, peer: PeerId) -> bool {
-        self.iter()
-            .any(|(_, n)| matches!(n, NextHop::Peers(ps) if ps.contains(&peer)))
+    fn len(&self) -> usize {
+        self.v4.len() + self.v6.len()
     }
 }
 
-/// A forwarding table. Each origin's entries sit behind their own `Arc`,
-/// so a copy of the table (what the node publishes to its workers after a
-/// change) costs three reference counts, and a change copies the entries
-/// of its own origin only when a published copy still shares them: a host
-/// attaching does not copy a million routed prefixes.
+/// The entries of one origin: host routes exact-match and sharded, the
+/// rest in tries. A copy is a reference count per shard and one for the
+/// tries.
+#[derive(Clone, Default)]
+struct Entries {
+    hosts: HostMap,
+    nets: Arc<Nets>,
+}
+
+/// A full-length prefix (a host route) is kept by its address.
+fn host_addr(p: &IpNet) -> Option<IpAddr> {
+    (p.prefix_len() == p.max_prefix_len()).then(|| p.addr())
+}
+
+impl Entries {
+    fn get(&self, p: &IpNet) -> Option<&NextHop> {
+        match host_addr(p) {
+            Some(a) => self.hosts.get(&a),
+            None => match p {
+                IpNet::V4(p) => self.nets.v4.get(p),
+                IpNet::V6(p) => self.nets.v6.get(p),
+            },
+        }
+    }
+
+    fn insert(&mut self, p: IpNet, n: NextHop) -> Option<NextHop> {
+        match host_addr(&p) {
+            Some(a) => self.hosts.insert(a, n),
+            None => {
+                let nets = Arc::make_mut(&mut self.nets);
+                match p {
+                    IpNet::V4(p) => nets.v4.insert(p, n),
+                    IpNet::V6(p) => nets.v6.insert(p, n),
+                }
+            }
+        }
+    }
+
+    fn remove(&mut self, p: &IpNet) -> Option<NextHop> {
+        self.get(p)?;
+        match host_addr(p) {
+            Some(a) => self.hosts.remove(&a),
+            None => {
+                let nets = Arc::make_mut(&mut self.nets);
+                match p {
+                    IpNet::V4(p) => nets.v4.remove(p),
+                    IpNet::V6(p) => nets.v6.remove(p),
+                }
+            }
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (IpNet, &NextHop)> {
+        self.hosts
+            .iter()
+            .map(|(a, n)| (IpNet::from(*a), n))
+            .chain(self.nets.iter())
+    }
+
+    fn len(&self) -> usize {
+        self.hosts.len + self.nets.len()
+    }
+}
+
+fn has_peer(n: &NextHop, peer: PeerId) -> bool {
+    matches!(n, NextHop::Peers(ps) if ps.contains(&peer))
+}
+
+/// A forwarding table, copied whole for every change the workers are to
+/// see: copies share every part a change does not touch (per origin, the
+/// tries and each shard of host routes), so a host attaching copies one
+/// shard of about hosts/256 entries, not the table.
 #[derive(Clone, Default)]
 pub struct ForwardingTable {
-    by_origin: [Arc<Entries>; ORIGINS],
-    /// Entries per origin.
-    counts: [usize; ORIGINS],
+    by_origin: [Entries; ORIGINS],
 }
 
 /// One row for status output.
@@ -113,107 +263,80 @@ impl ForwardingTable {
         Self::default()
     }
 
-    /// The entries of `origin`, to change (copied first if shared).
-    fn entries_mut(&mut self, origin: Origin) -> &mut Entries {
-        Arc::make_mut(&mut self.by_origin[origin as usize])
-    }
-
     pub fn insert(&mut self, prefix: IpNet, origin: Origin, next: NextHop) {
-        let e = self.entries_mut(origin);
-        let old = match prefix.trunc() {
-            IpNet::V4(p) => e.v4.insert(p, next),
-            IpNet::V6(p) => e.v6.insert(p, next),
-        };
-        if old.is_none() {
-            self.counts[origin as usize] += 1;
-        }
+        self.by_origin[origin as usize].insert(prefix.trunc(), next);
     }
 
     /// How many entries `origin` has.
     pub fn count(&self, origin: Origin) -> usize {
-        self.counts[origin as usize]
+        self.by_origin[origin as usize].len()
     }
 
     /// Removes the entry of `origin` for `prefix`; true if there was one.
     pub fn remove(&mut self, prefix: IpNet, origin: Origin) -> bool {
-        let prefix = prefix.trunc();
-        let e = &self.by_origin[origin as usize];
-        let present = match prefix {
-            IpNet::V4(p) => e.v4.get(&p).is_some(),
-            IpNet::V6(p) => e.v6.get(&p).is_some(),
-        };
-        if !present {
-            return false;
-        }
-        let e = self.entries_mut(origin);
-        match prefix {
-            IpNet::V4(p) => e.v4.remove(&p),
-            IpNet::V6(p) => e.v6.remove(&p),
-        };
-        self.counts[origin as usize] -= 1;
-        true
+        self.by_origin[origin as usize]
+            .remove(&prefix.trunc())
+            .is_some()
     }
 
     /// Removes every entry of `origin` (e.g. all static routes on reload).
     pub fn remove_origin(&mut self, origin: Origin) {
-        self.by_origin[origin as usize] = Arc::default();
-        self.counts[origin as usize] = 0;
+        self.by_origin[origin as usize] = Entries::default();
     }
 
     /// Removes the entries of `origin` whose prefix `keep` refuses; returns
     /// how many went.
     pub fn retain(&mut self, origin: Origin, keep: impl Fn(IpNet) -> bool) -> usize {
-        let gone = self.by_origin[origin as usize]
-            .iter()
-            .filter(|(p, _)| !keep(*p))
-            .count();
-        if gone > 0 {
-            let e = self.entries_mut(origin);
-            e.v4.retain(|p, _| keep(IpNet::V4(*p)));
-            e.v6.retain(|p, _| keep(IpNet::V6(*p)));
-            self.counts[origin as usize] -= gone;
+        let e = &mut self.by_origin[origin as usize];
+        let mut gone = e.hosts.retain(|a, _| keep(IpNet::from(*a)));
+        let nets_gone = e.nets.iter().filter(|(p, _)| !keep(*p)).count();
+        if nets_gone > 0 {
+            let nets = Arc::make_mut(&mut e.nets);
+            nets.v4.retain(|p, _| keep(IpNet::V4(*p)));
+            nets.v6.retain(|p, _| keep(IpNet::V6(*p)));
+            gone += nets_gone;
         }
         gone
     }
 
     /// Drops `peer` from every entry; entries left without a next hop go.
-    /// One pass over each origin in place (no copy of its rows); an origin
-    /// without the peer is not touched, so not copied.
+    /// Only the parts holding the peer are touched (so copied).
     pub fn remove_peer(&mut self, peer: PeerId) {
-        for o in ALL_ORIGINS {
-            if !self.by_origin[o as usize].has_peer(peer) {
-                continue;
+        let drop_peer = |n: &mut NextHop| {
+            if let NextHop::Peers(ps) = n {
+                ps.retain(|p| *p != peer);
             }
-            let e = self.entries_mut(o);
-            let drop_peer = |n: &mut NextHop| {
-                if let NextHop::Peers(ps) = n {
-                    ps.retain(|p| *p != peer);
+        };
+        let live = |n: &NextHop| !matches!(n, NextHop::Peers(ps) if ps.is_empty());
+        for e in &mut self.by_origin {
+            e.hosts.update(|n| has_peer(n, peer), drop_peer);
+            e.hosts.retain(|_, n| live(n));
+            if e.nets.iter().any(|(_, n)| has_peer(n, peer)) {
+                let nets = Arc::make_mut(&mut e.nets);
+                for (_, n) in nets.v4.iter_mut() {
+                    drop_peer(n);
                 }
-            };
-            for (_, n) in e.v4.iter_mut() {
-                drop_peer(n);
+                for (_, n) in nets.v6.iter_mut() {
+                    drop_peer(n);
+                }
+                nets.v4.retain(|_, n| live(n));
+                nets.v6.retain(|_, n| live(n));
             }
-            for (_, n) in e.v6.iter_mut() {
-                drop_peer(n);
-            }
-            let live = |n: &NextHop| !matches!(n, NextHop::Peers(ps) if ps.is_empty());
-            e.v4.retain(|_, n| live(n));
-            e.v6.retain(|_, n| live(n));
-            self.counts[o as usize] = e.v4.len() + e.v6.len();
         }
     }
 
     /// Longest-prefix match; for the same prefix the higher origin wins.
-    /// A host entry of a certificate (the longest prefix there is) ends
-    /// the search at once.
+    /// A host route (the longest prefix there is) of the highest origin
+    /// that has one ends the search at once.
     pub fn lookup(&self, dst: IpAddr) -> Option<&NextHop> {
-        let full = if dst.is_ipv4() { 32 } else { 128 };
+        for o in ALL_ORIGINS.iter().rev() {
+            if let Some(n) = self.by_origin[*o as usize].hosts.get(&dst) {
+                return Some(n);
+            }
+        }
         let mut best: Option<(u8, &NextHop)> = None;
         for o in ALL_ORIGINS.iter().rev() {
-            if let Some((len, n)) = self.by_origin[*o as usize].lpm(dst) {
-                if len == full {
-                    return Some(n);
-                }
+            if let Some((len, n)) = self.by_origin[*o as usize].nets.lpm(dst) {
                 if best.is_none_or(|(b, _)| len > b) {
                     best = Some((len, n));
                 }
@@ -431,30 +554,39 @@ mod tests {
             let p = IpNet::new(ip(&format!("10.{}.{}.0", i / 256, i % 256)), 24).unwrap();
             t.insert(p, Origin::Routed, NextHop::Peers(ids(&[1])));
         }
+        for i in 0..1000u32 {
+            let h = IpNet::new(ip(&format!("10.77.{}.{}", i / 256, i % 256)), 32).unwrap();
+            t.insert(h, Origin::Cert, NextHop::Peers(ids(&[10 + i])));
+        }
         let published = t.clone();
-        t.insert(net("10.77.1.5/32"), Origin::Cert, NextHop::Peers(ids(&[7])));
-        let routed = Origin::Routed as usize;
-        assert!(Arc::ptr_eq(
-            &t.by_origin[routed],
-            &published.by_origin[routed]
-        ));
+        t.insert(net("10.78.1.5/32"), Origin::Cert, NextHop::Peers(ids(&[7])));
+        let (routed, cert) = (Origin::Routed as usize, Origin::Cert as usize);
+        let shared = |a: &ForwardingTable, b: &ForwardingTable, o: usize| {
+            let nets = Arc::ptr_eq(&a.by_origin[o].nets, &b.by_origin[o].nets);
+            let shards = (a.by_origin[o].hosts.shards.iter())
+                .zip(&b.by_origin[o].hosts.shards)
+                .filter(|(x, y)| Arc::ptr_eq(x, y))
+                .count();
+            (nets, shards)
+        };
+        // A host attaching copied one shard of host routes, nothing else.
+        assert_eq!(shared(&t, &published, routed), (true, HOST_SHARDS));
+        assert_eq!(shared(&t, &published, cert), (true, HOST_SHARDS - 1));
         assert_eq!(
-            published.lookup(ip("10.77.1.5")),
+            published.lookup(ip("10.78.1.5")),
             None,
             "the copy is unchanged"
         );
-        assert_eq!(t.lookup(ip("10.77.1.5")), Some(&NextHop::Peers(ids(&[7]))));
+        assert_eq!(t.lookup(ip("10.78.1.5")), Some(&NextHop::Peers(ids(&[7]))));
         // Losing a peer that only cert entries have leaves routed shared.
         t.remove_peer(PeerId(7));
-        assert!(Arc::ptr_eq(
-            &t.by_origin[routed],
-            &published.by_origin[routed]
-        ));
+        assert_eq!(shared(&t, &published, routed), (true, HOST_SHARDS));
         t.remove_peer(PeerId(1));
         assert_eq!(
             (t.count(Origin::Routed), published.count(Origin::Routed)),
             (0, 1000)
         );
+        assert_eq!(t.count(Origin::Cert), 1000);
     }
 
     #[test]
