@@ -1,0 +1,282 @@
+//! Control requests: reload, status, the attached peers, and the routes
+//! routed installs.
+
+use super::*;
+
+impl Node {
+    /// Replaces the identity (SIGHUP): peers whose certificate is no longer
+    /// valid lose their session at once; the others keep theirs.
+    pub fn reload_identity(&self, identity: Identity, out: &mut Outbox) -> api::ReloadReport {
+        let now = self.unix();
+        let identity = Arc::new(identity);
+        self.identity.store(identity.clone());
+        let mut cut = Vec::new();
+        for peer in self.peers() {
+            let Some(cert) = peer.cert() else { continue };
+            if let Err(e) = identity.trust.validate(&cert, now) {
+                cut.push(api::CutPeer {
+                    name: peer.name(),
+                    reason: e.to_string(),
+                });
+                self.cut_session(&peer, &e.to_string(), out);
+            }
+        }
+        self.rebuild_identities();
+        // Own certificate may have changed: re-announce it.
+        for peer in self.gateways() {
+            peer.our_cert_acked.store(false, Ordering::Relaxed);
+        }
+        api::ReloadReport {
+            cut,
+            skipped_certs: identity.directory_skipped.clone(),
+        }
+    }
+
+    pub fn status(&self, now: Instant) -> api::Status {
+        let id = self.identity();
+        let active = self.active_gateway();
+        let peers: Vec<api::PeerStatus> = self
+            .peers()
+            .iter()
+            .map(|p| {
+                let hs = (*lock(&p.handshake_at)).map(|t| now.saturating_duration_since(t));
+                let cert = p.cert();
+                let health = p.health();
+                let attached = p.attached.load(Ordering::Relaxed);
+                api::PeerStatus {
+                    name: p.name(),
+                    role: p.role().map(api_role).into(),
+                    configured: p.configured.is_some(),
+                    public_key: crate::b64(&p.public_key),
+                    endpoint: p.endpoint(),
+                    addresses: cert.as_ref().map(|c| cert_addrs(c)).unwrap_or_default(),
+                    site: cert.as_ref().map(|c| c.body.site.clone()),
+                    authenticated: cert.is_some(),
+                    attached,
+                    last_handshake_s: hs.map(|d| d.as_secs_f64()),
+                    rx_bytes: p.rx_bytes.load(Ordering::Relaxed),
+                    tx_bytes: p.tx_bytes.load(Ordering::Relaxed),
+                    rx_packets: p.rx_packets.load(Ordering::Relaxed),
+                    tx_packets: p.tx_packets.load(Ordering::Relaxed),
+                    healthy: if p.is_gateway() && p.configured.is_some() {
+                        health.healthy()
+                    } else {
+                        attached
+                    },
+                    rtt_ms: health.last_rtt.map(|d| d.as_secs_f64() * 1000.0),
+                    flaps: health.flaps,
+                    active: active == Some(p.index),
+                    spoofed: p.spoofed.load(Ordering::Relaxed),
+                }
+            })
+            .collect();
+        let routes: Vec<api::RouteRow> = self
+            .fib
+            .load()
+            .rows()
+            .into_iter()
+            .map(|r| api::RouteRow {
+                prefix: r.prefix,
+                origin: r.origin.into(),
+                via: match &r.next {
+                    NextHop::Local => vec!["local".into()],
+                    NextHop::Peers(ps) => ps
+                        .iter()
+                        .map(|i| {
+                            self.peer_by_index(*i)
+                                .map(|p| p.name())
+                                .unwrap_or_else(|| format!("#{i}"))
+                        })
+                        .collect(),
+                },
+            })
+            .collect();
+        let unix = self.unix() as i64;
+        api::Status {
+            name: id.cert.name().to_string(),
+            role: api_role(id.role()),
+            site: id.cert.body.site.clone(),
+            public_key: crate::b64(&self.public.to_bytes()),
+            addresses: id.cert.body.addresses.clone(),
+            uptime_s: now.saturating_duration_since(self.started).as_secs(),
+            cert_days_left: (id.cert.body.not_after as i64 - unix) / 86_400,
+            ca_days_left: (id.trust.ca().body.not_after as i64 - unix) / 86_400,
+            crl_serial: id.trust.revocation_list().map(|c| c.body.serial),
+            peers,
+            drops: self.drops.snapshot(),
+            routes,
+            datapath: read(&self.datapath).clone(),
+            firewall: self.firewall_status(),
+        }
+    }
+
+    /// The peers attached here now (routed announces the hosts of them).
+    pub fn attached(&self) -> api::AttachedPeers {
+        let peers = self
+            .peers()
+            .iter()
+            .filter(|p| p.attached.load(Ordering::Relaxed))
+            .filter_map(|p| {
+                let cert = p.cert()?;
+                Some(api::AttachedPeer {
+                    name: p.name(),
+                    role: api_role(cert.role()),
+                    addresses: cert_addrs(&cert),
+                })
+            })
+            .collect();
+        api::AttachedPeers { peers }
+    }
+
+    /// Gateways by name (configured or certified), for resolving the
+    /// `via` of routes: one pass over the peers per request.
+    pub(super) fn gateways_by_name(&self) -> HashMap<String, PeerId> {
+        read(&self.peers)
+            .values()
+            .filter(|p| p.is_gateway())
+            .flat_map(|p| {
+                let mut names = vec![];
+                if let Some(n) = &p.configured {
+                    names.push((n.clone(), p.index));
+                }
+                if let Some(c) = p.cert() {
+                    names.push((c.name().to_string(), p.index));
+                }
+                names
+            })
+            .collect()
+    }
+
+    /// Resolves every route's gateways, or says every route that names one
+    /// this node does not have (nothing is installed then).
+    pub(super) fn resolve(
+        &self,
+        routes: &[api::Route],
+    ) -> Result<Vec<(IpNet, Vec<PeerId>)>, RouteError> {
+        let (good, bad) = self.resolve_each(routes);
+        if bad.is_empty() {
+            Ok(good)
+        } else {
+            Err(RouteError::Refused(
+                bad.iter().map(|b| b.to_string()).collect(),
+            ))
+        }
+    }
+
+    /// Resolves the routes one by one: the good ones, and a line for each
+    /// bad one.
+    pub(super) fn resolve_each(
+        &self,
+        routes: &[api::Route],
+    ) -> (Vec<(IpNet, Vec<PeerId>)>, Vec<api::Refused>) {
+        let by_name = self.gateways_by_name();
+        let mut bad = Vec::new();
+        let mut out = Vec::with_capacity(routes.len());
+        for r in routes {
+            let mut refuse = |reason: String| {
+                bad.push(api::Refused {
+                    prefix: r.prefix,
+                    reason,
+                })
+            };
+            if r.via.is_empty() {
+                refuse("via: needs at least one gateway".into());
+                continue;
+            }
+            let mut ids = Vec::with_capacity(r.via.len());
+            let mut ok = true;
+            for v in &r.via {
+                match by_name.get(v) {
+                    Some(i) => ids.push(*i),
+                    None if self.peer_by_name(v).is_some() => {
+                        ok = false;
+                        refuse(format!("{v:?} is not a gateway"));
+                    }
+                    None => {
+                        ok = false;
+                        refuse(format!("unknown gateway {v:?}"));
+                    }
+                }
+            }
+            if ok {
+                out.push((r.prefix, ids));
+            }
+        }
+        (out, bad)
+    }
+
+    /// Installs or replaces a routed entry: `via` names gateways.
+    pub fn route_add(&self, prefix: IpNet, via: &[String]) -> Result<(), RouteError> {
+        let r = [api::Route {
+            prefix,
+            via: via.to_vec(),
+        }];
+        self.route_set(&r, true).map(|_| ())
+    }
+
+    /// Replaces all routed entries, or with `merge` installs or replaces
+    /// these and keeps the rest. A bad entry refuses the whole set.
+    pub fn route_set(&self, routes: &[api::Route], merge: bool) -> Result<usize, RouteError> {
+        let resolved = self.resolve(routes)?;
+        self.edit_fib(|fib| {
+            if !merge {
+                fib.remove_origin(Origin::Routed);
+            }
+            for (prefix, ids) in resolved {
+                fib.insert(prefix, Origin::Routed, NextHop::Peers(ids));
+            }
+        });
+        Ok(routes.len())
+    }
+
+    /// Increments from routed: withdraws, then adds. A route naming a
+    /// gateway this node does not have is refused alone; the rest go in.
+    /// With `publish` false (more chunks of a resync follow) the workers go
+    /// on with the table they have until the next change that publishes,
+    /// or [`Node::publish_fib`]: a resync in chunks does not copy the
+    /// table per chunk.
+    pub fn route_update(
+        &self,
+        add: &[api::Route],
+        withdraw: &[IpNet],
+        publish: bool,
+    ) -> api::Updated {
+        let (resolved, refused) = self.resolve_each(add);
+        if !refused.is_empty() {
+            tracing::warn!(refused = refused.len(), first = %refused[0], "routes refused");
+        }
+        self.edit_fib_then(publish, |fib| {
+            let mut withdrawn = 0;
+            for p in withdraw {
+                withdrawn += usize::from(fib.remove(*p, Origin::Routed));
+            }
+            let added = resolved.len();
+            for (prefix, ids) in resolved {
+                fib.insert(prefix, Origin::Routed, NextHop::Peers(ids));
+            }
+            api::Updated {
+                added,
+                withdrawn,
+                routes: fib.count(Origin::Routed),
+                refused,
+            }
+        })
+    }
+
+    /// The end of a full resync: routed entries outside `seen` go.
+    pub fn route_retain(&self, seen: &HashSet<IpNet>) -> api::Updated {
+        self.edit_fib(|fib| {
+            let withdrawn = fib.retain(Origin::Routed, |p| seen.contains(&p));
+            api::Updated {
+                added: 0,
+                withdrawn,
+                routes: fib.count(Origin::Routed),
+                refused: Vec::new(),
+            }
+        })
+    }
+
+    pub fn route_del(&self, prefix: IpNet) -> bool {
+        self.edit_fib(|fib| fib.remove(prefix, Origin::Routed))
+    }
+}

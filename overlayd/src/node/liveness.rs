@@ -1,0 +1,288 @@
+//! Time: ticks drive probes, handshake retries, certificate resends, expiry;
+//! gateway tunnels go up and down and a host chooses its gateway; peers are
+//! detached and removed.
+
+use super::*;
+
+impl Node {
+    /// Starts handshakes with every configured gateway at once rather than
+    /// waiting for the first packet.
+    pub fn initiate_all(&self, now: Instant, out: &mut Outbox) {
+        for p in self.gateways() {
+            let Some(ep) = p.endpoint() else { continue };
+            let mut buf = vec![0u8; 256];
+            lock(&p.retry).started(now);
+            if let TunnResult::WriteToNetwork(b) =
+                p.tunn().format_handshake_initiation(&mut buf, false)
+            {
+                out.net.push(ep, b);
+            }
+        }
+    }
+
+    pub(super) fn gateway_transition(
+        &self,
+        peer: &Arc<Peer>,
+        t: Transition,
+        now: Instant,
+        out: &mut Outbox,
+    ) {
+        let up = t == Transition::Up;
+        if !up {
+            // It may come back as a new process: present our cert again.
+            peer.our_cert_acked.store(false, Ordering::Relaxed);
+        }
+        tracing::info!(peer = %peer.name(), "gateway tunnel {}", if up { "up" } else { "down" });
+        let name = peer.name();
+        out.events.push(if up {
+            api::Event::GatewayUp { name }
+        } else {
+            api::Event::GatewayDown { name }
+        });
+        self.update_active_gateway(now);
+    }
+
+    pub(super) fn update_active_gateway(&self, now: Instant) {
+        if self.role() != Role::Host {
+            return;
+        }
+        let gws = self.gateways();
+        let healths: Vec<_> = gws.iter().map(|p| p.health()).collect();
+        let refs: Vec<_> = healths.iter().collect();
+        let _choosing = lock(&self.choosing_gateway);
+        let active = self.active_gateway();
+        let current = active.and_then(|i| gws.iter().position(|p| p.index == i));
+        let chosen = choose_gateway(
+            current,
+            &refs,
+            now,
+            Duration::from_millis(self.cfg.probe.failback_stable_ms),
+        );
+        let new = chosen.map(|c| gws[c].index);
+        if new != active {
+            let name = chosen.map(|c| gws[c].name());
+            tracing::info!(gateway = ?name, "active gateway changed");
+            self.active_gateway
+                .store(new.map_or(0, |i| i.0), Ordering::Relaxed);
+        }
+    }
+
+    /// Shutting down: tells every peer with a session, and stops answering
+    /// probes. The caller keeps forwarding a moment before it exits, for
+    /// what was already on its way here.
+    pub fn leave(&self, out: &mut Outbox) {
+        self.leaving.store(true, Ordering::Relaxed);
+        let peers: Vec<Arc<Peer>> = read(&self.peers).values().cloned().collect();
+        for peer in peers {
+            let session = lock(&peer.handshake_at).is_some();
+            if session && (peer.configured.is_some() || peer.cert().is_some()) {
+                self.send_message(&peer, &Message::Leaving, out);
+            }
+        }
+    }
+
+    /// Removes a peer: its session ends, its routes go.
+    pub(super) fn remove_peer(&self, peer: &Arc<Peer>, why: &str, out: &mut Outbox) {
+        write(&self.peers).remove(peer);
+        self.edit_fib(|fib| fib.remove_peer(peer.index));
+        if peer.attached.swap(false, Ordering::Relaxed) {
+            // Attached implies a validated certificate: it says the role and
+            // the addresses routed withdraws.
+            if let Some(cert) = peer.cert() {
+                self.announce_detached(peer, &cert, why, out);
+            }
+        }
+    }
+
+    /// Logs and sends the `detached` event of a peer that was attached.
+    pub(super) fn announce_detached(
+        &self,
+        peer: &Peer,
+        cert: &NodeCert,
+        why: &str,
+        out: &mut Outbox,
+    ) {
+        tracing::info!(peer = %peer.name(), "detached: {why}");
+        out.events.push(api::Event::Detached {
+            name: peer.name(),
+            role: api_role(cert.role()),
+            site: cert.body.site.clone(),
+            addresses: cert_addrs(cert),
+            reason: why.to_string(),
+        });
+    }
+
+    /// Ends the session of a peer whose certificate is no longer valid: a
+    /// configured gateway keeps its tunnel (a new session needs a valid
+    /// certificate again), any other peer goes.
+    pub(super) fn cut_session(&self, peer: &Arc<Peer>, why: &str, out: &mut Outbox) {
+        tracing::warn!(peer = %peer.name(), "certificate no longer valid: {why}");
+        let why = format!("certificate no longer valid: {why}");
+        if peer.configured.is_some() {
+            self.detach(peer, &why, out);
+            peer.set_cert(None);
+            peer.replace_tunn(self.new_tunn(peer.public_key, peer.index, Some(KEEPALIVE_S)));
+        } else {
+            self.remove_peer(peer, &why, out);
+        }
+    }
+
+    /// Cuts the peers whose certificate expired (or is not valid yet) at
+    /// the wall clock `unix`: a session does not outlive its certificate.
+    /// Only the validity window is compared here (cheap, every second); the
+    /// signature was checked when the certificate was accepted.
+    pub(super) fn cut_expired(&self, unix: u64, out: &mut Outbox) {
+        for peer in self.peers() {
+            let Some(cert) = peer.cert() else { continue };
+            if let Err(e) = cert.check_validity_window(unix) {
+                self.cut_session(&peer, &e.to_string(), out);
+            }
+        }
+    }
+
+    /// Takes a peer's addresses out of the forwarding table and says so;
+    /// the peer and its session stay.
+    pub(super) fn detach(&self, peer: &Arc<Peer>, why: &str, out: &mut Outbox) {
+        let Some(cert) = peer.cert() else { return };
+        self.remove_cert_entries(peer, &cert);
+        if peer.attached.swap(false, Ordering::Relaxed) {
+            self.announce_detached(peer, &cert, why, out);
+        }
+    }
+
+    /// How long probes take to declare a tunnel down.
+    pub(super) fn probe_window(&self) -> Duration {
+        self.cfg.probe.interval() * (self.cfg.probe.misses + 1)
+    }
+
+    /// Called every probe interval, with the monotonic and the wall clock.
+    pub fn on_tick(&self, now: Instant, unix: u64, out: &mut Outbox) {
+        self.unix.store(unix, Ordering::Relaxed);
+        let mut buf = vec![0u8; 2048];
+        let pending_timeout = Duration::from_millis(self.cfg.limits.pending_timeout_ms);
+        let our_cert = self.identity().cert.encoded().to_vec();
+        let peers: Vec<Arc<Peer>> = read(&self.peers).values().cloned().collect();
+        for peer in peers {
+            let res = peer.tunn().update_timers(&mut buf);
+            match res {
+                TunnResult::WriteToNetwork(b) => {
+                    if let Some(ep) = peer.endpoint() {
+                        out.net.push(ep, b);
+                    }
+                }
+                TunnResult::Err(WireGuardError::ConnectionExpired) if peer.configured.is_none() => {
+                    let idle = now.saturating_duration_since(
+                        (*lock(&peer.handshake_at)).unwrap_or(peer.created),
+                    );
+                    if idle > DEAD_PEER {
+                        self.remove_peer(&peer, "session expired", out);
+                        continue;
+                    }
+                }
+                _ => {}
+            }
+            if peer.configured.is_none() {
+                if peer.cert().is_none() && now.duration_since(peer.created) > pending_timeout {
+                    self.remove_peer(&peer, "no valid certificate", out);
+                    continue;
+                }
+                // A peer that probes (an overlayd host) and has missed as
+                // many of its probes as a host allows a gateway is not
+                // reachable through this node now: detach it, so its routes
+                // go at BFD speed instead of when the session expires. Its
+                // session stays; its next probe attaches it again.
+                let silent = lock(&peer.probes).silent(
+                    now,
+                    self.cfg.probe.interval(),
+                    self.cfg.probe.misses,
+                );
+                if silent && peer.attached.load(Ordering::Relaxed) {
+                    self.detach(&peer, "no probe for the probe window", out);
+                }
+                continue;
+            }
+            // Configured gateway: keep a session up (retry handshakes after
+            // 1 s, backing off to 8 s, rather than WireGuard's fixed 5 s),
+            // probe it, present our cert. An unanswered probe may mean the
+            // gateway restarted and lost our session: a fresh handshake
+            // fixes that at once.
+            // Between two gateways only the one with the lower key starts
+            // this handshake: both at once collide and drop a few hundred
+            // milliseconds of traffic. (A gateway that restarts initiates
+            // to every gateway it knows anyway.)
+            let we_initiate =
+                self.role() == Role::Host || self.public.as_bytes() < &peer.public_key;
+            if !peer.healthy() {
+                // A session younger than the probe window first gets the
+                // chance to prove itself with probes: initiating again
+                // would only cost both ends another handshake.
+                let fresh = (*lock(&peer.handshake_at))
+                    .is_some_and(|t| now.saturating_duration_since(t) < self.probe_window());
+                if we_initiate && !fresh && lock(&peer.retry).due(now) {
+                    if let (Some(ep), TunnResult::WriteToNetwork(b)) = (
+                        peer.endpoint(),
+                        peer.tunn().format_handshake_initiation(&mut buf, true),
+                    ) {
+                        out.net.push(ep, b);
+                    }
+                }
+            } else {
+                lock(&peer.retry).reset();
+            }
+            let (seq, t) = peer.update_health(|h| h.on_tick(now));
+            if let Some(t) = t {
+                self.gateway_transition(&peer, t, now, out);
+            }
+            self.send_message(&peer, &Message::Probe { seq }, out);
+            if !peer.our_cert_acked.load(Ordering::Relaxed) {
+                let mut last = peer
+                    .last_cert_sent
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                if last.is_none_or(|t| now.duration_since(t) >= CERT_RESEND) {
+                    *last = Some(now);
+                    drop(last);
+                    self.send_message(&peer, &Message::Cert(our_cert.clone()), out);
+                }
+            }
+        }
+        self.update_active_gateway(now);
+        let mut last = write(&self.last_rate_reset);
+        if now.duration_since(*last) >= Duration::from_secs(1) {
+            *last = now;
+            self.rate_limiter.reset_count();
+            self.fw().expire(now);
+            self.cut_expired(unix, out);
+        }
+        drop(last);
+        self.ask_whois(now, out);
+        self.check_expiry(now);
+    }
+
+    /// Logs a warning, hourly, while this node's or the CA's certificate
+    /// expires within [`EXPIRY_WARNING_DAYS`].
+    pub(super) fn check_expiry(&self, now: Instant) {
+        {
+            let mut c = lock(&self.expiry_checked);
+            if c.is_some_and(|t| now.duration_since(t) < Duration::from_secs(3600)) {
+                return;
+            }
+            *c = Some(now);
+        }
+        let id = self.identity();
+        let unix = self.unix() as i64;
+        for (what, not_after) in [
+            ("certificate", id.cert.body.not_after),
+            ("CA certificate", id.trust.ca().body.not_after),
+        ] {
+            let days = (not_after as i64 - unix) / 86_400;
+            if days <= EXPIRY_WARNING_DAYS {
+                tracing::warn!(
+                    days_left = days,
+                    not_after = %cubenet_certs::time::format_rfc3339(not_after),
+                    "this node's {what} expires in {days} days: sign a new one and reload (SIGHUP)"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,582 @@
+//! The data plane's decisions: what to do with a datagram from the network,
+//! a packet from the TUN, a control request and a timer tick. Functions
+//! here are synchronous, take the time (`now`, and the wall clock on
+//! ticks) and fill an [`Outbox`] with what is to be done: datagrams, TUN
+//! writes and events. The node does no I/O and reads no clock and no
+//! RNG; the tokio driver owns the sockets, the TUN and the subscribers, and
+//! flushes the outbox. Locks are never held across an `.await`.
+//!
+//! The node's parts, one file each: `receive` (datagrams, handshakes,
+//! admission), `forward` (where a packet goes), `messages` (the in-band
+//! protocol, attaching), `liveness` (ticks, gateway choice, detaching),
+//! `whois` (identities for the firewall), `policy` (the firewall on this
+//! node's own traffic) and `control` (reload, status, routes); this file
+//! holds the state they share and how it is built.
+//!
+//! # Locks on the forwarding path
+//!
+//! What every packet reads is published, not locked: the peers by receiver
+//! index ([`PeerSlots`]: one atomic load), the forwarding table (an
+//! immutable copy swapped whole after each change, read through
+//! `arc_swap`), this node's identity, and each peer's endpoint,
+//! certificate and gateway liveness. A packet a gateway forwards from one
+//! peer to another therefore takes **2 lock acquisitions**: the receiving
+//! peer's tunnel to decrypt and the sending peer's tunnel to encrypt
+//! (boringtun's `Tunn` needs `&mut`). Inside the first, boringtun takes its
+//! own replay-window mutex of the session; it is never contended, as it is
+//! only taken under the tunnel lock. A host sending or receiving takes its
+//! one tunnel lock, and the firewall's flow table when `[firewall]` is on
+//! (it keeps connection state; forwarded packets do not pass it).
+//!
+//! Everything else the node locks belongs to the control side: the peer
+//! table as handshakes and ticks change it, the forwarding table being
+//! edited before it is published, identity questions (WhoIs) and their
+//! caches, and per-peer timers (probes, handshake retries, certificate
+//! resends).
+//!
+//! # Time
+//!
+//! boringtun 0.7.1 keeps its own timers on the real clock (rekey after
+//! 120 s, session expiry after 180 s, keepalives); a wrapper cannot change
+//! what `Tunn` reads inside. Its `mock-instant` feature is not used: it
+//! swaps the clock of the whole process (one global mock clock for every
+//! tunnel), and cargo's feature unification would build the daemons the
+//! end-to-end tests run with it under `cargo test`. The node's own
+//! decisions (liveness, failover and failback, detaching silent
+//! hosts, handshake retry with back-off, expiry, pending timeouts) use only
+//! the time passed in and are tested on a virtual clock; what boringtun
+//! times itself stays on the real one, and simulations stay well within
+//! those periods.
+
+mod control;
+mod forward;
+mod liveness;
+mod messages;
+mod policy;
+mod receive;
+mod whois;
+
+use crate::batch::{NetQueue, TunQueue, TUN_HEADROOM};
+use crate::config::Config;
+use crate::fib::{pick_for_flow_among, ForwardingTable, NextHop, Origin, PeerId};
+use crate::firewall::{self, Direction, Firewall, Verdict};
+use crate::health::{choose_gateway, Transition};
+use crate::identity::Identity;
+use crate::inband::{self, Message};
+use crate::packet;
+use crate::peer::Peer;
+use crate::peers::{PeerSlots, PeerTable};
+use arc_swap::ArcSwap;
+use boringtun::noise::handshake::parse_handshake_anon;
+use boringtun::noise::rate_limiter::RateLimiter;
+use boringtun::noise::{errors::WireGuardError, Packet, Tunn, TunnResult};
+use cubenet_api::overlayd as api;
+use cubenet_certs::{NodeCert, Role};
+use ipnet::IpNet;
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+use x25519_dalek::{PublicKey, StaticSecret};
+
+/// WireGuard's keepalive for gateway tunnels; probes keep them busier anyway.
+const KEEPALIVE_S: u16 = 25;
+/// A peer whose session is gone for this long is forgotten.
+const DEAD_PEER: Duration = Duration::from_secs(240);
+/// Resend our certificate until it is acknowledged, this often.
+const CERT_RESEND: Duration = Duration::from_secs(1);
+
+/// What the driver must do after a call into [`Node`]: datagrams grouped
+/// for UDP GSO, TUN packets with room for the virtio-net header, and
+/// events for the control socket's subscribers.
+#[derive(Default)]
+pub struct Outbox {
+    pub net: NetQueue,
+    pub tun: TunQueue,
+    /// What subscribers of the control socket are told, in order.
+    pub events: Vec<api::Event>,
+}
+
+/// Why packets were dropped; shown in status and metrics.
+#[derive(Default)]
+pub struct Drops {
+    /// Source address not owned by the sending peer.
+    pub spoofed: AtomicU64,
+    /// From a peer whose certificate is not validated.
+    pub unauthenticated: AtomicU64,
+    /// No forwarding entry for the destination.
+    pub no_route: AtomicU64,
+    /// A host got a packet for an address that is not its own.
+    pub not_for_us: AtomicU64,
+    /// Undecodable or unauthenticated datagrams.
+    pub invalid: AtomicU64,
+    /// Data with a counter already seen (a duplicate, or a replay).
+    pub replayed: AtomicU64,
+    /// A new unknown key while the pending table was full.
+    pub pending_full: AtomicU64,
+    /// A new key while the peer table (`limits.max_peers`) was full.
+    pub peers_full: AtomicU64,
+    /// Pending peers that sent nothing after their handshake, evicted for
+    /// a newer one.
+    pub pending_evicted: AtomicU64,
+    /// Handshakes answered with a cookie (under load).
+    pub cookies_sent: AtomicU64,
+    /// Screened handshake initiations that fell off the end of a full
+    /// backlog before the gateway got to them (their hosts retry).
+    pub handshake_backlog: AtomicU64,
+    /// Certificates presented in-band that failed validation.
+    pub bad_cert: AtomicU64,
+    /// No endpoint known for the chosen peer yet.
+    pub no_endpoint: AtomicU64,
+}
+
+impl Drops {
+    pub fn snapshot(&self) -> api::Drops {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        api::Drops {
+            spoofed: g(&self.spoofed),
+            unauthenticated: g(&self.unauthenticated),
+            no_route: g(&self.no_route),
+            not_for_us: g(&self.not_for_us),
+            invalid: g(&self.invalid),
+            replayed: g(&self.replayed),
+            pending_full: g(&self.pending_full),
+            peers_full: g(&self.peers_full),
+            pending_evicted: g(&self.pending_evicted),
+            cookies_sent: g(&self.cookies_sent),
+            handshake_backlog: g(&self.handshake_backlog),
+            bad_cert: g(&self.bad_cert),
+            no_endpoint: g(&self.no_endpoint),
+        }
+    }
+}
+
+fn bump(a: &AtomicU64) {
+    a.fetch_add(1, Ordering::Relaxed);
+}
+
+pub struct Node {
+    pub cfg: Config,
+    /// Read by every packet, replaced on reload: no lock.
+    identity: ArcSwap<Identity>,
+    secret: StaticSecret,
+    public: PublicKey,
+    /// Handshake initiations of all peers count against this limit; above
+    /// it they need a cookie (mac2). Checked before any Diffie-Hellman.
+    rate_limiter: Arc<RateLimiter>,
+    /// What each tunnel checks its handshakes with: mac1 only, because the
+    /// shared limit above was already applied and must not count twice.
+    mac_only: Arc<RateLimiter>,
+    /// The peers as the control side changes them.
+    peers: RwLock<PeerTable>,
+    /// The peers by receiver index, as every datagram looks them up.
+    slots: Arc<PeerSlots>,
+    /// The forwarding table the workers read: an immutable copy, replaced
+    /// whole after each change (copies share what did not change).
+    fib: ArcSwap<ForwardingTable>,
+    /// The table the control side changes, then publishes into `fib`.
+    fib_master: Mutex<ForwardingTable>,
+    /// On a host: the index of the gateway traffic goes through (0: none;
+    /// index 0 is never given out).
+    active_gateway: AtomicU32,
+    /// Held while the active gateway is chosen, so two choices do not race.
+    choosing_gateway: Mutex<()>,
+    pub drops: Drops,
+    started: Instant,
+    last_rate_reset: RwLock<Instant>,
+    /// What the driver got from the kernel (offloads), for status.
+    datapath: RwLock<Option<api::Datapath>>,
+    firewall: std::sync::Mutex<Firewall>,
+    /// Name, groups and site behind virtual addresses, from certificates
+    /// this node has validated.
+    identities: RwLock<HashMap<IpAddr, firewall::Identity>>,
+    /// Rate limit for drop logs: the second of the last line, and how many
+    /// lines were skipped since.
+    drop_log: std::sync::Mutex<(u64, u64)>,
+    /// Only when the config has a `[firewall]`.
+    firewall_on: std::sync::atomic::AtomicBool,
+    /// Identities learned by asking gateways (`None`: nobody knew), until
+    /// the instant they expire. Bounded.
+    remote_ids: std::sync::Mutex<HashMap<IpAddr, (Option<firewall::Identity>, Instant)>>,
+    /// Addresses whose identity the firewall wants, and when we last asked.
+    wanted: std::sync::Mutex<std::collections::BTreeMap<IpAddr, Option<Instant>>>,
+    /// Gateways: questions passed on, by address: who asked, and when.
+    whois_relay: std::sync::Mutex<HashMap<IpAddr, (Vec<PeerId>, Instant)>>,
+    /// When certificate expiry was last checked (warned 30 days ahead).
+    expiry_checked: std::sync::Mutex<Option<Instant>>,
+    /// Shutting down: peers were told (`Leaving`), probes go unanswered so
+    /// they do not take this node back while it drains.
+    leaving: std::sync::atomic::AtomicBool,
+    /// The wall clock (Unix seconds) as the driver last passed it in
+    /// ([`Node::new`], [`Node::on_tick`]): what certificates are validated
+    /// against. The node never reads a clock itself.
+    unix: AtomicU64,
+}
+
+/// Warn this many days before the node's or the CA's certificate expires.
+pub const EXPIRY_WARNING_DAYS: i64 = 30;
+
+/// How long an identity learned from a gateway is used.
+const IDENTITY_TTL: Duration = Duration::from_secs(600);
+/// How long "nobody knows" is believed before asking again.
+const IDENTITY_NEGATIVE_TTL: Duration = Duration::from_secs(10);
+const IDENTITY_CACHE: usize = 4096;
+const WHOIS_RETRY: Duration = Duration::from_secs(1);
+const WHOIS_PER_TICK: usize = 64;
+/// Peers waiting for the answer to one relayed question, at most.
+const WHOIS_ASKERS: usize = 64;
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|p| p.into_inner())
+}
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What a datagram for a known tunnel is, as far as the receive path cares.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Transport data: proves the peer holds its key.
+    Data,
+    /// A response to our handshake: a new session.
+    Response,
+    /// An initiation we answered: a new session.
+    Initiation,
+    Other,
+}
+
+/// Whether a datagram is a WireGuard handshake initiation (type 1, fixed
+/// size), the message that costs a responder Diffie-Hellman work.
+pub fn is_initiation(d: &[u8]) -> bool {
+    d.len() == 148 && d[..4] == [1, 0, 0, 0]
+}
+
+/// The host route (/32 or /128) of an address.
+fn host_net(a: IpAddr) -> IpNet {
+    IpNet::from(a)
+}
+
+impl Node {
+    /// A node at monotonic `now` and wall clock `unix`; `seed` picks the
+    /// first receiver index (random in the daemon, fixed in simulations).
+    pub fn new(
+        cfg: Config,
+        identity: Identity,
+        now: Instant,
+        unix: u64,
+        seed: u32,
+    ) -> Result<Arc<Node>, NodeError> {
+        let secret = identity.key.secret().clone();
+        let public = PublicKey::from(&secret);
+        let rate_limiter = Arc::new(RateLimiter::new(&public, cfg.limits.handshake_rate));
+        let mac_only = Arc::new(RateLimiter::new(&public, u64::MAX));
+        let peers = PeerTable::new(cfg.limits.max_peers, seed);
+        let slots = peers.slots();
+        let node = Arc::new(Node {
+            identity: ArcSwap::from_pointee(identity),
+            secret,
+            public,
+            rate_limiter,
+            mac_only,
+            peers: RwLock::new(peers),
+            slots,
+            fib: ArcSwap::from_pointee(ForwardingTable::new()),
+            fib_master: Mutex::new(ForwardingTable::new()),
+            active_gateway: AtomicU32::new(0),
+            choosing_gateway: Mutex::new(()),
+            drops: Drops::default(),
+            leaving: std::sync::atomic::AtomicBool::new(false),
+            started: now,
+            last_rate_reset: RwLock::new(now),
+            unix: AtomicU64::new(unix),
+            datapath: RwLock::new(None),
+            firewall: std::sync::Mutex::new(Firewall::new(
+                cfg.firewall_policy().map_err(NodeError::Firewall)?,
+            )),
+            identities: RwLock::new(HashMap::new()),
+            drop_log: std::sync::Mutex::new((0, 0)),
+            firewall_on: std::sync::atomic::AtomicBool::new(cfg.firewall.is_some()),
+            remote_ids: std::sync::Mutex::new(HashMap::new()),
+            wanted: std::sync::Mutex::new(Default::default()),
+            whois_relay: std::sync::Mutex::new(HashMap::new()),
+            expiry_checked: std::sync::Mutex::new(None),
+            cfg,
+        });
+        node.install_own_entries();
+        node.rebuild_identities();
+        // Nobody is subscribed yet: what attaching the configured gateways
+        // says goes nowhere.
+        let mut out = Outbox::default();
+        for g in node.cfg.gateways.clone() {
+            node.add_configured_gateway(&g, now, &mut out)?;
+        }
+        node.install_static_routes()?;
+        Ok(node)
+    }
+
+    /// The wall clock as last passed in.
+    fn unix(&self) -> u64 {
+        self.unix.load(Ordering::Relaxed)
+    }
+
+    pub fn set_datapath(&self, v: api::Datapath) {
+        *write(&self.datapath) = Some(v);
+    }
+
+    pub fn identity(&self) -> Arc<Identity> {
+        self.identity.load_full()
+    }
+
+    pub fn role(&self) -> Role {
+        self.identity.load().role()
+    }
+
+    fn new_tunn(&self, peer_key: [u8; 32], index: PeerId, keepalive: Option<u16>) -> Tunn {
+        Tunn::new(
+            self.secret.clone(),
+            PublicKey::from(peer_key),
+            None,
+            keepalive,
+            index.0,
+            Some(self.mac_only.clone()),
+        )
+    }
+
+    fn add_configured_gateway(
+        &self,
+        g: &crate::config::GatewayPeer,
+        now: Instant,
+        out: &mut Outbox,
+    ) -> Result<(), NodeError> {
+        let name = || g.name.clone();
+        let (key, cert) = match (&g.public_key, &g.cert) {
+            (_, Some(path)) => {
+                let c = cubenet_certs::load_node_cert(path).map_err(|source| {
+                    NodeError::GatewayCertFile {
+                        name: name(),
+                        source,
+                    }
+                })?;
+                let id = self.identity();
+                id.trust
+                    .validate(&c, self.unix())
+                    .map_err(|source| NodeError::GatewayCert {
+                        name: name(),
+                        path: path.clone(),
+                        source,
+                    })?;
+                (*c.public_key(), Some(Arc::new(c)))
+            }
+            (Some(k), None) => (
+                cubenet_certs::keys::decode_public_key(k).map_err(|source| {
+                    NodeError::GatewayKey {
+                        name: name(),
+                        source,
+                    }
+                })?,
+                None,
+            ),
+            (None, None) => return Err(NodeError::NoGatewayKey(name())),
+        };
+        if key == self.public.to_bytes() {
+            return Err(NodeError::OwnKey(name()));
+        }
+        let mut t = write(&self.peers);
+        if t.is_full() {
+            return Err(NodeError::TooManyPeers(self.cfg.limits.max_peers));
+        }
+        let index = t.alloc_index();
+        let peer = Arc::new(Peer::new(
+            index,
+            key,
+            Some(g.name.clone()),
+            self.new_tunn(key, index, Some(KEEPALIVE_S)),
+            self.cfg.probe.misses,
+            now,
+        ));
+        peer.set_endpoint(g.endpoint);
+        t.insert(peer.clone());
+        drop(t);
+        if let Some(c) = cert {
+            self.accept_cert(&peer, c, out);
+        }
+        Ok(())
+    }
+
+    /// This node's own addresses and (gateways) subnets go to the TUN.
+    fn install_own_entries(&self) {
+        let id = self.identity();
+        self.edit_fib(|fib| {
+            for a in &id.cert.body.addresses {
+                fib.insert(host_net(a.addr()), Origin::Cert, NextHop::Local);
+            }
+            for s in &id.cert.body.subnets {
+                fib.insert(*s, Origin::Cert, NextHop::Local);
+            }
+        });
+    }
+
+    fn install_static_routes(&self) -> Result<(), NodeError> {
+        let mut routes = Vec::new();
+        for (n, r) in self.cfg.routes.iter().enumerate() {
+            let mut via = Vec::new();
+            for name in &r.via {
+                let Some(p) = self.peer_by_name(name) else {
+                    return Err(NodeError::StaticVia {
+                        index: n,
+                        name: name.clone(),
+                    });
+                };
+                via.push(p.index);
+            }
+            routes.push((r.prefix, NextHop::Peers(via)));
+        }
+        self.edit_fib(|fib| {
+            for (prefix, next) in routes {
+                fib.insert(prefix, Origin::Static, next);
+            }
+        });
+        Ok(())
+    }
+
+    /// Changes the forwarding table and publishes it to the workers.
+    fn edit_fib<R>(&self, f: impl FnOnce(&mut ForwardingTable) -> R) -> R {
+        self.edit_fib_then(true, f)
+    }
+
+    fn edit_fib_then<R>(&self, publish: bool, f: impl FnOnce(&mut ForwardingTable) -> R) -> R {
+        let mut master = lock(&self.fib_master);
+        let r = f(&mut master);
+        if publish {
+            // Three reference counts: the origins' entries are shared.
+            self.fib.store(Arc::new(master.clone()));
+        }
+        r
+    }
+
+    /// Publishes changes made without publishing (the end of a resync, or
+    /// a control connection gone in the middle of one).
+    pub fn publish_fib(&self) {
+        self.edit_fib(|_| ());
+    }
+
+    /// The gateway a host sends through.
+    fn active_gateway(&self) -> Option<PeerId> {
+        match self.active_gateway.load(Ordering::Relaxed) {
+            0 => None,
+            i => Some(PeerId(i)),
+        }
+    }
+
+    pub fn peers(&self) -> Vec<Arc<Peer>> {
+        let mut v: Vec<_> = read(&self.peers).values().cloned().collect();
+        v.sort_by_key(|p| (p.configured.is_none(), p.name()));
+        v
+    }
+
+    pub fn peer_by_index(&self, index: PeerId) -> Option<Arc<Peer>> {
+        self.slots.get(index)
+    }
+
+    fn peer_by_key(&self, key: &[u8; 32]) -> Option<Arc<Peer>> {
+        read(&self.peers).by_key(key).cloned()
+    }
+
+    pub fn peer_by_name(&self, name: &str) -> Option<Arc<Peer>> {
+        read(&self.peers)
+            .values()
+            .find(|p| {
+                p.configured.as_deref() == Some(name) || p.cert().is_some_and(|c| c.name() == name)
+            })
+            .cloned()
+    }
+
+    /// Configured gateways in config order.
+    fn gateways(&self) -> Vec<Arc<Peer>> {
+        self.cfg
+            .gateways
+            .iter()
+            .filter_map(|g| {
+                read(&self.peers)
+                    .values()
+                    .find(|p| p.configured.as_deref() == Some(g.name.as_str()))
+                    .cloned()
+            })
+            .collect()
+    }
+}
+
+/// Why a node cannot be built from its config.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The `[firewall]` section (the message names the rule).
+    #[error("{0}")]
+    Firewall(String),
+    #[error("gateway {name}: cert: {source}")]
+    GatewayCertFile {
+        name: String,
+        source: cubenet_certs::LoadError,
+    },
+    #[error("gateway {name}: cert {}: {source}", path.display())]
+    GatewayCert {
+        name: String,
+        path: std::path::PathBuf,
+        source: cubenet_certs::error::CertError,
+    },
+    #[error("gateway {name}: public_key: {source}")]
+    GatewayKey {
+        name: String,
+        source: cubenet_certs::error::CertError,
+    },
+    #[error("gateway {0}: needs public_key or cert")]
+    NoGatewayKey(String),
+    #[error("gateway {0}: that is this node's own key")]
+    OwnKey(String),
+    #[error("route[{index}].via: no gateway named {name:?}")]
+    StaticVia { index: usize, name: String },
+    #[error("gateways: more than limits.max_peers ({0})")]
+    TooManyPeers(usize),
+}
+
+/// Why routes were refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    /// One line per bad route: its prefix and what is wrong.
+    #[error("{}", .0.join("; "))]
+    Refused(Vec<String>),
+}
+
+/// A certificate's virtual addresses, without prefix lengths.
+fn cert_addrs(cert: &NodeCert) -> Vec<IpAddr> {
+    cert.body.addresses.iter().map(|a| a.addr()).collect()
+}
+
+fn api_role(r: Role) -> api::Role {
+    match r {
+        Role::Host => api::Role::Host,
+        Role::Gateway => api::Role::Gateway,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn initiations_are_recognised_by_type_and_size() {
+        let mut d = vec![0u8; 148];
+        d[0] = 1;
+        assert!(is_initiation(&d));
+        d[1] = 1;
+        assert!(!is_initiation(&d), "reserved bytes must be zero");
+        d[1] = 0;
+        assert!(!is_initiation(&d[..147]));
+        d[0] = 4;
+        assert!(!is_initiation(&d));
+    }
+}

@@ -1,0 +1,109 @@
+//! The firewall on this node's own traffic: verdicts, drop logs, reload,
+//! status.
+
+use super::*;
+
+impl Node {
+    pub(super) fn fw(&self) -> std::sync::MutexGuard<'_, Firewall> {
+        self.firewall.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs the firewall on a packet this node receives or sends itself.
+    pub(super) fn firewall_passes(&self, dir: Direction, pkt: &[u8], now: Instant) -> bool {
+        if !self.firewall_on.load(Ordering::Relaxed) {
+            return true;
+        }
+        let v = {
+            let lookup = |a: IpAddr| self.identity_of(a, now);
+            self.fw().check(dir, pkt, now, &lookup)
+        };
+        if v == Verdict::Pass {
+            return true;
+        }
+        self.log_drop(dir, pkt, v, now);
+        false
+    }
+
+    /// Logs a firewall drop, at most one line a second.
+    pub(super) fn log_drop(&self, dir: Direction, pkt: &[u8], v: Verdict, now: Instant) {
+        let sec = now.saturating_duration_since(self.started).as_secs();
+        let mut l = self.drop_log.lock().unwrap_or_else(|p| p.into_inner());
+        if l.0 == sec && l.1 > 0 {
+            l.1 += 1;
+            return;
+        }
+        let skipped = if l.0 == sec { 0 } else { l.1.saturating_sub(1) };
+        *l = (sec, 1);
+        drop(l);
+        let p = firewall::parse(pkt);
+        let why = match v {
+            Verdict::Deny(Some(i)) => format!("rule {}[{i}]", dir.as_str()),
+            Verdict::Deny(None) => format!("{} default", dir.as_str()),
+            Verdict::Malformed => "malformed".into(),
+            Verdict::TableFull => "flow table full".into(),
+            Verdict::OrphanFragment => "fragment without its first".into(),
+            Verdict::Pass => "pass".into(),
+        };
+        tracing::info!(
+            direction = dir.as_str(),
+            src = ?p.map(|p| p.src),
+            dst = ?p.map(|p| p.dst),
+            proto = ?p.map(|p| p.proto),
+            dport = ?p.map(|p| p.dport),
+            skipped_since_last = skipped,
+            "firewall drop: {why}"
+        );
+    }
+
+    /// New firewall rules (SIGHUP): flows they deny are cut at once.
+    pub fn reload_firewall(&self, policy: firewall::Policy, on: bool, now: Instant) -> usize {
+        self.firewall_on.store(on, Ordering::Relaxed);
+        let lookup = |a: IpAddr| self.identity_of(a, now);
+        let cut = self.fw().reload(policy, now, &lookup);
+        if cut > 0 {
+            tracing::info!(flows = cut, "firewall reload cut flows the new rules deny");
+        }
+        cut
+    }
+
+    pub(super) fn firewall_status(&self) -> api::FirewallStatus {
+        if !self.firewall_on.load(Ordering::Relaxed) {
+            return api::FirewallStatus {
+                enabled: false,
+                detail: None,
+            };
+        }
+        let fw = self.fw();
+        let rules = |dir: Direction, rs: &[firewall::Rule], hits: &[u64]| -> Vec<api::RuleHits> {
+            rs.iter()
+                .enumerate()
+                .map(|(i, r)| api::RuleHits {
+                    index: i,
+                    direction: dir.as_str().to_string(),
+                    rule: r.text.clone(),
+                    hits: hits.get(i).copied().unwrap_or(0),
+                })
+                .collect()
+        };
+        let c = &fw.counters;
+        api::FirewallStatus {
+            enabled: true,
+            detail: Some(api::FirewallDetail {
+                identities_learned: lock(&self.remote_ids).len(),
+                inbound_default: fw.policy.inbound_default.as_str().to_string(),
+                outbound_default: fw.policy.outbound_default.as_str().to_string(),
+                inbound: rules(Direction::Inbound, &fw.policy.inbound, &c.inbound_hits),
+                outbound: rules(Direction::Outbound, &fw.policy.outbound, &c.outbound_hits),
+                inbound_default_hits: c.inbound_default,
+                outbound_default_hits: c.outbound_default,
+                tracked_flows: fw.flows(),
+                tracked_pass: c.tracked_pass,
+                dropped: c.dropped,
+                malformed: c.malformed,
+                table_full: c.table_full,
+                cut_by_reload: c.cut_by_reload,
+                orphan_fragments: c.orphan_fragments,
+            }),
+        }
+    }
+}

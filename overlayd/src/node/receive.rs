@@ -1,0 +1,270 @@
+//! Datagrams from the network: screening and answering handshakes, admitting
+//! new keys (gateways), decrypting, and checking what a peer may send.
+
+use super::*;
+
+impl Node {
+    /// A datagram from the network.
+    pub fn on_datagram(&self, dgram: &[u8], from: SocketAddr, now: Instant, out: &mut Outbox) {
+        if is_initiation(dgram) {
+            if self.screen_initiation(dgram, from, out) {
+                self.on_initiation(dgram, from, now, out);
+            }
+            return;
+        }
+        let Ok(parsed) = Tunn::parse_incoming_packet(dgram) else {
+            bump(&self.drops.invalid);
+            return;
+        };
+        let index = match parsed {
+            Packet::HandshakeResponse(ref r) => r.receiver_idx,
+            Packet::PacketCookieReply(ref r) => r.receiver_idx,
+            Packet::PacketData(ref d) => d.receiver_idx,
+            Packet::HandshakeInit(_) => {
+                // Not of an initiation's size: is_initiation said no.
+                bump(&self.drops.invalid);
+                return;
+            }
+        };
+        let Some(peer) = self.peer_by_index(PeerId(index >> 8)) else {
+            bump(&self.drops.invalid);
+            return;
+        };
+        let kind = match parsed {
+            Packet::PacketData(_) => Kind::Data,
+            Packet::HandshakeResponse(_) => Kind::Response,
+            _ => Kind::Other,
+        };
+        self.receive(&peer, dgram, from, kind, now, out);
+    }
+
+    /// The cheap checks of a handshake initiation, before any
+    /// Diffie-Hellman: mac1, and above the rate limit a cookie (mac2)
+    /// proving the source address, else a cookie reply goes out. True when
+    /// the initiation may go on to [`Node::on_initiation`]; the driver lets
+    /// those wait while other datagrams go first.
+    pub fn screen_initiation(&self, dgram: &[u8], from: SocketAddr, out: &mut Outbox) -> bool {
+        let mut cookie = [0u8; 64];
+        match self
+            .rate_limiter
+            .verify_packet(Some(from.ip()), dgram, &mut cookie)
+        {
+            Ok(_) => true,
+            Err(TunnResult::WriteToNetwork(c)) => {
+                bump(&self.drops.cookies_sent);
+                out.net.push(from, c);
+                false
+            }
+            Err(_) => {
+                bump(&self.drops.invalid);
+                false
+            }
+        }
+    }
+
+    /// A screened handshake initiation: the Diffie-Hellman that reveals the
+    /// initiator's key, then the handshake with a known or admitted peer.
+    pub fn on_initiation(&self, dgram: &[u8], from: SocketAddr, now: Instant, out: &mut Outbox) {
+        let Ok(Packet::HandshakeInit(init)) = Tunn::parse_incoming_packet(dgram) else {
+            bump(&self.drops.invalid);
+            return;
+        };
+        let key = match parse_handshake_anon(&self.secret, &self.public, &init) {
+            Ok(h) => h.peer_static_public,
+            Err(_) => {
+                bump(&self.drops.invalid);
+                return;
+            }
+        };
+        let peer = match self.peer_by_key(&key) {
+            Some(p) => p,
+            None => match self.admit(key, now) {
+                Some(p) => p,
+                None => return,
+            },
+        };
+        self.receive(&peer, dgram, from, Kind::Initiation, now, out);
+    }
+
+    /// A datagram for `peer`'s tunnel.
+    pub(super) fn receive(
+        &self,
+        peer: &Arc<Peer>,
+        dgram: &[u8],
+        from: SocketAddr,
+        kind: Kind,
+        now: Instant,
+        out: &mut Outbox,
+    ) {
+        // Decrypt straight into a TUN buffer: a packet for this node goes
+        // out without another copy.
+        let mut buf = out.tun.take(dgram.len().max(256));
+        let mut inner_len = None;
+        let mut ok = false;
+        {
+            let mut tunn = peer.tunn();
+            match tunn.decapsulate(Some(from.ip()), dgram, &mut buf[TUN_HEADROOM..]) {
+                TunnResult::Done => ok = true,
+                TunnResult::Err(WireGuardError::DuplicateCounter) => bump(&self.drops.replayed),
+                TunnResult::Err(_) => bump(&self.drops.invalid),
+                TunnResult::WriteToNetwork(b) => {
+                    ok = true;
+                    out.net.push(from, b);
+                    // Flush packets queued while the handshake ran.
+                    let mut more = vec![0u8; 65_600];
+                    while let TunnResult::WriteToNetwork(b) = tunn.decapsulate(None, &[], &mut more)
+                    {
+                        out.net.push(from, b);
+                    }
+                }
+                TunnResult::WriteToTunnelV4(p, _) | TunnResult::WriteToTunnelV6(p, _) => {
+                    ok = true;
+                    inner_len = Some(p.len());
+                }
+            }
+        }
+        if ok {
+            // Authenticated: the peer is at `from` now (roaming).
+            peer.set_endpoint(from);
+            if matches!(kind, Kind::Response | Kind::Initiation) {
+                *lock(&peer.handshake_at) = Some(now);
+            }
+            // A load first: the swap would write a shared line per packet.
+            if kind == Kind::Data
+                && !peer.confirmed.load(Ordering::Relaxed)
+                && !peer.confirmed.swap(true, Ordering::Relaxed)
+            {
+                self.maybe_attach(peer, out);
+            }
+            if kind == Kind::Response && peer.configured.is_some() {
+                self.present_cert(peer, now, out);
+            }
+        }
+        match inner_len {
+            Some(n) if ok => {
+                buf.truncate(TUN_HEADROOM + n);
+                self.on_inner(peer, buf, now, out);
+            }
+            _ => out.tun.recycle(buf),
+        }
+    }
+
+    /// A new key completed the first half of a handshake (gateways only).
+    pub(super) fn admit(&self, key: [u8; 32], now: Instant) -> Option<Arc<Peer>> {
+        let id = self.identity();
+        if id.role() != Role::Gateway {
+            // Hosts talk to their configured gateways only.
+            bump(&self.drops.invalid);
+            return None;
+        }
+        let mut t = write(&self.peers);
+        if let Some(p) = t.by_key(&key) {
+            return Some(p.clone());
+        }
+        if t.is_full() {
+            bump(&self.drops.peers_full);
+            return None;
+        }
+        if t.pending.len() >= self.cfg.limits.max_pending
+            && !t.make_pending_room(now, &self.drops.pending_evicted)
+        {
+            bump(&self.drops.pending_full);
+            return None;
+        }
+        let index = t.alloc_index();
+        let peer = Arc::new(Peer::new(
+            index,
+            key,
+            None,
+            self.new_tunn(key, index, None),
+            self.cfg.probe.misses,
+            now,
+        ));
+        t.insert(peer.clone());
+        match id.directory.get(&key) {
+            Some(c) => peer.set_cert(Some(c.clone())),
+            None => {
+                t.pending.insert(index);
+            }
+        }
+        drop(t);
+        tracing::debug!(peer = %peer.name(), "new peer");
+        Some(peer)
+    }
+
+    /// A decrypted packet from `peer`, after [`TUN_HEADROOM`] bytes of `buf`.
+    pub(super) fn on_inner(&self, peer: &Arc<Peer>, buf: Vec<u8>, now: Instant, out: &mut Outbox) {
+        let pkt = &buf[TUN_HEADROOM..];
+        peer.count_rx(pkt.len());
+        let deliver = self.check_inner(peer, pkt, now, out);
+        match deliver {
+            Some(true) => {
+                let n = pkt.len();
+                out.tun.push_buf(buf, n);
+            }
+            _ => out.tun.recycle(buf),
+        }
+    }
+
+    /// Decides what happens to a decrypted packet: `Some(true)` = deliver to
+    /// our TUN; otherwise it was consumed (forwarded, answered or dropped).
+    pub(super) fn check_inner(
+        &self,
+        peer: &Arc<Peer>,
+        pkt: &[u8],
+        now: Instant,
+        out: &mut Outbox,
+    ) -> Option<bool> {
+        if inband::is_inband(pkt) {
+            match Message::decode(pkt) {
+                Ok(m) => self.on_message(peer, m, now, out),
+                Err(_) => bump(&self.drops.invalid),
+            }
+            return None;
+        }
+        let Some(cert) = peer.cert() else {
+            bump(&self.drops.unauthenticated);
+            return None;
+        };
+        let Some((src, dst)) = packet::addresses(pkt) else {
+            bump(&self.drops.invalid);
+            return None;
+        };
+        let id = self.identity.load();
+        let src_ok = match cert.role() {
+            Role::Host => cert.owns_addr(src),
+            // A gateway carries traffic of other sites: any overlay source,
+            // its own cert's subnets, and what our table routes via it.
+            // A host takes any source from the gateways it chose: they
+            // check sources where traffic enters the overlay.
+            Role::Gateway if id.role() == Role::Host && peer.configured.is_some() => true,
+            Role::Gateway => {
+                id.trust.ca().covers_addr(src)
+                    || cert.body.subnets.iter().any(|n| n.contains(&src))
+                    || matches!(self.fib.load().lookup(src),
+                        Some(NextHop::Peers(ps)) if ps.contains(&peer.index))
+            }
+        };
+        if !src_ok {
+            bump(&self.drops.spoofed);
+            peer.spoofed.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        if id.role() == Role::Host {
+            if !id.cert.owns_addr(dst) {
+                bump(&self.drops.not_for_us);
+                return None;
+            }
+            return self
+                .firewall_passes(Direction::Inbound, pkt, now)
+                .then_some(true);
+        }
+        match self.route(pkt, src, dst, Some(peer.index), out) {
+            // Addressed to the gateway itself: its own firewall decides.
+            Some(true) if id.cert.owns_addr(dst) => self
+                .firewall_passes(Direction::Inbound, pkt, now)
+                .then_some(true),
+            other => other,
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! Identities behind virtual addresses: learned from validated certificates,
+//! asked of gateways (WhoIs) for the firewall, relayed across gateways.
+
+use super::*;
+
+impl Node {
+    pub(super) fn learn_identity(&self, cert: &NodeCert) {
+        let id = firewall::Identity {
+            name: cert.name().to_string(),
+            groups: cert.body.groups.clone(),
+            site: cert.body.site.clone(),
+        };
+        let mut m = write(&self.identities);
+        for a in &cert.body.addresses {
+            m.insert(a.addr(), id.clone());
+        }
+    }
+
+    /// Identities from the cert directory and every validated peer.
+    pub(super) fn rebuild_identities(&self) {
+        let id = self.identity();
+        write(&self.identities).clear();
+        for c in id.directory.values() {
+            self.learn_identity(c);
+        }
+        for p in self.peers() {
+            if let Some(c) = p.cert() {
+                self.learn_identity(&c);
+            }
+        }
+    }
+
+    /// The identity behind a virtual address, if known; an unknown one is
+    /// asked of the gateways (answers arrive later).
+    pub fn identity_of(&self, a: IpAddr, now: Instant) -> Option<firewall::Identity> {
+        if let Some(i) = read(&self.identities).get(&a) {
+            return Some(i.clone());
+        }
+        if let Some((i, until)) = lock(&self.remote_ids).get(&a) {
+            if *until > now {
+                return i.clone();
+            }
+        }
+        if self.identity().trust.ca().covers_addr(a) {
+            lock(&self.wanted).entry(a).or_insert(None);
+        }
+        None
+    }
+
+    /// Asks for the identities the firewall wants: a host asks its active
+    /// gateway, a gateway the peer its table points at.
+    pub(super) fn ask_whois(&self, now: Instant, out: &mut Outbox) {
+        let due: Vec<IpAddr> = {
+            let mut w = lock(&self.wanted);
+            let due: Vec<IpAddr> = w
+                .iter()
+                .filter(|(_, t)| t.is_none_or(|t| now.duration_since(t) >= WHOIS_RETRY))
+                .map(|(a, _)| *a)
+                .take(WHOIS_PER_TICK)
+                .collect();
+            for a in &due {
+                w.insert(*a, Some(now));
+            }
+            due
+        };
+        for a in due {
+            let to = if self.role() == Role::Host {
+                self.active_gateway().and_then(|i| self.peer_by_index(i))
+            } else {
+                self.next_peer(a, None)
+            };
+            if let Some(p) = to {
+                self.send_message(&p, &Message::WhoIs(a), out);
+            }
+        }
+    }
+
+    /// The peer the forwarding table sends `a` to (not `except`).
+    pub(super) fn next_peer(&self, a: IpAddr, except: Option<PeerId>) -> Option<Arc<Peer>> {
+        let next = self.fib.load().lookup(a).cloned();
+        match next {
+            Some(NextHop::Peers(ps)) => ps
+                .into_iter()
+                .filter(|p| Some(*p) != except)
+                .find_map(|i| self.peer_by_index(i)),
+            _ => None,
+        }
+    }
+
+    /// A certificate this node holds for `a`: its own, a peer's, or one in
+    /// the cert directory.
+    pub(super) fn cert_for(&self, a: IpAddr) -> Option<Arc<NodeCert>> {
+        let id = self.identity();
+        if id.cert.owns_addr(a) {
+            return Some(id.cert.clone());
+        }
+        if let Some(p) = self.next_peer(a, None) {
+            if let Some(c) = p.cert().filter(|c| c.owns_addr(a)) {
+                return Some(c);
+            }
+        }
+        id.directory.values().find(|c| c.owns_addr(a)).cloned()
+    }
+
+    pub(super) fn on_whois(&self, from: &Arc<Peer>, a: IpAddr, now: Instant, out: &mut Outbox) {
+        if let Some(c) = self.cert_for(a) {
+            let reply = Message::WhoIsReply {
+                addr: a,
+                cert: c.encoded().to_vec(),
+            };
+            self.send_message(from, &reply, out);
+            return;
+        }
+        // A gateway asks the gateway that announces the address.
+        if self.role() == Role::Gateway {
+            if let Some(next) = self
+                .next_peer(a, Some(from.index))
+                .filter(|p| p.is_gateway())
+            {
+                let mut relay = lock(&self.whois_relay);
+                relay.retain(|_, (_, t)| now.duration_since(*t) < Duration::from_secs(2));
+                // Bounded: past the cap a question is answered "unknown"
+                // (the asker retries) rather than remembered.
+                if relay.len() < IDENTITY_CACHE || relay.contains_key(&a) {
+                    let e = relay.entry(a).or_insert_with(|| (Vec::new(), now));
+                    if !e.0.contains(&from.index) && e.0.len() < WHOIS_ASKERS {
+                        e.0.push(from.index);
+                    }
+                    drop(relay);
+                    self.send_message(&next, &Message::WhoIs(a), out);
+                    return;
+                }
+            }
+        }
+        self.send_message(
+            from,
+            &Message::WhoIsReply {
+                addr: a,
+                cert: Vec::new(),
+            },
+            out,
+        );
+    }
+
+    pub(super) fn on_whois_reply(&self, a: IpAddr, cert: Vec<u8>, now: Instant, out: &mut Outbox) {
+        let waiting = lock(&self.whois_relay).remove(&a);
+        for i in waiting.map(|w| w.0).unwrap_or_default() {
+            if let Some(p) = self.peer_by_index(i) {
+                let m = Message::WhoIsReply {
+                    addr: a,
+                    cert: cert.clone(),
+                };
+                self.send_message(&p, &m, out);
+            }
+        }
+        if lock(&self.wanted).remove(&a).is_none() {
+            return;
+        }
+        // Trust nobody: the certificate must validate here and own `a`.
+        let checked = NodeCert::decode(&cert)
+            .ok()
+            .filter(|c| c.owns_addr(a) && self.identity().trust.validate(c, self.unix()).is_ok());
+        let entry = match checked {
+            Some(c) => (
+                Some(firewall::Identity {
+                    name: c.name().to_string(),
+                    groups: c.body.groups.clone(),
+                    site: c.body.site.clone(),
+                }),
+                now + IDENTITY_TTL,
+            ),
+            None => {
+                if !cert.is_empty() {
+                    bump(&self.drops.bad_cert);
+                }
+                (None, now + IDENTITY_NEGATIVE_TTL)
+            }
+        };
+        let mut ids = lock(&self.remote_ids);
+        if ids.len() >= IDENTITY_CACHE {
+            ids.retain(|_, (_, t)| *t > now);
+        }
+        if ids.len() >= IDENTITY_CACHE {
+            if let Some(k) = ids.iter().min_by_key(|(_, (_, t))| *t).map(|(k, _)| *k) {
+                ids.remove(&k);
+            }
+        }
+        ids.insert(a, entry);
+    }
+}
