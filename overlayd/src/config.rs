@@ -362,6 +362,35 @@ mod tests {
     }
 
     #[test]
+    fn the_example_configs_parse() {
+        for (name, text) in [
+            (
+                "gateway",
+                include_str!("../../examples/gateway/overlayd.toml"),
+            ),
+            ("host", include_str!("../../examples/host/overlayd.toml")),
+        ] {
+            if let Err(e) = Config::parse(text) {
+                panic!("examples/{name}/overlayd.toml: {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_peer_limit_is_bounded_and_holds_the_pending_ones() {
+        let base = "[identity]\nkey = \"k\"\ncert = \"c\"\nca = \"a\"\n[limits]\n";
+        let c = Config::parse(base).unwrap();
+        assert_eq!(c.limits.max_peers, 65_536);
+        let e = Config::parse(&format!("{base}max_peers = 4\n")).unwrap_err();
+        assert!(e.starts_with("limits.max_peers: 4 is outside 16-"), "{e}");
+        let e = Config::parse(&format!("{base}max_peers = 100\nmax_pending = 200\n")).unwrap_err();
+        assert!(
+            e.contains("limits.max_pending: 200 is more than limits.max_peers (100)"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn errors_in_array_tables_name_the_entry() {
         let t = "[identity]\nkey = \"k\"\ncert = \"c\"\nca = \"a\"\n\
                  [[firewall.inbound]]\naction = \"allow\"\n[[firewall.inbound]]\nports = \"1\"\n";
