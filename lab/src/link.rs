@@ -10,7 +10,6 @@
 
 use crate::state::{Lab, Node};
 use anyhow::{bail, Context, Result};
-use serde_json::Value;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
@@ -201,28 +200,42 @@ fn delete_rules(n: &Node, comment: &str) -> Result<String> {
         .collect())
 }
 
+/// What the lab reads of `nft -j list ruleset` (libnftables' JSON): the
+/// rules; tables, chains and the rest are items without a `rule`.
+#[derive(serde::Deserialize)]
+struct Ruleset {
+    #[serde(default)]
+    nftables: Vec<NftItem>,
+}
+
+#[derive(serde::Deserialize)]
+struct NftItem {
+    rule: Option<NftRule>,
+}
+
+#[derive(serde::Deserialize)]
+struct NftRule {
+    family: String,
+    table: String,
+    chain: String,
+    handle: u64,
+    #[serde(default)]
+    comment: Option<String>,
+}
+
 /// (family, chain, handle) of the rules of the lab's tables in an
 /// `nft -j list ruleset` answer that carry `comment`.
-fn rules_with_comment(ruleset: &Value, comment: &str) -> Vec<(String, String, u64)> {
-    ruleset["nftables"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|item| {
-            let r = item.get("rule")?;
-            if r["table"] != TABLE || r["comment"] != comment {
-                return None;
-            }
-            Some((
-                r["family"].as_str()?.to_string(),
-                r["chain"].as_str()?.to_string(),
-                r["handle"].as_u64()?,
-            ))
-        })
+fn rules_with_comment(ruleset: &Ruleset, comment: &str) -> Vec<(String, String, u64)> {
+    ruleset
+        .nftables
+        .iter()
+        .filter_map(|item| item.rule.as_ref())
+        .filter(|r| r.table == TABLE && r.comment.as_deref() == Some(comment))
+        .map(|r| (r.family.clone(), r.chain.clone(), r.handle))
         .collect()
 }
 
-fn nft_ruleset(n: &Node) -> Result<Value> {
+fn nft_ruleset(n: &Node) -> Result<Ruleset> {
     let out = Command::new("ip")
         .args([
             "netns",
@@ -340,6 +353,7 @@ mod tests {
             rule("inet", TABLE, "output", 4, "cubenet-lab link ams-gw1"),
             rule("inet", "other", "output", 5, "cubenet-lab link ams-gw1"),
         ]});
+        let ruleset: Ruleset = serde_json::from_value(ruleset).unwrap();
         assert_eq!(
             rules_with_comment(&ruleset, "cubenet-lab link ams-gw1"),
             vec![

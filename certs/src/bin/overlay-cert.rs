@@ -256,7 +256,8 @@ fn run(cli: Cli) -> Result<()> {
             if as_json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
-                print_text(&v);
+                // Every field as a line, in the document's order.
+                print_text(&serde_json::to_value(&v)?);
             }
         }
         Cmd::Verify { ca, crl, at, file } => {
