@@ -272,12 +272,20 @@ pub struct PeerStatus {
 pub struct Drops {
     /// Source address not owned by the sending peer.
     pub spoofed: u64,
+    /// From this node's TUN (the site LAN, local processes) with a source
+    /// that is neither this node's address nor in its certificate's
+    /// subnets.
+    #[serde(default)]
+    pub spoofed_local: u64,
     /// From a peer whose certificate is not validated.
     pub unauthenticated: u64,
     /// No forwarding entry for the destination.
     pub no_route: u64,
     /// A host got a packet for an address that is not its own.
     pub not_for_us: u64,
+    /// An identity answer (WhoIsReply) nobody asked that peer for.
+    #[serde(default)]
+    pub unsolicited: u64,
     /// Undecodable or unauthenticated datagrams.
     pub invalid: u64,
     /// Data with a counter already seen (a duplicate, or a replay).
@@ -301,12 +309,14 @@ pub struct Drops {
 
 impl Drops {
     /// Every counter with its name, in document order.
-    pub fn iter(&self) -> [(&'static str, u64); 13] {
+    pub fn iter(&self) -> [(&'static str, u64); 15] {
         [
             ("spoofed", self.spoofed),
+            ("spoofed_local", self.spoofed_local),
             ("unauthenticated", self.unauthenticated),
             ("no_route", self.no_route),
             ("not_for_us", self.not_for_us),
+            ("unsolicited", self.unsolicited),
             ("invalid", self.invalid),
             ("replayed", self.replayed),
             ("pending_full", self.pending_full),
@@ -369,6 +379,10 @@ pub struct FirewallStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FirewallDetail {
     pub identities_learned: usize,
+    /// Identities wanted and not answered yet (bounded, given up after
+    /// 10 s).
+    #[serde(default)]
+    pub identities_wanted: usize,
     pub inbound_default: String,
     pub outbound_default: String,
     pub inbound: Vec<RuleHits>,

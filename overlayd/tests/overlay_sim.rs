@@ -549,6 +549,32 @@ fn a_host_attaches_to_both_gateways_and_sends_through_the_first() {
     assert!(net.nodes[g].tun.contains(&pkt), "not delivered");
 }
 
+/// A gateway takes into the overlay from its TUN (the site LAN, local
+/// processes) only sources it owns: a LAN machine forging an overlay
+/// host's address reaches nobody, and is counted.
+#[test]
+fn a_gateway_forwards_from_its_tun_only_sources_it_owns() {
+    let mut net = Net::site(2);
+    converged(&mut net);
+    let (g, h) = (net.index("fra-gw1"), net.index("fra-h1"));
+    // As if from the LAN: "ams-h1" to fra-h1.
+    let forged = ipv4_udp([10, 77, 2, 11], [10, 77, 1, 11]);
+    let n = &mut net.nodes[g];
+    n.node.on_tun_packet(&forged, net.now, &mut n.out);
+    net.settle();
+    assert!(
+        !net.nodes[h].tun.contains(&forged),
+        "the forged packet arrived"
+    );
+    assert_eq!(net.nodes[g].node.status(net.now).drops.spoofed_local, 1);
+    // The gateway's own address goes through.
+    let own = ipv4_udp([10, 77, 1, 1], [10, 77, 1, 11]);
+    let n = &mut net.nodes[g];
+    n.node.on_tun_packet(&own, net.now, &mut n.out);
+    net.settle();
+    assert!(net.nodes[h].tun.contains(&own), "not delivered");
+}
+
 #[test]
 fn a_gateway_silently_lost_fails_over_within_the_probe_window_and_back_after_it_is_stable() {
     let mut net = Net::site(2);
@@ -1044,6 +1070,32 @@ fn a_gateway_link_flapping_every_two_seconds_for_a_minute_is_damped_and_traffic_
     }
     assert!(suppressed, "damping never suppressed the flapping link");
     assert!(w.delivers("s1-h1", "s2-h1", [10, 77, 1, 11], [10, 77, 2, 11]));
+}
+
+/// The identities a firewall wants are bounded and given up: a local
+/// user sending to thousands of overlay addresses makes the node ask, not
+/// grow.
+#[test]
+fn wanted_identities_are_bounded_and_given_up() {
+    let mut net = Net::build_with(&["fra"], 2, Duration::from_secs(86_400), &|name| {
+        if name == "fra-h1" {
+            "[firewall]\ninbound_default = \"deny\"\n".into()
+        } else {
+            String::new()
+        }
+    });
+    converged(&mut net);
+    let h = net.index("fra-h1");
+    let wanted = |net: &Net| {
+        let st = net.nodes[h].node.status(net.now);
+        st.firewall.detail.map(|d| d.identities_wanted).unwrap()
+    };
+    for i in 0..10_000u32 {
+        let a = std::net::Ipv4Addr::from(0x0a4d_0800 + i);
+        assert!(net.nodes[h].node.identity_of(a.into(), net.now).is_none());
+    }
+    assert!(wanted(&net) <= 4096, "{} wanted", wanted(&net));
+    net.run_until(Duration::from_secs(15), |n| wanted(n) == 0);
 }
 
 #[test]

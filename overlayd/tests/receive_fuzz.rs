@@ -523,3 +523,28 @@ fn identity_questions_only_from_peers_with_a_validated_cert() {
         "an attached host's WhoIs got no reply: {replies:?}"
     );
 }
+
+/// An identity answer counts only for a question out to the peer that
+/// answers: an attached host cannot plant an identity (or "unknown") in
+/// its gateway's cache by answering what nobody asked it.
+#[test]
+fn an_unasked_identity_answer_is_dropped_and_counted() {
+    let pki = Pki::get();
+    let mut host = attached_host();
+    let gw = host.node.clone();
+    let a = pki.other_cert.body.addresses[0].addr();
+    let now = Instant::now();
+    // The gateway's firewall wants to know who is behind `a`.
+    assert!(gw.identity_of(a, now).is_none());
+    let planted = Message::WhoIsReply {
+        addr: a,
+        cert: pki.other_cert.encoded().to_vec(),
+    };
+    let before = gw.status(now).drops.unsolicited;
+    assert!(host.send(&planted.encode()).is_empty());
+    assert_eq!(gw.status(now).drops.unsolicited, before + 1);
+    assert!(
+        gw.identity_of(a, now).is_none(),
+        "an unasked answer was believed"
+    );
+}

@@ -75,9 +75,17 @@ impl Node {
             // Router solicitations, mDNS and the like stay on this node.
             return;
         }
-        if self.identity.load().cert.owns_addr(src)
-            && !self.firewall_passes(Direction::Outbound, pkt, now)
-        {
+        // What enters the overlay here comes from this node: its own
+        // addresses or (gateways) the subnets its certificate carries. The
+        // kernel forwards whatever the site LAN or local containers send
+        // into the TUN, spoofed sources too (IPv6 has no rp_filter).
+        let id = self.identity.load();
+        let own = id.cert.owns_addr(src);
+        if !own && !id.cert.body.subnets.iter().any(|n| n.contains(&src)) {
+            bump(&self.drops.spoofed_local);
+            return;
+        }
+        if own && !self.firewall_passes(Direction::Outbound, pkt, now) {
             return;
         }
         if self.role() == Role::Host {

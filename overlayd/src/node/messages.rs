@@ -45,7 +45,7 @@ impl Node {
                 bump(&self.drops.unauthenticated);
             }
             Message::WhoIs(a) => self.on_whois(peer, a, now, out),
-            Message::WhoIsReply { addr, cert } => self.on_whois_reply(addr, cert, now, out),
+            Message::WhoIsReply { addr, cert } => self.on_whois_reply(peer, addr, cert, now, out),
             Message::CertAck(fp) => {
                 if fp == self.identity().cert.fingerprint().0 {
                     peer.our_cert_acked.store(true, Ordering::Relaxed);

@@ -103,12 +103,16 @@ pub struct Outbox {
 pub struct Drops {
     /// Source address not owned by the sending peer.
     pub spoofed: AtomicU64,
+    /// From our TUN with a source this node does not own.
+    pub spoofed_local: AtomicU64,
     /// From a peer whose certificate is not validated.
     pub unauthenticated: AtomicU64,
     /// No forwarding entry for the destination.
     pub no_route: AtomicU64,
     /// A host got a packet for an address that is not its own.
     pub not_for_us: AtomicU64,
+    /// An identity answer (WhoIsReply) nobody here asked that peer for.
+    pub unsolicited: AtomicU64,
     /// Undecodable or unauthenticated datagrams.
     pub invalid: AtomicU64,
     /// Data with a counter already seen (a duplicate, or a replay).
@@ -136,9 +140,11 @@ impl Drops {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         api::Drops {
             spoofed: g(&self.spoofed),
+            spoofed_local: g(&self.spoofed_local),
             unauthenticated: g(&self.unauthenticated),
             no_route: g(&self.no_route),
             not_for_us: g(&self.not_for_us),
+            unsolicited: g(&self.unsolicited),
             invalid: g(&self.invalid),
             replayed: g(&self.replayed),
             pending_full: g(&self.pending_full),
@@ -199,10 +205,11 @@ pub struct Node {
     /// Identities learned by asking gateways (`None`: nobody knew), until
     /// the instant they expire. Bounded.
     remote_ids: std::sync::Mutex<HashMap<IpAddr, (Option<firewall::Identity>, Instant)>>,
-    /// Addresses whose identity the firewall wants, and when we last asked.
-    wanted: std::sync::Mutex<std::collections::BTreeMap<IpAddr, Option<Instant>>>,
-    /// Gateways: questions passed on, by address: who asked, and when.
-    whois_relay: std::sync::Mutex<HashMap<IpAddr, (Vec<PeerId>, Instant)>>,
+    /// Addresses whose identity the firewall wants (at most
+    /// [`IDENTITY_CACHE`], each for at most [`WHOIS_GIVE_UP`]).
+    wanted: std::sync::Mutex<std::collections::BTreeMap<IpAddr, Want>>,
+    /// Gateways: questions passed on, by address.
+    whois_relay: std::sync::Mutex<HashMap<IpAddr, Relayed>>,
     /// When certificate expiry was last checked (warned 30 days ahead).
     expiry_checked: std::sync::Mutex<Option<Instant>>,
     /// Shutting down: peers were told (`Leaving`), probes go unanswered so
@@ -223,6 +230,25 @@ const IDENTITY_TTL: Duration = Duration::from_secs(600);
 const IDENTITY_NEGATIVE_TTL: Duration = Duration::from_secs(10);
 const IDENTITY_CACHE: usize = 4096;
 const WHOIS_RETRY: Duration = Duration::from_secs(1);
+/// A wanted identity nobody answered for this long is given up (the
+/// firewall wants it again with the next packet).
+const WHOIS_GIVE_UP: Duration = Duration::from_secs(10);
+
+/// An identity the firewall wants: since when, and the question out.
+#[derive(Debug, Clone, Copy)]
+struct Want {
+    since: Instant,
+    /// When we asked last, and whom: only that peer's answer counts.
+    asked: Option<(Instant, PeerId)>,
+}
+
+/// A question a gateway passed on: who asked, when, and whom it asked.
+#[derive(Debug, Clone)]
+struct Relayed {
+    askers: Vec<PeerId>,
+    at: Instant,
+    to: PeerId,
+}
 const WHOIS_PER_TICK: usize = 64;
 /// Peers waiting for the answer to one relayed question, at most.
 const WHOIS_ASKERS: usize = 64;

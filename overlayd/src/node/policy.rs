@@ -90,6 +90,7 @@ impl Node {
             enabled: true,
             detail: Some(api::FirewallDetail {
                 identities_learned: lock(&self.remote_ids).len(),
+                identities_wanted: lock(&self.wanted).len(),
                 inbound_default: fw.policy.inbound_default.as_str().to_string(),
                 outbound_default: fw.policy.outbound_default.as_str().to_string(),
                 inbound: rules(Direction::Inbound, &fw.policy.inbound, &c.inbound_hits),

@@ -41,8 +41,19 @@ impl Node {
                 return i.clone();
             }
         }
-        if self.identity().trust.ca().covers_addr(a) {
-            lock(&self.wanted).entry(a).or_insert(None);
+        if self.identity.load().trust.ca().covers_addr(a) {
+            let mut w = lock(&self.wanted);
+            if w.len() >= IDENTITY_CACHE && !w.contains_key(&a) {
+                // Bounded: the question out longest goes first.
+                let oldest = w.iter().min_by_key(|(_, x)| x.since).map(|(k, _)| *k);
+                if let Some(k) = oldest {
+                    w.remove(&k);
+                }
+            }
+            w.entry(a).or_insert(Want {
+                since: now,
+                asked: None,
+            });
         }
         None
     }
@@ -52,16 +63,15 @@ impl Node {
     pub(super) fn ask_whois(&self, now: Instant, out: &mut Outbox) {
         let due: Vec<IpAddr> = {
             let mut w = lock(&self.wanted);
-            let due: Vec<IpAddr> = w
-                .iter()
-                .filter(|(_, t)| t.is_none_or(|t| now.duration_since(t) >= WHOIS_RETRY))
+            w.retain(|_, x| now.saturating_duration_since(x.since) < WHOIS_GIVE_UP);
+            w.iter()
+                .filter(|(_, x)| {
+                    x.asked
+                        .is_none_or(|(t, _)| now.saturating_duration_since(t) >= WHOIS_RETRY)
+                })
                 .map(|(a, _)| *a)
                 .take(WHOIS_PER_TICK)
-                .collect();
-            for a in &due {
-                w.insert(*a, Some(now));
-            }
-            due
+                .collect()
         };
         for a in due {
             let to = if self.role() == Role::Host {
@@ -70,6 +80,9 @@ impl Node {
                 self.next_peer(a, None)
             };
             if let Some(p) = to {
+                if let Some(x) = lock(&self.wanted).get_mut(&a) {
+                    x.asked = Some((now, p.index));
+                }
                 self.send_message(&p, &Message::WhoIs(a), out);
             }
         }
@@ -118,13 +131,19 @@ impl Node {
                 .filter(|p| p.is_gateway())
             {
                 let mut relay = lock(&self.whois_relay);
-                relay.retain(|_, (_, t)| now.duration_since(*t) < Duration::from_secs(2));
+                relay.retain(|_, r| now.duration_since(r.at) < Duration::from_secs(2));
                 // Bounded: past the cap a question is answered "unknown"
                 // (the asker retries) rather than remembered.
                 if relay.len() < IDENTITY_CACHE || relay.contains_key(&a) {
-                    let e = relay.entry(a).or_insert_with(|| (Vec::new(), now));
-                    if !e.0.contains(&from.index) && e.0.len() < WHOIS_ASKERS {
-                        e.0.push(from.index);
+                    let e = relay.entry(a).or_insert_with(|| Relayed {
+                        askers: Vec::new(),
+                        at: now,
+                        to: next.index,
+                    });
+                    // Only the gateway asked last may answer.
+                    e.to = next.index;
+                    if !e.askers.contains(&from.index) && e.askers.len() < WHOIS_ASKERS {
+                        e.askers.push(from.index);
                     }
                     drop(relay);
                     self.send_message(&next, &Message::WhoIs(a), out);
@@ -142,9 +161,36 @@ impl Node {
         );
     }
 
-    pub(super) fn on_whois_reply(&self, a: IpAddr, cert: Vec<u8>, now: Instant, out: &mut Outbox) {
-        let waiting = lock(&self.whois_relay).remove(&a);
-        for i in waiting.map(|w| w.0).unwrap_or_default() {
+    /// An answer from `from`: it counts only for a question out to that
+    /// peer (relayed or our own); anything else is counted and dropped, so
+    /// a peer cannot plant identities or "unknown" for others.
+    pub(super) fn on_whois_reply(
+        &self,
+        from: &Peer,
+        a: IpAddr,
+        cert: Vec<u8>,
+        now: Instant,
+        out: &mut Outbox,
+    ) {
+        let relayed = {
+            let mut r = lock(&self.whois_relay);
+            match r.get(&a) {
+                Some(x) if x.to == from.index => r.remove(&a),
+                _ => None,
+            }
+        };
+        let wanted = {
+            let mut w = lock(&self.wanted);
+            match w.get(&a) {
+                Some(x) if x.asked.is_some_and(|(_, p)| p == from.index) => w.remove(&a),
+                _ => None,
+            }
+        };
+        if relayed.is_none() && wanted.is_none() {
+            bump(&self.drops.unsolicited);
+            return;
+        }
+        for i in relayed.map(|r| r.askers).unwrap_or_default() {
             if let Some(p) = self.peer_by_index(i) {
                 let m = Message::WhoIsReply {
                     addr: a,
@@ -153,7 +199,7 @@ impl Node {
                 self.send_message(&p, &m, out);
             }
         }
-        if lock(&self.wanted).remove(&a).is_none() {
+        if wanted.is_none() {
             return;
         }
         // Trust nobody: the certificate must validate here and own `a`.
