@@ -578,6 +578,9 @@ fn ipv4_fragment(b: &[u8]) -> Option<(FragmentKey, bool)> {
     Some((key, offset == 0))
 }
 
+/// The flow of a packet. An ICMP echo's identifier stands for both ports,
+/// so a reply (addresses swapped, same identifier) is the reverse of its
+/// request.
 fn key_of(p: &Packet) -> Key {
     let icmp = matches!(p.proto, ICMP | ICMPV6);
     Key {
@@ -585,7 +588,7 @@ fn key_of(p: &Packet) -> Key {
         src: p.src,
         sport: p.sport,
         dst: p.dst,
-        dport: if icmp { 0 } else { p.dport },
+        dport: if icmp { p.sport } else { p.dport },
     }
 }
 
@@ -691,7 +694,11 @@ impl Firewall {
                 src: qs,
                 sport: qsp,
                 dst: qd,
-                dport: if matches!(qp, ICMP | ICMPV6) { 0 } else { qdp },
+                dport: if matches!(qp, ICMP | ICMPV6) {
+                    qsp
+                } else {
+                    qdp
+                },
             };
             let live = |k: &Key| self.flows.get(k).is_some_and(|e| e.expires > now);
             if live(&qk) || live(&reverse(&qk)) {
@@ -1035,6 +1042,51 @@ mod tests {
         assert_eq!(
             fw.check(Direction::Inbound, &reply, later, &ids),
             Verdict::Deny(None)
+        );
+    }
+
+    /// The replies to our pings are the pings' flow (inbound default deny,
+    /// no ICMP rule), and so are our replies to pings the rules let in;
+    /// a reply with another identifier is not.
+    #[test]
+    fn echo_replies_belong_to_their_request() {
+        let mut fw = Firewall::new(
+            policy("[firewall]\ninbound_default = \"deny\"\noutbound_default = \"allow\"\n")
+                .unwrap(),
+        );
+        let now = Instant::now();
+        let ping = v4(ME, OTHER, ICMP, &[8, 0, 0, 0, 0, 7, 0, 1]);
+        assert_eq!(
+            fw.check(Direction::Outbound, &ping, now, &ids),
+            Verdict::Pass
+        );
+        let reply = v4(OTHER, ME, ICMP, &[0, 0, 0, 0, 0, 7, 0, 1]);
+        assert_eq!(
+            fw.check(Direction::Inbound, &reply, now, &ids),
+            Verdict::Pass
+        );
+        let stray = v4(OTHER, ME, ICMP, &[0, 0, 0, 0, 0, 8, 0, 1]);
+        assert_eq!(
+            fw.check(Direction::Inbound, &stray, now, &ids),
+            Verdict::Deny(None)
+        );
+        // Pings let in by a rule are answered though outbound denies.
+        let mut fw = Firewall::new(
+            policy(
+                "[firewall]\noutbound_default = \"deny\"\n\
+                 [[firewall.inbound]]\naction = \"allow\"\nproto = \"icmp\"\n",
+            )
+            .unwrap(),
+        );
+        let ping = v4(OTHER, ME, ICMP, &[8, 0, 0, 0, 0, 9, 0, 1]);
+        assert_eq!(
+            fw.check(Direction::Inbound, &ping, now, &ids),
+            Verdict::Pass
+        );
+        let reply = v4(ME, OTHER, ICMP, &[0, 0, 0, 0, 0, 9, 0, 1]);
+        assert_eq!(
+            fw.check(Direction::Outbound, &reply, now, &ids),
+            Verdict::Pass
         );
     }
 
