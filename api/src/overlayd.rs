@@ -396,6 +396,10 @@ pub struct FirewallDetail {
     pub table_full: u64,
     pub cut_by_reload: u64,
     pub orphan_fragments: u64,
+    /// Denied by a rule naming an identity that was still being asked
+    /// (identity rules fail closed).
+    #[serde(default)]
+    pub identity_pending: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

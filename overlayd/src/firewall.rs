@@ -148,6 +148,12 @@ impl Peer {
         ))
     }
 
+    /// A name, group or site: decided by the certificate behind the
+    /// address.
+    fn names_identity(&self) -> bool {
+        !matches!(self, Peer::Net(_))
+    }
+
     fn matches(&self, addr: IpAddr, id: Option<&Identity>) -> bool {
         match self {
             Peer::Net(n) => n.contains(&addr),
@@ -155,6 +161,34 @@ impl Peer {
             Peer::Name(n) => id.is_some_and(|i| &i.name == n),
             Peer::Site(s) => id.is_some_and(|i| &i.site == s),
         }
+    }
+}
+
+/// What a node knows of the identity behind a remote address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    Known(Identity),
+    /// Asked and not answered yet: a rule naming identities cannot be
+    /// decided for it. A deny rule that might match denies (fail closed);
+    /// an allow rule that might match does not allow.
+    Pending,
+    /// There is none to be had: not an overlay address, or nobody holds a
+    /// certificate for it.
+    Nobody,
+}
+
+impl Lookup {
+    pub fn known(&self) -> Option<&Identity> {
+        match self {
+            Lookup::Known(i) => Some(i),
+            _ => None,
+        }
+    }
+}
+
+impl From<Option<Identity>> for Lookup {
+    fn from(i: Option<Identity>) -> Lookup {
+        i.map_or(Lookup::Nobody, Lookup::Known)
     }
 }
 
@@ -179,16 +213,24 @@ pub struct Rule {
 }
 
 impl Rule {
-    fn matches(&self, f: &Flow, id: Option<&Identity>) -> bool {
+    /// Whether the rule matches the flow; `None` when that hangs on an
+    /// identity still being asked.
+    fn matches(&self, f: &Flow, id: &Lookup) -> Option<bool> {
         if !self.proto.matches(f.proto) {
-            return false;
+            return Some(false);
         }
         if let Some((lo, hi)) = self.ports {
             if !(f.proto == TCP || f.proto == UDP) || f.dport < lo || f.dport > hi {
-                return false;
+                return Some(false);
             }
         }
-        self.peers.is_empty() || self.peers.iter().any(|p| p.matches(f.remote, id))
+        if self.peers.is_empty() || self.peers.iter().any(|p| p.matches(f.remote, id.known())) {
+            return Some(true);
+        }
+        if *id == Lookup::Pending && self.peers.iter().any(Peer::names_identity) {
+            return None;
+        }
+        Some(false)
     }
 }
 
@@ -358,14 +400,41 @@ impl Policy {
         }
     }
 
-    /// The first matching rule (index) and the action.
-    fn decide(&self, dir: Direction, f: &Flow, id: Option<&Identity>) -> (Action, Option<usize>) {
+    /// The first matching rule (index) and the action. A deny rule that
+    /// may match once the identity is known denies now (fail closed): a
+    /// later, broader rule never lets through what it would deny.
+    fn decide(&self, dir: Direction, f: &Flow, id: &Lookup) -> Decision {
         for (i, r) in self.rules(dir).iter().enumerate() {
-            if r.matches(f, id) {
-                return (r.action, Some(i));
+            match r.matches(f, id) {
+                Some(true) => return Decision::rule(r.action, i, false),
+                None if r.action == Action::Deny => return Decision::rule(Action::Deny, i, true),
+                _ => {}
             }
         }
-        (self.default_for(dir), None)
+        Decision {
+            action: self.default_for(dir),
+            rule: None,
+            pending: false,
+        }
+    }
+}
+
+/// A policy's decision on a flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Decision {
+    action: Action,
+    rule: Option<usize>,
+    /// Denied by a rule that names an identity not known yet.
+    pending: bool,
+}
+
+impl Decision {
+    fn rule(action: Action, i: usize, pending: bool) -> Decision {
+        Decision {
+            action,
+            rule: Some(i),
+            pending,
+        }
     }
 }
 
@@ -537,6 +606,8 @@ pub struct Counters {
     /// Later IPv4 fragments whose first fragment was not let through (or
     /// came after them).
     pub orphan_fragments: u64,
+    /// Denied by a rule naming an identity that was still being asked.
+    pub identity_pending: u64,
 }
 
 pub struct Firewall {
@@ -634,7 +705,7 @@ impl Firewall {
         dir: Direction,
         pkt: &[u8],
         now: Instant,
-        identity: &dyn Fn(IpAddr) -> Option<Identity>,
+        identity: &dyn Fn(IpAddr) -> Lookup,
     ) -> Verdict {
         let fragment = ipv4_fragment(pkt);
         if let Some((k, false)) = fragment {
@@ -663,7 +734,7 @@ impl Firewall {
         dir: Direction,
         pkt: &[u8],
         now: Instant,
-        identity: &dyn Fn(IpAddr) -> Option<Identity>,
+        identity: &dyn Fn(IpAddr) -> Lookup,
     ) -> Verdict {
         let Some(p) = parse(pkt) else {
             self.counters.malformed += 1;
@@ -716,7 +787,16 @@ impl Firewall {
             dport: p.dport,
         };
         let id = identity(remote);
-        let (action, rule) = self.policy.decide(dir, &f, id.as_ref());
+        let Decision {
+            action,
+            rule,
+            pending,
+        } = self.policy.decide(dir, &f, &id);
+        if pending {
+            // Not tracked: the next packet is judged again, with the
+            // identity once the answer is in.
+            self.counters.identity_pending += 1;
+        }
         match (dir, rule) {
             (Direction::Inbound, Some(i)) => self.counters.inbound_hits[i] += 1,
             (Direction::Outbound, Some(i)) => self.counters.outbound_hits[i] += 1,
@@ -769,7 +849,7 @@ impl Firewall {
         &mut self,
         policy: Policy,
         now: Instant,
-        identity: &dyn Fn(IpAddr) -> Option<Identity>,
+        identity: &dyn Fn(IpAddr) -> Lookup,
     ) -> usize {
         // Datagrams in pieces are judged anew by their next first fragment.
         self.fragmented.clear();
@@ -787,9 +867,9 @@ impl Firewall {
                 remote,
                 dport: k.dport,
             };
-            let (action, rule) = policy.decide(e.dir, &f, identity(remote).as_ref());
-            e.rule = rule;
-            action == Action::Allow
+            let d = policy.decide(e.dir, &f, &identity(remote));
+            e.rule = d.rule;
+            d.action == Action::Allow
         });
         let cut = before - self.flows.len();
         self.counters.cut_by_reload += cut as u64;
@@ -820,8 +900,11 @@ impl Firewall {
             remote,
             dport: port.unwrap_or(0),
         };
-        let (a, rule) = self.policy.decide(dir, &f, identity);
-        (a, rule.map(|i| (i, self.policy.rules(dir)[i].text.clone())))
+        let d = self.policy.decide(dir, &f, &identity.cloned().into());
+        (
+            d.action,
+            d.rule.map(|i| (i, self.policy.rules(dir)[i].text.clone())),
+        )
     }
 }
 
@@ -895,19 +978,19 @@ mod tests {
     const WEB: [u8; 4] = [10, 77, 1, 12];
     const OTHER: [u8; 4] = [10, 77, 2, 11];
 
-    fn ids(a: IpAddr) -> Option<Identity> {
+    fn ids(a: IpAddr) -> Lookup {
         match a.to_string().as_str() {
-            "10.77.1.12" => Some(Identity {
+            "10.77.1.12" => Lookup::Known(Identity {
                 name: "web1".into(),
                 groups: vec!["db-clients".into()],
                 site: "fra".into(),
             }),
-            "10.77.2.11" => Some(Identity {
+            "10.77.2.11" => Lookup::Known(Identity {
                 name: "ams-h1".into(),
                 groups: vec![],
                 site: "ams".into(),
             }),
-            _ => None,
+            _ => Lookup::Nobody,
         }
     }
 
@@ -1114,6 +1197,59 @@ mod tests {
         );
     }
 
+    /// The README's own example, `deny tcp 25 to site:ams` with outbound
+    /// default allow: while the identity behind the address is still being
+    /// asked, a SYN to port 25 is denied (not let through by the default)
+    /// and not tracked; once known, the rule decides. Allow rules by
+    /// identity never allow an identity not known.
+    #[test]
+    fn identity_rules_fail_closed_while_the_identity_is_asked() {
+        let p = policy(
+            "[firewall]\n[[firewall.outbound]]\naction = \"deny\"\nproto = \"tcp\"\nport = \"25\"\nto = [\"site:ams\"]\n",
+        )
+        .unwrap();
+        let mut fw = Firewall::new(p);
+        let now = Instant::now();
+        let asking = |_: IpAddr| Lookup::Pending;
+        let smtp = tcp(ME, OTHER, 50000, 25, SYN);
+        assert_eq!(
+            fw.check(Direction::Outbound, &smtp, now, &asking),
+            Verdict::Deny(Some(0))
+        );
+        assert_eq!(fw.counters.identity_pending, 1);
+        assert_eq!(fw.flows(), 0, "a flow was tracked");
+        // Ports the rule does not name are not held back.
+        let web = tcp(ME, OTHER, 50000, 80, SYN);
+        assert_eq!(
+            fw.check(Direction::Outbound, &web, now, &asking),
+            Verdict::Pass
+        );
+        // Known: an ams host is denied, a host of another site is not.
+        let smtp = tcp(ME, OTHER, 50001, 25, SYN);
+        assert_eq!(
+            fw.check(Direction::Outbound, &smtp, now, &ids),
+            Verdict::Deny(Some(0))
+        );
+        let fra = tcp(ME, [10, 77, 1, 12], 50002, 25, SYN);
+        assert_eq!(
+            fw.check(Direction::Outbound, &fra, now, &ids),
+            Verdict::Pass
+        );
+        // Inbound: an allow by group waits for the identity too.
+        let p = policy(
+            "[firewall]\n[[firewall.inbound]]\naction = \"allow\"\nproto = \"tcp\"\nfrom = [\"group:db-clients\"]\n\
+             [[firewall.inbound]]\naction = \"allow\"\nproto = \"tcp\"\nfrom = [\"10.77.0.0/16\"]\n",
+        )
+        .unwrap();
+        let mut fw = Firewall::new(p);
+        let syn = tcp([10, 77, 1, 12], ME, 40000, 5432, SYN);
+        assert_eq!(
+            fw.check(Direction::Inbound, &syn, now, &asking),
+            Verdict::Pass,
+            "the address rule after it decides"
+        );
+    }
+
     #[test]
     fn outbound_deny_blocks_and_explain_agrees() {
         let p = policy(
@@ -1136,7 +1272,7 @@ mod tests {
         let (a, r) = fw.explain(
             Direction::Outbound,
             other,
-            ids(other).as_ref(),
+            ids(other).known(),
             Proto::Tcp,
             Some(25),
         );

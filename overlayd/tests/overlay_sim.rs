@@ -1098,6 +1098,39 @@ fn wanted_identities_are_bounded_and_given_up() {
     net.run_until(Duration::from_secs(15), |n| wanted(n) == 0);
 }
 
+/// An outbound deny by site (the README's `deny ... to site:ams`, here
+/// for UDP) holds even for the first packet, before anyone knows who is
+/// behind the address: identity rules fail closed. Once the answer is in,
+/// the rule denies by the identity itself.
+#[test]
+fn an_identity_deny_rule_holds_before_the_identity_is_known() {
+    let mut w = Whole::with_config(2, &|name| {
+        if name == "s1-h1" {
+            "[firewall]\noutbound_default = \"allow\"\n\
+             [[firewall.outbound]]\naction = \"deny\"\nproto = \"udp\"\nto = [\"site:s2\"]\n"
+                .into()
+        } else {
+            String::new()
+        }
+    });
+    let (src, dst) = ([10, 77, 1, 11], [10, 77, 2, 11]);
+    assert!(
+        !w.delivers("s1-h1", "s2-h1", src, dst),
+        "the first packet went through a deny by site"
+    );
+    let h = w.net.index("s1-h1");
+    let detail = |w: &Whole| {
+        let st = w.net.nodes[h].node.status(w.net.now);
+        st.firewall.detail.unwrap()
+    };
+    assert_eq!(detail(&w).identity_pending, 1);
+    w.run_until(Duration::from_secs(5), |w| detail(w).identities_learned > 0);
+    assert!(!w.delivers("s1-h1", "s2-h1", src, dst));
+    // Both were the rule's: the first while asking, the second known.
+    let d = detail(&w);
+    assert_eq!((d.outbound[0].hits, d.identity_pending), (2, 1));
+}
+
 #[test]
 fn a_firewall_learns_a_remote_hosts_identity_through_two_gateways() {
     // s1-h1 takes UDP from s2-h1 by name only: it must learn who is behind

@@ -14,7 +14,7 @@ impl Node {
             return true;
         }
         let v = {
-            let lookup = |a: IpAddr| self.identity_of(a, now);
+            let lookup = |a: IpAddr| self.identity_lookup(a, now);
             self.fw().check(dir, pkt, now, &lookup)
         };
         if v == Verdict::Pass {
@@ -58,7 +58,7 @@ impl Node {
     /// New firewall rules (SIGHUP): flows they deny are cut at once.
     pub fn reload_firewall(&self, policy: firewall::Policy, on: bool, now: Instant) -> usize {
         self.firewall_on.store(on, Ordering::Relaxed);
-        let lookup = |a: IpAddr| self.identity_of(a, now);
+        let lookup = |a: IpAddr| self.identity_lookup(a, now);
         let cut = self.fw().reload(policy, now, &lookup);
         if cut > 0 {
             tracing::info!(flows = cut, "firewall reload cut flows the new rules deny");
@@ -104,6 +104,7 @@ impl Node {
                 table_full: c.table_full,
                 cut_by_reload: c.cut_by_reload,
                 orphan_fragments: c.orphan_fragments,
+                identity_pending: c.identity_pending,
             }),
         }
     }

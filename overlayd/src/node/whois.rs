@@ -33,12 +33,19 @@ impl Node {
     /// The identity behind a virtual address, if known; an unknown one is
     /// asked of the gateways (answers arrive later).
     pub fn identity_of(&self, a: IpAddr, now: Instant) -> Option<firewall::Identity> {
+        self.identity_lookup(a, now).known().cloned()
+    }
+
+    /// What is known of the identity behind `a`: known, being asked (an
+    /// overlay address not answered yet; asking starts here), or none.
+    pub fn identity_lookup(&self, a: IpAddr, now: Instant) -> firewall::Lookup {
+        use firewall::Lookup;
         if let Some(i) = read(&self.identities).get(&a) {
-            return Some(i.clone());
+            return Lookup::Known(i.clone());
         }
         if let Some((i, until)) = lock(&self.remote_ids).get(&a) {
             if *until > now {
-                return i.clone();
+                return i.clone().into();
             }
         }
         if self.identity.load().trust.ca().covers_addr(a) {
@@ -54,8 +61,9 @@ impl Node {
                 since: now,
                 asked: None,
             });
+            return Lookup::Pending;
         }
-        None
+        Lookup::Nobody
     }
 
     /// Asks for the identities the firewall wants: a host asks its active
