@@ -252,11 +252,29 @@ impl Config {
         if !(1..=64).contains(&i.queues) {
             return Err(format!("interface.queues: {} is outside 1-64", i.queues));
         }
-        if self.probe.interval_ms < 10 {
-            return Err("probe.interval_ms: must be at least 10".into());
+        // Bounded above too: the probe window (interval x (misses + 1)) and
+        // the other periods are durations the node adds to instants.
+        let p = &self.probe;
+        if !(10..=60_000).contains(&p.interval_ms) {
+            return Err(format!(
+                "probe.interval_ms: {} is outside 10-60000",
+                p.interval_ms
+            ));
         }
-        if self.probe.misses == 0 {
-            return Err("probe.misses: must be at least 1".into());
+        if !(1..=100).contains(&p.misses) {
+            return Err(format!("probe.misses: {} is outside 1-100", p.misses));
+        }
+        if p.failback_stable_ms > 3_600_000 {
+            return Err(format!(
+                "probe.failback_stable_ms: {} is more than an hour",
+                p.failback_stable_ms
+            ));
+        }
+        if self.limits.pending_timeout_ms > 3_600_000 {
+            return Err(format!(
+                "limits.pending_timeout_ms: {} is more than an hour",
+                self.limits.pending_timeout_ms
+            ));
         }
         let l = &self.limits;
         if !(16..=MAX_PEERS_LIMIT).contains(&l.max_peers) {
@@ -373,6 +391,29 @@ mod tests {
             if let Err(e) = Config::parse(text) {
                 panic!("examples/{name}/overlayd.toml: {e}");
             }
+        }
+    }
+
+    #[test]
+    fn periods_that_would_overflow_are_refused_by_name() {
+        let base = "[identity]\nkey = \"k\"\ncert = \"c\"\nca = \"a\"\n";
+        for (extra, key) in [
+            (
+                "[probe]\ninterval_ms = 18446744073709551\n",
+                "probe.interval_ms",
+            ),
+            ("[probe]\nmisses = 4294967295\n", "probe.misses"),
+            (
+                "[probe]\nfailback_stable_ms = 9000000000000\n",
+                "probe.failback_stable_ms",
+            ),
+            (
+                "[limits]\npending_timeout_ms = 9000000000000\n",
+                "limits.pending_timeout_ms",
+            ),
+        ] {
+            let e = Config::parse(&format!("{base}{extra}")).unwrap_err();
+            assert!(e.starts_with(key), "{extra:?}: {e}");
         }
     }
 

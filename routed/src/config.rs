@@ -102,6 +102,9 @@ impl Default for Bfd {
     }
 }
 
+/// The longest duration a config may give in seconds (a day).
+const MAX_SECONDS: f64 = 86_400.0;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Damping {
@@ -323,18 +326,47 @@ impl Config {
         if self.bfd.multiplier == 0 {
             return Err("bfd.multiplier: must be at least 1".into());
         }
+        if self.timers.connect_retry_s > MAX_SECONDS as u64 {
+            return Err(format!(
+                "timers.connect_retry_s: {} is more than {MAX_SECONDS} s",
+                self.timers.connect_retry_s
+            ));
+        }
         let d = &self.damping;
-        if d.half_life_s.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
-            return Err("damping.half_life_s: must be positive".into());
+        // Durations in seconds: finite, and at most a day (a longer one is
+        // a typo, and `inf` or 1e300 cannot be a duration at all).
+        let secs = |key: &str, v: f64, zero_ok: bool| -> Result<(), String> {
+            let low_ok = v > 0.0 || (zero_ok && v == 0.0);
+            if v.is_finite() && low_ok && v <= MAX_SECONDS {
+                return Ok(());
+            }
+            let low = if zero_ok { "0 or more" } else { "more than 0" };
+            Err(format!(
+                "damping.{key}: {v} must be {low} and at most {MAX_SECONDS} s"
+            ))
+        };
+        secs("half_life_s", d.half_life_s, false)?;
+        secs("max_suppress_s", d.max_suppress_s, false)?;
+        secs("stable_up_s", d.stable_up_s, true)?;
+        secs("prefix_half_life_s", d.prefix_half_life_s, false)?;
+        secs("prefix_max_suppress_s", d.prefix_max_suppress_s, false)?;
+        let positive = |key: &str, v: f64| -> Result<(), String> {
+            if v.is_finite() && v > 0.0 {
+                Ok(())
+            } else {
+                Err(format!("damping.{key}: {v} must be a number more than 0"))
+            }
+        };
+        positive("penalty", d.penalty)?;
+        positive("suppress", d.suppress)?;
+        positive("prefix_suppress", d.prefix_suppress)?;
+        positive("reuse", d.reuse)?;
+        positive("prefix_reuse", d.prefix_reuse)?;
+        if d.reuse >= d.suppress {
+            return Err("damping.reuse: must be below damping.suppress".into());
         }
-        if !(d.reuse > 0.0 && d.reuse < d.suppress) {
-            return Err("damping.reuse: must be positive and below damping.suppress".into());
-        }
-        if !(d.max_suppress_s > 0.0 && d.stable_up_s >= 0.0 && d.penalty > 0.0) {
-            return Err(
-                "damping: max_suppress_s and penalty must be positive, stable_up_s not negative"
-                    .into(),
-            );
+        if d.prefix_reuse >= d.prefix_suppress {
+            return Err("damping.prefix_reuse: must be below damping.prefix_suppress".into());
         }
         let mut names = std::collections::HashSet::new();
         for (i, n) in self.neighbors.iter().enumerate() {
@@ -417,6 +449,41 @@ mod tests {
         assert_eq!(c.timers.hold_time_s, 9);
         assert!(c.bfd.enabled && c.damping.enabled);
         assert_eq!(c.bfd.interval_ms, 300);
+    }
+
+    /// Durations that cannot be durations (infinite, huge, negative) are
+    /// refused by name instead of panicking where they are used.
+    #[test]
+    fn impossible_durations_are_refused_by_name() {
+        for (extra, key) in [
+            ("[damping]\nhalf_life_s = inf\n", "damping.half_life_s"),
+            ("[damping]\nhalf_life_s = nan\n", "damping.half_life_s"),
+            ("[damping]\nstable_up_s = 1e300\n", "damping.stable_up_s"),
+            ("[damping]\nstable_up_s = -1.0\n", "damping.stable_up_s"),
+            (
+                "[damping]\nmax_suppress_s = 1e20\n",
+                "damping.max_suppress_s",
+            ),
+            (
+                "[damping]\nprefix_half_life_s = -5.0\n",
+                "damping.prefix_half_life_s",
+            ),
+            (
+                "[damping]\nprefix_max_suppress_s = inf\n",
+                "damping.prefix_max_suppress_s",
+            ),
+            ("[damping]\nprefix_reuse = 1e9\n", "damping.prefix_reuse"),
+            ("[damping]\npenalty = inf\n", "damping.penalty"),
+            (
+                "[timers]\nconnect_retry_s = 18446744073709551615\n",
+                "timers.connect_retry_s",
+            ),
+        ] {
+            let e = Config::parse(&format!("{MIN}{extra}")).unwrap_err();
+            assert!(e.starts_with(key), "{extra:?}: {e}");
+        }
+        let c = Config::parse(&format!("{MIN}[damping]\nstable_up_s = 0.0\n")).unwrap();
+        assert_eq!(c.damping.stable_up_s, 0.0);
     }
 
     #[test]
