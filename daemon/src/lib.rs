@@ -10,6 +10,23 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use tokio::net::UnixListener;
 
+/// What an accept loop does after `accept` failed: a process out of file
+/// descriptors or memory waits a moment before it tries again instead of
+/// spinning on the error (the connections it serves free them); anything
+/// else (a connection gone before it was taken) goes on at once.
+pub async fn after_accept_error(what: &str, e: &std::io::Error) {
+    let exhausted = matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    );
+    if exhausted {
+        tracing::warn!("{what}: accept: {e}; trying again in 100 ms");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    } else {
+        tracing::debug!("{what}: accept: {e}");
+    }
+}
+
 /// Binds a control socket with mode 0600 (no window where it is wider: the
 /// umask is tightened around bind). A socket file nobody answers on is
 /// left from a previous run and replaced.

@@ -1,20 +1,34 @@
 //! Prometheus metrics: the text exposition format
 //! (0.0.4) and a minimal HTTP/1.1 responder for `GET /metrics`.
 
+/// Connections served at once; more wait in the listen backlog.
+pub const MAX_CONNECTIONS: usize = 32;
+
 /// Serves `GET /metrics` (Prometheus text format 0.0.4) on `addr`; any
-/// other path gets 404. One short response per connection.
+/// other path gets 404. One short response per connection, at most
+/// [`MAX_CONNECTIONS`] at once, each bounded in time (5 s to send the
+/// request, 5 s to take the answer).
 pub async fn serve_metrics<F>(listener: tokio::net::TcpListener, render: F)
 where
     F: Fn() -> String + Send + Sync + 'static,
 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let render = std::sync::Arc::new(render);
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let Ok((mut s, _)) = listener.accept().await else {
-            continue;
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let mut s = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                crate::after_accept_error("metrics", &e).await;
+                continue;
+            }
         };
         let render = render.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let mut buf = vec![0u8; 4096];
             let mut n = 0;
             // Read the request head (bounded, with a deadline).
@@ -54,8 +68,11 @@ where
                 "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                 body.len()
             );
-            let _ = s.write_all(resp.as_bytes()).await;
-            let _ = s.shutdown().await;
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+                let _ = s.write_all(resp.as_bytes()).await;
+                let _ = s.shutdown().await;
+            })
+            .await;
         });
     }
 }
@@ -109,6 +126,33 @@ mod tests {
             e.finish(),
             "# HELP x_total Things.\n# TYPE x_total counter\nx_total{peer=\"a\\\"b\\\\c\"} 3\n"
         );
+    }
+
+    /// Clients that connect and never ask hold a place for 5 s at most:
+    /// with every place taken, the next client is answered once they
+    /// time out (on tokio's paused clock), and they are closed.
+    #[tokio::test(start_paused = true)]
+    async fn idle_clients_hold_their_place_only_until_their_deadline() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(serve_metrics(l, || "up 1\n".to_string()));
+        let mut idle = Vec::new();
+        for _ in 0..MAX_CONNECTIONS {
+            idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        }
+        let t0 = tokio::time::Instant::now();
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut r = String::new();
+        s.read_to_string(&mut r).await.unwrap();
+        assert!(r.contains("200 OK") && r.ends_with("up 1\n"), "{r}");
+        // Not before a place was free (the paused clock moved 5 s).
+        assert!(t0.elapsed() >= std::time::Duration::from_secs(5));
+        for mut c in idle {
+            let mut b = [0u8; 1];
+            assert_eq!(c.read(&mut b).await.unwrap(), 0, "an idle client stayed");
+        }
     }
 
     #[tokio::test]

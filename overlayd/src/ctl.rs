@@ -39,8 +39,12 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
 
 pub async fn serve(listener: UnixListener, node: Arc<Node>, reload: Reload, events: Events) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                cubenet_daemon::after_accept_error("control socket", &e).await;
+                continue;
+            }
         };
         let node = node.clone();
         let reload = reload.clone();

@@ -32,8 +32,12 @@ async fn serve_with(
 ) {
     let handler = Arc::new(handler);
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                cubenet_daemon::after_accept_error("control socket", &e).await;
+                continue;
+            }
         };
         let handler = handler.clone();
         tokio::spawn(async move {

@@ -227,8 +227,12 @@ pub async fn run(cfg: Config, router: Router) -> Result<(), String> {
         let me = shared.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((stream, from)) = l.accept().await else {
-                    continue;
+                let (stream, from) = match l.accept().await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        cubenet_daemon::after_accept_error("BGP listener", &e).await;
+                        continue;
+                    }
                 };
                 let n = me.router().neighbor_by_addr(from.ip());
                 match n {
