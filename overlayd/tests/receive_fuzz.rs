@@ -548,3 +548,42 @@ fn an_unasked_identity_answer_is_dropped_and_counted() {
         "an unasked answer was believed"
     );
 }
+
+/// A certificate in the gateway's cert directory (how plain WireGuard
+/// clients are admitted) counts only while it is valid: one that expired
+/// after the directory was loaded attaches nobody.
+#[test]
+fn a_cert_directory_certificate_that_expired_since_load_attaches_nobody() {
+    let pki = Pki::get();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("h.crt"), pki.host_cert.to_armor()).unwrap();
+    let text = std::fs::read_to_string(&pki.gw_config).unwrap();
+    let cfg_path = dir.path().join("gw.toml");
+    let text = text.replacen(
+        "[identity]\n",
+        &format!("[identity]\ncert_dir = \"{}\"\n", dir.path().display()),
+        1,
+    );
+    std::fs::write(&cfg_path, text).unwrap();
+    let cfg = overlayd::config::Config::load(&cfg_path).unwrap();
+    let unix = cubenet_certs::time::unix_now();
+    let id = overlayd::identity::Identity::load(&cfg, unix).unwrap();
+    assert_eq!(id.directory.len(), 1, "{:?}", id.directory_skipped);
+    let start = Instant::now();
+    let node = overlayd::node::Node::new(cfg, id, start, unix, 7).unwrap();
+    // The wall clock moves past the host certificate's end.
+    let later = pki.host_cert.body.not_after + 60;
+    node.on_tick(start, later, &mut Outbox::default());
+    let mut c = Client::new(
+        node.clone(),
+        &pki.host_key,
+        pki.gw_key.public(),
+        "192.0.2.77:4000".parse().unwrap(),
+    );
+    c.handshake();
+    assert_eq!(
+        attached(&node),
+        0,
+        "an expired directory certificate attached"
+    );
+}

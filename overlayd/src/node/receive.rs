@@ -181,7 +181,13 @@ impl Node {
             now,
         ));
         t.insert(peer.clone());
-        match id.directory.get(&key) {
+        // A certificate from the cert directory was valid when it was
+        // loaded; it must still be now (expiry, a newer revocation list).
+        match id
+            .directory
+            .get(&key)
+            .filter(|c| id.trust.validate(c, self.unix()).is_ok())
+        {
             Some(c) => peer.set_cert(Some(c.clone())),
             None => {
                 t.pending.insert(index);
