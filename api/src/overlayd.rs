@@ -400,6 +400,12 @@ pub struct FirewallDetail {
     /// (identity rules fail closed).
     #[serde(default)]
     pub identity_pending: u64,
+    /// New flows refused: their remote had its share of the table.
+    #[serde(default)]
+    pub remote_full: u64,
+    /// Flows never answered, evicted for a new one in a full table.
+    #[serde(default)]
+    pub evicted: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

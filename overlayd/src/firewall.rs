@@ -33,6 +33,8 @@ pub const DEFAULT_MAX_FLOWS: usize = 65_536;
 /// Later fragments of an IPv4 datagram follow the verdict on its first
 /// fragment for this long (Linux reassembles for 30 s at most).
 const FRAGMENT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Oldest flows looked at to make room in a full table, at most.
+const EVICTION_LOOKS: usize = 64;
 /// Datagrams whose later fragments are let through, at most.
 const MAX_FRAGMENTED: usize = 4096;
 
@@ -242,6 +244,9 @@ pub struct FirewallConfig {
     pub outbound_default: Option<String>,
     /// Flows tracked at most.
     pub max_flows: Option<usize>,
+    /// Flows of one remote address at most (default an eighth of
+    /// `max_flows`): one peer cannot fill the table for the others.
+    pub max_flows_per_remote: Option<usize>,
     #[serde(default)]
     pub inbound: Vec<RuleConfig>,
     #[serde(default)]
@@ -265,6 +270,7 @@ pub struct Policy {
     pub inbound_default: Action,
     pub outbound_default: Action,
     pub max_flows: usize,
+    pub max_flows_per_remote: usize,
 }
 
 impl Default for Policy {
@@ -276,6 +282,7 @@ impl Default for Policy {
             inbound_default: Action::Allow,
             outbound_default: Action::Allow,
             max_flows: DEFAULT_MAX_FLOWS,
+            max_flows_per_remote: DEFAULT_MAX_FLOWS / 8,
         }
     }
 }
@@ -383,6 +390,10 @@ impl Policy {
             inbound_default: default("inbound_default", &c.inbound_default, Action::Deny)?,
             outbound_default: default("outbound_default", &c.outbound_default, Action::Allow)?,
             max_flows: c.max_flows.unwrap_or(DEFAULT_MAX_FLOWS).max(1),
+            max_flows_per_remote: c
+                .max_flows_per_remote
+                .unwrap_or(c.max_flows.unwrap_or(DEFAULT_MAX_FLOWS) / 8)
+                .max(1),
         })
     }
 
@@ -454,7 +465,6 @@ pub struct Packet {
 }
 
 const FIN: u8 = 0x01;
-const SYN: u8 = 0x02;
 const RST: u8 = 0x04;
 const ACK: u8 = 0x10;
 
@@ -573,6 +583,9 @@ struct Key {
 #[derive(Debug, Clone)]
 struct Entry {
     dir: Direction,
+    /// When the flow was opened: tells this entry from a later one of the
+    /// same key in the eviction queue.
+    opened: Instant,
     expires: Instant,
     replied: bool,
     fin_from_orig: bool,
@@ -588,6 +601,8 @@ pub enum Verdict {
     Deny(Option<usize>),
     Malformed,
     TableFull,
+    /// The remote already has `max_flows_per_remote` flows.
+    RemoteFull,
     /// A later IPv4 fragment whose first fragment did not pass.
     OrphanFragment,
 }
@@ -608,11 +623,20 @@ pub struct Counters {
     pub orphan_fragments: u64,
     /// Denied by a rule naming an identity that was still being asked.
     pub identity_pending: u64,
+    /// New flows refused: their remote had `max_flows_per_remote`.
+    pub remote_full: u64,
+    /// Flows never answered, evicted for a new one in a full table.
+    pub evicted: u64,
 }
 
 pub struct Firewall {
     pub policy: Policy,
     flows: HashMap<Key, Entry>,
+    /// Tracked flows per remote address.
+    per_remote: HashMap<IpAddr, usize>,
+    /// Flows in the order they opened, for eviction (entries of flows gone
+    /// since are skipped when reached, and pruned with the expiry).
+    order: std::collections::VecDeque<(Key, Instant)>,
     /// IPv4 datagrams whose first fragment passed, until when their later
     /// fragments (no ports in them) pass too.
     fragmented: HashMap<FragmentKey, Instant>,
@@ -688,6 +712,8 @@ impl Firewall {
         Firewall {
             policy,
             flows: HashMap::new(),
+            per_remote: HashMap::new(),
+            order: Default::default(),
             fragmented: HashMap::new(),
             counters,
         }
@@ -816,16 +842,21 @@ impl Firewall {
             _ => true,
         };
         if opens {
-            if self.flows.len() >= self.policy.max_flows {
-                self.flows.retain(|_, e| e.expires > now);
+            if self.per_remote.get(&remote).copied().unwrap_or(0)
+                >= self.policy.max_flows_per_remote
+            {
+                self.counters.remote_full += 1;
+                self.counters.dropped += 1;
+                return Verdict::RemoteFull;
             }
-            if self.flows.len() >= self.policy.max_flows {
+            if self.flows.len() >= self.policy.max_flows && !self.evict_one(now) {
                 self.counters.table_full += 1;
                 self.counters.dropped += 1;
                 return Verdict::TableFull;
             }
             let mut e = Entry {
                 dir,
+                opened: now,
                 expires: now,
                 replied: false,
                 fin_from_orig: false,
@@ -833,12 +864,15 @@ impl Firewall {
                 rule,
             };
             track(&mut e, &p, true, now);
-            if p.proto == TCP && p.tcp_flags & SYN == 0 {
-                // Picked up mid-flow: treat as established.
-                e.replied = true;
-                e.expires = now + TCP_ESTABLISHED;
+            // A TCP flow picked up mid-way (after a reload or restart) is
+            // opening until the other side answers: a stream of bare ACKs
+            // holds a place for 30 s, not an hour.
+            *self.per_remote.entry(remote).or_insert(0) += 1;
+            self.order.push_back((k, now));
+            if let Some(old) = self.flows.insert(k, e) {
+                // An expired entry of the same key, replaced.
+                self.forget_remote(&k, &old);
             }
-            self.flows.insert(k, e);
         }
         Verdict::Pass
     }
@@ -854,7 +888,33 @@ impl Firewall {
         // Datagrams in pieces are judged anew by their next first fragment.
         self.fragmented.clear();
         let before = self.flows.len();
+        let per_remote = &mut self.per_remote;
         self.flows.retain(|k, e| {
+            let keep = Self::keeps_after_reload(&policy, k, e, now, identity);
+            if !keep {
+                Self::count_gone(per_remote, k, e);
+            }
+            keep
+        });
+        let cut = before - self.flows.len();
+        self.counters.cut_by_reload += cut as u64;
+        self.counters.inbound_hits = vec![0; policy.inbound.len()];
+        self.counters.outbound_hits = vec![0; policy.outbound.len()];
+        self.policy = policy;
+        self.prune_order();
+        cut
+    }
+
+    /// Whether a tracked flow lives on under `policy` (it is re-judged;
+    /// its rule index follows).
+    fn keeps_after_reload(
+        policy: &Policy,
+        k: &Key,
+        e: &mut Entry,
+        now: Instant,
+        identity: &dyn Fn(IpAddr) -> Lookup,
+    ) -> bool {
+        {
             if e.expires <= now {
                 return false;
             }
@@ -870,18 +930,78 @@ impl Firewall {
             let d = policy.decide(e.dir, &f, &identity(remote));
             e.rule = d.rule;
             d.action == Action::Allow
-        });
-        let cut = before - self.flows.len();
-        self.counters.cut_by_reload += cut as u64;
-        self.counters.inbound_hits = vec![0; policy.inbound.len()];
-        self.counters.outbound_hits = vec![0; policy.outbound.len()];
-        self.policy = policy;
-        cut
+        }
     }
 
-    /// Drops expired flows (call now and then).
+    fn remote_of(k: &Key, e: &Entry) -> IpAddr {
+        match e.dir {
+            Direction::Inbound => k.src,
+            Direction::Outbound => k.dst,
+        }
+    }
+
+    /// A flow left the table: its remote has one fewer.
+    fn count_gone(per_remote: &mut HashMap<IpAddr, usize>, k: &Key, e: &Entry) {
+        let r = Self::remote_of(k, e);
+        if let Some(n) = per_remote.get_mut(&r) {
+            *n -= 1;
+            if *n == 0 {
+                per_remote.remove(&r);
+            }
+        }
+    }
+
+    fn forget_remote(&mut self, k: &Key, e: &Entry) {
+        Self::count_gone(&mut self.per_remote, k, e);
+    }
+
+    /// Makes room in a full table: the oldest flow that has expired or was
+    /// never answered goes (a flood of unanswered opens cannot keep out
+    /// the flows that work). Looks at a bounded number of the oldest; false
+    /// when none of them could go.
+    fn evict_one(&mut self, now: Instant) -> bool {
+        for _ in 0..EVICTION_LOOKS {
+            let Some((k, opened)) = self.order.pop_front() else {
+                return false;
+            };
+            let Some(e) = self.flows.get(&k) else {
+                continue;
+            };
+            if e.opened != opened {
+                continue;
+            }
+            if e.expires <= now || !e.replied {
+                let e = self.flows.remove(&k).expect("looked at just now");
+                self.forget_remote(&k, &e);
+                if e.expires > now {
+                    self.counters.evicted += 1;
+                }
+                return true;
+            }
+            // Answered and live: it keeps its place, at the back.
+            self.order.push_back((k, opened));
+        }
+        false
+    }
+
+    /// Drops queue entries of flows that are gone.
+    fn prune_order(&mut self) {
+        let flows = &self.flows;
+        self.order
+            .retain(|(k, opened)| flows.get(k).is_some_and(|e| e.opened == *opened));
+    }
+
+    /// Drops expired flows (call now and then, about once a second).
     pub fn expire(&mut self, now: Instant) {
-        self.flows.retain(|_, e| e.expires > now);
+        let per_remote = &mut self.per_remote;
+        self.flows.retain(|k, e| {
+            let keep = e.expires > now;
+            if !keep {
+                Self::count_gone(per_remote, k, e);
+            }
+            keep
+        });
+        self.prune_order();
         self.fragmented.retain(|_, t| *t > now);
     }
 
@@ -945,6 +1065,8 @@ fn track(e: &mut Entry, p: &Packet, orig: bool, now: Instant) {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    const SYN: u8 = 0x02;
 
     fn policy(toml_text: &str) -> Result<Policy, String> {
         #[derive(Deserialize)]
@@ -1310,25 +1432,138 @@ mod tests {
         );
     }
 
+    /// A full table makes room by evicting the oldest flow nobody
+    /// answered (a flood of opens cannot keep working flows out); when
+    /// every flow is answered, new ones are refused until some expire.
     #[test]
-    fn the_table_is_bounded() {
-        let mut fw = Firewall::new(policy("[firewall]\nmax_flows = 2\n").unwrap());
+    fn a_full_table_evicts_unanswered_flows_and_keeps_answered_ones() {
+        let mut fw =
+            Firewall::new(policy("[firewall]\nmax_flows = 2\nmax_flows_per_remote = 2\n").unwrap());
         let now = Instant::now();
-        for port in [1u16, 2] {
-            let p = tcp(ME, OTHER, port, 80, SYN);
+        let peers = [OTHER, [10, 77, 1, 12]];
+        for (port, peer) in [1u16, 2].into_iter().zip(peers) {
+            let p = tcp(ME, peer, port, 80, SYN);
             assert_eq!(fw.check(Direction::Outbound, &p, now, &ids), Verdict::Pass);
         }
+        // Unanswered: the oldest goes for the newcomer.
         let p = tcp(ME, OTHER, 3, 80, SYN);
+        assert_eq!(fw.check(Direction::Outbound, &p, now, &ids), Verdict::Pass);
+        assert_eq!((fw.flows(), fw.counters.evicted), (2, 1));
+        // Both answered now: a third is refused.
+        for (port, peer) in [(3u16, OTHER), (2, [10, 77, 1, 12])] {
+            let synack = tcp(peer, ME, 80, port, SYN | ACK);
+            assert_eq!(
+                fw.check(Direction::Inbound, &synack, now, &ids),
+                Verdict::Pass
+            );
+        }
+        let p = tcp(ME, OTHER, 4, 80, SYN);
         assert_eq!(
             fw.check(Direction::Outbound, &p, now, &ids),
             Verdict::TableFull
         );
-        // Once the others expire there is room again.
-        let later = now + TCP_OPENING + Duration::from_secs(1);
+        // Once they expire there is room again.
+        let later = now + TCP_ESTABLISHED + Duration::from_secs(1);
+        fw.expire(later);
+        assert_eq!(fw.flows(), 0);
         assert_eq!(
             fw.check(Direction::Outbound, &p, later, &ids),
             Verdict::Pass
         );
+    }
+
+    proptest! {
+        /// Whatever opens, answers, expires, evicts and reloads, the count
+        /// of flows per remote is the table's, and the table stays within
+        /// its bound.
+        #[test]
+        fn per_remote_counts_follow_the_table(
+            ops in proptest::collection::vec((0u8..4, 0u8..4, 0u16..6, 0u64..40), 1..120)
+        ) {
+            let text = "[firewall]\nmax_flows = 6\nmax_flows_per_remote = 3\ninbound_default = \"allow\"\n";
+            let mut fw = Firewall::new(policy(text).unwrap());
+            let t0 = Instant::now();
+            for (op, peer, port, secs) in ops {
+                let now = t0 + Duration::from_secs(secs);
+                let r = [10, 77, 3, 1 + peer];
+                match op {
+                    0 => { fw.check(Direction::Outbound, &tcp(ME, r, 1000 + port, 80, SYN), now, &ids); }
+                    1 => { fw.check(Direction::Inbound, &tcp(r, ME, 80, 1000 + port, SYN | ACK), now, &ids); }
+                    2 => fw.expire(now + Duration::from_secs(secs * 60)),
+                    _ => { fw.reload(policy(text).unwrap(), now, &ids); }
+                }
+                let mut want: HashMap<IpAddr, usize> = HashMap::new();
+                for (k, e) in &fw.flows {
+                    *want.entry(Firewall::remote_of(k, e)).or_insert(0) += 1;
+                }
+                prop_assert_eq!(&fw.per_remote, &want);
+                prop_assert!(fw.flows.len() <= 6);
+                prop_assert!(want.values().all(|n| *n <= 3));
+            }
+        }
+    }
+
+    /// One remote gets its share of the table and no more: the others
+    /// still open flows.
+    #[test]
+    fn one_remote_cannot_take_the_whole_table() {
+        let mut fw = Firewall::new(
+            policy(
+                "[firewall]\nmax_flows = 100\nmax_flows_per_remote = 3\n\
+                 [[firewall.inbound]]\naction = \"allow\"\nproto = \"tcp\"\nport = \"22\"\n",
+            )
+            .unwrap(),
+        );
+        let now = Instant::now();
+        for sport in 1..=3u16 {
+            let syn = tcp(OTHER, ME, sport, 22, SYN);
+            assert_eq!(fw.check(Direction::Inbound, &syn, now, &ids), Verdict::Pass);
+        }
+        let syn = tcp(OTHER, ME, 4, 22, SYN);
+        assert_eq!(
+            fw.check(Direction::Inbound, &syn, now, &ids),
+            Verdict::RemoteFull
+        );
+        assert_eq!(fw.counters.remote_full, 1);
+        let other = tcp([10, 77, 1, 12], ME, 4, 22, SYN);
+        assert_eq!(
+            fw.check(Direction::Inbound, &other, now, &ids),
+            Verdict::Pass
+        );
+        // The share comes back as its flows go.
+        fw.expire(now + TCP_OPENING + Duration::from_secs(1));
+        let later = now + TCP_OPENING + Duration::from_secs(1);
+        assert_eq!(
+            fw.check(Direction::Inbound, &syn, later, &ids),
+            Verdict::Pass
+        );
+    }
+
+    /// A TCP flow picked up mid-way (no SYN) is tracked as opening until
+    /// the other side answers: bare ACKs hold a place for 30 s, not an hour.
+    #[test]
+    fn a_flow_picked_up_mid_way_waits_for_an_answer() {
+        let mut fw = Firewall::new(policy("[firewall]\n").unwrap());
+        let now = Instant::now();
+        let ack = tcp(ME, OTHER, 5000, 80, ACK);
+        assert_eq!(
+            fw.check(Direction::Outbound, &ack, now, &ids),
+            Verdict::Pass
+        );
+        fw.expire(now + TCP_OPENING + Duration::from_secs(1));
+        assert_eq!(fw.flows(), 0, "an unanswered pickup stayed");
+        // Answered, it is established.
+        assert_eq!(
+            fw.check(Direction::Outbound, &ack, now, &ids),
+            Verdict::Pass
+        );
+        let back = tcp(OTHER, ME, 80, 5000, ACK);
+        assert_eq!(
+            fw.check(Direction::Inbound, &back, now, &ids),
+            Verdict::Pass
+        );
+        fw.expire(now + TCP_OPENING + Duration::from_secs(1));
+        assert_eq!(fw.flows(), 1);
     }
 
     #[test]

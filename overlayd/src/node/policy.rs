@@ -41,6 +41,7 @@ impl Node {
             Verdict::Deny(None) => format!("{} default", dir.as_str()),
             Verdict::Malformed => "malformed".into(),
             Verdict::TableFull => "flow table full".into(),
+            Verdict::RemoteFull => "flows of this remote at their limit".into(),
             Verdict::OrphanFragment => "fragment without its first".into(),
             Verdict::Pass => "pass".into(),
         };
@@ -105,6 +106,8 @@ impl Node {
                 cut_by_reload: c.cut_by_reload,
                 orphan_fragments: c.orphan_fragments,
                 identity_pending: c.identity_pending,
+                remote_full: c.remote_full,
+                evicted: c.evicted,
             }),
         }
     }
