@@ -122,12 +122,21 @@ impl Lane {
 }
 
 impl Io {
-    async fn flush(&self, lane: &mut Lane) {
-        let out = &mut lane.out;
+    /// Hands the node's events to the subscribers at once. Called after
+    /// every call into the node that can make one, not once a batch: the
+    /// lanes run side by side, and an `attached` that waited for the end
+    /// of its batch could reach routed after the `detached` another lane
+    /// sent meanwhile, leaving a host announced that is gone.
+    fn send_events(&self, out: &mut Outbox) {
         for e in out.events.drain(..) {
             // Nobody subscribed is no error.
             let _ = self.events.send(e);
         }
+    }
+
+    async fn flush(&self, lane: &mut Lane) {
+        self.send_events(&mut lane.out);
+        let out = &mut lane.out;
         for b in out.net.batches() {
             let Some(udp) = (if b.ep.is_ipv4() { &self.v4 } else { &self.v6 }) else {
                 continue;
@@ -288,6 +297,7 @@ async fn udp_reader(node: Arc<Node>, io: Arc<Io>, v6: bool) {
             for d in buf[..m.len].chunks(stride) {
                 if !crate::node::is_initiation(d) {
                     node.on_datagram(d, m.addr, now, &mut lane.out);
+                    io.send_events(&mut lane.out);
                 } else if node.screen_initiation(d, m.addr, &mut lane.out)
                     && !inits.defer(d, m.addr)
                 {
@@ -311,6 +321,7 @@ async fn udp_reader(node: Arc<Node>, io: Arc<Io>, v6: bool) {
                 break;
             };
             node.on_initiation(&d, from, Instant::now(), &mut lane.out);
+            io.send_events(&mut lane.out);
         }
         io.flush(&mut lane).await;
         if n == 0 && !inits.is_empty() {

@@ -343,6 +343,13 @@ fn a_stopped_host_is_withdrawn_everywhere_and_returns_when_it_starts() {
     let announced = |l: &Lab| gateways.iter().all(|g| !via(l, g, &host).is_empty());
     let withdrawn = |l: &Lab| gateways.iter().all(|g| via(l, g, &host).is_empty());
     assert!(announced(&lab), "fra-h1 not announced at the start");
+    // Every routed past its startup (its neighbours back, the table its
+    // own): what this test stops is a host of a running overlay.
+    lab.wait_for("every routed to own its table", |l| {
+        gateways
+            .iter()
+            .all(|g| l.routed(g, "status")["fib_ready"] == true)
+    });
 
     lab.lab_ok(&["kill", "fra-h1"]);
     lab.wait_for("every gateway to withdraw fra-h1", withdrawn);
