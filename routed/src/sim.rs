@@ -272,6 +272,46 @@ mod tests {
         assert_eq!(sim.via(a, "fd77::2:b/128"), vec!["s2-gw1"]);
     }
 
+    /// A host attached to both gateways of its site and gone a moment
+    /// later (for any moment up to a second) is withdrawn everywhere: no
+    /// path learned while the announcements and withdrawals cross stays
+    /// behind.
+    #[test]
+    fn a_host_gone_soon_after_it_came_leaves_no_route_behind() {
+        let x: IpNet = "10.77.1.50/32".parse().unwrap();
+        let a: IpAddr = "10.77.1.50".parse().unwrap();
+        for (wait_ms, apart_ms) in (0..600)
+            .step_by(20)
+            .flat_map(|w| [0, 10, 30, 60].map(|d| (w, d)))
+        {
+            let mut sim = Sim::new(2, 2, 100);
+            sim.run_for(Duration::from_secs(10));
+            let (g1, g2) = (sim.index("s1-gw1"), sim.index("s1-gw2"));
+            let now = sim.now;
+            sim.routers[g1].attach(&[a], now);
+            sim.routers[g2].attach(&[a], now + Duration::from_millis(1));
+            sim.run_for(Duration::from_millis(wait_ms));
+            let now = sim.now;
+            sim.routers[g1].detach(&[a], now);
+            sim.run_for(Duration::from_millis(apart_ms));
+            let now = sim.now;
+            sim.routers[g2].detach(&[a], now);
+            sim.run_for(Duration::from_secs(10));
+            for (i, t) in sim.tables().iter().enumerate() {
+                assert!(
+                    !t.contains(&x),
+                    "{} still has {x} ({wait_ms} ms, {apart_ms} ms apart): {:?}",
+                    sim.names[i],
+                    sim.routers[i]
+                        .routes(sim.now)
+                        .routes
+                        .iter()
+                        .find(|r| r.prefix == x)
+                );
+            }
+        }
+    }
+
     #[test]
     fn a_failed_direct_link_routes_through_a_third_site() {
         let mut sim = Sim::new(3, 1, 100);
