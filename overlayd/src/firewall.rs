@@ -887,21 +887,11 @@ impl Firewall {
     ) -> usize {
         // Datagrams in pieces are judged anew by their next first fragment.
         self.fragmented.clear();
-        let before = self.flows.len();
-        let per_remote = &mut self.per_remote;
-        self.flows.retain(|k, e| {
-            let keep = Self::keeps_after_reload(&policy, k, e, now, identity);
-            if !keep {
-                Self::count_gone(per_remote, k, e);
-            }
-            keep
-        });
-        let cut = before - self.flows.len();
+        let cut = self.retain_flows(|k, e| Self::keeps_after_reload(&policy, k, e, now, identity));
         self.counters.cut_by_reload += cut as u64;
         self.counters.inbound_hits = vec![0; policy.inbound.len()];
         self.counters.outbound_hits = vec![0; policy.outbound.len()];
         self.policy = policy;
-        self.prune_order();
         cut
     }
 
@@ -951,6 +941,22 @@ impl Firewall {
         }
     }
 
+    /// Keeps the flows `keep` accepts; the rest leave the per-remote counts
+    /// and the eviction queue too. Returns how many went.
+    fn retain_flows(&mut self, mut keep: impl FnMut(&Key, &mut Entry) -> bool) -> usize {
+        let before = self.flows.len();
+        let per_remote = &mut self.per_remote;
+        self.flows.retain(|k, e| {
+            let kept = keep(k, e);
+            if !kept {
+                Self::count_gone(per_remote, k, e);
+            }
+            kept
+        });
+        self.prune_order();
+        before - self.flows.len()
+    }
+
     fn forget_remote(&mut self, k: &Key, e: &Entry) {
         Self::count_gone(&mut self.per_remote, k, e);
     }
@@ -993,15 +999,7 @@ impl Firewall {
 
     /// Drops expired flows (call now and then, about once a second).
     pub fn expire(&mut self, now: Instant) {
-        let per_remote = &mut self.per_remote;
-        self.flows.retain(|k, e| {
-            let keep = e.expires > now;
-            if !keep {
-                Self::count_gone(per_remote, k, e);
-            }
-            keep
-        });
-        self.prune_order();
+        self.retain_flows(|_, e| e.expires > now);
         self.fragmented.retain(|_, t| *t > now);
     }
 
@@ -1531,8 +1529,8 @@ mod tests {
             Verdict::Pass
         );
         // The share comes back as its flows go.
-        fw.expire(now + TCP_OPENING + Duration::from_secs(1));
         let later = now + TCP_OPENING + Duration::from_secs(1);
+        fw.expire(later);
         assert_eq!(
             fw.check(Direction::Inbound, &syn, later, &ids),
             Verdict::Pass
