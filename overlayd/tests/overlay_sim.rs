@@ -114,6 +114,18 @@ fn unix_now() -> u64 {
     UNIX0
 }
 
+/// An `extra` config for [`Net::build_with`] or [`Whole::with_config`]:
+/// `text` for `node`, nothing for the others.
+fn config_of(node: &'static str, text: &'static str) -> impl Fn(&str) -> String {
+    move |name| {
+        if name == node {
+            text.to_string()
+        } else {
+            String::new()
+        }
+    }
+}
+
 impl Net {
     /// Site `fra` with `gateways` gateways and one host that lists them
     /// all, in order; the gateways know each other too.
@@ -424,6 +436,12 @@ impl Net {
             .into_iter()
             .find(|p| p.name == peer)
             .unwrap_or_else(|| panic!("{node} has no peer {peer}"))
+    }
+
+    /// The firewall's status on `node` (which has a `[firewall]`).
+    fn firewall(&self, node: &str) -> cubenet_api::overlayd::FirewallDetail {
+        let st = self.nodes[self.index(node)].node.status(self.now);
+        st.firewall.detail.expect("a [firewall]")
     }
 
     /// The gateway the host sends through.
@@ -1077,19 +1095,15 @@ fn a_gateway_link_flapping_every_two_seconds_for_a_minute_is_damped_and_traffic_
 /// grow.
 #[test]
 fn wanted_identities_are_bounded_and_given_up() {
-    let mut net = Net::build_with(&["fra"], 2, Duration::from_secs(86_400), &|name| {
-        if name == "fra-h1" {
-            "[firewall]\ninbound_default = \"deny\"\n".into()
-        } else {
-            String::new()
-        }
-    });
+    let mut net = Net::build_with(
+        &["fra"],
+        2,
+        Duration::from_secs(86_400),
+        &config_of("fra-h1", "[firewall]\ninbound_default = \"deny\"\n"),
+    );
     converged(&mut net);
     let h = net.index("fra-h1");
-    let wanted = |net: &Net| {
-        let st = net.nodes[h].node.status(net.now);
-        st.firewall.detail.map(|d| d.identities_wanted).unwrap()
-    };
+    let wanted = |net: &Net| net.firewall("fra-h1").identities_wanted;
     for i in 0..10_000u32 {
         let a = std::net::Ipv4Addr::from(0x0a4d_0800 + i);
         assert!(net.nodes[h].node.identity_of(a.into(), net.now).is_none());
@@ -1104,25 +1118,20 @@ fn wanted_identities_are_bounded_and_given_up() {
 /// the rule denies by the identity itself.
 #[test]
 fn an_identity_deny_rule_holds_before_the_identity_is_known() {
-    let mut w = Whole::with_config(2, &|name| {
-        if name == "s1-h1" {
+    let mut w = Whole::with_config(
+        2,
+        &config_of(
+            "s1-h1",
             "[firewall]\noutbound_default = \"allow\"\n\
-             [[firewall.outbound]]\naction = \"deny\"\nproto = \"udp\"\nto = [\"site:s2\"]\n"
-                .into()
-        } else {
-            String::new()
-        }
-    });
+             [[firewall.outbound]]\naction = \"deny\"\nproto = \"udp\"\nto = [\"site:s2\"]\n",
+        ),
+    );
     let (src, dst) = ([10, 77, 1, 11], [10, 77, 2, 11]);
     assert!(
         !w.delivers("s1-h1", "s2-h1", src, dst),
         "the first packet went through a deny by site"
     );
-    let h = w.net.index("s1-h1");
-    let detail = |w: &Whole| {
-        let st = w.net.nodes[h].node.status(w.net.now);
-        st.firewall.detail.unwrap()
-    };
+    let detail = |w: &Whole| w.net.firewall("s1-h1");
     assert_eq!(detail(&w).identity_pending, 1);
     w.run_until(Duration::from_secs(5), |w| detail(w).identities_learned > 0);
     assert!(!w.delivers("s1-h1", "s2-h1", src, dst));
@@ -1136,22 +1145,19 @@ fn a_firewall_learns_a_remote_hosts_identity_through_two_gateways() {
     // s1-h1 takes UDP from s2-h1 by name only: it must learn who is behind
     // 10.77.2.11, which its gateway does not know either and asks the
     // gateway that routes the address.
-    let mut w = Whole::with_config(2, &|name| {
-        if name == "s1-h1" {
+    let mut w = Whole::with_config(
+        2,
+        &config_of(
+            "s1-h1",
             "[firewall]\ninbound_default = \"deny\"\n\
-             [[firewall.inbound]]\naction = \"allow\"\nproto = \"udp\"\nfrom = [\"name:s2-h1\"]\n"
-                .into()
-        } else {
-            String::new()
-        }
-    });
+             [[firewall.inbound]]\naction = \"allow\"\nproto = \"udp\"\nfrom = [\"name:s2-h1\"]\n",
+        ),
+    );
     let (src, dst) = ([10, 77, 2, 11], [10, 77, 1, 11]);
     // Unknown at first: the rule cannot match and the default denies.
     assert!(!w.delivers("s2-h1", "s1-h1", src, dst));
     let learned = w.run_until(Duration::from_secs(5), |w| {
-        let i = w.net.index("s1-h1");
-        let st = w.net.nodes[i].node.status(w.net.now);
-        st.firewall.detail.is_some_and(|d| d.identities_learned > 0)
+        w.net.firewall("s1-h1").identities_learned > 0
     });
     assert!(
         learned <= Duration::from_secs(2),
