@@ -182,7 +182,7 @@ pub struct Node {
     /// whole after each change (copies share what did not change).
     fib: ArcSwap<ForwardingTable>,
     /// The table the control side changes, then publishes into `fib`.
-    fib_master: Mutex<ForwardingTable>,
+    fib_master: Mutex<FibMaster>,
     /// On a host: the index of the gateway traffic goes through (0: none;
     /// index 0 is never given out).
     active_gateway: AtomicU32,
@@ -219,6 +219,14 @@ pub struct Node {
     /// ([`Node::new`], [`Node::on_tick`]): what certificates are validated
     /// against. The node never reads a clock itself.
     unix: AtomicU64,
+}
+
+/// The forwarding table as the control side edits it.
+#[derive(Default)]
+struct FibMaster {
+    table: ForwardingTable,
+    /// Changed since the workers' copy was published.
+    unpublished: bool,
 }
 
 /// Warn this many days before the node's or the CA's certificate expires.
@@ -312,7 +320,7 @@ impl Node {
             peers: RwLock::new(peers),
             slots,
             fib: ArcSwap::from_pointee(ForwardingTable::new()),
-            fib_master: Mutex::new(ForwardingTable::new()),
+            fib_master: Mutex::new(FibMaster::default()),
             active_gateway: AtomicU32::new(0),
             choosing_gateway: Mutex::new(()),
             drops: Drops::default(),
@@ -477,18 +485,23 @@ impl Node {
 
     fn edit_fib_then<R>(&self, publish: bool, f: impl FnOnce(&mut ForwardingTable) -> R) -> R {
         let mut master = lock(&self.fib_master);
-        let r = f(&mut master);
+        let r = f(&mut master.table);
         if publish {
-            // Three reference counts: the origins' entries are shared.
-            self.fib.store(Arc::new(master.clone()));
+            // A reference count per shared part: nothing is copied here.
+            self.fib.store(Arc::new(master.table.clone()));
         }
+        master.unpublished = !publish;
         r
     }
 
-    /// Publishes changes made without publishing (the end of a resync, or
-    /// a control connection gone in the middle of one).
+    /// Publishes changes made without publishing (a control connection
+    /// gone in the middle of a resync); nothing to do when there are none.
     pub fn publish_fib(&self) {
-        self.edit_fib(|_| ());
+        let mut master = lock(&self.fib_master);
+        if master.unpublished {
+            self.fib.store(Arc::new(master.table.clone()));
+            master.unpublished = false;
+        }
     }
 
     /// The gateway a host sends through.
