@@ -202,6 +202,16 @@ pub struct Identity {
     pub site: String,
 }
 
+impl From<&cubenet_certs::NodeCert> for Identity {
+    fn from(c: &cubenet_certs::NodeCert) -> Identity {
+        Identity {
+            name: c.name().to_string(),
+            groups: c.body.groups.clone(),
+            site: c.body.site.clone(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rule {
     pub action: Action,

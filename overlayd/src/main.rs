@@ -294,11 +294,7 @@ fn explain(
         }
         None => id.directory.values().find(|c| c.owns_addr(remote)).cloned(),
     };
-    let ident = cert.as_ref().map(|c| firewall::Identity {
-        name: c.name().to_string(),
-        groups: c.body.groups.clone(),
-        site: c.body.site.clone(),
-    });
+    let ident = cert.as_deref().map(firewall::Identity::from);
     let fw = Firewall::new(cfg.firewall_policy()?);
     let (action, rule) = fw.explain(dir, remote, ident.as_ref(), proto_v, port);
     let port_s = port.map(|p| format!(" port {p}")).unwrap_or_default();

@@ -91,14 +91,6 @@ impl PeerTable {
         self.slots.clone()
     }
 
-    pub fn len(&self) -> usize {
-        self.by_index.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.by_index.is_empty()
-    }
-
     pub fn is_full(&self) -> bool {
         self.by_index.len() >= self.capacity
     }

@@ -5,11 +5,7 @@ use super::*;
 
 impl Node {
     pub(super) fn learn_identity(&self, cert: &NodeCert) {
-        let id = firewall::Identity {
-            name: cert.name().to_string(),
-            groups: cert.body.groups.clone(),
-            site: cert.body.site.clone(),
-        };
+        let id = firewall::Identity::from(cert);
         let mut m = write(&self.identities);
         for a in &cert.body.addresses {
             m.insert(a.addr(), id.clone());
@@ -215,14 +211,7 @@ impl Node {
             .ok()
             .filter(|c| c.owns_addr(a) && self.identity().trust.validate(c, self.unix()).is_ok());
         let entry = match checked {
-            Some(c) => (
-                Some(firewall::Identity {
-                    name: c.name().to_string(),
-                    groups: c.body.groups.clone(),
-                    site: c.body.site.clone(),
-                }),
-                now + IDENTITY_TTL,
-            ),
+            Some(c) => (Some(firewall::Identity::from(&c)), now + IDENTITY_TTL),
             None => {
                 if !cert.is_empty() {
                     bump(&self.drops.bad_cert);
