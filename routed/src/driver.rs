@@ -46,19 +46,29 @@ impl Shared {
 
     /// Runs `f` on the router and carries out what it queued.
     fn with<T>(self: &Arc<Self>, f: impl FnOnce(&mut Router, Instant) -> T) -> T {
-        let (t, outs) = {
+        let t = {
             let mut r = self.router();
             let t = f(&mut r, Instant::now());
-            (t, r.drain())
+            self.dispatch_all(&mut r);
+            t
         };
-        for o in outs {
-            self.dispatch(o);
-        }
         self.wake.notify_one();
         t
     }
 
-    fn dispatch(self: &Arc<Self>, o: Out) {
+    /// Carries out what the router queued, in its order, before the router
+    /// is unlocked: two tasks that each unlocked first could hand their
+    /// messages to a connection in the opposite order to the one the router
+    /// produced them (an announcement after the withdrawal that replaced
+    /// it, leaving the neighbour a route this router no longer has). Every
+    /// step only queues: a channel send, a spawn, a non-blocking datagram.
+    fn dispatch_all(self: &Arc<Self>, r: &mut Router) {
+        for o in r.drain() {
+            self.dispatch(r, o);
+        }
+    }
+
+    fn dispatch(self: &Arc<Self>, r: &Router, o: Out) {
         match o {
             Out::Connect { n } => {
                 let me = self.clone();
@@ -75,7 +85,7 @@ impl Shared {
                 }
             }
             Out::Bfd { n, bytes } => {
-                let addr = self.router().neighbors[n].cfg.address;
+                let addr = r.neighbors[n].cfg.address;
                 if let Err(e) = self
                     .bfd_tx
                     .try_send_to(&bytes, SocketAddr::new(addr, BFD_PORT))
@@ -267,14 +277,10 @@ pub async fn run(cfg: Config, router: Router) -> Result<(), String> {
                         _ = me.wake.notified() => continue,
                     }
                 }
-                let outs = {
-                    let mut r = me.router();
-                    r.on_tick(Instant::now());
-                    r.drain()
-                };
-                for o in outs {
-                    me.dispatch(o);
-                }
+                let mut r = me.router();
+                r.on_tick(Instant::now());
+                me.dispatch_all(&mut r);
+                drop(r);
             }
         });
     }
