@@ -122,20 +122,20 @@ impl Lane {
 }
 
 impl Io {
-    /// Hands the node's events to the subscribers at once. Called after
-    /// every call into the node that can make one, not once a batch: the
-    /// lanes run side by side, and an `attached` that waited for the end
-    /// of its batch could reach routed after the `detached` another lane
-    /// sent meanwhile, leaving a host announced that is gone.
-    fn send_events(&self, out: &mut Outbox) {
-        for e in out.events.drain(..) {
-            // Nobody subscribed is no error.
+    /// Hands the node's events to the subscribers at once, in the order
+    /// the node made them (it hands them out under its control state, so
+    /// two lanes cannot cross an `attached` and a `detached`). Called after
+    /// every call into the node that can make one; one atomic load when
+    /// there are none.
+    fn send_events(&self, node: &Node) {
+        // Nobody subscribed is no error.
+        node.flush_events(|e| {
             let _ = self.events.send(e);
-        }
+        });
     }
 
-    async fn flush(&self, lane: &mut Lane) {
-        self.send_events(&mut lane.out);
+    async fn flush(&self, node: &Node, lane: &mut Lane) {
+        self.send_events(node);
         let out = &mut lane.out;
         for b in out.net.batches() {
             let Some(udp) = (if b.ep.is_ipv4() { &self.v4 } else { &self.v6 }) else {
@@ -260,7 +260,7 @@ async fn tun_reader(node: Arc<Node>, io: Arc<Io>, queue: usize, mtu: usize) {
                 Err(_) => break,
             }
         }
-        io.flush(&mut lane).await;
+        io.flush(&node, &mut lane).await;
     }
 }
 
@@ -297,7 +297,7 @@ async fn udp_reader(node: Arc<Node>, io: Arc<Io>, v6: bool) {
             for d in buf[..m.len].chunks(stride) {
                 if !crate::node::is_initiation(d) {
                     node.on_datagram(d, m.addr, now, &mut lane.out);
-                    io.send_events(&mut lane.out);
+                    io.send_events(&node);
                 } else if node.screen_initiation(d, m.addr, &mut lane.out)
                     && !inits.defer(d, m.addr)
                 {
@@ -307,7 +307,7 @@ async fn udp_reader(node: Arc<Node>, io: Arc<Io>, v6: bool) {
                 }
             }
             if lane.out.tun.len() >= TUN_FLUSH_AT {
-                io.flush(&mut lane).await;
+                io.flush(&node, &mut lane).await;
             }
         }
         // A few initiations per batch, more once the socket is drained.
@@ -321,9 +321,9 @@ async fn udp_reader(node: Arc<Node>, io: Arc<Io>, v6: bool) {
                 break;
             };
             node.on_initiation(&d, from, Instant::now(), &mut lane.out);
-            io.send_events(&mut lane.out);
+            io.send_events(&node);
         }
-        io.flush(&mut lane).await;
+        io.flush(&node, &mut lane).await;
         if n == 0 && !inits.is_empty() {
             // Let the other tasks run between rounds of handshakes.
             tokio::task::yield_now().await;
@@ -448,11 +448,10 @@ pub async fn run(cfg: Config, config_path: PathBuf, identity: Identity) -> Resul
             match (policy, id) {
                 (Ok((policy, on)), Ok(id)) => {
                     // A reload cuts sessions (events) and sends nothing.
-                    let mut out = Outbox::default();
-                    let r = node.reload_identity(id, &mut out);
-                    for e in out.events {
+                    let r = node.reload_identity(id);
+                    node.flush_events(|e| {
                         let _ = events.send(e);
-                    }
+                    });
                     let cut = node.reload_firewall(policy, on, Instant::now());
                     tracing::info!(config = %config_path.display(), cut = r.cut.len(), skipped_certs = r.skipped_certs.len(), firewall_flows_cut = cut, "reloaded");
                     Ok(cubenet_api::overlayd::Reloaded {
@@ -471,7 +470,7 @@ pub async fn run(cfg: Config, config_path: PathBuf, identity: Identity) -> Resul
 
     let mut lane = Lane::new(0);
     node.initiate_all(Instant::now(), &mut lane.out);
-    io.flush(&mut lane).await;
+    io.flush(&node, &mut lane).await;
 
     let mtu = usize::from(node.cfg.interface.mtu);
     for q in 0..queues {
@@ -494,7 +493,7 @@ pub async fn run(cfg: Config, config_path: PathBuf, identity: Identity) -> Resul
                     cubenet_certs::time::unix_now(),
                     &mut lane.out,
                 );
-                io.flush(&mut lane).await;
+                io.flush(&node, &mut lane).await;
             }
         });
     }
@@ -531,7 +530,7 @@ pub async fn run(cfg: Config, config_path: PathBuf, identity: Identity) -> Resul
     tracing::info!("overlayd stopping: telling peers, draining {DRAIN:?}");
     let mut lane = Lane::new(0);
     node.leave(&mut lane.out);
-    io.flush(&mut lane).await;
+    io.flush(&node, &mut lane).await;
     tokio::time::sleep(DRAIN).await;
     tracing::info!("overlayd stopped");
     let _ = std::fs::remove_file(&socket_path);

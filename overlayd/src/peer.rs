@@ -30,27 +30,48 @@ pub struct Peer {
     pub confirmed: AtomicBool,
     /// Our certificate was acknowledged by the peer.
     pub our_cert_acked: AtomicBool,
-    pub last_cert_sent: Mutex<Option<Instant>>,
-    /// When the last handshake completed, on the clock the node is given
-    /// (boringtun keeps its own on the real clock; the node's decisions use
-    /// this one, so they run on a virtual clock too).
-    pub handshake_at: Mutex<Option<Instant>>,
-    /// When the peer's probes arrive (overlayd hosts probe their gateways;
-    /// a plain WireGuard client never does).
-    pub probes: Mutex<ProbeClock>,
-    /// When we start the next handshake ourselves (configured gateways).
-    pub retry: Mutex<HandshakeRetry>,
     pub attached: AtomicBool,
     pub created: Instant,
-    health: Mutex<GatewayHealth>,
-    /// `health.healthy()`, for the forwarding path to read without the
-    /// lock; written with it by [`Peer::update_health`].
+    /// Whether the gateway tunnel answers its probes, for the forwarding
+    /// path; the control side sets it from the peer's [`PeerCtl`].
     healthy: AtomicBool,
     pub rx_bytes: AtomicU64,
     pub tx_bytes: AtomicU64,
     pub rx_packets: AtomicU64,
     pub tx_packets: AtomicU64,
     pub spoofed: AtomicU64,
+}
+
+/// What the control side keeps of one peer: its timers and the gateway
+/// tunnel's liveness. It lives in the node's control state beside the
+/// peer, changed only there; the data path never reads it.
+#[derive(Debug, Clone)]
+pub struct PeerCtl {
+    pub last_cert_sent: Option<Instant>,
+    /// When the last handshake completed, on the clock the node is given
+    /// (boringtun keeps its own on the real clock; the node's decisions use
+    /// this one, so they run on a virtual clock too).
+    pub handshake_at: Option<Instant>,
+    /// When the peer's probes arrive (overlayd hosts probe their gateways;
+    /// a plain WireGuard client never does).
+    pub probes: ProbeClock,
+    /// When we start the next handshake ourselves (configured gateways).
+    pub retry: HandshakeRetry,
+    pub health: GatewayHealth,
+}
+
+impl PeerCtl {
+    /// The state of a new peer; `misses` probes lost take a gateway tunnel
+    /// down.
+    pub fn new(index: PeerId, misses: u32) -> PeerCtl {
+        PeerCtl {
+            last_cert_sent: None,
+            handshake_at: None,
+            probes: ProbeClock::default(),
+            retry: HandshakeRetry::new(u64::from(index.0)),
+            health: GatewayHealth::new(misses),
+        }
+    }
 }
 
 /// The rhythm of a peer's probes, learned from their arrivals: a gateway
@@ -104,7 +125,6 @@ impl Peer {
         public_key: [u8; 32],
         configured: Option<String>,
         tunn: Tunn,
-        misses: u32,
         now: Instant,
     ) -> Peer {
         Peer {
@@ -116,13 +136,8 @@ impl Peer {
             cert: ArcSwapOption::empty(),
             confirmed: AtomicBool::new(false),
             our_cert_acked: AtomicBool::new(false),
-            last_cert_sent: Mutex::new(None),
-            handshake_at: Mutex::new(None),
-            probes: Mutex::new(ProbeClock::default()),
-            retry: Mutex::new(HandshakeRetry::new(u64::from(index.0))),
             attached: AtomicBool::new(false),
             created: now,
-            health: Mutex::new(GatewayHealth::new(misses)),
             healthy: AtomicBool::new(false),
             rx_bytes: AtomicU64::new(0),
             tx_bytes: AtomicU64::new(0),
@@ -141,26 +156,14 @@ impl Peer {
         *self.tunn() = tunn;
     }
 
-    /// A copy of the gateway tunnel's liveness.
-    pub fn health(&self) -> GatewayHealth {
-        self.health
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    /// Changes the liveness (probe sent, reply, leaving) and publishes
-    /// whether the tunnel is healthy for the forwarding path.
-    pub fn update_health<R>(&self, f: impl FnOnce(&mut GatewayHealth) -> R) -> R {
-        let mut h = self.health.lock().unwrap_or_else(|p| p.into_inner());
-        let r = f(&mut h);
-        self.healthy.store(h.healthy(), Ordering::Relaxed);
-        r
-    }
-
     /// Whether the gateway tunnel answers its probes (lock-free).
     pub fn healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Publishes the tunnel's liveness for the forwarding path.
+    pub fn set_healthy(&self, healthy: bool) {
+        self.healthy.store(healthy, Ordering::Relaxed);
     }
 
     pub fn cert(&self) -> Option<Arc<NodeCert>> {

@@ -1,9 +1,9 @@
-//! The peers of a node: a table the control side changes under a lock
-//! (by key, pending set, index allocation), and beside it the places by
+//! The peers of a node: a table the control side owns (by key, pending set,
+//! index allocation, each peer's timers), and beside it the places by
 //! receiver index every packet reads without a lock.
 
 use crate::fib::PeerId;
-use crate::peer::Peer;
+use crate::peer::{Peer, PeerCtl};
 use arc_swap::ArcSwapOption;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -63,6 +63,8 @@ impl PeerSlots {
 /// same every run.
 pub struct PeerTable {
     by_index: BTreeMap<PeerId, Arc<Peer>>,
+    /// The control side's timers and liveness of each peer, by index.
+    ctl: BTreeMap<PeerId, PeerCtl>,
     by_key: HashMap<[u8; 32], PeerId>,
     /// Admitted peers whose certificate is not validated yet (by index).
     /// Entries whose peer got a certificate or went away are pruned when
@@ -78,6 +80,7 @@ impl PeerTable {
     pub fn new(capacity: usize, seed: u32) -> PeerTable {
         PeerTable {
             by_index: BTreeMap::new(),
+            ctl: BTreeMap::new(),
             by_key: HashMap::new(),
             pending: BTreeSet::new(),
             next_index: seed & 0x00ff_ffff,
@@ -107,8 +110,18 @@ impl PeerTable {
         self.by_index.values()
     }
 
-    pub fn insert(&mut self, peer: Arc<Peer>) {
+    /// The timers and liveness of a peer in the table.
+    pub fn ctl(&self, index: PeerId) -> Option<&PeerCtl> {
+        self.ctl.get(&index)
+    }
+
+    pub fn ctl_mut(&mut self, index: PeerId) -> Option<&mut PeerCtl> {
+        self.ctl.get_mut(&index)
+    }
+
+    pub fn insert(&mut self, peer: Arc<Peer>, ctl: PeerCtl) {
         self.slots.set(&peer);
+        self.ctl.insert(peer.index, ctl);
         self.by_key.insert(peer.public_key, peer.index);
         self.by_index.insert(peer.index, peer);
     }
@@ -116,6 +129,7 @@ impl PeerTable {
     pub fn remove(&mut self, peer: &Peer) {
         if self.by_index.remove(&peer.index).is_some() {
             self.slots.clear(peer.index);
+            self.ctl.remove(&peer.index);
         }
         if self.by_key.get(&peer.public_key) == Some(&peer.index) {
             self.by_key.remove(&peer.public_key);
@@ -178,13 +192,13 @@ mod tests {
         let theirs = StaticSecret::random_from_rng(rand_core::OsRng);
         let key = PublicKey::from(&theirs).to_bytes();
         let tunn = Tunn::new(ours, PublicKey::from(key), None, None, index.0, None);
-        Arc::new(Peer::new(index, key, None, tunn, 3, created))
+        Arc::new(Peer::new(index, key, None, tunn, created))
     }
 
     fn table(peers: &[Arc<Peer>]) -> PeerTable {
         let mut t = PeerTable::new(64, 0);
         for p in peers {
-            t.insert(p.clone());
+            t.insert(p.clone(), PeerCtl::new(p.index, 3));
             t.pending.insert(p.index);
         }
         t
@@ -245,7 +259,7 @@ mod tests {
         for _ in 0..16 {
             let i = t.alloc_index();
             assert!(seen.insert(i.0 & 15), "two peers in one place: {i}");
-            t.insert(pending_peer(i.0, t0));
+            t.insert(pending_peer(i.0, t0), PeerCtl::new(i, 3));
         }
         assert!(t.is_full());
         // A peer goes; its index and the next one that maps to its place
@@ -260,7 +274,7 @@ mod tests {
         let i = t.alloc_index();
         assert_eq!(i.0 & 15, p.index.0 & 15);
         assert_ne!(i, p.index);
-        t.insert(pending_peer(i.0, t0));
+        t.insert(pending_peer(i.0, t0), PeerCtl::new(i, 3));
         assert!(t.slots.get(p.index).is_none(), "the old index is gone");
         assert_eq!(t.slots.get(i).map(|q| q.index), Some(i));
     }

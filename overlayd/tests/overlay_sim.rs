@@ -369,10 +369,11 @@ impl Net {
                 n.tun.extend(tun);
                 n.out.tun.clear();
                 let at = self.now - self.start;
-                for e in &n.out.events {
+                let mut events = n.node.take_events();
+                for e in &events {
                     self.trace.push((at, n.name.clone(), e.clone()));
                 }
-                n.events.append(&mut n.out.events);
+                n.events.append(&mut events);
                 for (to, d) in dgrams {
                     let Some(j) = self.nodes.iter().position(|m| m.addr == to) else {
                         continue;
@@ -453,7 +454,7 @@ impl Net {
     fn events(&mut self, node: &str) -> Vec<Event> {
         let i = self.index(node);
         let n = &mut self.nodes[i];
-        n.events.append(&mut n.out.events);
+        n.events.append(&mut n.node.take_events());
         std::mem::take(&mut n.events)
     }
 
@@ -497,7 +498,7 @@ impl Net {
         let id = Identity::load(&cfg, self.unix_now()).unwrap();
         let i = self.index(at);
         let n = &mut self.nodes[i];
-        let r = n.node.reload_identity(id, &mut n.out);
+        let r = n.node.reload_identity(id);
         r.cut.into_iter().map(|c| c.name).collect()
     }
 

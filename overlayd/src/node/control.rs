@@ -6,24 +6,25 @@ use super::*;
 impl Node {
     /// Replaces the identity (SIGHUP): peers whose certificate is no longer
     /// valid lose their session at once; the others keep theirs.
-    pub fn reload_identity(&self, identity: Identity, out: &mut Outbox) -> api::ReloadReport {
+    pub fn reload_identity(&self, identity: Identity) -> api::ReloadReport {
         let now = self.unix();
         let identity = Arc::new(identity);
+        let mut c = self.ctl();
         self.identity.store(identity.clone());
         let mut cut = Vec::new();
-        for peer in self.peers() {
+        for peer in c.peers_sorted() {
             let Some(cert) = peer.cert() else { continue };
             if let Err(e) = identity.trust.validate(&cert, now) {
                 cut.push(api::CutPeer {
                     name: peer.name(),
                     reason: e.to_string(),
                 });
-                self.cut_session(&peer, &e.to_string(), out);
+                self.cut_session(&mut c, &peer, &e.to_string());
             }
         }
-        self.rebuild_identities();
+        self.rebuild_identities(&mut c);
         // Own certificate may have changed: re-announce it.
-        for peer in self.gateways() {
+        for peer in self.gateways(&c) {
             peer.our_cert_acked.store(false, Ordering::Relaxed);
         }
         api::ReloadReport {
@@ -33,17 +34,22 @@ impl Node {
     }
 
     pub fn status(&self, now: Instant) -> api::Status {
+        // First: it takes the flow table, which comes before the control
+        // state.
+        let firewall = self.firewall_status();
+        let c = self.ctl();
         let id = self.identity();
         let active = self.active_gateway();
-        let peers: Vec<api::PeerStatus> = self
-            .peers()
+        let peers: Vec<api::PeerStatus> = c
+            .peers_sorted()
             .iter()
-            .map(|p| {
-                let hs = (*lock(&p.handshake_at)).map(|t| now.saturating_duration_since(t));
+            .filter_map(|p| {
+                let x = c.peers.ctl(p.index)?;
+                let hs = x.handshake_at.map(|t| now.saturating_duration_since(t));
                 let cert = p.cert();
-                let health = p.health();
+                let health = &x.health;
                 let attached = p.attached.load(Ordering::Relaxed);
-                api::PeerStatus {
+                Some(api::PeerStatus {
                     name: p.name(),
                     role: p.role().map(api_role).into(),
                     configured: p.configured.is_some(),
@@ -67,7 +73,7 @@ impl Node {
                     flaps: health.flaps,
                     active: active == Some(p.index),
                     spoofed: p.spoofed.load(Ordering::Relaxed),
-                }
+                })
             })
             .collect();
         let routes: Vec<api::RouteRow> = self
@@ -105,15 +111,16 @@ impl Node {
             peers,
             drops: self.drops.snapshot(),
             routes,
-            datapath: read(&self.datapath).clone(),
-            firewall: self.firewall_status(),
+            datapath: c.datapath.clone(),
+            firewall,
         }
     }
 
     /// The peers attached here now (routed announces the hosts of them).
     pub fn attached(&self) -> api::AttachedPeers {
         let peers = self
-            .peers()
+            .ctl()
+            .peers_sorted()
             .iter()
             .filter(|p| p.attached.load(Ordering::Relaxed))
             .filter_map(|p| {
@@ -130,8 +137,8 @@ impl Node {
 
     /// Gateways by name (configured or certified), for resolving the
     /// `via` of routes: one pass over the peers per request.
-    pub(super) fn gateways_by_name(&self) -> HashMap<String, PeerId> {
-        read(&self.peers)
+    pub(super) fn gateways_by_name(&self, c: &Control) -> HashMap<String, PeerId> {
+        c.peers
             .values()
             .filter(|p| p.is_gateway())
             .flat_map(|p| {
@@ -151,9 +158,10 @@ impl Node {
     /// this node does not have (nothing is installed then).
     pub(super) fn resolve(
         &self,
+        c: &Control,
         routes: &[api::Route],
     ) -> Result<Vec<(IpNet, Vec<PeerId>)>, RouteError> {
-        let (good, bad) = self.resolve_each(routes);
+        let (good, bad) = self.resolve_each(c, routes);
         if bad.is_empty() {
             Ok(good)
         } else {
@@ -167,9 +175,10 @@ impl Node {
     /// bad one.
     pub(super) fn resolve_each(
         &self,
+        c: &Control,
         routes: &[api::Route],
     ) -> (Vec<(IpNet, Vec<PeerId>)>, Vec<api::Refused>) {
-        let by_name = self.gateways_by_name();
+        let by_name = self.gateways_by_name(c);
         let mut bad = Vec::new();
         let mut out = Vec::with_capacity(routes.len());
         for r in routes {
@@ -188,7 +197,7 @@ impl Node {
             for v in &r.via {
                 match by_name.get(v) {
                     Some(i) => ids.push(*i),
-                    None if self.peer_by_name(v).is_some() => {
+                    None if c.peer_by_name(v).is_some() => {
                         ok = false;
                         refuse(format!("{v:?} is not a gateway"));
                     }
@@ -217,8 +226,9 @@ impl Node {
     /// Replaces all routed entries, or with `merge` installs or replaces
     /// these and keeps the rest. A bad entry refuses the whole set.
     pub fn route_set(&self, routes: &[api::Route], merge: bool) -> Result<usize, RouteError> {
-        let resolved = self.resolve(routes)?;
-        self.edit_fib(|fib| {
+        let mut c = self.ctl();
+        let resolved = self.resolve(&c, routes)?;
+        self.edit_fib(&mut c, |fib| {
             if !merge {
                 fib.remove_origin(Origin::Routed);
             }
@@ -241,11 +251,12 @@ impl Node {
         withdraw: &[IpNet],
         publish: bool,
     ) -> api::Updated {
-        let (resolved, refused) = self.resolve_each(add);
+        let mut c = self.ctl();
+        let (resolved, refused) = self.resolve_each(&c, add);
         if !refused.is_empty() {
             tracing::warn!(refused = refused.len(), first = %refused[0], "routes refused");
         }
-        self.edit_fib_then(publish, |fib| {
+        self.edit_fib_then(&mut c, publish, |fib| {
             let mut withdrawn = 0;
             for p in withdraw {
                 withdrawn += usize::from(fib.remove(*p, Origin::Routed));
@@ -265,7 +276,8 @@ impl Node {
 
     /// The end of a full resync: routed entries outside `seen` go.
     pub fn route_retain(&self, seen: &HashSet<IpNet>) -> api::Updated {
-        self.edit_fib(|fib| {
+        let mut c = self.ctl();
+        self.edit_fib(&mut c, |fib| {
             let withdrawn = fib.retain(Origin::Routed, |p| seen.contains(&p));
             api::Updated {
                 added: 0,
@@ -277,6 +289,7 @@ impl Node {
     }
 
     pub fn route_del(&self, prefix: IpNet) -> bool {
-        self.edit_fib(|fib| fib.remove(prefix, Origin::Routed))
+        let mut c = self.ctl();
+        self.edit_fib(&mut c, |fib| fib.remove(prefix, Origin::Routed))
     }
 }

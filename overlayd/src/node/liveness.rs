@@ -8,10 +8,13 @@ impl Node {
     /// Starts handshakes with every configured gateway at once rather than
     /// waiting for the first packet.
     pub fn initiate_all(&self, now: Instant, out: &mut Outbox) {
-        for p in self.gateways() {
+        let mut c = self.ctl();
+        for p in self.gateways(&c) {
             let Some(ep) = p.endpoint() else { continue };
             let mut buf = vec![0u8; 256];
-            lock(&p.retry).started(now);
+            if let Some(x) = c.ctl(&p) {
+                x.retry.started(now);
+            }
             if let TunnResult::WriteToNetwork(b) =
                 p.tunn().format_handshake_initiation(&mut buf, false)
             {
@@ -22,10 +25,10 @@ impl Node {
 
     pub(super) fn gateway_transition(
         &self,
+        c: &mut Control,
         peer: &Arc<Peer>,
         t: Transition,
         now: Instant,
-        out: &mut Outbox,
     ) {
         let up = t == Transition::Up;
         if !up {
@@ -34,22 +37,27 @@ impl Node {
         }
         tracing::info!(peer = %peer.name(), "gateway tunnel {}", if up { "up" } else { "down" });
         let name = peer.name();
-        out.events.push(if up {
+        let e = if up {
             api::Event::GatewayUp { name }
         } else {
             api::Event::GatewayDown { name }
-        });
-        self.update_active_gateway(now);
+        };
+        self.emit(c, e);
+        self.update_active_gateway(c, now);
     }
 
-    pub(super) fn update_active_gateway(&self, now: Instant) {
+    pub(super) fn update_active_gateway(&self, c: &mut Control, now: Instant) {
         if self.role() != Role::Host {
             return;
         }
-        let gws = self.gateways();
-        let healths: Vec<_> = gws.iter().map(|p| p.health()).collect();
-        let refs: Vec<_> = healths.iter().collect();
-        let _choosing = lock(&self.choosing_gateway);
+        let gws = self.gateways(c);
+        let Some(refs) = gws
+            .iter()
+            .map(|p| c.peers.ctl(p.index).map(|x| &x.health))
+            .collect::<Option<Vec<_>>>()
+        else {
+            return;
+        };
         let active = self.active_gateway();
         let current = active.and_then(|i| gws.iter().position(|p| p.index == i));
         let chosen = choose_gateway(
@@ -72,24 +80,27 @@ impl Node {
     /// what was already on its way here.
     pub fn leave(&self, out: &mut Outbox) {
         self.leaving.store(true, Ordering::Relaxed);
-        let peers: Vec<Arc<Peer>> = read(&self.peers).values().cloned().collect();
-        for peer in peers {
-            let session = lock(&peer.handshake_at).is_some();
+        let c = self.ctl();
+        for peer in c.peers.values() {
+            let session = c
+                .peers
+                .ctl(peer.index)
+                .is_some_and(|x| x.handshake_at.is_some());
             if session && (peer.configured.is_some() || peer.cert().is_some()) {
-                self.send_message(&peer, &Message::Leaving, out);
+                self.send_message(peer, &Message::Leaving, out);
             }
         }
     }
 
     /// Removes a peer: its session ends, its routes go.
-    pub(super) fn remove_peer(&self, peer: &Arc<Peer>, why: &str, out: &mut Outbox) {
-        write(&self.peers).remove(peer);
-        self.edit_fib(|fib| fib.remove_peer(peer.index));
+    pub(super) fn remove_peer(&self, c: &mut Control, peer: &Arc<Peer>, why: &str) {
+        c.peers.remove(peer);
+        self.edit_fib(c, |fib| fib.remove_peer(peer.index));
         if peer.attached.swap(false, Ordering::Relaxed) {
             // Attached implies a validated certificate: it says the role and
             // the addresses routed withdraws.
             if let Some(cert) = peer.cert() {
-                self.announce_detached(peer, &cert, why, out);
+                self.announce_detached(c, peer, &cert, why);
             }
         }
     }
@@ -97,33 +108,34 @@ impl Node {
     /// Logs and sends the `detached` event of a peer that was attached.
     pub(super) fn announce_detached(
         &self,
+        c: &mut Control,
         peer: &Peer,
         cert: &NodeCert,
         why: &str,
-        out: &mut Outbox,
     ) {
         tracing::info!(peer = %peer.name(), "detached: {why}");
-        out.events.push(api::Event::Detached {
+        let e = api::Event::Detached {
             name: peer.name(),
             role: api_role(cert.role()),
             site: cert.body.site.clone(),
             addresses: cert_addrs(cert),
             reason: why.to_string(),
-        });
+        };
+        self.emit(c, e);
     }
 
     /// Ends the session of a peer whose certificate is no longer valid: a
     /// configured gateway keeps its tunnel (a new session needs a valid
     /// certificate again), any other peer goes.
-    pub(super) fn cut_session(&self, peer: &Arc<Peer>, why: &str, out: &mut Outbox) {
+    pub(super) fn cut_session(&self, c: &mut Control, peer: &Arc<Peer>, why: &str) {
         tracing::warn!(peer = %peer.name(), "certificate no longer valid: {why}");
         let why = format!("certificate no longer valid: {why}");
         if peer.configured.is_some() {
-            self.detach(peer, &why, out);
+            self.detach(c, peer, &why);
             peer.set_cert(None);
             peer.replace_tunn(self.new_tunn(peer.public_key, peer.index, Some(KEEPALIVE_S)));
         } else {
-            self.remove_peer(peer, &why, out);
+            self.remove_peer(c, peer, &why);
         }
     }
 
@@ -131,22 +143,22 @@ impl Node {
     /// the wall clock `unix`: a session does not outlive its certificate.
     /// Only the validity window is compared here (cheap, every second); the
     /// signature was checked when the certificate was accepted.
-    pub(super) fn cut_expired(&self, unix: u64, out: &mut Outbox) {
-        for peer in self.peers() {
+    pub(super) fn cut_expired(&self, c: &mut Control, unix: u64) {
+        for peer in c.peers_sorted() {
             let Some(cert) = peer.cert() else { continue };
             if let Err(e) = cert.check_validity_window(unix) {
-                self.cut_session(&peer, &e.to_string(), out);
+                self.cut_session(c, &peer, &e.to_string());
             }
         }
     }
 
     /// Takes a peer's addresses out of the forwarding table and says so;
     /// the peer and its session stay.
-    pub(super) fn detach(&self, peer: &Arc<Peer>, why: &str, out: &mut Outbox) {
+    pub(super) fn detach(&self, c: &mut Control, peer: &Arc<Peer>, why: &str) {
         let Some(cert) = peer.cert() else { return };
-        self.remove_cert_entries(peer, &cert);
+        self.remove_cert_entries(c, peer, &cert);
         if peer.attached.swap(false, Ordering::Relaxed) {
-            self.announce_detached(peer, &cert, why, out);
+            self.announce_detached(c, peer, &cert, why);
         }
     }
 
@@ -158,11 +170,28 @@ impl Node {
     /// Called every probe interval, with the monotonic and the wall clock.
     pub fn on_tick(&self, now: Instant, unix: u64, out: &mut Outbox) {
         self.unix.store(unix, Ordering::Relaxed);
+        let second = {
+            let mut c = self.ctl();
+            self.tick(&mut c, now, unix, out)
+        };
+        // The flows expire outside the control state (lock order).
+        if second {
+            self.fw().expire(now);
+        }
+    }
+
+    /// The tick's work on the control state; true when a second has passed
+    /// since the last once-a-second work.
+    fn tick(&self, c: &mut Control, now: Instant, unix: u64, out: &mut Outbox) -> bool {
         let mut buf = vec![0u8; 2048];
         let pending_timeout = Duration::from_millis(self.cfg.limits.pending_timeout_ms);
         let our_cert = self.identity().cert.encoded().to_vec();
-        let peers: Vec<Arc<Peer>> = read(&self.peers).values().cloned().collect();
+        let peers: Vec<Arc<Peer>> = c.peers.values().cloned().collect();
         for peer in peers {
+            let Some(x) = c.peers.ctl(peer.index) else {
+                continue;
+            };
+            let handshake_at = x.handshake_at;
             let res = peer.tunn().update_timers(&mut buf);
             match res {
                 TunnResult::WriteToNetwork(b) => {
@@ -171,11 +200,9 @@ impl Node {
                     }
                 }
                 TunnResult::Err(WireGuardError::ConnectionExpired) if peer.configured.is_none() => {
-                    let idle = now.saturating_duration_since(
-                        (*lock(&peer.handshake_at)).unwrap_or(peer.created),
-                    );
+                    let idle = now.saturating_duration_since(handshake_at.unwrap_or(peer.created));
                     if idle > DEAD_PEER {
-                        self.remove_peer(&peer, "session expired", out);
+                        self.remove_peer(c, &peer, "session expired");
                         continue;
                     }
                 }
@@ -183,7 +210,7 @@ impl Node {
             }
             if peer.configured.is_none() {
                 if peer.cert().is_none() && now.duration_since(peer.created) > pending_timeout {
-                    self.remove_peer(&peer, "no valid certificate", out);
+                    self.remove_peer(c, &peer, "no valid certificate");
                     continue;
                 }
                 // A peer that probes (an overlayd host) and has missed as
@@ -191,13 +218,12 @@ impl Node {
                 // reachable through this node now: detach it, so its routes
                 // go at BFD speed instead of when the session expires. Its
                 // session stays; its next probe attaches it again.
-                let silent = lock(&peer.probes).silent(
-                    now,
-                    self.cfg.probe.interval(),
-                    self.cfg.probe.misses,
-                );
+                let silent = c.peers.ctl(peer.index).is_some_and(|x| {
+                    x.probes
+                        .silent(now, self.cfg.probe.interval(), self.cfg.probe.misses)
+                });
                 if silent && peer.attached.load(Ordering::Relaxed) {
-                    self.detach(&peer, "no probe for the probe window", out);
+                    self.detach(c, &peer, "no probe for the probe window");
                 }
                 continue;
             }
@@ -216,9 +242,10 @@ impl Node {
                 // A session younger than the probe window first gets the
                 // chance to prove itself with probes: initiating again
                 // would only cost both ends another handshake.
-                let fresh = (*lock(&peer.handshake_at))
+                let fresh = handshake_at
                     .is_some_and(|t| now.saturating_duration_since(t) < self.probe_window());
-                if we_initiate && !fresh && lock(&peer.retry).due(now) {
+                let due = c.ctl(&peer).is_some_and(|x| x.retry.due(now));
+                if we_initiate && !fresh && due {
                     if let (Some(ep), TunnResult::WriteToNetwork(b)) = (
                         peer.endpoint(),
                         peer.tunn().format_handshake_initiation(&mut buf, true),
@@ -226,49 +253,48 @@ impl Node {
                         out.net.push(ep, b);
                     }
                 }
-            } else {
-                lock(&peer.retry).reset();
+            } else if let Some(x) = c.ctl(&peer) {
+                x.retry.reset();
             }
-            let (seq, t) = peer.update_health(|h| h.on_tick(now));
+            let Some((seq, t)) = c.update_health(&peer, |h| h.on_tick(now)) else {
+                continue;
+            };
             if let Some(t) = t {
-                self.gateway_transition(&peer, t, now, out);
+                self.gateway_transition(c, &peer, t, now);
             }
             self.send_message(&peer, &Message::Probe { seq }, out);
             if !peer.our_cert_acked.load(Ordering::Relaxed) {
-                let mut last = peer
-                    .last_cert_sent
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner());
-                if last.is_none_or(|t| now.duration_since(t) >= CERT_RESEND) {
-                    *last = Some(now);
-                    drop(last);
-                    self.send_message(&peer, &Message::Cert(our_cert.clone()), out);
+                if let Some(x) = c.ctl(&peer) {
+                    if x.last_cert_sent
+                        .is_none_or(|t| now.duration_since(t) >= CERT_RESEND)
+                    {
+                        x.last_cert_sent = Some(now);
+                        self.send_message(&peer, &Message::Cert(our_cert.clone()), out);
+                    }
                 }
             }
         }
-        self.update_active_gateway(now);
-        let mut last = write(&self.last_rate_reset);
-        if now.duration_since(*last) >= Duration::from_secs(1) {
-            *last = now;
+        self.update_active_gateway(c, now);
+        let second = now.duration_since(c.last_rate_reset) >= Duration::from_secs(1);
+        if second {
+            c.last_rate_reset = now;
             self.rate_limiter.reset_count();
-            self.fw().expire(now);
-            self.cut_expired(unix, out);
+            self.cut_expired(c, unix);
         }
-        drop(last);
-        self.ask_whois(now, out);
-        self.check_expiry(now);
+        self.ask_whois(c, now, out);
+        self.check_expiry(c, now);
+        second
     }
 
     /// Logs a warning, hourly, while this node's or the CA's certificate
     /// expires within [`EXPIRY_WARNING_DAYS`].
-    pub(super) fn check_expiry(&self, now: Instant) {
+    pub(super) fn check_expiry(&self, c: &mut Control, now: Instant) {
+        if c.expiry_checked
+            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(3600))
         {
-            let mut c = lock(&self.expiry_checked);
-            if c.is_some_and(|t| now.duration_since(t) < Duration::from_secs(3600)) {
-                return;
-            }
-            *c = Some(now);
+            return;
         }
+        c.expiry_checked = Some(now);
         let id = self.identity();
         let unix = self.unix() as i64;
         for (what, not_after) in [

@@ -5,20 +5,45 @@
 use super::*;
 
 impl Node {
+    /// An in-band message from `peer`. What needs no control state (a
+    /// certificate's signature) is checked before the control state is
+    /// taken; a peer removed meanwhile is not served.
     pub(super) fn on_message(&self, peer: &Arc<Peer>, m: Message, now: Instant, out: &mut Outbox) {
+        let checked = match &m {
+            Message::Cert(bytes) => Some(self.check_peer_cert(peer, bytes)),
+            _ => None,
+        };
+        let mut c = self.ctl();
+        if !c.holds(peer) {
+            return;
+        }
+        self.on_message_held(&mut c, peer, m, checked, now, out);
+    }
+
+    fn on_message_held(
+        &self,
+        c: &mut Control,
+        peer: &Arc<Peer>,
+        m: Message,
+        checked: Option<Result<NodeCert, String>>,
+        now: Instant,
+        out: &mut Outbox,
+    ) {
         match m {
             Message::Probe { seq } => {
                 if self.leaving.load(Ordering::Relaxed) {
                     return;
                 }
-                lock(&peer.probes).heard(now, self.cfg.probe.interval());
+                if let Some(x) = c.ctl(peer) {
+                    x.probes.heard(now, self.cfg.probe.interval());
+                }
                 self.send_message(peer, &Message::ProbeReply { seq }, out);
                 // Detached for silence and heard again: its routes return.
                 if peer.configured.is_none()
                     && !peer.attached.load(Ordering::Relaxed)
                     && peer.confirmed.load(Ordering::Relaxed)
                 {
-                    self.maybe_attach(peer, out);
+                    self.maybe_attach(c, peer);
                 }
             }
             // Authenticated by the tunnel: a gateway going away is down now
@@ -26,16 +51,14 @@ impl Node {
             // follows), a host going away is detached (its routes go).
             Message::Leaving if peer.configured.is_some() => {
                 tracing::info!(peer = %peer.name(), "gateway is shutting down");
-                let t = peer.update_health(|h| h.leaving());
-                if let Some(t) = t {
-                    self.gateway_transition(peer, t, now, out);
+                if let Some(t) = c.update_health(peer, |h| h.leaving()).flatten() {
+                    self.gateway_transition(c, peer, t, now);
                 }
             }
-            Message::Leaving => self.remove_peer(peer, "shut down", out),
+            Message::Leaving => self.remove_peer(c, peer, "shut down"),
             Message::ProbeReply { seq } => {
-                let t = peer.update_health(|h| h.on_reply(seq, now));
-                if let Some(t) = t {
-                    self.gateway_transition(peer, t, now, out);
+                if let Some(t) = c.update_health(peer, |h| h.on_reply(seq, now)).flatten() {
+                    self.gateway_transition(c, peer, t, now);
                 }
             }
             // Identity questions and answers only from peers whose own
@@ -44,52 +67,56 @@ impl Node {
             Message::WhoIs(_) | Message::WhoIsReply { .. } if peer.cert().is_none() => {
                 bump(&self.drops.unauthenticated);
             }
-            Message::WhoIs(a) => self.on_whois(peer, a, now, out),
-            Message::WhoIsReply { addr, cert } => self.on_whois_reply(peer, addr, cert, now, out),
+            Message::WhoIs(a) => self.on_whois(c, peer, a, now, out),
+            Message::WhoIsReply { addr, cert } => {
+                self.on_whois_reply(c, peer, addr, cert, now, out)
+            }
             Message::CertAck(fp) => {
                 if fp == self.identity().cert.fingerprint().0 {
                     peer.our_cert_acked.store(true, Ordering::Relaxed);
                 }
             }
-            Message::Cert(bytes) => {
-                let unix = self.unix();
-                let checked = NodeCert::decode(&bytes)
-                    .map_err(|e| e.to_string())
-                    .and_then(|c| {
-                        self.identity()
-                            .trust
-                            .validate(&c, unix)
-                            .map_err(|e| e.to_string())?;
-                        if c.public_key() != &peer.public_key {
-                            return Err("certificate is for another key than the tunnel's".into());
-                        }
-                        if let Some(name) = &peer.configured {
-                            if c.role() != Role::Gateway || c.name() != name {
-                                return Err(format!(
-                                    "configured as gateway {name:?} but the certificate is {} {:?}",
-                                    c.role(),
-                                    c.name()
-                                ));
-                            }
-                        }
-                        Ok(c)
-                    });
-                match checked {
-                    Ok(c) => {
-                        let fp = c.fingerprint().0;
-                        let same = peer.cert().is_some_and(|old| old.fingerprint().0 == fp);
-                        if !same {
-                            self.accept_cert(peer, Arc::new(c), out);
-                        }
-                        self.send_message(peer, &Message::CertAck(fp), out);
+            Message::Cert(_) => match checked {
+                Some(Ok(cert)) => {
+                    let fp = cert.fingerprint().0;
+                    let same = peer.cert().is_some_and(|old| old.fingerprint().0 == fp);
+                    if !same {
+                        self.accept_cert(c, peer, Arc::new(cert));
                     }
-                    Err(e) => {
-                        bump(&self.drops.bad_cert);
-                        tracing::warn!(peer = %peer.name(), "refused in-band certificate: {e}");
-                    }
+                    self.send_message(peer, &Message::CertAck(fp), out);
                 }
+                Some(Err(e)) => {
+                    bump(&self.drops.bad_cert);
+                    tracing::warn!(peer = %peer.name(), "refused in-band certificate: {e}");
+                }
+                None => {}
+            },
+        }
+    }
+
+    /// Validates a certificate `peer` presented in-band: signed by our CA,
+    /// not revoked, for the tunnel's key, and for a configured gateway the
+    /// gateway of that name.
+    fn check_peer_cert(&self, peer: &Peer, bytes: &[u8]) -> Result<NodeCert, String> {
+        let unix = self.unix();
+        let c = NodeCert::decode(bytes).map_err(|e| e.to_string())?;
+        self.identity()
+            .trust
+            .validate(&c, unix)
+            .map_err(|e| e.to_string())?;
+        if c.public_key() != &peer.public_key {
+            return Err("certificate is for another key than the tunnel's".into());
+        }
+        if let Some(name) = &peer.configured {
+            if c.role() != Role::Gateway || c.name() != name {
+                return Err(format!(
+                    "configured as gateway {name:?} but the certificate is {} {:?}",
+                    c.role(),
+                    c.name()
+                ));
             }
         }
+        Ok(c)
     }
 
     /// Sends our certificate to a configured gateway as soon as a handshake
@@ -97,27 +124,35 @@ impl Node {
     /// gateway may be a new process that does not know us (also when our
     /// probes never noticed it going away), and it knows us one round trip
     /// later, not at the next resend.
-    pub(super) fn present_cert(&self, peer: &Peer, now: Instant, out: &mut Outbox) {
+    pub(super) fn present_cert(
+        &self,
+        c: &mut Control,
+        peer: &Peer,
+        now: Instant,
+        out: &mut Outbox,
+    ) {
         peer.our_cert_acked.store(false, Ordering::Relaxed);
-        *lock(&peer.last_cert_sent) = Some(now);
+        if let Some(x) = c.ctl(peer) {
+            x.last_cert_sent = Some(now);
+        }
         let cert = self.identity().cert.encoded().to_vec();
         self.send_message(peer, &Message::Cert(cert), out);
     }
 
     /// A validated certificate for `peer`: its addresses route to it.
-    pub(super) fn accept_cert(&self, peer: &Arc<Peer>, cert: Arc<NodeCert>, out: &mut Outbox) {
+    pub(super) fn accept_cert(&self, c: &mut Control, peer: &Arc<Peer>, cert: Arc<NodeCert>) {
         if let Some(old) = peer.cert() {
-            self.remove_cert_entries(peer, &old);
+            self.remove_cert_entries(c, peer, &old);
         }
-        self.learn_identity(&cert);
+        self.learn_identity(c, &cert);
         peer.set_cert(Some(cert));
         if peer.confirmed.load(Ordering::Relaxed) || peer.configured.is_some() {
-            self.maybe_attach(peer, out);
+            self.maybe_attach(c, peer);
         }
     }
 
-    pub(super) fn remove_cert_entries(&self, peer: &Peer, cert: &NodeCert) {
-        self.edit_fib(|fib| {
+    pub(super) fn remove_cert_entries(&self, c: &mut Control, peer: &Peer, cert: &NodeCert) {
+        self.edit_fib(c, |fib| {
             for a in &cert.body.addresses {
                 if fib.lookup(a.addr()) == Some(&NextHop::Peers(vec![peer.index])) {
                     fib.remove(host_net(a.addr()), Origin::Cert);
@@ -128,9 +163,13 @@ impl Node {
 
     /// Installs the peer's addresses and announces it once it both holds a
     /// valid certificate and proved its key.
-    pub(super) fn maybe_attach(&self, peer: &Arc<Peer>, out: &mut Outbox) {
+    pub(super) fn maybe_attach(&self, c: &mut Control, peer: &Arc<Peer>) {
         let Some(cert) = peer.cert() else { return };
-        self.edit_fib(|fib| {
+        if !c.holds(peer) {
+            // Removed while a packet of it was on its way.
+            return;
+        }
+        self.edit_fib(c, |fib| {
             for a in &cert.body.addresses {
                 fib.insert(
                     host_net(a.addr()),
@@ -142,12 +181,13 @@ impl Node {
         if !peer.attached.swap(true, Ordering::Relaxed) {
             let addresses = cert_addrs(&cert);
             tracing::info!(peer = %cert.name(), role = %cert.role(), addresses = ?addresses, "attached");
-            out.events.push(api::Event::Attached {
+            let e = api::Event::Attached {
                 name: cert.name().to_string(),
                 role: api_role(cert.role()),
                 site: cert.body.site.clone(),
                 addresses,
-            });
+            };
+            self.emit(c, e);
         }
     }
 }

@@ -28,11 +28,28 @@
 //! one tunnel lock, and the firewall's flow table when `[firewall]` is on
 //! (it keeps connection state; forwarded packets do not pass it).
 //!
-//! Everything else the node locks belongs to the control side: the peer
-//! table as handshakes and ticks change it, the forwarding table being
-//! edited before it is published, identity questions (WhoIs) and their
-//! caches, and per-peer timers (probes, handshake retries, certificate
-//! resends).
+//! # The control state: one owner
+//!
+//! Everything the node decides with beyond those published tables is plain
+//! data in one [`Control`]: the peer table with each peer's timers and
+//! gateway liveness, the forwarding table as it is edited, identities and
+//! WhoIs questions, and the events not yet handed out. The functions that
+//! decide take it as `&mut Control`; it has no lock inside and reads no
+//! clock. The node keeps it behind a single mutex, as quinn keeps
+//! quinn-proto's connection state: whoever holds it is its one owner
+//! for that call. A worker takes it only for what changes it — a
+//! handshake, the first data of a session, an in-band message (probes,
+//! certificates, WhoIs) — never for a data packet of a known session. So
+//! peers, routes and attachment change together (a peer the timer removed
+//! cannot be attached again by a packet of it still in flight), and
+//! events leave in the order they happened, whichever worker made them
+//! ([`Node::flush_events`]).
+//!
+//! The node holds three locks in all: this one, each peer's tunnel, and
+//! the firewall's flow table (connection state every packet of a host with
+//! `[firewall]` updates, as a tunnel's counters are). When more than one
+//! is held they are taken in this order: flow table, control state,
+//! tunnel.
 //!
 //! # Time
 //!
@@ -64,7 +81,7 @@ use crate::health::{choose_gateway, Transition};
 use crate::identity::Identity;
 use crate::inband::{self, Message};
 use crate::packet;
-use crate::peer::Peer;
+use crate::peer::{Peer, PeerCtl};
 use crate::peers::{PeerSlots, PeerTable};
 use arc_swap::ArcSwap;
 use boringtun::noise::handshake::parse_handshake_anon;
@@ -73,10 +90,10 @@ use boringtun::noise::{errors::WireGuardError, Packet, Tunn, TunnResult};
 use cubenet_api::overlayd as api;
 use cubenet_certs::{NodeCert, Role};
 use ipnet::IpNet;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use x25519_dalek::{PublicKey, StaticSecret};
 
@@ -88,14 +105,13 @@ const DEAD_PEER: Duration = Duration::from_secs(240);
 const CERT_RESEND: Duration = Duration::from_secs(1);
 
 /// What the driver must do after a call into [`Node`]: datagrams grouped
-/// for UDP GSO, TUN packets with room for the virtio-net header, and
-/// events for the control socket's subscribers.
+/// for UDP GSO and TUN packets with room for the virtio-net header. Events
+/// wait in the control state ([`Node::flush_events`]): they leave in the
+/// order they happened, whichever worker made them.
 #[derive(Default)]
 pub struct Outbox {
     pub net: NetQueue,
     pub tun: TunQueue,
-    /// What subscribers of the control socket are told, in order.
-    pub events: Vec<api::Event>,
 }
 
 /// Why packets were dropped; shown in status and metrics.
@@ -174,51 +190,112 @@ pub struct Node {
     /// What each tunnel checks its handshakes with: mac1 only, because the
     /// shared limit above was already applied and must not count twice.
     mac_only: Arc<RateLimiter>,
-    /// The peers as the control side changes them.
-    peers: RwLock<PeerTable>,
     /// The peers by receiver index, as every datagram looks them up.
     slots: Arc<PeerSlots>,
     /// The forwarding table the workers read: an immutable copy, replaced
     /// whole after each change (copies share what did not change).
     fib: ArcSwap<ForwardingTable>,
-    /// The table the control side changes, then publishes into `fib`.
-    fib_master: Mutex<FibMaster>,
     /// On a host: the index of the gateway traffic goes through (0: none;
     /// index 0 is never given out).
     active_gateway: AtomicU32,
-    /// Held while the active gateway is chosen, so two choices do not race.
-    choosing_gateway: Mutex<()>,
     pub drops: Drops,
     started: Instant,
-    last_rate_reset: RwLock<Instant>,
-    /// What the driver got from the kernel (offloads), for status.
-    datapath: RwLock<Option<api::Datapath>>,
-    firewall: std::sync::Mutex<Firewall>,
-    /// Name, groups and site behind virtual addresses, from certificates
-    /// this node has validated.
-    identities: RwLock<HashMap<IpAddr, firewall::Identity>>,
+    /// The flows of this node's own traffic (`[firewall]`): connection
+    /// state every packet of a host updates, like a tunnel's counters.
+    firewall: Mutex<Firewall>,
     /// Rate limit for drop logs: the second of the last line, and how many
-    /// lines were skipped since.
-    drop_log: std::sync::Mutex<(u64, u64)>,
+    /// were not logged since.
+    drop_log_sec: AtomicU64,
+    drop_log_skipped: AtomicU64,
     /// Only when the config has a `[firewall]`.
-    firewall_on: std::sync::atomic::AtomicBool,
-    /// Identities learned by asking gateways (`None`: nobody knew), until
-    /// the instant they expire. Bounded.
-    remote_ids: std::sync::Mutex<HashMap<IpAddr, (Option<firewall::Identity>, Instant)>>,
-    /// Addresses whose identity the firewall wants (at most
-    /// [`IDENTITY_CACHE`], each for at most [`WHOIS_GIVE_UP`]).
-    wanted: std::sync::Mutex<std::collections::BTreeMap<IpAddr, Want>>,
-    /// Gateways: questions passed on, by address.
-    whois_relay: std::sync::Mutex<HashMap<IpAddr, Relayed>>,
-    /// When certificate expiry was last checked (warned 30 days ahead).
-    expiry_checked: std::sync::Mutex<Option<Instant>>,
+    firewall_on: AtomicBool,
     /// Shutting down: peers were told (`Leaving`), probes go unanswered so
     /// they do not take this node back while it drains.
-    leaving: std::sync::atomic::AtomicBool,
+    leaving: AtomicBool,
     /// The wall clock (Unix seconds) as the driver last passed it in
     /// ([`Node::new`], [`Node::on_tick`]): what certificates are validated
     /// against. The node never reads a clock itself.
     unix: AtomicU64,
+    /// Events are waiting in the control state (checked without its lock
+    /// after every call).
+    events_waiting: AtomicBool,
+    /// Everything the control side decides with, in one place.
+    control: Mutex<Control>,
+}
+
+/// The control side's state, with one owner: the peer table with each
+/// peer's timers and liveness, the forwarding table as it is edited,
+/// identities and WhoIs questions, and the events not yet handed out.
+/// Peers, their routes, their attachment and the events that tell of them
+/// change together while it is held, so a peer the timer removed cannot
+/// be attached again by a packet in flight, and events leave in the order
+/// they happened. It is plain data: the node's functions take it as
+/// `&mut Control`. Lock order: the firewall's flows, then this, then a
+/// tunnel.
+pub(super) struct Control {
+    peers: PeerTable,
+    fib: FibMaster,
+    /// Name, groups and site behind virtual addresses, from certificates
+    /// this node has validated.
+    identities: HashMap<IpAddr, firewall::Identity>,
+    /// Identities learned by asking gateways (`None`: nobody knew), until
+    /// the instant they expire. Bounded.
+    remote_ids: HashMap<IpAddr, (Option<firewall::Identity>, Instant)>,
+    /// Addresses whose identity the firewall wants (at most
+    /// [`IDENTITY_CACHE`], each for at most [`WHOIS_GIVE_UP`]).
+    wanted: BTreeMap<IpAddr, Want>,
+    /// Gateways: questions passed on, by address.
+    whois_relay: HashMap<IpAddr, Relayed>,
+    /// When certificate expiry was last checked (warned 30 days ahead).
+    expiry_checked: Option<Instant>,
+    last_rate_reset: Instant,
+    /// What the driver got from the kernel (offloads), for status.
+    datapath: Option<api::Datapath>,
+    /// What subscribers of the control socket are told, in order.
+    events: Vec<api::Event>,
+}
+
+impl Control {
+    /// The peers, configured gateways first, then by name.
+    fn peers_sorted(&self) -> Vec<Arc<Peer>> {
+        let mut v: Vec<_> = self.peers.values().cloned().collect();
+        v.sort_by_key(|p| (p.configured.is_none(), p.name()));
+        v
+    }
+
+    fn peer_by_name(&self, name: &str) -> Option<Arc<Peer>> {
+        self.peers
+            .values()
+            .find(|p| {
+                p.configured.as_deref() == Some(name) || p.cert().is_some_and(|c| c.name() == name)
+            })
+            .cloned()
+    }
+
+    /// Whether `peer` is still the table's peer of its index (it may have
+    /// been removed while a packet of it was on its way).
+    fn holds(&self, peer: &Arc<Peer>) -> bool {
+        self.peers
+            .get(peer.index)
+            .is_some_and(|p| Arc::ptr_eq(p, peer))
+    }
+
+    fn ctl(&mut self, peer: &Peer) -> Option<&mut PeerCtl> {
+        self.peers.ctl_mut(peer.index)
+    }
+
+    /// Changes a gateway tunnel's liveness (probe sent, reply, leaving) and
+    /// publishes whether it is healthy for the forwarding path.
+    fn update_health<R>(
+        &mut self,
+        peer: &Peer,
+        f: impl FnOnce(&mut crate::health::GatewayHealth) -> R,
+    ) -> Option<R> {
+        let h = &mut self.ctl(peer)?.health;
+        let r = f(h);
+        peer.set_healthy(h.healthy());
+        Some(r)
+    }
 }
 
 /// The forwarding table as the control side edits it.
@@ -261,15 +338,8 @@ const WHOIS_PER_TICK: usize = 64;
 /// Peers waiting for the answer to one relayed question, at most.
 const WHOIS_ASKERS: usize = 64;
 
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    l.read().unwrap_or_else(|p| p.into_inner())
-}
-fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    l.write().unwrap_or_else(|p| p.into_inner())
 }
 
 /// What a datagram for a known tunnel is, as far as the receive path cares.
@@ -311,46 +381,83 @@ impl Node {
         let mac_only = Arc::new(RateLimiter::new(&public, u64::MAX));
         let peers = PeerTable::new(cfg.limits.max_peers, seed);
         let slots = peers.slots();
+        let firewall = Firewall::new(cfg.firewall_policy().map_err(NodeError::Firewall)?);
         let node = Arc::new(Node {
             identity: ArcSwap::from_pointee(identity),
             secret,
             public,
             rate_limiter,
             mac_only,
-            peers: RwLock::new(peers),
             slots,
             fib: ArcSwap::from_pointee(ForwardingTable::new()),
-            fib_master: Mutex::new(FibMaster::default()),
             active_gateway: AtomicU32::new(0),
-            choosing_gateway: Mutex::new(()),
             drops: Drops::default(),
-            leaving: std::sync::atomic::AtomicBool::new(false),
+            leaving: AtomicBool::new(false),
             started: now,
-            last_rate_reset: RwLock::new(now),
             unix: AtomicU64::new(unix),
-            datapath: RwLock::new(None),
-            firewall: std::sync::Mutex::new(Firewall::new(
-                cfg.firewall_policy().map_err(NodeError::Firewall)?,
-            )),
-            identities: RwLock::new(HashMap::new()),
-            drop_log: std::sync::Mutex::new((0, 0)),
-            firewall_on: std::sync::atomic::AtomicBool::new(cfg.firewall.is_some()),
-            remote_ids: std::sync::Mutex::new(HashMap::new()),
-            wanted: std::sync::Mutex::new(Default::default()),
-            whois_relay: std::sync::Mutex::new(HashMap::new()),
-            expiry_checked: std::sync::Mutex::new(None),
+            firewall: Mutex::new(firewall),
+            drop_log_sec: AtomicU64::new(u64::MAX),
+            drop_log_skipped: AtomicU64::new(0),
+            firewall_on: AtomicBool::new(cfg.firewall.is_some()),
+            events_waiting: AtomicBool::new(false),
+            control: Mutex::new(Control {
+                peers,
+                fib: FibMaster::default(),
+                identities: HashMap::new(),
+                remote_ids: HashMap::new(),
+                wanted: BTreeMap::new(),
+                whois_relay: HashMap::new(),
+                expiry_checked: None,
+                last_rate_reset: now,
+                datapath: None,
+                events: Vec::new(),
+            }),
             cfg,
         });
-        node.install_own_entries();
-        node.rebuild_identities();
-        // Nobody is subscribed yet: what attaching the configured gateways
-        // says goes nowhere.
-        let mut out = Outbox::default();
-        for g in node.cfg.gateways.clone() {
-            node.add_configured_gateway(&g, now, &mut out)?;
+        {
+            let mut c = node.ctl();
+            node.install_own_entries(&mut c);
+            node.rebuild_identities(&mut c);
+            for g in node.cfg.gateways.clone() {
+                node.add_configured_gateway(&mut c, &g, now)?;
+            }
+            node.install_static_routes(&mut c)?;
+            // Nobody is subscribed yet: what attaching the configured
+            // gateways says goes nowhere.
+            c.events.clear();
         }
-        node.install_static_routes()?;
         Ok(node)
+    }
+
+    /// The control state; see [`Control`] for the lock order.
+    fn ctl(&self) -> MutexGuard<'_, Control> {
+        lock(&self.control)
+    }
+
+    /// An event, queued in the order of the control state.
+    fn emit(&self, c: &mut Control, e: api::Event) {
+        c.events.push(e);
+        self.events_waiting.store(true, Ordering::Release);
+    }
+
+    /// Hands the waiting events to `send`, in the order they happened,
+    /// while no other event can be made: two workers never hand theirs out
+    /// crossed. Costs one atomic load when there are none.
+    pub fn flush_events(&self, mut send: impl FnMut(api::Event)) {
+        if !self.events_waiting.swap(false, Ordering::Acquire) {
+            return;
+        }
+        let mut c = self.ctl();
+        for e in c.events.drain(..) {
+            send(e);
+        }
+    }
+
+    /// The waiting events (simulations and tests).
+    pub fn take_events(&self) -> Vec<api::Event> {
+        let mut v = Vec::new();
+        self.flush_events(|e| v.push(e));
+        v
     }
 
     /// The wall clock as last passed in.
@@ -359,7 +466,7 @@ impl Node {
     }
 
     pub fn set_datapath(&self, v: api::Datapath) {
-        *write(&self.datapath) = Some(v);
+        self.ctl().datapath = Some(v);
     }
 
     pub fn identity(&self) -> Arc<Identity> {
@@ -383,9 +490,9 @@ impl Node {
 
     fn add_configured_gateway(
         &self,
+        c: &mut Control,
         g: &crate::config::GatewayPeer,
         now: Instant,
-        out: &mut Outbox,
     ) -> Result<(), NodeError> {
         let name = || g.name.clone();
         let (key, cert) = match (&g.public_key, &g.cert) {
@@ -420,32 +527,30 @@ impl Node {
         if key == self.public.to_bytes() {
             return Err(NodeError::OwnKey(name()));
         }
-        let mut t = write(&self.peers);
-        if t.is_full() {
+        if c.peers.is_full() {
             return Err(NodeError::TooManyPeers(self.cfg.limits.max_peers));
         }
-        let index = t.alloc_index();
+        let index = c.peers.alloc_index();
         let peer = Arc::new(Peer::new(
             index,
             key,
             Some(g.name.clone()),
             self.new_tunn(key, index, Some(KEEPALIVE_S)),
-            self.cfg.probe.misses,
             now,
         ));
         peer.set_endpoint(g.endpoint);
-        t.insert(peer.clone());
-        drop(t);
-        if let Some(c) = cert {
-            self.accept_cert(&peer, c, out);
+        c.peers
+            .insert(peer.clone(), PeerCtl::new(index, self.cfg.probe.misses));
+        if let Some(cert) = cert {
+            self.accept_cert(c, &peer, cert);
         }
         Ok(())
     }
 
     /// This node's own addresses and (gateways) subnets go to the TUN.
-    fn install_own_entries(&self) {
+    fn install_own_entries(&self, c: &mut Control) {
         let id = self.identity();
-        self.edit_fib(|fib| {
+        self.edit_fib(c, |fib| {
             for a in &id.cert.body.addresses {
                 fib.insert(host_net(a.addr()), Origin::Cert, NextHop::Local);
             }
@@ -455,12 +560,12 @@ impl Node {
         });
     }
 
-    fn install_static_routes(&self) -> Result<(), NodeError> {
+    fn install_static_routes(&self, c: &mut Control) -> Result<(), NodeError> {
         let mut routes = Vec::new();
         for (n, r) in self.cfg.routes.iter().enumerate() {
             let mut via = Vec::new();
             for name in &r.via {
-                let Some(p) = self.peer_by_name(name) else {
+                let Some(p) = c.peer_by_name(name) else {
                     return Err(NodeError::StaticVia {
                         index: n,
                         name: name.clone(),
@@ -470,7 +575,7 @@ impl Node {
             }
             routes.push((r.prefix, NextHop::Peers(via)));
         }
-        self.edit_fib(|fib| {
+        self.edit_fib(c, |fib| {
             for (prefix, next) in routes {
                 fib.insert(prefix, Origin::Static, next);
             }
@@ -479,12 +584,17 @@ impl Node {
     }
 
     /// Changes the forwarding table and publishes it to the workers.
-    fn edit_fib<R>(&self, f: impl FnOnce(&mut ForwardingTable) -> R) -> R {
-        self.edit_fib_then(true, f)
+    fn edit_fib<R>(&self, c: &mut Control, f: impl FnOnce(&mut ForwardingTable) -> R) -> R {
+        self.edit_fib_then(c, true, f)
     }
 
-    fn edit_fib_then<R>(&self, publish: bool, f: impl FnOnce(&mut ForwardingTable) -> R) -> R {
-        let mut master = lock(&self.fib_master);
+    fn edit_fib_then<R>(
+        &self,
+        c: &mut Control,
+        publish: bool,
+        f: impl FnOnce(&mut ForwardingTable) -> R,
+    ) -> R {
+        let master = &mut c.fib;
         let r = f(&mut master.table);
         if publish {
             // A reference count per shared part: nothing is copied here.
@@ -497,7 +607,8 @@ impl Node {
     /// Publishes changes made without publishing (a control connection
     /// gone in the middle of a resync); nothing to do when there are none.
     pub fn publish_fib(&self) {
-        let mut master = lock(&self.fib_master);
+        let mut c = self.ctl();
+        let master = &mut c.fib;
         if master.unpublished {
             self.fib.store(Arc::new(master.table.clone()));
             master.unpublished = false;
@@ -512,36 +623,26 @@ impl Node {
         }
     }
 
+    /// The peers, configured gateways first, then by name.
     pub fn peers(&self) -> Vec<Arc<Peer>> {
-        let mut v: Vec<_> = read(&self.peers).values().cloned().collect();
-        v.sort_by_key(|p| (p.configured.is_none(), p.name()));
-        v
+        self.ctl().peers_sorted()
     }
 
     pub fn peer_by_index(&self, index: PeerId) -> Option<Arc<Peer>> {
         self.slots.get(index)
     }
 
-    fn peer_by_key(&self, key: &[u8; 32]) -> Option<Arc<Peer>> {
-        read(&self.peers).by_key(key).cloned()
-    }
-
     pub fn peer_by_name(&self, name: &str) -> Option<Arc<Peer>> {
-        read(&self.peers)
-            .values()
-            .find(|p| {
-                p.configured.as_deref() == Some(name) || p.cert().is_some_and(|c| c.name() == name)
-            })
-            .cloned()
+        self.ctl().peer_by_name(name)
     }
 
     /// Configured gateways in config order.
-    fn gateways(&self) -> Vec<Arc<Peer>> {
+    fn gateways(&self, c: &Control) -> Vec<Arc<Peer>> {
         self.cfg
             .gateways
             .iter()
             .filter_map(|g| {
-                read(&self.peers)
+                c.peers
                     .values()
                     .find(|p| p.configured.as_deref() == Some(g.name.as_str()))
                     .cloned()

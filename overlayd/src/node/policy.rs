@@ -4,8 +4,9 @@
 use super::*;
 
 impl Node {
-    pub(super) fn fw(&self) -> std::sync::MutexGuard<'_, Firewall> {
-        self.firewall.lock().unwrap_or_else(|p| p.into_inner())
+    /// The flow table; see [`Control`] for the lock order.
+    pub(super) fn fw(&self) -> MutexGuard<'_, Firewall> {
+        lock(&self.firewall)
     }
 
     /// Runs the firewall on a packet this node receives or sends itself.
@@ -27,14 +28,12 @@ impl Node {
     /// Logs a firewall drop, at most one line a second.
     pub(super) fn log_drop(&self, dir: Direction, pkt: &[u8], v: Verdict, now: Instant) {
         let sec = now.saturating_duration_since(self.started).as_secs();
-        let mut l = self.drop_log.lock().unwrap_or_else(|p| p.into_inner());
-        if l.0 == sec && l.1 > 0 {
-            l.1 += 1;
+        // The first drop of a second logs; the others that second count.
+        if self.drop_log_sec.swap(sec, Ordering::Relaxed) == sec {
+            bump(&self.drop_log_skipped);
             return;
         }
-        let skipped = if l.0 == sec { 0 } else { l.1.saturating_sub(1) };
-        *l = (sec, 1);
-        drop(l);
+        let skipped = self.drop_log_skipped.swap(0, Ordering::Relaxed);
         let p = firewall::parse(pkt);
         let why = match v {
             Verdict::Deny(Some(i)) => format!("rule {}[{i}]", dir.as_str()),
@@ -75,6 +74,10 @@ impl Node {
             };
         }
         let fw = self.fw();
+        let (identities_learned, identities_wanted) = {
+            let c = self.ctl();
+            (c.remote_ids.len(), c.wanted.len())
+        };
         let rules = |dir: Direction, rs: &[firewall::Rule], hits: &[u64]| -> Vec<api::RuleHits> {
             rs.iter()
                 .enumerate()
@@ -90,8 +93,8 @@ impl Node {
         api::FirewallStatus {
             enabled: true,
             detail: Some(api::FirewallDetail {
-                identities_learned: lock(&self.remote_ids).len(),
-                identities_wanted: lock(&self.wanted).len(),
+                identities_learned,
+                identities_wanted,
                 inbound_default: fw.policy.inbound_default.as_str().to_string(),
                 outbound_default: fw.policy.outbound_default.as_str().to_string(),
                 inbound: rules(Direction::Inbound, &fw.policy.inbound, &c.inbound_hits),

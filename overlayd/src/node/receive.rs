@@ -76,7 +76,8 @@ impl Node {
                 return;
             }
         };
-        let peer = match self.peer_by_key(&key) {
+        let known = self.ctl().peers.by_key(&key).cloned();
+        let peer = match known {
             Some(p) => p,
             None => match self.admit(key, now) {
                 Some(p) => p,
@@ -126,18 +127,25 @@ impl Node {
         if ok {
             // Authenticated: the peer is at `from` now (roaming).
             peer.set_endpoint(from);
-            if matches!(kind, Kind::Response | Kind::Initiation) {
-                *lock(&peer.handshake_at) = Some(now);
-            }
+            let handshake = matches!(kind, Kind::Response | Kind::Initiation);
             // A load first: the swap would write a shared line per packet.
-            if kind == Kind::Data
+            let first_data = kind == Kind::Data
                 && !peer.confirmed.load(Ordering::Relaxed)
-                && !peer.confirmed.swap(true, Ordering::Relaxed)
-            {
-                self.maybe_attach(peer, out);
-            }
-            if kind == Kind::Response && peer.configured.is_some() {
-                self.present_cert(peer, now, out);
+                && !peer.confirmed.swap(true, Ordering::Relaxed);
+            // Data of a known session needs no control state.
+            if handshake || first_data {
+                let mut c = self.ctl();
+                if handshake {
+                    if let Some(x) = c.ctl(peer) {
+                        x.handshake_at = Some(now);
+                    }
+                }
+                if first_data {
+                    self.maybe_attach(&mut c, peer);
+                }
+                if kind == Kind::Response && peer.configured.is_some() {
+                    self.present_cert(&mut c, peer, now, out);
+                }
             }
         }
         match inner_len {
@@ -157,7 +165,16 @@ impl Node {
             bump(&self.drops.invalid);
             return None;
         }
-        let mut t = write(&self.peers);
+        // A certificate from the cert directory was valid when it was
+        // loaded; it must still be now (expiry, a newer revocation list).
+        // Checked before the control state is taken: a signature costs.
+        let cert = id
+            .directory
+            .get(&key)
+            .filter(|c| id.trust.validate(c, self.unix()).is_ok())
+            .cloned();
+        let mut c = self.ctl();
+        let t = &mut c.peers;
         if let Some(p) = t.by_key(&key) {
             return Some(p.clone());
         }
@@ -177,23 +194,16 @@ impl Node {
             key,
             None,
             self.new_tunn(key, index, None),
-            self.cfg.probe.misses,
             now,
         ));
-        t.insert(peer.clone());
-        // A certificate from the cert directory was valid when it was
-        // loaded; it must still be now (expiry, a newer revocation list).
-        match id
-            .directory
-            .get(&key)
-            .filter(|c| id.trust.validate(c, self.unix()).is_ok())
-        {
-            Some(c) => peer.set_cert(Some(c.clone())),
+        t.insert(peer.clone(), PeerCtl::new(index, self.cfg.probe.misses));
+        match cert {
+            Some(cert) => peer.set_cert(Some(cert)),
             None => {
                 t.pending.insert(index);
             }
         }
-        drop(t);
+        drop(c);
         tracing::debug!(peer = %peer.name(), "new peer");
         Some(peer)
     }

@@ -4,24 +4,23 @@
 use super::*;
 
 impl Node {
-    pub(super) fn learn_identity(&self, cert: &NodeCert) {
+    pub(super) fn learn_identity(&self, c: &mut Control, cert: &NodeCert) {
         let id = firewall::Identity::from(cert);
-        let mut m = write(&self.identities);
         for a in &cert.body.addresses {
-            m.insert(a.addr(), id.clone());
+            c.identities.insert(a.addr(), id.clone());
         }
     }
 
     /// Identities from the cert directory and every validated peer.
-    pub(super) fn rebuild_identities(&self) {
+    pub(super) fn rebuild_identities(&self, c: &mut Control) {
         let id = self.identity();
-        write(&self.identities).clear();
-        for c in id.directory.values() {
-            self.learn_identity(c);
+        c.identities.clear();
+        for cert in id.directory.values() {
+            self.learn_identity(c, cert);
         }
-        for p in self.peers() {
-            if let Some(c) = p.cert() {
-                self.learn_identity(&c);
+        for p in c.peers_sorted() {
+            if let Some(cert) = p.cert() {
+                self.learn_identity(c, &cert);
             }
         }
     }
@@ -34,18 +33,21 @@ impl Node {
 
     /// What is known of the identity behind `a`: known, being asked (an
     /// overlay address not answered yet; asking starts here), or none.
+    /// Takes the control state: the firewall calls it for new flows only,
+    /// with its flow table held (the lock order allows that).
     pub fn identity_lookup(&self, a: IpAddr, now: Instant) -> firewall::Lookup {
         use firewall::Lookup;
-        if let Some(i) = read(&self.identities).get(&a) {
+        let mut c = self.ctl();
+        if let Some(i) = c.identities.get(&a) {
             return Lookup::Known(i.clone());
         }
-        if let Some((i, until)) = lock(&self.remote_ids).get(&a) {
+        if let Some((i, until)) = c.remote_ids.get(&a) {
             if *until > now {
                 return i.clone().into();
             }
         }
         if self.identity.load().trust.ca().covers_addr(a) {
-            let mut w = lock(&self.wanted);
+            let w = &mut c.wanted;
             if w.len() >= IDENTITY_CACHE && !w.contains_key(&a) {
                 // Bounded: the question out longest goes first.
                 let oldest = w.iter().min_by_key(|(_, x)| x.since).map(|(k, _)| *k);
@@ -64,9 +66,9 @@ impl Node {
 
     /// Asks for the identities the firewall wants: a host asks its active
     /// gateway, a gateway the peer its table points at.
-    pub(super) fn ask_whois(&self, now: Instant, out: &mut Outbox) {
+    pub(super) fn ask_whois(&self, c: &mut Control, now: Instant, out: &mut Outbox) {
         let due: Vec<IpAddr> = {
-            let mut w = lock(&self.wanted);
+            let w = &mut c.wanted;
             w.retain(|_, x| now.saturating_duration_since(x.since) < WHOIS_GIVE_UP);
             w.iter()
                 .filter(|(_, x)| {
@@ -84,7 +86,7 @@ impl Node {
                 self.next_peer(a, None)
             };
             if let Some(p) = to {
-                if let Some(x) = lock(&self.wanted).get_mut(&a) {
+                if let Some(x) = c.wanted.get_mut(&a) {
                     x.asked = Some((now, p.index));
                 }
                 self.send_message(&p, &Message::WhoIs(a), out);
@@ -119,7 +121,14 @@ impl Node {
         id.directory.values().find(|c| c.owns_addr(a)).cloned()
     }
 
-    pub(super) fn on_whois(&self, from: &Arc<Peer>, a: IpAddr, now: Instant, out: &mut Outbox) {
+    pub(super) fn on_whois(
+        &self,
+        c: &mut Control,
+        from: &Arc<Peer>,
+        a: IpAddr,
+        now: Instant,
+        out: &mut Outbox,
+    ) {
         if let Some(c) = self.cert_for(a) {
             let reply = Message::WhoIsReply {
                 addr: a,
@@ -134,7 +143,7 @@ impl Node {
                 .next_peer(a, Some(from.index))
                 .filter(|p| p.is_gateway())
             {
-                let mut relay = lock(&self.whois_relay);
+                let relay = &mut c.whois_relay;
                 relay.retain(|_, r| now.duration_since(r.at) < Duration::from_secs(2));
                 // Bounded: past the cap a question is answered "unknown"
                 // (the asker retries) rather than remembered.
@@ -149,7 +158,6 @@ impl Node {
                     if !e.askers.contains(&from.index) && e.askers.len() < WHOIS_ASKERS {
                         e.askers.push(from.index);
                     }
-                    drop(relay);
                     self.send_message(&next, &Message::WhoIs(a), out);
                     return;
                 }
@@ -170,6 +178,7 @@ impl Node {
     /// a peer cannot plant identities or "unknown" for others.
     pub(super) fn on_whois_reply(
         &self,
+        c: &mut Control,
         from: &Peer,
         a: IpAddr,
         cert: Vec<u8>,
@@ -177,14 +186,14 @@ impl Node {
         out: &mut Outbox,
     ) {
         let relayed = {
-            let mut r = lock(&self.whois_relay);
+            let r = &mut c.whois_relay;
             match r.get(&a) {
                 Some(x) if x.to == from.index => r.remove(&a),
                 _ => None,
             }
         };
         let wanted = {
-            let mut w = lock(&self.wanted);
+            let w = &mut c.wanted;
             match w.get(&a) {
                 Some(x) if x.asked.is_some_and(|(_, p)| p == from.index) => w.remove(&a),
                 _ => None,
@@ -219,7 +228,7 @@ impl Node {
                 (None, now + IDENTITY_NEGATIVE_TTL)
             }
         };
-        let mut ids = lock(&self.remote_ids);
+        let ids = &mut c.remote_ids;
         if ids.len() >= IDENTITY_CACHE {
             ids.retain(|_, (_, t)| *t > now);
         }
