@@ -93,6 +93,14 @@ pub struct NeighborStatus {
     pub bfd_remote: Option<BfdState>,
     /// The local diagnostic code (RFC 5880 §4.1), by name.
     pub bfd_diag: Option<String>,
+    /// BFD packets from the neighbour's address that passed the checks.
+    #[serde(default)]
+    pub bfd_received: u64,
+    /// BFD packets from the neighbour's address that failed them (not
+    /// addressed to this session's discriminator, bad fields): forgeries,
+    /// or a neighbour that restarted while the session was Up.
+    #[serde(default)]
+    pub bfd_discarded: u64,
     pub reconnect_s: u64,
     pub flaps: u64,
     pub penalty: f64,

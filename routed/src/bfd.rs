@@ -3,7 +3,15 @@
 //! The caller decodes received datagrams with [`ControlPacket::decode`], feeds them to
 //! [`Session::on_packet`], calls [`Session::poll`] at [`Session::next_deadline`] and sends
 //! whatever `poll` returns. Echo, demand mode and authentication are not implemented.
-//! The driver handles RFC 5881 transport: UDP port 3784, TTL/hop limit 255 sent and checked.
+//! The driver handles RFC 5881 transport: UDP port 3784, TTL 255 sent, and received
+//! packets with a lower TTL dropped by the kernel (`IP_MINTTL`).
+//!
+//! Without authentication a packet is told from a forgery by its discriminators: the
+//! caller picks the local one at random, and once a session is Up only packets
+//! addressed to it count — a Down with a zero Your Discriminator (RFC 5880 §6.8.6 allows
+//! it for session selection) would let anyone who can send from the neighbour's address
+//! take the session down blind. A neighbour that restarted is noticed by the detection
+//! time instead. Packets that fail a check are counted ([`Session::discarded`]).
 
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -326,6 +334,8 @@ pub struct Session {
     next_tx: Instant,
     last_rx: Option<Instant>,
     now: Instant,
+    received: u64,
+    discarded: u64,
 }
 
 fn micros(us: u32) -> Duration {
@@ -359,9 +369,22 @@ impl Session {
             next_tx: now,
             last_rx: None,
             now,
+            received: 0,
+            discarded: 0,
         };
         s.applied_tx = s.advertised_tx();
         s
+    }
+
+    /// Packets that passed the checks.
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
+    /// Packets from the neighbour's address that failed them (another
+    /// discriminator, none while Up, bad fields).
+    pub fn discarded(&self) -> u64 {
+        self.discarded
     }
 
     /// Local session state.
@@ -436,12 +459,18 @@ impl Session {
     pub fn on_packet(&mut self, pkt: &ControlPacket, now: Instant) -> Option<Transition> {
         self.now = now;
         if pkt.your_discr != 0 && pkt.your_discr != self.local_discr {
+            self.discarded += 1;
             return None;
         }
-        let zero_your = pkt.your_discr == 0 && matches!(pkt.state, State::Init | State::Up);
+        // Once Up, the neighbour knows our discriminator: a packet without it is not
+        // from the session (see the module doc).
+        let zero_your = pkt.your_discr == 0
+            && (matches!(pkt.state, State::Init | State::Up) || self.state == State::Up);
         if pkt.version != 1 || pkt.detect_mult == 0 || pkt.my_discr == 0 || zero_your {
+            self.discarded += 1;
             return None;
         }
+        self.received += 1;
         let old_iv = self.tx_interval();
         self.remote_discr = pkt.my_discr;
         self.remote_state = pkt.state;
@@ -699,13 +728,16 @@ mod tests {
         assert_eq!(tr, Transition::Down(Diag::ControlDetectionTimeExpired));
         let gap = t_down - w.last_delivered[1].unwrap();
         assert!(gap >= 300 * MS && gap <= 400 * MS, "{gap:?}");
-        // a hears b's Down and follows without waiting for its own timer.
+        // b's Downs no longer carry a's discriminator (b forgot it on the
+        // timeout, RFC 5880 §6.8.1), so a, Up, discards them as it would a
+        // forgery and goes down on its own detection time.
         let a_down = w.log.iter().find(|e| e.0 > t_drop && e.1 == 0).unwrap();
         assert_eq!(
             a_down.2,
-            Transition::Down(Diag::NeighborSignaledSessionDown)
+            Transition::Down(Diag::ControlDetectionTimeExpired)
         );
-        assert_eq!(a_down.0, t_down + w.delay);
+        assert!(a_down.0 > t_down && a_down.0 - t_down <= 400 * MS);
+        assert!(w.s[0].discarded() > 0);
     }
 
     #[test]
@@ -767,8 +799,10 @@ mod tests {
             .filter(|e| e.0 >= t && e.1 == 0)
             .map(|e| e.2)
             .collect();
+        // The new process's Downs do not know a's discriminator: a goes
+        // down on its detection time, then comes up with the new one.
         let want = [
-            Transition::Down(Diag::NeighborSignaledSessionDown),
+            Transition::Down(Diag::ControlDetectionTimeExpired),
             Transition::Up,
         ];
         assert_eq!(a, want);
@@ -913,7 +947,11 @@ mod tests {
     fn remote_down_and_timeout_from_init() {
         let t = Instant::now();
         let mut s = up_session(t);
-        let tr = s.on_packet(&remote(State::Down, 0), t);
+        // Once Up, a Down counts only when it names our discriminator.
+        assert_eq!(s.on_packet(&remote(State::Down, 0), t), None);
+        assert_eq!(s.state(), State::Up);
+        assert_eq!((s.received(), s.discarded()), (2, 1));
+        let tr = s.on_packet(&remote(State::Down, 5), t);
         assert_eq!(
             tr,
             Some(Transition::Down(Diag::NeighborSignaledSessionDown))

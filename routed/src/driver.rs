@@ -207,10 +207,34 @@ fn bfd_tx_socket() -> std::io::Result<UdpSocket> {
     Err(last.unwrap_or_else(|| std::io::Error::other("no port")))
 }
 
+/// RFC 5881 §5 (GTSM, RFC 5082): a single-hop BFD packet arrives with TTL
+/// 255; the kernel drops any with less, so a forger farther than one hop
+/// away (the internet sending to the underlay address) is not heard.
+fn set_min_ttl_255(s: &UdpSocket) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let v: libc::c_int = 255;
+    // SAFETY: a valid socket, and an int option of the size given.
+    let r = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_MINTTL,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 pub async fn run(cfg: Config, router: Router) -> Result<(), String> {
     let bfd_rx = UdpSocket::bind(("0.0.0.0", BFD_PORT))
         .await
         .map_err(|e| format!("BFD listen :{BFD_PORT}: {e}"))?;
+    set_min_ttl_255(&bfd_rx).map_err(|e| format!("BFD listen :{BFD_PORT}: IP_MINTTL: {e}"))?;
     let bfd_tx = bfd_tx_socket().map_err(|e| format!("BFD send socket: {e}"))?;
     let mut listeners = Vec::new();
     for a in &cfg.listen {

@@ -136,6 +136,7 @@ fn build_router(l: &Loaded) -> Result<router::Router, router::RouterError> {
         l.own_v6,
         l.cert_subnets.clone(),
         Instant::now(),
+        rand_core::RngCore::next_u64(&mut rand_core::OsRng),
     )
 }
 

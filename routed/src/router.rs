@@ -157,9 +157,20 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// A well-mixed 64-bit value of `seed` and `n` (splitmix64's finaliser).
+fn mix(seed: u64, n: u64) -> u64 {
+    let mut z = seed ^ n.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 impl Router {
     /// `networks`: the CA's; `own_subnets` and `own_v6` from our cert;
-    /// `cert_subnets[i]`: what neighbour i's cert allows.
+    /// `cert_subnets[i]`: what neighbour i's cert allows. `seed` picks the
+    /// BFD discriminators and jitter: random in the daemon (a forger must
+    /// not guess them), fixed in simulations.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         cfg: Config,
         networks: Vec<IpNet>,
@@ -167,6 +178,7 @@ impl Router {
         own_v6: Option<Ipv6Addr>,
         cert_subnets: Vec<Vec<IpNet>>,
         now: Instant,
+        seed: u64,
     ) -> Result<Router, RouterError> {
         for (i, a) in cfg.announce.iter().enumerate() {
             if !contains(&own_subnets, &a.prefix) {
@@ -226,8 +238,8 @@ impl Router {
                         detect_mult: cfg.bfd.multiplier,
                         ..bfd::Config::default()
                     },
-                    (i as u32 + 1) | (u32::from(cfg.router_id) << 8),
-                    u64::from(u32::from(cfg.router_id)) << 16 | i as u64,
+                    mix(seed, 2 * i as u64) as u32,
+                    mix(seed, 2 * i as u64 + 1),
                     now,
                 )
             });
@@ -1069,6 +1081,10 @@ impl Router {
                         Some(format!("{:?}", b.local_diag())),
                     ),
                 };
+                let (bfd_received, bfd_discarded) = nb
+                    .bfd
+                    .as_ref()
+                    .map_or((0, 0), |b| (b.received(), b.discarded()));
                 let (penalty, suppressed, until) = match &nb.link {
                     None => (0.0, false, None),
                     Some(l) => (
@@ -1088,6 +1104,8 @@ impl Router {
                     bfd,
                     bfd_remote,
                     bfd_diag,
+                    bfd_received,
+                    bfd_discarded,
                     reconnect_s: s.backoff().as_secs(),
                     flaps: nb.flaps,
                     penalty: (penalty * 10.0).round() / 10.0,
@@ -1201,6 +1219,7 @@ mod tests {
             None,
             vec![vec![]],
             now,
+            1,
         )
         .unwrap();
         r.on_connected(N0, 1, false, None, now);
@@ -1492,6 +1511,7 @@ mod tests {
             None,
             vec![],
             now,
+            1,
         )
         .unwrap();
         let announced = |r: &Router| r.rib.best(&site).is_some();
@@ -1528,6 +1548,7 @@ mod tests {
             None,
             vec![],
             Instant::now(),
+            1,
         )
         .err()
         .unwrap();

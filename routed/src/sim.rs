@@ -77,6 +77,7 @@ impl Sim {
                 Some(format!("fd77::{s}:{g}").parse().unwrap()),
                 vec![],
                 now,
+                u64::from(s) << 8 | u64::from(g),
             )
             .expect("router");
             r.attach(

@@ -378,6 +378,71 @@ fn a_stopped_host_is_withdrawn_everywhere_and_returns_when_it_starts() {
     );
 }
 
+/// A local unprivileged user on a gateway forges BFD packets to another
+/// site's gateway. They leave from the gateway's own overlay address (the
+/// kernel picks it for the overlay), with TTL 255, so only the
+/// discriminators tell them from the real session's: a Down with no Your
+/// Discriminator (five of them took the session down before), and Downs
+/// with the discriminators the neighbour's index and router id used to
+/// give. None takes the session down; each is counted as discarded.
+#[test]
+fn forged_bfd_packets_from_a_local_user_do_not_take_a_session_down() {
+    if !netns_or_skip("forged_bfd_packets_from_a_local_user_do_not_take_a_session_down") {
+        return;
+    }
+    let lab = Lab::up(
+        "routed = true\nbfd_interval_ms = 100\n\
+         [[site]]\nname = \"fra\"\ngateways = 1\nhosts = 1\n\
+         [[site]]\nname = \"ams\"\ngateways = 1\nhosts = 1\n",
+    );
+    let neighbor = |l: &Lab| -> Value {
+        l.routed("ams-gw1", "status")["neighbors"]
+            .as_array()
+            .and_then(|ns| ns.iter().find(|n| n["name"] == "fra-gw1").cloned())
+            .unwrap_or(Value::Null)
+    };
+    lab.wait_for("the fra-gw1 session with BFD up at ams-gw1", |l| {
+        let n = neighbor(l);
+        n["state"] == "established" && n["bfd"] == "up"
+    });
+    let before = neighbor(&lab);
+    let flaps = before["flaps"].as_u64().unwrap();
+    let discarded = before["bfd_discarded"].as_u64().unwrap_or(0);
+
+    // Version 1, state Down, detect mult 3, 24 bytes, my discriminator 1,
+    // then `your`, 1 s intervals.
+    let down = |your: u32| -> Vec<u8> {
+        let mut p = vec![0x20, 0x40, 3, 24];
+        p.extend_from_slice(&1u32.to_be_bytes());
+        p.extend_from_slice(&your.to_be_bytes());
+        for _ in 0..3 {
+            p.extend_from_slice(&1_000_000u32.to_be_bytes());
+        }
+        p
+    };
+    let target: std::net::SocketAddr = "10.77.2.1:3784".parse().unwrap();
+    let router_id = u32::from(std::net::Ipv4Addr::new(10, 77, 2, 1));
+    let mut forged = vec![down(0); 5];
+    forged.extend((0..4u32).map(|i| down((i + 1) | (router_id << 8))));
+    for p in &forged {
+        lab.send_udp_as_nobody("fra-gw1", target, p);
+    }
+    let sent = forged.len() as u64;
+    lab.wait_for("ams-gw1 to discard the forged packets, or go down", |l| {
+        let n = neighbor(l);
+        n["bfd_discarded"].as_u64().unwrap_or(0) >= discarded + sent
+            || n["flaps"].as_u64() != Some(flaps)
+    });
+    let after = neighbor(&lab);
+    assert_eq!(
+        after["flaps"].as_u64(),
+        Some(flaps),
+        "forged BFD took the session down: {after}"
+    );
+    assert_eq!(after["bfd"], "up", "{after}");
+    assert_eq!(after["state"], "established", "{after}");
+}
+
 /// A host whose tunnel to one of its two gateways drops silently: that
 /// gateway stops hearing its probes and detaches it, routed withdraws it,
 /// and the other site's gateways send to the host's other gateway only, so

@@ -156,6 +156,38 @@ impl Lab {
         serde_json::from_str(&out).expect("overlayd status json")
     }
 
+    /// Sends one UDP datagram from a node's namespace as the unprivileged
+    /// user `nobody`, with TTL 255 (what any local user may set): a thread
+    /// enters the namespace and drops its own credentials (Linux keeps
+    /// both per thread), then goes.
+    pub fn send_udp_as_nobody(&self, node: &str, to: std::net::SocketAddr, payload: &[u8]) {
+        use std::os::fd::AsRawFd;
+        let ns = format!("/run/netns/{}", self.node(node).namespace);
+        let payload = payload.to_vec();
+        std::thread::spawn(move || {
+            let f = std::fs::File::open(&ns).expect("namespace");
+            // SAFETY: plain syscalls on this thread only.
+            unsafe {
+                assert_eq!(libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET), 0, "setns");
+                let nobody: libc::c_long = 65534;
+                assert_eq!(
+                    libc::syscall(libc::SYS_setresgid, nobody, nobody, nobody),
+                    0
+                );
+                assert_eq!(
+                    libc::syscall(libc::SYS_setresuid, nobody, nobody, nobody),
+                    0
+                );
+                assert_eq!(libc::syscall(libc::SYS_geteuid), nobody, "not nobody");
+            }
+            let s = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
+            s.set_ttl(255).expect("ttl");
+            s.send_to(&payload, to).expect("send");
+        })
+        .join()
+        .expect("sender thread");
+    }
+
     /// `routed WHAT --json` of a gateway (`status`, `routes`); Null when
     /// routed does not answer.
     pub fn routed(&self, node: &str, what: &str) -> Value {
