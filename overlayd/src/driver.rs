@@ -481,13 +481,11 @@ pub async fn run(cfg: Config, config_path: PathBuf, identity: Identity) -> Resul
     // Timers.
     {
         let (node, io) = (node.clone(), io.clone());
-        let interval = node.cfg.probe.interval();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut lane = Lane::new(0);
             loop {
-                tick.tick().await;
+                // The node says when it wants its next tick.
+                tokio::time::sleep_until(node.next_deadline().into()).await;
                 node.on_tick(
                     Instant::now(),
                     cubenet_certs::time::unix_now(),

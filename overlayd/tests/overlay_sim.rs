@@ -400,16 +400,15 @@ impl Net {
         panic!("the underlay does not settle");
     }
 
-    /// Runs `d` of overlay time: every node ticks each probe interval.
+    /// Runs `d` of overlay time: a node ticks when its deadline is due.
     fn run_for(&mut self, d: Duration) {
         let end = self.now + d;
         while self.now < end {
             self.now += STEP;
             self.arrive();
-            let since = self.now - self.start;
-            if since.as_millis().is_multiple_of(u128::from(PROBE_MS)) {
-                let unix = self.unix + since.as_secs();
-                for n in &mut self.nodes {
+            let unix = self.unix + (self.now - self.start).as_secs();
+            for n in &mut self.nodes {
+                if n.node.next_deadline() <= self.now {
                     n.node.on_tick(self.now, unix, &mut n.out);
                 }
             }

@@ -183,6 +183,7 @@ impl Node {
     /// The tick's work on the control state; true when a second has passed
     /// since the last once-a-second work.
     fn tick(&self, c: &mut Control, now: Instant, unix: u64, out: &mut Outbox) -> bool {
+        c.next_tick = now + self.cfg.probe.interval();
         let mut buf = vec![0u8; 2048];
         let pending_timeout = Duration::from_millis(self.cfg.limits.pending_timeout_ms);
         let our_cert = self.identity().cert.encoded().to_vec();

@@ -249,6 +249,8 @@ pub(super) struct Control {
     /// When certificate expiry was last checked (warned 30 days ahead).
     expiry_checked: Option<Instant>,
     last_rate_reset: Instant,
+    /// When the node wants its next tick ([`Node::next_deadline`]).
+    next_tick: Instant,
     /// What the driver got from the kernel (offloads), for status.
     datapath: Option<api::Datapath>,
     /// What subscribers of the control socket are told, in order.
@@ -409,6 +411,7 @@ impl Node {
                 whois_relay: HashMap::new(),
                 expiry_checked: None,
                 last_rate_reset: now,
+                next_tick: now,
                 datapath: None,
                 events: Vec::new(),
             }),
@@ -451,6 +454,13 @@ impl Node {
         for e in c.events.drain(..) {
             send(e);
         }
+    }
+
+    /// When the node wants [`Node::on_tick`] called next: every timer it
+    /// keeps (probes, handshake retries, certificate resends, silence,
+    /// expiry) is looked at on ticks one probe interval apart.
+    pub fn next_deadline(&self) -> Instant {
+        self.ctl().next_tick
     }
 
     /// The waiting events (simulations and tests).
