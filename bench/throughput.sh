@@ -97,6 +97,25 @@ measure() {
   rtt[$name]=$($cx ping -c 100 -i 0.01 -q "$dst" | awk -F/ '/^rtt/ {printf "%.3f", $5}')
 }
 
+declare -A setup_ms setup_lost
+# setup NAME: restarts bench-h1 and pings its gateway from the moment its
+# TUN has an address: the first ping waits for the handshake, the
+# certificate exchange and the first probe. Records the first reply's time
+# and how many of 5 pings (10 ms apart) got no reply.
+setup() {
+  local name=$1 out
+  "$lab" kill "$work/lab" bench-h1 >/dev/null
+  "$lab" start "$work/lab" bench-h1 >/dev/null
+  for _ in $(seq 400); do
+    $(X bench-h1) ip -4 addr show dev cube0 2>/dev/null | grep -q inet && break
+    sleep 0.005
+  done
+  out=$($(X bench-h1) ping -c 5 -i 0.01 -W 2 "$gw_addr" || true)
+  setup_ms[$name]=$(awk -F'time=' '/time=/ {split($2, a, " "); print a[1]; exit}' <<<"$out")
+  setup_lost[$name]=$(awk '/packets transmitted/ {print $1 - $4}' <<<"$out")
+  [[ -n ${setup_ms[$name]} ]] || setup_ms[$name]=-
+}
+
 echo "== plain veth pair and wireguard-go"
 ip netns add $P-a
 ip netns add $P-b
@@ -147,7 +166,9 @@ gw_addr=$("$lab" addr "$work/lab" bench-gw1 | sed -n 1p)
 h2_addr=$("$lab" addr "$work/lab" bench-h2 | sed -n 1p)
 measure overlayd-pair "$(X bench-gw1)" "$(X bench-h1)" "$gw_addr" "$h1 $g1"
 measure overlayd-gw "$(X bench-h2)" "$(X bench-h1)" "$h2_addr" "$h1 $g1 $h2"
+setup overlayd
 paths=(veth wireguard-go overlayd-pair overlayd-gw)
+setups=(overlayd)
 
 if [[ -n ${OLD_BIN:-} ]]; then
   echo "== overlayd of $OLD_BIN (the same lab)"
@@ -160,7 +181,9 @@ if [[ -n ${OLD_BIN:-} ]]; then
   h2_addr=$("$lab" addr "$work/lab" bench-h2 | sed -n 1p)
   measure old-pair "$(X bench-gw1)" "$(X bench-h1)" "$gw_addr" "$h1 $g1"
   measure old-gw "$(X bench-h2)" "$(X bench-h1)" "$h2_addr" "$h1 $g1 $h2"
+  setup old
   paths+=(old-pair old-gw)
+  setups+=(old)
 fi
 
 echo
@@ -172,6 +195,9 @@ for n in "${paths[@]}"; do
     "${rtt[$n]}" "$(awk -v a="${rtt[$n]}" -v b="${rtt[veth]}" 'BEGIN{printf "%.1f", a / b}')"
 done
 echo
+for n in "${setups[@]}"; do
+  echo "$n: a host started: first ping to its gateway answered in ${setup_ms[$n]} ms, ${setup_lost[$n]} of 5 lost"
+done
 for n in overlayd-pair overlayd-gw; do
   awk -v n="$n" -v a="${gbps[$n.1]}" -v b="${gbps[wireguard-go.1]}" \
     'BEGIN{printf "%s single stream = %.2f x wireguard-go\n", n, a / b}'

@@ -567,6 +567,43 @@ fn a_host_attaches_to_both_gateways_and_sends_through_the_first() {
     assert!(net.nodes[g].tun.contains(&pkt), "not delivered");
 }
 
+/// A host's first packets after it starts wait, bounded, for a usable
+/// gateway instead of being dropped as having no route: sent before its
+/// first handshake, they arrive once a tunnel is up and answers a probe
+/// (sent as the handshake completes, not at the next tick).
+#[test]
+fn a_hosts_first_packets_wait_for_a_gateway_instead_of_being_dropped() {
+    let mut net = Net::site(2);
+    converged(&mut net);
+    let h = net.index("fra-h1");
+    let node = load(&net.config("fra-h1"), net.now, net.unix_now(), 99);
+    let pkts: Vec<Vec<u8>> = (0..3u8)
+        .map(|i| {
+            let mut p = ipv4_udp([10, 77, 1, 11], [10, 77, 1, 1]);
+            p[21] = i; // source port: three datagrams told apart
+            p
+        })
+        .collect();
+    let n = &mut net.nodes[h];
+    n.node = node;
+    n.out = Outbox::default();
+    n.events.clear();
+    for p in &pkts {
+        n.node.on_tun_packet(p, net.now, &mut n.out);
+    }
+    n.node.initiate_all(net.now, &mut n.out);
+    let (g1, g2) = (net.index("fra-gw1"), net.index("fra-gw2"));
+    let took = net.run_until(Duration::from_secs(2), |n| {
+        pkts.iter()
+            .all(|p| n.nodes[g1].tun.contains(p) || n.nodes[g2].tun.contains(p))
+    });
+    assert!(
+        took < Duration::from_millis(PROBE_MS),
+        "held packets went out {took:?} after the start"
+    );
+    assert_eq!(net.nodes[h].node.status(net.now).drops.no_route, 0);
+}
+
 /// A gateway takes into the overlay from its TUN (the site LAN, local
 /// processes) only sources it owns: a LAN machine forging an overlay
 /// host's address reaches nobody, and is counted.

@@ -92,7 +92,15 @@ impl Node {
             let gw = self.active_gateway();
             match gw.and_then(|i| self.peer_by_index(i)) {
                 Some(p) => self.send_to_peer(&p, pkt, out),
-                None => bump(&self.drops.no_route),
+                None => {
+                    // No gateway yet: held until one is usable. Looked at
+                    // again under the control state, which chooses it.
+                    let mut c = self.ctl();
+                    match self.active_gateway().and_then(|i| self.peer_by_index(i)) {
+                        Some(p) => self.send_to_peer(&p, pkt, out),
+                        None => self.hold(&mut c, pkt, now),
+                    }
+                }
             }
             return;
         }

@@ -29,6 +29,7 @@ impl Node {
         peer: &Arc<Peer>,
         t: Transition,
         now: Instant,
+        out: &mut Outbox,
     ) {
         let up = t == Transition::Up;
         if !up {
@@ -43,10 +44,12 @@ impl Node {
             api::Event::GatewayDown { name }
         };
         self.emit(c, e);
-        self.update_active_gateway(c, now);
+        self.update_active_gateway(c, now, out);
     }
 
-    pub(super) fn update_active_gateway(&self, c: &mut Control, now: Instant) {
+    /// Chooses the gateway a host sends through; packets held while there
+    /// was none go out through it.
+    pub(super) fn update_active_gateway(&self, c: &mut Control, now: Instant, out: &mut Outbox) {
         if self.role() != Role::Host {
             return;
         }
@@ -72,6 +75,53 @@ impl Node {
             tracing::info!(gateway = ?name, "active gateway changed");
             self.active_gateway
                 .store(new.map_or(0, |i| i.0), Ordering::Relaxed);
+        }
+        if let Some(p) = new.and_then(|i| self.peer_by_index(i)) {
+            self.send_held(c, &p, now, out);
+        }
+    }
+
+    /// Holds a host's packet until a gateway is usable.
+    pub(super) fn hold(&self, c: &mut Control, pkt: &[u8], now: Instant) {
+        self.expire_held(c, now);
+        if c.held.len() >= HOLD_PACKETS || c.held_bytes + pkt.len() > HOLD_BYTES {
+            bump(&self.drops.no_route);
+            return;
+        }
+        c.held_bytes += pkt.len();
+        c.held.push_back((now, pkt.to_vec()));
+    }
+
+    fn expire_held(&self, c: &mut Control, now: Instant) {
+        while let Some((t, p)) = c.held.front() {
+            if now.saturating_duration_since(*t) <= HOLD_FOR {
+                break;
+            }
+            c.held_bytes -= p.len();
+            c.held.pop_front();
+            bump(&self.drops.no_route);
+        }
+    }
+
+    fn send_held(&self, c: &mut Control, gw: &Peer, now: Instant, out: &mut Outbox) {
+        if c.held.is_empty() {
+            return;
+        }
+        self.expire_held(c, now);
+        for (_, p) in std::mem::take(&mut c.held) {
+            self.send_to_peer(gw, &p, out);
+        }
+        c.held_bytes = 0;
+    }
+
+    /// A probe to a gateway at once (a session just came up): the tunnel
+    /// is usable one round trip later rather than at the next tick.
+    pub(super) fn probe_now(&self, c: &mut Control, peer: &Peer, now: Instant, out: &mut Outbox) {
+        if peer.healthy() {
+            return;
+        }
+        if let Some((seq, _)) = c.update_health(peer, |h| h.on_tick(now)) {
+            self.send_message(peer, &Message::Probe { seq }, out);
         }
     }
 
@@ -261,7 +311,7 @@ impl Node {
                 continue;
             };
             if let Some(t) = t {
-                self.gateway_transition(c, &peer, t, now);
+                self.gateway_transition(c, &peer, t, now, out);
             }
             self.send_message(&peer, &Message::Probe { seq }, out);
             if !peer.our_cert_acked.load(Ordering::Relaxed) {
@@ -275,7 +325,8 @@ impl Node {
                 }
             }
         }
-        self.update_active_gateway(c, now);
+        self.update_active_gateway(c, now, out);
+        self.expire_held(c, now);
         let second = now.duration_since(c.last_rate_reset) >= Duration::from_secs(1);
         if second {
             c.last_rate_reset = now;

@@ -52,13 +52,13 @@ impl Node {
             Message::Leaving if peer.configured.is_some() => {
                 tracing::info!(peer = %peer.name(), "gateway is shutting down");
                 if let Some(t) = c.update_health(peer, |h| h.leaving()).flatten() {
-                    self.gateway_transition(c, peer, t, now);
+                    self.gateway_transition(c, peer, t, now, out);
                 }
             }
             Message::Leaving => self.remove_peer(c, peer, "shut down"),
             Message::ProbeReply { seq } => {
                 if let Some(t) = c.update_health(peer, |h| h.on_reply(seq, now)).flatten() {
-                    self.gateway_transition(c, peer, t, now);
+                    self.gateway_transition(c, peer, t, now, out);
                 }
             }
             // Identity questions and answers only from peers whose own

@@ -255,7 +255,21 @@ pub(super) struct Control {
     datapath: Option<api::Datapath>,
     /// What subscribers of the control socket are told, in order.
     events: Vec<api::Event>,
+    /// A host's packets from its TUN while no gateway is usable yet (just
+    /// started, or every tunnel down): sent through the first gateway that
+    /// is, as WireGuard queues packets during a handshake. Bounded by
+    /// [`HOLD_PACKETS`] and [`HOLD_BYTES`], each packet kept at most
+    /// [`HOLD_FOR`].
+    held: std::collections::VecDeque<(Instant, Vec<u8>)>,
+    held_bytes: usize,
 }
+
+/// A host holds at most this many packets while it has no gateway.
+const HOLD_PACKETS: usize = 256;
+const HOLD_BYTES: usize = 1 << 20;
+/// A held packet older than this is dropped (counted as `no_route`): what
+/// waited longer is stale for its sender anyway.
+const HOLD_FOR: Duration = Duration::from_secs(2);
 
 impl Control {
     /// The peers, configured gateways first, then by name.
@@ -414,6 +428,8 @@ impl Node {
                 next_tick: now,
                 datapath: None,
                 events: Vec::new(),
+                held: Default::default(),
+                held_bytes: 0,
             }),
             cfg,
         });

@@ -145,6 +145,7 @@ impl Node {
                 }
                 if kind == Kind::Response && peer.configured.is_some() {
                     self.present_cert(&mut c, peer, now, out);
+                    self.probe_now(&mut c, peer, now, out);
                 }
             }
         }
