@@ -4,6 +4,7 @@
 #   sudo bench/throughput.sh            # 10 s per iperf3 run
 #   SECONDS_PER_RUN=5 sudo bench/throughput.sh
 #   OLD_BIN=/path/to/old/target/release sudo bench/throughput.sh
+#   BIN_DIR=/path/to/old/target/release OLD_BIN=target/release sudo bench/throughput.sh
 #
 # OLD_BIN names the binary directory of another build (cubenet-lab,
 # overlayd, overlay-cert): its overlayd-pair and overlayd-gw are measured in
@@ -33,8 +34,15 @@ if ((${#missing[@]})); then
   apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 [[ -f $HOME/.cargo/env ]] && source "$HOME/.cargo/env"
-[[ -n ${NO_BUILD:-} ]] || cargo build --release --workspace --bins -q
-lab=$root/target/release/cubenet-lab
+# BIN_DIR measures another build first (with OLD_BIN the other way round:
+# the order of the two within a run, as a check of drift).
+if [[ -n ${BIN_DIR:-} ]]; then
+  export CUBENET_BIN_DIR=$BIN_DIR
+else
+  [[ -n ${NO_BUILD:-} ]] || cargo build --release --workspace --bins -q
+  BIN_DIR=$root/target/release
+fi
+lab=$BIN_DIR/cubenet-lab
 
 P=cnb$$
 work=$(mktemp -d /tmp/cubenet-bench.XXXXXX)
@@ -98,20 +106,21 @@ measure() {
 }
 
 declare -A setup_ms setup_lost
-# setup NAME: restarts bench-h1 and pings its gateway from the moment its
-# TUN has an address: the first ping waits for the handshake, the
-# certificate exchange and the first probe. Records the first reply's time
-# and how many of 5 pings (10 ms apart) got no reply.
+# setup NAME: restarts bench-h1 and pings its gateway (5 pings, 10 ms
+# apart) as soon as its TUN has an address. Records the time from the
+# start command to the first reply (process start, TUN, handshake,
+# certificate exchange, first probe) and how many pings got no reply.
 setup() {
-  local name=$1 out
+  local name=$1 out t0
   "$lab" kill "$work/lab" bench-h1 >/dev/null
+  t0=$(date +%s.%N)
   "$lab" start "$work/lab" bench-h1 >/dev/null
-  for _ in $(seq 400); do
+  for _ in $(seq 1000); do
     $(X bench-h1) ip -4 addr show dev cube0 2>/dev/null | grep -q inet && break
-    sleep 0.005
+    sleep 0.002
   done
-  out=$($(X bench-h1) ping -c 5 -i 0.01 -W 2 "$gw_addr" || true)
-  setup_ms[$name]=$(awk -F'time=' '/time=/ {split($2, a, " "); print a[1]; exit}' <<<"$out")
+  out=$($(X bench-h1) ping -D -c 5 -i 0.01 -W 2 "$gw_addr" || true)
+  setup_ms[$name]=$(awk -v t0="$t0" -F'[][]' '/time=/ {printf "%.1f", ($2 - t0) * 1000; exit}' <<<"$out")
   setup_lost[$name]=$(awk '/packets transmitted/ {print $1 - $4}' <<<"$out")
   [[ -n ${setup_ms[$name]} ]] || setup_ms[$name]=-
 }
@@ -196,7 +205,7 @@ for n in "${paths[@]}"; do
 done
 echo
 for n in "${setups[@]}"; do
-  echo "$n: a host started: first ping to its gateway answered in ${setup_ms[$n]} ms, ${setup_lost[$n]} of 5 lost"
+  echo "$n: a host started: its first ping to its gateway answered ${setup_ms[$n]} ms after the start, ${setup_lost[$n]} of 5 lost"
 done
 for n in overlayd-pair overlayd-gw; do
   awk -v n="$n" -v a="${gbps[$n.1]}" -v b="${gbps[wireguard-go.1]}" \

@@ -463,7 +463,10 @@ impl Node {
     /// while no other event can be made: two workers never hand theirs out
     /// crossed. Costs one atomic load when there are none.
     pub fn flush_events(&self, mut send: impl FnMut(api::Event)) {
-        if !self.events_waiting.swap(false, Ordering::Acquire) {
+        // A load first: a swap writes the shared line on every call.
+        if !self.events_waiting.load(Ordering::Relaxed)
+            || !self.events_waiting.swap(false, Ordering::Acquire)
+        {
             return;
         }
         let mut c = self.ctl();
