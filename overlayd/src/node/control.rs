@@ -12,7 +12,7 @@ impl Node {
         let mut c = self.ctl();
         self.identity.store(identity.clone());
         let mut cut = Vec::new();
-        for peer in c.peers_sorted() {
+        for peer in c.peer_list() {
             let Some(cert) = peer.cert() else { continue };
             if let Err(e) = identity.trust.validate(&cert, now) {
                 cut.push(api::CutPeer {
@@ -37,14 +37,24 @@ impl Node {
         // First: it takes the flow table, which comes before the control
         // state.
         let firewall = self.firewall_status();
-        let c = self.ctl();
+        // A copy of what status shows, taken quickly: the rest is built
+        // with the control state let go (the workers need it).
+        let (list, snapshot, datapath) = {
+            let c = self.ctl();
+            let s: HashMap<PeerId, PeerCtl> = c
+                .peers
+                .values()
+                .filter_map(|p| Some((p.index, c.peers.ctl(p.index)?.clone())))
+                .collect();
+            (c.peer_list(), s, c.datapath.clone())
+        };
+        let list = sorted(list);
         let id = self.identity();
         let active = self.active_gateway();
-        let peers: Vec<api::PeerStatus> = c
-            .peers_sorted()
+        let peers: Vec<api::PeerStatus> = list
             .iter()
             .filter_map(|p| {
-                let x = c.peers.ctl(p.index)?;
+                let x = snapshot.get(&p.index)?;
                 let hs = x.handshake_at.map(|t| now.saturating_duration_since(t));
                 let cert = p.cert();
                 let health = &x.health;
@@ -111,16 +121,14 @@ impl Node {
             peers,
             drops: self.drops.snapshot(),
             routes,
-            datapath: c.datapath.clone(),
+            datapath,
             firewall,
         }
     }
 
     /// The peers attached here now (routed announces the hosts of them).
     pub fn attached(&self) -> api::AttachedPeers {
-        let peers = self
-            .ctl()
-            .peers_sorted()
+        let peers = sorted(self.ctl().peer_list())
             .iter()
             .filter(|p| p.attached.load(Ordering::Relaxed))
             .filter_map(|p| {

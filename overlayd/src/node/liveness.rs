@@ -194,7 +194,8 @@ impl Node {
     /// Only the validity window is compared here (cheap, every second); the
     /// signature was checked when the certificate was accepted.
     pub(super) fn cut_expired(&self, c: &mut Control, unix: u64) {
-        for peer in c.peers_sorted() {
+        let peers: Vec<Arc<Peer>> = c.peers.values().cloned().collect();
+        for peer in peers {
             let Some(cert) = peer.cert() else { continue };
             if let Err(e) = cert.check_validity_window(unix) {
                 self.cut_session(c, &peer, &e.to_string());
@@ -220,9 +221,27 @@ impl Node {
     /// Called every probe interval, with the monotonic and the wall clock.
     pub fn on_tick(&self, now: Instant, unix: u64, out: &mut Outbox) {
         self.unix.store(unix, Ordering::Relaxed);
+        // boringtun's timers first, outside the control state: with many
+        // peers they are most of a tick, and the workers need the control
+        // state for handshakes and probes meanwhile.
+        let peers: Vec<Arc<Peer>> = self.ctl().peers.values().cloned().collect();
+        let mut buf = vec![0u8; 2048];
+        let expired: Vec<bool> = peers
+            .iter()
+            .map(|peer| match peer.tunn().update_timers(&mut buf) {
+                TunnResult::WriteToNetwork(b) => {
+                    if let Some(ep) = peer.endpoint() {
+                        out.net.push(ep, b);
+                    }
+                    false
+                }
+                TunnResult::Err(WireGuardError::ConnectionExpired) => true,
+                _ => false,
+            })
+            .collect();
         let second = {
             let mut c = self.ctl();
-            self.tick(&mut c, now, unix, out)
+            self.tick(&mut c, &peers, &expired, now, unix, out)
         };
         // The flows expire outside the control state (lock order).
         if second {
@@ -231,33 +250,36 @@ impl Node {
     }
 
     /// The tick's work on the control state; true when a second has passed
-    /// since the last once-a-second work.
-    fn tick(&self, c: &mut Control, now: Instant, unix: u64, out: &mut Outbox) -> bool {
+    /// since the last once-a-second work. `expired[i]`: `peers[i]`'s session expired (boringtun says so).
+    fn tick(
+        &self,
+        c: &mut Control,
+        peers: &[Arc<Peer>],
+        expired: &[bool],
+        now: Instant,
+        unix: u64,
+        out: &mut Outbox,
+    ) -> bool {
         c.next_tick = now + self.cfg.probe.interval();
         let mut buf = vec![0u8; 2048];
         let pending_timeout = Duration::from_millis(self.cfg.limits.pending_timeout_ms);
         let our_cert = self.identity().cert.encoded().to_vec();
-        let peers: Vec<Arc<Peer>> = c.peers.values().cloned().collect();
-        for peer in peers {
+        for (peer, &expired) in peers.iter().zip(expired) {
+            // Removed since the list was taken.
+            if !c.holds(peer) {
+                continue;
+            }
+            let peer = peer.clone();
             let Some(x) = c.peers.ctl(peer.index) else {
                 continue;
             };
             let handshake_at = x.handshake_at;
-            let res = peer.tunn().update_timers(&mut buf);
-            match res {
-                TunnResult::WriteToNetwork(b) => {
-                    if let Some(ep) = peer.endpoint() {
-                        out.net.push(ep, b);
-                    }
+            if expired && peer.configured.is_none() {
+                let idle = now.saturating_duration_since(handshake_at.unwrap_or(peer.created));
+                if idle > DEAD_PEER {
+                    self.remove_peer(c, &peer, "session expired");
+                    continue;
                 }
-                TunnResult::Err(WireGuardError::ConnectionExpired) if peer.configured.is_none() => {
-                    let idle = now.saturating_duration_since(handshake_at.unwrap_or(peer.created));
-                    if idle > DEAD_PEER {
-                        self.remove_peer(c, &peer, "session expired");
-                        continue;
-                    }
-                }
-                _ => {}
             }
             if peer.configured.is_none() {
                 if peer.cert().is_none() && now.duration_since(peer.created) > pending_timeout {

@@ -272,11 +272,9 @@ const HOLD_BYTES: usize = 1 << 20;
 const HOLD_FOR: Duration = Duration::from_secs(2);
 
 impl Control {
-    /// The peers, configured gateways first, then by name.
-    fn peers_sorted(&self) -> Vec<Arc<Peer>> {
-        let mut v: Vec<_> = self.peers.values().cloned().collect();
-        v.sort_by_key(|p| (p.configured.is_none(), p.name()));
-        v
+    /// The peers, in index order.
+    fn peer_list(&self) -> Vec<Arc<Peer>> {
+        self.peers.values().cloned().collect()
     }
 
     fn peer_by_name(&self, name: &str) -> Option<Arc<Peer>> {
@@ -353,6 +351,13 @@ struct Relayed {
 const WHOIS_PER_TICK: usize = 64;
 /// Peers waiting for the answer to one relayed question, at most.
 const WHOIS_ASKERS: usize = 64;
+
+/// Peers as status shows them: configured gateways first, then by name.
+/// Sorted after the control state is let go (names are built here).
+fn sorted(mut v: Vec<Arc<Peer>>) -> Vec<Arc<Peer>> {
+    v.sort_by_cached_key(|p| (p.configured.is_none(), p.name()));
+    v
+}
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -654,7 +659,7 @@ impl Node {
 
     /// The peers, configured gateways first, then by name.
     pub fn peers(&self) -> Vec<Arc<Peer>> {
-        self.ctl().peers_sorted()
+        sorted(self.ctl().peer_list())
     }
 
     pub fn peer_by_index(&self, index: PeerId) -> Option<Arc<Peer>> {

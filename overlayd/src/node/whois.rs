@@ -18,7 +18,7 @@ impl Node {
         for cert in id.directory.values() {
             self.learn_identity(c, cert);
         }
-        for p in c.peers_sorted() {
+        for p in c.peer_list() {
             if let Some(cert) = p.cert() {
                 self.learn_identity(c, &cert);
             }
