@@ -30,7 +30,7 @@ const UDP_REPLIED: Duration = Duration::from_secs(180);
 const ICMP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Flows tracked at most; beyond, new flows are dropped (and counted).
 pub const DEFAULT_MAX_FLOWS: usize = 65_536;
-/// Later fragments of an IPv4 datagram follow the verdict on its first
+/// Later fragments of an IPv4 or IPv6 datagram follow the verdict on its first
 /// fragment for this long (Linux reassembles for 30 s at most).
 const FRAGMENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Oldest flows looked at to make room in a full table, at most.
@@ -482,8 +482,35 @@ fn be16(b: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_be_bytes([*b.get(at)?, *b.get(at + 1)?]))
 }
 
-/// Addresses, protocol and L4 start of an IP header; never panics.
-fn ip_header(b: &[u8]) -> Option<(IpAddr, IpAddr, u8, usize, bool)> {
+/// What the IP header (and IPv6's extension headers) of a packet say.
+struct Header {
+    src: IpAddr,
+    dst: IpAddr,
+    /// The transport protocol (for IPv6 the header after the extension
+    /// headers).
+    proto: u8,
+    /// Where the transport header starts; the packet's end for a later
+    /// fragment (it carries none).
+    l4: usize,
+    v6: bool,
+    /// For a fragment: what ties its datagram's fragments together, and
+    /// whether it is the first (the one with the transport header).
+    fragment: Option<(FragmentKey, bool)>,
+}
+
+/// IPv6 extension headers walked before the transport, at most.
+const MAX_EXTENSION_HEADERS: usize = 8;
+const HOP_BY_HOP: u8 = 0;
+const ROUTING: u8 = 43;
+const FRAGMENT: u8 = 44;
+const AUTH: u8 = 51;
+const DEST_OPTS: u8 = 60;
+
+/// Parses an IP header; never panics. IPv6 extension headers are walked to
+/// the transport header: a packet whose chain is longer than
+/// [`MAX_EXTENSION_HEADERS`] or cut short is not parsed (and is dropped as
+/// malformed), so nothing hides a port behind them.
+fn ip_header(b: &[u8]) -> Option<Header> {
     match b.first()? >> 4 {
         4 => {
             let ihl = usize::from(b[0] & 0x0f) * 4;
@@ -492,10 +519,28 @@ fn ip_header(b: &[u8]) -> Option<(IpAddr, IpAddr, u8, usize, bool)> {
             }
             let src = Ipv4Addr::new(b[12], b[13], b[14], b[15]);
             let dst = Ipv4Addr::new(b[16], b[17], b[18], b[19]);
-            // A non-first fragment carries no L4 header.
-            let frag_off = be16(b, 6)? & 0x1fff;
-            let l4 = if frag_off != 0 { b.len() } else { ihl };
-            Some((src.into(), dst.into(), b[9], l4, false))
+            let flags = be16(b, 6)?;
+            let offset = flags & 0x1fff;
+            let more = flags & 0x2000 != 0;
+            let fragment = (offset != 0 || more).then(|| {
+                let key = FragmentKey {
+                    src: src.into(),
+                    dst: dst.into(),
+                    proto: b[9],
+                    id: u32::from(be16(b, 4).unwrap_or(0)),
+                };
+                (key, offset == 0)
+            });
+            // A later fragment carries no L4 header.
+            let l4 = if offset != 0 { b.len() } else { ihl };
+            Some(Header {
+                src: src.into(),
+                dst: dst.into(),
+                proto: b[9],
+                l4,
+                v6: false,
+                fragment,
+            })
         }
         6 => {
             if b.len() < 40 {
@@ -503,12 +548,62 @@ fn ip_header(b: &[u8]) -> Option<(IpAddr, IpAddr, u8, usize, bool)> {
             }
             let mut a = [0u8; 16];
             a.copy_from_slice(&b[8..24]);
-            let src = Ipv6Addr::from(a);
+            let src = IpAddr::V6(Ipv6Addr::from(a));
             a.copy_from_slice(&b[24..40]);
-            let dst = Ipv6Addr::from(a);
-            // Extension headers are not walked: the next header must be
-            // the transport (cubenet's overlay does not use them).
-            Some((src.into(), dst.into(), b[6], 40, true))
+            let dst = IpAddr::V6(Ipv6Addr::from(a));
+            let mut next = b[6];
+            let mut at = 40;
+            let mut fragment = None;
+            for _ in 0..=MAX_EXTENSION_HEADERS {
+                let len = match next {
+                    HOP_BY_HOP | ROUTING | DEST_OPTS => (usize::from(*b.get(at + 1)?) + 1) * 8,
+                    AUTH => (usize::from(*b.get(at + 1)?) + 2) * 4,
+                    FRAGMENT => 8,
+                    _ => {
+                        return Some(Header {
+                            src,
+                            dst,
+                            proto: next,
+                            l4: at,
+                            v6: true,
+                            fragment,
+                        })
+                    }
+                };
+                if b.len() < at + len.max(2) {
+                    return None;
+                }
+                let header_next = b[at];
+                if next == FRAGMENT {
+                    let f = be16(b, at + 2)?;
+                    let offset = f >> 3;
+                    let more = f & 1 != 0;
+                    if offset != 0 || more {
+                        let key = FragmentKey {
+                            src,
+                            dst,
+                            // The same in every fragment of the datagram.
+                            proto: header_next,
+                            id: u32::from_be_bytes(b[at + 4..at + 8].try_into().ok()?),
+                        };
+                        fragment = Some((key, offset == 0));
+                    }
+                    if offset != 0 {
+                        // A later fragment: what follows is payload.
+                        return Some(Header {
+                            src,
+                            dst,
+                            proto: header_next,
+                            l4: b.len(),
+                            v6: true,
+                            fragment,
+                        });
+                    }
+                }
+                next = header_next;
+                at += len;
+            }
+            None
         }
         _ => None,
     }
@@ -520,7 +615,14 @@ fn ports(b: &[u8], l4: usize) -> (u16, u16) {
 
 /// Parses what the firewall needs; `None` for what is not IP.
 pub fn parse(b: &[u8]) -> Option<Packet> {
-    let (src, dst, proto, l4, v6) = ip_header(b)?;
+    let Header {
+        src,
+        dst,
+        proto,
+        l4,
+        v6,
+        ..
+    } = ip_header(b)?;
     let mut p = Packet {
         src,
         dst,
@@ -549,7 +651,14 @@ pub fn parse(b: &[u8]) -> Option<Packet> {
                 matches!(t, 3 | 4 | 5 | 11 | 12)
             };
             if is_error {
-                if let Some((qs, qd, qp, ql4, _)) = b.get(l4 + 8..).and_then(ip_header) {
+                if let Some(Header {
+                    src: qs,
+                    dst: qd,
+                    proto: qp,
+                    l4: ql4,
+                    ..
+                }) = b.get(l4 + 8..).and_then(ip_header)
+                {
                     let inner = &b[l4 + 8..];
                     let (s, d) = match qp {
                         TCP | UDP => ports(inner, ql4),
@@ -647,40 +756,25 @@ pub struct Firewall {
     /// Flows in the order they opened, for eviction (entries of flows gone
     /// since are skipped when reached, and pruned with the expiry).
     order: std::collections::VecDeque<(Key, Instant)>,
-    /// IPv4 datagrams whose first fragment passed, until when their later
+    /// Datagrams whose first fragment passed, until when their later
     /// fragments (no ports in them) pass too.
     fragmented: HashMap<FragmentKey, Instant>,
     pub counters: Counters,
 }
 
-/// What ties the fragments of one IPv4 datagram together.
+/// What ties the fragments of one datagram together (RFC 791, RFC 8200).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct FragmentKey {
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
+    src: IpAddr,
+    dst: IpAddr,
     proto: u8,
-    id: u16,
+    id: u32,
 }
 
-/// For a fragment of an IPv4 datagram: its key, and whether it is the
-/// first (the one with the transport header). `None` for a whole datagram.
-fn ipv4_fragment(b: &[u8]) -> Option<(FragmentKey, bool)> {
-    if b.len() < 20 || b[0] >> 4 != 4 {
-        return None;
-    }
-    let flags = be16(b, 6)?;
-    let offset = flags & 0x1fff;
-    let more = flags & 0x2000 != 0;
-    if offset == 0 && !more {
-        return None;
-    }
-    let key = FragmentKey {
-        src: Ipv4Addr::new(b[12], b[13], b[14], b[15]),
-        dst: Ipv4Addr::new(b[16], b[17], b[18], b[19]),
-        proto: b[9],
-        id: be16(b, 4)?,
-    };
-    Some((key, offset == 0))
+/// For a fragment of a datagram: its key, and whether it is the first.
+/// `None` for a whole datagram (or an IPv6 atomic fragment).
+fn fragment_of(b: &[u8]) -> Option<(FragmentKey, bool)> {
+    ip_header(b)?.fragment
 }
 
 /// The flow of a packet. An ICMP echo's identifier stands for both ports,
@@ -734,7 +828,7 @@ impl Firewall {
     }
 
     /// Judges one packet. `identity` looks up the certificate behind an
-    /// address, if known. The later fragments of an IPv4 datagram carry no
+    /// address, if known. The later fragments of a datagram carry no
     /// ports: they pass when its first fragment passed, else they drop.
     pub fn check(
         &mut self,
@@ -743,7 +837,7 @@ impl Firewall {
         now: Instant,
         identity: &dyn Fn(IpAddr) -> Lookup,
     ) -> Verdict {
-        let fragment = ipv4_fragment(pkt);
+        let fragment = fragment_of(pkt);
         if let Some((k, false)) = fragment {
             if self.fragmented.get(&k).is_some_and(|t| *t > now) {
                 self.counters.tracked_pass += 1;
@@ -1147,6 +1241,156 @@ mod tests {
             fw.check(Direction::Inbound, &syn, now, &ids),
             Verdict::Deny(None)
         );
+    }
+
+    const ME6: [u8; 16] = [0xfd, 0x77, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0x0b];
+    const OTHER6: [u8; 16] = [0xfd, 0x77, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0x0b];
+
+    /// An IPv6 packet whose first next header is `next`, then `rest`
+    /// (extension headers and the transport).
+    fn v6(src: [u8; 16], dst: [u8; 16], next: u8, rest: &[u8]) -> Vec<u8> {
+        let mut b = vec![0x60, 0, 0, 0];
+        b.extend_from_slice(&(rest.len() as u16).to_be_bytes());
+        b.extend_from_slice(&[next, 64]);
+        b.extend_from_slice(&src);
+        b.extend_from_slice(&dst);
+        b.extend_from_slice(rest);
+        b
+    }
+
+    fn tcp_header(sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+        let mut l4 = vec![0u8; 20];
+        l4[0..2].copy_from_slice(&sport.to_be_bytes());
+        l4[2..4].copy_from_slice(&dport.to_be_bytes());
+        l4[12] = 0x50;
+        l4[13] = flags;
+        l4
+    }
+
+    /// An 8-byte IPv6 extension header (hop-by-hop, routing, destination
+    /// options) followed by `next`.
+    fn ext8(next: u8) -> Vec<u8> {
+        vec![next, 0, 1, 4, 0, 0, 0, 0]
+    }
+
+    /// An IPv6 fragment header: `next`, byte `offset`, more to come, `id`.
+    fn frag6(next: u8, offset: u16, more: bool, id: u32) -> Vec<u8> {
+        let mut h = vec![next, 0];
+        h.extend_from_slice(&((offset / 8) << 3 | u16::from(more)).to_be_bytes());
+        h.extend_from_slice(&id.to_be_bytes());
+        h
+    }
+
+    /// Audit H4 (1): a port rule cannot be passed by putting an extension
+    /// header in front of TCP. Before, the packet was taken as protocol 60
+    /// with port 0 and fell through to the allow.
+    #[test]
+    fn a_port_rule_holds_behind_ipv6_extension_headers() {
+        let mut fw = Firewall::new(
+            policy("[firewall]\ninbound_default = \"deny\"\n[[firewall.inbound]]\naction = \"deny\"\nproto = \"tcp\"\nport = \"8080\"\n[[firewall.inbound]]\naction = \"allow\"\n").unwrap(),
+        );
+        let now = Instant::now();
+        let syn = tcp_header(40000, 8080, SYN);
+        for chain in [
+            vec![DEST_OPTS],
+            vec![HOP_BY_HOP, DEST_OPTS],
+            vec![HOP_BY_HOP, ROUTING, DEST_OPTS],
+        ] {
+            let mut rest = Vec::new();
+            for (i, _) in chain.iter().enumerate() {
+                rest.extend(ext8(*chain.get(i + 1).unwrap_or(&TCP)));
+            }
+            rest.extend(&syn);
+            let pkt = v6(OTHER6, ME6, chain[0], &rest);
+            assert_eq!(parse(&pkt).map(|p| (p.proto, p.dport)), Some((TCP, 8080)));
+            assert_eq!(
+                fw.check(Direction::Inbound, &pkt, now, &ids),
+                Verdict::Deny(Some(0)),
+                "behind {chain:?}"
+            );
+        }
+        // A chain longer than the walk allows is malformed, not passed.
+        let mut rest = Vec::new();
+        for _ in 0..=MAX_EXTENSION_HEADERS {
+            rest.extend(ext8(DEST_OPTS));
+        }
+        rest.extend(&syn);
+        let pkt = v6(OTHER6, ME6, DEST_OPTS, &rest);
+        assert_eq!(
+            fw.check(Direction::Inbound, &pkt, now, &ids),
+            Verdict::Malformed
+        );
+        // Cut short inside a header: malformed too.
+        let pkt = v6(OTHER6, ME6, DEST_OPTS, &[TCP, 3, 0, 0]);
+        assert_eq!(
+            fw.check(Direction::Inbound, &pkt, now, &ids),
+            Verdict::Malformed
+        );
+    }
+
+    /// Audit H4 (2): a host sends a fragmented IPv6 packet (a large ping
+    /// reply); before, that opened the portless flow `{44, me, 0, R, 0}`
+    /// and every fragmented packet from R then passed as tracked, a SYN to
+    /// a denied port included. Now fragments are keyed by their datagram
+    /// and judged by the transport header of the first.
+    #[test]
+    fn ipv6_fragments_open_nothing_and_follow_their_first() {
+        let mut fw = Firewall::new(
+            policy("[firewall]\ninbound_default = \"deny\"\n[[firewall.inbound]]\naction = \"allow\"\nproto = \"icmp\"\n").unwrap(),
+        );
+        let now = Instant::now();
+        // Our echo reply to R, in two fragments, goes out.
+        let mut reply = vec![129u8, 0, 0, 0, 0, 7, 0, 1];
+        reply.extend([0u8; 64]);
+        let mut first = frag6(ICMPV6, 0, true, 1);
+        first.extend(&reply);
+        let mut later = frag6(ICMPV6, 1232, false, 1);
+        later.extend([0u8; 64]);
+        for p in [&first, &later] {
+            assert_eq!(
+                fw.check(
+                    Direction::Outbound,
+                    &v6(ME6, OTHER6, FRAGMENT, p),
+                    now,
+                    &ids
+                ),
+                Verdict::Pass
+            );
+        }
+        // R's SYN to a port nothing allows, fragmented: its first fragment
+        // is judged as TCP to 8080 and denied, and its later one with it.
+        let mut syn_first = frag6(TCP, 0, true, 9);
+        syn_first.extend(tcp_header(40000, 8080, SYN));
+        let pkt = v6(OTHER6, ME6, FRAGMENT, &syn_first);
+        assert_eq!(parse(&pkt).map(|p| (p.proto, p.dport)), Some((TCP, 8080)));
+        assert_eq!(
+            fw.check(Direction::Inbound, &pkt, now, &ids),
+            Verdict::Deny(None)
+        );
+        let mut syn_later = frag6(TCP, 24, false, 9);
+        syn_later.extend([0u8; 16]);
+        assert_eq!(
+            fw.check(
+                Direction::Inbound,
+                &v6(OTHER6, ME6, FRAGMENT, &syn_later),
+                now,
+                &ids
+            ),
+            Verdict::OrphanFragment
+        );
+        // A fragmented ping from R is allowed by the icmp rule, all of it.
+        let mut echo = vec![128u8, 0, 0, 0, 0, 8, 0, 1];
+        echo.extend([0u8; 64]);
+        let mut p1 = frag6(ICMPV6, 0, true, 11);
+        p1.extend(&echo);
+        let mut p2 = frag6(ICMPV6, 1232, false, 11);
+        p2.extend([0u8; 64]);
+        for p in [&p1, &p2] {
+            assert_eq!(
+                fw.check(Direction::Inbound, &v6(OTHER6, ME6, FRAGMENT, p), now, &ids),
+                Verdict::Pass
+            );
+        }
     }
 
     /// One fragment of an IPv4 datagram: `id`, byte `offset`, more to come.
