@@ -311,6 +311,13 @@ impl Config {
     }
 
     fn check(&self) -> Result<(), String> {
+        if let Some(owner) = route_protocol_owner(self.route_protocol) {
+            return Err(format!(
+                "route_protocol: {} is the kernel's number for {owner}; routed removes every \
+                 route of its protocol that it did not install, so take one nobody uses (201)",
+                self.route_protocol
+            ));
+        }
         if self.asn == 0 || self.asn == 23456 {
             return Err(format!("asn: {} is reserved", self.asn));
         }
@@ -412,6 +419,37 @@ impl Config {
     }
 }
 
+/// Who owns a route protocol number in Linux (`/etc/iproute2/rt_protos`),
+/// if anybody: routed must not take one of those.
+pub fn route_protocol_owner(p: u8) -> Option<&'static str> {
+    Some(match p {
+        0 => "unspec",
+        1 => "redirect",
+        2 => "kernel (connected routes)",
+        3 => "boot (routes added at boot, the default route)",
+        4 => "static (routes added by the administrator)",
+        8 => "gated",
+        9 => "ra (router advertisements)",
+        10 => "mrt",
+        11 => "zebra (FRR)",
+        12 => "bird",
+        13 => "dnrouted",
+        14 => "xorp",
+        15 => "ntk",
+        16 => "dhcp",
+        17 => "mrouted",
+        18 => "keepalived",
+        42 => "babel",
+        99 => "openr",
+        186 => "bgp (FRR)",
+        187 => "isis (FRR)",
+        188 => "ospf (FRR)",
+        189 => "rip (FRR)",
+        192 => "eigrp (FRR)",
+        _ => return None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -484,6 +522,20 @@ mod tests {
         }
         let c = Config::parse(&format!("{MIN}[damping]\nstable_up_s = 0.0\n")).unwrap();
         assert_eq!(c.damping.stable_up_s, 0.0);
+    }
+
+    /// Audit M11: a route protocol of the kernel or another daemon would
+    /// make routed remove connected, boot, static or another daemon's
+    /// routes as stale.
+    #[test]
+    fn route_protocols_of_others_are_refused() {
+        for p in [0u8, 2, 3, 4, 12, 186] {
+            let e = Config::parse(&format!("{MIN}route_protocol = {p}\n")).unwrap_err();
+            assert!(e.starts_with("route_protocol:"), "{p}: {e}");
+        }
+        let c = Config::parse(&format!("{MIN}route_protocol = 77\n")).unwrap();
+        assert_eq!(c.route_protocol, 77);
+        assert_eq!(Config::parse(MIN).unwrap().route_protocol, 201);
     }
 
     #[test]

@@ -5,18 +5,40 @@
 
 use futures::TryStreamExt;
 use ipnet::IpNet;
-use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol,
+};
+use netlink_packet_route::AddressFamily;
 use rtnetlink::RouteMessageBuilder;
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 fn destination(m: &RouteMessage) -> Option<IpNet> {
     let len = m.header.destination_prefix_length;
-    m.attributes.iter().find_map(|a| match a {
+    let dst = m.attributes.iter().find_map(|a| match a {
         RouteAttribute::Destination(RouteAddress::Inet(a)) => IpNet::new((*a).into(), len).ok(),
         RouteAttribute::Destination(RouteAddress::Inet6(a)) => IpNet::new((*a).into(), len).ok(),
         _ => None,
-    })
+    });
+    // A default route carries no destination.
+    match (dst, len, m.header.address_family) {
+        (Some(d), _, _) => Some(d),
+        (None, 0, AddressFamily::Inet) => IpNet::new(Ipv4Addr::UNSPECIFIED.into(), 0).ok(),
+        (None, 0, AddressFamily::Inet6) => IpNet::new(Ipv6Addr::UNSPECIFIED.into(), 0).ok(),
+        _ => None,
+    }
+}
+
+/// The table a route is in (above 255 the header says 252 and an
+/// attribute the real one).
+fn table(m: &RouteMessage) -> u32 {
+    m.attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or(u32::from(m.header.table))
 }
 
 fn gateway(m: &RouteMessage) -> Option<IpAddr> {
@@ -27,10 +49,13 @@ fn gateway(m: &RouteMessage) -> Option<IpAddr> {
     })
 }
 
-/// Makes the kernel's routes of `protocol` exactly `want`: each prefix via
-/// a gateway address, or (`None`) into `ifname`. Without `prune` it only
-/// adds what is missing and removes nothing (while routed is still
-/// learning after a start).
+/// Makes the kernel's routes of `protocol` in the main table exactly
+/// `want`: each prefix via a gateway address, or (`None`) into `ifname`.
+/// Routes of other tables are never looked at (the kernel's route dump is
+/// not filtered, so they are skipped here). Without `prune` it only adds
+/// what is missing and removes nothing (while routed is still learning
+/// after a start). A route the kernel refuses does not stop the others:
+/// every failure is in the error.
 pub async fn reconcile(
     ifname: &str,
     protocol: u8,
@@ -52,7 +77,7 @@ pub async fn reconcile(
             .await
             .map_err(|e| format!("listing routes: {e}"))?
         {
-            if m.header.protocol == proto {
+            if m.header.protocol == proto && table(&m) == u32::from(RouteHeader::RT_TABLE_MAIN) {
                 have.push(m);
             }
         }
@@ -66,47 +91,60 @@ pub async fn reconcile(
         want.retain(|(p, _)| !routed.contains(p));
     }
     let mut present = BTreeSet::new();
+    let mut errors = Vec::new();
     for m in have {
         match destination(&m).map(|p| (p, gateway(&m))) {
             Some(k) if want.contains(&k) => {
                 present.insert(k);
             }
-            _ if prune => {
-                handle
-                    .route()
-                    .del(m)
-                    .execute()
-                    .await
-                    .map_err(|e| format!("removing a stale route: {e}"))?;
+            k if prune => {
+                if let Err(e) = handle.route().del(m).execute().await {
+                    let what = k.map_or("a stale route".to_string(), |(p, _)| p.to_string());
+                    errors.push(format!("removing {what}: {e}"));
+                }
             }
             _ => {}
         }
     }
     if want.len() == present.len() {
-        return Ok(());
+        return done(errors);
     }
     let index = cubenet_daemon::netlink::interface_index(&handle, ifname).await?;
     for (p, gw) in want.difference(&present) {
-        let b = RouteMessageBuilder::<IpAddr>::new()
+        let what = match gw {
+            Some(g) => format!("{p} via {g}"),
+            None => format!("{p} dev {ifname}"),
+        };
+        let b = match RouteMessageBuilder::<IpAddr>::new()
             .destination_prefix(p.addr(), p.prefix_len())
-            .map_err(|e| format!("route {p}: {e}"))?
-            .protocol(proto);
+        {
+            Ok(b) => b.protocol(proto),
+            Err(e) => {
+                errors.push(format!("route {what}: {e}"));
+                continue;
+            }
+        };
         let msg = match gw {
-            Some(g) => b
-                .gateway(*g)
-                .map_err(|e| format!("route {p} via {g}: {e}"))?,
-            None => b.output_interface(index),
+            Some(g) => match b.gateway(*g) {
+                Ok(b) => b.build(),
+                Err(e) => {
+                    errors.push(format!("route {what}: {e}"));
+                    continue;
+                }
+            },
+            None => b.output_interface(index).build(),
+        };
+        if let Err(e) = handle.route().add(msg).execute().await {
+            errors.push(format!("adding route {what}: {e}"));
         }
-        .build();
-        handle
-            .route()
-            .add(msg)
-            .execute()
-            .await
-            .map_err(|e| match gw {
-                Some(g) => format!("adding route {p} via {g}: {e}"),
-                None => format!("adding route {p} dev {ifname}: {e}"),
-            })?;
     }
-    Ok(())
+    done(errors)
+}
+
+fn done(errors: Vec<String>) -> Result<(), String> {
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors.join("; "))
+    }
 }

@@ -378,6 +378,49 @@ fn a_stopped_host_is_withdrawn_everywhere_and_returns_when_it_starts() {
     );
 }
 
+/// routed reconciles only its own routes: those of its protocol in the
+/// main table. A route of the same protocol number in another table (audit
+/// M11: the kernel's dump is not filtered, and routed used to delete it
+/// wherever it was) survives routed's stop (which removes its routes) and
+/// start (which prunes stale ones), while one in the main table goes.
+#[test]
+fn routed_prunes_its_stale_kernel_routes_and_no_other_tables() {
+    if !netns_or_skip("routed_prunes_its_stale_kernel_routes_and_no_other_tables") {
+        return;
+    }
+    let lab = Lab::up(
+        "routed = true\nbfd_interval_ms = 100\n\
+         [[site]]\nname = \"fra\"\ngateways = 1\nhosts = 1\n\
+         [[site]]\nname = \"ams\"\ngateways = 1\nhosts = 1\n",
+    );
+    lab.wait_for("fra-gw1's routed to own its table", |l| {
+        l.routed("fra-gw1", "status")["fib_ready"] == true
+    });
+    let add = |r: &[&str]| {
+        let mut c = vec!["ip", "route", "add"];
+        c.extend_from_slice(r);
+        lab.exec_ok("fra-gw1", &c);
+    };
+    add(&["10.99.0.0/24", "dev", "lo", "proto", "201", "table", "100"]);
+    add(&["10.98.0.0/24", "dev", "cube0", "proto", "201"]);
+    lab.lab_ok(&["kill", "fra-gw1", "--daemon", "routed"]);
+    lab.lab_ok(&["start", "fra-gw1"]);
+    lab.wait_for("the restarted routed to prune its stale route", |l| {
+        l.routed("fra-gw1", "status")["fib_ready"] == true
+            && !l
+                .exec_ok("fra-gw1", &["ip", "route", "show", "proto", "201"])
+                .contains("10.98.0.0/24")
+    });
+    let other = lab.exec_ok(
+        "fra-gw1",
+        &["ip", "route", "show", "table", "100", "proto", "201"],
+    );
+    assert!(
+        other.contains("10.99.0.0/24"),
+        "the route of table 100 is gone: {other:?}"
+    );
+}
+
 /// A local unprivileged user on a gateway forges BFD packets to another
 /// site's gateway. They leave from the gateway's own overlay address (the
 /// kernel picks it for the overlay), with TTL 255, so only the
