@@ -11,7 +11,7 @@ use cubenet_api::overlayd as api;
 use cubenet_api::{CallError, Client};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -26,7 +26,7 @@ const RESYNC: Duration = Duration::from_secs(5);
 
 pub struct Shared {
     router: Mutex<Router>,
-    conns: Mutex<HashMap<u64, mpsc::UnboundedSender<Option<Vec<u8>>>>>,
+    conns: Mutex<HashMap<u64, Conn>>,
     next_conn: AtomicU64,
     bfd_tx: UdpSocket,
     tables: Notify,
@@ -40,7 +40,7 @@ impl Shared {
         self.router.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn conns(&self) -> MutexGuard<'_, HashMap<u64, mpsc::UnboundedSender<Option<Vec<u8>>>>> {
+    fn conns(&self) -> MutexGuard<'_, HashMap<u64, Conn>> {
         self.conns.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -63,25 +63,50 @@ impl Shared {
     /// it, leaving the neighbour a route this router no longer has). Every
     /// step only queues: a channel send, a spawn, a non-blocking datagram.
     fn dispatch_all(self: &Arc<Self>, r: &mut Router) {
-        for o in r.drain() {
-            self.dispatch(r, o);
+        loop {
+            let outs = r.drain();
+            if outs.is_empty() {
+                return;
+            }
+            let mut full = Vec::new();
+            for o in outs {
+                full.extend(self.dispatch(r, o));
+            }
+            // A neighbour that does not read what we send: its connection
+            // goes, with what the router makes of that.
+            for (n, conn) in full {
+                let why = format!(
+                    "more than {} MiB waiting to be sent: the neighbour does not read",
+                    MAX_QUEUED >> 20
+                );
+                tracing::warn!(neighbor = %r.neighbors[n].cfg.name, "{why}");
+                r.on_closed(n, conn, &why, Instant::now());
+            }
         }
     }
 
-    fn dispatch(self: &Arc<Self>, r: &Router, o: Out) {
+    /// Carries out one output; the connection whose send queue is full,
+    /// when that is what happened.
+    fn dispatch(self: &Arc<Self>, r: &Router, o: Out) -> Option<(NeighborId, u64)> {
         match o {
             Out::Connect { n } => {
                 let me = self.clone();
                 tokio::spawn(async move { me.connect(n).await });
             }
-            Out::Send { conn, bytes, .. } => {
-                if let Some(tx) = self.conns().get(&conn) {
-                    let _ = tx.send(Some(bytes));
+            Out::Send { n, conn, bytes } => {
+                let mut conns = self.conns();
+                let c = conns.get(&conn)?;
+                if c.queued.fetch_add(bytes.len(), Ordering::Relaxed) + bytes.len() > MAX_QUEUED {
+                    if let Some(c) = conns.remove(&conn) {
+                        let _ = c.tx.send(None);
+                    }
+                    return Some((n, conn));
                 }
+                let _ = c.tx.send(Some(bytes));
             }
             Out::Close { conn, .. } => {
-                if let Some(tx) = self.conns().remove(&conn) {
-                    let _ = tx.send(None);
+                if let Some(c) = self.conns().remove(&conn) {
+                    let _ = c.tx.send(None);
                 }
             }
             Out::Bfd { n, bytes } => {
@@ -95,6 +120,7 @@ impl Shared {
             }
             Out::TablesChanged => self.tables.notify_one(),
         }
+        None
     }
 
     async fn connect(self: Arc<Self>, n: NeighborId) {
@@ -136,13 +162,21 @@ impl Shared {
         let local = stream.local_addr().ok().map(|a| a.ip());
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let (tx, mut rx) = mpsc::unbounded_channel::<Option<Vec<u8>>>();
-        self.conns().insert(id, tx);
+        let queued = Arc::new(AtomicUsize::new(0));
+        self.conns().insert(
+            id,
+            Conn {
+                tx,
+                queued: queued.clone(),
+            },
+        );
         let (mut rd, mut wr) = stream.into_split();
         tokio::spawn(async move {
             while let Some(Some(b)) = rx.recv().await {
                 if wr.write_all(&b).await.is_err() {
                     break;
                 }
+                queued.fetch_sub(b.len(), Ordering::Relaxed);
             }
             let _ = wr.shutdown().await;
         });
@@ -190,6 +224,18 @@ impl Shared {
         }
     }
 }
+
+/// A BGP connection's send queue (its writer task drains it) and the bytes
+/// waiting in it.
+struct Conn {
+    tx: mpsc::UnboundedSender<Option<Vec<u8>>>,
+    queued: Arc<AtomicUsize>,
+}
+
+/// Bytes that may wait for one neighbour at most: a full table of a million
+/// routes is about 30 MiB of UPDATEs; past this the neighbour is not
+/// reading and its connection is closed (audit M10: the queue had no bound).
+const MAX_QUEUED: usize = 64 << 20;
 
 fn bfd_tx_socket() -> std::io::Result<UdpSocket> {
     // RFC 5881 §4: source port 49152-65535, TTL 255.

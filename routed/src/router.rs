@@ -127,7 +127,17 @@ pub struct Neighbor {
     pub history: VecDeque<Flap>,
     pub rejected: u64,
     pub treat_as_withdraw: u64,
+    /// When a ROUTE-REFRESH was last served, per family (IPv4, IPv6), and
+    /// whether one waits for [`REFRESH_EVERY`] to pass.
+    refreshed_at: [Option<Instant>; 2],
+    refresh_due: [bool; 2],
 }
+
+/// A neighbour's ROUTE-REFRESH is served at most this often per family: a
+/// 23-byte message costs a whole table's export, so one sent in a loop is
+/// served once per interval (the last of a burst when the interval is
+/// over), not once per message.
+pub const REFRESH_EVERY: Duration = Duration::from_secs(5);
 
 pub struct Router {
     pub cfg: Config,
@@ -266,6 +276,8 @@ impl Router {
                 history: VecDeque::new(),
                 rejected: 0,
                 treat_as_withdraw: 0,
+                refreshed_at: [None; 2],
+                refresh_due: [false; 2],
             });
         }
         let site = cfg
@@ -557,6 +569,12 @@ impl Router {
             let acts = self.neighbors[n].session.on_tick(now);
             self.apply(n, acts, now);
             self.poll_bfd(n, now);
+            for ipv6 in [false, true] {
+                let nb = &self.neighbors[n];
+                if nb.refresh_due[usize::from(ipv6)] && nb.session.is_established() {
+                    self.route_refresh(n, ipv6, now);
+                }
+            }
         }
         self.refresh_site(now);
         self.release_held(now);
@@ -594,13 +612,24 @@ impl Router {
                 Action::Up(open) => self.session_up(n, open, now),
                 Action::Down(why) => self.session_down(n, &why, now),
                 Action::Update(u) => self.import(n, u, now),
-                Action::RouteRefresh { ipv6 } => {
-                    let nb = &mut self.neighbors[n];
-                    nb.adj_out.retain(|p, _| matches!(p, IpNet::V6(_)) != ipv6);
-                    self.export_all(n);
-                }
+                Action::RouteRefresh { ipv6 } => self.route_refresh(n, ipv6, now),
             }
         }
+    }
+
+    /// Sends the neighbour our routes of one family again (RFC 2918), at
+    /// most every [`REFRESH_EVERY`]; one asked sooner waits for it.
+    fn route_refresh(&mut self, n: NeighborId, ipv6: bool, now: Instant) {
+        let nb = &mut self.neighbors[n];
+        let f = usize::from(ipv6);
+        if nb.refreshed_at[f].is_some_and(|t| now.saturating_duration_since(t) < REFRESH_EVERY) {
+            nb.refresh_due[f] = true;
+            return;
+        }
+        nb.refreshed_at[f] = Some(now);
+        nb.refresh_due[f] = false;
+        nb.adj_out.retain(|p, _| matches!(p, IpNet::V6(_)) != ipv6);
+        self.export_all(n);
     }
 
     fn record(&mut self, n: NeighborId, up: bool, reason: &str) {
@@ -637,6 +666,7 @@ impl Router {
         nb.adj_in.clear();
         nb.adj_out.clear();
         nb.held.clear();
+        nb.refresh_due = [false; 2];
         self.record(n, false, why);
         self.update_rib_membership(n, now);
     }
@@ -1285,6 +1315,41 @@ mod tests {
         }
         r.on_message(N0, 1, Ok(m), now);
         assert!(!has(&r, "192.168.5.0/24"));
+        assert!(r.neighbors[0].session.is_established());
+    }
+
+    /// Audit M10: a neighbour sending ROUTE-REFRESH in a loop gets our
+    /// table once per [`REFRESH_EVERY`], not once per 23-byte message.
+    #[test]
+    fn a_route_refresh_flood_is_served_once_per_interval() {
+        let (mut r, now) = router("");
+        r.attach(&["10.77.1.11".parse().unwrap()], now);
+        r.drain();
+        let updates = |r: &mut Router| {
+            r.drain()
+                .iter()
+                .filter(|o| matches!(o, Out::Send { bytes, .. } if matches!(wire::decode(bytes), Ok(Message::Update(u)) if !u.announced.is_empty())))
+                .count()
+        };
+        let refresh = Message::RouteRefresh { ipv6: false };
+        r.on_message(N0, 1, Ok(refresh.clone()), now);
+        assert_eq!(updates(&mut r), 1, "the first is served");
+        for i in 0..1000 {
+            r.on_message(N0, 1, Ok(refresh.clone()), now + Duration::from_millis(i));
+        }
+        assert_eq!(updates(&mut r), 0, "the burst waits");
+        // The neighbour keeps the session up (hold time 9 s).
+        let tick = |r: &mut Router, at: Instant| {
+            r.on_message(N0, 1, Ok(Message::Keepalive), at);
+            r.on_tick(at);
+        };
+        tick(&mut r, now + REFRESH_EVERY / 2);
+        assert_eq!(updates(&mut r), 0);
+        tick(&mut r, now + REFRESH_EVERY);
+        assert_eq!(updates(&mut r), 1, "served once when the interval is over");
+        tick(&mut r, now + REFRESH_EVERY * 3 / 2);
+        tick(&mut r, now + REFRESH_EVERY * 3);
+        assert_eq!(updates(&mut r), 0, "and only once");
         assert!(r.neighbors[0].session.is_established());
     }
 
