@@ -26,6 +26,16 @@ impl Fingerprint {
     pub fn of(encoded: &[u8]) -> Fingerprint {
         Fingerprint(Sha256::digest(encoded).into())
     }
+
+    /// What a revocation list names to revoke a node's key, every
+    /// certificate of it at once: SHA-256 of a label and the key, so it is
+    /// never the fingerprint of a certificate.
+    pub fn of_key(public_key: &[u8; 32]) -> Fingerprint {
+        let mut h = Sha256::new();
+        h.update(b"cubenet revoked key\0");
+        h.update(public_key);
+        Fingerprint(h.finalize().into())
+    }
     pub fn to_hex(&self) -> String {
         hex::encode(self.0)
     }

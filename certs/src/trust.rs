@@ -99,8 +99,10 @@ impl TrustAnchor {
         check_time(cert.body.not_before, cert.body.not_after, now)?;
         self.check_policy(cert)?;
         if let Some(crl) = &self.crl {
+            // The certificate, or its key: a node whose key is revoked
+            // cannot come back with an older (or newer) certificate of it.
             let fp = cert.fingerprint();
-            if crl.is_revoked(&fp) {
+            if crl.is_revoked(&fp) || crl.is_revoked(&Fingerprint::of_key(cert.public_key())) {
                 return Err(CertError::Revoked {
                     fingerprint: fp.to_hex(),
                     serial: crl.body.serial,

@@ -297,13 +297,17 @@ fn ca_keygen_sign_print_verify_and_each_refusal() {
     );
     assert!(msg.contains("revoked"), "{msg}");
     reasons.push(msg);
-    ok(
+    // gw1's certificate is of the same key: revoking h1's file revoked
+    // the key, and with it every certificate of it.
+    assert!(out.contains("and its key"), "{out}");
+    let (_, msg) = fails(
         d,
         &["verify", "--ca", "ca/ca.crt", "--crl", "crl", "gw1.crt"],
     );
+    assert!(msg.contains("revoked"), "{msg}");
     let out = ok(d, &["revoke", "--ca-dir", "ca", "--crl", "crl", "gw1.crt"]);
     assert!(
-        out.contains("serial 2") && out.contains("2 certificate"),
+        out.contains("serial 2") && out.contains("3 certificate"),
         "{out}"
     );
     let v: serde_json::Value = serde_json::from_str(&ok(d, &["print", "--json", "crl"])).unwrap();

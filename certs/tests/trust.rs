@@ -181,3 +181,46 @@ fn key_files_are_private() {
     cubenet_certs::keys::write_private(&wg, &key.to_wireguard_base64()).unwrap();
     assert_eq!(NodeKey::load(&wg).unwrap().public(), key.public());
 }
+
+/// Audit M5: revoking a node's key revokes every certificate of it, so a
+/// node cannot come back with the older certificate it kept (a renewal
+/// signs the same key again).
+#[test]
+fn a_revoked_key_revokes_every_certificate_of_it() {
+    let (key, ca_cert) = ca("acme");
+    let mut anchor = TrustAnchor::new(ca_cert.clone(), NOW).unwrap();
+    let old = node(&key, &ca_cert, "10.77.1.1/16", Role::Host, &[]);
+    let renewed = NodeBody {
+        not_before: NOW - 5,
+        ..old.body.clone()
+    }
+    .sign(&key.signing)
+    .unwrap();
+    let other = node(&key, &ca_cert, "10.77.1.2/16", Role::Host, &[]);
+    assert_ne!(old.fingerprint(), renewed.fingerprint());
+    let list = RevocationBody {
+        ca_fingerprint: ca_cert.fingerprint(),
+        serial: 1,
+        issued_at: NOW,
+        revoked: [
+            renewed.fingerprint(),
+            cubenet_certs::Fingerprint::of_key(renewed.public_key()),
+        ]
+        .into_iter()
+        .collect(),
+    }
+    .sign(&key.signing)
+    .unwrap();
+    anchor.offer_revocation_list(list).unwrap();
+    for c in [&renewed, &old] {
+        assert!(
+            matches!(anchor.validate(c, NOW), Err(CertError::Revoked { .. })),
+            "{:?}",
+            anchor.validate(c, NOW)
+        );
+    }
+    assert!(
+        anchor.validate(&other, NOW).is_ok(),
+        "another key stays valid"
+    );
+}

@@ -484,11 +484,21 @@ impl Net {
     fn revoke_and_reload(&mut self, revoked: &str, at: &str) -> Vec<String> {
         let cert =
             cubenet_certs::load_node_cert(&self.dir.path().join(format!("{revoked}.crt"))).unwrap();
+        self.write_crl_and_reload(1, vec![cert.fingerprint()], at)
+    }
+
+    /// Writes a revocation list of `serial` and reloads `at`'s identity.
+    fn write_crl_and_reload(
+        &mut self,
+        serial: u64,
+        revoked: Vec<cubenet_certs::Fingerprint>,
+        at: &str,
+    ) -> Vec<String> {
         let crl = cubenet_certs::RevocationBody {
             ca_fingerprint: self.ca.fingerprint(),
-            serial: 1,
+            serial,
             issued_at: self.unix_now(),
-            revoked: [cert.fingerprint()].into_iter().collect(),
+            revoked: revoked.into_iter().collect(),
         }
         .sign(&self.ca_key.signing)
         .unwrap();
@@ -844,6 +854,27 @@ fn a_revoked_host_is_cut_at_reload_and_cannot_attach_again() {
     assert!(gw.status(net.now).drops.bad_cert > 0);
     // gw2 was not reloaded: it still has the host.
     assert!(net.peer("fra-gw2", "fra-h1").attached);
+}
+
+/// Audit M5: a reload that finds an older revocation list (a lower
+/// serial, as from a backup) or none keeps the one in force: the revoked
+/// host stays cut. Before, the reload built a new trust anchor from the
+/// file and the host attached again.
+#[test]
+fn a_reload_with_an_older_revocation_list_does_not_unrevoke() {
+    let mut net = Net::site(2);
+    converged(&mut net);
+    let cert = cubenet_certs::load_node_cert(&net.dir.path().join("fra-h1.crt")).unwrap();
+    let cut = net.write_crl_and_reload(5, vec![cert.fingerprint()], "fra-gw1");
+    assert_eq!(cut, ["fra-h1"]);
+    net.write_crl_and_reload(4, vec![], "fra-gw1");
+    net.run_for(Duration::from_secs(5));
+    let gw = &net.nodes[net.index("fra-gw1")].node;
+    assert!(
+        gw.attached().peers.iter().all(|p| p.name != "fra-h1"),
+        "the revoked host attached again"
+    );
+    assert_eq!(gw.status(net.now).crl_serial, Some(5));
 }
 
 /// A crash and restart of fra-gw1 over an underlay that loses 2% of

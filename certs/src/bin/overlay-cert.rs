@@ -95,7 +95,8 @@ enum Cmd {
         file: PathBuf,
     },
     /// Add a certificate (file, or its hex fingerprint) to the revocation list,
-    /// creating the list or bumping its serial.
+    /// creating the list or bumping its serial. Given the file, its key is
+    /// revoked too: no certificate of that key is valid any more.
     Revoke {
         #[arg(long)]
         ca_dir: PathBuf,
@@ -291,16 +292,16 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Revoke { ca_dir, crl, cert } => {
             let ca = load_ca_cert(&ca_dir.join("ca.crt")).map_err(|e| usage(e.to_string()))?;
             let ca_key = CaKey::load(&ca_dir.join("ca.key")).map_err(|e| usage(e.to_string()))?;
-            let fp = if Path::new(&cert).exists() {
-                load_node_cert(Path::new(&cert))
-                    .map_err(|e| usage(e.to_string()))?
-                    .fingerprint()
+            let (fp, key) = if Path::new(&cert).exists() {
+                let c = load_node_cert(Path::new(&cert)).map_err(|e| usage(e.to_string()))?;
+                (c.fingerprint(), Some(Fingerprint::of_key(c.public_key())))
             } else {
-                Fingerprint::from_hex(&cert).map_err(|_| {
+                let fp = Fingerprint::from_hex(&cert).map_err(|_| {
                     usage(format!(
                         "{cert:?} is neither a certificate file nor a 64-digit hex fingerprint"
                     ))
-                })?
+                })?;
+                (fp, None)
             };
             let (serial, mut revoked) = if crl.exists() {
                 let list = load_revocation_list(&crl).map_err(|e| usage(e.to_string()))?;
@@ -310,7 +311,7 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 (0, BTreeSet::new())
             };
-            let added = revoked.insert(fp);
+            let added = revoked.insert(fp) | key.is_some_and(|k| revoked.insert(k));
             let list = RevocationBody {
                 ca_fingerprint: ca.fingerprint(),
                 serial: serial + 1,
@@ -325,8 +326,9 @@ fn run(cli: Cli) -> Result<()> {
             std::fs::rename(&tmp, &crl)
                 .with_context(|| format!("renaming {} to {}", tmp.display(), crl.display()))?;
             println!(
-                "{} {fp}; {} serial {} lists {} certificate(s)",
+                "{} {fp}{}; {} serial {} lists {} certificate(s) and key(s)",
                 if added { "revoked" } else { "already revoked" },
+                if key.is_some() { " and its key" } else { "" },
                 crl.display(),
                 list.body.serial,
                 list.body.revoked.len()

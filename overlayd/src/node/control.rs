@@ -6,8 +6,23 @@ use super::*;
 impl Node {
     /// Replaces the identity (SIGHUP): peers whose certificate is no longer
     /// valid lose their session at once; the others keep theirs.
-    pub fn reload_identity(&self, identity: Identity) -> api::ReloadReport {
+    /// A revocation list never goes backwards: if the new identity has none,
+    /// or one with a lower serial than the list in force, the list in
+    /// force stays (a deleted or older file would otherwise un-revoke).
+    pub fn reload_identity(&self, mut identity: Identity) -> api::ReloadReport {
         let now = self.unix();
+        if let Some(held) = self.identity().trust.revocation_list() {
+            let serial = held.body.serial;
+            if let Ok(cubenet_certs::CrlUpdate::Replaced) =
+                identity.trust.offer_revocation_list(held.clone())
+            {
+                tracing::warn!(
+                    serial,
+                    "the revocation list read at reload is missing or older than the one in \
+                     force (serial {serial}): the one in force is kept"
+                );
+            }
+        }
         let identity = Arc::new(identity);
         let mut c = self.ctl();
         self.identity.store(identity.clone());
