@@ -791,14 +791,16 @@ impl Router {
                 }
                 // A site prefix: the gateway that brought it into the
                 // overlay (the one nearest the origin in the path) must have
-                // a cert that allows it.
+                // a cert that lists it — that prefix, not a more-specific
+                // of it, which would win every longest-prefix match against
+                // the real one (audit H2).
                 let announcer = attrs.as_path.iter().rev().find_map(|asn| {
                     self.neighbors
                         .iter()
                         .find(|o| o.cfg.asn == *asn && o.cfg.cert.is_some())
                 });
                 match announcer {
-                    Some(o) if contains(&o.cert_subnets, p) => Ok(()),
+                    Some(o) if o.cert_subnets.iter().any(|s| s.trunc() == p.trunc()) => Ok(()),
                     Some(o) => Err(Refusal::NotAllowedFor(o.cfg.name.clone())),
                     None => Err(Refusal::NoKnownAnnouncer),
                 }
@@ -1351,6 +1353,64 @@ mod tests {
         tick(&mut r, now + REFRESH_EVERY * 3);
         assert_eq!(updates(&mut r), 0, "and only once");
         assert!(r.neighbors[0].session.is_established());
+    }
+
+    /// Audit H2: a gateway cannot attract another site's traffic with a
+    /// more-specific of that site's prefix, whatever origin it writes in
+    /// the path. The prefix itself, relayed with the true origin, is
+    /// transit and stays accepted.
+    #[test]
+    fn a_more_specific_of_another_gateways_site_prefix_is_refused() {
+        let now = Instant::now();
+        let cfg = Config::parse(
+            "asn = 4200000101\nrouter_id = \"10.77.1.1\"\nca = \"-\"\ncert = \"-\"\n\
+             [[neighbor]]\nname = \"ams-gw1\"\naddress = \"10.77.2.1\"\nasn = 4200000201\n\
+             bfd = false\nimport = \"overlay\"\nexport = \"all\"\ncert = \"ams.crt\"\n\
+             [[neighbor]]\nname = \"evil-gw\"\naddress = \"10.77.3.1\"\nasn = 4200000301\n\
+             bfd = false\nimport = \"overlay\"\nexport = \"all\"\ncert = \"evil.crt\"\n",
+        )
+        .unwrap();
+        let site: IpNet = "192.168.2.0/24".parse().unwrap();
+        let mut r = Router::new(
+            cfg,
+            vec!["10.77.0.0/16".parse().unwrap()],
+            vec![],
+            None,
+            vec![vec![site], vec![]],
+            now,
+            1,
+        )
+        .unwrap();
+        let evil = NeighborId(1);
+        r.on_connected(evil, 1, false, None, now);
+        let open = Open {
+            asn: 4200000301,
+            hold_time: 90,
+            router_id: Ipv4Addr::new(10, 77, 3, 1),
+            ipv4: true,
+            ipv6: false,
+            asn4: true,
+            route_refresh: false,
+        };
+        r.on_message(evil, 1, Ok(Message::Open(open)), now);
+        r.on_message(evil, 1, Ok(Message::Keepalive), now);
+        assert!(r.neighbors[evil].session.is_established());
+        let forged = |p: &str| {
+            Message::Update(Update {
+                announced: vec![p.parse().unwrap()],
+                attrs: Attrs {
+                    as_path: vec![4200000301, 4200000201],
+                    next_hop_v4: Some(Ipv4Addr::new(10, 77, 3, 1)),
+                    ..Attrs::default()
+                },
+                ..Update::default()
+            })
+        };
+        r.on_message(evil, 1, Ok(forged("192.168.2.0/25")), now);
+        assert!(!has(&r, "192.168.2.0/25"), "a more-specific was accepted");
+        assert_eq!(r.neighbors[evil].rejected, 1);
+        r.on_message(evil, 1, Ok(forged("192.168.2.0/24")), now);
+        assert!(has(&r, "192.168.2.0/24"), "transit of the prefix itself");
     }
 
     fn is_notification(o: &Out) -> bool {
