@@ -1948,6 +1948,13 @@ mod tests {
                 prop_assert!(parsed.is_none());
                 return Ok(());
             }
+            if v6 && matches!(proto, HOP_BY_HOP | ROUTING | FRAGMENT | AUTH | DEST_OPTS) {
+                // Random bytes as extension headers: walked, parsed or
+                // refused, never a panic.
+                let mut fw = Firewall::new(policy(DB).unwrap());
+                let _ = fw.check(Direction::Inbound, &pkt, Instant::now(), &ids);
+                return Ok(());
+            }
             let p = parsed.expect("a whole header parses");
             let (s, d): (IpAddr, IpAddr) = if v6 {
                 (Ipv6Addr::from(src).into(), Ipv6Addr::from(dst).into())
