@@ -38,6 +38,9 @@ impl Node {
             }
         }
         self.rebuild_identities(&mut c);
+        // Identities learned from gateways were validated under the old
+        // trust (audit L14): asked again when needed.
+        c.remote_ids.clear();
         // Own certificate may have changed: re-announce it.
         for peer in self.gateways(&c) {
             peer.our_cert_acked.store(false, Ordering::Relaxed);

@@ -87,7 +87,12 @@ impl Node {
                 }
                 Some(Err(e)) => {
                     bump(&self.drops.bad_cert);
-                    tracing::warn!(peer = %peer.name(), "refused in-band certificate: {e}");
+                    // One line a second at most: any key that completed a
+                    // handshake can send these (audit L4).
+                    let sec = now.saturating_duration_since(self.started).as_secs();
+                    if self.cert_log_sec.swap(sec, Ordering::Relaxed) != sec {
+                        tracing::warn!(peer = %peer.name(), "refused in-band certificate: {e}");
+                    }
                 }
                 None => {}
             },

@@ -207,6 +207,8 @@ pub struct Node {
     /// were not logged since.
     drop_log_sec: AtomicU64,
     drop_log_skipped: AtomicU64,
+    /// The second of the last refused-certificate log line.
+    cert_log_sec: AtomicU64,
     /// Only when the config has a `[firewall]`.
     firewall_on: AtomicBool,
     /// Shutting down: peers were told (`Leaving`), probes go unanswered so
@@ -419,6 +421,7 @@ impl Node {
             firewall: Mutex::new(firewall),
             drop_log_sec: AtomicU64::new(u64::MAX),
             drop_log_skipped: AtomicU64::new(0),
+            cert_log_sec: AtomicU64::new(u64::MAX),
             firewall_on: AtomicBool::new(cfg.firewall.is_some()),
             events_waiting: AtomicBool::new(false),
             control: Mutex::new(Control {

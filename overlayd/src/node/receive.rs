@@ -125,8 +125,12 @@ impl Node {
             }
         }
         if ok {
-            // Authenticated: the peer is at `from` now (roaming).
-            peer.set_endpoint(from);
+            // Authenticated: the peer is at `from` now (roaming). Not on a
+            // cookie reply: anyone who saw our initiation can forge one
+            // (audit L6).
+            if kind != Kind::Other {
+                peer.set_endpoint(from);
+            }
             let handshake = matches!(kind, Kind::Response | Kind::Initiation);
             // A load first: the swap would write a shared line per packet.
             let first_data = kind == Kind::Data
