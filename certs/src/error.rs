@@ -58,6 +58,11 @@ pub enum KeyFileError {
          run `chmod 600 {path}` and check who could have read it"
     )]
     TooOpen { path: PathBuf, mode: u32 },
+    #[error(
+        "{path}: private key is owned by uid {owner}, not by this user (uid {me}) or root; \
+         `chown` it to the user the daemon runs as"
+    )]
+    OtherOwner { path: PathBuf, owner: u32, me: u32 },
     #[error("{path}: {source}")]
     Decode {
         path: PathBuf,

@@ -125,13 +125,18 @@ impl CaKey {
     }
 }
 
-/// Reads a private key file, refusing it when group or others may read it.
+/// Reads a private key file, refusing it when group or others may read it
+/// or when another user owns it. The checks are made on the file opened,
+/// not on the path before it is opened (audit L11: stat, then open).
 pub fn read_private(path: &Path) -> Result<String, KeyFileError> {
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
     let io = |source| KeyFileError::Io {
         path: path.to_owned(),
         source,
     };
-    let meta = std::fs::metadata(path).map_err(io)?;
+    let mut f = std::fs::File::open(path).map_err(io)?;
+    let meta = f.metadata().map_err(io)?;
     let mode = meta.permissions().mode() & 0o7777;
     if mode & 0o077 != 0 {
         return Err(KeyFileError::TooOpen {
@@ -139,7 +144,18 @@ pub fn read_private(path: &Path) -> Result<String, KeyFileError> {
             mode,
         });
     }
-    std::fs::read_to_string(path).map_err(io)
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != me && meta.uid() != 0 {
+        return Err(KeyFileError::OtherOwner {
+            path: path.to_owned(),
+            owner: meta.uid(),
+            me,
+        });
+    }
+    let mut text = String::new();
+    f.read_to_string(&mut text).map_err(io)?;
+    Ok(text)
 }
 
 /// Writes `contents` to a new file with mode 0600 (never widened by umask,

@@ -407,6 +407,30 @@ fn group_readable_key_is_refused() {
     // keygen never overwrites a key.
     let (_, msg) = fails(d, &["keygen", "--out", "k"]);
     assert!(msg.contains("already exists"), "{msg}");
+    // A key of another user, mode 0600 (audit L11): refused. Only root can
+    // give a file away, so only then is this tried.
+    std::fs::set_permissions(d.join("k"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(d.join("ca/ca.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    if std::os::unix::fs::chown(d.join("k"), Some(65534), None).is_ok() {
+        let (code, msg) = fails(
+            d,
+            &[
+                "sign",
+                "--ca-dir",
+                "ca",
+                "--name",
+                "h",
+                "--ip",
+                "10.77.0.9/16",
+                "--key",
+                "k",
+                "--out",
+                "h.crt",
+            ],
+        );
+        assert_eq!(code, 2);
+        assert!(msg.contains("owned by uid 65534"), "{msg}");
+    }
     let _ = Role::Host;
 }
 
