@@ -364,22 +364,21 @@ fn group_readable_key_is_refused() {
         0o600
     );
     std::fs::set_permissions(d.join("k"), std::fs::Permissions::from_mode(0o640)).unwrap();
-    let (code, msg) = fails(
-        d,
-        &[
-            "sign",
-            "--ca-dir",
-            "ca",
-            "--name",
-            "h",
-            "--ip",
-            "10.77.0.9/16",
-            "--key",
-            "k",
-            "--out",
-            "h.crt",
-        ],
-    );
+    // Signs a host certificate for the key `k`.
+    let sign_with_k = [
+        "sign",
+        "--ca-dir",
+        "ca",
+        "--name",
+        "h",
+        "--ip",
+        "10.77.0.9/16",
+        "--key",
+        "k",
+        "--out",
+        "h.crt",
+    ];
+    let (code, msg) = fails(d, &sign_with_k);
     assert_eq!(code, 2);
     assert!(
         msg.contains("readable by group or others") && msg.contains("chmod 600"),
@@ -412,22 +411,7 @@ fn group_readable_key_is_refused() {
     std::fs::set_permissions(d.join("k"), std::fs::Permissions::from_mode(0o600)).unwrap();
     std::fs::set_permissions(d.join("ca/ca.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
     if std::os::unix::fs::chown(d.join("k"), Some(65534), None).is_ok() {
-        let (code, msg) = fails(
-            d,
-            &[
-                "sign",
-                "--ca-dir",
-                "ca",
-                "--name",
-                "h",
-                "--ip",
-                "10.77.0.9/16",
-                "--key",
-                "k",
-                "--out",
-                "h.crt",
-            ],
-        );
+        let (code, msg) = fails(d, &sign_with_k);
         assert_eq!(code, 2);
         assert!(msg.contains("owned by uid 65534"), "{msg}");
     }

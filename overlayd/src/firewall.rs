@@ -1273,11 +1273,13 @@ mod tests {
         vec![next, 0, 1, 4, 0, 0, 0, 0]
     }
 
-    /// An IPv6 fragment header: `next`, byte `offset`, more to come, `id`.
-    fn frag6(next: u8, offset: u16, more: bool, id: u32) -> Vec<u8> {
+    /// An IPv6 fragment header (`next`, byte `offset`, more to come, `id`)
+    /// and the fragment's `payload`.
+    fn frag6(next: u8, offset: u16, more: bool, id: u32, payload: &[u8]) -> Vec<u8> {
         let mut h = vec![next, 0];
         h.extend_from_slice(&((offset / 8) << 3 | u16::from(more)).to_be_bytes());
         h.extend_from_slice(&id.to_be_bytes());
+        h.extend_from_slice(payload);
         h
     }
 
@@ -1342,10 +1344,8 @@ mod tests {
         // Our echo reply to R, in two fragments, goes out.
         let mut reply = vec![129u8, 0, 0, 0, 0, 7, 0, 1];
         reply.extend([0u8; 64]);
-        let mut first = frag6(ICMPV6, 0, true, 1);
-        first.extend(&reply);
-        let mut later = frag6(ICMPV6, 1232, false, 1);
-        later.extend([0u8; 64]);
+        let first = frag6(ICMPV6, 0, true, 1, &reply);
+        let later = frag6(ICMPV6, 1232, false, 1, &[0; 64]);
         for p in [&first, &later] {
             assert_eq!(
                 fw.check(
@@ -1359,16 +1359,14 @@ mod tests {
         }
         // R's SYN to a port nothing allows, fragmented: its first fragment
         // is judged as TCP to 8080 and denied, and its later one with it.
-        let mut syn_first = frag6(TCP, 0, true, 9);
-        syn_first.extend(tcp_header(40000, 8080, SYN));
+        let syn_first = frag6(TCP, 0, true, 9, &tcp_header(40000, 8080, SYN));
         let pkt = v6(OTHER6, ME6, FRAGMENT, &syn_first);
         assert_eq!(parse(&pkt).map(|p| (p.proto, p.dport)), Some((TCP, 8080)));
         assert_eq!(
             fw.check(Direction::Inbound, &pkt, now, &ids),
             Verdict::Deny(None)
         );
-        let mut syn_later = frag6(TCP, 24, false, 9);
-        syn_later.extend([0u8; 16]);
+        let syn_later = frag6(TCP, 24, false, 9, &[0; 16]);
         assert_eq!(
             fw.check(
                 Direction::Inbound,
@@ -1381,10 +1379,8 @@ mod tests {
         // A fragmented ping from R is allowed by the icmp rule, all of it.
         let mut echo = vec![128u8, 0, 0, 0, 0, 8, 0, 1];
         echo.extend([0u8; 64]);
-        let mut p1 = frag6(ICMPV6, 0, true, 11);
-        p1.extend(&echo);
-        let mut p2 = frag6(ICMPV6, 1232, false, 11);
-        p2.extend([0u8; 64]);
+        let p1 = frag6(ICMPV6, 0, true, 11, &echo);
+        let p2 = frag6(ICMPV6, 1232, false, 11, &[0; 64]);
         for p in [&p1, &p2] {
             assert_eq!(
                 fw.check(Direction::Inbound, &v6(OTHER6, ME6, FRAGMENT, p), now, &ids),

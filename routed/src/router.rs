@@ -1254,21 +1254,27 @@ mod tests {
             1,
         )
         .unwrap();
-        r.on_connected(N0, 1, false, None, now);
+        establish(&mut r, N0, 65010, Ipv4Addr::new(10, 77, 1, 9), now);
+        r.drain();
+        (r, now)
+    }
+
+    /// Brings neighbour `n` up on connection 1: its OPEN (IPv4 only), then
+    /// its KEEPALIVE.
+    fn establish(r: &mut Router, n: NeighborId, asn: u32, router_id: Ipv4Addr, now: Instant) {
+        r.on_connected(n, 1, false, None, now);
         let open = Open {
-            asn: 65010,
+            asn,
             hold_time: 90,
-            router_id: Ipv4Addr::new(10, 77, 1, 9),
+            router_id,
             ipv4: true,
             ipv6: false,
             asn4: true,
             route_refresh: false,
         };
-        r.on_message(N0, 1, Ok(Message::Open(open)), now);
-        r.on_message(N0, 1, Ok(Message::Keepalive), now);
-        assert!(r.neighbors[0].session.is_established());
-        r.drain();
-        (r, now)
+        r.on_message(n, 1, Ok(Message::Open(open)), now);
+        r.on_message(n, 1, Ok(Message::Keepalive), now);
+        assert!(r.neighbors[n].session.is_established());
     }
 
     fn announce(p: &str) -> Message {
@@ -1382,19 +1388,7 @@ mod tests {
         )
         .unwrap();
         let evil = NeighborId(1);
-        r.on_connected(evil, 1, false, None, now);
-        let open = Open {
-            asn: 4200000301,
-            hold_time: 90,
-            router_id: Ipv4Addr::new(10, 77, 3, 1),
-            ipv4: true,
-            ipv6: false,
-            asn4: true,
-            route_refresh: false,
-        };
-        r.on_message(evil, 1, Ok(Message::Open(open)), now);
-        r.on_message(evil, 1, Ok(Message::Keepalive), now);
-        assert!(r.neighbors[evil].session.is_established());
+        establish(&mut r, evil, 4200000301, Ipv4Addr::new(10, 77, 3, 1), now);
         let forged = |p: &str| {
             Message::Update(Update {
                 announced: vec![p.parse().unwrap()],
