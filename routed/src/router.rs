@@ -593,6 +593,13 @@ impl Router {
             if let Some(d) = nb.link.as_ref().and_then(|l| l.next_change(now)) {
                 t = t.min(d);
             }
+            // A link suppressed by its last flap has its session stopped by
+            // the next tick; that tick is now, before the session can
+            // reconnect on a link it must keep down.
+            let suppressed = nb.link.as_ref().is_some_and(|l| l.suppressed(now));
+            if suppressed == nb.session.enabled() {
+                t = now;
+            }
         }
         t.max(now)
     }
