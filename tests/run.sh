@@ -22,6 +22,8 @@ needs=(
   wireguard-go:wireguard-go
   wg:wireguard-tools
   iperf3:iperf3
+  traceroute:traceroute
+  tracepath:iputils-tracepath
   bird:bird2
   gobgpd:gobgpd
   jq:jq

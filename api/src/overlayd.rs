@@ -210,6 +210,29 @@ pub struct Status {
     pub routes: Vec<RouteRow>,
     pub datapath: Option<Datapath>,
     pub firewall: FirewallStatus,
+    /// ICMP / ICMPv6 errors this node sent as a router.
+    #[serde(default)]
+    pub icmp: IcmpSent,
+}
+
+/// ICMP and ICMPv6 errors a gateway sent, by kind, and those its rate limit
+/// (1000 a second, bursts of 50) held back.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IcmpSent {
+    pub time_exceeded: u64,
+    pub unreachable: u64,
+    pub rate_limited: u64,
+}
+
+impl IcmpSent {
+    /// Every counter with its name, in document order.
+    pub fn iter(&self) -> [(&'static str, u64); 3] {
+        [
+            ("time_exceeded", self.time_exceeded),
+            ("unreachable", self.unreachable),
+            ("rate_limited", self.rate_limited),
+        ]
+    }
 }
 
 /// What a peer's role is known to be.
@@ -305,11 +328,15 @@ pub struct Drops {
     pub bad_cert: u64,
     /// No endpoint known for the chosen peer yet.
     pub no_endpoint: u64,
+    /// Arrived at a gateway with a TTL / hop limit of 1 or 0 (time
+    /// exceeded is sent back, rate limited).
+    #[serde(default)]
+    pub ttl_expired: u64,
 }
 
 impl Drops {
     /// Every counter with its name, in document order.
-    pub fn iter(&self) -> [(&'static str, u64); 15] {
+    pub fn iter(&self) -> [(&'static str, u64); 16] {
         [
             ("spoofed", self.spoofed),
             ("spoofed_local", self.spoofed_local),
@@ -326,6 +353,7 @@ impl Drops {
             ("handshake_backlog", self.handshake_backlog),
             ("bad_cert", self.bad_cert),
             ("no_endpoint", self.no_endpoint),
+            ("ttl_expired", self.ttl_expired),
         ]
     }
 }

@@ -8,6 +8,7 @@ pub mod driver;
 pub mod fib;
 pub mod firewall;
 pub mod health;
+pub mod icmp;
 pub mod identity;
 pub mod inband;
 pub mod netlink;

@@ -125,6 +125,18 @@ pub fn render(st: &Status) -> String {
         );
     }
     e.family(
+        "cubenet_overlayd_icmp_errors_total",
+        "counter",
+        "ICMP and ICMPv6 errors sent as a router, by kind (rate_limited: held back).",
+    );
+    for (kind, v) in st.icmp.iter() {
+        e.sample(
+            "cubenet_overlayd_icmp_errors_total",
+            &[("kind", kind)],
+            v as f64,
+        );
+    }
+    e.family(
         "cubenet_overlayd_routes",
         "gauge",
         "Forwarding entries by origin.",

@@ -1092,14 +1092,188 @@ impl Whole {
     /// Sends a packet from one host's TUN to another's address now; true
     /// when it came out of the other host's TUN.
     fn delivers(&mut self, from: &str, to: &str, src: [u8; 4], dst: [u8; 4]) -> bool {
+        self.arrives(from, to, &ipv4_udp(src, dst)).is_some()
+    }
+
+    /// Sends `pkt` (IPv4) from one host's TUN now; the TTL it came out of
+    /// the other host's TUN with (its header checksum checked), if it did.
+    fn arrives(&mut self, from: &str, to: &str, pkt: &[u8]) -> Option<u8> {
         let (f, t) = (self.net.index(from), self.net.index(to));
         self.net.nodes[t].tun.clear();
-        let pkt = ipv4_udp(src, dst);
         let now = self.net.now;
         let n = &mut self.net.nodes[f];
-        n.node.on_tun_packet(&pkt, now, &mut n.out);
+        n.node.on_tun_packet(pkt, now, &mut n.out);
         self.net.settle();
-        self.net.nodes[t].tun.contains(&pkt)
+        let got = self.net.nodes[t]
+            .tun
+            .iter()
+            .find(|p| same_but_ttl(p, pkt))?;
+        assert_eq!(ones_sum(&got[..20]), 0xffff, "header checksum of {got:?}");
+        Some(got[8])
+    }
+
+    /// The ICMP errors (type, code, source) that came out of `host`'s TUN
+    /// about `pkt` (they quote it), taking them.
+    fn icmp_errors(&mut self, host: &str, pkt: &[u8]) -> Vec<(u8, u8, [u8; 4])> {
+        let h = self.net.index(host);
+        let tun = std::mem::take(&mut self.net.nodes[h].tun);
+        tun.iter()
+            .filter(|p| p.len() >= 48 && p[9] == 1 && same_but_ttl(&p[28..48], &pkt[..20]))
+            .map(|p| {
+                assert_eq!(ones_sum(&p[20..]), 0xffff, "ICMP checksum");
+                (p[20], p[21], [p[12], p[13], p[14], p[15]])
+            })
+            .collect()
+    }
+
+    fn status(&self, node: &str) -> cubenet_api::overlayd::Status {
+        self.net.nodes[self.net.index(node)]
+            .node
+            .status(self.net.now)
+    }
+}
+
+/// Equal IPv4 packets but for the TTL and the header checksum.
+fn same_but_ttl(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .enumerate()
+            .all(|(i, (x, y))| matches!(i, 8 | 10 | 11) || x == y)
+}
+
+/// The one's-complement sum of 16-bit words (0xffff over a valid header).
+fn ones_sum(b: &[u8]) -> u16 {
+    let mut sum: u32 = b
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
+}
+
+fn with_ttl(mut pkt: Vec<u8>, ttl: u8) -> Vec<u8> {
+    pkt[8] = ttl;
+    pkt[10..12].copy_from_slice(&[0, 0]);
+    let ck = !ones_sum(&pkt[..20]);
+    pkt[10..12].copy_from_slice(&ck.to_be_bytes());
+    pkt
+}
+
+/// Gateways are routers: every gateway hop takes one off the TTL, and at
+/// the end of it the gateway answers with time exceeded from its own
+/// address, so `traceroute` lists each gateway; a destination nobody
+/// serves gets host unreachable.
+#[test]
+fn gateways_decrement_the_ttl_and_answer_time_exceeded_and_unreachable() {
+    let mut w = Whole::new(2);
+    let pkt = ipv4_udp([10, 77, 1, 11], [10, 77, 2, 11]);
+    // Two gateways on the way: 64 leaves, 62 arrives.
+    assert_eq!(w.arrives("s1-h1", "s2-h1", &pkt), Some(62));
+    w.icmp_errors("s1-h1", &pkt);
+    // TTL 1: time exceeded from the first gateway (site 1's).
+    let one = with_ttl(pkt.clone(), 1);
+    assert_eq!(w.arrives("s1-h1", "s2-h1", &one), None);
+    let errs = w.icmp_errors("s1-h1", &one);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    let (t, c, from) = errs[0];
+    assert_eq!((t, c), (11, 0));
+    assert_eq!(
+        &from[..3],
+        &[10, 77, 1],
+        "not from a site 1 gateway: {from:?}"
+    );
+    // TTL 2: from the second (site 2's).
+    let two = with_ttl(pkt.clone(), 2);
+    assert_eq!(w.arrives("s1-h1", "s2-h1", &two), None);
+    let errs = w.icmp_errors("s1-h1", &two);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!(&errs[0].2[..3], &[10, 77, 2], "not from a site 2 gateway");
+    // TTL 3 gets through with 1 left.
+    assert_eq!(
+        w.arrives("s1-h1", "s2-h1", &with_ttl(pkt.clone(), 3)),
+        Some(1)
+    );
+    // An overlay address nobody serves: host unreachable.
+    let lost = ipv4_udp([10, 77, 1, 11], [10, 77, 9, 11]);
+    assert_eq!(w.arrives("s1-h1", "s2-h1", &lost), None);
+    let errs = w.icmp_errors("s1-h1", &lost);
+    assert_eq!(
+        errs.iter().map(|e| (e.0, e.1)).collect::<Vec<_>>(),
+        [(3, 1)]
+    );
+    // Two expiries, each answered, and one unreachable, none held back.
+    let (mut expired, mut exceeded, mut unreachable) = (0, 0, 0);
+    for g in ["s1-gw1", "s1-gw2", "s2-gw1", "s2-gw2"] {
+        let st = w.status(g);
+        assert_eq!(st.icmp.rate_limited, 0, "{g}");
+        expired += st.drops.ttl_expired;
+        exceeded += st.icmp.time_exceeded;
+        unreachable += st.icmp.unreachable;
+    }
+    assert_eq!((expired, exceeded, unreachable), (2, 2, 1));
+}
+
+/// A static route cycle through three gateways: the packet goes round
+/// until its TTL runs out, then time exceeded goes back to its sender (it
+/// used to circulate for ever, re-encrypted at every hop).
+#[test]
+fn a_routing_loop_ends_with_time_exceeded() {
+    let mut w = Whole::new(3);
+    route_cycle(&mut w);
+    let pkt = with_ttl(ipv4_udp([10, 77, 1, 11], [10, 77, 9, 1]), 16);
+    // Without a TTL the underlay would never settle.
+    assert_eq!(w.arrives("s1-h1", "s2-h1", &pkt), None);
+    let errs = w.icmp_errors("s1-h1", &pkt);
+    assert_eq!(
+        errs.iter().map(|e| (e.0, e.1)).collect::<Vec<_>>(),
+        [(11, 0)]
+    );
+    let expired: u64 = ["s1-gw1", "s1-gw2", "s2-gw1", "s3-gw1"]
+        .iter()
+        .map(|g| w.status(g).drops.ttl_expired)
+        .sum();
+    assert_eq!(expired, 1);
+}
+
+/// A WhoIs question for an address in a routing loop goes round once and
+/// ends: a gateway with the same question out does not ask again.
+#[test]
+fn a_whois_question_in_a_routing_loop_goes_round_once() {
+    let mut w = Whole::with_config(
+        3,
+        &config_of("s1-h1", "[firewall]\ninbound_default = \"deny\"\n"),
+    );
+    route_cycle(&mut w);
+    let h = w.net.index("s1-h1");
+    let now = w.net.now;
+    let a = "10.77.9.1".parse().unwrap();
+    assert!(w.net.nodes[h].node.identity_of(a, now).is_none());
+    // Asked on the next tick; would panic ("does not settle") if the
+    // question circulated.
+    w.run_for(Duration::from_secs(1));
+    // Nobody knows the address: the host is still without an answer.
+    assert!(w.net.nodes[h].node.identity_of(a, w.net.now).is_none());
+}
+
+/// Routes 10.77.9.0/24 round s1 -> s2-gw1 -> s3-gw1 -> s1-gw1.
+fn route_cycle(w: &mut Whole) {
+    let lost: ipnet::IpNet = "10.77.9.0/24".parse().unwrap();
+    for (gw, via) in [
+        ("s1-gw1", "s2-gw1"),
+        ("s1-gw2", "s2-gw1"),
+        ("s2-gw1", "s3-gw1"),
+        ("s3-gw1", "s1-gw1"),
+    ] {
+        let i = w.net.index(gw);
+        let route = cubenet_api::overlayd::Route {
+            prefix: lost,
+            via: vec![via.to_string()],
+        };
+        let up = w.net.nodes[i].node.route_update(&[route], &[], true);
+        assert_eq!(up.added, 1, "{gw}: {up:?}");
     }
 }
 

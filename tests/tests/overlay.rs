@@ -362,3 +362,95 @@ fn host_keeps_pinging_when_its_gateway_is_killed() {
         .map(|p| p["name"].as_str().unwrap().to_string());
     assert!(now_active.is_some() && now_active.as_deref() != Some(active.as_str()));
 }
+
+/// Gateways are hops: `ping -t 1` gets time exceeded from the first
+/// gateway, `traceroute` and `tracepath` list both gateways on the way to
+/// a host of the other site (IPv4 and IPv6), and an overlay address nobody
+/// serves gets destination unreachable at once instead of a timeout.
+#[test]
+fn gateways_are_hops_that_traceroute_lists_and_that_answer_with_icmp_errors() {
+    if !netns_or_skip("gateways_are_hops_that_traceroute_lists_and_that_answer_with_icmp_errors") {
+        return;
+    }
+    let lab = Lab::up("[[site]]\nname = \"fra\"\n[[site]]\nname = \"ams\"\n");
+    let text = |args: &[&str]| {
+        let out = lab.exec("fra-h1", args);
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let fra_gw = ["10.77.1.1", "10.77.1.2", "fd77::1:1", "fd77::1:2"];
+    let ams_gw = ["10.77.2.1", "10.77.2.2", "fd77::2:1", "fd77::2:2"];
+    for (dst, exceeded) in [
+        ("10.77.2.11", "Time to live exceeded"),
+        ("fd77::2:b", "Time exceeded: Hop limit"),
+    ] {
+        let t = text(&["ping", "-c", "1", "-t", "1", "-W", "2", dst]);
+        assert!(t.contains(exceeded), "ping -t 1 {dst}: {t}");
+        assert!(
+            fra_gw.iter().any(|g| t.contains(&format!("From {g} "))),
+            "not from a fra gateway: {t}"
+        );
+    }
+    // Hop by hop: a fra gateway, an ams gateway, the host.
+    let hops = |t: &str, tracepath: bool| -> Vec<String> {
+        t.lines()
+            .filter_map(|l| {
+                let mut w = l.split_whitespace();
+                let n = w.next()?;
+                let n = if tracepath { n.strip_suffix(':')? } else { n };
+                n.parse::<u32>().ok()?;
+                w.next().map(str::to_string)
+            })
+            .fold(Vec::new(), |mut v, a| {
+                if v.last() != Some(&a) {
+                    v.push(a);
+                }
+                v
+            })
+    };
+    for (dst, family) in [("10.77.2.11", "-4"), ("fd77::2:b", "-6")] {
+        for tracepath in [false, true] {
+            let t = if tracepath {
+                text(&["tracepath", "-n", "-m", "5", dst])
+            } else {
+                text(&[
+                    "traceroute",
+                    family,
+                    "-n",
+                    "-q",
+                    "1",
+                    "-w",
+                    "2",
+                    "-m",
+                    "5",
+                    dst,
+                ])
+            };
+            let h = hops(&t, tracepath);
+            assert!(
+                h.len() == 3
+                    && fra_gw.contains(&h[0].as_str())
+                    && ams_gw.contains(&h[1].as_str())
+                    && h[2] == dst,
+                "{} to {dst}: hops {h:?}\n{t}",
+                if tracepath { "tracepath" } else { "traceroute" }
+            );
+        }
+    }
+    for (dst, unreachable) in [
+        ("10.77.9.11", "Destination Host Unreachable"),
+        ("fd77::9:b", "Destination unreachable: Address unreachable"),
+    ] {
+        let t = text(&["ping", "-c", "1", "-W", "2", dst]);
+        assert!(t.contains(unreachable), "ping {dst}: {t}");
+    }
+    // Counted where they were sent.
+    let sum = |what: &str, key: &str| -> u64 {
+        ["fra-gw1", "ams-gw1"]
+            .iter()
+            .map(|g| lab.overlayd(g)[what][key].as_u64().unwrap_or(0))
+            .sum()
+    };
+    assert!(sum("drops", "ttl_expired") >= 10, "ttl_expired");
+    assert!(sum("icmp", "time_exceeded") >= 10, "time_exceeded");
+    assert_eq!(sum("icmp", "unreachable"), 2);
+}

@@ -138,6 +138,7 @@ impl Node {
             crl_serial: id.trust.revocation_list().map(|c| c.body.serial),
             peers,
             drops: self.drops.snapshot(),
+            icmp: self.icmp.snapshot(),
             routes,
             datapath,
             firewall,

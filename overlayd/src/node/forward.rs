@@ -3,30 +3,30 @@
 
 use super::*;
 
+/// Where the forwarding table sends a packet.
+pub(super) enum Via {
+    /// This node's TUN: its own address, or the site LAN behind a gateway.
+    Tun,
+    Peer(Arc<Peer>),
+    /// No entry, or no usable next hop.
+    Nowhere,
+}
+
+/// Where a packet came from, so an error about it can go back.
+#[derive(Clone, Copy)]
+pub(super) enum Back<'a> {
+    Tun,
+    Peer(&'a Arc<Peer>),
+}
+
 impl Node {
-    /// Forwards by longest-prefix match (gateways).
-    /// Forwards to a peer, or returns `Some(true)` when the packet is for
-    /// our own TUN.
-    pub(super) fn route(
-        &self,
-        pkt: &[u8],
-        src: IpAddr,
-        dst: IpAddr,
-        from: Option<PeerId>,
-        out: &mut Outbox,
-    ) -> Option<bool> {
+    /// The next hop for `dst` by longest-prefix match (gateways): per flow
+    /// among the healthy next hops, else among all, never back to `from`.
+    pub(super) fn next_hop(&self, src: IpAddr, dst: IpAddr, from: Option<PeerId>) -> Via {
         let fib = self.fib.load();
         match fib.lookup(dst) {
-            Some(NextHop::Local) => {
-                if from.is_some() {
-                    return Some(true);
-                }
-                // From our own TUN back to it: the kernel should not do that.
-                bump(&self.drops.no_route);
-            }
+            Some(NextHop::Local) => Via::Tun,
             Some(NextHop::Peers(ps)) => {
-                // Per flow among the healthy next hops, else among all (not
-                // back where it came from).
                 let usable = |i: PeerId| Some(i) != from;
                 let healthy = |i: PeerId| {
                     usable(i)
@@ -37,13 +37,116 @@ impl Node {
                 let chosen = pick_for_flow_among(ps, src, dst, healthy)
                     .or_else(|| pick_for_flow_among(ps, src, dst, usable));
                 match chosen.and_then(|i| self.peer_by_index(i)) {
-                    Some(p) => self.send_to_peer(&p, pkt, out),
-                    None => bump(&self.drops.no_route),
+                    Some(p) => Via::Peer(p),
+                    None => Via::Nowhere,
                 }
             }
-            None => bump(&self.drops.no_route),
+            None => Via::Nowhere,
         }
-        None
+    }
+
+    /// Drops a packet there is no route for, with a destination
+    /// unreachable back to where it came from: host unreachable for an
+    /// overlay address nobody serves now, net unreachable otherwise.
+    pub(super) fn unreachable(
+        &self,
+        pkt: &[u8],
+        dst: IpAddr,
+        back: Back,
+        now: Instant,
+        out: &mut Outbox,
+    ) {
+        bump(&self.drops.no_route);
+        let e = if self.identity.load().trust.ca().covers_addr(dst) {
+            icmp::Error::HostUnreachable
+        } else {
+            icmp::Error::NetUnreachable
+        };
+        self.send_error(e, pkt, back, now, out);
+    }
+
+    /// Sends the ICMP error `e` about `pkt` from this node's overlay address
+    /// of its family back where `pkt` came from (the previous hop routes it
+    /// on to the source), within the shared rate limit.
+    pub(super) fn send_error(
+        &self,
+        e: icmp::Error,
+        pkt: &[u8],
+        back: Back,
+        now: Instant,
+        out: &mut Outbox,
+    ) {
+        let v4 = pkt.first().is_some_and(|b| b >> 4 == 4);
+        let id = self.identity.load();
+        let Some(me) = id
+            .cert
+            .body
+            .addresses
+            .iter()
+            .map(|a| a.addr())
+            .find(|a| a.is_ipv4() == v4)
+        else {
+            return;
+        };
+        let Some(reply) = icmp::error(e, me, pkt) else {
+            return;
+        };
+        let allowed = self
+            .icmp
+            .limit
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .allow(now);
+        if !allowed {
+            bump(&self.icmp.rate_limited);
+            return;
+        }
+        bump(match e {
+            icmp::Error::TimeExceeded => &self.icmp.time_exceeded,
+            _ => &self.icmp.unreachable,
+        });
+        match back {
+            Back::Peer(p) => self.send_to_peer(p, &reply, out),
+            Back::Tun => {
+                let mut b = out.tun.take(reply.len());
+                b[TUN_HEADROOM..].copy_from_slice(&reply);
+                out.tun.push_buf(b, reply.len());
+            }
+        }
+    }
+
+    /// A packet from a peer that is not for this gateway: sent on with its
+    /// TTL / hop limit one lower, or dropped with time exceeded at the end
+    /// of it, or with destination unreachable when there is no next hop.
+    /// `Some(true)` when it goes to this node's TUN (the site LAN: the
+    /// kernel is the next hop and decrements it there).
+    pub(super) fn forward(
+        &self,
+        peer: &Arc<Peer>,
+        pkt: &mut [u8],
+        src: IpAddr,
+        dst: IpAddr,
+        now: Instant,
+        out: &mut Outbox,
+    ) -> Option<bool> {
+        match self.next_hop(src, dst, Some(peer.index)) {
+            Via::Tun => Some(true),
+            Via::Peer(next) => {
+                match icmp::decrement_ttl(pkt) {
+                    icmp::Hop::Forward => self.send_to_peer(&next, pkt, out),
+                    icmp::Hop::Expired => {
+                        bump(&self.drops.ttl_expired);
+                        self.send_error(icmp::Error::TimeExceeded, pkt, Back::Peer(peer), now, out);
+                    }
+                    icmp::Hop::Invalid => bump(&self.drops.invalid),
+                }
+                None
+            }
+            Via::Nowhere => {
+                self.unreachable(pkt, dst, Back::Peer(peer), now, out);
+                None
+            }
+        }
     }
 
     pub(super) fn send_to_peer(&self, peer: &Peer, pkt: &[u8], out: &mut Outbox) {
@@ -104,6 +207,11 @@ impl Node {
             }
             return;
         }
-        self.route(pkt, src, dst, None, out);
+        match self.next_hop(src, dst, None) {
+            Via::Peer(p) => self.send_to_peer(&p, pkt, out),
+            // From our own TUN back to it: the kernel should not do that.
+            Via::Tun => bump(&self.drops.no_route),
+            Via::Nowhere => self.unreachable(pkt, dst, Back::Tun, now, out),
+        }
     }
 }

@@ -49,7 +49,8 @@
 //! the firewall's flow table (connection state every packet of a host with
 //! `[firewall]` updates, as a tunnel's counters are). When more than one
 //! is held they are taken in this order: flow table, control state,
-//! tunnel.
+//! tunnel. A fourth, the ICMP errors' rate limit, is a leaf taken only
+//! where a packet is dropped with an error (TTL expired, no route).
 //!
 //! # Time
 //!
@@ -78,6 +79,7 @@ use crate::config::Config;
 use crate::fib::{pick_for_flow_among, ForwardingTable, NextHop, Origin, PeerId};
 use crate::firewall::{self, Direction, Firewall, Verdict};
 use crate::health::{choose_gateway, Transition};
+use crate::icmp;
 use crate::identity::Identity;
 use crate::inband::{self, Message};
 use crate::packet;
@@ -149,6 +151,29 @@ pub struct Drops {
     pub bad_cert: AtomicU64,
     /// No endpoint known for the chosen peer yet.
     pub no_endpoint: AtomicU64,
+    /// Arrived with a TTL / hop limit of 1 or 0 at a forwarding gateway.
+    pub ttl_expired: AtomicU64,
+}
+
+/// ICMP errors sent as a router, and the rate limit they share.
+#[derive(Default)]
+pub struct IcmpState {
+    /// A leaf lock, taken only on the error paths.
+    limit: Mutex<icmp::RateLimit>,
+    time_exceeded: AtomicU64,
+    unreachable: AtomicU64,
+    rate_limited: AtomicU64,
+}
+
+impl IcmpState {
+    fn snapshot(&self) -> api::IcmpSent {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        api::IcmpSent {
+            time_exceeded: g(&self.time_exceeded),
+            unreachable: g(&self.unreachable),
+            rate_limited: g(&self.rate_limited),
+        }
+    }
 }
 
 impl Drops {
@@ -170,6 +195,7 @@ impl Drops {
             handshake_backlog: g(&self.handshake_backlog),
             bad_cert: g(&self.bad_cert),
             no_endpoint: g(&self.no_endpoint),
+            ttl_expired: g(&self.ttl_expired),
         }
     }
 }
@@ -199,6 +225,7 @@ pub struct Node {
     /// index 0 is never given out).
     active_gateway: AtomicU32,
     pub drops: Drops,
+    icmp: IcmpState,
     started: Instant,
     /// The flows of this node's own traffic (`[firewall]`): connection
     /// state every packet of a host updates, like a tunnel's counters.
@@ -415,6 +442,7 @@ impl Node {
             fib: ArcSwap::from_pointee(ForwardingTable::new()),
             active_gateway: AtomicU32::new(0),
             drops: Drops::default(),
+            icmp: IcmpState::default(),
             leaving: AtomicBool::new(false),
             started: now,
             unix: AtomicU64::new(unix),

@@ -215,14 +215,12 @@ impl Node {
 
     /// A decrypted packet from `peer`, after [`TUN_HEADROOM`] bytes of `buf`.
     pub(super) fn on_inner(&self, peer: &Arc<Peer>, buf: Vec<u8>, now: Instant, out: &mut Outbox) {
-        let pkt = &buf[TUN_HEADROOM..];
-        peer.count_rx(pkt.len());
-        let deliver = self.check_inner(peer, pkt, now, out);
+        let mut buf = buf;
+        let n = buf.len() - TUN_HEADROOM;
+        peer.count_rx(n);
+        let deliver = self.check_inner(peer, &mut buf[TUN_HEADROOM..], now, out);
         match deliver {
-            Some(true) => {
-                let n = pkt.len();
-                out.tun.push_buf(buf, n);
-            }
+            Some(true) => out.tun.push_buf(buf, n),
             _ => out.tun.recycle(buf),
         }
     }
@@ -232,7 +230,7 @@ impl Node {
     pub(super) fn check_inner(
         &self,
         peer: &Arc<Peer>,
-        pkt: &[u8],
+        pkt: &mut [u8],
         now: Instant,
         out: &mut Outbox,
     ) -> Option<bool> {
@@ -280,12 +278,12 @@ impl Node {
                 .firewall_passes(Direction::Inbound, pkt, now)
                 .then_some(true);
         }
-        match self.route(pkt, src, dst, Some(peer.index), out) {
-            // Addressed to the gateway itself: its own firewall decides.
-            Some(true) if id.cert.owns_addr(dst) => self
+        // Addressed to the gateway itself: its own firewall decides.
+        if id.cert.owns_addr(dst) {
+            return self
                 .firewall_passes(Direction::Inbound, pkt, now)
-                .then_some(true),
-            other => other,
+                .then_some(true);
         }
+        self.forward(peer, pkt, src, dst, now, out)
     }
 }

@@ -147,18 +147,22 @@ impl Node {
                 relay.retain(|_, r| now.duration_since(r.at) < Duration::from_secs(2));
                 // Bounded: past the cap a question is answered "unknown"
                 // (the asker retries) rather than remembered.
-                if relay.len() < IDENTITY_CACHE || relay.contains_key(&a) {
+                let out_already = relay.contains_key(&a);
+                if relay.len() < IDENTITY_CACHE || out_already {
                     let e = relay.entry(a).or_insert_with(|| Relayed {
                         askers: Vec::new(),
                         at: now,
                         to: next.index,
                     });
-                    // Only the gateway asked last may answer.
-                    e.to = next.index;
                     if !e.askers.contains(&from.index) && e.askers.len() < WHOIS_ASKERS {
                         e.askers.push(from.index);
                     }
-                    self.send_message(&next, &Message::WhoIs(a), out);
+                    // One question per address is out at a time: the answer
+                    // goes to every asker. So a question that comes round
+                    // again (a routing loop between gateways) ends here.
+                    if !out_already {
+                        self.send_message(&next, &Message::WhoIs(a), out);
+                    }
                     return;
                 }
             }
