@@ -213,6 +213,9 @@ pub struct Status {
     /// ICMP / ICMPv6 errors this node sent as a router.
     #[serde(default)]
     pub icmp: IcmpSent,
+    /// TCP SYNs whose MSS this node lowered to fit the tunnel MTU.
+    #[serde(default)]
+    pub mss_clamped: u64,
 }
 
 /// ICMP and ICMPv6 errors a gateway sent, by kind, and those its rate limit

@@ -75,6 +75,10 @@ pub struct Interface {
     /// subnets behind gateways that hosts should reach.
     #[serde(default)]
     pub routes: Vec<IpNet>,
+    /// Lower the MSS of TCP SYNs that enter or cross the overlay here to
+    /// what fits `mtu` (a site LAN at 1500 would offer 1460).
+    #[serde(default = "yes")]
+    pub clamp_mss: bool,
 }
 
 fn one() -> usize {
@@ -94,6 +98,7 @@ impl Default for Interface {
             offload: true,
             queues: 1,
             routes: Vec::new(),
+            clamp_mss: true,
         }
     }
 }

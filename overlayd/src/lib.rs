@@ -11,6 +11,7 @@ pub mod health;
 pub mod icmp;
 pub mod identity;
 pub mod inband;
+pub mod mss;
 pub mod netlink;
 pub mod node;
 pub mod packet;

@@ -137,6 +137,16 @@ pub fn render(st: &Status) -> String {
         );
     }
     e.family(
+        "cubenet_overlayd_mss_clamped_total",
+        "counter",
+        "TCP SYNs whose MSS was lowered to fit the tunnel MTU.",
+    );
+    e.sample(
+        "cubenet_overlayd_mss_clamped_total",
+        &[],
+        st.mss_clamped as f64,
+    );
+    e.family(
         "cubenet_overlayd_routes",
         "gauge",
         "Forwarding entries by origin.",

@@ -1258,6 +1258,62 @@ fn a_whois_question_in_a_routing_loop_goes_round_once() {
     assert!(w.net.nodes[h].node.identity_of(a, w.net.now).is_none());
 }
 
+/// A TCP SYN offering MSS `mss`, both checksums valid.
+fn tcp_syn(src: [u8; 4], dst: [u8; 4], mss: u16) -> Vec<u8> {
+    let mut p = with_ttl(ipv4_udp(src, dst), 64);
+    p.truncate(20);
+    p[2..4].copy_from_slice(&44u16.to_be_bytes());
+    p[9] = 6;
+    let mut tcp = vec![0u8; 24];
+    tcp[0..2].copy_from_slice(&40000u16.to_be_bytes());
+    tcp[2..4].copy_from_slice(&5201u16.to_be_bytes());
+    tcp[12] = 6 << 4;
+    tcp[13] = 0x02;
+    tcp[20..24].copy_from_slice(&[2, 4, (mss >> 8) as u8, mss as u8]);
+    p.extend_from_slice(&tcp);
+    // The header checksum again, for the new length and protocol.
+    let mut p = with_ttl(p, 64);
+    let ck = !tcp_sum(&p);
+    p[36..38].copy_from_slice(&ck.to_be_bytes());
+    p
+}
+
+/// The TCP checksum sum over the pseudo-header (0xffff when valid).
+fn tcp_sum(p: &[u8]) -> u16 {
+    let mut pseudo = p[12..20].to_vec();
+    pseudo.extend_from_slice(&[0, 6]);
+    pseudo.extend_from_slice(&((p.len() - 20) as u16).to_be_bytes());
+    pseudo.extend_from_slice(&p[20..]);
+    ones_sum(&pseudo)
+}
+
+/// A SYN offering more than the tunnel carries (a LAN at 1500 offers
+/// 1460) arrives offering what fits the 1420 tunnel, its checksum right;
+/// one that fits is left as it is.
+#[test]
+fn syns_are_clamped_to_the_tunnel_mtu() {
+    let mut w = Whole::new(2);
+    let (f, t) = (w.net.index("s1-h1"), w.net.index("s2-h1"));
+    for (offered, arrives) in [(1460, 1380), (1300, 1300)] {
+        w.net.nodes[t].tun.clear();
+        let syn = tcp_syn([10, 77, 1, 11], [10, 77, 2, 11], offered);
+        assert_eq!(tcp_sum(&syn), 0xffff);
+        let now = w.net.now;
+        let n = &mut w.net.nodes[f];
+        n.node.on_tun_packet(&syn, now, &mut n.out);
+        w.net.settle();
+        let got = w.net.nodes[t]
+            .tun
+            .iter()
+            .find(|p| p.len() == syn.len() && p[9] == 6)
+            .expect("the SYN arrived")
+            .clone();
+        assert_eq!(u16::from_be_bytes([got[42], got[43]]), arrives);
+        assert_eq!(tcp_sum(&got), 0xffff, "TCP checksum");
+    }
+    assert_eq!(w.status("s1-h1").mss_clamped, 1);
+}
+
 /// Routes 10.77.9.0/24 round s1 -> s2-gw1 -> s3-gw1 -> s1-gw1.
 fn route_cycle(w: &mut Whole) {
     let lost: ipnet::IpNet = "10.77.9.0/24".parse().unwrap();

@@ -92,18 +92,18 @@ impl Node {
             return;
         };
         let allowed = self
-            .icmp
+            .router
             .limit
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .allow(now);
         if !allowed {
-            bump(&self.icmp.rate_limited);
+            bump(&self.router.rate_limited);
             return;
         }
         bump(match e {
-            icmp::Error::TimeExceeded => &self.icmp.time_exceeded,
-            _ => &self.icmp.unreachable,
+            icmp::Error::TimeExceeded => &self.router.time_exceeded,
+            _ => &self.router.unreachable,
         });
         match back {
             Back::Peer(p) => self.send_to_peer(p, &reply, out),
@@ -130,10 +130,16 @@ impl Node {
         out: &mut Outbox,
     ) -> Option<bool> {
         match self.next_hop(src, dst, Some(peer.index)) {
-            Via::Tun => Some(true),
+            Via::Tun => {
+                self.clamp_mss(pkt);
+                Some(true)
+            }
             Via::Peer(next) => {
                 match icmp::decrement_ttl(pkt) {
-                    icmp::Hop::Forward => self.send_to_peer(&next, pkt, out),
+                    icmp::Hop::Forward => {
+                        self.clamp_mss(pkt);
+                        self.send_to_peer(&next, pkt, out)
+                    }
                     icmp::Hop::Expired => {
                         bump(&self.drops.ttl_expired);
                         self.send_error(icmp::Error::TimeExceeded, pkt, Back::Peer(peer), now, out);
@@ -147,6 +153,27 @@ impl Node {
                 None
             }
         }
+    }
+
+    /// Lowers the MSS of a TCP SYN to what fits the tunnel (when on).
+    fn clamp_mss(&self, pkt: &mut [u8]) {
+        let i = &self.cfg.interface;
+        if i.clamp_mss && mss::clamp(pkt, i.mtu) {
+            bump(&self.router.mss_clamped);
+        }
+    }
+
+    /// [`Node::clamp_mss`] on a packet that cannot be changed in place: a
+    /// copy when it needs clamping (only SYNs do), else none.
+    fn clamped_copy(&self, pkt: &[u8]) -> Option<Vec<u8>> {
+        let i = &self.cfg.interface;
+        if !i.clamp_mss {
+            return None;
+        }
+        mss::oversized(pkt, i.mtu)?;
+        let mut copy = pkt.to_vec();
+        self.clamp_mss(&mut copy);
+        Some(copy)
     }
 
     pub(super) fn send_to_peer(&self, peer: &Peer, pkt: &[u8], out: &mut Outbox) {
@@ -191,6 +218,8 @@ impl Node {
         if own && !self.firewall_passes(Direction::Outbound, pkt, now) {
             return;
         }
+        let clamped = self.clamped_copy(pkt);
+        let pkt = clamped.as_deref().unwrap_or(pkt);
         if self.role() == Role::Host {
             let gw = self.active_gateway();
             match gw.and_then(|i| self.peer_by_index(i)) {

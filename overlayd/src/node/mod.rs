@@ -82,6 +82,7 @@ use crate::health::{choose_gateway, Transition};
 use crate::icmp;
 use crate::identity::Identity;
 use crate::inband::{self, Message};
+use crate::mss;
 use crate::packet;
 use crate::peer::{Peer, PeerCtl};
 use crate::peers::{PeerSlots, PeerTable};
@@ -155,17 +156,20 @@ pub struct Drops {
     pub ttl_expired: AtomicU64,
 }
 
-/// ICMP errors sent as a router, and the rate limit they share.
+/// What a gateway counts as a router: ICMP errors sent (with the rate
+/// limit they share) and SYNs clamped.
 #[derive(Default)]
-pub struct IcmpState {
+pub struct RouterState {
     /// A leaf lock, taken only on the error paths.
     limit: Mutex<icmp::RateLimit>,
     time_exceeded: AtomicU64,
     unreachable: AtomicU64,
     rate_limited: AtomicU64,
+    /// SYNs whose MSS was lowered.
+    mss_clamped: AtomicU64,
 }
 
-impl IcmpState {
+impl RouterState {
     fn snapshot(&self) -> api::IcmpSent {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         api::IcmpSent {
@@ -225,7 +229,7 @@ pub struct Node {
     /// index 0 is never given out).
     active_gateway: AtomicU32,
     pub drops: Drops,
-    icmp: IcmpState,
+    router: RouterState,
     started: Instant,
     /// The flows of this node's own traffic (`[firewall]`): connection
     /// state every packet of a host updates, like a tunnel's counters.
@@ -442,7 +446,7 @@ impl Node {
             fib: ArcSwap::from_pointee(ForwardingTable::new()),
             active_gateway: AtomicU32::new(0),
             drops: Drops::default(),
-            icmp: IcmpState::default(),
+            router: RouterState::default(),
             leaving: AtomicBool::new(false),
             started: now,
             unix: AtomicU64::new(unix),
