@@ -736,14 +736,7 @@ fn ipv4_udp(src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
         0x45, 0, 0, 28, 0, 0, 0, 0, 64, 17, 0, 0, src[0], src[1], src[2], src[3], dst[0], dst[1],
         dst[2], dst[3], 0x30, 0x39, 0x30, 0x39, 0, 8, 0, 0,
     ];
-    let mut sum: u32 = 0;
-    for c in p[..20].chunks(2) {
-        sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    let ck = !(sum as u16);
+    let ck = !ones_sum(&p[..20]);
     p[10..12].copy_from_slice(&ck.to_be_bytes());
     p
 }
