@@ -216,6 +216,9 @@ pub struct Status {
     /// TCP SYNs whose MSS this node lowered to fit the tunnel MTU.
     #[serde(default)]
     pub mss_clamped: u64,
+    /// IPv4 packets without DF cut into fragments to fit a tunnel.
+    #[serde(default)]
+    pub fragmented: u64,
 }
 
 /// ICMP and ICMPv6 errors a gateway sent, by kind, and those its rate limit
@@ -224,15 +227,20 @@ pub struct Status {
 pub struct IcmpSent {
     pub time_exceeded: u64,
     pub unreachable: u64,
+    /// Fragmentation needed (ICMP) and packet too big (ICMPv6): a packet
+    /// larger than the tunnel it was to go into carries.
+    #[serde(default)]
+    pub too_big: u64,
     pub rate_limited: u64,
 }
 
 impl IcmpSent {
     /// Every counter with its name, in document order.
-    pub fn iter(&self) -> [(&'static str, u64); 3] {
+    pub fn iter(&self) -> [(&'static str, u64); 4] {
         [
             ("time_exceeded", self.time_exceeded),
             ("unreachable", self.unreachable),
+            ("too_big", self.too_big),
             ("rate_limited", self.rate_limited),
         ]
     }
@@ -291,6 +299,13 @@ pub struct PeerStatus {
     /// The gateway a host sends through now.
     pub active: bool,
     pub spoofed: u64,
+    /// The largest inner packet the tunnel carries: the interface MTU until
+    /// probing inside the tunnel finds less (see `mtu_learned`).
+    #[serde(default)]
+    pub mtu: u16,
+    /// Whether `mtu` was measured by probing, not assumed.
+    #[serde(default)]
+    pub mtu_learned: bool,
 }
 
 /// Why packets were dropped, by reason.
@@ -335,11 +350,15 @@ pub struct Drops {
     /// exceeded is sent back, rate limited).
     #[serde(default)]
     pub ttl_expired: u64,
+    /// Larger than the tunnel they were to go into carries, with DF set
+    /// (or IPv6): fragmentation needed / packet too big went back.
+    #[serde(default)]
+    pub too_big: u64,
 }
 
 impl Drops {
     /// Every counter with its name, in document order.
-    pub fn iter(&self) -> [(&'static str, u64); 16] {
+    pub fn iter(&self) -> [(&'static str, u64); 17] {
         [
             ("spoofed", self.spoofed),
             ("spoofed_local", self.spoofed_local),
@@ -357,6 +376,7 @@ impl Drops {
             ("bad_cert", self.bad_cert),
             ("no_endpoint", self.no_endpoint),
             ("ttl_expired", self.ttl_expired),
+            ("too_big", self.too_big),
         ]
     }
 }

@@ -92,6 +92,9 @@ pub(crate) struct Plan {
     pub(crate) member: usize,
     lan_ip: String,
     wan_ip: Option<String>,
+    /// The gateway's IPv6 underlay address (`underlay_ipv6`).
+    wan_ip6: Option<String>,
+    wan_mtu: Option<u16>,
 }
 
 /// Every node of `spec`: names, addresses and file paths, without side
@@ -177,6 +180,9 @@ pub(crate) fn plan_nodes(spec: &Spec, dir: &Path, prefix: &str) -> Vec<Plan> {
                 member: n,
                 lan_ip: format!("172.16.{i}.{lan_last}/24"),
                 wan_ip: (role == "gateway").then(|| format!("198.18.{i}.{n}/16")),
+                wan_ip6: (role == "gateway" && spec.underlay_ipv6)
+                    .then(|| format!("2001:db8:18::{i:x}:{n:x}/64")),
+                wan_mtu: site.wan_mtu,
             });
         }
     }
@@ -354,9 +360,10 @@ pub(crate) fn overlayd_config_text(lab: &Lab, plans: &[Plan], p: &Plan, spec: &S
     let n = &p.node;
     let mut t = String::new();
     t.push_str(&format!(
-        "# overlayd config for {} ({}, site {}), written by cubenet-lab\ncontrol_socket = {:?}\nlisten = [\"0.0.0.0:51820\"]\n\n[identity]\nkey = {:?}\ncert = {:?}\nca = {:?}\ncrl = {:?}\n",
+        "# overlayd config for {} ({}, site {}), written by cubenet-lab\ncontrol_socket = {:?}\nlisten = [{}]\n\n[identity]\nkey = {:?}\ncert = {:?}\nca = {:?}\ncrl = {:?}\n",
         n.name, n.role, n.site,
         n.overlayd_socket.display().to_string(),
+        if p.wan_ip6.is_some() { "\"0.0.0.0:51820\", \"[::]:51820\"" } else { "\"0.0.0.0:51820\"" },
         n.key.display().to_string(),
         n.cert.display().to_string(),
         lab.ca_dir.join("ca.crt").display().to_string(),
@@ -390,11 +397,16 @@ pub(crate) fn overlayd_config_text(lab: &Lab, plans: &[Plan], p: &Plan, spec: &S
     };
     for q in &peers {
         let ep = if n.role == "gateway" {
-            q.wan_ip.clone().unwrap_or_default()
+            q.wan_ip6.clone().or(q.wan_ip.clone()).unwrap_or_default()
         } else {
             q.lan_ip.clone()
         };
         let ep = ep.split('/').next().unwrap_or_default().to_string();
+        let ep = if ep.contains(':') {
+            format!("[{ep}]")
+        } else {
+            ep
+        };
         t.push_str(&format!(
             "\n[[gateway]]\nname = {:?}\nendpoint = \"{ep}:51820\"\ncert = {:?}\n",
             q.node.name,
@@ -600,6 +612,23 @@ fn build_network(lab: &Lab, plans: &[Plan]) -> Result<()> {
             ])?;
             ns_sh(&inet, &["ip", "link", "set", &port, "master", "br0", "up"])?;
             ns_sh(&n.namespace, &["ip", "addr", "add", wan, "dev", "wan0"])?;
+            if let Some(v6) = &p.wan_ip6 {
+                ns_sh(
+                    &n.namespace,
+                    &["ip", "-6", "addr", "add", v6, "dev", "wan0", "nodad"],
+                )?;
+            }
+            if let Some(mtu) = p.wan_mtu {
+                let mtu = mtu.to_string();
+                ns_sh(&n.namespace, &["ip", "link", "set", "wan0", "mtu", &mtu])?;
+                // A bridge passes GSO batches whatever their segments' size
+                // and veth delivers them whole: segmented on this port, each
+                // datagram meets the MTU as on a real link.
+                ns_sh(
+                    &inet,
+                    &["ip", "link", "set", &port, "mtu", &mtu, "gso_max_segs", "1"],
+                )?;
+            }
             ns_sh(&n.namespace, &["ip", "link", "set", "wan0", "up"])?;
         }
     }

@@ -25,6 +25,10 @@ pub struct Spec {
     /// routed's BFD transmit interval between gateways, in ms.
     #[serde(default = "default_bfd_interval")]
     pub bfd_interval_ms: u64,
+    /// Gateways reach each other over IPv6 on the shared underlay
+    /// (2001:db8:18::i:j/64 beside 198.18.i.j/16; they listen on both).
+    #[serde(default)]
+    pub underlay_ipv6: bool,
 }
 
 fn yes() -> bool {
@@ -54,6 +58,11 @@ pub struct SiteSpec {
     /// installs nothing in the kernel and has no BFD. Needs `routed = true`.
     #[serde(default)]
     pub gobgp: bool,
+    /// MTU of the links between this site's gateways and the shared
+    /// underlay (both ends); 1500 when unset. A bridge drops frames too big
+    /// for the port they leave by, silently: a path MTU black hole.
+    #[serde(default)]
+    pub wan_mtu: Option<u16>,
 }
 
 fn one() -> u8 {
@@ -121,6 +130,11 @@ impl Spec {
             if s.bird && !self.routed {
                 bail!("site[{i}].bird: a BIRD site router needs `routed = true`");
             }
+            if let Some(m) = s.wan_mtu {
+                if !(1280..=9000).contains(&m) {
+                    bail!("site[{i}].wan_mtu: {m} is outside 1280-9000");
+                }
+            }
             if s.gobgp && !self.routed {
                 bail!("site[{i}].gobgp: a GoBGP speaker needs `routed = true`");
             }
@@ -142,6 +156,8 @@ mod tests {
         assert_eq!(s.sites.len(), 2);
         let e = Spec::parse("[[site]]\nname = \"fra\"\ngateways = 0\n").unwrap_err();
         assert!(format!("{e:#}").contains("site[0].gateways"), "{e:#}");
+        let e = Spec::parse("[[site]]\nname = \"fra\"\nwan_mtu = 576\n").unwrap_err();
+        assert!(format!("{e:#}").contains("site[0].wan_mtu"), "{e:#}");
         let e = Spec::parse("[[site]]\nname = \"fra\"\nbird = true\n").unwrap_err();
         assert!(format!("{e:#}").contains("site[0].bird"), "{e:#}");
     }

@@ -79,6 +79,10 @@ pub struct Interface {
     /// what fits `mtu` (a site LAN at 1500 would offer 1460).
     #[serde(default = "yes")]
     pub clamp_mss: bool,
+    /// Learn each tunnel's MTU by probing inside it (see the README's MTU
+    /// section); off: every tunnel is assumed to carry `mtu`.
+    #[serde(default = "yes")]
+    pub path_mtu_discovery: bool,
 }
 
 fn one() -> usize {
@@ -99,6 +103,7 @@ impl Default for Interface {
             queues: 1,
             routes: Vec::new(),
             clamp_mss: true,
+            path_mtu_discovery: true,
         }
     }
 }

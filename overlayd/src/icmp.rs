@@ -61,6 +61,10 @@ pub enum Error {
     HostUnreachable,
     /// A firewall refused it.
     AdminProhibited,
+    /// Larger than the next tunnel carries, with the largest it does:
+    /// fragmentation needed and DF set (RFC 1191), packet too big (RFC
+    /// 8201).
+    TooBig { mtu: u16 },
 }
 
 impl Error {
@@ -71,10 +75,12 @@ impl Error {
             (Error::NetUnreachable, false) => (3, 0),
             (Error::HostUnreachable, false) => (3, 1),
             (Error::AdminProhibited, false) => (3, 13),
+            (Error::TooBig { .. }, false) => (3, 4),
             (Error::TimeExceeded, true) => (3, 0),
             (Error::NetUnreachable, true) => (1, 0),
             (Error::HostUnreachable, true) => (1, 3),
             (Error::AdminProhibited, true) => (1, 1),
+            (Error::TooBig { .. }, true) => (2, 0),
         }
     }
 }
@@ -139,6 +145,10 @@ fn v4_error(error: Error, from: Ipv4Addr, pkt: &[u8]) -> Option<Vec<u8>> {
     let (t, c) = error.codes(false);
     out[20] = t;
     out[21] = c;
+    if let Error::TooBig { mtu } = error {
+        // The next-hop MTU, in the low half of the unused word.
+        out[26..28].copy_from_slice(&mtu.to_be_bytes());
+    }
     out[28..].copy_from_slice(quoted);
     let ic = !fold(sum16(&out[20..]));
     out[22..24].copy_from_slice(&ic.to_be_bytes());
@@ -179,11 +189,56 @@ fn v6_error(error: Error, from: Ipv6Addr, pkt: &[u8]) -> Option<Vec<u8>> {
     let (t, c) = error.codes(true);
     out[40] = t;
     out[41] = c;
+    if let Error::TooBig { mtu } = error {
+        out[44..48].copy_from_slice(&u32::from(mtu).to_be_bytes());
+    }
     out[48..].copy_from_slice(quoted);
     // The pseudo-header: both addresses, the length, next header 58.
     let pseudo = sum16(&out[8..40]) + len as u32 + 58;
     let ic = !fold(pseudo + sum16(&out[40..]));
     out[42..44].copy_from_slice(&ic.to_be_bytes());
+    Some(out)
+}
+
+/// An IPv4 packet without DF cut into fragments of at most `mtu` bytes
+/// (RFC 791): each with the header, the offset and more-fragments flag
+/// set, the checksum anew. `None` when it has DF set, is not a whole
+/// header, or carries options (rare; a router may drop those).
+pub fn fragment_v4(pkt: &[u8], mtu: u16) -> Option<Vec<Vec<u8>>> {
+    if pkt.len() < 20 || pkt[0] != 0x45 {
+        return None;
+    }
+    let total = usize::from(u16::from_be_bytes([pkt[2], pkt[3]]));
+    if total != pkt.len() {
+        return None;
+    }
+    let flags_offset = u16::from_be_bytes([pkt[6], pkt[7]]);
+    if flags_offset & 0x4000 != 0 {
+        return None;
+    }
+    let more = flags_offset & 0x2000 != 0;
+    let base = flags_offset & 0x1fff;
+    // Data per fragment: a multiple of 8 bytes.
+    let per = (usize::from(mtu).checked_sub(20)? / 8) * 8;
+    if per == 0 {
+        return None;
+    }
+    let data = &pkt[20..];
+    let mut out = Vec::with_capacity(data.len().div_ceil(per));
+    for (i, chunk) in data.chunks(per).enumerate() {
+        let last = (i + 1) * per >= data.len();
+        let mut f = Vec::with_capacity(20 + chunk.len());
+        f.extend_from_slice(&pkt[..20]);
+        f.extend_from_slice(chunk);
+        f[2..4].copy_from_slice(&((20 + chunk.len()) as u16).to_be_bytes());
+        let off = base + (i * per / 8) as u16;
+        let mf = if last && !more { 0 } else { 0x2000 };
+        f[6..8].copy_from_slice(&(off | mf).to_be_bytes());
+        f[10..12].copy_from_slice(&[0, 0]);
+        let hc = !fold(sum16(&f[..20]));
+        f[10..12].copy_from_slice(&hc.to_be_bytes());
+        out.push(f);
+    }
     Some(out)
 }
 
@@ -336,6 +391,67 @@ mod tests {
         assert_eq!(e.len(), 576);
         assert_eq!((e[20], e[21]), (3, 1));
         assert!(checks(&e[20..]));
+    }
+
+    #[test]
+    fn too_big_carries_the_mtu_the_next_tunnel_takes() {
+        let mut p = v4(64, 6, &[0; 1380]);
+        p[6] = 0x40; // DF
+        let hc = {
+            p[10..12].copy_from_slice(&[0, 0]);
+            !fold(sum16(&p[..20]))
+        };
+        p[10..12].copy_from_slice(&hc.to_be_bytes());
+        let e = error(
+            Error::TooBig { mtu: 1340 },
+            "10.77.1.1".parse().unwrap(),
+            &p,
+        )
+        .unwrap();
+        assert_eq!((e[20], e[21]), (3, 4));
+        assert_eq!(u16::from_be_bytes([e[26], e[27]]), 1340);
+        assert!(checks(&e[20..]));
+        let p = v6(64, 17, &[0; 1380]);
+        let e = error(
+            Error::TooBig { mtu: 1320 },
+            "fd77::1:1".parse().unwrap(),
+            &p,
+        )
+        .unwrap();
+        assert_eq!((e[40], e[41]), (2, 0));
+        assert_eq!(u32::from_be_bytes([e[44], e[45], e[46], e[47]]), 1320);
+        assert_eq!(
+            e.len(),
+            1280,
+            "as much of the packet as fits the minimum MTU"
+        );
+    }
+
+    #[test]
+    fn a_packet_without_df_is_cut_into_fragments_that_fit() {
+        let payload: Vec<u8> = (0..1400u32).map(|i| i as u8).collect();
+        let p = v4(64, 17, &payload);
+        let frags = fragment_v4(&p, 1340).unwrap();
+        assert_eq!(frags.len(), 2);
+        let mut joined = Vec::new();
+        for (i, f) in frags.iter().enumerate() {
+            assert!(f.len() <= 1340);
+            assert!(checks(&f[..20]));
+            assert_eq!(usize::from(u16::from_be_bytes([f[2], f[3]])), f.len());
+            let fo = u16::from_be_bytes([f[6], f[7]]);
+            assert_eq!(usize::from(fo & 0x1fff) * 8, joined.len());
+            assert_eq!(
+                fo & 0x2000 != 0,
+                i == 0,
+                "more fragments on all but the last"
+            );
+            joined.extend_from_slice(&f[20..]);
+        }
+        assert_eq!(joined, payload);
+        let mut df = p.clone();
+        df[6] |= 0x40;
+        assert!(fragment_v4(&df, 1340).is_none(), "DF: no fragments");
+        assert!(fragment_v4(&v6(64, 17, &payload), 1340).is_none());
     }
 
     #[test]

@@ -43,6 +43,16 @@ pub enum Message {
     /// The sender is shutting down: take traffic elsewhere now rather than
     /// after missed probes, and handshake anew with whatever answers later.
     Leaving,
+    /// A path MTU probe, padded so the whole inner packet is `size` bytes;
+    /// the receiver answers with an `MtuAck` of the same `seq` and `size`.
+    MtuProbe {
+        seq: u64,
+        size: u16,
+    },
+    MtuAck {
+        seq: u64,
+        size: u16,
+    },
 }
 
 fn put_addr(body: &mut Vec<u8>, a: &IpAddr) {
@@ -128,6 +138,17 @@ impl Message {
                 body.extend_from_slice(cert);
             }
             Message::Leaving => body.push(7),
+            Message::MtuProbe { seq, size } => {
+                body.push(8);
+                body.extend_from_slice(&seq.to_be_bytes());
+                // Padding up to the size; never below the message itself.
+                body.resize(usize::from(*size).saturating_sub(HEADER).max(body.len()), 0);
+            }
+            Message::MtuAck { seq, size } => {
+                body.push(9);
+                body.extend_from_slice(&seq.to_be_bytes());
+                body.extend_from_slice(&size.to_be_bytes());
+            }
         }
         let mut p = vec![0u8; HEADER];
         p[0] = 0x60;
@@ -182,6 +203,21 @@ impl Message {
             }
             7 if rest.is_empty() => Ok(Message::Leaving),
             7 => Err(InbandError::TooLarge(rest.len())),
+            // The size is what arrived: the padding tells it.
+            8 => Ok(Message::MtuProbe {
+                seq: u64::from_be_bytes(
+                    rest.get(..8)
+                        .ok_or(InbandError::Short)?
+                        .try_into()
+                        .map_err(|_| InbandError::Short)?,
+                ),
+                size: u16::try_from(HEADER + len).map_err(|_| InbandError::TooLarge(len))?,
+            }),
+            9 if rest.len() == 10 => Ok(Message::MtuAck {
+                seq: u64::from_be_bytes(rest[..8].try_into().map_err(|_| InbandError::Short)?),
+                size: u16::from_be_bytes([rest[8], rest[9]]),
+            }),
+            9 => Err(InbandError::Short),
             t => Err(InbandError::UnknownType(t)),
         }
     }
@@ -210,8 +246,14 @@ mod tests {
                 cert: vec![],
             },
             Message::Leaving,
+            Message::MtuProbe { seq: 3, size: 1420 },
+            Message::MtuProbe { seq: 4, size: 52 },
+            Message::MtuAck { seq: 5, size: 1340 },
         ] {
             let p = m.encode();
+            if let Message::MtuProbe { size, .. } = m {
+                assert_eq!(p.len(), usize::from(size), "padded to the probed size");
+            }
             assert!(is_inband(&p));
             assert!(crate::packet::addresses(&p).is_some());
             assert_eq!(Message::decode(&p).unwrap(), m);
@@ -243,6 +285,9 @@ mod tests {
             addr.clone().prop_map(Message::WhoIs),
             (addr, bytes).prop_map(|(addr, cert)| Message::WhoIsReply { addr, cert }),
             Just(Message::Leaving),
+            (any::<u64>(), 52..=(MAX_BODY + HEADER) as u16)
+                .prop_map(|(seq, size)| Message::MtuProbe { seq, size }),
+            (any::<u64>(), any::<u16>()).prop_map(|(seq, size)| Message::MtuAck { seq, size }),
         ]
     }
 

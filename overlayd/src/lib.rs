@@ -17,6 +17,7 @@ pub mod node;
 pub mod packet;
 pub mod peer;
 pub mod peers;
+pub mod pmtu;
 pub mod prom;
 pub mod sys;
 

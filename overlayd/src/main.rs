@@ -206,22 +206,25 @@ fn print_status(st: &api::Status) {
         st.cert_days_left
     );
     println!(
-        "{:<2}{:<16} {:<8} {:<24} {:<8} {:>10} {:>12} {:>12}",
-        "", "PEER", "ROLE", "ENDPOINT", "HEALTHY", "HANDSHAKE", "RX", "TX"
+        "{:<2}{:<16} {:<8} {:<24} {:<8} {:>10} {:>6} {:>12} {:>12}",
+        "", "PEER", "ROLE", "ENDPOINT", "HEALTHY", "HANDSHAKE", "MTU", "RX", "TX"
     );
     for p in &st.peers {
         let hs = p
             .last_handshake_s
             .map(|x| format!("{x:.0}s ago"))
             .unwrap_or_else(|| "never".into());
+        // An MTU still assumed (not probed yet) is marked with `?`.
+        let mtu = format!("{}{}", p.mtu, if p.mtu_learned { "" } else { "?" });
         println!(
-            "{:<2}{:<16} {:<8} {:<24} {:<8} {:>10} {:>12} {:>12}",
+            "{:<2}{:<16} {:<8} {:<24} {:<8} {:>10} {:>6} {:>12} {:>12}",
             if p.active { "*" } else { "" },
             p.name,
             p.role.as_str(),
             cubenet_api::or_dash(&p.endpoint),
             if p.healthy { "yes" } else { "no" },
             hs,
+            mtu,
             p.rx_bytes,
             p.tx_bytes
         );

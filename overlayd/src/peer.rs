@@ -4,11 +4,12 @@
 
 use crate::fib::PeerId;
 use crate::health::{GatewayHealth, HandshakeRetry};
+use crate::pmtu::{PathMtu, Timing, BASE};
 use arc_swap::ArcSwapOption;
 use boringtun::noise::Tunn;
 use cubenet_certs::{NodeCert, Role};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -40,6 +41,14 @@ pub struct Peer {
     pub rx_packets: AtomicU64,
     pub tx_packets: AtomicU64,
     pub spoofed: AtomicU64,
+    /// The largest inner packet the tunnel carries now, from the control
+    /// side's [`PathMtu`]; read on every packet sent.
+    mtu: AtomicU16,
+    /// A packet larger than [`BASE`] went in since the control side last
+    /// looked: the tunnel's MTU matters, keep it probed.
+    big_sent: AtomicBool,
+    /// The endpoint changed since the control side last looked.
+    moved: AtomicBool,
 }
 
 /// What the control side keeps of one peer: its timers and the gateway
@@ -58,6 +67,8 @@ pub struct PeerCtl {
     /// When we start the next handshake ourselves (configured gateways).
     pub retry: HandshakeRetry,
     pub health: GatewayHealth,
+    /// What the tunnel carries: see [`crate::pmtu`].
+    pub pmtu: PathMtu,
 }
 
 impl PeerCtl {
@@ -70,7 +81,16 @@ impl PeerCtl {
             probes: ProbeClock::default(),
             retry: HandshakeRetry::new(u64::from(index.0)),
             health: GatewayHealth::new(misses),
+            pmtu: PathMtu::new(u16::MAX, Timing::default(), false),
         }
+    }
+
+    /// With the tunnel's MTU at most `max` (the interface's), probed
+    /// from the start when `always` (a tunnel to a gateway), else once
+    /// large packets go into it.
+    pub fn with_mtu(mut self, max: u16, timing: Timing, always: bool) -> PeerCtl {
+        self.pmtu = PathMtu::new(max, timing, always);
+        self
     }
 }
 
@@ -144,7 +164,37 @@ impl Peer {
             rx_packets: AtomicU64::new(0),
             tx_packets: AtomicU64::new(0),
             spoofed: AtomicU64::new(0),
+            mtu: AtomicU16::new(u16::MAX),
+            big_sent: AtomicBool::new(false),
+            moved: AtomicBool::new(false),
         }
+    }
+
+    /// The largest inner packet the tunnel carries, as far as known.
+    pub fn mtu(&self) -> usize {
+        usize::from(self.mtu.load(Ordering::Relaxed))
+    }
+
+    pub fn set_mtu(&self, mtu: u16) {
+        self.mtu.store(mtu, Ordering::Relaxed);
+    }
+
+    /// The data path sent a packet of `len` bytes into the tunnel.
+    pub fn note_size(&self, len: usize) {
+        // A load first: a store per packet would write a shared line.
+        if len > usize::from(BASE) && !self.big_sent.load(Ordering::Relaxed) {
+            self.big_sent.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether large packets went in since the last call.
+    pub fn take_big_sent(&self) -> bool {
+        self.big_sent.load(Ordering::Relaxed) && self.big_sent.swap(false, Ordering::Relaxed)
+    }
+
+    /// Whether the endpoint changed since the last call.
+    pub fn take_moved(&self) -> bool {
+        self.moved.load(Ordering::Relaxed) && self.moved.swap(false, Ordering::Relaxed)
     }
 
     /// The tunnel; never hold the guard across an `.await`.
@@ -186,7 +236,11 @@ impl Peer {
     /// Where the peer was last authenticated from; stored only when it
     /// moved (the common case is one lock-free load).
     pub fn set_endpoint(&self, ep: SocketAddr) {
-        if self.endpoint.load().as_deref() != Some(&ep) {
+        let old = self.endpoint.load();
+        if old.as_deref() != Some(&ep) {
+            if old.is_some() {
+                self.moved.store(true, Ordering::Relaxed);
+            }
             self.endpoint.store(Some(Arc::new(ep)));
         }
     }

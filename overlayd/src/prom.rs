@@ -113,6 +113,18 @@ pub fn render(st: &Status) -> String {
         }
     }
     e.family(
+        "cubenet_overlayd_peer_mtu_bytes",
+        "gauge",
+        "Largest inner packet a tunnel carries (learned by probing inside it).",
+    );
+    for p in &st.peers {
+        e.sample(
+            "cubenet_overlayd_peer_mtu_bytes",
+            &[("peer", &p.name)],
+            f64::from(p.mtu),
+        );
+    }
+    e.family(
         "cubenet_overlayd_drops_total",
         "counter",
         "Dropped packets by reason.",
@@ -145,6 +157,16 @@ pub fn render(st: &Status) -> String {
         "cubenet_overlayd_mss_clamped_total",
         &[],
         st.mss_clamped as f64,
+    );
+    e.family(
+        "cubenet_overlayd_fragmented_total",
+        "counter",
+        "IPv4 packets without DF sent in fragments to fit a tunnel.",
+    );
+    e.sample(
+        "cubenet_overlayd_fragmented_total",
+        &[],
+        st.fragmented as f64,
     );
     e.family(
         "cubenet_overlayd_routes",

@@ -73,6 +73,9 @@ struct Link {
     /// Lost, per thousand.
     loss_per_mille: u64,
     delay: Duration,
+    /// The largest datagram (UDP payload) the path carries; larger ones
+    /// vanish, as behind a router that drops what has DF set.
+    mtu: Option<usize>,
 }
 
 /// SplitMix64: the sim's only source of chance, from the seed.
@@ -315,10 +318,20 @@ impl Net {
                         Link {
                             loss_per_mille,
                             delay,
+                            mtu: None,
                         },
                     );
                 }
             }
+        }
+    }
+
+    /// The IPv4 path between `a` and `b` has MTU `mtu`, both ways: it
+    /// carries UDP payloads of `mtu` - 28 bytes at most (`None`: any).
+    fn set_mtu(&mut self, a: &str, b: &str, mtu: Option<usize>) {
+        let (a, b) = (self.index(a), self.index(b));
+        for k in [(a, b), (b, a)] {
+            self.links.entry(k).or_default().mtu = mtu.map(|m| m - 28);
         }
     }
 
@@ -383,6 +396,9 @@ impl Net {
                     }
                     let link = self.links.get(&(i, j)).copied().unwrap_or_default();
                     if link.loss_per_mille > 0 && self.rng.next() % 1000 < link.loss_per_mille {
+                        continue;
+                    }
+                    if link.mtu.is_some_and(|m| d.len() > m) {
                         continue;
                     }
                     if !link.delay.is_zero() {
@@ -1464,4 +1480,133 @@ fn a_firewall_learns_a_remote_hosts_identity_through_two_gateways() {
         let st = w.net.nodes[w.net.index(g)].node.status(w.net.now);
         assert!(st.peers.iter().all(|p| p.name != "s2-h1"), "{g}");
     }
+}
+
+/// An IPv4 UDP packet of `len` bytes in all, DF set or not, checksums right
+/// (the UDP checksum left out, as IPv4 allows).
+fn ipv4_udp_sized(src: [u8; 4], dst: [u8; 4], len: usize, df: bool) -> Vec<u8> {
+    let mut p = ipv4_udp(src, dst);
+    p.resize(len, 0);
+    for (i, b) in p.iter_mut().enumerate().skip(28) {
+        *b = i as u8;
+    }
+    p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+    p[6] = if df { 0x40 } else { 0 };
+    p[7] = 0;
+    p[24..26].copy_from_slice(&((len - 20) as u16).to_be_bytes());
+    p[26..28].copy_from_slice(&[0, 0]);
+    with_ttl(p, 64)
+}
+
+/// The tunnels from `gw` to the other site's gateways: (name, mtu,
+/// learned).
+fn tunnel_mtus(w: &Whole, gw: &str, other_site: &str) -> Vec<(String, u16, bool)> {
+    w.status(gw)
+        .peers
+        .into_iter()
+        .filter(|p| p.site.as_deref() == Some(other_site))
+        .map(|p| (p.name, p.mtu, p.mtu_learned))
+        .collect()
+}
+
+/// The underlay between the two sites' gateways carries at most 1400-byte
+/// IPv4 datagrams (1340 bytes inside a tunnel: 20 IP, 8 UDP, 32 WireGuard):
+/// every gateway tunnel across it learns that by probing within a few
+/// seconds; a 1420-byte packet with DF gets fragmentation needed with 1340
+/// back from the first gateway, one without DF arrives in fragments, and
+/// when the path grows again the tunnels notice. (The sim's nodes have
+/// IPv4 addresses only: packet too big is tested in `icmp` and in the
+/// namespace test.)
+#[test]
+fn gateway_tunnels_learn_a_smaller_underlay_mtu_and_tell_senders() {
+    let mut w = Whole::new(2);
+    for a in ["s1-gw1", "s1-gw2"] {
+        for b in ["s2-gw1", "s2-gw2"] {
+            w.net.set_mtu(a, b, Some(1400));
+        }
+    }
+    let all = |w: &Whole, mtu: u16| {
+        ["s1-gw1", "s1-gw2"].iter().all(|g| {
+            let t = tunnel_mtus(w, g, "s2");
+            t.len() == 2 && t.iter().all(|(_, m, l)| *m == mtu && *l)
+        }) && ["s2-gw1", "s2-gw2"].iter().all(|g| {
+            tunnel_mtus(w, g, "s1")
+                .iter()
+                .all(|(_, m, l)| *m == mtu && *l)
+        })
+    };
+    // They probed 1420 at first and confirm it every 10 s: the next
+    // confirmation finds the smaller path.
+    let t = w.run_until(Duration::from_secs(20), |w| all(w, 1340));
+    eprintln!("every gateway tunnel at 1340 {t:?} after the path shrank");
+    // Within the site the tunnels still carry the interface MTU.
+    assert!(tunnel_mtus(&w, "s1-gw1", "s1")
+        .iter()
+        .all(|(_, m, _)| *m == 1420));
+
+    let big = ipv4_udp_sized([10, 77, 1, 11], [10, 77, 2, 11], 1420, true);
+    assert_eq!(w.arrives("s1-h1", "s2-h1", &big), None);
+    let h = w.net.index("s1-h1");
+    let tun = std::mem::take(&mut w.net.nodes[h].tun);
+    let errs: Vec<_> = tun
+        .iter()
+        .filter(|p| p.len() >= 48 && p[9] == 1 && same_but_ttl(&p[28..48], &big[..20]))
+        .map(|p| {
+            assert_eq!(ones_sum(&p[20..]), 0xffff, "ICMP checksum");
+            (
+                p[20],
+                p[21],
+                u16::from_be_bytes([p[26], p[27]]),
+                p[12..15].to_vec(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        errs,
+        [(3, 4, 1340, vec![10, 77, 1])],
+        "fragmentation needed from a site 1 gateway"
+    );
+
+    // Without DF: two fragments arrive that make the packet again.
+    let frag = ipv4_udp_sized([10, 77, 1, 11], [10, 77, 2, 11], 1420, false);
+    let (f, t) = (w.net.index("s1-h1"), w.net.index("s2-h1"));
+    w.net.nodes[t].tun.clear();
+    let now = w.net.now;
+    let n = &mut w.net.nodes[f];
+    n.node.on_tun_packet(&frag, now, &mut n.out);
+    w.net.settle();
+    let mut parts: Vec<Vec<u8>> = w.net.nodes[t]
+        .tun
+        .iter()
+        .filter(|p| p[0] == 0x45 && p[9] == 17 && p[12..20] == frag[12..20])
+        .cloned()
+        .collect();
+    assert_eq!(parts.len(), 2, "two fragments");
+    parts.sort_by_key(|p| u16::from_be_bytes([p[6], p[7]]) & 0x1fff);
+    let mut payload = Vec::new();
+    for p in &parts {
+        assert!(p.len() <= 1340);
+        assert_eq!(ones_sum(&p[..20]), 0xffff);
+        payload.extend_from_slice(&p[20..]);
+    }
+    assert_eq!(payload, frag[20..]);
+
+    let (mut too_big, mut sent, mut fragmented) = (0, 0, 0);
+    for g in ["s1-gw1", "s1-gw2"] {
+        let st = w.status(g);
+        too_big += st.drops.too_big;
+        sent += st.icmp.too_big;
+        fragmented += st.fragmented;
+    }
+    assert_eq!((too_big, sent, fragmented), (1, 1, 1));
+
+    // The path grows again: noticed at the next raise round (every 60 s).
+    for a in ["s1-gw1", "s1-gw2"] {
+        for b in ["s2-gw1", "s2-gw2"] {
+            w.net.set_mtu(a, b, None);
+        }
+    }
+    let t = w.run_until(Duration::from_secs(70), |w| all(w, 1420));
+    eprintln!("every gateway tunnel back at 1420 {t:?} after the path grew");
+    assert_eq!(w.arrives("s1-h1", "s2-h1", &big), Some(62));
 }

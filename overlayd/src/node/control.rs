@@ -101,6 +101,8 @@ impl Node {
                     flaps: health.flaps,
                     active: active == Some(p.index),
                     spoofed: p.spoofed.load(Ordering::Relaxed),
+                    mtu: x.pmtu.mtu(),
+                    mtu_learned: x.pmtu.learned(),
                 })
             })
             .collect();
@@ -140,6 +142,7 @@ impl Node {
             drops: self.drops.snapshot(),
             icmp: self.router.snapshot(),
             mss_clamped: self.router.mss_clamped.load(Ordering::Relaxed),
+            fragmented: self.router.fragmented.load(Ordering::Relaxed),
             routes,
             datapath,
             firewall,

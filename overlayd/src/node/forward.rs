@@ -76,16 +76,42 @@ impl Node {
         now: Instant,
         out: &mut Outbox,
     ) {
+        self.send_error_via(e, pkt, back, None, now, out)
+    }
+
+    /// [`Node::send_error`] about a packet that was to go into `via`'s
+    /// tunnel. Into this node's own TUN it comes from `via`'s overlay
+    /// address: the kernel drops a packet arriving with one of its own
+    /// addresses as source (a martian), and the tunnel is the link that
+    /// is too small.
+    pub(super) fn send_error_via(
+        &self,
+        e: icmp::Error,
+        pkt: &[u8],
+        back: Back,
+        via: Option<&Peer>,
+        now: Instant,
+        out: &mut Outbox,
+    ) {
         let v4 = pkt.first().is_some_and(|b| b >> 4 == 4);
         let id = self.identity.load();
-        let Some(me) = id
-            .cert
-            .body
-            .addresses
-            .iter()
-            .map(|a| a.addr())
-            .find(|a| a.is_ipv4() == v4)
-        else {
+        let theirs = match (back, via.and_then(|p| p.cert())) {
+            (Back::Tun, Some(c)) => c
+                .body
+                .addresses
+                .iter()
+                .map(|a| a.addr())
+                .find(|a| a.is_ipv4() == v4),
+            _ => None,
+        };
+        let Some(me) = theirs.or_else(|| {
+            id.cert
+                .body
+                .addresses
+                .iter()
+                .map(|a| a.addr())
+                .find(|a| a.is_ipv4() == v4)
+        }) else {
             return;
         };
         let Some(reply) = icmp::error(e, me, pkt) else {
@@ -103,6 +129,7 @@ impl Node {
         }
         bump(match e {
             icmp::Error::TimeExceeded => &self.router.time_exceeded,
+            icmp::Error::TooBig { .. } => &self.router.too_big,
             _ => &self.router.unreachable,
         });
         match back {
@@ -131,14 +158,14 @@ impl Node {
     ) -> Option<bool> {
         match self.next_hop(src, dst, Some(peer.index)) {
             Via::Tun => {
-                self.clamp_mss(pkt);
+                self.clamp_mss(pkt, usize::from(self.cfg.interface.mtu));
                 Some(true)
             }
             Via::Peer(next) => {
                 match icmp::decrement_ttl(pkt) {
                     icmp::Hop::Forward => {
-                        self.clamp_mss(pkt);
-                        self.send_to_peer(&next, pkt, out)
+                        self.clamp_mss(pkt, next.mtu());
+                        self.send_data(&next, pkt, Back::Peer(peer), now, out)
                     }
                     icmp::Hop::Expired => {
                         bump(&self.drops.ttl_expired);
@@ -155,25 +182,65 @@ impl Node {
         }
     }
 
-    /// Lowers the MSS of a TCP SYN to what fits the tunnel (when on).
-    fn clamp_mss(&self, pkt: &mut [u8]) {
+    /// Lowers the MSS of a TCP SYN to what fits `mtu` (when on): the
+    /// interface's, or the tunnel's when it carries less.
+    fn clamp_mss(&self, pkt: &mut [u8], mtu: usize) {
         let i = &self.cfg.interface;
-        if i.clamp_mss && mss::clamp(pkt, i.mtu) {
+        let mtu = u16::try_from(mtu).unwrap_or(u16::MAX).min(i.mtu);
+        if i.clamp_mss && mss::clamp(pkt, mtu) {
             bump(&self.router.mss_clamped);
         }
     }
 
     /// [`Node::clamp_mss`] on a packet that cannot be changed in place: a
     /// copy when it needs clamping (only SYNs do), else none.
-    fn clamped_copy(&self, pkt: &[u8]) -> Option<Vec<u8>> {
+    fn clamped_copy(&self, pkt: &[u8], mtu: usize) -> Option<Vec<u8>> {
         let i = &self.cfg.interface;
         if !i.clamp_mss {
             return None;
         }
-        mss::oversized(pkt, i.mtu)?;
+        let mtu = u16::try_from(mtu).unwrap_or(u16::MAX).min(i.mtu);
+        mss::oversized(pkt, mtu)?;
         let mut copy = pkt.to_vec();
-        self.clamp_mss(&mut copy);
+        self.clamp_mss(&mut copy, usize::from(mtu));
         Some(copy)
+    }
+
+    /// A packet into `peer`'s tunnel, if it fits: one larger than the
+    /// tunnel carries now gets fragmentation needed / packet too big back
+    /// where it came from, or (IPv4 without DF) goes in fragments.
+    pub(super) fn send_data(
+        &self,
+        peer: &Peer,
+        pkt: &[u8],
+        back: Back,
+        now: Instant,
+        out: &mut Outbox,
+    ) {
+        let mtu = peer.mtu();
+        if pkt.len() <= mtu {
+            peer.note_size(pkt.len());
+            self.send_to_peer(peer, pkt, out);
+            return;
+        }
+        peer.note_size(pkt.len());
+        let mtu16 = u16::try_from(mtu).unwrap_or(u16::MAX);
+        if let Some(frags) = icmp::fragment_v4(pkt, mtu16) {
+            bump(&self.router.fragmented);
+            for f in frags {
+                self.send_to_peer(peer, &f, out);
+            }
+            return;
+        }
+        bump(&self.drops.too_big);
+        self.send_error_via(
+            icmp::Error::TooBig { mtu: mtu16 },
+            pkt,
+            back,
+            Some(peer),
+            now,
+            out,
+        );
     }
 
     pub(super) fn send_to_peer(&self, peer: &Peer, pkt: &[u8], out: &mut Outbox) {
@@ -193,6 +260,14 @@ impl Node {
 
     pub(super) fn send_message(&self, peer: &Peer, m: &Message, out: &mut Outbox) {
         self.send_to_peer(peer, &m.encode(), out);
+    }
+
+    /// A packet from our TUN into `peer`'s tunnel, its MSS clamped to what
+    /// the tunnel carries.
+    fn send_from_tun(&self, peer: &Peer, pkt: &[u8], now: Instant, out: &mut Outbox) {
+        let clamped = self.clamped_copy(pkt, peer.mtu());
+        let pkt = clamped.as_deref().unwrap_or(pkt);
+        self.send_data(peer, pkt, Back::Tun, now, out);
     }
 
     /// A packet from our TUN.
@@ -218,26 +293,27 @@ impl Node {
         if own && !self.firewall_passes(Direction::Outbound, pkt, now) {
             return;
         }
-        let clamped = self.clamped_copy(pkt);
-        let pkt = clamped.as_deref().unwrap_or(pkt);
         if self.role() == Role::Host {
             let gw = self.active_gateway();
             match gw.and_then(|i| self.peer_by_index(i)) {
-                Some(p) => self.send_to_peer(&p, pkt, out),
+                Some(p) => self.send_from_tun(&p, pkt, now, out),
                 None => {
                     // No gateway yet: held until one is usable. Looked at
                     // again under the control state, which chooses it.
                     let mut c = self.ctl();
                     match self.active_gateway().and_then(|i| self.peer_by_index(i)) {
-                        Some(p) => self.send_to_peer(&p, pkt, out),
-                        None => self.hold(&mut c, pkt, now),
+                        Some(p) => self.send_from_tun(&p, pkt, now, out),
+                        None => {
+                            let clamped = self.clamped_copy(pkt, usize::MAX);
+                            self.hold(&mut c, clamped.as_deref().unwrap_or(pkt), now)
+                        }
                     }
                 }
             }
             return;
         }
         match self.next_hop(src, dst, None) {
-            Via::Peer(p) => self.send_to_peer(&p, pkt, out),
+            Via::Peer(p) => self.send_from_tun(&p, pkt, now, out),
             // From our own TUN back to it: the kernel should not do that.
             Via::Tun => bump(&self.drops.no_route),
             Via::Nowhere => self.unreachable(pkt, dst, Back::Tun, now, out),

@@ -2,6 +2,7 @@
 //! gateway tunnels go up and down and a host chooses its gateway; peers are
 //! detached and removed.
 
+use super::forward::Back;
 use super::*;
 
 impl Node {
@@ -109,9 +110,45 @@ impl Node {
         }
         self.expire_held(c, now);
         for (_, p) in std::mem::take(&mut c.held) {
-            self.send_to_peer(gw, &p, out);
+            self.send_data(gw, &p, Back::Tun, now, out);
         }
         c.held_bytes = 0;
+    }
+
+    /// The tunnel's path MTU search: probes due now go out, and the data
+    /// path gets what is known. Only over a working tunnel: a probe lost
+    /// to a tunnel that is down says nothing about its MTU.
+    fn step_pmtu(&self, c: &mut Control, peer: &Arc<Peer>, now: Instant, out: &mut Outbox) {
+        if !self.cfg.interface.path_mtu_discovery {
+            return;
+        }
+        let usable = if peer.configured.is_some() {
+            peer.healthy()
+        } else {
+            peer.attached.load(Ordering::Relaxed)
+        };
+        let Some(x) = c.ctl(peer) else {
+            return;
+        };
+        if peer.take_moved() {
+            x.pmtu.restart(now);
+        }
+        if peer.take_big_sent() {
+            x.pmtu.used(now);
+        }
+        if !usable || x.handshake_at.is_none() {
+            return;
+        }
+        let send = x.pmtu.poll(now);
+        let mtu = x.pmtu.mtu();
+        peer.set_mtu(mtu);
+        if let Some(s) = send {
+            tracing::debug!(peer = %peer.name(), seq = s.seq, sizes = ?s.sizes, mtu, "path MTU probes");
+            for size in s.sizes {
+                let m = Message::MtuProbe { seq: s.seq, size };
+                self.send_to_peer(peer, &m.encode(), out);
+            }
+        }
     }
 
     /// A probe to a gateway at once (a session just came up): the tunnel
@@ -270,6 +307,7 @@ impl Node {
                 continue;
             }
             let peer = peer.clone();
+            self.step_pmtu(c, &peer, now, out);
             let Some(x) = c.peers.ctl(peer.index) else {
                 continue;
             };

@@ -71,6 +71,23 @@ impl Node {
             Message::WhoIsReply { addr, cert } => {
                 self.on_whois_reply(c, peer, addr, cert, now, out)
             }
+            // Any peer with a session may ask: the answer is smaller than
+            // the question.
+            Message::MtuProbe { seq, size } => {
+                self.send_message(peer, &Message::MtuAck { seq, size }, out);
+            }
+            Message::MtuAck { seq, size } => {
+                tracing::debug!(peer = %peer.name(), seq, size, "path MTU probe acknowledged");
+                if let Some(x) = c.ctl(peer) {
+                    let before = x.pmtu.mtu();
+                    x.pmtu.on_ack(seq, size, now);
+                    let after = x.pmtu.mtu();
+                    peer.set_mtu(after);
+                    if after != before {
+                        tracing::info!(peer = %peer.name(), mtu = after, was = before, "tunnel MTU");
+                    }
+                }
+            }
             Message::CertAck(fp) => {
                 if fp == self.identity().cert.fingerprint().0 {
                     peer.our_cert_acked.store(true, Ordering::Relaxed);

@@ -154,6 +154,8 @@ pub struct Drops {
     pub no_endpoint: AtomicU64,
     /// Arrived with a TTL / hop limit of 1 or 0 at a forwarding gateway.
     pub ttl_expired: AtomicU64,
+    /// Too large for the tunnel they were to go into (too big sent back).
+    pub too_big: AtomicU64,
 }
 
 /// What a gateway counts as a router: ICMP errors sent (with the rate
@@ -165,8 +167,11 @@ pub struct RouterState {
     time_exceeded: AtomicU64,
     unreachable: AtomicU64,
     rate_limited: AtomicU64,
+    too_big: AtomicU64,
     /// SYNs whose MSS was lowered.
     mss_clamped: AtomicU64,
+    /// IPv4 packets without DF sent in fragments.
+    fragmented: AtomicU64,
 }
 
 impl RouterState {
@@ -175,6 +180,7 @@ impl RouterState {
         api::IcmpSent {
             time_exceeded: g(&self.time_exceeded),
             unreachable: g(&self.unreachable),
+            too_big: g(&self.too_big),
             rate_limited: g(&self.rate_limited),
         }
     }
@@ -200,6 +206,7 @@ impl Drops {
             bad_cert: g(&self.bad_cert),
             no_endpoint: g(&self.no_endpoint),
             ttl_expired: g(&self.ttl_expired),
+            too_big: g(&self.too_big),
         }
     }
 }
@@ -489,6 +496,19 @@ impl Node {
     }
 
     /// The control state; see [`Control`] for the lock order.
+    /// The control state of a new peer; its tunnel assumed to carry the
+    /// interface MTU until probed (from the start for a gateway we keep a
+    /// tunnel to, else once large packets go in).
+    fn new_ctl(&self, peer: &Peer) -> PeerCtl {
+        let mtu = self.cfg.interface.mtu;
+        peer.set_mtu(mtu);
+        PeerCtl::new(peer.index, self.cfg.probe.misses).with_mtu(
+            mtu,
+            crate::pmtu::Timing::default(),
+            peer.configured.is_some(),
+        )
+    }
+
     fn ctl(&self) -> MutexGuard<'_, Control> {
         lock(&self.control)
     }
@@ -608,8 +628,8 @@ impl Node {
             now,
         ));
         peer.set_endpoint(g.endpoint);
-        c.peers
-            .insert(peer.clone(), PeerCtl::new(index, self.cfg.probe.misses));
+        let ctl = self.new_ctl(&peer);
+        c.peers.insert(peer.clone(), ctl);
         if let Some(cert) = cert {
             self.accept_cert(c, &peer, cert);
         }

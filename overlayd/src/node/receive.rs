@@ -142,6 +142,7 @@ impl Node {
                 if handshake {
                     if let Some(x) = c.ctl(peer) {
                         x.handshake_at = Some(now);
+                        x.pmtu.wake(now);
                     }
                 }
                 if first_data {
@@ -201,7 +202,9 @@ impl Node {
             self.new_tunn(key, index, None),
             now,
         ));
-        t.insert(peer.clone(), PeerCtl::new(index, self.cfg.probe.misses));
+        let ctl = self.new_ctl(&peer);
+        let t = &mut c.peers;
+        t.insert(peer.clone(), ctl);
         match cert {
             Some(cert) => peer.set_cert(Some(cert)),
             None => {
