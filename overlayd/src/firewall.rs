@@ -257,6 +257,11 @@ pub struct FirewallConfig {
     /// Flows of one remote address at most (default an eighth of
     /// `max_flows`): one peer cannot fill the table for the others.
     pub max_flows_per_remote: Option<usize>,
+    /// Answer inbound packets a rule or the default denies with ICMP
+    /// administratively prohibited (ICMPv6 administratively prohibited),
+    /// rate limited, so their senders fail at once instead of timing out.
+    #[serde(default)]
+    pub reject: bool,
     #[serde(default)]
     pub inbound: Vec<RuleConfig>,
     #[serde(default)]
@@ -281,6 +286,8 @@ pub struct Policy {
     pub outbound_default: Action,
     pub max_flows: usize,
     pub max_flows_per_remote: usize,
+    /// Denied inbound packets get administratively prohibited back.
+    pub reject: bool,
 }
 
 impl Default for Policy {
@@ -293,6 +300,7 @@ impl Default for Policy {
             outbound_default: Action::Allow,
             max_flows: DEFAULT_MAX_FLOWS,
             max_flows_per_remote: DEFAULT_MAX_FLOWS / 8,
+            reject: false,
         }
     }
 }
@@ -404,6 +412,7 @@ impl Policy {
                 .max_flows_per_remote
                 .unwrap_or(c.max_flows.unwrap_or(DEFAULT_MAX_FLOWS) / 8)
                 .max(1),
+            reject: c.reject,
         })
     }
 

@@ -313,10 +313,77 @@ impl RateLimit {
     }
 }
 
+/// Errors to one destination, as Linux's `icmp_ratelimit` (one a second,
+/// bursts of 6) per address, in a fixed table: addresses that share a slot
+/// share its bucket, so it is bounded and never laxer than per address.
+pub struct DestLimit {
+    slots: Vec<RateLimit>,
+}
+
+const DEST_SLOTS: usize = 256;
+
+impl Default for DestLimit {
+    fn default() -> Self {
+        DestLimit {
+            slots: (0..DEST_SLOTS).map(|_| RateLimit::new(1, 6)).collect(),
+        }
+    }
+}
+
+impl DestLimit {
+    pub fn allow(&mut self, dst: IpAddr, now: Instant) -> bool {
+        let bytes = match dst {
+            IpAddr::V4(a) => a.octets().to_vec(),
+            IpAddr::V6(a) => a.octets().to_vec(),
+        };
+        // FNV-1a.
+        let h = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+        });
+        self.slots[(h % DEST_SLOTS as u64) as usize].allow(now)
+    }
+}
+
+/// Both limits a router applies: errors in all (`icmp_msgs_per_sec`) and
+/// per destination (`icmp_ratelimit`); fragmentation needed and packet
+/// too big are held back by the first only, as in Linux (path MTU
+/// discovery depends on them).
+#[derive(Default)]
+pub struct Limiter {
+    pub all: RateLimit,
+    pub per_dest: DestLimit,
+}
+
+impl Limiter {
+    pub fn allow(&mut self, e: Error, dst: IpAddr, now: Instant) -> bool {
+        if !matches!(e, Error::TooBig { .. }) && !self.per_dest.allow(dst, now) {
+            return false;
+        }
+        self.all.allow(now)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn errors_to_one_destination_are_limited_but_not_to_others_nor_too_big() {
+        let now = Instant::now();
+        let mut l = Limiter::default();
+        let a: IpAddr = "10.77.1.11".parse().unwrap();
+        let sent = (0..20)
+            .filter(|_| l.allow(Error::TimeExceeded, a, now))
+            .count();
+        assert_eq!(sent, 6, "a burst of 6 to one address");
+        assert!(l.allow(Error::TooBig { mtu: 1340 }, a, now));
+        let others = (1..=40u8)
+            .filter(|i| l.allow(Error::HostUnreachable, IpAddr::from([10, 77, 3, *i]), now))
+            .count();
+        assert!(others >= 30, "{others} of 40 others");
+        assert!(l.allow(Error::TimeExceeded, a, now + Duration::from_secs(1)));
+    }
 
     fn v4(ttl: u8, proto: u8, payload: &[u8]) -> Vec<u8> {
         let mut p = vec![0u8; 20];

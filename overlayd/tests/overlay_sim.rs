@@ -1610,3 +1610,27 @@ fn gateway_tunnels_learn_a_smaller_underlay_mtu_and_tell_senders() {
     eprintln!("every gateway tunnel back at 1420 {t:?} after the path grew");
     assert_eq!(w.arrives("s1-h1", "s2-h1", &big), Some(62));
 }
+
+/// A host that opts in (`reject = true`) answers what its firewall denies
+/// with administratively prohibited from its own address, so the sender
+/// fails at once; without it the drop stays silent.
+#[test]
+fn a_host_that_opts_in_rejects_denied_packets_with_admin_prohibited() {
+    for reject in [true, false] {
+        let cfg = if reject {
+            "[firewall]\ninbound_default = \"deny\"\nreject = true\n"
+        } else {
+            "[firewall]\ninbound_default = \"deny\"\n"
+        };
+        let mut w = Whole::with_config(2, &config_of("s2-h1", cfg));
+        let pkt = with_ttl(ipv4_udp([10, 77, 1, 11], [10, 77, 2, 11]), 64);
+        assert_eq!(w.arrives("s1-h1", "s2-h1", &pkt), None, "denied");
+        let errs = w.icmp_errors("s1-h1", &pkt);
+        if reject {
+            assert_eq!(errs, [(3, 13, [10, 77, 2, 11])], "admin prohibited");
+            assert_eq!(w.status("s2-h1").icmp.unreachable, 1);
+        } else {
+            assert_eq!(errs, [], "silent");
+        }
+    }
+}

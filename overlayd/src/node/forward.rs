@@ -117,12 +117,14 @@ impl Node {
         let Some(reply) = icmp::error(e, me, pkt) else {
             return;
         };
+        // The error goes to the packet's source.
+        let to = packet::addresses(pkt).map(|(src, _)| src).unwrap_or(me);
         let allowed = self
             .router
             .limit
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .allow(now);
+            .allow(e, to, now);
         if !allowed {
             bump(&self.router.rate_limited);
             return;

@@ -163,7 +163,7 @@ pub struct Drops {
 #[derive(Default)]
 pub struct RouterState {
     /// A leaf lock, taken only on the error paths.
-    limit: Mutex<icmp::RateLimit>,
+    limit: Mutex<icmp::Limiter>,
     time_exceeded: AtomicU64,
     unreachable: AtomicU64,
     rate_limited: AtomicU64,

@@ -1,6 +1,7 @@
 //! The firewall on this node's own traffic: verdicts, drop logs, reload,
 //! status.
 
+use super::forward::Back;
 use super::*;
 
 impl Node {
@@ -22,6 +23,43 @@ impl Node {
             return true;
         }
         self.log_drop(dir, pkt, v, now);
+        false
+    }
+
+    /// The firewall on a packet from `peer` for this node; with `reject`
+    /// on, a packet a rule or the default denies gets administratively
+    /// prohibited back through the tunnel it came by.
+    pub(super) fn firewall_admits(
+        &self,
+        peer: &Arc<Peer>,
+        pkt: &[u8],
+        now: Instant,
+        out: &mut Outbox,
+    ) -> bool {
+        if !self.firewall_on.load(Ordering::Relaxed) {
+            return true;
+        }
+        let (v, reject) = {
+            let lookup = |a: IpAddr| self.identity_lookup(a, now);
+            let mut fw = self.fw();
+            (
+                fw.check(Direction::Inbound, pkt, now, &lookup),
+                fw.policy.reject,
+            )
+        };
+        if v == Verdict::Pass {
+            return true;
+        }
+        self.log_drop(Direction::Inbound, pkt, v, now);
+        if reject && matches!(v, Verdict::Deny(_)) {
+            self.send_error(
+                icmp::Error::AdminProhibited,
+                pkt,
+                Back::Peer(peer),
+                now,
+                out,
+            );
+        }
         false
     }
 

@@ -277,15 +277,11 @@ impl Node {
                 bump(&self.drops.not_for_us);
                 return None;
             }
-            return self
-                .firewall_passes(Direction::Inbound, pkt, now)
-                .then_some(true);
+            return self.firewall_admits(peer, pkt, now, out).then_some(true);
         }
         // Addressed to the gateway itself: its own firewall decides.
         if id.cert.owns_addr(dst) {
-            return self
-                .firewall_passes(Direction::Inbound, pkt, now)
-                .then_some(true);
+            return self.firewall_admits(peer, pkt, now, out).then_some(true);
         }
         self.forward(peer, pkt, src, dst, now, out)
     }
