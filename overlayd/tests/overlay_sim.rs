@@ -1634,3 +1634,43 @@ fn a_host_that_opts_in_rejects_denied_packets_with_admin_prohibited() {
         }
     }
 }
+
+/// Only the way from site 2 to site 1 carries less (1400-byte IPv4 path,
+/// 1340 inside). A SYN from s1-h1 to s2-h1 never crosses it, but the
+/// answers will: site 2's gateway clamps the SYN to the tunnel it came by,
+/// so s2-h1 never sends a segment too big for its way back.
+#[test]
+fn syns_are_clamped_to_the_tunnel_their_answers_take_back() {
+    let mut w = Whole::new(2);
+    for a in ["s2-gw1", "s2-gw2"] {
+        for b in ["s1-gw1", "s1-gw2"] {
+            let (i, j) = (w.net.index(a), w.net.index(b));
+            w.net.links.entry((i, j)).or_default().mtu = Some(1400 - 28);
+        }
+    }
+    w.run_until(Duration::from_secs(20), |w| {
+        ["s2-gw1", "s2-gw2"].iter().all(|g| {
+            tunnel_mtus(w, g, "s1")
+                .iter()
+                .all(|(_, m, l)| *m == 1340 && *l)
+        })
+    });
+    assert!(tunnel_mtus(&w, "s1-gw1", "s2")
+        .iter()
+        .all(|(_, m, _)| *m == 1420));
+    let (f, t) = (w.net.index("s1-h1"), w.net.index("s2-h1"));
+    w.net.nodes[t].tun.clear();
+    let syn = tcp_syn([10, 77, 1, 11], [10, 77, 2, 11], 1460);
+    let now = w.net.now;
+    let n = &mut w.net.nodes[f];
+    n.node.on_tun_packet(&syn, now, &mut n.out);
+    w.net.settle();
+    let got = w.net.nodes[t]
+        .tun
+        .iter()
+        .find(|p| p.len() == syn.len() && p[9] == 6)
+        .expect("the SYN arrived")
+        .clone();
+    assert_eq!(u16::from_be_bytes([got[42], got[43]]), 1300);
+    assert_eq!(tcp_sum(&got), 0xffff, "TCP checksum");
+}

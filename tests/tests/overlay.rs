@@ -363,6 +363,56 @@ fn host_keeps_pinging_when_its_gateway_is_killed() {
     assert!(now_active.is_some() && now_active.as_deref() != Some(active.as_str()));
 }
 
+/// A static route cycle through three gateways (fra -> ams -> par -> fra
+/// for 10.77.9.0/24): a ping into it comes back as time exceeded from the
+/// gateway where its TTL ran out, and exactly one packet expired: it did
+/// not circulate (before, it went round for ever, re-encrypted at every
+/// hop).
+#[test]
+fn a_static_route_cycle_through_three_gateways_ends_with_time_exceeded() {
+    if !netns_or_skip("a_static_route_cycle_through_three_gateways_ends_with_time_exceeded") {
+        return;
+    }
+    let lab =
+        Lab::up("[[site]]\nname = \"fra\"\n[[site]]\nname = \"ams\"\n[[site]]\nname = \"par\"\n");
+    for (gw, via) in [
+        ("fra-gw1", "ams-gw1"),
+        ("ams-gw1", "par-gw1"),
+        ("par-gw1", "fra-gw1"),
+    ] {
+        let cfg = lab.path().join("nodes").join(gw).join("overlayd.toml");
+        let mut text = std::fs::read_to_string(&cfg).unwrap();
+        text.push_str(&format!(
+            "\n[[route]]\nprefix = \"10.77.9.0/24\"\nvia = [\"{via}\"]\n"
+        ));
+        std::fs::write(&cfg, text).unwrap();
+        lab.lab_ok(&["kill", gw]);
+        lab.lab_ok(&["start", gw]);
+    }
+    lab.lab_ok(&["wait"]);
+    let expired = |lab: &Lab| -> u64 {
+        ["fra-gw1", "ams-gw1", "par-gw1"]
+            .iter()
+            .map(|g| {
+                lab.overlayd(g)["drops"]["ttl_expired"]
+                    .as_u64()
+                    .unwrap_or(0)
+            })
+            .sum()
+    };
+    assert_eq!(expired(&lab), 0);
+    let out = lab.exec(
+        "fra-h1",
+        &["ping", "-c", "1", "-t", "30", "-W", "5", "10.77.9.1"],
+    );
+    let t = String::from_utf8_lossy(&out.stdout);
+    assert!(t.contains("Time to live exceeded"), "{t}");
+    // Every gateway hop takes one, the host's send none: it arrives with 1
+    // left at the 30th gateway on the way, fra, ams, par, ... par.
+    assert!(t.contains("From 10.77.3.1 "), "{t}");
+    assert_eq!(expired(&lab), 1, "one packet expired, once");
+}
+
 /// The links between site fra's gateway and the underlay carry 1400 bytes
 /// (a bridge drops larger frames silently: the classic black hole). Every
 /// tunnel across them learns its MTU by probing — 1340 over an IPv4

@@ -160,13 +160,15 @@ impl Node {
     ) -> Option<bool> {
         match self.next_hop(src, dst, Some(peer.index)) {
             Via::Tun => {
-                self.clamp_mss(pkt, usize::from(self.cfg.interface.mtu));
+                self.clamp_mss(pkt, peer.mtu());
                 Some(true)
             }
             Via::Peer(next) => {
                 match icmp::decrement_ttl(pkt) {
                     icmp::Hop::Forward => {
-                        self.clamp_mss(pkt, next.mtu());
+                        // Both tunnels: the answers to this SYN come back
+                        // through the one it arrived by.
+                        self.clamp_mss(pkt, next.mtu().min(peer.mtu()));
                         self.send_data(&next, pkt, Back::Peer(peer), now, out)
                     }
                     icmp::Hop::Expired => {
