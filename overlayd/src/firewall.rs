@@ -200,6 +200,9 @@ pub struct Identity {
     pub name: String,
     pub groups: Vec<String>,
     pub site: String,
+    /// A gateway: a router on the way, whose ICMP errors about a flow
+    /// count (it is not the flow's other end).
+    pub gateway: bool,
 }
 
 impl From<&cubenet_certs::NodeCert> for Identity {
@@ -208,6 +211,7 @@ impl From<&cubenet_certs::NodeCert> for Identity {
             name: c.name().to_string(),
             groups: c.body.groups.clone(),
             site: c.body.site.clone(),
+            gateway: c.role() == cubenet_certs::Role::Gateway,
         }
     }
 }
@@ -911,7 +915,12 @@ impl Firewall {
                 },
             };
             let live = |k: &Key| self.flows.get(k).is_some_and(|e| e.expires > now);
-            if live(&qk) || live(&reverse(&qk)) {
+            // Only from where such an error can come (audit L9): the
+            // flow's other end, or a gateway on the way; not from any
+            // node that learned the flow's ports (a forged packet too big
+            // or unreachable).
+            let from_path = || p.src == qd || identity(p.src).known().is_some_and(|i| i.gateway);
+            if (live(&qk) || live(&reverse(&qk))) && from_path() {
                 self.counters.tracked_pass += 1;
                 return Verdict::Pass;
             }
@@ -1217,11 +1226,19 @@ mod tests {
                 name: "web1".into(),
                 groups: vec!["db-clients".into()],
                 site: "fra".into(),
+                gateway: false,
             }),
             "10.77.2.11" => Lookup::Known(Identity {
                 name: "ams-h1".into(),
                 groups: vec![],
                 site: "ams".into(),
+                gateway: false,
+            }),
+            "10.77.0.1" => Lookup::Known(Identity {
+                name: "fra-gw1".into(),
+                groups: vec![],
+                site: "fra".into(),
+                gateway: true,
             }),
             _ => Lookup::Nobody,
         }
@@ -1566,6 +1583,20 @@ mod tests {
         icmp.extend_from_slice(&out);
         let err = v4([10, 77, 0, 1], ME, ICMP, &icmp);
         assert_eq!(fw.check(Direction::Inbound, &err, now, &ids), Verdict::Pass);
+        // From the flow's other end too (port unreachable from OTHER).
+        let mut icmp = vec![3, 3, 0, 0, 0, 0, 0, 0];
+        icmp.extend_from_slice(&out);
+        let err = v4(OTHER, ME, ICMP, &icmp);
+        assert_eq!(fw.check(Direction::Inbound, &err, now, &ids), Verdict::Pass);
+        // Not from a third node that learned the flow (audit L9): a forged
+        // fragmentation needed from web1 is judged by the rules.
+        let mut icmp = vec![3, 4, 0, 0, 0, 0, 0x05, 0x00];
+        icmp.extend_from_slice(&out);
+        let forged = v4(WEB, ME, ICMP, &icmp);
+        assert_eq!(
+            fw.check(Direction::Inbound, &forged, now, &ids),
+            Verdict::Deny(None)
+        );
         // The same error about a flow we never had is judged by the rules.
         let mut icmp = vec![3, 3, 0, 0, 0, 0, 0, 0];
         icmp.extend_from_slice(&v4(ME, OTHER, UDP, &[0, 1, 0, 2, 0, 8, 0, 0]));

@@ -208,9 +208,66 @@ pub struct Neighbor {
 #[serde(deny_unknown_fields)]
 pub struct Announce {
     pub prefix: IpNet,
-    /// An address behind this gateway; while it does not answer ping the
-    /// prefix is withdrawn.
-    pub probe: Option<IpAddr>,
+    /// What must answer for the prefix to be announced: an address (ICMP
+    /// echo), `icmp://ADDR`, `tcp://ADDR:PORT` (a connection accepted) or
+    /// `http://ADDR[:PORT]/PATH` (a GET answered 2xx, or `expect_status`).
+    pub probe: Option<String>,
+    /// Between probes (default 1000 ms).
+    pub probe_interval_ms: Option<u64>,
+    /// A probe not answered within this fails (default the interval, at
+    /// most 1000 ms).
+    pub probe_timeout_ms: Option<u64>,
+    /// Passes in a row before the prefix is announced (default 2).
+    pub rise: Option<u32>,
+    /// Failures in a row before it is withdrawn (default 2).
+    pub fall: Option<u32>,
+    /// The HTTP status an `http://` probe expects (default any 2xx).
+    pub expect_status: Option<u16>,
+}
+
+impl Announce {
+    /// The probe, checked; `None` when the prefix is announced unprobed.
+    pub fn probe(&self) -> Result<Option<crate::probe::Probe>, String> {
+        let Some(text) = &self.probe else {
+            return Ok(None);
+        };
+        let mut check: crate::probe::Check = text.parse().map_err(|e| format!("probe: {e}"))?;
+        match (&mut check, self.expect_status) {
+            (crate::probe::Check::Http { expect, .. }, Some(s)) => {
+                if !(100..=599).contains(&s) {
+                    return Err(format!("expect_status: {s} is not an HTTP status"));
+                }
+                *expect = Some(s);
+            }
+            (_, Some(_)) => return Err("expect_status: only for an http:// probe".into()),
+            _ => {}
+        }
+        let interval = self.probe_interval_ms.unwrap_or(1000);
+        if !(50..=3_600_000).contains(&interval) {
+            return Err(format!(
+                "probe_interval_ms: {interval} is outside 50-3600000"
+            ));
+        }
+        let timeout = self.probe_timeout_ms.unwrap_or(interval.min(1000));
+        if timeout == 0 || timeout > interval {
+            return Err(format!(
+                "probe_timeout_ms: {timeout} must be more than 0 and at most probe_interval_ms ({interval})"
+            ));
+        }
+        let count = |key: &str, v: Option<u32>| -> Result<u32, String> {
+            match v.unwrap_or(2) {
+                n @ 1..=100 => Ok(n),
+                n => Err(format!("{key}: {n} is outside 1-100")),
+            }
+        };
+        Ok(Some(crate::probe::Probe {
+            check,
+            interval: Duration::from_millis(interval),
+            timeout: Duration::from_millis(timeout),
+            rise: count("rise", self.rise)?,
+            fall: count("fall", self.fall)?,
+        }))
+    }
 }
 
 fn yes() -> bool {
@@ -374,6 +431,9 @@ impl Config {
         }
         if d.prefix_reuse >= d.prefix_suppress {
             return Err("damping.prefix_reuse: must be below damping.prefix_suppress".into());
+        }
+        for (i, a) in self.announce.iter().enumerate() {
+            a.probe().map_err(|e| format!("announce[{i}].{e}"))?;
         }
         let mut names = std::collections::HashSet::new();
         for (i, n) in self.neighbors.iter().enumerate() {
@@ -555,6 +615,22 @@ mod tests {
             (
                 "[[neighbor]]\nname = \"a\"\naddress = \"not an ip\"\nasn = 5\n",
                 "line",
+            ),
+            (
+                "[[announce]]\nprefix = \"10.77.1.0/24\"\nprobe = \"tcp://10.77.1.5\"\n",
+                "announce[0].probe: \"10.77.1.5\": expected an IP address and :port",
+            ),
+            (
+                "[[announce]]\nprefix = \"10.77.1.0/24\"\nprobe = \"10.77.1.5\"\nprobe_interval_ms = 500\nprobe_timeout_ms = 600\n",
+                "announce[0].probe_timeout_ms",
+            ),
+            (
+                "[[announce]]\nprefix = \"10.77.1.0/24\"\nprobe = \"10.77.1.5\"\nexpect_status = 200\n",
+                "announce[0].expect_status: only for an http:// probe",
+            ),
+            (
+                "[[announce]]\nprefix = \"10.77.1.0/24\"\nprobe = \"10.77.1.5\"\nfall = 0\n",
+                "announce[0].fall",
             ),
         ] {
             let e = Config::parse(&format!("{MIN}{extra}")).unwrap_err();

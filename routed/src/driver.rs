@@ -479,24 +479,22 @@ async fn sync_tables(me: Arc<Shared>) {
     }
 }
 
-/// Health probes of site prefixes: one ping a second.
+/// Health probes of site prefixes: one task per prefix, each on its own
+/// interval, so a slow probe delays no other.
 async fn probes(me: Arc<Shared>) {
-    let targets = me.router().probes();
-    if targets.is_empty() {
-        return;
-    }
-    let mut t = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        t.tick().await;
-        for (prefix, addr) in &targets {
-            let ok = tokio::process::Command::new("ping")
-                .args(["-c", "1", "-W", "1", "-q", &addr.to_string()])
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .status()
-                .await
-                .is_ok_and(|s| s.success());
-            me.with(|r, now| r.probe_result(*prefix, ok, now));
-        }
+    for (prefix, probe) in me.router().probes() {
+        let me = me.clone();
+        tokio::spawn(async move {
+            let mut t = tokio::time::interval(probe.interval);
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                t.tick().await;
+                let r = crate::probe::run(&probe.check, probe.timeout).await;
+                if let Err(e) = &r {
+                    tracing::debug!(%prefix, check = %probe.check, "probe failed: {e}");
+                }
+                me.with(|router, now| router.probe_result(prefix, r, now));
+            }
+        });
     }
 }

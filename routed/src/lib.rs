@@ -9,6 +9,7 @@ pub mod damping;
 pub mod driver;
 pub mod kernel;
 pub mod overlay;
+pub mod probe;
 pub mod prom;
 pub mod rib;
 pub mod router;

@@ -15,8 +15,20 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::{IpAddr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
-/// A site prefix's probe must pass this long before it is announced again.
-const PROBE_STABLE: Duration = Duration::from_secs(3);
+/// A site prefix this gateway announces, and its probe.
+#[derive(Debug, Clone)]
+struct Site {
+    probe: Option<crate::probe::Probe>,
+    health: crate::probe::Health,
+    /// Why the last probe failed.
+    last_error: Option<String>,
+}
+
+impl Site {
+    fn announced(&self) -> bool {
+        self.probe.is_none() || self.health.up()
+    }
+}
 /// Once every neighbour is up this long, routed owns overlayd's table even
 /// without End-of-RIB markers.
 const SETTLE: Duration = Duration::from_secs(2);
@@ -71,6 +83,8 @@ pub enum RouterError {
     Damping(damping::ConfigError),
     #[error("damping (per prefix): {0}")]
     PrefixDamping(damping::ConfigError),
+    #[error("announce[{index}].{error}")]
+    Probe { index: usize, error: String },
 }
 
 /// Why an announced prefix is not imported (counted, logged).
@@ -149,8 +163,8 @@ pub struct Router {
     rib: Rib,
     /// Host routes of nodes attached to our overlayd.
     attached: BTreeSet<IpNet>,
-    /// Site prefixes: announced now, and since when their probe passes.
-    site: BTreeMap<IpNet, (Option<IpAddr>, Option<Instant>)>,
+    /// Site prefixes and their probes.
+    site: BTreeMap<IpNet, Site>,
     dirty: BTreeSet<IpNet>,
     out: Vec<Out>,
     started: Instant,
@@ -280,16 +294,24 @@ impl Router {
                 refresh_due: [false; 2],
             });
         }
-        let site = cfg
-            .announce
-            .iter()
-            .map(|a| {
-                (
-                    a.prefix,
-                    (a.probe, if a.probe.is_none() { Some(now) } else { None }),
-                )
-            })
-            .collect();
+        let mut site = BTreeMap::new();
+        for (index, a) in cfg.announce.iter().enumerate() {
+            let probe = a
+                .probe()
+                .map_err(|error| RouterError::Probe { index, error })?;
+            let health = crate::probe::Health::new(
+                probe.as_ref().map_or(1, |p| p.rise),
+                probe.as_ref().map_or(1, |p| p.fall),
+            );
+            site.insert(
+                a.prefix,
+                Site {
+                    probe,
+                    health,
+                    last_error: None,
+                },
+            );
+        }
         let mut r = Router {
             cfg,
             prefix_damping,
@@ -493,19 +515,25 @@ impl Router {
     }
 
     fn site_announced(&self, p: &IpNet) -> bool {
-        self.site.get(p).is_some_and(|(_, ok)| ok.is_some())
+        self.site.get(p).is_some_and(Site::announced)
     }
 
-    /// The result of one health probe of a site prefix.
-    pub fn probe_result(&mut self, prefix: IpNet, ok: bool, now: Instant) {
-        if let Some((_, since)) = self.site.get_mut(&prefix) {
-            match (ok, *since) {
-                (true, None) => *since = Some(now),
-                (false, Some(_)) => {
-                    *since = None;
-                    tracing::warn!(%prefix, "site prefix probe failed: withdrawing");
-                }
-                _ => {}
+    /// The result of one health probe of a site prefix: announced after
+    /// `rise` passes in a row, withdrawn after `fall` failures in a row.
+    pub fn probe_result(&mut self, prefix: IpNet, result: Result<(), String>, now: Instant) {
+        if let Some(site) = self.site.get_mut(&prefix) {
+            let ok = result.is_ok();
+            if let Err(e) = result {
+                site.last_error = Some(e);
+            }
+            match site.health.result(ok) {
+                Some(false) => tracing::warn!(
+                    %prefix,
+                    error = site.last_error.as_deref().unwrap_or(""),
+                    "site prefix probe failing: withdrawing"
+                ),
+                Some(true) => tracing::info!(%prefix, "site prefix probe passes: announcing"),
+                None => {}
             }
         }
         self.refresh_site(now);
@@ -513,18 +541,8 @@ impl Router {
     }
 
     fn refresh_site(&mut self, now: Instant) {
-        let entries: Vec<(IpNet, bool)> = self
-            .site
-            .iter()
-            .map(|(p, (probe, since))| {
-                let ok = match (probe, since) {
-                    (None, _) => true,
-                    (Some(_), Some(t)) => now.duration_since(*t) >= PROBE_STABLE,
-                    (Some(_), None) => false,
-                };
-                (*p, ok)
-            })
-            .collect();
+        let entries: Vec<(IpNet, bool)> =
+            self.site.iter().map(|(p, s)| (*p, s.announced())).collect();
         for (p, ok) in entries {
             let have = self.rib.candidates(&p).iter().any(|c| c.source == LOCAL);
             if ok && !have {
@@ -535,10 +553,11 @@ impl Router {
         }
     }
 
-    pub fn probes(&self) -> Vec<(IpNet, IpAddr)> {
+    /// The probed site prefixes and their probes.
+    pub fn probes(&self) -> Vec<(IpNet, crate::probe::Probe)> {
         self.site
             .iter()
-            .filter_map(|(p, (probe, _))| probe.map(|a| (*p, a)))
+            .filter_map(|(p, s)| s.probe.clone().map(|pr| (*p, pr)))
             .collect()
     }
 
@@ -1641,22 +1660,29 @@ mod tests {
         )
         .unwrap();
         let announced = |r: &Router| r.rib.best(&site).is_some();
-        assert_eq!(r.probes(), vec![(site, "10.77.1.50".parse().unwrap())]);
-        // Not before the probe passed for the stable period.
+        let probes = r.probes();
+        assert_eq!(probes.len(), 1);
+        assert_eq!(probes[0].1.check.to_string(), "icmp://10.77.1.50");
+        assert_eq!((probes[0].1.rise, probes[0].1.fall), (2, 2));
+        // Not before the probe passed twice in a row.
         assert!(!announced(&r));
-        r.probe_result(site, true, now);
-        r.on_tick(now + Duration::from_secs(2));
+        r.probe_result(site, Ok(()), now);
         assert!(!announced(&r));
-        r.on_tick(now + PROBE_STABLE);
+        r.probe_result(site, Ok(()), now + Duration::from_secs(1));
         assert!(announced(&r));
-        // A failed probe withdraws it at once; it waits again after.
+        // One failure is not enough; two in a row withdraw it.
         let t = now + Duration::from_secs(10);
-        r.probe_result(site, false, t);
+        r.probe_result(site, Err("no echo reply".into()), t);
+        assert!(announced(&r));
+        r.probe_result(
+            site,
+            Err("no echo reply".into()),
+            t + Duration::from_secs(1),
+        );
         assert!(!announced(&r));
-        r.probe_result(site, true, t + Duration::from_secs(1));
-        r.on_tick(t + Duration::from_secs(2));
+        r.probe_result(site, Ok(()), t + Duration::from_secs(2));
         assert!(!announced(&r));
-        r.on_tick(t + Duration::from_secs(1) + PROBE_STABLE);
+        r.probe_result(site, Ok(()), t + Duration::from_secs(3));
         assert!(announced(&r));
     }
 
