@@ -538,3 +538,63 @@ fn a_hosts_tunnel_to_one_gateway_dropped_silently_is_withdrawn_and_the_host_stay
     lab.lab_ok(&["link", "fra-h1", "fra-gw1", "heal"]);
     lab.wait_for("fra-h1 announced through fra-gw1 again", through_gw1);
 }
+
+/// Site fra's two gateways announce 10.77.1.0/24, each while its probe of
+/// a machine on the site LAN (fra-h1's LAN address, ICMP every 500 ms,
+/// fall 2) passes. fra-gw1 loses the LAN: the other site's gateways
+/// forward the prefix to fra-gw2 alone (the time it took is printed), and
+/// to both again once the LAN is back. With a TCP probe to a port nobody
+/// listens on, fra-gw2 withdraws it.
+#[test]
+fn a_site_prefix_is_withdrawn_by_the_gateway_whose_lan_probe_fails() {
+    if !netns_or_skip("a_site_prefix_is_withdrawn_by_the_gateway_whose_lan_probe_fails") {
+        return;
+    }
+    let lab = Lab::up(
+        "routed = true\nbfd_interval_ms = 100\n[[site]]\nname = \"fra\"\ngateways = 2\n[[site]]\nname = \"ams\"\n",
+    );
+    const SITE: &str = "10.77.1.0/24";
+    for (gw, probe) in [
+        ("fra-gw1", "172.16.1.101"),
+        ("fra-gw2", "icmp://172.16.1.101"),
+    ] {
+        let cfg = lab.path().join("nodes").join(gw).join("routed.toml");
+        let mut text = std::fs::read_to_string(&cfg).unwrap();
+        text.push_str(&format!(
+            "\n[[announce]]\nprefix = \"{SITE}\"\nprobe = \"{probe}\"\nprobe_interval_ms = 500\nprobe_timeout_ms = 400\nfall = 2\nrise = 2\n"
+        ));
+        std::fs::write(&cfg, text).unwrap();
+        lab.lab_ok(&["kill", gw, "--daemon", "routed"]);
+        lab.lab_ok(&["start", gw]);
+    }
+    lab.lab_ok(&["wait"]);
+    let both = vec!["fra-gw1".to_string(), "fra-gw2".to_string()];
+    lab.wait_for("both fra gateways announcing the site prefix", |l| {
+        overlay_via(l, "ams-gw1", SITE) == both
+    });
+    let t0 = std::time::Instant::now();
+    lab.lab_ok(&["link", "fra-gw1", "fra-h1", "drop"]);
+    lab.wait_for("the site prefix via fra-gw2 alone", |l| {
+        overlay_via(l, "ams-gw1", SITE) == ["fra-gw2"]
+    });
+    eprintln!(
+        "fra-gw1 lost its LAN: withdrawn at ams-gw1 {:?} after (probe every 500 ms, fall 2)",
+        t0.elapsed()
+    );
+    lab.lab_ok(&["link", "fra-gw1", "fra-h1", "heal"]);
+    lab.wait_for("both fra gateways again", |l| {
+        overlay_via(l, "ams-gw1", SITE) == both
+    });
+
+    // A probe that never passes: fra-gw2 withdraws and never announces.
+    let cfg = lab.path().join("nodes").join("fra-gw2").join("routed.toml");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("icmp://172.16.1.101", "tcp://172.16.1.101:9");
+    std::fs::write(&cfg, text).unwrap();
+    lab.lab_ok(&["kill", "fra-gw2", "--daemon", "routed"]);
+    lab.lab_ok(&["start", "fra-gw2"]);
+    lab.wait_for("the site prefix via fra-gw1 alone", |l| {
+        overlay_via(l, "ams-gw1", SITE) == ["fra-gw1"]
+    });
+}
