@@ -6,7 +6,10 @@
 #   2. the same when that gateway's tunnels to the other site silently drop
 #      (nftables), so traffic has to go through the third site;
 #   3. the time until every gateway's table is back to what it was after
-#      the killed gateway is started again.
+#      the killed gateway is started again;
+#   4. a host link: ams-h1's tunnel to the gateway it sends through silently
+#      dropped; the longest gap in a 10 ms ping from fra-h1 into ams-h1, and
+#      the time until no other gateway forwards ams-h1's /32 to that gateway.
 #
 #   sudo bench/failover.sh
 set -euo pipefail
@@ -107,5 +110,48 @@ via=$("$root/target/release/routed" routes --socket "$(sock "$gw" routed_socket)
   jq -r --arg p "$dst/32" '.routes[] | select(.prefix == $p) | .via | join(",")')
 echo "   $gw now reaches $dst via: $via"
 
+"$lab" link "$work/lab" "$gw" ams-gw1 heal
+"$lab" link "$work/lab" "$gw" ams-gw2 heal
+"$lab" wait "$work/lab" >/dev/null
+
+# 4. The host link.
+ams_gw=$("$root/target/release/overlayd" status --socket "$(sock ams-h1 overlayd_socket)" --json |
+  jq -r '.peers[] | select(.active) | .name')
+others=()
+for g in "${gateways[@]}"; do [[ $g == "$ams_gw" ]] || others+=("$g"); done
+# via GW: the next hops GW's routed uses for ams-h1's /32.
+via_of() {
+  "$root/target/release/routed" routes --socket "$(sock "$1" routed_socket)" --json |
+    jq -r --arg p "$dst/32" '.routes[] | select(.prefix == $p) | .via | join(",")'
+}
+for _ in $(seq 200); do
+  all=1
+  for g in "${others[@]}"; do [[ $(via_of "$g") == *"$ams_gw"* || $g == ams-* ]] || all=; done
+  [[ -n $all ]] && break
+  sleep 0.1
+done
+echo "== 4. silent drop of ams-h1's tunnel to $ams_gw during a 10 ms ping from fra-h1"
+"$lab" exec "$work/lab" fra-h1 -- ping -i 0.01 -w 6 "$dst" >"$work/host.txt" &
+ping_pid=$!
+sleep 2
+t0=$(date +%s%N)
+"$lab" link "$work/lab" ams-h1 "$ams_gw" drop
+withdrawn=
+for _ in $(seq 600); do
+  left=0
+  for g in "${others[@]}"; do
+    [[ $g == ams-* ]] && continue
+    [[ $(via_of "$g") == *"$ams_gw"* ]] && left=1
+  done
+  if [[ $left == 0 ]]; then withdrawn=1; break; fi
+  sleep 0.02
+done
+t1=$(date +%s%N)
+wait $ping_pid || true
+host_gap=$(longest_gap "$work/host.txt")
+[[ -n $withdrawn ]] || { echo "the dead path was not withdrawn" >&2; exit 1; }
+host_ms=$(( (t1 - t0) / 1000000 ))
+echo "   longest gap: ${host_gap} ms; no other site's gateway forwards to $ams_gw after ${host_ms} ms"
+
 echo
-echo "failover (BFD 100 ms x 3): SIGKILL gap ${kill_gap} ms, silent-drop gap ${drop_gap} ms, table convergence after restart ${converge_ms} ms"
+echo "failover (BFD 100 ms x 3): SIGKILL gap ${kill_gap} ms, silent-drop gap ${drop_gap} ms, table convergence after restart ${converge_ms} ms, host-link gap ${host_gap} ms (withdrawn everywhere in ${host_ms} ms)"
