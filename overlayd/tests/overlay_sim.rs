@@ -1001,9 +1001,19 @@ impl Whole {
 
     /// [`Whole::new`], with `extra(name)` appended to each node's config.
     fn with_config(sites: u8, extra: &dyn Fn(&str) -> String) -> Whole {
+        Whole::build(sites, Duration::from_secs(86_400 * 365), extra)
+    }
+
+    /// [`Whole::new`] with host certificates valid for `host_valid` from
+    /// the start.
+    fn with_host_valid(sites: u8, host_valid: Duration) -> Whole {
+        Whole::build(sites, host_valid, &|_| String::new())
+    }
+
+    fn build(sites: u8, host_valid: Duration, extra: &dyn Fn(&str) -> String) -> Whole {
         let names: Vec<String> = (1..=sites).map(|s| format!("s{s}")).collect();
         let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
-        let net = Net::build_with(&refs, 2, Duration::from_secs(86_400 * 365), extra);
+        let net = Net::build_with(&refs, 2, host_valid, extra);
         let mut bgp = routed::sim::Sim::new(sites, 2, 100);
         // The routers learn their hosts from overlayd, not from the sim.
         let now = bgp.now;
@@ -1673,4 +1683,49 @@ fn syns_are_clamped_to_the_tunnel_their_answers_take_back() {
         .clone();
     assert_eq!(u16::from_be_bytes([got[42], got[43]]), 1300);
     assert_eq!(tcp_sum(&got), 0xffff, "TCP checksum");
+}
+
+/// No gateway forwards `prefix` any more (not even the host's own).
+fn withdrawn_everywhere(w: &Whole, prefix: &str) -> bool {
+    ["s1-gw1", "s1-gw2", "s2-gw1", "s2-gw2"]
+        .iter()
+        .all(|g| w.via(g, prefix).is_empty())
+}
+
+/// A host revoked at both its gateways' reload is detached there and its
+/// routes are gone from every gateway within a second.
+#[test]
+fn a_revoked_host_is_withdrawn_everywhere_within_a_second_of_the_reload() {
+    let mut w = Whole::new(2);
+    assert!(!withdrawn_everywhere(&w, "10.77.1.11/32"));
+    for gw in ["s1-gw1", "s1-gw2"] {
+        assert_eq!(w.net.revoke_and_reload("s1-h1", gw), ["s1-h1"]);
+    }
+    let gone = w.run_until(Duration::from_secs(5), |w| {
+        withdrawn_everywhere(w, "10.77.1.11/32")
+    });
+    eprintln!("revoked host withdrawn everywhere {gone:?} after the reload (overlay time)");
+    assert!(gone <= Duration::from_secs(1), "after {gone:?}");
+    assert!(!w.delivers("s2-h1", "s1-h1", [10, 77, 2, 11], [10, 77, 1, 11]));
+}
+
+/// A host whose certificate runs out during its sessions is detached by
+/// a timer, not when it next presents it: its routes are gone from every
+/// gateway within a second of the moment it expired.
+#[test]
+fn a_host_whose_certificate_expires_is_withdrawn_everywhere_within_a_second() {
+    let mut w = Whole::with_host_valid(2, Duration::from_secs(40));
+    assert!(!withdrawn_everywhere(&w, "10.77.1.11/32"));
+    let cert = cubenet_certs::load_node_cert(&w.net.dir.path().join("s1-h1.crt")).unwrap();
+    // Valid through the second `not_after`: expired from the next one on.
+    let expires = cert.body.not_after + 1;
+    let at = w.net.start + Duration::from_secs(expires - w.net.unix);
+    assert!(w.net.now < at, "expired before the overlay converged");
+    w.run_until(Duration::from_secs(60), |w| w.net.now >= at);
+    let late = w.net.now - at;
+    let gone = w.run_until(Duration::from_secs(5), |w| {
+        withdrawn_everywhere(w, "10.77.1.11/32")
+    }) + late;
+    eprintln!("expired host withdrawn everywhere {gone:?} after it expired (overlay time)");
+    assert!(gone <= Duration::from_secs(1), "after {gone:?}");
 }

@@ -232,12 +232,17 @@ impl Node {
     /// signature was checked when the certificate was accepted.
     pub(super) fn cut_expired(&self, c: &mut Control, unix: u64) {
         let peers: Vec<Arc<Peer>> = c.peers.values().cloned().collect();
+        let mut next: Option<u64> = None;
         for peer in peers {
             let Some(cert) = peer.cert() else { continue };
             if let Err(e) = cert.check_validity_window(unix) {
                 self.cut_session(c, &peer, &e.to_string());
+            } else {
+                let t = cert.body.not_after;
+                next = Some(next.map_or(t, |n| n.min(t)));
             }
         }
+        c.next_expiry = next;
     }
 
     /// Takes a peer's addresses out of the forwarding table and says so;
@@ -391,6 +396,11 @@ impl Node {
         if second {
             c.last_rate_reset = now;
             self.rate_limiter.reset_count();
+        }
+        // Every second (a peer attached since is looked at), and at the
+        // first tick after the soonest expiry: a session ends within a
+        // tick of its certificate's end, not up to a second later.
+        if second || c.next_expiry.is_some_and(|t| unix > t) {
             self.cut_expired(c, unix);
         }
         self.ask_whois(c, now, out);

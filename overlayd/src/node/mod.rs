@@ -289,6 +289,9 @@ pub(super) struct Control {
     /// When certificate expiry was last checked (warned 30 days ahead).
     expiry_checked: Option<Instant>,
     last_rate_reset: Instant,
+    /// The soonest a peer's certificate expires (unix seconds), from the
+    /// last scan: the tick looks again at once when it has passed.
+    next_expiry: Option<u64>,
     /// When the node wants its next tick ([`Node::next_deadline`]).
     next_tick: Instant,
     /// What the driver got from the kernel (offloads), for status.
@@ -472,6 +475,7 @@ impl Node {
                 whois_relay: HashMap::new(),
                 expiry_checked: None,
                 last_rate_reset: now,
+                next_expiry: None,
                 next_tick: now,
                 datapath: None,
                 events: Vec::new(),
