@@ -284,11 +284,7 @@ pub async fn run(cfg: Config, router: Router) -> Result<(), String> {
     let bfd_tx = bfd_tx_socket().map_err(|e| format!("BFD send socket: {e}"))?;
     let mut listeners = Vec::new();
     for a in &cfg.listen {
-        listeners.push(
-            TcpListener::bind(a)
-                .await
-                .map_err(|e| format!("listen {a}: {e}"))?,
-        );
+        listeners.push(bgp_listener(*a, &cfg.listen).map_err(|e| format!("listen {a}: {e}"))?);
     }
     let ctl = crate::ctl::bind(&cfg.control_socket)
         .map_err(|e| format!("control socket {}: {e}", cfg.control_socket.display()))?;
@@ -314,7 +310,9 @@ pub async fn run(cfg: Config, router: Router) -> Result<(), String> {
                         continue;
                     }
                 };
-                let n = me.router().neighbor_by_addr(from.ip());
+                // An IPv4 neighbour on a dual-stack [::] listener arrives
+                // as ::ffff:a.b.c.d.
+                let n = me.router().neighbor_by_addr(from.ip().to_canonical());
                 match n {
                     Some(n) => me.run_conn(n, stream, false),
                     None => tracing::info!(%from, "BGP connection from an unknown address refused"),
@@ -393,6 +391,23 @@ pub async fn run(cfg: Config, router: Router) -> Result<(), String> {
     }
     let _ = std::fs::remove_file(&cfg.control_socket);
     Ok(())
+}
+
+/// A BGP listener on `addr`. An IPv6 one is IPv6-only when `all` also
+/// lists an IPv4 address on its port (both can be bound then), else
+/// dual-stack, so `[::]:179` alone takes IPv4 neighbours too.
+pub fn bgp_listener(addr: SocketAddr, all: &[SocketAddr]) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    s.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        let v4_beside = all.iter().any(|a| a.is_ipv4() && a.port() == addr.port());
+        s.set_only_v6(v4_beside)?;
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(128)?;
+    TcpListener::from_std(s.into())
 }
 
 /// Follows overlayd's attach/detach events; reconnects when it restarts.
@@ -496,5 +511,38 @@ async fn probes(me: Arc<Shared>) {
                 me.with(|router, now| router.probe_result(prefix, r, now));
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `listen = ["0.0.0.0:P", "[::]:P"]` binds both (it failed with
+    /// "address in use"); `["[::]:P"]` alone takes IPv4 too, and an IPv4
+    /// neighbour's address comes out as IPv4, not `::ffff:`.
+    #[tokio::test]
+    async fn listeners_of_both_families_on_one_port_and_dual_stack_alone() {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = probe.local_addr().unwrap().port();
+        drop(probe);
+        let v4: SocketAddr = format!("0.0.0.0:{port}").parse().unwrap();
+        let v6: SocketAddr = format!("[::]:{port}").parse().unwrap();
+        let both = [v4, v6];
+        let a = bgp_listener(v4, &both).unwrap();
+        let b = bgp_listener(v6, &both).expect("IPv6 beside IPv4 on one port");
+        drop((a, b));
+        let alone = bgp_listener(v6, &[v6]).unwrap();
+        let connect = tokio::net::TcpStream::connect(("127.0.0.1", port));
+        let (accepted, _c) = tokio::join!(alone.accept(), connect);
+        let (_, from) = accepted.unwrap();
+        assert!(
+            from.ip().is_ipv6(),
+            "{from}: dual-stack gives a mapped address"
+        );
+        assert_eq!(
+            from.ip().to_canonical(),
+            "127.0.0.1".parse::<IpAddr>().unwrap()
+        );
     }
 }
