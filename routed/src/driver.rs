@@ -32,6 +32,10 @@ pub struct Shared {
     tables: Notify,
     /// Wakes the timer to look at the router's next deadline again.
     wake: Notify,
+    /// Connection writers still running, and a wake when the last ends:
+    /// at a stop, the Cease goes out before the process does.
+    writers: AtomicUsize,
+    writers_done: Notify,
     cfg: Config,
 }
 
@@ -171,6 +175,8 @@ impl Shared {
             },
         );
         let (mut rd, mut wr) = stream.into_split();
+        self.writers.fetch_add(1, Ordering::SeqCst);
+        let me = self.clone();
         tokio::spawn(async move {
             while let Some(Some(b)) = rx.recv().await {
                 if wr.write_all(&b).await.is_err() {
@@ -179,6 +185,9 @@ impl Shared {
                 queued.fetch_sub(b.len(), Ordering::Relaxed);
             }
             let _ = wr.shutdown().await;
+            if me.writers.fetch_sub(1, Ordering::SeqCst) == 1 {
+                me.writers_done.notify_waiters();
+            }
         });
         self.with(|r, now| r.on_connected(n, id, outbound, local, now));
         let me = self.clone();
@@ -295,6 +304,8 @@ pub async fn run(cfg: Config, router: Router) -> Result<(), String> {
         bfd_tx,
         tables: Notify::new(),
         wake: Notify::new(),
+        writers: AtomicUsize::new(0),
+        writers_done: Notify::new(),
         cfg: cfg.clone(),
     });
     tracing::info!(asn = cfg.asn, router_id = %cfg.router_id, neighbors = cfg.neighbors.len(), "routed running");
@@ -382,6 +393,23 @@ pub async fn run(cfg: Config, router: Router) -> Result<(), String> {
         }
     }
     tracing::info!("routed stopping; overlayd keeps its routes");
+    // Every neighbour hears a Cease (administrative shutdown, RFC 4486)
+    // now rather than noticing by BFD or the hold timer; the writers get
+    // a moment to put it on the wire.
+    shared.with(|r, now| r.shutdown(now));
+    let flushed = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            let done = shared.writers_done.notified();
+            if shared.writers.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            done.await;
+        }
+    })
+    .await;
+    if flushed.is_err() {
+        tracing::warn!("not every neighbour's connection closed within 2 s");
+    }
     if cfg.kernel_routes {
         if let Err(e) =
             crate::kernel::reconcile(&cfg.interface, cfg.route_protocol, &[], true).await

@@ -165,6 +165,8 @@ pub struct Router {
     attached: BTreeSet<IpNet>,
     /// Site prefixes and their probes.
     site: BTreeMap<IpNet, Site>,
+    /// Shut down: sessions stay down.
+    stopping: bool,
     dirty: BTreeSet<IpNet>,
     out: Vec<Out>,
     started: Instant,
@@ -322,6 +324,7 @@ impl Router {
             rib: Rib::default(),
             attached: BTreeSet::new(),
             site,
+            stopping: false,
             dirty: BTreeSet::new(),
             out: Vec::new(),
             started: now,
@@ -561,6 +564,23 @@ impl Router {
             .collect()
     }
 
+    /// routed stops: every session ends with a Cease (administrative
+    /// shutdown) and its connections close.
+    pub fn shutdown(&mut self, now: Instant) {
+        self.stopping = true;
+        for n in self.neighbor_ids().collect::<Vec<_>>() {
+            let acts = self.neighbors[n].session.stop(
+                "routed stopping",
+                Some(Notification::new(wire::Reason::Cease(
+                    wire::Cease::AdministrativeShutdown,
+                ))),
+                now,
+            );
+            self.apply(n, acts, now);
+        }
+        self.finish(now);
+    }
+
     // ---- the clock ----
 
     pub fn on_tick(&mut self, now: Instant) {
@@ -581,7 +601,7 @@ impl Router {
                     now,
                 );
                 self.apply(n, acts, now);
-            } else if !suppressed && !nb.session.enabled() {
+            } else if !suppressed && !nb.session.enabled() && !self.stopping {
                 tracing::info!(neighbor = %nb.cfg.name, "link reusable");
                 nb.session.start(now);
             }

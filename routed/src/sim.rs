@@ -313,6 +313,37 @@ mod tests {
         }
     }
 
+    /// A routed that stops tells its neighbours with a Cease
+    /// (administrative shutdown): their routes through it go at once, not
+    /// after BFD or the hold timer.
+    #[test]
+    fn a_stopping_router_sends_cease_and_its_routes_go_at_once() {
+        let mut sim = Sim::new(2, 1, 100);
+        sim.run_for(Duration::from_secs(10));
+        let (a, b) = (sim.index("s1-gw1"), sim.index("s2-gw1"));
+        assert_eq!(sim.via(b, "10.77.1.11/32"), vec!["s1-gw1"]);
+        let now = sim.now;
+        sim.routers[a].shutdown(now);
+        // Delivered within a step; BFD and the hold timer would take 300 ms
+        // and more.
+        sim.run_for(Duration::from_millis(20));
+        assert!(
+            sim.via(b, "10.77.1.11/32").is_empty(),
+            "{:?}",
+            sim.via(b, "10.77.1.11/32")
+        );
+        let st = sim.routers[b].status(sim.now);
+        let n = st.neighbors.iter().find(|n| n.name == "s1-gw1").unwrap();
+        let e = n.last_error.clone().unwrap_or_default();
+        assert!(
+            e.to_lowercase().contains("shutdown"),
+            "last error: {e}; {n:?}"
+        );
+        // It stays down while the process finishes (ticks go on).
+        sim.run_for(Duration::from_secs(5));
+        assert!(sim.via(b, "10.77.1.11/32").is_empty());
+    }
+
     #[test]
     fn a_failed_direct_link_routes_through_a_third_site() {
         let mut sim = Sim::new(3, 1, 100);
