@@ -634,9 +634,12 @@ impl Router {
             }
             // A link suppressed by its last flap has its session stopped by
             // the next tick; that tick is now, before the session can
-            // reconnect on a link it must keep down.
+            // reconnect on a link it must keep down. One reusable again is
+            // started by it (not once routed is stopping: then sessions
+            // stay down, and a tick now would be a busy loop).
             let suppressed = nb.link.as_ref().is_some_and(|l| l.suppressed(now));
-            if suppressed == nb.session.enabled() {
+            let enabled = nb.session.enabled();
+            if (suppressed && enabled) || (!suppressed && !enabled && !self.stopping) {
                 t = now;
             }
         }

@@ -339,9 +339,12 @@ mod tests {
             e.to_lowercase().contains("shutdown"),
             "last error: {e}; {n:?}"
         );
-        // It stays down while the process finishes (ticks go on).
+        // It stays down while the process finishes (ticks go on), and its
+        // timer has nothing to do at once (it spun: the stop hung).
         sim.run_for(Duration::from_secs(5));
         assert!(sim.via(b, "10.77.1.11/32").is_empty());
+        let now = sim.now;
+        assert!(sim.routers[a].next_deadline(now) > now);
     }
 
     #[test]
