@@ -17,10 +17,13 @@ use state::Lab;
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 
+/// The version and the commit this was built from.
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("CUBENET_COMMIT"), ")");
+
 #[derive(Parser)]
 #[command(
     name = "cubenet-lab",
-    version,
+    version = VERSION,
     about = "cubenet in network namespaces on one machine"
 )]
 struct Cli {

@@ -10,8 +10,11 @@ use cubenet_api::overlayd as api;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+/// The version and the commit this was built from.
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("CUBENET_COMMIT"), ")");
+
 #[derive(Parser)]
-#[command(name = "overlayd", version, about = "cubenet data plane")]
+#[command(name = "overlayd", version = VERSION, about = "cubenet data plane")]
 struct Cli {
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]

@@ -16,10 +16,13 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
+/// The version and the commit this was built from.
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("CUBENET_COMMIT"), ")");
+
 #[derive(Parser)]
 #[command(
     name = "routed",
-    version,
+    version = VERSION,
     about = "cubenet route daemon: BGP + BFD between gateways"
 )]
 struct Cli {

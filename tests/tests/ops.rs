@@ -207,3 +207,28 @@ fn metrics_are_scraped_and_expiry_is_warned() {
         assert!(m.contains(want), "routed metrics lack {want:?}:\n{m}");
     }
 }
+
+/// `--version` of every program prints its version and the commit it was
+/// built from (the checkout's HEAD here, when git can tell).
+#[test]
+fn every_program_says_its_version_and_commit() {
+    let head = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    for program in ["overlayd", "routed", "overlay-cert", "cubenet-lab"] {
+        let v = ok(Command::new(bin(program)).arg("--version"));
+        let v = v.trim();
+        let rest = v
+            .strip_prefix(&format!("{program} {} (", env!("CARGO_PKG_VERSION")))
+            .and_then(|r| r.strip_suffix(')'))
+            .unwrap_or_else(|| panic!("{program} --version: {v:?}"));
+        match &head {
+            Some(h) => assert_eq!(rest, h, "{program} built from another commit"),
+            None => assert!(!rest.is_empty(), "{program}: {v:?}"),
+        }
+    }
+}

@@ -17,10 +17,13 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+/// The version and the commit this was built from.
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("CUBENET_COMMIT"), ")");
+
 #[derive(Parser)]
 #[command(
     name = "overlay-cert",
-    version,
+    version = VERSION,
     about = "cubenet certificate authority"
 )]
 struct Cli {
