@@ -332,14 +332,16 @@ impl Default for DestLimit {
 
 impl DestLimit {
     pub fn allow(&mut self, dst: IpAddr, now: Instant) -> bool {
-        let bytes = match dst {
-            IpAddr::V4(a) => a.octets().to_vec(),
-            IpAddr::V6(a) => a.octets().to_vec(),
-        };
         // FNV-1a.
-        let h = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
-        });
+        let fnv = |bytes: &[u8]| {
+            bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+            })
+        };
+        let h = match dst {
+            IpAddr::V4(a) => fnv(&a.octets()),
+            IpAddr::V6(a) => fnv(&a.octets()),
+        };
         self.slots[(h % DEST_SLOTS as u64) as usize].allow(now)
     }
 }

@@ -97,6 +97,13 @@ struct Round {
     tries: u32,
 }
 
+impl Round {
+    /// The largest size acknowledged so far.
+    fn best(&self) -> Option<u16> {
+        self.probes.iter().rev().find(|p| p.acked).map(|p| p.size)
+    }
+}
+
 /// Probes to send now: one in-band probe of each size, all with `seq`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Send {
@@ -122,8 +129,6 @@ pub struct PathMtu {
     /// The range the next search round covers, when narrowing.
     pending: Option<(u16, u16)>,
     unanswered: u32,
-    /// The first poll happened (a tunnel probed always starts there).
-    started: bool,
     /// Rounds that lowered the MTU, and that raised it: for status.
     pub lowered: u64,
     pub raised: u64,
@@ -144,7 +149,6 @@ impl PathMtu {
             seq: 0,
             round: None,
             next: None,
-            started: false,
             last_used: None,
             last_raise: None,
             pending: None,
@@ -231,7 +235,7 @@ impl PathMtu {
                 return None;
             }
             if r.tries < TRIES {
-                let best = r.probes.iter().rev().find(|p| p.acked).map(|p| p.size);
+                let best = r.best();
                 let sizes: Vec<u16> = r
                     .probes
                     .iter()
@@ -253,11 +257,10 @@ impl PathMtu {
         if self.round.is_some() {
             return None;
         }
-        if !self.started {
-            self.started = true;
-            if self.always {
-                self.next = Some(now);
-            }
+        // A tunnel probed always is never dormant: no next round yet means
+        // it has not started.
+        if self.always && self.next.is_none() {
+            self.next = Some(now);
         }
         let due = self.next?;
         if now < due {
@@ -327,8 +330,7 @@ impl PathMtu {
         let Some(r) = self.round.take() else {
             return;
         };
-        let best = r.probes.iter().rev().find(|p| p.acked).map(|p| p.size);
-        let Some(best) = best else {
+        let Some(best) = r.best() else {
             // Not even the control: this says nothing about the MTU.
             self.unanswered = self.unanswered.saturating_add(1);
             let wait = self

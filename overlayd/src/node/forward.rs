@@ -94,24 +94,18 @@ impl Node {
         out: &mut Outbox,
     ) {
         let v4 = pkt.first().is_some_and(|b| b >> 4 == 4);
-        let id = self.identity.load();
-        let theirs = match (back, via.and_then(|p| p.cert())) {
-            (Back::Tun, Some(c)) => c
-                .body
-                .addresses
-                .iter()
-                .map(|a| a.addr())
-                .find(|a| a.is_ipv4() == v4),
-            _ => None,
-        };
-        let Some(me) = theirs.or_else(|| {
-            id.cert
-                .body
+        let of_family = |c: &NodeCert| {
+            c.body
                 .addresses
                 .iter()
                 .map(|a| a.addr())
                 .find(|a| a.is_ipv4() == v4)
-        }) else {
+        };
+        let theirs = match (back, via.and_then(|p| p.cert())) {
+            (Back::Tun, Some(c)) => of_family(&c),
+            _ => None,
+        };
+        let Some(me) = theirs.or_else(|| of_family(&self.identity.load().cert)) else {
             return;
         };
         let Some(reply) = icmp::error(e, me, pkt) else {
@@ -222,12 +216,11 @@ impl Node {
         out: &mut Outbox,
     ) {
         let mtu = peer.mtu();
+        peer.note_size(pkt.len());
         if pkt.len() <= mtu {
-            peer.note_size(pkt.len());
             self.send_to_peer(peer, pkt, out);
             return;
         }
-        peer.note_size(pkt.len());
         let mtu16 = u16::try_from(mtu).unwrap_or(u16::MAX);
         if let Some(frags) = icmp::fragment_v4(pkt, mtu16) {
             bump(&self.router.fragmented);

@@ -141,7 +141,7 @@ impl Node {
         }
         let send = x.pmtu.poll(now);
         let mtu = x.pmtu.mtu();
-        peer.set_mtu(mtu);
+        publish_mtu(peer, mtu);
         if let Some(s) = send {
             tracing::debug!(peer = %peer.name(), seq = s.seq, sizes = ?s.sizes, mtu, "path MTU probes");
             for size in s.sizes {
@@ -432,5 +432,15 @@ impl Node {
                 );
             }
         }
+    }
+}
+
+/// Hands a tunnel's MTU to the data path, logging when it changed (by a
+/// probe's acknowledgement or a round that timed out alike).
+pub(super) fn publish_mtu(peer: &Peer, mtu: u16) {
+    let was = peer.mtu();
+    if usize::from(mtu) != was {
+        peer.set_mtu(mtu);
+        tracing::info!(peer = %peer.name(), mtu, was, "tunnel MTU");
     }
 }

@@ -79,13 +79,8 @@ impl Node {
             Message::MtuAck { seq, size } => {
                 tracing::debug!(peer = %peer.name(), seq, size, "path MTU probe acknowledged");
                 if let Some(x) = c.ctl(peer) {
-                    let before = x.pmtu.mtu();
                     x.pmtu.on_ack(seq, size, now);
-                    let after = x.pmtu.mtu();
-                    peer.set_mtu(after);
-                    if after != before {
-                        tracing::info!(peer = %peer.name(), mtu = after, was = before, "tunnel MTU");
-                    }
+                    super::liveness::publish_mtu(peer, x.pmtu.mtu());
                 }
             }
             Message::CertAck(fp) => {

@@ -499,7 +499,6 @@ impl Node {
         Ok(node)
     }
 
-    /// The control state; see [`Control`] for the lock order.
     /// The control state of a new peer; its tunnel assumed to carry the
     /// interface MTU until probed (from the start for a gateway we keep a
     /// tunnel to, else once large packets go in).
@@ -513,6 +512,7 @@ impl Node {
         )
     }
 
+    /// The control state; see [`Control`] for the lock order.
     fn ctl(&self) -> MutexGuard<'_, Control> {
         lock(&self.control)
     }

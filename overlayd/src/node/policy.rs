@@ -12,18 +12,25 @@ impl Node {
 
     /// Runs the firewall on a packet this node receives or sends itself.
     pub(super) fn firewall_passes(&self, dir: Direction, pkt: &[u8], now: Instant) -> bool {
+        self.firewall_drop(dir, pkt, now).is_none()
+    }
+
+    /// The firewall's verdict on a packet it drops (logged), and whether
+    /// the policy rejects (`reject`); `None` when it passes.
+    fn firewall_drop(&self, dir: Direction, pkt: &[u8], now: Instant) -> Option<(Verdict, bool)> {
         if !self.firewall_on.load(Ordering::Relaxed) {
-            return true;
+            return None;
         }
-        let v = {
+        let (v, reject) = {
             let lookup = |a: IpAddr| self.identity_lookup(a, now);
-            self.fw().check(dir, pkt, now, &lookup)
+            let mut fw = self.fw();
+            (fw.check(dir, pkt, now, &lookup), fw.policy.reject)
         };
         if v == Verdict::Pass {
-            return true;
+            return None;
         }
         self.log_drop(dir, pkt, v, now);
-        false
+        Some((v, reject))
     }
 
     /// The firewall on a packet from `peer` for this node; with `reject`
@@ -36,21 +43,9 @@ impl Node {
         now: Instant,
         out: &mut Outbox,
     ) -> bool {
-        if !self.firewall_on.load(Ordering::Relaxed) {
+        let Some((v, reject)) = self.firewall_drop(Direction::Inbound, pkt, now) else {
             return true;
-        }
-        let (v, reject) = {
-            let lookup = |a: IpAddr| self.identity_lookup(a, now);
-            let mut fw = self.fw();
-            (
-                fw.check(Direction::Inbound, pkt, now, &lookup),
-                fw.policy.reject,
-            )
         };
-        if v == Verdict::Pass {
-            return true;
-        }
-        self.log_drop(Direction::Inbound, pkt, v, now);
         if reject && matches!(v, Verdict::Deny(_)) {
             self.send_error(
                 icmp::Error::AdminProhibited,

@@ -202,9 +202,7 @@ impl Node {
             self.new_tunn(key, index, None),
             now,
         ));
-        let ctl = self.new_ctl(&peer);
-        let t = &mut c.peers;
-        t.insert(peer.clone(), ctl);
+        t.insert(peer.clone(), self.new_ctl(&peer));
         match cert {
             Some(cert) => peer.set_cert(Some(cert)),
             None => {
