@@ -1312,25 +1312,31 @@ fn tcp_sum(p: &[u8]) -> u16 {
 #[test]
 fn syns_are_clamped_to_the_tunnel_mtu() {
     let mut w = Whole::new(2);
-    let (f, t) = (w.net.index("s1-h1"), w.net.index("s2-h1"));
     for (offered, arrives) in [(1460, 1380), (1300, 1300)] {
-        w.net.nodes[t].tun.clear();
-        let syn = tcp_syn([10, 77, 1, 11], [10, 77, 2, 11], offered);
-        assert_eq!(tcp_sum(&syn), 0xffff);
-        let now = w.net.now;
-        let n = &mut w.net.nodes[f];
-        n.node.on_tun_packet(&syn, now, &mut n.out);
-        w.net.settle();
-        let got = w.net.nodes[t]
-            .tun
-            .iter()
-            .find(|p| p.len() == syn.len() && p[9] == 6)
-            .expect("the SYN arrived")
-            .clone();
-        assert_eq!(u16::from_be_bytes([got[42], got[43]]), arrives);
-        assert_eq!(tcp_sum(&got), 0xffff, "TCP checksum");
+        assert_eq!(syn_arrives_offering(&mut w, offered), arrives);
     }
     assert_eq!(w.status("s1-h1").mss_clamped, 1);
+}
+
+/// Sends a SYN offering `offered` from s1-h1's TUN to s2-h1 and returns
+/// the MSS it arrives with (both checksums checked).
+fn syn_arrives_offering(w: &mut Whole, offered: u16) -> u16 {
+    let (f, t) = (w.net.index("s1-h1"), w.net.index("s2-h1"));
+    w.net.nodes[t].tun.clear();
+    let syn = tcp_syn([10, 77, 1, 11], [10, 77, 2, 11], offered);
+    assert_eq!(tcp_sum(&syn), 0xffff);
+    let now = w.net.now;
+    let n = &mut w.net.nodes[f];
+    n.node.on_tun_packet(&syn, now, &mut n.out);
+    w.net.settle();
+    let got = w.net.nodes[t]
+        .tun
+        .iter()
+        .find(|p| p.len() == syn.len() && p[9] == 6)
+        .expect("the SYN arrived")
+        .clone();
+    assert_eq!(tcp_sum(&got), 0xffff, "TCP checksum");
+    u16::from_be_bytes([got[42], got[43]])
 }
 
 /// Routes 10.77.9.0/24 round s1 -> s2-gw1 -> s3-gw1 -> s1-gw1.
@@ -1668,21 +1674,7 @@ fn syns_are_clamped_to_the_tunnel_their_answers_take_back() {
     assert!(tunnel_mtus(&w, "s1-gw1", "s2")
         .iter()
         .all(|(_, m, _)| *m == 1420));
-    let (f, t) = (w.net.index("s1-h1"), w.net.index("s2-h1"));
-    w.net.nodes[t].tun.clear();
-    let syn = tcp_syn([10, 77, 1, 11], [10, 77, 2, 11], 1460);
-    let now = w.net.now;
-    let n = &mut w.net.nodes[f];
-    n.node.on_tun_packet(&syn, now, &mut n.out);
-    w.net.settle();
-    let got = w.net.nodes[t]
-        .tun
-        .iter()
-        .find(|p| p.len() == syn.len() && p[9] == 6)
-        .expect("the SYN arrived")
-        .clone();
-    assert_eq!(u16::from_be_bytes([got[42], got[43]]), 1300);
-    assert_eq!(tcp_sum(&got), 0xffff, "TCP checksum");
+    assert_eq!(syn_arrives_offering(&mut w, 1460), 1300);
 }
 
 /// No gateway forwards `prefix` any more (not even the host's own).

@@ -380,14 +380,9 @@ fn a_static_route_cycle_through_three_gateways_ends_with_time_exceeded() {
         ("ams-gw1", "par-gw1"),
         ("par-gw1", "fra-gw1"),
     ] {
-        let cfg = lab.path().join("nodes").join(gw).join("overlayd.toml");
-        let mut text = std::fs::read_to_string(&cfg).unwrap();
-        text.push_str(&format!(
-            "\n[[route]]\nprefix = \"10.77.9.0/24\"\nvia = [\"{via}\"]\n"
-        ));
-        std::fs::write(&cfg, text).unwrap();
-        lab.lab_ok(&["kill", gw]);
-        lab.lab_ok(&["start", gw]);
+        lab.reconfigure(gw, "overlayd.toml", None, |text| {
+            text + &format!("\n[[route]]\nprefix = \"10.77.9.0/24\"\nvia = [\"{via}\"]\n")
+        });
     }
     lab.lab_ok(&["wait"]);
     let expired = |lab: &Lab| -> u64 {

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{netns_or_skip, path_str, Lab};
+use common::{netns_or_skip, Lab};
 use serde_json::Value;
 use std::io::Read;
 
@@ -200,15 +200,14 @@ fn a_flapping_tunnel_is_suppressed_and_returns_when_stable() {
     // Shorter damping times than the defaults, so the test ends sooner:
     // half-life 4 s, held down at most 15 s.
     for gw in ["fra-gw1", "ams-gw1"] {
-        let cfg = path_str(lab.node(gw).routed_config.as_deref().unwrap());
-        let text = std::fs::read_to_string(&cfg).unwrap().replace(
-            "[damping]\nenabled = true\n",
-            "[damping]\nenabled = true\nhalf_life_s = 8\nmax_suppress_s = 15\nstable_up_s = 2\n",
-        );
-        assert!(text.contains("half_life_s = 8"), "{text}");
-        std::fs::write(&cfg, text).unwrap();
-        lab.lab_ok(&["kill", gw]);
-        lab.lab_ok(&["start", gw]);
+        lab.reconfigure(gw, "routed.toml", None, |text| {
+            let text = text.replace(
+                "[damping]\nenabled = true\n",
+                "[damping]\nenabled = true\nhalf_life_s = 8\nmax_suppress_s = 15\nstable_up_s = 2\n",
+            );
+            assert!(text.contains("half_life_s = 8"), "{text}");
+            text
+        });
     }
     lab.lab_ok(&["wait"]);
     let prefix = format!("{AMS_H1}/32");
@@ -558,14 +557,11 @@ fn a_site_prefix_is_withdrawn_by_the_gateway_whose_lan_probe_fails() {
         ("fra-gw1", "172.16.1.101"),
         ("fra-gw2", "icmp://172.16.1.101"),
     ] {
-        let cfg = lab.path().join("nodes").join(gw).join("routed.toml");
-        let mut text = std::fs::read_to_string(&cfg).unwrap();
-        text.push_str(&format!(
-            "\n[[announce]]\nprefix = \"{SITE}\"\nprobe = \"{probe}\"\nprobe_interval_ms = 500\nprobe_timeout_ms = 400\nfall = 2\nrise = 2\n"
-        ));
-        std::fs::write(&cfg, text).unwrap();
-        lab.lab_ok(&["kill", gw, "--daemon", "routed"]);
-        lab.lab_ok(&["start", gw]);
+        lab.reconfigure(gw, "routed.toml", Some("routed"), |text| {
+            text + &format!(
+                "\n[[announce]]\nprefix = \"{SITE}\"\nprobe = \"{probe}\"\nprobe_interval_ms = 500\nprobe_timeout_ms = 400\nfall = 2\nrise = 2\n"
+            )
+        });
     }
     lab.lab_ok(&["wait"]);
     let both = vec!["fra-gw1".to_string(), "fra-gw2".to_string()];
@@ -586,14 +582,12 @@ fn a_site_prefix_is_withdrawn_by_the_gateway_whose_lan_probe_fails() {
         overlay_via(l, "ams-gw1", SITE) == both
     });
 
-    // A probe that never passes: fra-gw2 withdraws and never announces.
-    let cfg = lab.path().join("nodes").join("fra-gw2").join("routed.toml");
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("icmp://172.16.1.101", "tcp://172.16.1.101:9");
-    std::fs::write(&cfg, text).unwrap();
-    lab.lab_ok(&["kill", "fra-gw2", "--daemon", "routed"]);
-    lab.lab_ok(&["start", "fra-gw2"]);
+    // A probe that never passes: fra-gw2 withdraws the prefix.
+    lab.reconfigure("fra-gw2", "routed.toml", Some("routed"), |text| {
+        let text = text.replace("icmp://172.16.1.101", "tcp://172.16.1.101:9");
+        assert!(text.contains("tcp://172.16.1.101:9"), "{text}");
+        text
+    });
     lab.wait_for("the site prefix via fra-gw1 alone", |l| {
         overlay_via(l, "ams-gw1", SITE) == ["fra-gw1"]
     });

@@ -96,6 +96,26 @@ impl Lab {
         ok(&mut c)
     }
 
+    /// Rewrites `file` in `node`'s directory with `edit` and restarts the
+    /// node's `daemon` (every daemon of it when `None`) to apply it.
+    pub fn reconfigure(
+        &self,
+        node: &str,
+        file: &str,
+        daemon: Option<&str>,
+        edit: impl FnOnce(String) -> String,
+    ) {
+        let path = self.path().join("nodes").join(node).join(file);
+        let text =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        std::fs::write(&path, edit(text)).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        match daemon {
+            Some(d) => self.lab_ok(&["kill", node, "--daemon", d]),
+            None => self.lab_ok(&["kill", node]),
+        };
+        self.lab_ok(&["start", node]);
+    }
+
     /// Runs a command in a node's namespace.
     pub fn exec(&self, node: &str, cmd: &[&str]) -> Output {
         run(&mut self.exec_command(node, cmd))
