@@ -66,14 +66,15 @@ impl FromStr for Check {
                 expect: None,
             });
         }
-        if s.contains("://") {
-            return Err(format!(
+        let kinds = || {
+            format!(
                 "{s:?}: expected an address, icmp://ADDR, tcp://ADDR:PORT or http://ADDR[:PORT]/PATH"
-            ));
+            )
+        };
+        if s.contains("://") {
+            return Err(kinds());
         }
-        s.parse().map(Check::Icmp).map_err(|_| {
-            format!("{s:?}: expected an address, icmp://ADDR, tcp://ADDR:PORT or http://ADDR[:PORT]/PATH")
-        })
+        s.parse().map(Check::Icmp).map_err(|_| kinds())
     }
 }
 
