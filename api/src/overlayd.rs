@@ -306,6 +306,15 @@ pub struct PeerStatus {
     /// Whether `mtu` was measured by probing, not assumed.
     #[serde(default)]
     pub mtu_learned: bool,
+    /// The tunnel's flap-damping penalty now (a host's tunnel at a
+    /// gateway, a gateway's at a host; 0 before its first flap).
+    #[serde(default)]
+    pub penalty: f64,
+    /// Damping holds the tunnel down: a gateway does not attach the host
+    /// (its routes stay with its other gateways), a host does not fail
+    /// back to the gateway.
+    #[serde(default)]
+    pub suppressed: bool,
 }
 
 /// Why packets were dropped, by reason.

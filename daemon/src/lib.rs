@@ -1,8 +1,9 @@
-//! What overlayd and routed share as daemons: Prometheus metrics, the
-//! private control socket, logging and CLI plumbing.
+//! What overlayd and routed share as daemons: Prometheus metrics, link-flap
+//! damping, the private control socket, logging and CLI plumbing.
 
 pub mod config;
 pub mod ctl;
+pub mod damping;
 pub mod metrics;
 pub mod netlink;
 

@@ -31,6 +31,10 @@ pub struct Config {
     pub gateways: Vec<GatewayPeer>,
     #[serde(default)]
     pub probe: Probe,
+    /// Flap damping of tunnels: a host's tunnel at a gateway, a gateway's
+    /// at a host.
+    #[serde(default)]
+    pub damping: Damping,
     /// Static forwarding entries on a gateway (routed installs the rest).
     #[serde(default, rename = "route")]
     pub routes: Vec<StaticRoute>,
@@ -148,6 +152,102 @@ impl Probe {
     pub fn interval(&self) -> Duration {
         Duration::from_millis(self.interval_ms)
     }
+}
+
+/// Flap damping of tunnels (RFC 2439 penalty, the defaults of routed's
+/// link damping). A gateway does not attach a host again whose tunnel
+/// here went silent so often that the penalty passed `suppress`, until it
+/// decayed below `reuse`: the host's routes stay with its other gateways
+/// meanwhile. A host does not fail back to a gateway so damped.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Damping {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Added each time the tunnel goes down.
+    #[serde(default = "default_damping_penalty")]
+    pub penalty: f64,
+    #[serde(default = "default_damping_half_life")]
+    pub half_life_s: f64,
+    /// Held down above this penalty...
+    #[serde(default = "default_damping_suppress")]
+    pub suppress: f64,
+    /// ... until it decays below this one.
+    #[serde(default = "default_damping_reuse")]
+    pub reuse: f64,
+    /// Held down at most this long after the last flap.
+    #[serde(default = "default_damping_max_suppress")]
+    pub max_suppress_s: f64,
+}
+
+impl Default for Damping {
+    fn default() -> Self {
+        Damping {
+            enabled: true,
+            penalty: default_damping_penalty(),
+            half_life_s: default_damping_half_life(),
+            suppress: default_damping_suppress(),
+            reuse: default_damping_reuse(),
+            max_suppress_s: default_damping_max_suppress(),
+        }
+    }
+}
+
+impl Damping {
+    /// The parameters, or why they cannot work; `None` when off.
+    pub fn params(&self) -> Result<Option<cubenet_daemon::damping::Config>, String> {
+        if !self.enabled {
+            return Ok(None);
+        }
+        let secs = |key: &str, v: f64| {
+            if v.is_finite() && v > 0.0 && v <= 86_400.0 {
+                Ok(Duration::from_secs_f64(v))
+            } else {
+                Err(format!(
+                    "damping.{key}: {v} must be more than 0 and at most 86400 s"
+                ))
+            }
+        };
+        let c = cubenet_daemon::damping::Config {
+            penalty_per_flap: self.penalty,
+            half_life: secs("half_life_s", self.half_life_s)?,
+            suppress_threshold: self.suppress,
+            reuse_threshold: self.reuse,
+            max_suppress: secs("max_suppress_s", self.max_suppress_s)?,
+            // A host that comes back is announced at once (unless damped).
+            stable_up: Duration::ZERO,
+        };
+        use cubenet_daemon::damping::ConfigError as E;
+        c.validate().map_err(|e| match e {
+            E::Penalty => format!("damping.penalty: {} must be a number more than 0", self.penalty),
+            E::Thresholds => format!(
+                "damping.reuse, damping.suppress: {} and {} must be numbers, reuse more than 0",
+                self.reuse, self.suppress
+            ),
+            E::ReuseAboveSuppress => "damping.reuse: must be below damping.suppress".into(),
+            E::HalfLife => "damping.half_life_s: must be more than 0".into(),
+            E::Ceiling(c) => format!(
+                "damping.max_suppress_s: too short for damping.suppress (the penalty could reach only {c:.0})"
+            ),
+        })?;
+        Ok(Some(c))
+    }
+}
+
+fn default_damping_penalty() -> f64 {
+    1000.0
+}
+fn default_damping_half_life() -> f64 {
+    15.0
+}
+fn default_damping_suppress() -> f64 {
+    2000.0
+}
+fn default_damping_reuse() -> f64 {
+    750.0
+}
+fn default_damping_max_suppress() -> f64 {
+    60.0
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -280,6 +380,7 @@ impl Config {
                 p.failback_stable_ms
             ));
         }
+        self.damping.params()?;
         if self.limits.pending_timeout_ms > 3_600_000 {
             return Err(format!(
                 "limits.pending_timeout_ms: {} is more than an hour",
@@ -416,6 +517,17 @@ mod tests {
             (
                 "[probe]\nfailback_stable_ms = 9000000000000\n",
                 "probe.failback_stable_ms",
+            ),
+            ("[damping]\nhalf_life_s = inf\n", "damping.half_life_s"),
+            (
+                "[damping]\nmax_suppress_s = -1.0\n",
+                "damping.max_suppress_s",
+            ),
+            ("[damping]\nreuse = 5000.0\n", "damping.reuse"),
+            ("[damping]\npenalty = nan\n", "damping.penalty"),
+            (
+                "[damping]\nmax_suppress_s = 1.0\n",
+                "damping.max_suppress_s",
             ),
             (
                 "[limits]\npending_timeout_ms = 9000000000000\n",

@@ -3,6 +3,7 @@
 //! probe interval (it says whether to send a probe) and
 //! [`GatewayHealth::on_reply`] when a probe reply arrives.
 
+use cubenet_daemon::damping;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,6 +85,10 @@ pub struct GatewayHealth {
     pub last_rtt: Option<Duration>,
     sent_at: Option<Instant>,
     pub flaps: u64,
+    /// Flap damping (when on): a tunnel that keeps going down is not
+    /// failed back to while its penalty is above the threshold.
+    damping: Option<damping::Config>,
+    link: Option<damping::Link>,
 }
 
 impl GatewayHealth {
@@ -98,19 +103,36 @@ impl GatewayHealth {
             last_rtt: None,
             sent_at: None,
             flaps: 0,
+            damping: None,
+            link: None,
         }
+    }
+
+    /// With flap damping by `cfg` (none: off).
+    pub fn with_damping(mut self, cfg: Option<damping::Config>) -> Self {
+        self.damping = cfg;
+        self
+    }
+
+    /// The damping penalty at `now` and whether it holds the tunnel down
+    /// (never failed back to).
+    pub fn damped(&self, now: Instant) -> (f64, bool) {
+        self.link
+            .as_ref()
+            .map_or((0.0, false), |l| (l.penalty(now), l.suppressed(now)))
     }
 
     pub fn healthy(&self) -> bool {
         self.healthy
     }
 
-    /// Healthy for at least `period` at `now`.
+    /// Healthy for at least `period` at `now`, and not held down by damping.
     pub fn stable(&self, now: Instant, period: Duration) -> bool {
         self.healthy
             && self
                 .healthy_since
                 .is_some_and(|t| now.saturating_duration_since(t) >= period)
+            && !self.damped(now).1
     }
 
     /// A probe interval passed: counts a miss if the last probe is still
@@ -124,6 +146,9 @@ impl GatewayHealth {
                 self.healthy = false;
                 self.healthy_since = None;
                 self.flaps += 1;
+                if let Some(l) = &mut self.link {
+                    l.on_down(now);
+                }
                 t = Some(Transition::Down);
             }
         }
@@ -159,6 +184,11 @@ impl GatewayHealth {
         if !self.healthy {
             self.healthy = true;
             self.healthy_since = Some(now);
+            if let Some(cfg) = self.damping {
+                self.link
+                    .get_or_insert_with(|| damping::Link::new(cfg, now))
+                    .on_up(now);
+            }
             return Some(Transition::Up);
         }
         None
@@ -265,6 +295,37 @@ mod tests {
         a = GatewayHealth::new(3);
         b = GatewayHealth::new(3);
         assert_eq!(choose_gateway(Some(0), &[&a, &b], now, stable), None);
+    }
+
+    #[test]
+    fn a_gateway_that_keeps_flapping_is_not_failed_back_to_until_damping_lets_go() {
+        let t0 = Instant::now();
+        let stable = Duration::from_secs(2);
+        let cfg = damping::Config {
+            stable_up: Duration::ZERO,
+            ..damping::Config::default()
+        };
+        let mut a = GatewayHealth::new(3).with_damping(Some(cfg));
+        let mut now = t0;
+        // Up 2.5 s, down (three missed probes), three times.
+        for _ in 0..3 {
+            let (s, _) = a.on_tick(now);
+            a.on_reply(s, now);
+            now += stable + Duration::from_millis(500);
+            for _ in 0..4 {
+                a.on_tick(now);
+                now += Duration::from_millis(100);
+            }
+            assert!(!a.healthy());
+        }
+        assert_eq!(a.flaps, 3);
+        let (s, _) = a.on_tick(now);
+        a.on_reply(s, now);
+        let later = now + 2 * stable;
+        assert!(a.healthy() && a.damped(later).1, "{:?}", a.damped(later));
+        assert!(!a.stable(later, stable));
+        // Penalty about 2500: below 750 after about 26 s.
+        assert!(a.stable(now + Duration::from_secs(40), stable));
     }
 
     #[test]

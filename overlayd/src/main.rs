@@ -209,8 +209,18 @@ fn print_status(st: &api::Status) {
         st.cert_days_left
     );
     println!(
-        "{:<2}{:<16} {:<8} {:<24} {:<8} {:>10} {:>6} {:>12} {:>12}",
-        "", "PEER", "ROLE", "ENDPOINT", "HEALTHY", "HANDSHAKE", "MTU", "RX", "TX"
+        "{:<2}{:<16} {:<8} {:<24} {:<8} {:>10} {:>6} {:>5} {:>11} {:>12} {:>12}",
+        "",
+        "PEER",
+        "ROLE",
+        "ENDPOINT",
+        "HEALTHY",
+        "HANDSHAKE",
+        "MTU",
+        "FLAPS",
+        "DAMPING",
+        "RX",
+        "TX"
     );
     for p in &st.peers {
         let hs = p
@@ -219,8 +229,14 @@ fn print_status(st: &api::Status) {
             .unwrap_or_else(|| "never".into());
         // An MTU still assumed (not probed yet) is marked with `?`.
         let mtu = format!("{}{}", p.mtu, if p.mtu_learned { "" } else { "?" });
+        // The penalty, and whether damping holds the tunnel down.
+        let damping = match (p.suppressed, p.penalty >= 1.0) {
+            (true, _) => format!("held {:.0}", p.penalty),
+            (false, true) => format!("{:.0}", p.penalty),
+            (false, false) => "-".into(),
+        };
         println!(
-            "{:<2}{:<16} {:<8} {:<24} {:<8} {:>10} {:>6} {:>12} {:>12}",
+            "{:<2}{:<16} {:<8} {:<24} {:<8} {:>10} {:>6} {:>5} {:>11} {:>12} {:>12}",
             if p.active { "*" } else { "" },
             p.name,
             p.role.as_str(),
@@ -228,6 +244,8 @@ fn print_status(st: &api::Status) {
             if p.healthy { "yes" } else { "no" },
             hs,
             mtu,
+            p.flaps,
+            damping,
             p.rx_bytes,
             p.tx_bytes
         );

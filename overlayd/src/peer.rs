@@ -69,6 +69,9 @@ pub struct PeerCtl {
     pub health: GatewayHealth,
     /// What the tunnel carries: see [`crate::pmtu`].
     pub pmtu: PathMtu,
+    /// A host's tunnel here (gateways): its flap state, from the first
+    /// time it went silent; see [`crate::config::Damping`].
+    pub host_link: Option<cubenet_daemon::damping::Link>,
 }
 
 impl PeerCtl {
@@ -82,7 +85,13 @@ impl PeerCtl {
             retry: HandshakeRetry::new(u64::from(index.0)),
             health: GatewayHealth::new(misses),
             pmtu: PathMtu::new(u16::MAX, Timing::default(), false),
+            host_link: None,
         }
+    }
+
+    /// Whether a host's tunnel here is held down by damping at `now`.
+    pub fn host_damped(&self, now: Instant) -> bool {
+        self.host_link.as_ref().is_some_and(|l| l.suppressed(now))
     }
 
     /// With the tunnel's MTU at most `max` (the interface's), probed

@@ -40,7 +40,7 @@ pub fn render(st: &Status) -> String {
         e.sample(metric, &[], v);
     }
     type Field = fn(&PeerStatus) -> Option<f64>;
-    let per_peer: [(&str, &str, &str, Field); 8] = [
+    let per_peer: [(&str, &str, &str, Field); 10] = [
         (
             "cubenet_overlayd_peer_rx_bytes_total",
             "counter",
@@ -86,8 +86,20 @@ pub fn render(st: &Status) -> String {
         (
             "cubenet_overlayd_peer_flaps_total",
             "counter",
-            "Times a gateway tunnel went down.",
+            "Times the tunnel went down (a gateway's at a host, a host's at a gateway).",
             |p| Some(p.flaps as f64),
+        ),
+        (
+            "cubenet_overlayd_peer_damping_penalty",
+            "gauge",
+            "The tunnel's flap-damping penalty.",
+            |p| Some(p.penalty),
+        ),
+        (
+            "cubenet_overlayd_peer_suppressed",
+            "gauge",
+            "1 while damping holds the tunnel down.",
+            |p| Some(f64::from(u8::from(p.suppressed))),
         ),
     ];
     for (metric, kind, help, field) in per_peer {

@@ -5,7 +5,7 @@
 pub mod bfd;
 pub mod config;
 pub mod ctl;
-pub mod damping;
+pub use cubenet_daemon::damping;
 pub mod driver;
 pub mod kernel;
 pub mod overlay;

@@ -77,6 +77,14 @@ impl Node {
                 let cert = p.cert();
                 let health = &x.health;
                 let attached = p.attached.load(Ordering::Relaxed);
+                // A host's tunnel here, or (a host) the tunnel to a gateway.
+                let (flaps, penalty, suppressed) = match &x.host_link {
+                    Some(l) => (l.flaps(), l.penalty(now), l.suppressed(now)),
+                    None => {
+                        let (penalty, suppressed) = health.damped(now);
+                        (health.flaps, penalty, suppressed)
+                    }
+                };
                 Some(api::PeerStatus {
                     name: p.name(),
                     role: p.role().map(api_role).into(),
@@ -98,7 +106,9 @@ impl Node {
                         attached
                     },
                     rtt_ms: health.last_rtt.map(|d| d.as_secs_f64() * 1000.0),
-                    flaps: health.flaps,
+                    flaps,
+                    penalty,
+                    suppressed,
                     active: active == Some(p.index),
                     spoofed: p.spoofed.load(Ordering::Relaxed),
                     mtu: x.pmtu.mtu(),

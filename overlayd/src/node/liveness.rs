@@ -4,6 +4,7 @@
 
 use super::forward::Back;
 use super::*;
+use cubenet_daemon::damping;
 
 impl Node {
     /// Starts handshakes with every configured gateway at once rather than
@@ -338,8 +339,41 @@ impl Node {
                     x.probes
                         .silent(now, self.cfg.probe.interval(), self.cfg.probe.misses)
                 });
-                if silent && peer.attached.load(Ordering::Relaxed) {
+                let attached = peer.attached.load(Ordering::Relaxed);
+                let cfg = self.damping();
+                let Some(x) = c.ctl(&peer) else { continue };
+                // The tunnel's flap state follows whether the host's probes
+                // arrive, attached or not: a link that keeps flapping while
+                // damping holds it down keeps its penalty up.
+                let heard = x.probes.last.is_some() && !silent;
+                let tracked = x.host_link.is_some();
+                match (&mut x.host_link, cfg) {
+                    (Some(l), _) if silent => {
+                        let was = l.suppressed(now);
+                        l.on_down(now);
+                        if !was && l.suppressed(now) {
+                            tracing::warn!(
+                                peer = %peer.name(),
+                                flaps = l.flaps(),
+                                "host tunnel flapping: not attached again until its penalty decays"
+                            );
+                        }
+                    }
+                    (Some(l), _) if heard => l.on_up(now),
+                    (None, Some(cfg)) if silent && attached => {
+                        let mut l = damping::Link::new(cfg, now);
+                        l.on_up(now);
+                        l.on_down(now);
+                        x.host_link = Some(l);
+                    }
+                    _ => {}
+                }
+                if silent && attached {
                     self.detach(c, &peer, "no probe for the probe window");
+                } else if heard && tracked && !attached && peer.confirmed.load(Ordering::Relaxed) {
+                    // Heard again while damping held it down, and damping
+                    // may let it go now.
+                    self.maybe_attach(c, &peer, now);
                 }
                 continue;
             }

@@ -43,7 +43,7 @@ impl Node {
                     && !peer.attached.load(Ordering::Relaxed)
                     && peer.confirmed.load(Ordering::Relaxed)
                 {
-                    self.maybe_attach(c, peer);
+                    self.maybe_attach(c, peer, now);
                 }
             }
             // Authenticated by the tunnel: a gateway going away is down now
@@ -93,7 +93,7 @@ impl Node {
                     let fp = cert.fingerprint().0;
                     let same = peer.cert().is_some_and(|old| old.fingerprint().0 == fp);
                     if !same {
-                        self.accept_cert(c, peer, Arc::new(cert));
+                        self.accept_cert(c, peer, Arc::new(cert), now);
                     }
                     self.send_message(peer, &Message::CertAck(fp), out);
                 }
@@ -157,14 +157,20 @@ impl Node {
     }
 
     /// A validated certificate for `peer`: its addresses route to it.
-    pub(super) fn accept_cert(&self, c: &mut Control, peer: &Arc<Peer>, cert: Arc<NodeCert>) {
+    pub(super) fn accept_cert(
+        &self,
+        c: &mut Control,
+        peer: &Arc<Peer>,
+        cert: Arc<NodeCert>,
+        now: Instant,
+    ) {
         if let Some(old) = peer.cert() {
             self.remove_cert_entries(c, peer, &old);
         }
         self.learn_identity(c, &cert);
         peer.set_cert(Some(cert));
         if peer.confirmed.load(Ordering::Relaxed) || peer.configured.is_some() {
-            self.maybe_attach(c, peer);
+            self.maybe_attach(c, peer, now);
         }
     }
 
@@ -179,11 +185,16 @@ impl Node {
     }
 
     /// Installs the peer's addresses and announces it once it both holds a
-    /// valid certificate and proved its key.
-    pub(super) fn maybe_attach(&self, c: &mut Control, peer: &Arc<Peer>) {
+    /// valid certificate and proved its key, unless its tunnel here is
+    /// held down by flap damping at `now` (the tick attaches it when that
+    /// ends).
+    pub(super) fn maybe_attach(&self, c: &mut Control, peer: &Arc<Peer>, now: Instant) {
         let Some(cert) = peer.cert() else { return };
         if !c.holds(peer) {
             // Removed while a packet of it was on its way.
+            return;
+        }
+        if c.ctl(peer).is_some_and(|x| x.host_damped(now)) {
             return;
         }
         self.edit_fib(c, |fib| {

@@ -505,11 +505,18 @@ impl Node {
     fn new_ctl(&self, peer: &Peer) -> PeerCtl {
         let mtu = self.cfg.interface.mtu;
         peer.set_mtu(mtu);
-        PeerCtl::new(peer.index, self.cfg.probe.misses).with_mtu(
+        let mut x = PeerCtl::new(peer.index, self.cfg.probe.misses).with_mtu(
             mtu,
             crate::pmtu::Timing::default(),
             peer.configured.is_some(),
-        )
+        );
+        x.health = x.health.with_damping(self.damping());
+        x
+    }
+
+    /// Flap damping's parameters (checked when the config was loaded).
+    pub(super) fn damping(&self) -> Option<cubenet_daemon::damping::Config> {
+        self.cfg.damping.params().ok().flatten()
     }
 
     /// The control state; see [`Control`] for the lock order.
@@ -635,7 +642,7 @@ impl Node {
         let ctl = self.new_ctl(&peer);
         c.peers.insert(peer.clone(), ctl);
         if let Some(cert) = cert {
-            self.accept_cert(c, &peer, cert);
+            self.accept_cert(c, &peer, cert, now);
         }
         Ok(())
     }

@@ -146,7 +146,7 @@ impl Node {
                     }
                 }
                 if first_data {
-                    self.maybe_attach(&mut c, peer);
+                    self.maybe_attach(&mut c, peer, now);
                 }
                 if kind == Kind::Response && peer.configured.is_some() {
                     self.present_cert(&mut c, peer, now, out);
