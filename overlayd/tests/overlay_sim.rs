@@ -1390,6 +1390,56 @@ fn a_hosts_tunnel_to_one_gateway_silently_dropped_is_withdrawn_everywhere_within
     });
 }
 
+/// A host moves to another site (a VM re-created there: a new underlay
+/// address, its config listing that site's gateways, the same certificate):
+/// within 2 s of its attaching there every gateway sends to it through the
+/// new site's gateways, the gateways it left stop announcing it, and it
+/// reaches and is reached from the other host.
+#[test]
+fn a_host_that_moves_to_another_sites_gateways_is_reachable_there_and_left_behind() {
+    let mut w = Whole::new(2);
+    const HOST: &str = "10.77.1.11/32";
+    let i = w.net.index("s1-h1");
+    let path = w.net.config("s1-h1");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let head = &text[..text.find("[[gateway]]").unwrap()];
+    let mut moved = head.to_string();
+    for g in ["s2-gw1", "s2-gw2"] {
+        let j = w.net.index(g);
+        moved += &format!(
+            "[[gateway]]\nname = \"{g}\"\nendpoint = \"{}\"\ncert = \"{}\"\n",
+            w.net.nodes[j].addr,
+            w.net.dir.path().join(format!("{g}.crt")).display()
+        );
+    }
+    std::fs::write(&path, moved).unwrap();
+    w.net.nodes[i].addr = SocketAddr::from(([198, 51, 100, 7], 51820));
+    w.net.restart("s1-h1");
+    let attached = w.run_until(Duration::from_secs(5), |w| {
+        ["s2-gw1", "s2-gw2"]
+            .iter()
+            .all(|g| w.net.peer(g, "s1-h1").attached)
+    });
+    let t0 = w.net.now;
+    let everywhere = |w: &Whole| {
+        ["s1-gw1", "s1-gw2", "s2-gw1", "s2-gw2"].iter().all(|g| {
+            let mut v = w.via(g, HOST);
+            v.sort();
+            // At s2's gateways the host is theirs: no route to another.
+            v == ["s2-gw1", "s2-gw2"] || (g.starts_with("s2") && v.is_empty())
+        })
+    };
+    w.run_until(Duration::from_secs(5), everywhere);
+    let moved_in = w.net.now - t0;
+    eprintln!("attached at s2 {attached:?} after the restart; routes moved {moved_in:?} later");
+    assert!(moved_in <= Duration::from_secs(2), "{moved_in:?}");
+    for g in ["s1-gw1", "s1-gw2"] {
+        assert!(!w.net.peer(g, "s1-h1").attached, "{g} still has it");
+    }
+    assert!(w.delivers("s2-h1", "s1-h1", [10, 77, 2, 11], [10, 77, 1, 11]));
+    assert!(w.delivers("s1-h1", "s2-h1", [10, 77, 1, 11], [10, 77, 2, 11]));
+}
+
 /// A host's tunnel to its preferred gateway goes down and up every 2 s for
 /// a minute. At the defaults (1000 per flap, suppress above 2000, half-life
 /// 15 s) the third flap suppresses it: the host's route at another site's
