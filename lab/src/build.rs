@@ -10,7 +10,7 @@
 use crate::routed;
 use crate::spec::Spec;
 use crate::state::{Lab, Node};
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -1136,4 +1136,105 @@ pub fn down(lab: &Lab) -> Result<()> {
         bail!("{}", errors.join("; "));
     }
     Ok(())
+}
+
+/// Moves a host to another site, as a VM re-created there: its overlayd is
+/// killed, its LAN port moves to the new site's switch with a new address
+/// there (172.16.i.(200 + its index)), its config lists that site's
+/// gateways instead, and it starts again with the same key and certificate.
+pub fn move_host(lab: &mut Lab, host: &str, site: &str) -> Result<()> {
+    let idx = lab
+        .nodes
+        .iter()
+        .position(|n| n.name == host)
+        .ok_or_else(|| anyhow!("no node {host:?} in the lab"))?;
+    let n = lab.nodes[idx].clone();
+    if n.role != "host" || n.kind != "overlayd" {
+        bail!(
+            "{host}: only an overlayd host can move (it is a {} {})",
+            n.kind,
+            n.role
+        );
+    }
+    let gateways: Vec<Node> = lab
+        .nodes
+        .iter()
+        .filter(|g| g.role == "gateway" && g.site == site)
+        .cloned()
+        .collect();
+    // The site's LAN number, from its gateways' LAN address 172.16.i.j.
+    let lan = |g: &Node| {
+        g.underlay
+            .iter()
+            .find(|a| a.starts_with("172.16."))
+            .cloned()
+    };
+    let Some(i) = gateways
+        .first()
+        .and_then(lan)
+        .and_then(|a| a.split('.').nth(2).map(str::to_string))
+    else {
+        bail!("site {site:?}: no gateways in the lab");
+    };
+    if idx > 54 {
+        bail!("{host}: node index {idx} leaves no address to move it to");
+    }
+    let addr = format!("172.16.{i}.{}", 200 + idx);
+    signal_node(lab, host, libc::SIGKILL, None)?;
+    // Deleting lan0 deletes its peer, the port on the old switch.
+    ns_sh(&n.namespace, &["ip", "link", "del", "lan0"])?;
+    let sw = format!("{}-sw-{site}", lab.prefix);
+    let port = format!("p{idx}");
+    sh(&[
+        "ip",
+        "link",
+        "add",
+        &port,
+        "netns",
+        &sw,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "lan0",
+        "netns",
+        &n.namespace,
+    ])?;
+    ns_sh(&sw, &["ip", "link", "set", &port, "master", "br0", "up"])?;
+    ns_sh(
+        &n.namespace,
+        &["ip", "addr", "add", &format!("{addr}/24"), "dev", "lan0"],
+    )?;
+    ns_sh(&n.namespace, &["ip", "link", "set", "lan0", "up"])?;
+    // The config without its [[gateway]] blocks, then the new site's.
+    let text = std::fs::read_to_string(&n.overlayd_config)
+        .with_context(|| format!("reading {}", n.overlayd_config.display()))?;
+    let mut out = String::new();
+    let mut skipping = false;
+    for line in text.lines() {
+        let t = line.trim_start();
+        if t.starts_with('[') {
+            skipping = t.starts_with("[[gateway]]");
+        }
+        if !skipping {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    for g in &gateways {
+        let ep = lan(g).unwrap_or_default();
+        out.push_str(&format!(
+            "\n[[gateway]]\nname = {:?}\nendpoint = \"{ep}:51820\"\ncert = {:?}\n",
+            g.name,
+            g.cert.display().to_string()
+        ));
+    }
+    std::fs::write(&n.overlayd_config, out)
+        .with_context(|| format!("writing {}", n.overlayd_config.display()))?;
+    let node = &mut lab.nodes[idx];
+    node.site = site.to_string();
+    node.underlay = vec![addr];
+    lab.save()?;
+    let n = lab.nodes[idx].clone();
+    start_node(lab, &n)
 }

@@ -105,6 +105,15 @@ enum Cmd {
         #[arg(value_parser = clap::value_parser!(u8).range(0..=100))]
         pct: Option<u8>,
     },
+    /// Move a host to another site, as a VM re-created there: its overlayd
+    /// is killed, its LAN port moves to that site's switch with a new
+    /// address, its config lists that site's gateways, and it starts again
+    /// with the same key and certificate.
+    Move {
+        dir: PathBuf,
+        host: String,
+        site: String,
+    },
     /// Stop every daemon and remove every namespace of the lab.
     Down { dir: PathBuf },
 }
@@ -215,6 +224,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             let lab = Lab::load(&dir)?;
             link::run(&lab, &node_a, &node_b, action, pct)?;
+        }
+        Cmd::Move { dir, host, site } => {
+            let mut lab = Lab::load(&dir)?;
+            build::move_host(&mut lab, &host, &site)?;
         }
         Cmd::Down { dir } => {
             let lab = Lab::load(&dir)?;

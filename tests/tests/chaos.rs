@@ -24,11 +24,13 @@
 //!    (the host is not attached there again) and at the host (it does not
 //!    fail back), and the host's route at fra-gw1 changes at most 5 times;
 //! 9. par-h1 SIGKILLed, started again after a while;
-//! 10. par-h1 stopped with SIGTERM, started again.
+//! 10. par-h1 stopped with SIGTERM, started again;
+//! 11. par-h1 moved to site fra (a VM re-created there: new LAN address,
+//!     fra's gateways, same certificate), then back;
+//! 12. par-h1 revoked (every gateway reloads), then back with a new key.
 //!
 //! Each prints how long until no other gateway sent to the host through the
-//! gateway that lost it. Not here yet: a host moving to another site, a host
-//! revoked (the simulation in overlayd's tests covers them).
+//! gateway that lost it.
 //!
 //! After each heal:
 //! - within `REACH_BOUND` (5 s) of the heal, every host reaches every other
@@ -52,7 +54,7 @@
 
 mod common;
 
-use common::{netns_or_skip, Lab, TcpSender, TcpServer};
+use common::{bin, netns_or_skip, ok, path_str, Lab, TcpSender, TcpServer};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
@@ -536,14 +538,6 @@ fn via_at(lab: &Lab, gw: &str, prefix: &str) -> Vec<String> {
     table(lab, gw).remove(prefix).unwrap_or_default()
 }
 
-/// A peer of a node in its `overlayd status`.
-fn peer_of(lab: &Lab, node: &str, peer: &str) -> Value {
-    lab.overlayd(node)["peers"]
-        .as_array()
-        .and_then(|ps| ps.iter().find(|p| p["name"] == peer).cloned())
-        .unwrap_or(Value::Null)
-}
-
 fn fault(
     lab: &Lab,
     v: &Variant,
@@ -700,8 +694,8 @@ fn fault(
                 link(lab, host, &gw, &["heal"]);
                 sample_for(Duration::from_secs(2));
             }
-            let at_gw = peer_of(lab, &gw, host);
-            let at_host = peer_of(lab, host, &gw);
+            let at_gw = lab.peer(&gw, host);
+            let at_host = lab.peer(host, &gw);
             assert!(
                 at_gw["suppressed"] == true && at_gw["attached"] == false,
                 "{host}'s flapping tunnel not damped at {gw}: {at_gw}"
@@ -759,11 +753,93 @@ fn fault(
                 Some(Restarted::Node(gw.to_string())),
             )
         }
+        10 => {
+            // Re-created at another site, then back (the heal).
+            let host = "par-h1";
+            let old = lab.active_gateway(host);
+            let prefixes = host_prefixes(lab).remove(host).unwrap_or_default();
+            let through_fra = |l: &Lab| {
+                GATEWAYS.iter().all(|g| {
+                    let t = table(l, g);
+                    prefixes.iter().all(|p| {
+                        t.get(p).is_some_and(|v| {
+                            if g.starts_with("fra") {
+                                v == &["local"]
+                            } else {
+                                v == &["fra-gw1", "fra-gw2"]
+                            }
+                        })
+                    })
+                })
+            };
+            lab.lab_ok(&["move", host, "fra"]);
+            let t0 = Instant::now();
+            lab.wait_for(&format!("{host} attached at fra"), |l| {
+                ["fra-gw1", "fra-gw2"]
+                    .iter()
+                    .all(|g| l.peer(g, host)["attached"] == true)
+            });
+            let attached = t0.elapsed();
+            lab.wait_for(
+                &format!("{host} routed through fra everywhere"),
+                through_fra,
+            );
+            let moved = t0.elapsed();
+            assert!(
+                lab.peer(&old, host)["attached"] != true,
+                "{old} still has {host} attached"
+            );
+            std::thread::sleep(v.down);
+            lab.lab_ok(&["move", host, "par"]);
+            (
+                format!(
+                    "{host} moved to fra: attached there {attached:.2?} after its start, routed through fra everywhere after {moved:.2?}; moved back"
+                ),
+                Some(Restarted::Node(host.to_string())),
+            )
+        }
+        11 => {
+            // Revoked at every gateway; healed with a new certificate.
+            let host = "par-h1";
+            let st = lab.status();
+            let n = lab.node(host);
+            ok(Command::new(bin("overlay-cert")).args([
+                "revoke",
+                "--ca-dir",
+                &path_str(&st.ca_dir),
+                "--crl",
+                &path_str(&st.crl),
+                &path_str(&n.cert),
+            ]));
+            let t0 = Instant::now();
+            for g in GATEWAYS {
+                lab.lab_ok(&["kill", g, "--signal", "HUP"]);
+            }
+            let prefixes = host_prefixes(lab).remove(host).unwrap_or_default();
+            lab.wait_for(&format!("{host} withdrawn everywhere"), |l| {
+                GATEWAYS.iter().all(|g| {
+                    let t = table(l, g);
+                    prefixes.iter().all(|p| !t.contains_key(p))
+                })
+            });
+            let gone = t0.elapsed();
+            // Revoking the certificate revoked its key too: back with a new
+            // key and a certificate of it.
+            lab.lab_ok(&["kill", host]);
+            let _ = std::fs::remove_file(&n.key);
+            ok(Command::new(bin("overlay-cert")).args(["keygen", "--out", &path_str(&n.key)]));
+            lab.resign(host, &[]);
+            lab.lab_ok(&["start", host]);
+            (
+                format!("{host} revoked: withdrawn everywhere {gone:.2?} after the first reload; back with a new key"),
+                Some(Restarted::Node(host.to_string())),
+            )
+        }
         _ => unreachable!("fault {step}"),
     }
 }
 
-const STEPS: usize = 10;
+const STEPS: usize = 12;
 
 #[test]
 fn every_fault_heals_with_everyone_reachable_and_the_transfer_intact() {
