@@ -559,27 +559,7 @@ fn build_network(lab: &Lab, plans: &[Plan]) -> Result<()> {
         let n = &p.node;
         let sw = format!("{}-sw-{}", lab.prefix, n.site);
         let port = format!("p{idx}");
-        sh(&[
-            "ip",
-            "link",
-            "add",
-            &port,
-            "netns",
-            &sw,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "lan0",
-            "netns",
-            &n.namespace,
-        ])?;
-        ns_sh(&sw, &["ip", "link", "set", &port, "master", "br0", "up"])?;
-        ns_sh(
-            &n.namespace,
-            &["ip", "addr", "add", &p.lan_ip, "dev", "lan0"],
-        )?;
-        ns_sh(&n.namespace, &["ip", "link", "set", "lan0", "up"])?;
+        lan_port(&sw, idx, &n.namespace, &p.lan_ip)?;
         if n.kind == "bird" || n.kind == "gobgp" {
             // The address behind the site router, for pings from the overlay.
             let a = n.addresses[0].replace("/24", "/32");
@@ -633,6 +613,20 @@ fn build_network(lab: &Lab, plans: &[Plan]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Node `idx`'s site LAN link: lan0 in its namespace `ns` with `ip`
+/// (address/length), its peer `p{idx}` a port of the bridge in switch
+/// namespace `sw`.
+fn lan_port(sw: &str, idx: usize, ns: &str, ip: &str) -> Result<()> {
+    let port = format!("p{idx}");
+    sh(&[
+        "ip", "link", "add", &port, "netns", sw, "type", "veth", "peer", "name", "lan0", "netns",
+        ns,
+    ])?;
+    ns_sh(sw, &["ip", "link", "set", &port, "master", "br0", "up"])?;
+    ns_sh(ns, &["ip", "addr", "add", ip, "dev", "lan0"])?;
+    ns_sh(ns, &["ip", "link", "set", "lan0", "up"])
 }
 
 /// Starts a node's daemons in its namespace, detached, logging to its dir:
@@ -1184,28 +1178,7 @@ pub fn move_host(lab: &mut Lab, host: &str, site: &str) -> Result<()> {
     // Deleting lan0 deletes its peer, the port on the old switch.
     ns_sh(&n.namespace, &["ip", "link", "del", "lan0"])?;
     let sw = format!("{}-sw-{site}", lab.prefix);
-    let port = format!("p{idx}");
-    sh(&[
-        "ip",
-        "link",
-        "add",
-        &port,
-        "netns",
-        &sw,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "lan0",
-        "netns",
-        &n.namespace,
-    ])?;
-    ns_sh(&sw, &["ip", "link", "set", &port, "master", "br0", "up"])?;
-    ns_sh(
-        &n.namespace,
-        &["ip", "addr", "add", &format!("{addr}/24"), "dev", "lan0"],
-    )?;
-    ns_sh(&n.namespace, &["ip", "link", "set", "lan0", "up"])?;
+    lan_port(&sw, idx, &n.namespace, &format!("{addr}/24"))?;
     // The config without its [[gateway]] blocks, then the new site's.
     let text = std::fs::read_to_string(&n.overlayd_config)
         .with_context(|| format!("reading {}", n.overlayd_config.display()))?;

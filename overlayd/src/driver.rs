@@ -24,10 +24,13 @@ use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tun_rs::{AsyncDevice, GROTable, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
-/// How long a stopping overlayd goes on forwarding after telling its peers
-/// it leaves: what they sent before they heard still arrives (a round trip
-/// across the internet).
-const DRAIN: Duration = Duration::from_millis(250);
+/// A stopping overlayd goes on forwarding after telling its peers it
+/// leaves, for what they sent before they heard (a round trip across the
+/// internet, more on a loaded peer): until no data came from any peer for
+/// `DRAIN_QUIET`, at least `DRAIN_MIN` and at most `DRAIN_MAX`.
+const DRAIN_MIN: Duration = Duration::from_millis(250);
+const DRAIN_QUIET: Duration = Duration::from_millis(200);
+const DRAIN_MAX: Duration = Duration::from_secs(3);
 /// Socket buffers large enough that a burst does not overflow them.
 const SOCKET_BUFFER: usize = 8 << 20;
 /// Datagrams (each possibly a GRO run) per receive call.
@@ -525,12 +528,28 @@ pub async fn run(cfg: Config, config_path: PathBuf, identity: Identity) -> Resul
     }
     // Tell the peers, then go on forwarding what is already on its way
     // here while they move their traffic elsewhere.
-    tracing::info!("overlayd stopping: telling peers, draining {DRAIN:?}");
+    tracing::info!("overlayd stopping: telling peers, draining until no data arrives");
     let mut lane = Lane::new(0);
     node.leave(&mut lane.out);
     io.flush(&node, &mut lane).await;
-    tokio::time::sleep(DRAIN).await;
-    tracing::info!("overlayd stopped");
+    let started = tokio::time::Instant::now();
+    let (mut seen, mut moved_at) = (node.data_received(), started);
+    loop {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let now = tokio::time::Instant::now();
+        let d = node.data_received();
+        if d != seen {
+            (seen, moved_at) = (d, now);
+        }
+        let quiet = now - moved_at >= DRAIN_QUIET && now - started >= DRAIN_MIN;
+        if quiet || now - started >= DRAIN_MAX {
+            break;
+        }
+    }
+    tracing::info!(
+        drained_ms = started.elapsed().as_millis() as u64,
+        "overlayd stopped"
+    );
     let _ = std::fs::remove_file(&socket_path);
     Ok(())
 }

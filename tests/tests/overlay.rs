@@ -156,16 +156,7 @@ fn revoked_host_is_cut_off_after_reload() {
     }
     let lab = Lab::up("[[site]]\nname = \"fra\"\nhosts = 3\n");
     assert!(lab.ping("fra-h1", "10.77.1.12", 2).status.success());
-    let st = lab.status();
-    let h2 = lab.node("fra-h2");
-    ok(Command::new(bin("overlay-cert")).args([
-        "revoke",
-        "--ca-dir",
-        &path_str(&st.ca_dir),
-        "--crl",
-        &path_str(&st.crl),
-        &path_str(&h2.cert),
-    ]));
+    lab.revoke("fra-h2");
     lab.lab_ok(&["kill", "fra-gw1", "--signal", "HUP"]);
     lab.wait_for("fra-h2 detached at the gateway", |l| {
         l.overlayd("fra-gw1")["crl_serial"] == 1 && l.peer("fra-gw1", "fra-h2")["attached"] != true

@@ -252,6 +252,9 @@ pub struct Node {
     /// Shutting down: peers were told (`Leaving`), probes go unanswered so
     /// they do not take this node back while it drains.
     leaving: AtomicBool,
+    /// In-band messages received (probes and the like): the packets from
+    /// peers less these are data, which a stopping node drains.
+    inband_rx: AtomicU64,
     /// The wall clock (Unix seconds) as the driver last passed it in
     /// ([`Node::new`], [`Node::on_tick`]): what certificates are validated
     /// against. The node never reads a clock itself.
@@ -466,6 +469,7 @@ impl Node {
             cert_log_sec: AtomicU64::new(u64::MAX),
             firewall_on: AtomicBool::new(cfg.firewall.is_some()),
             events_waiting: AtomicBool::new(false),
+            inband_rx: AtomicU64::new(0),
             control: Mutex::new(Control {
                 peers,
                 fib: FibMaster::default(),
@@ -517,6 +521,18 @@ impl Node {
     /// Flap damping's parameters (checked when the config was loaded).
     pub(super) fn damping(&self) -> Option<cubenet_daemon::damping::Config> {
         self.cfg.damping.params().ok().flatten()
+    }
+
+    /// Data packets (not in-band messages) received from peers so far: a
+    /// stopping node goes on forwarding while this still moves.
+    pub fn data_received(&self) -> u64 {
+        let all: u64 = self
+            .ctl()
+            .peers
+            .values()
+            .map(|p| p.rx_packets.load(Ordering::Relaxed))
+            .sum();
+        all.saturating_sub(self.inband_rx.load(Ordering::Relaxed))
     }
 
     /// The control state; see [`Control`] for the lock order.

@@ -236,6 +236,7 @@ impl Node {
         out: &mut Outbox,
     ) -> Option<bool> {
         if inband::is_inband(pkt) {
+            self.inband_rx.fetch_add(1, Ordering::Relaxed);
             match Message::decode(pkt) {
                 Ok(m) => self.on_message(peer, m, now, out),
                 Err(_) => bump(&self.drops.invalid),

@@ -224,6 +224,21 @@ impl Lab {
     /// the name, role, site, groups, addresses and subnets of its current
     /// one; `extra` adds `overlay-cert sign` options (`--days 10`) or
     /// replaces the groups (`--groups a,b`). Restart the node to use it.
+    /// Adds a node's certificate (and so its key) to the lab's revocation
+    /// list; the nodes see it when they reload.
+    pub fn revoke(&self, node: &str) {
+        let st = self.status();
+        let n = self.node(node);
+        ok(Command::new(bin("overlay-cert")).args([
+            "revoke",
+            "--ca-dir",
+            &path_str(&st.ca_dir),
+            "--crl",
+            &path_str(&st.crl),
+            &path_str(&n.cert),
+        ]));
+    }
+
     pub fn resign(&self, node: &str, extra: &[&str]) {
         let n = self.node(node);
         let cert = path_str(&n.cert);
