@@ -88,7 +88,8 @@ pub struct GatewayHealth {
     /// Flap damping (when on): a tunnel that keeps going down is not
     /// failed back to while its penalty is above the threshold.
     damping: Option<damping::Config>,
-    link: Option<damping::Link>,
+    /// Boxed: most peers never flap, and a gateway has thousands.
+    link: Option<Box<damping::Link>>,
 }
 
 impl GatewayHealth {
@@ -186,7 +187,7 @@ impl GatewayHealth {
             self.healthy_since = Some(now);
             if let Some(cfg) = self.damping {
                 self.link
-                    .get_or_insert_with(|| damping::Link::new(cfg, now))
+                    .get_or_insert_with(|| Box::new(damping::Link::new(cfg, now)))
                     .on_up(now);
             }
             return Some(Transition::Up);

@@ -71,7 +71,8 @@ pub struct PeerCtl {
     pub pmtu: PathMtu,
     /// A host's tunnel here (gateways): its flap state, from the first
     /// time it went silent; see [`crate::config::Damping`].
-    pub host_link: Option<cubenet_daemon::damping::Link>,
+    /// Boxed: most never flap, and a gateway has thousands.
+    pub host_link: Option<Box<cubenet_daemon::damping::Link>>,
 }
 
 impl PeerCtl {
@@ -109,9 +110,11 @@ impl PeerCtl {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ProbeClock {
     pub last: Option<Instant>,
-    /// Smoothed gap between probes: half weight per sample, so a host
-    /// whose interval changes is followed within three probes, and each
-    /// sample at most 4× the estimate, so an outage moves it little.
+    /// Smoothed gap between probes: half weight per sample, each sample
+    /// within half and 4× the estimate, so a host whose interval grows is
+    /// followed within three probes, one that shrinks within a few more,
+    /// an outage moves it little and a bunch of early probes cannot make a
+    /// slow host look silent.
     pub gap: Option<Duration>,
 }
 
@@ -125,10 +128,13 @@ impl ProbeClock {
             if g < floor / 2 {
                 return;
             }
-            self.gap = Some(match self.gap {
-                None => g,
-                Some(old) => (old + g.min(old * 4)) / 2,
-            });
+            // From the assumed interval, not from the first sample: a
+            // host's first probes can arrive bunched (queued behind a busy
+            // link or a handshake), and a rhythm learned from them would
+            // call a slower host silent between two of its probes — a
+            // false detach, and a flap that damping counts.
+            let old = self.gap.unwrap_or(Self::UNKNOWN);
+            self.gap = Some((old + g.clamp(old / 2, old * 4)) / 2);
         }
         self.last = Some(now);
     }
@@ -318,15 +324,15 @@ mod tests {
     fn an_outage_barely_moves_the_learned_interval() {
         let t0 = Instant::now();
         let mut c = ProbeClock::default();
-        for i in 0..10 {
+        for i in 0..20 {
             c.heard(t0 + i * 100 * MS, 100 * MS);
         }
         // A minute of silence, then probes again.
-        c.heard(t0 + 60_900 * MS, 100 * MS);
+        c.heard(t0 + 61_900 * MS, 100 * MS);
         let gap = c.gap.unwrap();
-        assert!(gap <= 250 * MS, "{gap:?}");
-        for i in 1..=3 {
-            c.heard(t0 + 60_900 * MS + i * 100 * MS, 100 * MS);
+        assert!(gap <= 260 * MS, "{gap:?}");
+        for i in 1..=4 {
+            c.heard(t0 + 61_900 * MS + i * 100 * MS, 100 * MS);
         }
         assert!(c.gap.unwrap() < 130 * MS, "{:?}", c.gap);
     }
@@ -344,6 +350,38 @@ mod tests {
         }
         assert_eq!(c.gap, Some(1000 * MS));
         assert!(!c.silent(t0 + 3000 * MS + 3900 * MS, 100 * MS, 3));
+    }
+
+    #[test]
+    fn a_slow_host_whose_first_probes_came_bunched_is_never_silent_between_probes() {
+        let t0 = Instant::now();
+        let mut c = ProbeClock::default();
+        // A host probing every second whose first probes arrived 60 ms
+        // apart (above the burst filter): before, the rhythm was learned
+        // as 60 ms and the host was silent 400 ms after each probe.
+        c.heard(t0, 100 * MS);
+        c.heard(t0 + 60 * MS, 100 * MS);
+        c.heard(t0 + 120 * MS, 100 * MS);
+        let mut last = t0 + 120 * MS;
+        for _ in 0..10 {
+            let next = last + 1000 * MS;
+            assert!(!c.silent(next - MS, 100 * MS, 3), "gap {:?}", c.gap);
+            c.heard(next, 100 * MS);
+            last = next;
+        }
+    }
+
+    #[test]
+    fn a_faster_host_is_learned_within_a_second() {
+        let t0 = Instant::now();
+        let mut c = ProbeClock::default();
+        for i in 0..=10 {
+            c.heard(t0 + i * 100 * MS, 100 * MS);
+        }
+        // Silent within its own probe window (4 × about 100 ms), well
+        // before the assumed second's 4 s.
+        assert!(c.gap.unwrap() < 150 * MS, "{:?}", c.gap);
+        assert!(c.silent(t0 + 1000 * MS + 700 * MS, 100 * MS, 3));
     }
 
     #[test]

@@ -567,8 +567,10 @@ fn converged(net: &mut Net) {
             && n.peer("fra-h1", "fra-gw2").healthy
     });
     assert!(took < Duration::from_secs(1), "converged after {took:?}");
-    // A few probes more: the gateways know the host's probe interval.
-    net.run_for(Duration::from_millis(500));
+    // A second of probes more: the gateways know the host's probe
+    // interval (learned down from the assumed second, at most halving per
+    // probe).
+    net.run_for(Duration::from_millis(1000));
 }
 
 #[test]

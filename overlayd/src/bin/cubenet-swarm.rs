@@ -144,6 +144,8 @@ struct Swarm {
     attached: u32,
     /// Where the next timer slice starts.
     cursor: usize,
+    /// The socket the next datagram slice starts with.
+    next_socket: usize,
     c: Counters,
     buf: Vec<u8>,
     buf2: Vec<u8>,
@@ -449,6 +451,7 @@ impl Swarm {
             probe_window: Duration::from_millis(cli.probe_ms.max(1)) * (cli.misses.max(1) + 1),
             attached: 0,
             cursor: 0,
+            next_socket: 0,
             c: Counters::default(),
             buf: vec![0u8; 4096],
             buf2: vec![0u8; 4096],
@@ -558,11 +561,25 @@ impl Swarm {
         // SAFETY: `fds` is a valid array of pollfd of the given length.
         unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 2) };
         let mut dgram = [0u8; 2048];
-        for (si, fd) in fds.iter().enumerate() {
-            if fd.revents & libc::POLLIN == 0 {
+        // Datagrams in a slice of a few milliseconds too: a burst of
+        // handshake responses (each costs Diffie-Hellman) must not hold up
+        // the probes of every other host, which real hosts, each on its own
+        // machine, would send on time (the gateway detaches a host whose
+        // probes stop). The rest waits in the socket buffers.
+        let read_end = Instant::now() + SLICE;
+        // Starting where the last slice stopped, so no socket waits behind
+        // the others.
+        let ns = fds.len();
+        'sockets: for k in 0..ns {
+            let si = (self.next_socket + k) % ns;
+            if fds[si].revents & libc::POLLIN == 0 {
                 continue;
             }
             for _ in 0..256 {
+                if Instant::now() >= read_end {
+                    self.next_socket = si;
+                    break 'sockets;
+                }
                 let Ok((n, from)) = self.sockets[si].recv_from(&mut dgram) else {
                     break;
                 };

@@ -364,7 +364,7 @@ impl Node {
                         let mut l = damping::Link::new(cfg, now);
                         l.on_up(now);
                         l.on_down(now);
-                        x.host_link = Some(l);
+                        x.host_link = Some(Box::new(l));
                     }
                     _ => {}
                 }
