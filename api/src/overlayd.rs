@@ -363,11 +363,16 @@ pub struct Drops {
     /// (or IPv6): fragmentation needed / packet too big went back.
     #[serde(default)]
     pub too_big: u64,
+    /// Data for a session this node does not have (a peer still on the
+    /// session of a process before a restart); a gateway tells the sender
+    /// so it handshakes at once.
+    #[serde(default)]
+    pub unknown_session: u64,
 }
 
 impl Drops {
     /// Every counter with its name, in document order.
-    pub fn iter(&self) -> [(&'static str, u64); 17] {
+    pub fn iter(&self) -> [(&'static str, u64); 18] {
         [
             ("spoofed", self.spoofed),
             ("spoofed_local", self.spoofed_local),
@@ -386,6 +391,7 @@ impl Drops {
             ("no_endpoint", self.no_endpoint),
             ("ttl_expired", self.ttl_expired),
             ("too_big", self.too_big),
+            ("unknown_session", self.unknown_session),
         ]
     }
 }

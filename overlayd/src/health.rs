@@ -171,6 +171,19 @@ impl GatewayHealth {
         Some(Transition::Down)
     }
 
+    /// The gateway no longer has our session (it restarted and said so,
+    /// see [`crate::stale`]): down at once, and a flap for damping, as
+    /// missed probes would have found a little later.
+    pub fn session_lost(&mut self, now: Instant) -> Option<Transition> {
+        let t = self.leaving();
+        if t.is_some() {
+            if let Some(l) = &mut self.link {
+                l.on_down(now);
+            }
+        }
+        t
+    }
+
     /// A probe reply arrived.
     pub fn on_reply(&mut self, seq: u64, now: Instant) -> Option<Transition> {
         // Replies to older probes still prove the path works, but only the

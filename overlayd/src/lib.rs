@@ -19,6 +19,7 @@ pub mod peer;
 pub mod peers;
 pub mod pmtu;
 pub mod prom;
+pub mod stale;
 pub mod sys;
 
 /// Standard base64, as keys are written in configs and status.

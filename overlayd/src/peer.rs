@@ -9,7 +9,7 @@ use arc_swap::ArcSwapOption;
 use boringtun::noise::Tunn;
 use cubenet_certs::{NodeCert, Role};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -49,6 +49,9 @@ pub struct Peer {
     big_sent: AtomicBool,
     /// The endpoint changed since the control side last looked.
     moved: AtomicBool,
+    /// The receiver index our last in-band message to the peer carried
+    /// (0: none, or already used by a stale-session hint).
+    pub remote_index: AtomicU32,
 }
 
 /// What the control side keeps of one peer: its timers and the gateway
@@ -182,6 +185,7 @@ impl Peer {
             mtu: AtomicU16::new(u16::MAX),
             big_sent: AtomicBool::new(false),
             moved: AtomicBool::new(false),
+            remote_index: AtomicU32::new(0),
         }
     }
 

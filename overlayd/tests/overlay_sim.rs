@@ -982,6 +982,42 @@ fn a_crashed_gateway_is_failed_over_and_taken_back_after_its_restart() {
     assert!(net.peer("fra-gw1", "fra-h1").attached);
 }
 
+#[test]
+fn a_gateway_restarted_at_once_is_handshaken_with_at_the_hosts_next_probe() {
+    let mut net = Net::site(2);
+    converged(&mut net);
+    // SIGKILL and an immediate restart (systemd's Restart=): the host
+    // still sends on its session with the old process. The new one tells
+    // it the session is gone, and the host handshakes at once instead of
+    // after `probe.misses` probes went unanswered.
+    net.restart("fra-gw1");
+    let attached = |n: &Net| {
+        n.nodes[n.index("fra-gw1")]
+            .node
+            .status(n.now)
+            .peers
+            .iter()
+            .any(|p| p.name == "fra-h1" && p.attached)
+    };
+    let took = net.run_until(Duration::from_secs(5), attached);
+    assert!(
+        took <= Duration::from_millis(PROBE_MS) + 2 * STEP,
+        "attached again after {took:?}"
+    );
+    let gw = net.nodes[net.index("fra-gw1")].node.status(net.now);
+    assert!(gw.drops.unknown_session > 0, "{:?}", gw.drops);
+    // Its traffic moved to the other gateway at once (what goes into the
+    // lost session is lost), and comes back once the new one is stable.
+    assert_eq!(net.active("fra-h1").as_deref(), Some("fra-gw2"));
+    let back = net.run_until(Duration::from_secs(10), |n| {
+        n.active("fra-h1").as_deref() == Some("fra-gw1")
+    });
+    assert!(
+        back <= Duration::from_millis(FAILBACK_MS) + probe_window(),
+        "back after {back:?}"
+    );
+}
+
 /// The whole overlay: the nodes of [`Net`] and, on every gateway, routed's
 /// real router ([`routed::sim::Sim`]: BGP and BFD between the gateways'
 /// routers in memory). What the daemons exchange over the control socket

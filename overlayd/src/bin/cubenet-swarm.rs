@@ -27,6 +27,7 @@ use ipnet::IpNet;
 use overlayd::health::{GatewayHealth, HandshakeRetry, Transition};
 use overlayd::inband::{self, Message};
 use serde_json::{json, Value};
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -121,6 +122,8 @@ struct Host {
     last_cert: Option<Instant>,
     last_reply: Option<Instant>,
     attached_at: Option<Instant>,
+    /// The gateway's index of our session, from our last message.
+    remote_idx: u32,
 }
 
 #[derive(Default)]
@@ -132,6 +135,7 @@ struct Counters {
     cookies: u64,
     errors: u64,
     detached: u64,
+    stale_hints: u64,
 }
 
 struct Swarm {
@@ -146,6 +150,8 @@ struct Swarm {
     cursor: usize,
     /// The socket the next datagram slice starts with.
     next_socket: usize,
+    /// Hosts by the gateway's index of their session.
+    by_remote: HashMap<u32, usize>,
     c: Counters,
     buf: Vec<u8>,
     buf2: Vec<u8>,
@@ -441,6 +447,7 @@ impl Swarm {
                 last_cert: None,
                 last_reply: None,
                 attached_at: None,
+                remote_idx: 0,
             });
         }
         Ok(Swarm {
@@ -452,6 +459,7 @@ impl Swarm {
             attached: 0,
             cursor: 0,
             next_socket: 0,
+            by_remote: HashMap::new(),
             c: Counters::default(),
             buf: vec![0u8; 4096],
             buf2: vec![0u8; 4096],
@@ -491,6 +499,7 @@ impl Swarm {
             "cookie_replies": self.c.cookies,
             "errors": self.c.errors,
             "detached": self.c.detached,
+            "stale_hints": self.c.stale_hints,
         })
     }
 
@@ -633,6 +642,42 @@ impl Swarm {
             _ => None,
         };
         if let Some(b) = r {
+            // The index the gateway knows this session by, as overlayd's
+            // host keeps it for a stale-session hint.
+            if let Some(idx) = overlayd::stale::data_receiver(&b) {
+                let h = &mut self.hosts[i];
+                if h.remote_idx != idx {
+                    self.by_remote.remove(&h.remote_idx);
+                    h.remote_idx = idx;
+                    self.by_remote.insert(idx, i);
+                }
+            }
+            self.send(i, &b);
+        }
+    }
+
+    /// The gateway says a session is gone (it restarted): that host
+    /// handshakes at once, as overlayd's host does.
+    fn on_stale_hint(&mut self, idx: u32, now: Instant) {
+        let Some(i) = self.by_remote.remove(&idx) else {
+            return;
+        };
+        self.c.stale_hints += 1;
+        let h = &mut self.hosts[i];
+        h.remote_idx = 0;
+        if h.health.session_lost(now) == Some(Transition::Down) {
+            self.c.detached += 1;
+            if h.attached {
+                h.attached = false;
+                self.attached -= 1;
+            }
+        }
+        let r = match h.tunn.format_handshake_initiation(&mut self.buf, false) {
+            TunnResult::WriteToNetwork(b) => Some(b.to_vec()),
+            _ => None,
+        };
+        if let Some(b) = r {
+            self.hosts[i].retry.started(now);
             self.send(i, &b);
         }
     }
@@ -694,6 +739,10 @@ impl Swarm {
 
     fn on_datagram(&mut self, d: &[u8], now: Instant) {
         self.c.received += 1;
+        if let Some(idx) = overlayd::stale::decode(d) {
+            self.on_stale_hint(idx, now);
+            return;
+        }
         // Our index: after the sender's in a handshake response, first in
         // cookie replies and data.
         let at = if d.first() == Some(&2) { 8 } else { 4 };

@@ -248,7 +248,16 @@ impl Node {
         // Encrypt straight into the outgoing batch.
         out.net.push_with(ep, (pkt.len() + 32).max(148), |dst| {
             match peer.tunn().encapsulate(pkt, dst) {
-                TunnResult::WriteToNetwork(b) => Some(b.len()),
+                TunnResult::WriteToNetwork(b) => {
+                    // The index the peer knows this session by, for a
+                    // stale-session hint ([`crate::stale`]). In-band
+                    // messages (probes every interval) keep it current;
+                    // the data path does not pay for it.
+                    if let Some(i) = crate::stale::data_receiver(b) {
+                        peer.remote_index.store(i, Ordering::Relaxed);
+                    }
+                    Some(b.len())
+                }
                 _ => None,
             }
         });

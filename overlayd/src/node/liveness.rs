@@ -430,6 +430,7 @@ impl Node {
         if second {
             c.last_rate_reset = now;
             self.rate_limiter.reset_count();
+            self.stale_hints.store(0, Ordering::Relaxed);
         }
         // Every second (a peer attached since is looked at), and at the
         // first tick after the soonest expiry: a session ends within a

@@ -156,6 +156,8 @@ pub struct Drops {
     pub ttl_expired: AtomicU64,
     /// Too large for the tunnel they were to go into (too big sent back).
     pub too_big: AtomicU64,
+    /// Data for a session this node does not have ([`crate::stale`]).
+    pub unknown_session: AtomicU64,
 }
 
 /// What a gateway counts as a router: ICMP errors sent (with the rate
@@ -207,6 +209,7 @@ impl Drops {
             no_endpoint: g(&self.no_endpoint),
             ttl_expired: g(&self.ttl_expired),
             too_big: g(&self.too_big),
+            unknown_session: g(&self.unknown_session),
         }
     }
 }
@@ -255,6 +258,8 @@ pub struct Node {
     /// In-band messages received (probes and the like): the packets from
     /// peers less these are data, which a stopping node drains.
     inband_rx: AtomicU64,
+    /// Stale-session hints sent this second ([`crate::stale::PER_SECOND`]).
+    stale_hints: AtomicU64,
     /// The wall clock (Unix seconds) as the driver last passed it in
     /// ([`Node::new`], [`Node::on_tick`]): what certificates are validated
     /// against. The node never reads a clock itself.
@@ -470,6 +475,7 @@ impl Node {
             firewall_on: AtomicBool::new(cfg.firewall.is_some()),
             events_waiting: AtomicBool::new(false),
             inband_rx: AtomicU64::new(0),
+            stale_hints: AtomicU64::new(0),
             control: Mutex::new(Control {
                 peers,
                 fib: FibMaster::default(),

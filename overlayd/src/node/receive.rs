@@ -12,6 +12,10 @@ impl Node {
             }
             return;
         }
+        if let Some(index) = crate::stale::decode(dgram) {
+            self.on_stale_hint(index, from, now, out);
+            return;
+        }
         let Ok(parsed) = Tunn::parse_incoming_packet(dgram) else {
             bump(&self.drops.invalid);
             return;
@@ -27,7 +31,11 @@ impl Node {
             }
         };
         let Some(peer) = self.peer_by_index(PeerId(index >> 8)) else {
-            bump(&self.drops.invalid);
+            if matches!(parsed, Packet::PacketData(_)) {
+                self.hint_stale(index, from, out);
+            } else {
+                bump(&self.drops.invalid);
+            }
             return;
         };
         let kind = match parsed {
@@ -36,6 +44,66 @@ impl Node {
             _ => Kind::Other,
         };
         self.receive(&peer, dgram, from, kind, now, out);
+    }
+
+    /// Data for a session this node does not have: most likely a peer
+    /// still on a session of this gateway's previous process. A gateway
+    /// tells it (rate limited; see [`crate::stale`]); its hosts initiate.
+    fn hint_stale(&self, index: u32, from: SocketAddr, out: &mut Outbox) {
+        bump(&self.drops.unknown_session);
+        if self.role() == Role::Gateway
+            && self.stale_hints.fetch_add(1, Ordering::Relaxed) < crate::stale::PER_SECOND
+        {
+            out.net.push(from, &crate::stale::encode(index));
+        }
+    }
+
+    /// A gateway says the session we send on is gone: when it is one of
+    /// ours (its endpoint, and the index our last in-band message carried),
+    /// handshake now instead of after `probe.misses` lost probes. Only hosts
+    /// act on it: a gateway that restarts initiates to its gateways itself,
+    /// and a host has only its few configured gateways to look through.
+    fn on_stale_hint(&self, index: u32, from: SocketAddr, now: Instant, out: &mut Outbox) {
+        if self.role() != Role::Host || index == 0 {
+            bump(&self.drops.invalid);
+            return;
+        }
+        let mut c = self.ctl();
+        let peer = c
+            .peers
+            .values()
+            .find(|p| {
+                p.configured.is_some()
+                    && p.endpoint() == Some(from)
+                    && p.remote_index.load(Ordering::Relaxed) == index
+            })
+            .cloned();
+        let Some(peer) = peer else {
+            bump(&self.drops.invalid);
+            return;
+        };
+        // One handshake per session, whatever else arrives naming it.
+        peer.remote_index.store(0, Ordering::Relaxed);
+        tracing::info!(peer = %peer.name(), "gateway lost our session (restarted): handshaking");
+        // Down now: what goes into that session is lost, so traffic moves
+        // to another gateway until this one answers probes again, and the
+        // tick retries the handshake with back-off if this one is lost.
+        if let Some(t) = c.update_health(&peer, |h| h.session_lost(now)).flatten() {
+            self.gateway_transition(&mut c, &peer, t, now, out);
+        }
+        let mut buf = [0u8; 148];
+        let sent = match peer.tunn().format_handshake_initiation(&mut buf, false) {
+            TunnResult::WriteToNetwork(b) => {
+                out.net.push(from, b);
+                true
+            }
+            _ => false,
+        };
+        if sent {
+            if let Some(x) = c.ctl(&peer) {
+                x.retry.started(now);
+            }
+        }
     }
 
     /// The cheap checks of a handshake initiation, before any

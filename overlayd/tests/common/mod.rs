@@ -177,7 +177,7 @@ impl Pki {
 }
 
 /// The drop counters as numbers, by name.
-pub fn drops(node: &Node) -> [u64; 9] {
+pub fn drops(node: &Node) -> [u64; 10] {
     let d = &node.drops;
     [
         &d.spoofed,
@@ -189,6 +189,7 @@ pub fn drops(node: &Node) -> [u64; 9] {
         &d.cookies_sent,
         &d.bad_cert,
         &d.no_endpoint,
+        &d.unknown_session,
     ]
     .map(|a| a.load(Ordering::Relaxed))
 }
