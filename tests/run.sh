@@ -27,6 +27,7 @@ needs=(
   bird:bird2
   gobgpd:gobgpd
   jq:jq
+  systemd-analyze:systemd
 )
 missing=()
 for pair in "${needs[@]}"; do
