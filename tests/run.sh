@@ -28,6 +28,8 @@ needs=(
   gobgpd:gobgpd
   jq:jq
   systemd-analyze:systemd
+  man:man-db
+  groff:groff-base
 )
 missing=()
 for pair in "${needs[@]}"; do

@@ -1,6 +1,7 @@
-//! What a Debian package installs besides the binaries: the systemd units
-//! (checked by `systemd-analyze verify`), and what overlayd tells systemd
-//! through them.
+//! What a Debian package installs besides the binaries: man pages and
+//! shell completions (made by `cubenet-docs` from the programs' own command
+//! lines), the systemd units (checked by `systemd-analyze verify`), and what
+//! overlayd tells systemd through them.
 
 mod common;
 
@@ -16,10 +17,11 @@ fn repo() -> PathBuf {
 
 /// `systemd-analyze verify` on copies of the units in `dir`, whose
 /// `/usr/bin/` programs are this build's (verify checks that every
-/// command exists). Returns what it said; it warns about unknown or
-/// malformed directives on stderr but still exits 0, so the caller looks
-/// at the words.
-fn verify(dir: &Path, units: &[(&str, &str)]) -> (bool, String) {
+/// command exists) and whose `man:` documentation is looked up in the
+/// pages `cubenet-docs` made under `docs` (verify runs `man` on each).
+/// Returns what it said; it warns about unknown or malformed directives on
+/// stderr but still exits 0, so the caller looks at the words.
+fn verify(dir: &Path, docs: &Path, units: &[(&str, &str)]) -> (bool, String) {
     let mut paths = Vec::new();
     for (name, text) in units {
         let mut text = text.to_string();
@@ -35,8 +37,8 @@ fn verify(dir: &Path, units: &[(&str, &str)]) -> (bool, String) {
     }
     let out = Command::new("systemd-analyze")
         .arg("verify")
-        .arg("--man=no")
         .args(&paths)
+        .env("MANPATH", docs.join("man"))
         .output()
         .unwrap_or_else(|e| panic!("systemd-analyze: {e} (install the systemd package)"));
     let said = format!(
@@ -71,8 +73,11 @@ fn the_systemd_units_verify() {
     assert!(!routed.contains("\nExecReload="), "routed does not reload");
 
     let dir = tempfile::tempdir().expect("tempdir");
+    let docs = dir.path().join("docs");
+    common::ok(Command::new(bin("cubenet-docs")).arg(&docs));
     let (ok, said) = verify(
         dir.path(),
+        &docs,
         &[("overlayd.service", &overlayd), ("routed.service", &routed)],
     );
     assert!(
@@ -82,11 +87,186 @@ fn the_systemd_units_verify() {
 
     // The same check notices a directive that is wrong.
     let bad = overlayd.replace("Type=notify\n", "Type=notfy\nWatchdogSecs=10s\n");
-    let (_, said) = verify(dir.path(), &[("overlayd.service", &bad)]);
+    let (_, said) = verify(dir.path(), &docs, &[("overlayd.service", &bad)]);
     assert!(
         said.contains("notfy") && said.contains("WatchdogSecs"),
         "a bad unit passed systemd-analyze verify:\n{said}"
     );
+    // ... and a man page that is not there.
+    let bad = overlayd.replace("man:overlayd(8)", "man:overlayd(1)");
+    let (_, said) = verify(dir.path(), &docs, &[("overlayd.service", &bad)]);
+    assert!(
+        said.contains("overlayd(1)"),
+        "a missing man page passed systemd-analyze verify:\n{said}"
+    );
+}
+
+/// The subcommands `PROGRAM --help` lists.
+fn help_commands(program: &str) -> Vec<String> {
+    let help = common::ok(Command::new(bin(program)).arg("--help"));
+    help.lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .map(str::to_string)
+        .collect()
+}
+
+/// Renders a man page with warnings on; returns what groff complained of.
+fn groff_warnings(page: &Path) -> String {
+    let out = Command::new("groff")
+        .args(["-man", "-Tutf8", "-ww", "-z"])
+        .arg(page)
+        .output()
+        .unwrap_or_else(|e| panic!("groff: {e} (install groff-base)"));
+    assert!(out.status.success(), "groff {}", page.display());
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn man_pages_and_completions_are_made_from_the_command_lines() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let listed = common::ok(Command::new(bin("cubenet-docs")).arg(dir.path()));
+    let mut want = vec![
+        "man/man8/overlayd.8".to_string(),
+        "man/man8/routed.8".into(),
+        "man/man1/overlay-cert.1".into(),
+        "man/man1/cubenet-lab.1".into(),
+        "man/man5/overlayd.toml.5".into(),
+        "man/man5/routed.toml.5".into(),
+    ];
+    for p in ["overlayd", "routed", "overlay-cert", "cubenet-lab"] {
+        want.push(format!("completions/bash/{p}"));
+        want.push(format!("completions/zsh/_{p}"));
+        want.push(format!("completions/fish/{p}.fish"));
+    }
+    for f in &want {
+        let path = dir.path().join(f);
+        let len = std::fs::metadata(&path)
+            .unwrap_or_else(|e| panic!("{f}: {e}"))
+            .len();
+        assert!(len > 0, "{f} is empty");
+        assert!(listed.contains(&path_str(&path)), "{f} not listed");
+    }
+    assert_eq!(listed.lines().count(), want.len(), "{listed}");
+
+    for page in want.iter().filter(|f| f.starts_with("man/")) {
+        let path = dir.path().join(page);
+        let w = groff_warnings(&path);
+        assert!(w.trim().is_empty(), "{page}: groff warns:\n{w}");
+        // man(1) finds and formats it.
+        let out = Command::new("man")
+            .args(["--warnings", "-l", "-Tutf8"])
+            .arg(&path)
+            .output()
+            .unwrap_or_else(|e| panic!("man: {e} (install man-db)"));
+        assert!(
+            out.status.success() && out.stderr.is_empty(),
+            "man -l {page}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    // Every subcommand of --help has its section in the man page, and is
+    // offered by the bash completion.
+    for (program, section) in [
+        ("overlayd", 8),
+        ("routed", 8),
+        ("overlay-cert", 1),
+        ("cubenet-lab", 1),
+    ] {
+        let page = std::fs::read_to_string(
+            dir.path()
+                .join(format!("man/man{section}/{program}.{section}")),
+        )
+        .expect("page");
+        let bash = std::fs::read_to_string(dir.path().join(format!("completions/bash/{program}")))
+            .expect("bash completion");
+        let commands = help_commands(program);
+        assert!(!commands.is_empty(), "{program} --help lists no commands");
+        for c in commands {
+            let head = format!(".SH \"{} {}\"", program, c)
+                .to_uppercase()
+                .replace('-', "\\-");
+            assert!(page.contains(&head), "{program}({section}) lacks {head}");
+            assert!(bash.contains(&c), "bash completion of {program} lacks {c}");
+        }
+        assert!(page.contains("EXIT STATUS"), "{program}: no EXIT STATUS");
+        let syntax = Command::new("bash")
+            .arg("-n")
+            .arg(dir.path().join(format!("completions/bash/{program}")))
+            .output()
+            .expect("bash");
+        assert!(
+            syntax.status.success(),
+            "completions/bash/{program}: {}",
+            String::from_utf8_lossy(&syntax.stderr)
+        );
+    }
+}
+
+/// The keys of the config structs in a Rust source file (fields of every
+/// `deny_unknown_fields` struct, by their serde name).
+fn config_keys(source: &str) -> Vec<String> {
+    let mut keys = Vec::new();
+    let mut in_struct = false;
+    let mut deny = false;
+    let mut rename = None;
+    for line in source.lines() {
+        if line.starts_with("#[serde(deny_unknown_fields)]") {
+            deny = true;
+        } else if line.starts_with("pub struct ") && line.ends_with('{') {
+            in_struct = deny;
+            deny = false;
+        } else if line == "}" {
+            in_struct = false;
+        } else if in_struct {
+            let t = line.trim();
+            if let Some(r) = t.split("rename = \"").nth(1) {
+                rename = r.split('"').next().map(str::to_string);
+            } else if let Some(field) = t.strip_prefix("pub ") {
+                if let Some((name, _)) = field.split_once(':') {
+                    keys.push(rename.take().unwrap_or_else(|| name.to_string()));
+                }
+            }
+        }
+    }
+    keys
+}
+
+/// The section-5 pages document every key of the config structs: a key
+/// added to a struct without a line in its page fails here.
+#[test]
+fn the_config_pages_name_every_key() {
+    let src = |p: &str| std::fs::read_to_string(repo().join(p)).expect("source");
+    for (page, sources) in [
+        (
+            "man/overlayd.toml.5",
+            vec!["overlayd/src/config.rs", "overlayd/src/firewall.rs"],
+        ),
+        ("man/routed.toml.5", vec!["routed/src/config.rs"]),
+    ] {
+        let text = src(page);
+        let mut n = 0;
+        for s in sources {
+            for key in config_keys(&src(s)) {
+                n += 1;
+                let documented = [
+                    format!("\\fB{key}\\fR"),
+                    format!("[{key}]"),
+                    format!("[[{key}]]"),
+                    // a nested table, [[firewall.inbound]]
+                    format!(".{key}]]"),
+                ]
+                .iter()
+                .any(|form| text.contains(form.as_str()));
+                assert!(documented, "{page} does not document `{key}` ({s})");
+            }
+        }
+        assert!(n > 20, "{page}: only {n} keys found in the sources");
+    }
 }
 
 /// The next notice on `sock` other than a watchdog ping (those are counted).
