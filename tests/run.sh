@@ -30,6 +30,7 @@ needs=(
   systemd-analyze:systemd
   man:man-db
   groff:groff-base
+  promtool:prometheus
 )
 missing=()
 for pair in "${needs[@]}"; do
