@@ -30,6 +30,8 @@ needs=(
   systemd-analyze:systemd
   man:man-db
   groff:groff-base
+  zsh:zsh
+  fish:fish
   promtool:prometheus
 )
 missing=()

@@ -194,16 +194,27 @@ fn man_pages_and_completions_are_made_from_the_command_lines() {
             assert!(bash.contains(&c), "bash completion of {program} lacks {c}");
         }
         assert!(page.contains("EXIT STATUS"), "{program}: no EXIT STATUS");
-        let syntax = Command::new("bash")
-            .arg("-n")
-            .arg(dir.path().join(format!("completions/bash/{program}")))
-            .output()
-            .expect("bash");
-        assert!(
-            syntax.status.success(),
-            "completions/bash/{program}: {}",
-            String::from_utf8_lossy(&syntax.stderr)
-        );
+        // Each shell parses its completion without running it.
+        for (shell, flag, file) in [
+            ("bash", "-n", format!("completions/bash/{program}")),
+            ("zsh", "-n", format!("completions/zsh/_{program}")),
+            (
+                "fish",
+                "--no-execute",
+                format!("completions/fish/{program}.fish"),
+            ),
+        ] {
+            let syntax = Command::new(shell)
+                .arg(flag)
+                .arg(dir.path().join(&file))
+                .output()
+                .unwrap_or_else(|e| panic!("{shell}: {e} (install {shell})"));
+            assert!(
+                syntax.status.success() && syntax.stderr.is_empty(),
+                "{file}: {}",
+                String::from_utf8_lossy(&syntax.stderr)
+            );
+        }
     }
 }
 
@@ -285,6 +296,79 @@ fn next_notice(sock: &UnixDatagram, pings: &mut usize) -> String {
     }
 }
 
+/// A daemon started in a lab node's namespace as systemd starts a
+/// `Type=notify` service with a 400 ms watchdog, and the socket its notices
+/// arrive on.
+struct Notified {
+    child: std::process::Child,
+    sock: UnixDatagram,
+    pings: usize,
+    _dir: tempfile::TempDir,
+}
+
+impl Notified {
+    fn start(lab: &Lab, node: &str, daemon: &str, config: &Path) -> Notified {
+        lab.lab_ok(&["kill", node, "--daemon", daemon]);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let notify = dir.path().join("notify");
+        let sock = UnixDatagram::bind(&notify).expect("bind");
+        sock.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let child = lab.spawn(
+            node,
+            &[
+                "env",
+                &format!("NOTIFY_SOCKET={}", path_str(&notify)),
+                "WATCHDOG_USEC=400000",
+                &path_str(&bin(daemon)),
+                "run",
+                "--config",
+                &path_str(config),
+            ],
+        );
+        Notified {
+            child,
+            sock,
+            pings: 0,
+            _dir: dir,
+        }
+    }
+
+    /// `cubenet-lab exec` execs `ip netns exec`, which execs `env`, which
+    /// execs the daemon: the child is the daemon.
+    fn signal(&self, sig: i32) {
+        let pid = i32::try_from(self.child.id()).expect("pid");
+        // SAFETY: kill(2) on the child this test started and still owns.
+        assert_eq!(unsafe { libc::kill(pid, sig) }, 0, "kill {sig}");
+    }
+
+    fn next(&mut self) -> String {
+        next_notice(&self.sock, &mut self.pings)
+    }
+
+    /// The watchdog wants a ping every 200 ms: waits for two more.
+    fn two_pings(&mut self) {
+        let seen = self.pings;
+        let mut buf = [0u8; 64];
+        while self.pings < seen + 2 {
+            let n = self
+                .sock
+                .recv(&mut buf)
+                .expect("a watchdog ping within 10 s");
+            assert_eq!(&buf[..n], b"WATCHDOG=1");
+            self.pings += 1;
+        }
+    }
+
+    /// SIGTERM: STOPPING=1, then a clean exit.
+    fn stop(mut self) {
+        self.signal(libc::SIGTERM);
+        assert_eq!(self.next(), "STOPPING=1");
+        let status = self.child.wait().expect("wait");
+        assert!(status.success(), "exited {status}");
+    }
+}
+
 /// overlayd as systemd runs it (`Type=notify`, a watchdog): READY=1 once
 /// its control socket answers, watchdog pings, RELOADING=1 and READY=1
 /// around a SIGHUP reload, STOPPING=1 at SIGTERM.
@@ -295,38 +379,11 @@ fn overlayd_tells_systemd_when_it_serves_reloads_and_stops() {
     }
     let lab = Lab::up("[[site]]\nname = \"fra\"\nhosts = 1\n");
     let h1 = lab.node("fra-h1");
-    lab.lab_ok(&["kill", "fra-h1", "--daemon", "overlayd"]);
+    let mut d = Notified::start(&lab, "fra-h1", "overlayd", &h1.overlayd_config);
 
-    let dir = tempfile::tempdir().expect("tempdir");
-    let notify = dir.path().join("notify");
-    let sock = UnixDatagram::bind(&notify).expect("bind");
-    sock.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    let overlayd = bin("overlayd");
-    let mut child = lab.spawn(
-        "fra-h1",
-        &[
-            "env",
-            &format!("NOTIFY_SOCKET={}", path_str(&notify)),
-            "WATCHDOG_USEC=400000",
-            &path_str(&overlayd),
-            "run",
-            "--config",
-            &path_str(&h1.overlayd_config),
-        ],
-    );
-    // `cubenet-lab exec` execs `ip netns exec`, which execs `env`, which
-    // execs overlayd: the child is overlayd.
-    let pid = i32::try_from(child.id()).expect("pid");
-    let signal = |sig| {
-        // SAFETY: kill(2) on the child this test started and still owns.
-        assert_eq!(unsafe { libc::kill(pid, sig) }, 0, "kill {sig}");
-    };
-
-    let mut pings = 0;
-    assert_eq!(next_notice(&sock, &mut pings), "READY=1");
+    assert_eq!(d.next(), "READY=1");
     // Ready means serving: the control socket answers at once.
-    let st = common::ok(Command::new(&overlayd).args([
+    let st = common::ok(Command::new(bin("overlayd")).args([
         "status",
         "--json",
         "--socket",
@@ -334,25 +391,43 @@ fn overlayd_tells_systemd_when_it_serves_reloads_and_stops() {
     ]));
     assert!(st.contains("\"fra-h1\""), "{st}");
 
-    signal(libc::SIGHUP);
-    let r = next_notice(&sock, &mut pings);
+    d.signal(libc::SIGHUP);
+    let r = d.next();
     let usec = r
         .strip_prefix("RELOADING=1\nMONOTONIC_USEC=")
         .unwrap_or_else(|| panic!("expected RELOADING=1, got {r:?}"));
     assert!(usec.parse::<u64>().is_ok_and(|u| u > 0), "{r:?}");
-    assert_eq!(next_notice(&sock, &mut pings), "READY=1");
+    assert_eq!(d.next(), "READY=1");
+    d.two_pings();
+    d.stop();
+}
 
-    // The watchdog wants a ping every 200 ms: wait for two more.
-    let seen = pings;
-    let mut buf = [0u8; 64];
-    while pings < seen + 2 {
-        let n = sock.recv(&mut buf).expect("a watchdog ping within 10 s");
-        assert_eq!(&buf[..n], b"WATCHDOG=1");
-        pings += 1;
+/// routed likewise: READY=1 once its control socket answers, watchdog
+/// pings, STOPPING=1 at SIGTERM (it has no reload).
+#[test]
+fn routed_tells_systemd_when_it_serves_and_stops() {
+    if !netns_or_skip("routed_tells_systemd_when_it_serves_and_stops") {
+        return;
     }
+    let lab = Lab::up("routed = true\n[[site]]\nname = \"fra\"\n[[site]]\nname = \"ams\"\n");
+    let gw = lab.node("fra-gw1");
+    let config = gw.routed_config.clone().expect("routed config");
+    let socket = gw.routed_socket.clone().expect("routed socket");
+    let mut d = Notified::start(&lab, "fra-gw1", "routed", &config);
 
-    signal(libc::SIGTERM);
-    assert_eq!(next_notice(&sock, &mut pings), "STOPPING=1");
-    let status = child.wait().expect("wait");
-    assert!(status.success(), "overlayd exited {status}");
+    assert_eq!(d.next(), "READY=1");
+    let out = common::run(Command::new(bin("routed")).args([
+        "status",
+        "--json",
+        "--socket",
+        &path_str(&socket),
+    ]));
+    // Exit 1 while a neighbour is still connecting; the socket answered.
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("\"ams-gw1\""),
+        "routed status: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    d.two_pings();
+    d.stop();
 }
