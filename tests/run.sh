@@ -27,6 +27,12 @@ needs=(
   bird:bird2
   gobgpd:gobgpd
   jq:jq
+  systemd-analyze:systemd
+  man:man-db
+  groff:groff-base
+  zsh:zsh
+  fish:fish
+  promtool:prometheus
 )
 missing=()
 for pair in "${needs[@]}"; do

@@ -10,6 +10,7 @@
 
 pub mod armor;
 pub mod cert;
+pub mod cli;
 pub mod crl;
 pub mod error;
 pub mod json;

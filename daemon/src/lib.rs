@@ -1,11 +1,12 @@
 //! What overlayd and routed share as daemons: Prometheus metrics, link-flap
-//! damping, the private control socket, logging and CLI plumbing.
+//! damping, the private control socket, logging and CLI plumbing, and notices to systemd.
 
 pub mod config;
 pub mod ctl;
 pub mod damping;
 pub mod metrics;
 pub mod netlink;
+pub mod notify;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;

@@ -16,19 +16,7 @@ use std::process::{Command, Stdio};
 /// The lab's nftables table, in the `netdev` and `inet` families.
 const TABLE: &str = "cubenet_lab";
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Action {
-    /// Set NODE_A's interface on the path down (no carrier).
-    Down,
-    /// Set it up again.
-    Up,
-    /// Drop the pair's traffic silently, both directions, in NODE_A.
-    Drop,
-    /// Remove the pair's drop/loss rules (in both nodes).
-    Heal,
-    /// Drop PCT % of the pair's packets each way, in NODE_A (0 heals).
-    Loss,
-}
+pub use cubenet_lab::cli::Action;
 
 /// Bad usage (unknown node, no path, bad PCT): exit code 2.
 #[derive(Debug)]

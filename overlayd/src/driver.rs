@@ -13,11 +13,12 @@ use crate::batch::{TUN_FLUSH_AT, TUN_HEADROOM};
 use crate::config::Config;
 use crate::identity::Identity;
 use crate::node::{Node, Outbox};
+use cubenet_daemon::notify::{self, Notice, Supervisor};
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io::IoSliceMut;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::Interest;
@@ -431,42 +432,19 @@ pub async fn run(cfg: Config, config_path: PathBuf, identity: Identity) -> Resul
         tracing::warn!("cert_dir: skipped {s}");
     }
 
+    // systemd (Type=notify) hears when this serves, reloads and stops.
+    let supervisor = Arc::new(Supervisor::from_env().map_err(|e| format!("NOTIFY_SOCKET: {e}"))?);
+
     // Reload: shared by SIGHUP and the control socket.
     let reload = {
         let node = node.clone();
         let events = events.clone();
+        let supervisor = supervisor.clone();
         let reload: crate::ctl::Reload = Arc::new(move || {
-            // The firewall rules come from the config file, read again; the
-            // certificates and revocation list from their files. Either
-            // failing refuses the whole reload and keeps what runs.
-            let policy = Config::load(&config_path)
-                .map_err(|e| e.to_string())
-                .and_then(|c| {
-                    c.firewall_policy()
-                        .map(|p| (p, c.firewall.is_some()))
-                        .map_err(|e| format!("{}: {e}", config_path.display()))
-                });
-            let id = Identity::load(&node.cfg, cubenet_certs::time::unix_now())
-                .map_err(|e| e.to_string());
-            match (policy, id) {
-                (Ok((policy, on)), Ok(id)) => {
-                    // A reload cuts sessions (events) and sends nothing.
-                    let r = node.reload_identity(id);
-                    node.flush_events(|e| {
-                        let _ = events.send(e);
-                    });
-                    let cut = node.reload_firewall(policy, on, Instant::now());
-                    tracing::info!(config = %config_path.display(), cut = r.cut.len(), skipped_certs = r.skipped_certs.len(), firewall_flows_cut = cut, "reloaded");
-                    Ok(cubenet_api::overlayd::Reloaded {
-                        reload: r,
-                        firewall_flows_cut: cut,
-                    })
-                }
-                (Err(e), _) | (_, Err(e)) => {
-                    tracing::error!("reload refused, running configuration kept: {e}");
-                    Err(e)
-                }
-            }
+            supervisor.tell(Notice::reloading_now());
+            let r = reload_config(&node, &events, &config_path);
+            supervisor.tell(Notice::Ready);
+            r
         });
         reload
     };
@@ -518,14 +496,31 @@ pub async fn run(cfg: Config, config_path: PathBuf, identity: Identity) -> Resul
     let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
     let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    // Serving: the interface is up, the sockets are bound and the signals
+    // that reload and stop are handled.
+    supervisor.tell(Notice::Ready);
+    let mut watchdog = notify::watchdog_timer(&supervisor);
+    let watchdog_every = supervisor.watchdog_interval().unwrap_or_default();
     loop {
         tokio::select! {
             // The outcome is logged by the reload itself.
             _ = hup.recv() => { let _ = reload(); }
             _ = term.recv() => break,
             _ = int.recv() => break,
+            _ = notify::next_watchdog_tick(&mut watchdog) => {
+                // Alive means the node's timers run: a tick overdue by a
+                // whole watchdog interval (a stuck timer task or lock)
+                // starves the watchdog, and systemd restarts the daemon.
+                let overdue = Instant::now().saturating_duration_since(node.next_deadline());
+                if overdue < watchdog_every {
+                    supervisor.tell(Notice::Watchdog);
+                } else {
+                    tracing::warn!(overdue_ms = overdue.as_millis() as u64, "timers overdue: watchdog not fed");
+                }
+            }
         }
     }
+    supervisor.tell(Notice::Stopping);
     // Tell the peers, then go on forwarding what is already on its way
     // here while they move their traffic elsewhere.
     tracing::info!("overlayd stopping: telling peers, draining until no data arrives");
@@ -552,6 +547,42 @@ pub async fn run(cfg: Config, config_path: PathBuf, identity: Identity) -> Resul
     );
     let _ = std::fs::remove_file(&socket_path);
     Ok(())
+}
+
+/// Reads the config's firewall rules and the certificates and revocation
+/// list again; either failing refuses the whole reload and keeps what runs.
+fn reload_config(
+    node: &Node,
+    events: &crate::ctl::Events,
+    config_path: &Path,
+) -> Result<cubenet_api::overlayd::Reloaded, String> {
+    let policy = Config::load(config_path)
+        .map_err(|e| e.to_string())
+        .and_then(|c| {
+            c.firewall_policy()
+                .map(|p| (p, c.firewall.is_some()))
+                .map_err(|e| format!("{}: {e}", config_path.display()))
+        });
+    let id = Identity::load(&node.cfg, cubenet_certs::time::unix_now()).map_err(|e| e.to_string());
+    match (policy, id) {
+        (Ok((policy, on)), Ok(id)) => {
+            // A reload cuts sessions (events) and sends nothing.
+            let r = node.reload_identity(id);
+            node.flush_events(|e| {
+                let _ = events.send(e);
+            });
+            let cut = node.reload_firewall(policy, on, Instant::now());
+            tracing::info!(config = %config_path.display(), cut = r.cut.len(), skipped_certs = r.skipped_certs.len(), firewall_flows_cut = cut, "reloaded");
+            Ok(cubenet_api::overlayd::Reloaded {
+                reload: r,
+                firewall_flows_cut: cut,
+            })
+        }
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::error!("reload refused, running configuration kept: {e}");
+            Err(e)
+        }
+    }
 }
 
 /// Where the receiver indices start: random, so a restarted node's new

@@ -2,6 +2,7 @@
 //! the load tools (`cubenet-swarm`) and tests speak the same in-band protocol.
 
 pub mod batch;
+pub mod cli;
 pub mod config;
 pub mod ctl;
 pub mod driver;

@@ -4,82 +4,12 @@
 
 use overlayd::{config, driver, firewall, identity};
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::Parser;
 use config::Config;
 use cubenet_api::overlayd as api;
-use std::path::{Path, PathBuf};
+use overlayd::cli::{Cli, Cmd, FirewallCmd, LogFormat};
+use std::path::Path;
 use std::process::ExitCode;
-
-/// The version and the commit this was built from.
-const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("CUBENET_COMMIT"), ")");
-
-#[derive(Parser)]
-#[command(name = "overlayd", version = VERSION, about = "cubenet data plane")]
-struct Cli {
-    /// Log format on stderr.
-    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
-    log_format: LogFormat,
-    #[command(subcommand)]
-    cmd: Cmd,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
-#[derive(Subcommand)]
-enum Cmd {
-    /// Run the daemon.
-    Run {
-        #[arg(long)]
-        config: PathBuf,
-    },
-    /// Check a config and the identity it names, then exit.
-    Check {
-        #[arg(long)]
-        config: PathBuf,
-    },
-    /// Show the running daemon's state.
-    Status {
-        #[arg(long, default_value = config::DEFAULT_SOCKET)]
-        socket: PathBuf,
-        #[arg(long)]
-        json: bool,
-    },
-    /// The firewall, offline.
-    Firewall {
-        #[command(subcommand)]
-        cmd: FirewallCmd,
-    },
-}
-
-#[derive(Subcommand)]
-enum FirewallCmd {
-    /// What the rules of a config do with a flow, and which rule decides:
-    /// a dry run before deploying.
-    Explain {
-        #[arg(long)]
-        config: PathBuf,
-        /// The address opening the flow.
-        #[arg(long)]
-        from: std::net::IpAddr,
-        /// The remote end's certificate (else the config's cert_dir is
-        /// searched); without one only address rules can match.
-        #[arg(long)]
-        from_cert: Option<PathBuf>,
-        #[arg(long)]
-        to: std::net::IpAddr,
-        /// tcp, udp, icmp or any
-        #[arg(long)]
-        proto: String,
-        #[arg(long)]
-        port: Option<u16>,
-        #[arg(long)]
-        json: bool,
-    },
-}
 
 fn init_logs(format: LogFormat) {
     cubenet_daemon::init_logs(matches!(format, LogFormat::Json), "OVERLAYD_LOG");

@@ -9,6 +9,7 @@ use crate::router::{Out, Router};
 use crate::wire;
 use cubenet_api::overlayd as api;
 use cubenet_api::{CallError, Client};
+use cubenet_daemon::notify::{self, Notice, Supervisor};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -383,6 +384,11 @@ pub async fn run(cfg: Config, router: Router) -> Result<(), String> {
     let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
     let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
+    // systemd (Type=notify): serving once the BGP, BFD, control and
+    // metrics sockets are bound and the signals are handled.
+    let supervisor = Supervisor::from_env().map_err(|e| format!("NOTIFY_SOCKET: {e}"))?;
+    supervisor.tell(Notice::Ready);
+    let mut watchdog = notify::watchdog_timer(&supervisor);
     loop {
         tokio::select! {
             _ = term.recv() => break,
@@ -390,8 +396,16 @@ pub async fn run(cfg: Config, router: Router) -> Result<(), String> {
             // Sessions and routes stay; a changed config needs a restart
             // (overlayd keeps forwarding meanwhile).
             _ = hup.recv() => tracing::warn!("SIGHUP: routed does not reload its config yet; restart it to apply changes"),
+            _ = notify::next_watchdog_tick(&mut watchdog) => {
+                // Alive means the router answers: a router lock that is
+                // never released starves the watchdog, and systemd
+                // restarts the daemon.
+                drop(shared.router());
+                supervisor.tell(Notice::Watchdog);
+            }
         }
     }
+    supervisor.tell(Notice::Stopping);
     tracing::info!("routed stopping; overlayd keeps its routes");
     // Every neighbour hears a Cease (administrative shutdown, RFC 4486)
     // now rather than noticing by BFD or the hold timer; the writers get

@@ -3,6 +3,7 @@
 //! the lab, the tests and other tools can use them.
 
 pub mod bfd;
+pub mod cli;
 pub mod config;
 pub mod ctl;
 pub use cubenet_daemon::damping;

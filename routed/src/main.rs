@@ -6,67 +6,16 @@
 
 use routed::{config, driver, router};
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::Parser;
 use config::Config;
 use cubenet_api::client::call_blocking;
 use cubenet_api::routed as api;
 use ipnet::IpNet;
+use routed::cli::{Cli, Cmd, LogFormat};
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Instant;
-
-/// The version and the commit this was built from.
-const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("CUBENET_COMMIT"), ")");
-
-#[derive(Parser)]
-#[command(
-    name = "routed",
-    version = VERSION,
-    about = "cubenet route daemon: BGP + BFD between gateways"
-)]
-struct Cli {
-    /// Log format on stderr.
-    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
-    log_format: LogFormat,
-    #[command(subcommand)]
-    cmd: Cmd,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
-#[derive(Subcommand)]
-enum Cmd {
-    /// Run the daemon.
-    Run {
-        #[arg(long)]
-        config: PathBuf,
-    },
-    /// Check a config and the certificates it names, then exit.
-    Check {
-        #[arg(long)]
-        config: PathBuf,
-    },
-    /// Neighbours: state, BFD, flaps, damping. Exits 1 when a configured
-    /// neighbour is not established.
-    Status {
-        #[arg(long, default_value = config::DEFAULT_SOCKET)]
-        socket: PathBuf,
-        #[arg(long)]
-        json: bool,
-    },
-    /// The best routes: prefix, via, equal-cost paths, origin, age.
-    Routes {
-        #[arg(long, default_value = config::DEFAULT_SOCKET)]
-        socket: PathBuf,
-        #[arg(long)]
-        json: bool,
-    },
-}
 
 /// Everything `run` needs, loaded and checked.
 struct Loaded {

@@ -1,5 +1,6 @@
 //! Operations: the example configs parse, the metrics endpoints answer,
-//! expiring certificates are warned about.
+//! expiring certificates are warned about, and the example dashboard and
+//! alert rules are valid and ask only for metrics the daemons export.
 
 mod common;
 
@@ -142,6 +143,131 @@ fn the_examples_parse() {
     }
 }
 
+fn examples_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
+}
+
+/// Every `cubenet_...` metric name in a text.
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("cubenet_") {
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+            .unwrap_or(tail.len());
+        // Part of a longer identifier (e.g. a rule name) is not a metric.
+        let glued = rest[..i]
+            .chars()
+            .next_back()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !glued {
+            names.insert(tail[..end].to_string());
+        }
+        rest = &tail[end..];
+    }
+    names
+}
+
+/// The metric names the example dashboard and alert rules use.
+fn metrics_used_by_examples() -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    for f in ["grafana/cubenet.json", "prometheus/cubenet-rules.yml"] {
+        let text = std::fs::read_to_string(examples_dir().join(f)).unwrap();
+        names.extend(metric_names(&text));
+    }
+    names
+}
+
+/// Every PromQL query of a Grafana dashboard (panels and variables).
+fn dashboard_queries(v: &serde_json::Value, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, x) in m {
+                match (k.as_str(), x) {
+                    ("expr", serde_json::Value::String(q)) => out.push(q.clone()),
+                    _ => dashboard_queries(x, out),
+                }
+            }
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|x| dashboard_queries(x, out)),
+        _ => {}
+    }
+}
+
+fn promtool(args: &[&str], dir: &Path) -> String {
+    let out = Command::new("promtool")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("promtool: {e} (install prometheus)"));
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "promtool {args:?}:\n{said}");
+    said
+}
+
+/// The alert rules pass `promtool check rules` and their unit tests (each
+/// alert fires on its series, not before its `for`), the example scrape
+/// config checks, and every query of the dashboard is valid PromQL.
+#[test]
+fn the_alert_rules_and_the_dashboard_check() {
+    let dir = examples_dir().join("prometheus");
+    promtool(&["check", "rules", "cubenet-rules.yml"], &dir);
+    promtool(&["test", "rules", "cubenet-rules.test.yml"], &dir);
+    promtool(&["check", "config", "prometheus.yml"], &dir);
+
+    let text = std::fs::read_to_string(examples_dir().join("grafana/cubenet.json")).unwrap();
+    let dash: serde_json::Value = serde_json::from_str(&text).expect("dashboard JSON");
+    let mut ids = std::collections::BTreeSet::new();
+    for p in dash["panels"].as_array().expect("panels") {
+        let id = p["id"].as_u64().expect("panel id");
+        assert!(ids.insert(id), "panel id {id} twice");
+        assert!(
+            p["gridPos"]["w"].as_u64().is_some(),
+            "panel {id} has no gridPos"
+        );
+    }
+    let mut queries = Vec::new();
+    dashboard_queries(&dash, &mut queries);
+    assert!(queries.len() > 20, "{} queries", queries.len());
+    // Each query becomes a recording rule, with Grafana's variables filled
+    // in, so promtool parses it.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for (i, q) in queries.iter().enumerate() {
+        let q = q
+            .replace("$__rate_interval", "5m")
+            .replace("$instance", ".*")
+            .replace("$job", ".*");
+        let q = serde_json::to_string(&q).unwrap();
+        rules.push_str(&format!(
+            "      - record: dashboard_query_{i}\n        expr: {q}\n"
+        ));
+    }
+    std::fs::write(tmp.path().join("dashboard.yml"), rules).unwrap();
+    promtool(&["check", "rules", "dashboard.yml"], tmp.path());
+
+    // Sections of the dashboard and groups of alerts the operators need.
+    let used = metrics_used_by_examples();
+    for m in [
+        "cubenet_routed_neighbor_established",
+        "cubenet_routed_neighbor_bfd_up",
+        "cubenet_routed_neighbor_flaps_total",
+        "cubenet_routed_neighbor_suppressed",
+        "cubenet_routed_routes",
+        "cubenet_overlayd_peer_healthy",
+        "cubenet_overlayd_peer_rx_bytes_total",
+        "cubenet_overlayd_drops_total",
+        "cubenet_overlayd_cert_days_left",
+    ] {
+        assert!(used.contains(m), "the examples do not use {m}");
+    }
+}
+
 fn scrape(lab: &Lab, node: &str, addr: &str) -> String {
     let out = lab.exec(node, &["curl", "-sf", &format!("http://{addr}/metrics")]);
     assert!(out.status.success(), "scraping {addr} in {node}");
@@ -205,6 +331,21 @@ fn metrics_are_scraped_and_expiry_is_warned() {
         "cubenet_routed_neighbor_penalty{neighbor=\"ams-gw1\"}",
     ] {
         assert!(m.contains(want), "routed metrics lack {want:?}:\n{m}");
+    }
+
+    // Every metric the example dashboard and alert rules use has a sample
+    // in these scrapes (a host's overlayd, a gateway's routed).
+    let scraped = format!("{}{m}", scrape(&lab, "fra-h1", "127.0.0.1:9469"));
+    let exported: std::collections::BTreeSet<&str> = scraped
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .collect();
+    for name in metrics_used_by_examples() {
+        assert!(
+            exported.contains(name.as_str()),
+            "the examples use {name}, which no daemon exported:\n{scraped}"
+        );
     }
 }
 
