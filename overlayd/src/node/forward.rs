@@ -241,6 +241,14 @@ impl Node {
     }
 
     pub(super) fn send_to_peer(&self, peer: &Peer, pkt: &[u8], out: &mut Outbox) {
+        self.seal_to_peer(peer, pkt, false, out);
+    }
+
+    /// [`Node::send_to_peer`]; with `note`, remembers the receiver index
+    /// the datagram carries, the index the peer knows this session by, for
+    /// a stale-session hint ([`crate::stale`]). In-band messages (probes
+    /// every interval) keep it current; the data path does not pay for it.
+    fn seal_to_peer(&self, peer: &Peer, pkt: &[u8], note: bool, out: &mut Outbox) {
         let Some(ep) = peer.endpoint() else {
             bump(&self.drops.no_endpoint);
             return;
@@ -249,12 +257,10 @@ impl Node {
         out.net.push_with(ep, (pkt.len() + 32).max(148), |dst| {
             match peer.tunn().encapsulate(pkt, dst) {
                 TunnResult::WriteToNetwork(b) => {
-                    // The index the peer knows this session by, for a
-                    // stale-session hint ([`crate::stale`]). In-band
-                    // messages (probes every interval) keep it current;
-                    // the data path does not pay for it.
-                    if let Some(i) = crate::stale::data_receiver(b) {
-                        peer.remote_index.store(i, Ordering::Relaxed);
+                    if note {
+                        if let Some(i) = crate::stale::data_receiver(b) {
+                            peer.remote_index.store(i, Ordering::Relaxed);
+                        }
                     }
                     Some(b.len())
                 }
@@ -265,7 +271,7 @@ impl Node {
     }
 
     pub(super) fn send_message(&self, peer: &Peer, m: &Message, out: &mut Outbox) {
-        self.send_to_peer(peer, &m.encode(), out);
+        self.seal_to_peer(peer, &m.encode(), true, out);
     }
 
     /// A packet from our TUN into `peer`'s tunnel, its MSS clamped to what
