@@ -791,6 +791,11 @@ impl Swarm {
             // A new session, maybe with a new gateway process: present the
             // certificate at once, and count on it only once acknowledged.
             self.c.handshakes += 1;
+            // A hint about the session before must not end this one.
+            let old = std::mem::take(&mut self.hosts[i].remote_idx);
+            if self.by_remote.get(&old) == Some(&i) {
+                self.by_remote.remove(&old);
+            }
             if self.hosts[i].attached {
                 self.hosts[i].attached = false;
                 self.attached -= 1;

@@ -200,6 +200,12 @@ impl Node {
                 peer.set_endpoint(from);
             }
             let handshake = matches!(kind, Kind::Response | Kind::Initiation);
+            if handshake {
+                // A new session: a stale-session hint naming the index of
+                // the one before (already on its way) must not take this
+                // one down. The next in-band message notes the new index.
+                peer.remote_index.store(0, Ordering::Relaxed);
+            }
             // A load first: the swap would write a shared line per packet.
             let first_data = kind == Kind::Data
                 && !peer.confirmed.load(Ordering::Relaxed)
