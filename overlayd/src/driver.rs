@@ -494,7 +494,16 @@ pub async fn run(cfg: Config, config_path: PathBuf, identity: Identity) -> Resul
     let uapi_path = match uapi_path.map(|p| (crate::uapi_socket::bind(&p), p)) {
         Some((Ok(l), p)) => {
             tracing::debug!(socket = %p.display(), "UAPI socket for wg show");
-            tokio::spawn(crate::uapi_socket::serve(l, node.clone()));
+            let n = node.clone();
+            tokio::spawn(crate::uapi_socket::serve(
+                l,
+                Arc::new(move || {
+                    let unix = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap_or_default();
+                    n.wg_device(Instant::now(), unix)
+                }),
+            ));
             Some(p)
         }
         Some((Err(e), p)) => {

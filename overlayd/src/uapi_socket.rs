@@ -10,13 +10,12 @@
 //! [`MAX_LINE`] bytes and the body of a (refused) `set=1` read and dropped
 //! up to [`MAX_SET_BODY`] bytes.
 
-use crate::node::Node;
-use crate::uapi::{self, Operation};
+use crate::uapi::{self, Device, Operation};
 use cubenet_daemon::ctl::{read_request_line, RequestLine};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
@@ -50,8 +49,12 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     cubenet_daemon::bind_private_socket(path)
 }
 
+/// What a `get=1` shows, read when asked (the driver's: the node's
+/// [`crate::node::Node::wg_device`] now).
+pub type View = Arc<dyn Fn() -> Device + Send + Sync>;
+
 /// Answers `wg` on `listener` until the process ends.
-pub async fn serve(listener: UnixListener, node: Arc<Node>) {
+pub async fn serve(listener: UnixListener, view: View) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else {
@@ -64,10 +67,10 @@ pub async fn serve(listener: UnixListener, node: Arc<Node>) {
                 continue;
             }
         };
-        let node = node.clone();
+        let view = view.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            if let Err(e) = connection(stream, &node).await {
+            if let Err(e) = connection(stream, &view).await {
                 tracing::debug!("UAPI connection closed: {e}");
             }
         });
@@ -76,7 +79,7 @@ pub async fn serve(listener: UnixListener, node: Arc<Node>) {
 
 /// Serves requests until the client closes, breaks the protocol or is
 /// too slow.
-async fn connection(stream: UnixStream, node: &Node) -> std::io::Result<()> {
+async fn connection(stream: UnixStream, view: &View) -> std::io::Result<()> {
     let (r, mut w) = stream.into_split();
     let mut r = BufReader::new(r);
     let mut buf = Vec::new();
@@ -86,13 +89,7 @@ async fn connection(stream: UnixStream, node: &Node) -> std::io::Result<()> {
             Err(_) => return Err(std::io::Error::other("no request within the deadline")),
             Ok(Err(e)) => return Err(e),
             Ok(Ok(Request::Eof)) => return Ok(()),
-            Ok(Ok(Request::Get)) => {
-                let unix = SystemTime::now()
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .unwrap_or_default();
-                let d = node.wg_device(Instant::now(), unix);
-                (uapi::render_get(&d), false)
-            }
+            Ok(Ok(Request::Get)) => (uapi::render_get(&view()), false),
             Ok(Ok(Request::Set)) => {
                 tracing::info!(
                     "UAPI set=1 refused: overlayd is configured by overlayd.toml and certificates"
@@ -193,6 +190,78 @@ mod tests {
             if matches!(out.last(), Some(&"eof" | &"bad, closing")) {
                 return out;
             }
+        }
+    }
+
+    fn served(dir: &Path) -> PathBuf {
+        let path = dir.join("wireguard").join("cube0.sock");
+        let l = bind(&path).unwrap();
+        let view: View = Arc::new(|| Device {
+            listen_port: 51820,
+            peers: vec![],
+        });
+        tokio::spawn(serve(l, view));
+        path
+    }
+
+    async fn ask(path: &Path, req: &[u8]) -> String {
+        use tokio::io::AsyncReadExt;
+        let mut s = UnixStream::connect(path).await.unwrap();
+        s.write_all(req).await.unwrap();
+        s.shutdown().await.unwrap();
+        let mut r = String::new();
+        s.read_to_string(&mut r).await.unwrap();
+        r
+    }
+
+    #[tokio::test]
+    async fn the_socket_answers_get_refuses_set_and_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = served(dir.path());
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(path.parent().unwrap()), 0o755);
+        assert_eq!(
+            ask(&path, b"get=1\n\n").await,
+            "listen_port=51820\nerrno=0\n\n"
+        );
+        assert_eq!(
+            ask(&path, b"set=1\nlisten_port=1\n\nget=1\n\n").await,
+            "errno=-1\n\nlisten_port=51820\nerrno=0\n\n"
+        );
+        assert_eq!(ask(&path, b"hello\n\nget=1\n\n").await, "errno=-22\n\n");
+        // A second daemon finds it in use; a stale one is replaced.
+        assert_eq!(
+            bind(&path).unwrap_err().kind(),
+            std::io::ErrorKind::AddrInUse
+        );
+        let stale = dir.path().join("wireguard").join("stale.sock");
+        drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+        assert!(stale.exists());
+        assert!(bind(&stale).is_ok());
+    }
+
+    /// Clients that connect and never ask hold a place for [`DEADLINE`]
+    /// at most (tokio's paused clock moves it).
+    #[tokio::test(start_paused = true)]
+    async fn idle_clients_hold_their_place_only_until_their_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = served(dir.path());
+        let mut idle = Vec::new();
+        for _ in 0..MAX_CONNECTIONS {
+            idle.push(UnixStream::connect(&path).await.unwrap());
+        }
+        let t0 = tokio::time::Instant::now();
+        assert_eq!(
+            ask(&path, b"get=1\n\n").await,
+            "listen_port=51820\nerrno=0\n\n"
+        );
+        assert!(t0.elapsed() >= DEADLINE);
+        for mut c in idle {
+            use tokio::io::AsyncReadExt;
+            let mut b = [0u8; 1];
+            assert_eq!(c.read(&mut b).await.unwrap(), 0, "an idle client stayed");
         }
     }
 
