@@ -265,6 +265,29 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Any bytes are requests, refusals or the end, never a panic, and
+        /// reading ends.
+        #[test]
+        fn any_bytes_are_read_without_a_panic(
+            input in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::strategy::Just(b'\n'),
+                    proptest::strategy::Just(b'='),
+                    proptest::num::u8::ANY,
+                ],
+                0..2000,
+            ),
+            prefix in proptest::sample::select(vec![&b""[..], b"get=1\n", b"set=1\n"]),
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let mut bytes = prefix.to_vec();
+            bytes.extend_from_slice(&input);
+            let out = rt.block_on(request(&bytes));
+            proptest::prop_assert!(out.len() <= bytes.len() + 1);
+        }
+    }
+
     #[tokio::test]
     async fn requests_are_read_to_their_blank_line() {
         assert_eq!(request(b"get=1\n\n").await, ["get", "eof"]);
