@@ -739,6 +739,39 @@ fn ensure_stopped(lab: &Lab, n: &Node, pid_name: &str) -> Result<()> {
     Ok(())
 }
 
+/// `ip netns exec` into the node's namespace, with (overlayd nodes) its own
+/// `/var/run/wireguard` ([`Node::wireguard_dir`]); the command to run
+/// follows. It is exec'd in the end, so it keeps the pid of this command.
+pub fn in_namespace(n: &Node) -> Result<Command> {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", &n.namespace]);
+    if let Some(dir) = n.wireguard_dir() {
+        // The mount point on the machine, as wireguard-go makes it.
+        for d in [Path::new(WIREGUARD_DIR), &dir] {
+            if !d.exists() {
+                use std::os::unix::fs::DirBuilderExt;
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o755)
+                    .create(d)
+                    .with_context(|| format!("{}: creating {}", n.name, d.display()))?;
+            }
+        }
+        c.args([
+            "sh",
+            "-c",
+            "mount --bind \"$1\" \"$2\" || echo \"cubenet-lab: $2 is the machine's here\" >&2; shift 2; exec \"$@\"",
+            "sh",
+        ])
+        .arg(dir)
+        .arg(WIREGUARD_DIR);
+    }
+    Ok(c)
+}
+
+/// Where wireguard-tools looks for userspace interfaces.
+const WIREGUARD_DIR: &str = "/var/run/wireguard";
+
 /// Starts `argv` in the node's namespace, in its own process group, logging
 /// to `log`, and records its pid as `pid_name`. `hint` follows a start
 /// error (e.g. which package provides the program).
@@ -755,8 +788,7 @@ fn spawn_detached(
         .append(true)
         .open(log)
         .with_context(|| format!("{}: opening {}", n.name, log.display()))?;
-    let child = Command::new("ip")
-        .args(["netns", "exec", &n.namespace])
+    let child = in_namespace(n)?
         .args(argv)
         .stdin(Stdio::null())
         .stdout(log_file.try_clone()?)

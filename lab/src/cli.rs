@@ -26,7 +26,8 @@ pub enum Cmd {
         #[arg(long)]
         dir: PathBuf,
     },
-    /// Run a command in a node's namespace.
+    /// Run a command in a node's namespace (on an overlayd node with the
+    /// node's own /var/run/wireguard, so `wg show cube0` asks its overlayd).
     Exec {
         dir: PathBuf,
         node: String,

@@ -15,7 +15,7 @@ use anyhow::{bail, Result};
 use clap::Parser;
 use cubenet_lab::cli::{Cli, Cmd};
 use state::Lab;
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 
 /// A closed pipe (`| head`) ends this command quietly, as for any Unix tool,
 /// instead of a panic in `println!`.
@@ -62,10 +62,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             // Replace this process (`ip netns exec` execs in turn), so the
             // command gets signals sent to us and nothing outlives a kill.
             use std::os::unix::process::CommandExt;
-            let e = Command::new("ip")
-                .args(["netns", "exec", &n.namespace])
-                .args(&cmd)
-                .exec();
+            let e = build::in_namespace(n)?.args(&cmd).exec();
             bail!("running {cmd:?} in {}: {e}", n.namespace);
         }
         Cmd::Addr { dir, node } => {

@@ -42,6 +42,16 @@ impl Node {
             .map(|c| c.with_file_name("routed.log"))
     }
 
+    /// The node's own `/var/run/wireguard` (overlayd nodes). The lab's
+    /// namespaces share the machine's filesystem, where every overlayd's
+    /// UAPI socket would be `cube0.sock`; so each daemon of the node, and
+    /// each command `cubenet-lab exec` runs there, sees this directory
+    /// there instead (a bind mount in the mount namespace `ip netns exec`
+    /// makes for it), and `wg show cube0` in the node asks its overlayd.
+    pub fn wireguard_dir(&self) -> Option<PathBuf> {
+        (self.kind == "overlayd").then(|| self.overlayd_config.with_file_name("wireguard"))
+    }
+
     /// The node's IPv4 virtual address, without prefix length.
     pub fn virtual_v4(&self) -> Option<std::net::Ipv4Addr> {
         self.addresses

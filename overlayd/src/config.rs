@@ -87,6 +87,13 @@ pub struct Interface {
     /// section); off: every tunnel is assumed to carry `mtu`.
     #[serde(default = "yes")]
     pub path_mtu_discovery: bool,
+    /// Answer WireGuard's userspace configuration protocol on
+    /// `/var/run/wireguard/<name>.sock` (0600), so `wg show <name>` lists
+    /// the peers: read-only (`wg set` is refused), the private key never
+    /// shown. A socket that cannot be bound (another daemon answers on it,
+    /// a read-only /var/run) is logged and overlayd runs without it.
+    #[serde(default = "yes")]
+    pub uapi: bool,
 }
 
 fn one() -> usize {
@@ -108,6 +115,7 @@ impl Default for Interface {
             routes: Vec::new(),
             clamp_mss: true,
             path_mtu_discovery: true,
+            uapi: true,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The tokio driver: owns the TUN and UDP sockets, feeds [`Node`] and sends
 //! what it returns. One task reads the TUN, one per UDP socket reads the
-//! network, one ticks the timers, one serves the control socket.
+//! network, one ticks the timers, one serves the control socket and one the
+//! UAPI socket `wg show` reads.
 //!
 //! The fast path: the TUN is opened with offload (IFF_VNET_HDR), so one read
 //! brings a whole TCP super-packet that tun-rs splits into segments, and one
@@ -482,6 +483,39 @@ pub async fn run(cfg: Config, config_path: PathBuf, identity: Identity) -> Resul
         reload.clone(),
         events.clone(),
     ));
+    // `wg show`: a view of the peers, so a socket that cannot be bound
+    // (another daemon answers on it, /var/run read-only) is logged and
+    // overlayd runs without it.
+    let uapi_path = node
+        .cfg
+        .interface
+        .uapi
+        .then(|| crate::uapi_socket::socket_path(&ifname));
+    let uapi_path = match uapi_path.map(|p| (crate::uapi_socket::bind(&p), p)) {
+        Some((Ok(l), p)) => {
+            tracing::debug!(socket = %p.display(), "UAPI socket for wg show");
+            let n = node.clone();
+            tokio::spawn(crate::uapi_socket::serve(
+                l,
+                Arc::new(move || {
+                    let unix = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap_or_default();
+                    n.wg_device(Instant::now(), unix)
+                }),
+            ));
+            Some(p)
+        }
+        Some((Err(e), p)) => {
+            tracing::warn!(
+                "UAPI socket {}: {e}; `wg show {ifname}` will not list this node's peers \
+                 (interface.uapi = false turns it off)",
+                p.display()
+            );
+            None
+        }
+        None => None,
+    };
     if let Some(addr) = node.cfg.metrics_listen {
         let l = tokio::net::TcpListener::bind(addr)
             .await
@@ -546,6 +580,9 @@ pub async fn run(cfg: Config, config_path: PathBuf, identity: Identity) -> Resul
         "overlayd stopped"
     );
     let _ = std::fs::remove_file(&socket_path);
+    if let Some(p) = uapi_path {
+        let _ = std::fs::remove_file(p);
+    }
     Ok(())
 }
 

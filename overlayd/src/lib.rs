@@ -22,6 +22,8 @@ pub mod pmtu;
 pub mod prom;
 pub mod stale;
 pub mod sys;
+pub mod uapi;
+pub mod uapi_socket;
 
 /// Standard base64, as keys are written in configs and status.
 pub fn b64(b: &[u8]) -> String {

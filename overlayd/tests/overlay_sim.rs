@@ -595,6 +595,53 @@ fn a_host_attaches_to_both_gateways_and_sends_through_the_first() {
     assert!(net.nodes[g].tun.contains(&pkt), "not delivered");
 }
 
+/// What `wg show` gets (UAPI `get=1`): each peer's handshake as a Unix
+/// time (the wall clock less the time since, on the node's own clock),
+/// the counters of `status`, the sources accepted as allowed IPs and the
+/// keepalive of the tunnels a host keeps to its gateways.
+#[test]
+fn wg_show_dates_handshakes_on_the_wall_clock_and_lists_what_status_lists() {
+    let mut net = Net::site(2);
+    converged(&mut net);
+    net.run_for(Duration::from_millis(2500));
+    // A wall clock with nanoseconds, far from the node's own.
+    let wall = Duration::new(1_900_000_000, 123_456_789);
+    for (node, peer) in [("fra-gw1", "fra-h1"), ("fra-h1", "fra-gw1")] {
+        let st = net.peer(node, peer);
+        let n = &net.nodes[net.index(node)].node;
+        let dev = n.wg_device(net.now, wall);
+        assert_eq!(dev.listen_port, net.nodes[net.index(node)].addr.port());
+        let p = dev
+            .peers
+            .iter()
+            .find(|p| overlayd::b64(&p.public_key) == st.public_key)
+            .unwrap_or_else(|| panic!("{node}: no {peer} in {dev:?}"));
+        let since = Duration::from_secs_f64(st.last_handshake_s.expect("a handshake"));
+        assert!(since >= Duration::from_secs(2), "{since:?}");
+        let at = p.last_handshake.expect("dated");
+        let off = (wall - since).as_secs_f64() - at.as_secs_f64();
+        assert!(off.abs() < 1e-3, "{node}: {at:?} vs {:?}", wall - since);
+        assert_eq!((p.rx_bytes, p.tx_bytes), (st.rx_bytes, st.tx_bytes));
+        assert!(p.rx_bytes > 0 && p.tx_bytes > 0);
+        assert_eq!(p.endpoint, st.endpoint);
+        let ips: Vec<String> = p.allowed_ips.iter().map(|n| n.to_string()).collect();
+        if node == "fra-gw1" {
+            let want: Vec<String> = st
+                .addresses
+                .iter()
+                .map(|a| ipnet::IpNet::from(*a).to_string())
+                .collect();
+            assert_eq!(ips, want);
+            assert_eq!(p.persistent_keepalive, None);
+        } else {
+            assert_eq!(ips, ["0.0.0.0/0", "::/0"]);
+            assert_eq!(p.persistent_keepalive, Some(25));
+        }
+        let text = overlayd::uapi::render_get(&dev);
+        assert!(text.ends_with("errno=0\n\n") && !text.contains("private_key"));
+    }
+}
+
 /// A host's first packets after it starts wait, bounded, for a usable
 /// gateway instead of being dropped as having no route: sent before its
 /// first handshake, they arrive once a tunnel is up and answers a probe

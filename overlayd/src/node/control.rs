@@ -159,6 +159,98 @@ impl Node {
         }
     }
 
+    /// What `wg show` shows (UAPI `get=1`, [`crate::uapi`]): every peer
+    /// with its key, endpoint, counters, keepalive and, as allowed IPs, the
+    /// sources this node accepts from it (WireGuard's allowed IPs filter
+    /// what comes in as well as choose where packets go; here forwarding
+    /// is by the table `overlayd status` shows, so what they show is the
+    /// incoming side, as `check_inner` decides): a host's certificate
+    /// addresses; any source from a gateway a host chose; from another
+    /// gateway the CA's networks, its certificate's subnets and the
+    /// prefixes outside those that the table routes via it; nothing from a
+    /// peer whose certificate is not validated yet. `unix_now` (the wall
+    /// clock) dates the handshakes, which the node keeps on `now`'s clock.
+    pub fn wg_device(&self, now: Instant, unix_now: Duration) -> crate::uapi::Device {
+        let (list, handshakes) = {
+            let c = self.ctl();
+            let hs: HashMap<PeerId, Option<Instant>> = c
+                .peers
+                .values()
+                .filter_map(|p| Some((p.index, c.peers.ctl(p.index)?.handshake_at)))
+                .collect();
+            (sorted(c.peer_list()), hs)
+        };
+        let id = self.identity();
+        let ca = id.trust.ca();
+        // Routes via other gateways beyond what they are accepted for
+        // anyway: one pass over the table for all peers.
+        let mut routed: HashMap<PeerId, Vec<IpNet>> = HashMap::new();
+        if id.role() == Role::Gateway {
+            for r in self.fib.load().rows() {
+                let NextHop::Peers(ps) = &r.next else {
+                    continue;
+                };
+                if ca.covers_net(&r.prefix) {
+                    continue;
+                }
+                for p in ps {
+                    routed.entry(*p).or_default().push(r.prefix);
+                }
+            }
+        }
+        let peers = list
+            .iter()
+            .map(|p| {
+                let allowed_ips = match p.cert() {
+                    None => Vec::new(),
+                    Some(cert) => match cert.role() {
+                        Role::Host => cert
+                            .body
+                            .addresses
+                            .iter()
+                            .map(|a| IpNet::from(a.addr()))
+                            .collect(),
+                        Role::Gateway if id.role() == Role::Host && p.configured.is_some() => {
+                            // Any source, as `check_inner` takes it.
+                            vec![
+                                IpNet::V4(ipnet::Ipv4Net::default()),
+                                IpNet::V6(ipnet::Ipv6Net::default()),
+                            ]
+                        }
+                        Role::Gateway => {
+                            let mut v = ca.body.networks.clone();
+                            let beyond = cert.body.subnets.iter().filter(|n| !ca.covers_net(n));
+                            for n in beyond.chain(routed.get(&p.index).into_iter().flatten()) {
+                                if !v.contains(n) {
+                                    v.push(*n);
+                                }
+                            }
+                            v
+                        }
+                    },
+                };
+                let since = handshakes
+                    .get(&p.index)
+                    .copied()
+                    .flatten()
+                    .map(|t| now.saturating_duration_since(t));
+                crate::uapi::DevicePeer {
+                    public_key: p.public_key,
+                    endpoint: p.endpoint(),
+                    last_handshake: since.and_then(|d| unix_now.checked_sub(d)),
+                    rx_bytes: p.rx_bytes.load(Ordering::Relaxed),
+                    tx_bytes: p.tx_bytes.load(Ordering::Relaxed),
+                    persistent_keepalive: p.tunn().persistent_keepalive(),
+                    allowed_ips,
+                }
+            })
+            .collect();
+        crate::uapi::Device {
+            listen_port: self.cfg.listen.first().map_or(0, |a| a.port()),
+            peers,
+        }
+    }
+
     /// The peers attached here now (routed announces the hosts of them).
     pub fn attached(&self) -> api::AttachedPeers {
         let peers = sorted(self.ctl().peer_list())
