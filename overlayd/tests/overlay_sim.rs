@@ -768,6 +768,17 @@ fn a_leaving_host_is_detached_by_its_gateways_with_its_role() {
         attached.iter().all(|p| p.role != ApiRole::Host),
         "{attached:?}"
     );
+    // It drains for up to 3 s before it exits, ticking all the while: it
+    // must not handshake its way back in meanwhile (it did, unanswered
+    // probes making it retry, and stayed announced until it exited).
+    net.run_for(Duration::from_secs(3));
+    for gw in ["fra-gw1", "fra-gw2"] {
+        let attached = net.nodes[net.index(gw)].node.attached().peers;
+        assert!(
+            attached.iter().all(|p| p.role != ApiRole::Host),
+            "{gw}: {attached:?}"
+        );
+    }
 }
 
 #[test]

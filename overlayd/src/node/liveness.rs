@@ -386,6 +386,13 @@ impl Node {
             // this handshake: both at once collide and drop a few hundred
             // milliseconds of traffic. (A gateway that restarts initiates
             // to every gateway it knows anyway.)
+            // Leaving: the peers were told and dropped our sessions. A
+            // handshake now would bring this node back for the rest of
+            // the drain (a host re-attached until it exits), and probes
+            // would only draw stale-session hints.
+            if self.leaving.load(Ordering::Relaxed) {
+                continue;
+            }
             let we_initiate =
                 self.role() == Role::Host || self.public.as_bytes() < &peer.public_key;
             if !peer.healthy() {

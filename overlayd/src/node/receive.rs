@@ -64,7 +64,7 @@ impl Node {
     /// act on it: a gateway that restarts initiates to its gateways itself,
     /// and a host has only its few configured gateways to look through.
     fn on_stale_hint(&self, index: u32, from: SocketAddr, now: Instant, out: &mut Outbox) {
-        if self.role() != Role::Host || index == 0 {
+        if self.role() != Role::Host || index == 0 || self.leaving.load(Ordering::Relaxed) {
             bump(&self.drops.invalid);
             return;
         }
