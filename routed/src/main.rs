@@ -117,6 +117,26 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Cmd::Reload { socket, json } => {
+            match call_blocking::<_, api::Reloaded>(&socket, &api::Request::Reload) {
+                Ok(r) => {
+                    if json {
+                        println!("{}", cubenet_api::pretty(&cubenet_api::Reply::Ok(&r)));
+                    } else {
+                        print_reloaded(&r);
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e @ cubenet_api::CallError::Refused(_)) => {
+                    eprintln!("routed: reload refused: {e}");
+                    ExitCode::from(2)
+                }
+                Err(e) => {
+                    eprintln!("routed: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Cmd::Routes { socket, json } => {
             match call_blocking::<_, api::Routes>(&socket, &api::Request::Routes) {
                 Ok(rs) => {
@@ -184,6 +204,30 @@ fn print_status(st: &api::Status) {
             println!("{:<12} history: {}", "", hist.join(", "));
         }
     }
+}
+
+fn print_reloaded(r: &api::Reloaded) {
+    let names = |v: &[String]| {
+        if v.is_empty() {
+            "-".to_string()
+        } else {
+            v.join(", ")
+        }
+    };
+    let nets = |v: &[ipnet::IpNet]| names(&v.iter().map(|p| p.to_string()).collect::<Vec<_>>());
+    let reset: Vec<String> = r
+        .reset
+        .iter()
+        .map(|x| format!("{} ({})", x.name, x.changed.join(", ")))
+        .collect();
+    println!("reloaded");
+    println!("neighbours added:    {}", names(&r.added));
+    println!("neighbours removed:  {}", names(&r.removed));
+    println!("neighbours reset:    {}", names(&reset));
+    println!("export updated:      {}", names(&r.updated));
+    println!("prefixes added:      {}", nets(&r.prefixes_added));
+    println!("prefixes removed:    {}", nets(&r.prefixes_removed));
+    println!("probes changed:      {}", nets(&r.probes_changed));
 }
 
 fn print_routes(rs: &api::Routes) {
