@@ -2215,6 +2215,141 @@ mod tests {
         assert!(sent(&mut r).0.is_empty());
     }
 
+    /// What a reload counts as a change: an export policy alone is
+    /// applied on the running session; `[bfd]` resets the neighbours that
+    /// run BFD and no other; `[timers]` resets every one; the order of the
+    /// list is no change. Each reset is a Cease "other configuration
+    /// change" on its connection.
+    #[test]
+    fn what_a_reload_resets() {
+        let text = |global: &str, export_a: &str, swap: bool| {
+            let a = format!(
+                "[[neighbor]]\nname = \"a\"\naddress = \"10.77.1.9\"\nasn = 65010\nbfd = false\n\
+                 import = [\"192.168.0.0/16\"]\nexport = \"{export_a}\"\n"
+            );
+            let b = "[[neighbor]]\nname = \"b\"\naddress = \"10.77.2.1\"\nasn = 4200000201\n\
+                     import = \"overlay\"\nexport = \"all\"\n";
+            let (x, y) = if swap {
+                (b.to_string(), a)
+            } else {
+                (a, b.to_string())
+            };
+            Config::parse(&format!(
+                "asn = 4200000101\nrouter_id = \"10.77.1.1\"\nca = \"-\"\ncert = \"-\"\n{global}\n{x}{y}"
+            ))
+            .unwrap()
+        };
+        let certs = Certified {
+            networks: vec!["10.77.0.0/16".parse().unwrap()],
+            neighbor_subnets: vec![vec![], vec![]],
+            ..Certified::default()
+        };
+        let now = Instant::now();
+        let mut r = Router::new(
+            text("", "all", false),
+            certs.networks.clone(),
+            vec![],
+            None,
+            vec![vec![], vec![]],
+            now,
+            1,
+        )
+        .unwrap();
+        establish(
+            &mut r,
+            NeighborId(0),
+            65010,
+            Ipv4Addr::new(10, 77, 1, 9),
+            now,
+        );
+        establish(
+            &mut r,
+            NeighborId(1),
+            4200000201,
+            Ipv4Addr::new(10, 77, 2, 1),
+            now,
+        );
+        r.attach(&["10.77.1.11".parse().unwrap()], now);
+        r.drain();
+        let ceases = |r: &mut Router| -> Vec<String> {
+            r.drain()
+                .iter()
+                .filter_map(|o| match o {
+                    Out::Send { n, bytes, .. } => match wire::decode(bytes) {
+                        Ok(Message::Notification(x))
+                            if x.reason
+                                == wire::Reason::Cease(wire::Cease::OtherConfigurationChange) =>
+                        {
+                            Some(r.neighbors[*n].cfg.name.clone())
+                        }
+                        _ => None,
+                    },
+                    _ => None,
+                })
+                .collect()
+        };
+        let up = |r: &Router, name: &str| {
+            r.status(now)
+                .neighbors
+                .iter()
+                .any(|n| n.name == name && n.state == api::SessionState::Established)
+        };
+        // The same config in another order: nothing.
+        let rep = r
+            .reconfigure(text("", "all", true), certs.clone(), now)
+            .unwrap();
+        assert_eq!(rep, api::Reloaded::default());
+        assert_eq!(r.status(now).neighbors[0].name, "b");
+        // Export "none" for a: our host route is withdrawn from it, no reset.
+        let rep = r
+            .reconfigure(text("", "none", true), certs.clone(), now)
+            .unwrap();
+        assert_eq!(rep.updated, vec!["a"]);
+        assert!(rep.reset.is_empty());
+        let withdrawn = r.drain().iter().any(|o| matches!(o, Out::Send { n: NeighborId(0), bytes, .. }
+            if matches!(wire::decode(bytes), Ok(Message::Update(u)) if u.withdrawn == vec!["10.77.1.11/32".parse::<IpNet>().unwrap()])));
+        assert!(withdrawn);
+        assert!(up(&r, "a") && up(&r, "b"));
+        // [bfd]: b runs BFD, a does not.
+        let rep = r
+            .reconfigure(
+                text("[bfd]\ninterval_ms = 100\n", "none", true),
+                certs.clone(),
+                now,
+            )
+            .unwrap();
+        assert_eq!(
+            rep.reset,
+            vec![api::ResetNeighbor {
+                name: "b".into(),
+                changed: vec!["[bfd]".into()]
+            }]
+        );
+        assert_eq!(ceases(&mut r), vec!["b"]);
+        assert!(up(&r, "a") && !up(&r, "b"));
+        // [timers]: both.
+        let rep = r
+            .reconfigure(
+                text(
+                    "[timers]\nhold_time_s = 30\n[bfd]\ninterval_ms = 100\n",
+                    "none",
+                    true,
+                ),
+                certs,
+                now,
+            )
+            .unwrap();
+        let mut reset: Vec<String> = rep.reset.iter().map(|x| x.name.clone()).collect();
+        reset.sort();
+        assert_eq!(reset, vec!["a", "b"]);
+        assert!(rep.reset.iter().all(|x| x.changed == vec!["timers"]));
+        assert_eq!(ceases(&mut r), vec!["a"], "b had no connection left");
+        assert_eq!(r.status(now).neighbors.len(), 2);
+        let a = r.neighbor_by_addr("10.77.1.9".parse().unwrap()).unwrap();
+        assert_eq!(r.neighbors[a].session.cfg.hold_time, 30);
+        assert_eq!(r.neighbors[a].flaps, 1);
+    }
+
     #[test]
     fn an_announcement_the_cert_does_not_allow_is_refused() {
         let cfg = Config::parse(
