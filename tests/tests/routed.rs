@@ -659,8 +659,10 @@ fn a_gateway_gains_a_neighbour_by_sighup_and_no_other_session_moves() {
     if !netns_or_skip("a_gateway_gains_a_neighbour_by_sighup_and_no_other_session_moves") {
         return;
     }
+    // BFD at 300 ms x 3: a loaded test machine that stalls the daemons
+    // for a few hundred ms must not look like a session that moved.
     let lab = Lab::up(
-        "routed = true\nbfd_interval_ms = 100\n\
+        "routed = true\nbfd_interval_ms = 300\n\
          [[site]]\nname = \"fra\"\n[[site]]\nname = \"ams\"\n[[site]]\nname = \"par\"\n",
     );
     lab.lab_ok(&["wait"]);
@@ -727,6 +729,17 @@ fn a_gateway_gains_a_neighbour_by_sighup_and_no_other_session_moves() {
     let n = refused(&lab);
     lab.reload("fra-gw1", "routed.toml", "routed", |t| t);
     lab.wait_for("the SIGHUP reload refused in the log", |l| refused(l) > n);
+    let log = std::fs::read_to_string(lab.path().join("nodes/fra-gw1/routed.log")).unwrap();
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("reload refused"))
+        .unwrap();
+    assert!(line.contains("ERROR"), "{line}");
+    assert!(
+        line.contains(&file.display().to_string()) && line.contains("hold_time_s_typo"),
+        "{line}"
+    );
     // Fixed settings are refused by key.
     let moved = full[0].replace("router_id = \"10.77.1.1\"", "router_id = \"10.77.1.99\"");
     assert_ne!(moved, full[0]);
