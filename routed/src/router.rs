@@ -759,12 +759,17 @@ impl Router {
                     } else {
                         None
                     };
+                    // Damping goes on with the link as it was: a reset by
+                    // reload adds no penalty, and a suppressed link stays
+                    // suppressed.
+                    let link = self.neighbors[n].link.take();
                     self.retire(n, wire::Cease::OtherConfigurationChange, &why, now);
                     let m = self.add_neighbor(want, subnets, now);
                     if let Some((b, up)) = bfd {
                         self.neighbors[m].bfd = b;
                         self.neighbors[m].bfd_up = up;
                     }
+                    self.neighbors[m].link = link;
                     // The same neighbour to whoever reads the status: its
                     // counters and history go on.
                     let (flaps, history) = {
@@ -2348,6 +2353,77 @@ mod tests {
         let a = r.neighbor_by_addr("10.77.1.9".parse().unwrap()).unwrap();
         assert_eq!(r.neighbors[a].session.cfg.hold_time, 30);
         assert_eq!(r.neighbors[a].flaps, 1);
+    }
+
+    /// Damping goes on across a reset by reload: a link it holds down
+    /// stays held down, and the reset itself adds no penalty.
+    #[test]
+    fn a_suppressed_neighbour_reset_by_reload_stays_suppressed() {
+        let text = |import: &str| {
+            Config::parse(&format!(
+                "asn = 4200000101\nrouter_id = \"10.77.1.1\"\nca = \"-\"\ncert = \"-\"\n\
+                 [damping]\nsuppress = 1500\n\
+                 [[neighbor]]\nname = \"site\"\naddress = \"10.77.1.9\"\nasn = 65010\nbfd = false\n\
+                 import = [\"{import}\"]\nexport = \"all\"\n"
+            ))
+            .unwrap()
+        };
+        let mut now = Instant::now();
+        let certs = Certified {
+            networks: vec!["10.77.0.0/16".parse().unwrap()],
+            neighbor_subnets: vec![vec![]],
+            ..Certified::default()
+        };
+        let mut r = Router::new(
+            text("192.168.0.0/16"),
+            certs.networks.clone(),
+            vec![],
+            None,
+            vec![vec![]],
+            now,
+            1,
+        )
+        .unwrap();
+        let suppressed = |r: &Router, now| r.status(now).neighbors[0].suppressed;
+        for _ in 0..2 {
+            establish(&mut r, N0, 65010, Ipv4Addr::new(10, 77, 1, 9), now);
+            now += Duration::from_secs(1);
+            r.on_closed(N0, 1, "test", now);
+        }
+        r.on_tick(now);
+        assert!(suppressed(&r, now));
+        let penalty = r.status(now).neighbors[0].penalty;
+        let rep = r
+            .reconfigure(text("192.168.0.0/17"), certs.clone(), now)
+            .unwrap();
+        assert_eq!(rep.reset.len(), 1);
+        r.on_tick(now);
+        let st = r.status(now);
+        assert!(st.neighbors[0].suppressed, "{:?}", st.neighbors[0]);
+        assert_eq!(st.neighbors[0].state, api::SessionState::Idle);
+        assert_eq!(st.neighbors[0].penalty, penalty);
+        // And an established neighbour reset by reload earns no penalty.
+        let (mut r, now) = router("");
+        let rep = r
+            .reconfigure(
+                Config::parse(
+                    "asn = 4200000101\nrouter_id = \"10.77.1.1\"\nca = \"-\"\ncert = \"-\"\n\
+                     [[neighbor]]\nname = \"site\"\naddress = \"10.77.1.9\"\nasn = 65010\nbfd = false\n\
+                     import = [\"192.168.0.0/17\"]\nexport = \"all\"\n",
+                )
+                .unwrap(),
+                Certified {
+                    networks: vec!["10.77.0.0/16".parse().unwrap()],
+                    neighbor_subnets: vec![vec![]],
+                    ..Certified::default()
+                },
+                now,
+            )
+            .unwrap();
+        assert_eq!(rep.reset.len(), 1);
+        let st = r.status(now);
+        assert_eq!(st.neighbors[0].penalty, 0.0);
+        assert_eq!(st.neighbors[0].flaps, 1);
     }
 
     #[test]
