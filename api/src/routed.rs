@@ -8,8 +8,9 @@ use std::net::IpAddr;
 /// Longest request line routed accepts.
 pub const MAX_LINE: usize = 64 << 10;
 
-/// A request, `{"cmd": "status"}` or `{"cmd": "routes"}`. Other keys are
-/// ignored, so a newer client's options do not break an older routed.
+/// A request, `{"cmd": "status"}`, `{"cmd": "routes"}` or
+/// `{"cmd": "reload"}`. Other keys are ignored, so a newer client's
+/// options do not break an older routed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
 pub enum Request {
@@ -17,6 +18,38 @@ pub enum Request {
     Status,
     /// Reply: [`Routes`].
     Routes,
+    /// Reads `routed.toml` and the certificates again and applies them, as
+    /// SIGHUP does. Reply: [`Reloaded`], or the error (file, key and what is
+    /// wrong) when the reload is refused and the running config kept.
+    Reload,
+}
+
+/// What a reload changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reloaded {
+    /// Neighbours added: their sessions start.
+    pub added: Vec<String>,
+    /// Neighbours removed: each heard a Cease (peer de-configured) and
+    /// its routes are withdrawn.
+    pub removed: Vec<String>,
+    /// Neighbours whose session was reset (a Cease, other configuration
+    /// change) because a setting it was built with changed.
+    pub reset: Vec<ResetNeighbor>,
+    /// Neighbours whose export policy changed, applied on the running
+    /// session.
+    pub updated: Vec<String>,
+    /// `[[announce]]` prefixes added (announced, a probed one once its
+    /// probe passes), removed (withdrawn), and those whose probe changed.
+    pub prefixes_added: Vec<IpNet>,
+    pub prefixes_removed: Vec<IpNet>,
+    pub probes_changed: Vec<IpNet>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResetNeighbor {
+    pub name: String,
+    /// The keys that changed (`address`, `import`, `timers`, ...).
+    pub changed: Vec<String>,
 }
 
 /// The `status` document.

@@ -47,10 +47,10 @@ pub fn programs() -> Vec<Program> {
             extra: concat!(
                 ".SH SIGNALS\n",
                 ".TP\n.B SIGTERM\nSend every neighbour a Cease, remove the kernel routes, stop.\n",
-                ".TP\n.B SIGHUP\nLogged and ignored: routed does not reload; restart it.\n",
+                ".TP\n.B SIGHUP\nRead routed.toml and the certificates again and apply the difference (see routed.toml(5)); a refused reload keeps the running configuration and logs why.\n",
                 ".SH ENVIRONMENT\n",
                 ".TP\n.B ROUTED_LOG\nThe log filter, e.g. debug (default info).\n",
-                ".TP\n.B NOTIFY_SOCKET\n.TQ\n.B WATCHDOG_USEC\nSet by systemd for a Type=notify service: routed reports READY=1 and STOPPING=1 and feeds the watchdog.\n",
+                ".TP\n.B NOTIFY_SOCKET\n.TQ\n.B WATCHDOG_USEC\nSet by systemd for a Type=notify service: routed reports READY=1, RELOADING=1, STOPPING=1 and feeds the watchdog.\n",
                 ".SH FILES\n.I /etc/cubenet/routed.toml\n",
                 ".SH \"SEE ALSO\"\n.BR routed.toml (5),\n.BR overlayd (8)\n",
             ),

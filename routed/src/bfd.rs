@@ -438,8 +438,9 @@ impl Session {
         self.reschedule_if_faster(old_iv, now);
     }
 
-    #[cfg(test)]
     /// Enters AdminDown (diag AdministrativelyDown); reports leaving Up.
+    /// The next poll sends the peer the news (RFC 5880 §6.8.16: a session
+    /// taken down on purpose says so, so the peer does not count a failure).
     pub fn set_admin_down(&mut self, now: Instant) -> Option<Transition> {
         self.now = now;
         self.set_state(State::AdminDown, Some(Diag::AdministrativelyDown), now)

@@ -48,6 +48,15 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Make the running routed read its config again (as SIGHUP does) and
+    /// print what changed. A refused reload prints why (file and key) and
+    /// exits 2; the running config stays.
+    Reload {
+        #[arg(long, default_value = config::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// The best routes: prefix, via, equal-cost paths, origin, age.
     Routes {
         #[arg(long, default_value = config::DEFAULT_SOCKET)]

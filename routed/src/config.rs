@@ -12,7 +12,7 @@ pub const DEFAULT_OVERLAYD_SOCKET: &str = "/run/cubenet/overlayd.sock";
 /// The kernel route protocol number routed's routes carry (rtnetlink).
 pub const DEFAULT_ROUTE_PROTOCOL: u8 = 201;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// This gateway's AS: a private 4-byte AS (RFC 6996) per gateway.
@@ -53,7 +53,7 @@ pub struct Config {
     pub announce: Vec<Announce>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Timers {
     #[serde(default = "default_hold")]
@@ -79,7 +79,7 @@ impl Default for Timers {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Bfd {
     #[serde(default = "yes")]
@@ -105,7 +105,7 @@ impl Default for Bfd {
 /// The longest duration a config may give in seconds (a day).
 const MAX_SECONDS: f64 = 86_400.0;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Damping {
     #[serde(default = "yes")]
@@ -158,7 +158,7 @@ impl Default for Damping {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
     /// Prefixes accepted from one neighbour before the session is closed.
@@ -174,7 +174,7 @@ impl Default for Limits {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(untagged)]
 pub enum Import {
     /// "none" (the RFC 8212 default: nothing) or "overlay" (the CA's
@@ -184,7 +184,7 @@ pub enum Import {
     List(Vec<IpNet>),
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Neighbor {
     /// The neighbour's name: for gateways, its certificate name, which is
@@ -204,7 +204,7 @@ pub struct Neighbor {
     pub passive: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Announce {
     pub prefix: IpNet,
@@ -335,6 +335,74 @@ fn default_prefix_max_suppress() -> f64 {
 }
 fn default_max_prefixes() -> usize {
     100_000
+}
+
+/// A config and what its certificates say, loaded and checked as
+/// `routed check` and a start or reload do: the CA and our certificate are
+/// valid now, ours is a gateway's, and each neighbour's names it. Errors
+/// name the file and the key.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub cfg: Config,
+    pub certs: crate::router::Certified,
+}
+
+impl Loaded {
+    pub fn load(path: &Path) -> Result<Loaded, String> {
+        let cfg = Config::load(path).map_err(|e| e.to_string())?;
+        let file = path.display();
+        let now = cubenet_certs::time::unix_now();
+        let ca = cubenet_certs::load_ca_cert(&cfg.ca)
+            .map_err(|e| format!("{file}: ca: {}: {e}", cfg.ca.display()))?;
+        let trust = cubenet_certs::trust::TrustAnchor::new(ca, now)
+            .map_err(|e| format!("{file}: ca: {}: {e}", cfg.ca.display()))?;
+        let own = cubenet_certs::load_node_cert(&cfg.cert)
+            .map_err(|e| format!("{file}: cert: {}: {e}", cfg.cert.display()))?;
+        trust
+            .validate(&own, now)
+            .map_err(|e| format!("{file}: cert: {}: {e}", cfg.cert.display()))?;
+        if own.role() != cubenet_certs::Role::Gateway {
+            return Err(format!(
+                "{file}: cert: {} is a {} certificate; routed runs on gateways",
+                cfg.cert.display(),
+                own.role()
+            ));
+        }
+        let own_v6 = own.body.addresses.iter().find_map(|a| match a.addr() {
+            IpAddr::V6(v6) => Some(v6),
+            IpAddr::V4(_) => None,
+        });
+        let mut neighbor_subnets = Vec::new();
+        for (i, n) in cfg.neighbors.iter().enumerate() {
+            let Some(p) = &n.cert else {
+                neighbor_subnets.push(Vec::new());
+                continue;
+            };
+            let c = cubenet_certs::load_node_cert(p)
+                .map_err(|e| format!("{file}: neighbor[{i}].cert: {}: {e}", p.display()))?;
+            trust
+                .validate(&c, now)
+                .map_err(|e| format!("{file}: neighbor[{i}].cert: {}: {e}", p.display()))?;
+            if c.name() != n.name {
+                return Err(format!(
+                    "{file}: neighbor[{i}].cert: {} is the certificate of {:?}, not {:?}",
+                    p.display(),
+                    c.name(),
+                    n.name
+                ));
+            }
+            neighbor_subnets.push(c.body.subnets.clone());
+        }
+        Ok(Loaded {
+            certs: crate::router::Certified {
+                networks: trust.ca().body.networks.clone(),
+                own_subnets: own.body.subnets.clone(),
+                own_v6,
+                neighbor_subnets,
+            },
+            cfg,
+        })
+    }
 }
 
 #[derive(Debug)]

@@ -51,11 +51,12 @@ pub fn parse_request(line: &str) -> Result<Request, String> {
     serde_json::from_str(line).map_err(|e| format!("bad request: {e}"))
 }
 
-fn handle(shared: &Shared, text: &str) -> String {
+fn handle(shared: &Arc<Shared>, text: &str) -> String {
     let now = Instant::now();
     match parse_request(text) {
         Ok(Request::Status) => line(&Reply::Ok(shared.router().status(now))),
         Ok(Request::Routes) => line(&Reply::Ok(shared.router().routes(now))),
+        Ok(Request::Reload) => line(&Reply::from(shared.reload())),
         Err(e) => line(&Reply::<Empty>::Err(e)),
     }
 }
@@ -96,6 +97,7 @@ mod tests {
     #[test]
     fn requests_parse_and_others_are_named() {
         assert_eq!(parse_request(r#"{"cmd":"status"}"#), Ok(Request::Status));
+        assert_eq!(parse_request(r#"{"cmd":"reload"}"#), Ok(Request::Reload));
         assert_eq!(
             parse_request(r#" {"cmd": "routes", "x": 1} "#),
             Ok(Request::Routes)
@@ -115,12 +117,16 @@ mod tests {
 
     proptest! {
         /// A control-socket line from a broken client never panics the
-        /// parser; only the two commands are accepted.
+        /// parser; only the three commands are accepted.
         #[test]
         fn arbitrary_lines_never_panic(line in "\\PC{0,200}") {
             if let Ok(r) = parse_request(&line) {
                 let v: Value = serde_json::from_str(&line).unwrap();
-                let want = match r { Request::Status => "status", Request::Routes => "routes" };
+                let want = match r {
+                    Request::Status => "status",
+                    Request::Routes => "routes",
+                    Request::Reload => "reload",
+                };
                 prop_assert_eq!(v["cmd"].as_str(), Some(want));
             }
         }

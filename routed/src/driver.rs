@@ -12,6 +12,7 @@ use cubenet_api::{CallError, Client};
 use cubenet_daemon::notify::{self, Notice, Supervisor};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -37,7 +38,13 @@ pub struct Shared {
     /// at a stop, the Cease goes out before the process does.
     writers: AtomicUsize,
     writers_done: Notify,
+    /// The config as started: what a reload may not change (see
+    /// [`Router::reconfigure`]) is read from here.
     cfg: Config,
+    config_path: PathBuf,
+    supervisor: Supervisor,
+    /// The running health probe of each probed site prefix.
+    probes: Mutex<HashMap<ipnet::IpNet, (crate::probe::Probe, tokio::task::AbortHandle)>>,
 }
 
 impl Shared {
@@ -126,6 +133,76 @@ impl Shared {
             Out::TablesChanged => self.tables.notify_one(),
         }
         None
+    }
+
+    /// Reads `routed.toml` and the certificates again and applies them
+    /// (SIGHUP and the control socket's `reload`), telling systemd around
+    /// it. A config that does not load, or that the router refuses, changes
+    /// nothing: the error names the file and the key, and is logged.
+    pub fn reload(self: &Arc<Self>) -> Result<cubenet_api::routed::Reloaded, String> {
+        self.supervisor.tell(Notice::reloading_now());
+        let file = self.config_path.display().to_string();
+        let r = crate::config::Loaded::load(&self.config_path).and_then(|l| {
+            self.with(|r, now| r.reconfigure(l.cfg, l.certs, now))
+                .map_err(|e| format!("{file}: {e}"))
+        });
+        match &r {
+            Ok(c) => {
+                self.sync_probes();
+                let reset: Vec<&str> = c.reset.iter().map(|x| x.name.as_str()).collect();
+                tracing::info!(
+                    config = %file,
+                    added = ?c.added,
+                    removed = ?c.removed,
+                    reset = ?reset,
+                    export_updated = ?c.updated,
+                    prefixes_added = ?c.prefixes_added,
+                    prefixes_removed = ?c.prefixes_removed,
+                    probes_changed = ?c.probes_changed,
+                    "reloaded"
+                );
+            }
+            Err(e) => tracing::error!("reload refused, running configuration kept: {e}"),
+        }
+        self.supervisor.tell(Notice::Ready);
+        r
+    }
+
+    /// Health probes of site prefixes: one task per prefix, each on its own
+    /// interval, so a slow probe delays no other. Started for the prefixes
+    /// the router probes now; a task whose prefix went or whose probe
+    /// changed is stopped.
+    fn sync_probes(self: &Arc<Self>) {
+        let want: HashMap<ipnet::IpNet, crate::probe::Probe> =
+            self.router().probes().into_iter().collect();
+        let mut running = self.probes.lock().unwrap_or_else(|p| p.into_inner());
+        running.retain(|prefix, (probe, task)| {
+            let keep = want.get(prefix) == Some(probe);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for (prefix, probe) in want {
+            if running.contains_key(&prefix) {
+                continue;
+            }
+            let me = self.clone();
+            let p = probe.clone();
+            let task = tokio::spawn(async move {
+                let mut t = tokio::time::interval(p.interval);
+                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    t.tick().await;
+                    let r = crate::probe::run(&p.check, p.timeout).await;
+                    if let Err(e) = &r {
+                        tracing::debug!(%prefix, check = %p.check, "probe failed: {e}");
+                    }
+                    me.with(|router, now| router.probe_result(prefix, r, now));
+                }
+            });
+            running.insert(prefix, (probe, task.abort_handle()));
+        }
     }
 
     async fn connect(self: Arc<Self>, n: NeighborId) {
@@ -286,7 +363,7 @@ fn set_min_ttl_255(s: &UdpSocket) -> std::io::Result<()> {
     }
 }
 
-pub async fn run(cfg: Config, router: Router) -> Result<(), String> {
+pub async fn run(cfg: Config, router: Router, config_path: PathBuf) -> Result<(), String> {
     let bfd_rx = UdpSocket::bind(("0.0.0.0", BFD_PORT))
         .await
         .map_err(|e| format!("BFD listen :{BFD_PORT}: {e}"))?;
@@ -298,6 +375,8 @@ pub async fn run(cfg: Config, router: Router) -> Result<(), String> {
     }
     let ctl = crate::ctl::bind(&cfg.control_socket)
         .map_err(|e| format!("control socket {}: {e}", cfg.control_socket.display()))?;
+    // systemd (Type=notify) hears when this serves, reloads and stops.
+    let supervisor = Supervisor::from_env().map_err(|e| format!("NOTIFY_SOCKET: {e}"))?;
     let shared = Arc::new(Shared {
         router: Mutex::new(router),
         conns: Mutex::new(HashMap::new()),
@@ -308,6 +387,9 @@ pub async fn run(cfg: Config, router: Router) -> Result<(), String> {
         writers: AtomicUsize::new(0),
         writers_done: Notify::new(),
         cfg: cfg.clone(),
+        config_path,
+        supervisor,
+        probes: Mutex::new(HashMap::new()),
     });
     tracing::info!(asn = cfg.asn, router_id = %cfg.router_id, neighbors = cfg.neighbors.len(), "routed running");
 
@@ -366,7 +448,7 @@ pub async fn run(cfg: Config, router: Router) -> Result<(), String> {
     }
     tokio::spawn(overlay_events(shared.clone()));
     tokio::spawn(sync_tables(shared.clone()));
-    tokio::spawn(probes(shared.clone()));
+    shared.sync_probes();
     tokio::spawn(crate::ctl::serve(ctl, shared.clone()));
     if let Some(addr) = cfg.metrics_listen {
         let l = TcpListener::bind(addr)
@@ -386,16 +468,16 @@ pub async fn run(cfg: Config, router: Router) -> Result<(), String> {
     let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
     // systemd (Type=notify): serving once the BGP, BFD, control and
     // metrics sockets are bound and the signals are handled.
-    let supervisor = Supervisor::from_env().map_err(|e| format!("NOTIFY_SOCKET: {e}"))?;
+    let supervisor = &shared.supervisor;
     supervisor.tell(Notice::Ready);
-    let mut watchdog = notify::watchdog_timer(&supervisor);
+    let mut watchdog = notify::watchdog_timer(supervisor);
     loop {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            // Sessions and routes stay; a changed config needs a restart
-            // (overlayd keeps forwarding meanwhile).
-            _ = hup.recv() => tracing::warn!("SIGHUP: routed does not reload its config yet; restart it to apply changes"),
+            // The outcome is logged by the reload itself. It reads files
+            // and takes the router lock briefly: no await in between.
+            _ = hup.recv() => { let _ = shared.reload(); }
             _ = notify::next_watchdog_tick(&mut watchdog) => {
                 // Alive means the router answers: a router lock that is
                 // never released starves the watchdog, and systemd
@@ -533,26 +615,6 @@ async fn sync_tables(me: Arc<Shared>) {
                 Err(e) => tracing::warn!("kernel routes: {e}"),
             }
         }
-    }
-}
-
-/// Health probes of site prefixes: one task per prefix, each on its own
-/// interval, so a slow probe delays no other.
-async fn probes(me: Arc<Shared>) {
-    for (prefix, probe) in me.router().probes() {
-        let me = me.clone();
-        tokio::spawn(async move {
-            let mut t = tokio::time::interval(probe.interval);
-            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                t.tick().await;
-                let r = crate::probe::run(&probe.check, probe.timeout).await;
-                if let Err(e) = &r {
-                    tracing::debug!(%prefix, check = %probe.check, "probe failed: {e}");
-                }
-                me.with(|router, now| router.probe_result(prefix, r, now));
-            }
-        });
     }
 }
 

@@ -7,86 +7,20 @@
 use routed::{config, driver, router};
 
 use clap::Parser;
-use config::Config;
+use config::Loaded;
 use cubenet_api::client::call_blocking;
 use cubenet_api::routed as api;
-use ipnet::IpNet;
 use routed::cli::{Cli, Cmd, LogFormat};
-use std::net::IpAddr;
-use std::path::Path;
 use std::process::ExitCode;
 use std::time::Instant;
-
-/// Everything `run` needs, loaded and checked.
-struct Loaded {
-    cfg: Config,
-    networks: Vec<IpNet>,
-    own_subnets: Vec<IpNet>,
-    own_v6: Option<std::net::Ipv6Addr>,
-    cert_subnets: Vec<Vec<IpNet>>,
-}
-
-fn load(path: &Path) -> Result<Loaded, String> {
-    let cfg = Config::load(path).map_err(|e| e.to_string())?;
-    let file = path.display();
-    let now = cubenet_certs::time::unix_now();
-    let ca = cubenet_certs::load_ca_cert(&cfg.ca)
-        .map_err(|e| format!("{file}: ca: {}: {e}", cfg.ca.display()))?;
-    let trust = cubenet_certs::trust::TrustAnchor::new(ca, now)
-        .map_err(|e| format!("{file}: ca: {}: {e}", cfg.ca.display()))?;
-    let own = cubenet_certs::load_node_cert(&cfg.cert)
-        .map_err(|e| format!("{file}: cert: {}: {e}", cfg.cert.display()))?;
-    trust
-        .validate(&own, now)
-        .map_err(|e| format!("{file}: cert: {}: {e}", cfg.cert.display()))?;
-    if own.role() != cubenet_certs::Role::Gateway {
-        return Err(format!(
-            "{file}: cert: {} is a {} certificate; routed runs on gateways",
-            cfg.cert.display(),
-            own.role()
-        ));
-    }
-    let own_v6 = own.body.addresses.iter().find_map(|a| match a.addr() {
-        IpAddr::V6(v6) => Some(v6),
-        IpAddr::V4(_) => None,
-    });
-    let mut cert_subnets = Vec::new();
-    for (i, n) in cfg.neighbors.iter().enumerate() {
-        let Some(p) = &n.cert else {
-            cert_subnets.push(Vec::new());
-            continue;
-        };
-        let c = cubenet_certs::load_node_cert(p)
-            .map_err(|e| format!("{file}: neighbor[{i}].cert: {}: {e}", p.display()))?;
-        trust
-            .validate(&c, now)
-            .map_err(|e| format!("{file}: neighbor[{i}].cert: {}: {e}", p.display()))?;
-        if c.name() != n.name {
-            return Err(format!(
-                "{file}: neighbor[{i}].cert: {} is the certificate of {:?}, not {:?}",
-                p.display(),
-                c.name(),
-                n.name
-            ));
-        }
-        cert_subnets.push(c.body.subnets.clone());
-    }
-    Ok(Loaded {
-        networks: trust.ca().body.networks.clone(),
-        own_subnets: own.body.subnets.clone(),
-        own_v6,
-        cert_subnets,
-        cfg,
-    })
-}
 
 fn build_router(l: &Loaded) -> Result<router::Router, router::RouterError> {
     router::Router::new(
         l.cfg.clone(),
-        l.networks.clone(),
-        l.own_subnets.clone(),
-        l.own_v6,
-        l.cert_subnets.clone(),
+        l.certs.networks.clone(),
+        l.certs.own_subnets.clone(),
+        l.certs.own_v6,
+        l.certs.neighbor_subnets.clone(),
         Instant::now(),
         rand_core::RngCore::next_u64(&mut rand_core::OsRng),
     )
@@ -102,7 +36,7 @@ fn main() -> ExitCode {
         cubenet_daemon::default_sigpipe();
     }
     match cli.cmd {
-        Cmd::Check { config } => match load(&config).and_then(|l| {
+        Cmd::Check { config } => match Loaded::load(&config).and_then(|l| {
             build_router(&l)
                 .map(|_| l)
                 .map_err(|e| format!("{}: {e}", config.display()))
@@ -125,7 +59,7 @@ fn main() -> ExitCode {
         },
         Cmd::Run { config } => {
             init_logs(cli.log_format);
-            let l = match load(&config) {
+            let l = match Loaded::load(&config) {
                 Ok(l) => l,
                 Err(e) => {
                     eprintln!("routed: {e}");
@@ -150,7 +84,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
-            match rt.block_on(driver::run(l.cfg, router)) {
+            match rt.block_on(driver::run(l.cfg, router, config)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e}");
@@ -176,6 +110,26 @@ fn main() -> ExitCode {
                     } else {
                         ExitCode::from(1)
                     }
+                }
+                Err(e) => {
+                    eprintln!("routed: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Cmd::Reload { socket, json } => {
+            match call_blocking::<_, api::Reloaded>(&socket, &api::Request::Reload) {
+                Ok(r) => {
+                    if json {
+                        println!("{}", cubenet_api::pretty(&cubenet_api::Reply::Ok(&r)));
+                    } else {
+                        print_reloaded(&r);
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e @ cubenet_api::CallError::Refused(_)) => {
+                    eprintln!("routed: reload refused: {e}");
+                    ExitCode::from(2)
                 }
                 Err(e) => {
                     eprintln!("routed: {e}");
@@ -250,6 +204,30 @@ fn print_status(st: &api::Status) {
             println!("{:<12} history: {}", "", hist.join(", "));
         }
     }
+}
+
+fn print_reloaded(r: &api::Reloaded) {
+    let names = |v: &[String]| {
+        if v.is_empty() {
+            "-".to_string()
+        } else {
+            v.join(", ")
+        }
+    };
+    let nets = |v: &[ipnet::IpNet]| names(&v.iter().map(|p| p.to_string()).collect::<Vec<_>>());
+    let reset: Vec<String> = r
+        .reset
+        .iter()
+        .map(|x| format!("{} ({})", x.name, x.changed.join(", ")))
+        .collect();
+    println!("reloaded");
+    println!("neighbours added:    {}", names(&r.added));
+    println!("neighbours removed:  {}", names(&r.removed));
+    println!("neighbours reset:    {}", names(&reset));
+    println!("export updated:      {}", names(&r.updated));
+    println!("prefixes added:      {}", nets(&r.prefixes_added));
+    println!("prefixes removed:    {}", nets(&r.prefixes_removed));
+    println!("probes changed:      {}", nets(&r.probes_changed));
 }
 
 fn print_routes(rs: &api::Routes) {

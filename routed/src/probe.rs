@@ -126,6 +126,13 @@ impl Health {
         self.up
     }
 
+    /// Starts up (a reloaded probe that takes over an announced prefix):
+    /// `fall` failures in a row withdraw it.
+    pub fn set_up(&mut self) {
+        self.up = true;
+        self.run = 0;
+    }
+
     /// One result; the new state when it changed.
     pub fn result(&mut self, ok: bool) -> Option<bool> {
         if ok {

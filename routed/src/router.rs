@@ -2,6 +2,13 @@
 //! session and damping state, the Adj-RIBs and the Loc-RIB. The tokio driver
 //! feeds it connection events, messages, BFD packets, overlayd events and
 //! the clock, and carries out the [`Out`]s it queues.
+//!
+//! A neighbour's [`NeighborId`] is its place in `neighbors` and never
+//! changes: a reload appends the neighbours it adds (and a new entry for
+//! each one it resets), and a removed neighbour's entry stays behind,
+//! stopped and out of `order`, so a connection or a timer of the driver
+//! still naming it reaches a stopped session and nobody else. Each such
+//! entry is a few hundred bytes, once per neighbour removed or reset.
 
 use crate::bfd;
 use crate::config::{Config, Import};
@@ -25,6 +32,35 @@ struct Site {
 }
 
 impl Site {
+    /// The site prefix of `announce[index]`. An entry whose probe settings
+    /// did not change keeps its state; one whose probe changed keeps its
+    /// verdict (announced or not) until the new probe's `rise` passes or
+    /// `fall` failures say otherwise.
+    fn new(
+        index: usize,
+        a: &crate::config::Announce,
+        old: Option<&Site>,
+    ) -> Result<Site, RouterError> {
+        let probe = a
+            .probe()
+            .map_err(|error| RouterError::Probe { index, error })?;
+        if let Some(old) = old.filter(|o| o.probe == probe) {
+            return Ok(old.clone());
+        }
+        let mut health = crate::probe::Health::new(
+            probe.as_ref().map_or(1, |p| p.rise),
+            probe.as_ref().map_or(1, |p| p.fall),
+        );
+        if old.is_some_and(Site::announced) {
+            health.set_up();
+        }
+        Ok(Site {
+            probe,
+            health,
+            last_error: None,
+        })
+    }
+
     fn announced(&self) -> bool {
         self.probe.is_none() || self.health.up()
     }
@@ -85,6 +121,46 @@ pub enum RouterError {
     PrefixDamping(damping::ConfigError),
     #[error("announce[{index}].{error}")]
     Probe { index: usize, error: String },
+}
+
+/// What the certificates tell a router beside its config: the CA's
+/// networks, our own certificate's subnets and IPv6 address, and the
+/// subnets of each configured neighbour's certificate (in config order;
+/// none for a neighbour without one).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Certified {
+    pub networks: Vec<IpNet>,
+    pub own_subnets: Vec<IpNet>,
+    pub own_v6: Option<Ipv6Addr>,
+    pub neighbor_subnets: Vec<Vec<IpNet>>,
+}
+
+/// Why a reload is refused; the running configuration stays as it was.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ReloadError {
+    /// A setting that only a restart applies (sockets bound at start, the
+    /// identity the neighbours know us by, damping state kept per link).
+    #[error(
+        "{key}: cannot change while routed runs (was {was}, now {now}); restart routed to apply it"
+    )]
+    Fixed {
+        key: &'static str,
+        was: String,
+        now: String,
+    },
+    #[error(transparent)]
+    Invalid(#[from] RouterError),
+    #[error("routed is stopping")]
+    Stopping,
+}
+
+/// How a configured neighbour differs from the running one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum NeighborChange {
+    /// Only its export policy: applied on the running session.
+    Export,
+    /// Something the session was built with: these keys.
+    Reset(Vec<&'static str>),
 }
 
 /// Why an announced prefix is not imported (counted, logged).
@@ -155,6 +231,11 @@ pub const REFRESH_EVERY: Duration = Duration::from_secs(5);
 
 pub struct Router {
     pub cfg: Config,
+    /// Live neighbours in config order (removed and replaced ones are
+    /// not in it).
+    order: Vec<NeighborId>,
+    seed: u64,
+    link_damping: damping::Config,
     prefix_damping: Option<damping::Config>,
     networks: Vec<IpNet>,
     own_subnets: Vec<IpNet>,
@@ -191,6 +272,127 @@ fn mix(seed: u64, n: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// Every announced prefix must be one our certificate allows.
+fn check_announce(cfg: &Config, own_subnets: &[IpNet]) -> Result<(), RouterError> {
+    for (i, a) in cfg.announce.iter().enumerate() {
+        if !contains(own_subnets, &a.prefix) {
+            return Err(RouterError::AnnounceNotAllowed {
+                index: i,
+                prefix: a.prefix,
+                allowed: own_subnets
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Link damping, and per-prefix damping when it is on, checked.
+fn damping_of(
+    d: &crate::config::Damping,
+) -> Result<(damping::Config, Option<damping::Config>), RouterError> {
+    let link = damping::Config {
+        penalty_per_flap: d.penalty,
+        half_life: Duration::from_secs_f64(d.half_life_s),
+        suppress_threshold: d.suppress,
+        reuse_threshold: d.reuse,
+        max_suppress: Duration::from_secs_f64(d.max_suppress_s),
+        stable_up: Duration::from_secs_f64(d.stable_up_s),
+    };
+    link.validate().map_err(RouterError::Damping)?;
+    let prefix = if d.per_prefix {
+        let c = damping::Config {
+            penalty_per_flap: d.penalty,
+            half_life: Duration::from_secs_f64(d.prefix_half_life_s),
+            suppress_threshold: d.prefix_suppress,
+            reuse_threshold: d.prefix_reuse,
+            max_suppress: Duration::from_secs_f64(d.prefix_max_suppress_s),
+            stable_up: Duration::ZERO,
+        };
+        c.validate().map_err(RouterError::PrefixDamping)?;
+        Some(c)
+    } else {
+        None
+    };
+    Ok((link, prefix))
+}
+
+impl Neighbor {
+    /// A neighbour whose session starts now. Its BFD discriminator and
+    /// jitter come from `seed` and its id, so no two entries share one.
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        cfg: &Config,
+        link_damping: damping::Config,
+        networks: &[IpNet],
+        seed: u64,
+        id: NeighborId,
+        n: &crate::config::Neighbor,
+        cert_subnets: Vec<IpNet>,
+        now: Instant,
+    ) -> Neighbor {
+        let i = id.0 as u64;
+        let mut session = Session::new(SessionConfig {
+            local_asn: cfg.asn,
+            router_id: cfg.router_id,
+            peer_asn: n.asn,
+            hold_time: cfg.hold_time(),
+            keepalive: cfg.timers.keepalive_s,
+            connect_retry: cfg.connect_retry(),
+            passive: n.passive,
+        });
+        session.start(now);
+        let bfd = (cfg.bfd.enabled && n.bfd).then(|| {
+            let interval = Duration::from_millis(cfg.bfd.interval_ms);
+            bfd::Session::new(
+                bfd::Config {
+                    desired_min_tx: interval,
+                    required_min_rx: interval,
+                    detect_mult: cfg.bfd.multiplier,
+                    ..bfd::Config::default()
+                },
+                mix(seed, 2 * i) as u32,
+                mix(seed, 2 * i + 1),
+                now,
+            )
+        });
+        let link = cfg
+            .damping
+            .enabled
+            .then(|| damping::Link::new(link_damping, now));
+        Neighbor {
+            cfg: n.clone(),
+            session,
+            bfd,
+            bfd_up: false,
+            link,
+            adj_in: BTreeMap::new(),
+            adj_out: BTreeMap::new(),
+            in_rib: false,
+            eor: false,
+            cert_subnets,
+            prefix_links: BTreeMap::new(),
+            held: BTreeSet::new(),
+            local_addr: None,
+            overlay: contains(networks, &IpNet::from(n.address)),
+            flaps: 0,
+            history: VecDeque::new(),
+            rejected: 0,
+            treat_as_withdraw: 0,
+            refreshed_at: [None; 2],
+            refresh_due: [false; 2],
+        }
+    }
+
+    /// Whether BFD runs with this neighbour under `cfg`.
+    fn bfd_on(n: &crate::config::Neighbor, cfg: &Config) -> bool {
+        cfg.bfd.enabled && n.bfd
+    }
+}
+
 impl Router {
     /// `networks`: the CA's; `own_subnets` and `own_v6` from our cert;
     /// `cert_subnets[i]`: what neighbour i's cert allows. `seed` picks the
@@ -206,116 +408,31 @@ impl Router {
         now: Instant,
         seed: u64,
     ) -> Result<Router, RouterError> {
-        for (i, a) in cfg.announce.iter().enumerate() {
-            if !contains(&own_subnets, &a.prefix) {
-                return Err(RouterError::AnnounceNotAllowed {
-                    index: i,
-                    prefix: a.prefix,
-                    allowed: own_subnets
-                        .iter()
-                        .map(|s| s.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                });
-            }
-        }
-        let d = &cfg.damping;
-        let damping_cfg = damping::Config {
-            penalty_per_flap: d.penalty,
-            half_life: Duration::from_secs_f64(d.half_life_s),
-            suppress_threshold: d.suppress,
-            reuse_threshold: d.reuse,
-            max_suppress: Duration::from_secs_f64(d.max_suppress_s),
-            stable_up: Duration::from_secs_f64(d.stable_up_s),
-        };
-        damping_cfg.validate().map_err(RouterError::Damping)?;
-        let prefix_damping = if d.per_prefix {
-            let c = damping::Config {
-                penalty_per_flap: d.penalty,
-                half_life: Duration::from_secs_f64(d.prefix_half_life_s),
-                suppress_threshold: d.prefix_suppress,
-                reuse_threshold: d.prefix_reuse,
-                max_suppress: Duration::from_secs_f64(d.prefix_max_suppress_s),
-                stable_up: Duration::ZERO,
-            };
-            c.validate().map_err(RouterError::PrefixDamping)?;
-            Some(c)
-        } else {
-            None
-        };
+        check_announce(&cfg, &own_subnets)?;
+        let (link_damping, prefix_damping) = damping_of(&cfg.damping)?;
         let mut neighbors = Vec::new();
         for (i, n) in cfg.neighbors.iter().enumerate() {
-            let mut session = Session::new(SessionConfig {
-                local_asn: cfg.asn,
-                router_id: cfg.router_id,
-                peer_asn: n.asn,
-                hold_time: cfg.hold_time(),
-                keepalive: cfg.timers.keepalive_s,
-                connect_retry: cfg.connect_retry(),
-                passive: n.passive,
-            });
-            session.start(now);
-            let bfd = (cfg.bfd.enabled && n.bfd).then(|| {
-                let interval = Duration::from_millis(cfg.bfd.interval_ms);
-                bfd::Session::new(
-                    bfd::Config {
-                        desired_min_tx: interval,
-                        required_min_rx: interval,
-                        detect_mult: cfg.bfd.multiplier,
-                        ..bfd::Config::default()
-                    },
-                    mix(seed, 2 * i as u64) as u32,
-                    mix(seed, 2 * i as u64 + 1),
-                    now,
-                )
-            });
-            let link = cfg
-                .damping
-                .enabled
-                .then(|| damping::Link::new(damping_cfg, now));
-            neighbors.push(Neighbor {
-                cfg: n.clone(),
-                session,
-                bfd,
-                bfd_up: false,
-                link,
-                adj_in: BTreeMap::new(),
-                adj_out: BTreeMap::new(),
-                in_rib: false,
-                eor: false,
-                cert_subnets: cert_subnets.get(i).cloned().unwrap_or_default(),
-                prefix_links: BTreeMap::new(),
-                held: BTreeSet::new(),
-                local_addr: None,
-                overlay: contains(&networks, &IpNet::from(n.address)),
-                flaps: 0,
-                history: VecDeque::new(),
-                rejected: 0,
-                treat_as_withdraw: 0,
-                refreshed_at: [None; 2],
-                refresh_due: [false; 2],
-            });
+            let subnets = cert_subnets.get(i).cloned().unwrap_or_default();
+            neighbors.push(Neighbor::new(
+                &cfg,
+                link_damping,
+                &networks,
+                seed,
+                NeighborId(i),
+                n,
+                subnets,
+                now,
+            ));
         }
         let mut site = BTreeMap::new();
         for (index, a) in cfg.announce.iter().enumerate() {
-            let probe = a
-                .probe()
-                .map_err(|error| RouterError::Probe { index, error })?;
-            let health = crate::probe::Health::new(
-                probe.as_ref().map_or(1, |p| p.rise),
-                probe.as_ref().map_or(1, |p| p.fall),
-            );
-            site.insert(
-                a.prefix,
-                Site {
-                    probe,
-                    health,
-                    last_error: None,
-                },
-            );
+            site.insert(a.prefix, Site::new(index, a, None)?);
         }
         let mut r = Router {
             cfg,
+            order: (0..neighbors.len()).map(NeighborId).collect(),
+            seed,
+            link_damping,
             prefix_damping,
             networks,
             own_subnets,
@@ -339,16 +456,19 @@ impl Router {
         std::mem::take(&mut self.out)
     }
 
+    /// The configured neighbour at this address.
     pub fn neighbor_by_addr(&self, a: IpAddr) -> Option<NeighborId> {
-        self.neighbors
-            .iter()
-            .position(|n| n.cfg.address == a)
-            .map(NeighborId)
+        self.neighbor_ids()
+            .find(|n| self.neighbors[*n].cfg.address == a)
     }
 
-    /// Every neighbour, in config order.
-    pub fn neighbor_ids(&self) -> impl Iterator<Item = NeighborId> {
-        (0..self.neighbors.len()).map(NeighborId)
+    /// Every configured neighbour, in config order.
+    pub fn neighbor_ids(&self) -> std::vec::IntoIter<NeighborId> {
+        self.order.clone().into_iter()
+    }
+
+    fn live(&self) -> impl Iterator<Item = &Neighbor> + '_ {
+        self.order.iter().map(|n| &self.neighbors[*n])
     }
 
     /// The neighbour a path came from (none for a local path).
@@ -564,6 +684,318 @@ impl Router {
             .collect()
     }
 
+    // ---- reload ----
+
+    /// Applies a reloaded config, or refuses it whole and changes nothing.
+    ///
+    /// Neighbours are matched by name. An added one starts; a removed one
+    /// hears a Cease "peer de-configured" (RFC 4486 subcode 3) and its
+    /// routes go. One whose session was built with something that changed
+    /// (address, AS, passive, import policy, cert or the subnets its cert
+    /// allows, its BFD flag, the global `[timers]`, or the global `[bfd]`
+    /// when BFD runs with it) is reset: a Cease "other configuration
+    /// change" (subcode 6) and a new session. An export policy change is
+    /// applied on the running session (what it now allows is announced,
+    /// the rest withdrawn). Every other neighbour, its BGP and BFD
+    /// sessions and its routes, is untouched. `[[announce]]` entries
+    /// follow: new prefixes are announced (a probed one once its probe
+    /// passes), removed ones withdrawn. `limits` and
+    /// `timers.startup_grace_s` apply at once. What only a restart can
+    /// change is refused by key: see [`Router::check_fixed`].
+    pub fn reconfigure(
+        &mut self,
+        cfg: Config,
+        certs: Certified,
+        now: Instant,
+    ) -> Result<api::Reloaded, ReloadError> {
+        if self.stopping {
+            return Err(ReloadError::Stopping);
+        }
+        self.check_fixed(&cfg, &certs)?;
+        check_announce(&cfg, &certs.own_subnets)?;
+        let mut site = BTreeMap::new();
+        for (index, a) in cfg.announce.iter().enumerate() {
+            site.insert(a.prefix, Site::new(index, a, self.site.get(&a.prefix))?);
+        }
+        // Checked: from here on nothing fails.
+        let mut report = api::Reloaded::default();
+        let old = std::mem::replace(&mut self.cfg, cfg);
+        let mut order = Vec::new();
+        let mut kept = BTreeSet::new();
+        let wanted = self.cfg.neighbors.clone();
+        for (i, want) in wanted.iter().enumerate() {
+            let subnets = certs.neighbor_subnets.get(i).cloned().unwrap_or_default();
+            let running = self
+                .order
+                .iter()
+                .copied()
+                .find(|n| self.neighbors[*n].cfg.name == want.name);
+            let Some(n) = running else {
+                tracing::info!(neighbor = %want.name, address = %want.address, "reload: neighbour added");
+                order.push(self.add_neighbor(want, subnets, now));
+                report.added.push(want.name.clone());
+                continue;
+            };
+            kept.insert(n);
+            match self.change_of(n, want, &subnets, &old) {
+                None => order.push(n),
+                Some(NeighborChange::Export) => {
+                    tracing::info!(neighbor = %want.name, export = ?want.export, "reload: export policy applied");
+                    self.neighbors[n].cfg = want.clone();
+                    self.reexport(n);
+                    report.updated.push(want.name.clone());
+                    order.push(n);
+                }
+                Some(NeighborChange::Reset(keys)) => {
+                    let why = format!("configuration changed: {}", keys.join(", "));
+                    tracing::warn!(neighbor = %want.name, "reload: session reset, {why}");
+                    // The BFD session stays when nothing it runs with
+                    // changed: the peer's BFD never sees a failure, and the
+                    // new BGP session is not taken down by it.
+                    let keep_bfd = !keys.iter().any(|k| ["address", "bfd", "[bfd]"].contains(k));
+                    let bfd = if keep_bfd {
+                        let nb = &mut self.neighbors[n];
+                        Some((nb.bfd.take(), std::mem::take(&mut nb.bfd_up)))
+                    } else {
+                        None
+                    };
+                    // Damping goes on with the link as it was: a reset by
+                    // reload adds no penalty, and a suppressed link stays
+                    // suppressed.
+                    let link = self.neighbors[n].link.take();
+                    self.retire(n, wire::Cease::OtherConfigurationChange, &why, now);
+                    let m = self.add_neighbor(want, subnets, now);
+                    if let Some((b, up)) = bfd {
+                        self.neighbors[m].bfd = b;
+                        self.neighbors[m].bfd_up = up;
+                    }
+                    self.neighbors[m].link = link;
+                    // The same neighbour to whoever reads the status: its
+                    // counters and history go on.
+                    let (flaps, history) = {
+                        let nb = &mut self.neighbors[n];
+                        (nb.flaps, std::mem::take(&mut nb.history))
+                    };
+                    self.neighbors[m].flaps = flaps;
+                    self.neighbors[m].history = history;
+                    order.push(m);
+                    report.reset.push(api::ResetNeighbor {
+                        name: want.name.clone(),
+                        changed: keys.iter().map(|k| k.to_string()).collect(),
+                    });
+                }
+            }
+        }
+        for n in self.order.clone() {
+            if !kept.contains(&n) {
+                let name = self.neighbors[n].cfg.name.clone();
+                tracing::warn!(neighbor = %name, "reload: neighbour removed");
+                self.retire(
+                    n,
+                    wire::Cease::PeerDeconfigured,
+                    "removed from the configuration",
+                    now,
+                );
+                report.removed.push(name);
+            }
+        }
+        self.order = order;
+        // Site prefixes.
+        for (p, s) in &site {
+            match self.site.get(p) {
+                None => report.prefixes_added.push(*p),
+                Some(o) if o.probe != s.probe => report.probes_changed.push(*p),
+                Some(_) => {}
+            }
+        }
+        for p in self.site.keys() {
+            if !site.contains_key(p) {
+                report.prefixes_removed.push(*p);
+            }
+        }
+        for p in &report.prefixes_removed {
+            if !self.attached.contains(p) && self.rib.remove(*p, LOCAL, now) {
+                self.dirty.insert(*p);
+            }
+        }
+        self.site = site;
+        self.own_subnets = certs.own_subnets;
+        self.refresh_site(now);
+        self.finish(now);
+        Ok(report)
+    }
+
+    /// What only a restart can change: the AS and router id (the identity
+    /// the neighbours know us by), the sockets bound at start (`listen`,
+    /// `control_socket`, `overlayd_socket`, `metrics_listen`), the kernel
+    /// side (`kernel_routes`, `route_protocol`, `interface`), the CA and our
+    /// certificate (their paths, the CA's networks and our IPv6 address),
+    /// and `[damping]` (each link's penalty is kept under the settings it
+    /// was earned with).
+    fn check_fixed(&self, cfg: &Config, certs: &Certified) -> Result<(), ReloadError> {
+        let (a, b) = (&self.cfg, cfg);
+        let d = |x: &dyn std::fmt::Debug| format!("{x:?}");
+        let (da, db) = (&a.damping, &b.damping);
+        let keys = [
+            ("asn", d(&a.asn), d(&b.asn)),
+            ("router_id", d(&a.router_id), d(&b.router_id)),
+            ("listen", d(&a.listen), d(&b.listen)),
+            ("control_socket", d(&a.control_socket), d(&b.control_socket)),
+            (
+                "overlayd_socket",
+                d(&a.overlayd_socket),
+                d(&b.overlayd_socket),
+            ),
+            ("metrics_listen", d(&a.metrics_listen), d(&b.metrics_listen)),
+            ("kernel_routes", d(&a.kernel_routes), d(&b.kernel_routes)),
+            ("route_protocol", d(&a.route_protocol), d(&b.route_protocol)),
+            ("interface", d(&a.interface), d(&b.interface)),
+            ("ca", d(&a.ca), d(&b.ca)),
+            ("ca (its networks)", d(&self.networks), d(&certs.networks)),
+            ("cert", d(&a.cert), d(&b.cert)),
+            (
+                "cert (our IPv6 address)",
+                d(&self.next_hop_v6),
+                d(&certs.own_v6),
+            ),
+            ("damping.enabled", d(&da.enabled), d(&db.enabled)),
+            ("damping.penalty", d(&da.penalty), d(&db.penalty)),
+            (
+                "damping.half_life_s",
+                d(&da.half_life_s),
+                d(&db.half_life_s),
+            ),
+            ("damping.suppress", d(&da.suppress), d(&db.suppress)),
+            ("damping.reuse", d(&da.reuse), d(&db.reuse)),
+            (
+                "damping.max_suppress_s",
+                d(&da.max_suppress_s),
+                d(&db.max_suppress_s),
+            ),
+            (
+                "damping.stable_up_s",
+                d(&da.stable_up_s),
+                d(&db.stable_up_s),
+            ),
+            ("damping.per_prefix", d(&da.per_prefix), d(&db.per_prefix)),
+            (
+                "damping.prefix_half_life_s",
+                d(&da.prefix_half_life_s),
+                d(&db.prefix_half_life_s),
+            ),
+            (
+                "damping.prefix_suppress",
+                d(&da.prefix_suppress),
+                d(&db.prefix_suppress),
+            ),
+            (
+                "damping.prefix_reuse",
+                d(&da.prefix_reuse),
+                d(&db.prefix_reuse),
+            ),
+            (
+                "damping.prefix_max_suppress_s",
+                d(&da.prefix_max_suppress_s),
+                d(&db.prefix_max_suppress_s),
+            ),
+        ];
+        match keys.into_iter().find(|(_, was, now)| was != now) {
+            None => Ok(()),
+            Some((key, was, now)) => Err(ReloadError::Fixed { key, was, now }),
+        }
+    }
+
+    /// What changed for running neighbour `n` if `want` is its new config.
+    fn change_of(
+        &self,
+        n: NeighborId,
+        want: &crate::config::Neighbor,
+        subnets: &[IpNet],
+        old: &Config,
+    ) -> Option<NeighborChange> {
+        let nb = &self.neighbors[n];
+        let (a, new) = (&nb.cfg, &self.cfg);
+        let mut keys = Vec::new();
+        let mut changed = |key, differs: bool| {
+            if differs {
+                keys.push(key);
+            }
+        };
+        changed("address", a.address != want.address);
+        changed("asn", a.asn != want.asn);
+        changed("passive", a.passive != want.passive);
+        changed("import", a.import != want.import);
+        changed("cert", a.cert != want.cert || nb.cert_subnets != subnets);
+        changed("bfd", a.bfd != want.bfd);
+        changed(
+            "timers",
+            old.timers.hold_time_s != new.timers.hold_time_s
+                || old.timers.keepalive_s != new.timers.keepalive_s
+                || old.timers.connect_retry_s != new.timers.connect_retry_s,
+        );
+        let bfd_runs = Neighbor::bfd_on(a, old) || Neighbor::bfd_on(want, new);
+        changed("[bfd]", bfd_runs && old.bfd != new.bfd);
+        if !keys.is_empty() {
+            return Some(NeighborChange::Reset(keys));
+        }
+        (a.export != want.export).then_some(NeighborChange::Export)
+    }
+
+    /// A new entry for `want`, its session starting now.
+    fn add_neighbor(
+        &mut self,
+        want: &crate::config::Neighbor,
+        subnets: Vec<IpNet>,
+        now: Instant,
+    ) -> NeighborId {
+        let id = NeighborId(self.neighbors.len());
+        let nb = Neighbor::new(
+            &self.cfg,
+            self.link_damping,
+            &self.networks,
+            self.seed,
+            id,
+            want,
+            subnets,
+            now,
+        );
+        self.neighbors.push(nb);
+        id
+    }
+
+    /// Ends neighbour `n` for good: a Cease with `cease` on each of its
+    /// connections, its routes withdrawn, its BFD session gone.
+    fn retire(&mut self, n: NeighborId, cease: wire::Cease, why: &str, now: Instant) {
+        let acts = self.neighbors[n].session.stop(
+            why,
+            Some(Notification::new(wire::Reason::Cease(cease))),
+            now,
+        );
+        self.apply(n, acts, now);
+        self.update_rib_membership(n, now);
+        if let Some(mut b) = self.neighbors[n].bfd.take() {
+            let _ = b.set_admin_down(now);
+            if let Some(bytes) = b.poll(now).transmit {
+                self.out.push(Out::Bfd { n, bytes });
+            }
+        }
+        let nb = &mut self.neighbors[n];
+        nb.bfd_up = false;
+        nb.adj_in.clear();
+        nb.adj_out.clear();
+        nb.held.clear();
+        nb.prefix_links.clear();
+    }
+
+    /// Exports the whole table to `n` again under its (new) policy: only
+    /// the differences are sent.
+    fn reexport(&mut self, n: NeighborId) {
+        let mut prefixes: BTreeSet<IpNet> = self.rib.iter_best().map(|(p, _)| *p).collect();
+        prefixes.extend(self.neighbors[n].adj_out.keys().copied());
+        let prefixes: Vec<IpNet> = prefixes.into_iter().collect();
+        self.export_prefixes(n, &prefixes);
+    }
+
     /// routed stops: every session ends with a Cease (administrative
     /// shutdown) and its connections close.
     pub fn shutdown(&mut self, now: Instant) {
@@ -622,7 +1054,7 @@ impl Router {
 
     pub fn next_deadline(&self, now: Instant) -> Instant {
         let mut t = now + Duration::from_millis(500);
-        for nb in &self.neighbors {
+        for nb in self.live() {
             if let Some(d) = nb.session.next_deadline() {
                 t = t.min(d);
             }
@@ -844,8 +1276,7 @@ impl Router {
                 // of it, which would win every longest-prefix match against
                 // the real one (audit H2).
                 let announcer = attrs.as_path.iter().rev().find_map(|asn| {
-                    self.neighbors
-                        .iter()
+                    self.live()
                         .find(|o| o.cfg.asn == *asn && o.cfg.cert.is_some())
                 });
                 match announcer {
@@ -1047,10 +1478,7 @@ impl Router {
     }
 
     fn export_all(&mut self, n: NeighborId) {
-        let mut prefixes: BTreeSet<IpNet> = self.rib.iter_best().map(|(p, _)| *p).collect();
-        prefixes.extend(self.neighbors[n].adj_out.keys().copied());
-        let prefixes: Vec<IpNet> = prefixes.into_iter().collect();
-        self.export_prefixes(n, &prefixes);
+        self.reexport(n);
         if let Some(conn) = self.neighbors[n].session.established_conn() {
             for v6 in [false, true] {
                 if !self.negotiated(n, v6) {
@@ -1072,7 +1500,7 @@ impl Router {
             self.update_rib_membership(n, now);
         }
         if !self.fib_ready {
-            let all_up = self.neighbors.iter().all(|nb| {
+            let all_up = self.live().all(|nb| {
                 nb.session.is_established()
                     && (nb.eor
                         || nb
@@ -1150,8 +1578,7 @@ impl Router {
 
     pub fn status(&self, now: Instant) -> api::Status {
         let neighbors = self
-            .neighbors
-            .iter()
+            .live()
             .map(|nb| {
                 let s = &nb.session;
                 let (bfd, bfd_remote, bfd_diag) = match &nb.bfd {
@@ -1707,6 +2134,296 @@ mod tests {
         assert!(!announced(&r));
         r.probe_result(site, Ok(()), t + Duration::from_secs(3));
         assert!(announced(&r));
+    }
+
+    /// `[[announce]]` on reload: a new prefix is announced to the
+    /// neighbour, a removed one withdrawn, one whose probe changed keeps
+    /// its verdict until the new probe says otherwise; the session stays.
+    #[test]
+    fn a_reload_announces_and_withdraws_site_prefixes() {
+        let base = "asn = 4200000101\nrouter_id = \"10.77.1.1\"\nca = \"-\"\ncert = \"-\"\n\
+             [[neighbor]]\nname = \"site\"\naddress = \"10.77.1.9\"\nasn = 65010\nbfd = false\n\
+             import = [\"192.168.0.0/16\"]\nexport = \"all\"\n";
+        let cfg = |extra: &str| Config::parse(&format!("{base}{extra}")).unwrap();
+        let own: Vec<IpNet> = vec![
+            "10.77.1.0/24".parse().unwrap(),
+            "10.77.8.0/24".parse().unwrap(),
+        ];
+        let certs = Certified {
+            networks: vec!["10.77.0.0/16".parse().unwrap()],
+            own_subnets: own.clone(),
+            own_v6: None,
+            neighbor_subnets: vec![vec![]],
+        };
+        let now = Instant::now();
+        let probed = "[[announce]]\nprefix = \"10.77.1.0/24\"\nprobe = \"10.77.1.50\"\n";
+        let mut r = Router::new(
+            cfg(probed),
+            certs.networks.clone(),
+            own,
+            None,
+            vec![vec![]],
+            now,
+            1,
+        )
+        .unwrap();
+        establish(&mut r, N0, 65010, Ipv4Addr::new(10, 77, 1, 9), now);
+        let site: IpNet = "10.77.1.0/24".parse().unwrap();
+        r.probe_result(site, Ok(()), now);
+        r.probe_result(site, Ok(()), now);
+        assert!(r.rib.best(&site).is_some());
+        r.drain();
+        let sent = |r: &mut Router| -> (Vec<IpNet>, Vec<IpNet>) {
+            let mut a = Vec::new();
+            let mut w = Vec::new();
+            for o in r.drain() {
+                if let Out::Send { bytes, .. } = o {
+                    if let Ok(Message::Update(u)) = wire::decode(&bytes) {
+                        a.extend(u.announced);
+                        w.extend(u.withdrawn);
+                    }
+                }
+            }
+            (a, w)
+        };
+        // A second prefix, unprobed: announced at once. The probe of the
+        // first changed (its interval): still announced.
+        let more = "[[announce]]\nprefix = \"10.77.1.0/24\"\nprobe = \"10.77.1.50\"\nprobe_interval_ms = 500\n\
+                    [[announce]]\nprefix = \"10.77.8.0/24\"\n";
+        let rep = r.reconfigure(cfg(more), certs.clone(), now).unwrap();
+        assert_eq!(
+            rep.prefixes_added,
+            vec!["10.77.8.0/24".parse::<IpNet>().unwrap()]
+        );
+        assert_eq!(rep.probes_changed, vec![site]);
+        assert_eq!(
+            sent(&mut r),
+            (vec!["10.77.8.0/24".parse().unwrap()], vec![])
+        );
+        assert!(r.rib.best(&site).is_some());
+        assert_eq!(r.probes()[0].1.interval, Duration::from_millis(500));
+        // Both gone: both withdrawn; the session stays.
+        let rep = r.reconfigure(cfg(""), certs.clone(), now).unwrap();
+        assert_eq!(rep.prefixes_removed.len(), 2);
+        let (a, mut w) = sent(&mut r);
+        w.sort();
+        assert!(a.is_empty());
+        assert_eq!(w, vec![site, "10.77.8.0/24".parse().unwrap()]);
+        assert!(r.probes().is_empty());
+        assert!(r.neighbors[0].session.is_established());
+        assert_eq!(r.neighbors[0].flaps, 0);
+        // A prefix the certificate does not allow: refused, nothing changes.
+        let e = r
+            .reconfigure(cfg("[[announce]]\nprefix = \"10.77.9.0/24\"\n"), certs, now)
+            .unwrap_err();
+        assert!(e.to_string().starts_with("announce[0].prefix"), "{e}");
+        assert!(sent(&mut r).0.is_empty());
+    }
+
+    /// What a reload counts as a change: an export policy alone is
+    /// applied on the running session; `[bfd]` resets the neighbours that
+    /// run BFD and no other; `[timers]` resets every one; the order of the
+    /// list is no change. Each reset is a Cease "other configuration
+    /// change" on its connection.
+    #[test]
+    fn what_a_reload_resets() {
+        let text = |global: &str, export_a: &str, swap: bool| {
+            let a = format!(
+                "[[neighbor]]\nname = \"a\"\naddress = \"10.77.1.9\"\nasn = 65010\nbfd = false\n\
+                 import = [\"192.168.0.0/16\"]\nexport = \"{export_a}\"\n"
+            );
+            let b = "[[neighbor]]\nname = \"b\"\naddress = \"10.77.2.1\"\nasn = 4200000201\n\
+                     import = \"overlay\"\nexport = \"all\"\n";
+            let (x, y) = if swap {
+                (b.to_string(), a)
+            } else {
+                (a, b.to_string())
+            };
+            Config::parse(&format!(
+                "asn = 4200000101\nrouter_id = \"10.77.1.1\"\nca = \"-\"\ncert = \"-\"\n{global}\n{x}{y}"
+            ))
+            .unwrap()
+        };
+        let certs = Certified {
+            networks: vec!["10.77.0.0/16".parse().unwrap()],
+            neighbor_subnets: vec![vec![], vec![]],
+            ..Certified::default()
+        };
+        let now = Instant::now();
+        let mut r = Router::new(
+            text("", "all", false),
+            certs.networks.clone(),
+            vec![],
+            None,
+            vec![vec![], vec![]],
+            now,
+            1,
+        )
+        .unwrap();
+        establish(
+            &mut r,
+            NeighborId(0),
+            65010,
+            Ipv4Addr::new(10, 77, 1, 9),
+            now,
+        );
+        establish(
+            &mut r,
+            NeighborId(1),
+            4200000201,
+            Ipv4Addr::new(10, 77, 2, 1),
+            now,
+        );
+        r.attach(&["10.77.1.11".parse().unwrap()], now);
+        r.drain();
+        let ceases = |r: &mut Router| -> Vec<String> {
+            r.drain()
+                .iter()
+                .filter_map(|o| match o {
+                    Out::Send { n, bytes, .. } => match wire::decode(bytes) {
+                        Ok(Message::Notification(x))
+                            if x.reason
+                                == wire::Reason::Cease(wire::Cease::OtherConfigurationChange) =>
+                        {
+                            Some(r.neighbors[*n].cfg.name.clone())
+                        }
+                        _ => None,
+                    },
+                    _ => None,
+                })
+                .collect()
+        };
+        let up = |r: &Router, name: &str| {
+            r.status(now)
+                .neighbors
+                .iter()
+                .any(|n| n.name == name && n.state == api::SessionState::Established)
+        };
+        // The same config in another order: nothing.
+        let rep = r
+            .reconfigure(text("", "all", true), certs.clone(), now)
+            .unwrap();
+        assert_eq!(rep, api::Reloaded::default());
+        assert_eq!(r.status(now).neighbors[0].name, "b");
+        // Export "none" for a: our host route is withdrawn from it, no reset.
+        let rep = r
+            .reconfigure(text("", "none", true), certs.clone(), now)
+            .unwrap();
+        assert_eq!(rep.updated, vec!["a"]);
+        assert!(rep.reset.is_empty());
+        let withdrawn = r.drain().iter().any(|o| matches!(o, Out::Send { n: NeighborId(0), bytes, .. }
+            if matches!(wire::decode(bytes), Ok(Message::Update(u)) if u.withdrawn == vec!["10.77.1.11/32".parse::<IpNet>().unwrap()])));
+        assert!(withdrawn);
+        assert!(up(&r, "a") && up(&r, "b"));
+        // [bfd]: b runs BFD, a does not.
+        let rep = r
+            .reconfigure(
+                text("[bfd]\ninterval_ms = 100\n", "none", true),
+                certs.clone(),
+                now,
+            )
+            .unwrap();
+        assert_eq!(
+            rep.reset,
+            vec![api::ResetNeighbor {
+                name: "b".into(),
+                changed: vec!["[bfd]".into()]
+            }]
+        );
+        assert_eq!(ceases(&mut r), vec!["b"]);
+        assert!(up(&r, "a") && !up(&r, "b"));
+        // [timers]: both.
+        let rep = r
+            .reconfigure(
+                text(
+                    "[timers]\nhold_time_s = 30\n[bfd]\ninterval_ms = 100\n",
+                    "none",
+                    true,
+                ),
+                certs,
+                now,
+            )
+            .unwrap();
+        let mut reset: Vec<String> = rep.reset.iter().map(|x| x.name.clone()).collect();
+        reset.sort();
+        assert_eq!(reset, vec!["a", "b"]);
+        assert!(rep.reset.iter().all(|x| x.changed == vec!["timers"]));
+        assert_eq!(ceases(&mut r), vec!["a"], "b had no connection left");
+        assert_eq!(r.status(now).neighbors.len(), 2);
+        let a = r.neighbor_by_addr("10.77.1.9".parse().unwrap()).unwrap();
+        assert_eq!(r.neighbors[a].session.cfg.hold_time, 30);
+        assert_eq!(r.neighbors[a].flaps, 1);
+    }
+
+    /// Damping goes on across a reset by reload: a link it holds down
+    /// stays held down, and the reset itself adds no penalty.
+    #[test]
+    fn a_suppressed_neighbour_reset_by_reload_stays_suppressed() {
+        let text = |import: &str| {
+            Config::parse(&format!(
+                "asn = 4200000101\nrouter_id = \"10.77.1.1\"\nca = \"-\"\ncert = \"-\"\n\
+                 [damping]\nsuppress = 1500\n\
+                 [[neighbor]]\nname = \"site\"\naddress = \"10.77.1.9\"\nasn = 65010\nbfd = false\n\
+                 import = [\"{import}\"]\nexport = \"all\"\n"
+            ))
+            .unwrap()
+        };
+        let mut now = Instant::now();
+        let certs = Certified {
+            networks: vec!["10.77.0.0/16".parse().unwrap()],
+            neighbor_subnets: vec![vec![]],
+            ..Certified::default()
+        };
+        let mut r = Router::new(
+            text("192.168.0.0/16"),
+            certs.networks.clone(),
+            vec![],
+            None,
+            vec![vec![]],
+            now,
+            1,
+        )
+        .unwrap();
+        let suppressed = |r: &Router, now| r.status(now).neighbors[0].suppressed;
+        for _ in 0..2 {
+            establish(&mut r, N0, 65010, Ipv4Addr::new(10, 77, 1, 9), now);
+            now += Duration::from_secs(1);
+            r.on_closed(N0, 1, "test", now);
+        }
+        r.on_tick(now);
+        assert!(suppressed(&r, now));
+        let penalty = r.status(now).neighbors[0].penalty;
+        let rep = r
+            .reconfigure(text("192.168.0.0/17"), certs.clone(), now)
+            .unwrap();
+        assert_eq!(rep.reset.len(), 1);
+        r.on_tick(now);
+        let st = r.status(now);
+        assert!(st.neighbors[0].suppressed, "{:?}", st.neighbors[0]);
+        assert_eq!(st.neighbors[0].state, api::SessionState::Idle);
+        assert_eq!(st.neighbors[0].penalty, penalty);
+        // And an established neighbour reset by reload earns no penalty.
+        let (mut r, now) = router("");
+        let rep = r
+            .reconfigure(
+                Config::parse(
+                    "asn = 4200000101\nrouter_id = \"10.77.1.1\"\nca = \"-\"\ncert = \"-\"\n\
+                     [[neighbor]]\nname = \"site\"\naddress = \"10.77.1.9\"\nasn = 65010\nbfd = false\n\
+                     import = [\"192.168.0.0/17\"]\nexport = \"all\"\n",
+                )
+                .unwrap(),
+                Certified {
+                    networks: vec!["10.77.0.0/16".parse().unwrap()],
+                    neighbor_subnets: vec![vec![]],
+                    ..Certified::default()
+                },
+                now,
+            )
+            .unwrap();
+        assert_eq!(rep.reset.len(), 1);
+        let st = r.status(now);
+        assert_eq!(st.neighbors[0].penalty, 0.0);
+        assert_eq!(st.neighbors[0].flaps, 1);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use crate::config::Config;
 use crate::rib::NeighborId;
-use crate::router::{Out, Router};
+use crate::router::{Certified, Out, ReloadError, Router};
 use crate::session::ConnId;
 use crate::wire;
 use ipnet::IpNet;
@@ -24,10 +24,23 @@ pub struct Sim {
     /// How many times each router's best set for a prefix changed.
     pub changes: Vec<BTreeMap<IpNet, u64>>,
     last_fib: Vec<BTreeMap<IpNet, Vec<String>>>,
+    /// Every router's (site, gateway), the BFD interval and whether
+    /// damping is on: what its config is written from.
+    all: Vec<(u8, u8)>,
+    bfd_ms: u64,
+    damping: bool,
 }
 
 fn key(a: usize, b: usize) -> (usize, usize) {
     (a.min(b), a.max(b))
+}
+
+fn name(s: u8, g: u8) -> String {
+    format!("s{s}-gw{g}")
+}
+
+fn asn(s: u8, g: u8) -> u32 {
+    4_200_000_000 + u32::from(s) * 100 + u32::from(g)
 }
 
 impl Sim {
@@ -39,6 +52,22 @@ impl Sim {
     }
 
     pub fn with_damping(sites: u8, gateways: u8, bfd_ms: u64, damping: bool) -> Sim {
+        Sim::build(sites, gateways, bfd_ms, damping, &[])
+    }
+
+    /// A full mesh but for the sessions between the `unlinked` pairs of
+    /// names (neither end configures the other).
+    pub fn without(sites: u8, gateways: u8, bfd_ms: u64, unlinked: &[(&str, &str)]) -> Sim {
+        Sim::build(sites, gateways, bfd_ms, true, unlinked)
+    }
+
+    fn build(
+        sites: u8,
+        gateways: u8,
+        bfd_ms: u64,
+        damping: bool,
+        unlinked: &[(&str, &str)],
+    ) -> Sim {
         let now = Instant::now();
         let mut all = Vec::new();
         for s in 1..=sites {
@@ -46,33 +75,37 @@ impl Sim {
                 all.push((s, g));
             }
         }
-        let name = |s: u8, g: u8| format!("s{s}-gw{g}");
-        let asn = |s: u8, g: u8| 4_200_000_000 + u32::from(s) * 100 + u32::from(g);
-        let mut routers = Vec::new();
-        let mut names = Vec::new();
-        for &(s, g) in &all {
-            let mut text = format!(
-                "asn = {}\nrouter_id = \"10.77.{s}.{g}\"\nca = \"-\"\ncert = \"-\"\n\
-                 [timers]\nhold_time_s = 9\nkeepalive_s = 3\nconnect_retry_s = 1\nstartup_grace_s = 5\n\
-                 [bfd]\ninterval_ms = {bfd_ms}\nmultiplier = 3\n[damping]\nenabled = {damping}\n",
-                asn(s, g)
-            );
-            for &(s2, g2) in &all {
-                if (s2, g2) != (s, g) {
-                    text.push_str(&format!(
-                        "[[neighbor]]\nname = \"{}\"\naddress = \"10.77.{s2}.{g2}\"\nasn = {}\nimport = \"overlay\"\nexport = \"all\"\n",
-                        name(s2, g2),
-                        asn(s2, g2)
-                    ));
-                }
-            }
-            let cfg = Config::parse(&text).expect("sim config");
+        let mut sim = Sim {
+            now,
+            routers: Vec::new(),
+            names: Vec::new(),
+            conns: HashMap::new(),
+            next_conn: 1,
+            down: BTreeSet::new(),
+            changes: vec![BTreeMap::new(); all.len()],
+            last_fib: vec![BTreeMap::new(); all.len()],
+            all: all.clone(),
+            bfd_ms,
+            damping,
+        };
+        for (i, &(s, g)) in all.iter().enumerate() {
+            let me = name(s, g);
+            let skip: Vec<&str> = unlinked
+                .iter()
+                .filter_map(|&(a, b)| {
+                    if a == me {
+                        Some(b)
+                    } else if b == me {
+                        Some(a)
+                    } else {
+                        None
+                    }
+                })
+                .collect();
+            let cfg = Config::parse(&sim.config_text(i, &skip)).expect("sim config");
             let mut r = Router::new(
                 cfg,
-                vec![
-                    "10.77.0.0/16".parse().unwrap(),
-                    "fd77::/48".parse().unwrap(),
-                ],
+                sim.certified(i).networks,
                 vec![],
                 Some(format!("fd77::{s}:{g}").parse().unwrap()),
                 vec![],
@@ -87,20 +120,61 @@ impl Sim {
                 ],
                 now,
             );
-            routers.push(r);
-            names.push(name(s, g));
+            sim.routers.push(r);
+            sim.names.push(me);
         }
-        let n = routers.len();
-        Sim {
-            now,
-            routers,
-            names,
-            conns: HashMap::new(),
-            next_conn: 1,
-            down: BTreeSet::new(),
-            changes: vec![BTreeMap::new(); n],
-            last_fib: vec![BTreeMap::new(); n],
+        sim
+    }
+
+    /// Router `r`'s config: every other router a neighbour but those
+    /// named in `skip`.
+    pub fn config_text(&self, r: usize, skip: &[&str]) -> String {
+        let (s, g) = self.all[r];
+        let (bfd_ms, damping) = (self.bfd_ms, self.damping);
+        let mut text = format!(
+            "asn = {}\nrouter_id = \"10.77.{s}.{g}\"\nca = \"-\"\ncert = \"-\"\n\
+             [timers]\nhold_time_s = 9\nkeepalive_s = 3\nconnect_retry_s = 1\nstartup_grace_s = 5\n\
+             [bfd]\ninterval_ms = {bfd_ms}\nmultiplier = 3\n[damping]\nenabled = {damping}\n",
+            asn(s, g)
+        );
+        for &(s2, g2) in &self.all {
+            if (s2, g2) != (s, g) && !skip.contains(&name(s2, g2).as_str()) {
+                text.push_str(&format!(
+                    "[[neighbor]]\nname = \"{}\"\naddress = \"10.77.{s2}.{g2}\"\nasn = {}\nimport = \"overlay\"\nexport = \"all\"\n",
+                    name(s2, g2),
+                    asn(s2, g2)
+                ));
+            }
         }
+        text
+    }
+
+    fn certified(&self, r: usize) -> Certified {
+        let (s, g) = self.all[r];
+        Certified {
+            networks: vec![
+                "10.77.0.0/16".parse().unwrap(),
+                "fd77::/48".parse().unwrap(),
+            ],
+            own_subnets: vec![],
+            own_v6: Some(format!("fd77::{s}:{g}").parse().unwrap()),
+            neighbor_subnets: vec![],
+        }
+    }
+
+    /// Reloads router `r` with the config `text` (which must parse), now,
+    /// and delivers what that sends.
+    pub fn reconfigure(
+        &mut self,
+        r: usize,
+        text: &str,
+    ) -> Result<cubenet_api::routed::Reloaded, ReloadError> {
+        let cfg = Config::parse(text).expect("sim config");
+        let certs = self.certified(r);
+        let now = self.now;
+        let res = self.routers[r].reconfigure(cfg, certs, now);
+        self.deliver();
+        res
     }
 
     fn peer_of(&self, r: usize, n: NeighborId) -> usize {
@@ -111,9 +185,10 @@ impl Sim {
             .expect("neighbour router")
     }
 
-    fn index_at(&self, r: usize, peer: usize) -> NeighborId {
+    /// The neighbour `peer` is at router `r`, if `r` has it configured.
+    fn index_at(&self, r: usize, peer: usize) -> Option<NeighborId> {
         let addr = IpAddr::V4(self.routers[peer].cfg.router_id);
-        self.routers[r].neighbor_by_addr(addr).expect("configured")
+        self.routers[r].neighbor_by_addr(addr)
     }
 
     pub fn link_down(&mut self, a: usize, b: usize) {
@@ -152,9 +227,13 @@ impl Sim {
                     self.routers[r].on_connect_failed(n, "timed out", now);
                     return;
                 }
+                // A router that does not know us refuses the connection.
+                let Some(pn) = self.index_at(p, r) else {
+                    self.routers[r].on_connect_failed(n, "connection refused", now);
+                    return;
+                };
                 let id = self.next_conn;
                 self.next_conn += 1;
-                let pn = self.index_at(p, r);
                 self.conns.insert(id, [(r, n), (p, pn)]);
                 self.routers[r].on_connected(n, id, true, None, now);
                 self.routers[p].on_connected(pn, id, false, None, now);
@@ -345,6 +424,271 @@ mod tests {
         assert!(sim.via(b, "10.77.1.11/32").is_empty());
         let now = sim.now;
         assert!(sim.routers[a].next_deadline(now) > now);
+    }
+
+    /// Every session of every router by (router, neighbour): its flap
+    /// count, when it was established and its BFD state. Equal before and
+    /// after means the session was not touched.
+    type Sessions = BTreeMap<(String, String), (u64, Option<Instant>, String)>;
+
+    fn sessions(sim: &Sim) -> Sessions {
+        let mut m = BTreeMap::new();
+        for (i, r) in sim.routers.iter().enumerate() {
+            for n in r.neighbor_ids() {
+                let nb = &r.neighbors[n];
+                let bfd = nb.bfd.as_ref().map(|b| format!("{:?}", b.state()));
+                m.insert(
+                    (sim.names[i].clone(), nb.cfg.name.clone()),
+                    (nb.flaps, nb.session.established_at, bfd.unwrap_or_default()),
+                );
+            }
+        }
+        m
+    }
+
+    fn neighbor_status(
+        sim: &Sim,
+        r: usize,
+        name: &str,
+    ) -> Option<cubenet_api::routed::NeighborStatus> {
+        sim.routers[r]
+            .status(sim.now)
+            .neighbors
+            .into_iter()
+            .find(|n| n.name == name)
+    }
+
+    fn established(sim: &Sim, r: usize, name: &str) -> bool {
+        neighbor_status(sim, r, name)
+            .is_some_and(|n| n.state == cubenet_api::routed::SessionState::Established)
+    }
+
+    /// The sessions of `before` that do not involve the pair `a`-`b` are
+    /// the same sessions now.
+    fn others_untouched(sim: &Sim, before: &Sessions, a: &str, b: &str) {
+        let now = sessions(sim);
+        for (k, v) in before {
+            let involved = (k.0 == a && k.1 == b) || (k.0 == b && k.1 == a);
+            if !involved {
+                assert_eq!(now.get(k), Some(v), "{k:?} was touched");
+                assert!(v.1.is_some(), "{k:?} was not up to begin with");
+            }
+        }
+    }
+
+    /// A reload that adds a neighbour on both ends brings the session up;
+    /// no other session of any router moves (flaps, establishment, BFD),
+    /// the gateway off the new link sees no route change, and the ends
+    /// change only the routes the new link shortens.
+    #[test]
+    fn a_reload_adding_a_neighbour_brings_it_up_and_no_other_session_moves() {
+        let mut sim = Sim::without(3, 1, 100, &[("s1-gw1", "s3-gw1")]);
+        sim.run_for(Duration::from_secs(10));
+        let (a, b, c) = (
+            sim.index("s1-gw1"),
+            sim.index("s2-gw1"),
+            sim.index("s3-gw1"),
+        );
+        assert_eq!(sim.via(a, "10.77.3.11/32"), vec!["s2-gw1"]);
+        assert!(neighbor_status(&sim, a, "s3-gw1").is_none());
+        let before = sessions(&sim);
+        let changes = sim.changes.clone();
+        let report = sim.reconfigure(a, &sim.config_text(a, &[])).unwrap();
+        assert_eq!(report.added, vec!["s3-gw1"]);
+        assert!(report.removed.is_empty() && report.reset.is_empty() && report.updated.is_empty());
+        let report = sim.reconfigure(c, &sim.config_text(c, &[])).unwrap();
+        assert_eq!(report.added, vec!["s1-gw1"]);
+        let start = sim.now;
+        while !(established(&sim, a, "s3-gw1") && established(&sim, c, "s1-gw1")) {
+            assert!(
+                sim.now - start < Duration::from_secs(5),
+                "the new session never came up"
+            );
+            sim.run_for(Duration::from_millis(10));
+        }
+        sim.run_for(Duration::from_secs(5));
+        assert_eq!(sim.via(a, "10.77.3.11/32"), vec!["s3-gw1"]);
+        assert_eq!(sim.via(c, "10.77.1.11/32"), vec!["s1-gw1"]);
+        let n = neighbor_status(&sim, a, "s3-gw1").unwrap();
+        assert_eq!(
+            (n.flaps, n.bfd),
+            (0, cubenet_api::routed::BfdState::Up),
+            "{n:?}"
+        );
+        others_untouched(&sim, &before, "s1-gw1", "s3-gw1");
+        assert_eq!(sim.changes[b], changes[b], "s2-gw1's routes moved");
+        // At the ends only the far end's hosts moved (to the direct link).
+        for (r, far) in [(a, "10.77.3."), (c, "10.77.1.")] {
+            for (p, count) in &sim.changes[r] {
+                if !p.to_string().starts_with(far) && !p.to_string().starts_with("fd77::") {
+                    assert_eq!(
+                        changes[r].get(p),
+                        Some(count),
+                        "{}: {p} moved",
+                        sim.names[r]
+                    );
+                }
+            }
+        }
+        assert_eq!(sim.tables()[a], all_hosts(3, 1));
+    }
+
+    /// A neighbour removed by a reload hears a Cease "peer de-configured":
+    /// its session ends at once, the routes through it go on both ends
+    /// (the third gateway carries them), it stays down, and no other
+    /// session moves.
+    #[test]
+    fn a_reload_removing_a_neighbour_sends_cease_and_its_routes_go_at_once() {
+        let mut sim = Sim::new(3, 1, 100);
+        sim.run_for(Duration::from_secs(10));
+        let (a, b) = (sim.index("s1-gw1"), sim.index("s2-gw1"));
+        assert_eq!(sim.via(b, "10.77.1.11/32"), vec!["s1-gw1"]);
+        assert_eq!(sim.via(a, "10.77.2.11/32"), vec!["s2-gw1"]);
+        let before = sessions(&sim);
+        let report = sim
+            .reconfigure(a, &sim.config_text(a, &["s2-gw1"]))
+            .unwrap();
+        assert_eq!(report.removed, vec!["s2-gw1"]);
+        assert!(report.added.is_empty() && report.reset.is_empty());
+        // Within one step: no waiting for BFD or the hold timer.
+        sim.run_for(Duration::from_millis(10));
+        assert_eq!(sim.via(a, "10.77.2.11/32"), vec!["s3-gw1"]);
+        assert_eq!(sim.via(b, "10.77.1.11/32"), vec!["s3-gw1"]);
+        let n = neighbor_status(&sim, b, "s1-gw1").unwrap();
+        assert_ne!(n.state, cubenet_api::routed::SessionState::Established);
+        let e = n
+            .history
+            .last()
+            .map(|h| h.reason.clone())
+            .unwrap_or_default();
+        assert!(e.contains("peer de-configured (6/3)"), "{e}; {n:?}");
+        assert!(neighbor_status(&sim, a, "s2-gw1").is_none());
+        // s2-gw1 keeps trying and is refused; nothing else moves.
+        sim.run_for(Duration::from_secs(20));
+        assert!(!established(&sim, b, "s1-gw1"));
+        assert_eq!(sim.via(b, "10.77.1.11/32"), vec!["s3-gw1"]);
+        others_untouched(&sim, &before, "s1-gw1", "s2-gw1");
+        for t in sim.tables() {
+            assert_eq!(t, all_hosts(3, 1));
+        }
+    }
+
+    /// A neighbour whose settings change (here its import policy) is
+    /// reset alone: a Cease "other configuration change", one flap on
+    /// each end, back up at once; its BFD session, which nothing changed,
+    /// stays up; no other session moves.
+    #[test]
+    fn a_reload_changing_a_neighbour_resets_only_it() {
+        let mut sim = Sim::new(3, 1, 100);
+        sim.run_for(Duration::from_secs(10));
+        let (a, b) = (sim.index("s1-gw1"), sim.index("s2-gw1"));
+        let before = sessions(&sim);
+        let old = sim.config_text(a, &[]);
+        let block =
+            "name = \"s2-gw1\"\naddress = \"10.77.2.1\"\nasn = 4200000201\nimport = \"overlay\"";
+        assert!(old.contains(block), "{old}");
+        let text = old.replace(
+            block,
+            "name = \"s2-gw1\"\naddress = \"10.77.2.1\"\nasn = 4200000201\nimport = [\"10.77.0.0/16\", \"fd77::/48\"]",
+        );
+        let report = sim.reconfigure(a, &text).unwrap();
+        assert_eq!(
+            report.reset,
+            vec![cubenet_api::routed::ResetNeighbor {
+                name: "s2-gw1".into(),
+                changed: vec!["import".into()]
+            }]
+        );
+        assert!(report.added.is_empty() && report.removed.is_empty());
+        sim.run_for(Duration::from_millis(10));
+        let n = neighbor_status(&sim, b, "s1-gw1").unwrap();
+        let e = n
+            .history
+            .last()
+            .map(|h| h.reason.clone())
+            .unwrap_or_default();
+        assert!(
+            n.history
+                .iter()
+                .any(|h| h.reason.contains("other configuration change (6/6)")),
+            "{e}; {n:?}"
+        );
+        let start = sim.now;
+        while !(established(&sim, a, "s2-gw1") && established(&sim, b, "s1-gw1")) {
+            assert!(
+                sim.now - start < Duration::from_secs(5),
+                "the session did not come back"
+            );
+            sim.run_for(Duration::from_millis(10));
+        }
+        sim.run_for(Duration::from_secs(10));
+        let key = |x: &str, y: &str| (x.to_string(), y.to_string());
+        let now = sessions(&sim);
+        for (r, nb) in [("s1-gw1", "s2-gw1"), ("s2-gw1", "s1-gw1")] {
+            let (f0, _, _) = &before[&key(r, nb)];
+            let (f1, up, bfd) = &now[&key(r, nb)];
+            assert_eq!(*f1, f0 + 1, "{r}: {nb} flapped more than once");
+            assert!(up.is_some());
+            assert_eq!(bfd, "Up");
+        }
+        assert!(established(&sim, a, "s2-gw1"));
+        assert_eq!(sim.via(a, "10.77.2.11/32"), vec!["s2-gw1"]);
+        assert_eq!(sim.via(b, "10.77.1.11/32"), vec!["s1-gw1"]);
+        others_untouched(&sim, &before, "s1-gw1", "s2-gw1");
+        // The same config again changes nothing.
+        let report = sim.reconfigure(a, &text).unwrap();
+        assert_eq!(report, cubenet_api::routed::Reloaded::default());
+    }
+
+    /// A reload the router refuses (a setting only a restart changes, a
+    /// prefix our certificate does not allow) changes nothing, not even
+    /// the parts of it that were fine (a neighbour removed beside it).
+    #[test]
+    fn a_refused_reload_leaves_everything_as_it_was() {
+        let mut sim = Sim::new(3, 1, 100);
+        sim.run_for(Duration::from_secs(10));
+        let a = sim.index("s1-gw1");
+        let before = sessions(&sim);
+        let tables = sim.tables();
+        let changes = sim.changes.clone();
+        let ok = sim.config_text(a, &["s2-gw1"]);
+        for (text, key) in [
+            (
+                ok.replace("router_id = \"10.77.1.1\"", "router_id = \"10.77.1.99\""),
+                "router_id",
+            ),
+            (
+                ok.replace("asn = 4200000101\n", "asn = 4200000199\n"),
+                "asn",
+            ),
+            (format!("listen = [\"0.0.0.0:1179\"]\n{ok}"), "listen"),
+            (
+                ok.replace("enabled = true", "enabled = true\nhalf_life_s = 30"),
+                "damping.half_life_s",
+            ),
+            (
+                format!("{ok}[[announce]]\nprefix = \"192.168.9.0/24\"\n"),
+                "announce[0].prefix",
+            ),
+        ] {
+            let e = sim.reconfigure(a, &text).unwrap_err();
+            assert!(e.to_string().starts_with(key), "{key}: {e}");
+            sim.run_for(Duration::from_secs(1));
+        }
+        assert!(matches!(
+            sim.reconfigure(
+                a,
+                &ok.replace("router_id = \"10.77.1.1\"", "router_id = \"10.77.1.99\"")
+            ),
+            Err(ReloadError::Fixed {
+                key: "router_id",
+                ..
+            })
+        ));
+        assert_eq!(sessions(&sim), before);
+        assert_eq!(sim.tables(), tables);
+        assert_eq!(sim.changes, changes);
+        assert!(neighbor_status(&sim, a, "s2-gw1").is_some());
     }
 
     #[test]

@@ -153,6 +153,8 @@ impl Reason {
             Reason::Fsm => "finite state machine error",
             Reason::Cease(Cease::MaxPrefixes) => "cease: maximum number of prefixes reached",
             Reason::Cease(Cease::AdministrativeShutdown) => "cease: administrative shutdown",
+            Reason::Cease(Cease::PeerDeconfigured) => "cease: peer de-configured",
+            Reason::Cease(Cease::OtherConfigurationChange) => "cease: other configuration change",
             Reason::Cease(Cease::ConnectionCollisionResolution) => {
                 "cease: connection collision resolution"
             }

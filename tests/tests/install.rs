@@ -70,7 +70,7 @@ fn the_systemd_units_verify() {
         }
     }
     assert!(overlayd.contains("\nExecReload=/bin/kill -HUP $MAINPID\n"));
-    assert!(!routed.contains("\nExecReload="), "routed does not reload");
+    assert!(routed.contains("\nExecReload=/bin/kill -HUP $MAINPID\n"));
 
     let dir = tempfile::tempdir().expect("tempdir");
     let docs = dir.path().join("docs");
@@ -403,10 +403,11 @@ fn overlayd_tells_systemd_when_it_serves_reloads_and_stops() {
 }
 
 /// routed likewise: READY=1 once its control socket answers, watchdog
-/// pings, STOPPING=1 at SIGTERM (it has no reload).
+/// pings, RELOADING=1 and READY=1 around a SIGHUP reload, STOPPING=1 at
+/// SIGTERM.
 #[test]
-fn routed_tells_systemd_when_it_serves_and_stops() {
-    if !netns_or_skip("routed_tells_systemd_when_it_serves_and_stops") {
+fn routed_tells_systemd_when_it_serves_reloads_and_stops() {
+    if !netns_or_skip("routed_tells_systemd_when_it_serves_reloads_and_stops") {
         return;
     }
     let lab = Lab::up("routed = true\n[[site]]\nname = \"fra\"\n[[site]]\nname = \"ams\"\n");
@@ -428,6 +429,13 @@ fn routed_tells_systemd_when_it_serves_and_stops() {
         "routed status: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    d.signal(libc::SIGHUP);
+    let r = d.next();
+    let usec = r
+        .strip_prefix("RELOADING=1\nMONOTONIC_USEC=")
+        .unwrap_or_else(|| panic!("expected RELOADING=1, got {r:?}"));
+    assert!(usec.parse::<u64>().is_ok_and(|u| u > 0), "{r:?}");
+    assert_eq!(d.next(), "READY=1");
     d.two_pings();
     d.stop();
 }

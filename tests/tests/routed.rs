@@ -592,3 +592,177 @@ fn a_site_prefix_is_withdrawn_by_the_gateway_whose_lan_probe_fails() {
         overlay_via(l, "ams-gw1", SITE) == ["fra-gw1"]
     });
 }
+
+/// `text` (a routed.toml) without the `[[neighbor]]` named `name`.
+fn without_neighbor(text: &str, name: &str) -> String {
+    let mut parts = text.split("[[neighbor]]");
+    let mut out = parts.next().unwrap_or_default().to_string();
+    let mut found = false;
+    for block in parts {
+        if block.contains(&format!("name = \"{name}\"")) {
+            found = true;
+        } else {
+            out.push_str("[[neighbor]]");
+            out.push_str(block);
+        }
+    }
+    assert!(found, "no neighbour {name} in\n{text}");
+    out
+}
+
+/// Every established session of the gateways: (gateway, neighbour) →
+/// (flaps, uptime in seconds).
+fn sessions(
+    lab: &Lab,
+    gateways: &[&str],
+) -> std::collections::BTreeMap<(String, String), (u64, u64)> {
+    let mut m = std::collections::BTreeMap::new();
+    for gw in gateways {
+        for n in lab.routed(gw, "status")["neighbors"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+        {
+            assert_eq!(n["state"], "established", "{gw}: {n}");
+            m.insert(
+                (gw.to_string(), n["name"].as_str().unwrap().to_string()),
+                (
+                    n["flaps"].as_u64().unwrap(),
+                    n["uptime_s"].as_u64().unwrap(),
+                ),
+            );
+        }
+    }
+    m
+}
+
+fn routed_request(lab: &Lab, node: &str, req: &str) -> Value {
+    use std::io::{BufRead, BufReader, Write};
+    let sock = lab.node(node).routed_socket.expect("routed socket");
+    let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    writeln!(s, "{req}").unwrap();
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).unwrap();
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"))
+}
+
+/// routed reloads routed.toml on SIGHUP without a restart: two gateways
+/// that forget each other (a Cease, the route moves through the third
+/// site) and then gain each other back bring that session up while every
+/// other session stays established with its flap count and uptime. A
+/// config with a mistake is refused whole, through the control socket
+/// with the file and key, and by SIGHUP with the same in the log.
+#[test]
+fn a_gateway_gains_a_neighbour_by_sighup_and_no_other_session_moves() {
+    if !netns_or_skip("a_gateway_gains_a_neighbour_by_sighup_and_no_other_session_moves") {
+        return;
+    }
+    // BFD at 300 ms x 3: a loaded test machine that stalls the daemons
+    // for a few hundred ms must not look like a session that moved.
+    let lab = Lab::up(
+        "routed = true\nbfd_interval_ms = 300\n\
+         [[site]]\nname = \"fra\"\n[[site]]\nname = \"ams\"\n[[site]]\nname = \"par\"\n",
+    );
+    lab.lab_ok(&["wait"]);
+    let gws = ["fra-gw1", "ams-gw1", "par-gw1"];
+    let par_h1 = "10.77.3.11/32";
+    let config = |gw: &str| {
+        std::fs::read_to_string(lab.path().join("nodes").join(gw).join("routed.toml")).unwrap()
+    };
+    let full = [config("fra-gw1"), config("par-gw1")];
+    // fra-gw1 and par-gw1 forget each other.
+    lab.reload("fra-gw1", "routed.toml", "routed", |t| {
+        without_neighbor(&t, "par-gw1")
+    });
+    lab.reload("par-gw1", "routed.toml", "routed", |t| {
+        without_neighbor(&t, "fra-gw1")
+    });
+    lab.wait_for("fra-gw1 and par-gw1 without each other, through ams", |l| {
+        neighbor(l, "fra-gw1", "par-gw1").is_null()
+            && neighbor(l, "par-gw1", "fra-gw1").is_null()
+            && via(l, "fra-gw1", par_h1) == vec!["ams-gw1"]
+    });
+    assert!(lab.ping("fra-h1", "10.77.3.11", 2).status.success());
+    let before = sessions(&lab, &gws);
+    assert_eq!(before.len(), 4, "{before:?}");
+    // They gain each other back: SIGHUP, no restart.
+    lab.reload("fra-gw1", "routed.toml", "routed", |_| full[0].clone());
+    lab.reload("par-gw1", "routed.toml", "routed", |_| full[1].clone());
+    lab.wait_for(
+        "the new session established on both ends, the route direct",
+        |l| {
+            neighbor(l, "fra-gw1", "par-gw1")["state"] == "established"
+                && neighbor(l, "par-gw1", "fra-gw1")["state"] == "established"
+                && via(l, "fra-gw1", par_h1) == vec!["par-gw1"]
+        },
+    );
+    let after = sessions(&lab, &gws);
+    for (k, (flaps, up)) in &before {
+        let (f, u) = after[k];
+        assert_eq!(f, *flaps, "{k:?} flapped");
+        assert!(u >= *up, "{k:?} was reset: up {u} s, {up} s before");
+    }
+    let log = std::fs::read_to_string(lab.path().join("nodes/fra-gw1/routed.log")).unwrap();
+    assert!(log.contains("reload: neighbour added"), "{log}");
+    assert!(log.contains("reload: neighbour removed"), "{log}");
+    // A mistake: refused whole, with the file and the key, and nothing moves.
+    let file = lab.path().join("nodes/fra-gw1/routed.toml");
+    let bad = without_neighbor(&full[0], "ams-gw1")
+        .replace("[timers]\n", "[timers]\nhold_time_s_typo = 3\n");
+    assert!(bad.contains("hold_time_s_typo"), "{bad}");
+    std::fs::write(&file, &bad).unwrap();
+    let reply = routed_request(&lab, "fra-gw1", r#"{"cmd":"reload"}"#);
+    let e = reply["error"].as_str().unwrap_or_default().to_string();
+    assert_eq!(reply["ok"], false, "{reply}");
+    assert!(
+        e.contains(&file.display().to_string()) && e.contains("hold_time_s_typo"),
+        "{e}"
+    );
+    let refused = |l: &Lab| {
+        std::fs::read_to_string(l.path().join("nodes/fra-gw1/routed.log"))
+            .unwrap()
+            .matches("reload refused")
+            .count()
+    };
+    let n = refused(&lab);
+    lab.reload("fra-gw1", "routed.toml", "routed", |t| t);
+    lab.wait_for("the SIGHUP reload refused in the log", |l| refused(l) > n);
+    let log = std::fs::read_to_string(lab.path().join("nodes/fra-gw1/routed.log")).unwrap();
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("reload refused"))
+        .unwrap();
+    assert!(line.contains("ERROR"), "{line}");
+    assert!(
+        line.contains(&file.display().to_string()) && line.contains("hold_time_s_typo"),
+        "{line}"
+    );
+    // Fixed settings are refused by key.
+    let moved = full[0].replace("router_id = \"10.77.1.1\"", "router_id = \"10.77.1.99\"");
+    assert_ne!(moved, full[0]);
+    std::fs::write(&file, moved).unwrap();
+    let reply = routed_request(&lab, "fra-gw1", r#"{"cmd":"reload"}"#);
+    assert!(
+        reply["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("router_id: cannot change"),
+        "{reply}"
+    );
+    assert!(!neighbor(&lab, "fra-gw1", "ams-gw1").is_null());
+    let still = sessions(&lab, &gws);
+    for (k, (flaps, up)) in &after {
+        let (f, u) = still[k];
+        assert_eq!(f, *flaps, "{k:?} flapped");
+        assert!(u >= *up, "{k:?} was reset");
+    }
+    // The good config again: a reload that changes nothing.
+    std::fs::write(&file, &full[0]).unwrap();
+    let reply = routed_request(&lab, "fra-gw1", r#"{"cmd":"reload"}"#);
+    assert_eq!(reply["ok"], true, "{reply}");
+    assert_eq!(reply["added"], serde_json::json!([]), "{reply}");
+    assert_eq!(reply["reset"], serde_json::json!([]), "{reply}");
+}

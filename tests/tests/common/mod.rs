@@ -116,6 +116,23 @@ impl Lab {
         self.lab_ok(&["start", node]);
     }
 
+    /// Rewrites `file` in `node`'s directory with `edit` and sends the
+    /// node's `daemon` SIGHUP to reload it in place (no restart). Returns
+    /// once the signal is sent: wait for what the reload does.
+    pub fn reload(
+        &self,
+        node: &str,
+        file: &str,
+        daemon: &str,
+        edit: impl FnOnce(String) -> String,
+    ) {
+        let path = self.path().join("nodes").join(node).join(file);
+        let text =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        std::fs::write(&path, edit(text)).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        self.lab_ok(&["kill", node, "--daemon", daemon, "--signal", "HUP"]);
+    }
+
     /// Runs a command in a node's namespace.
     pub fn exec(&self, node: &str, cmd: &[&str]) -> Output {
         run(&mut self.exec_command(node, cmd))
