@@ -30,6 +30,12 @@ pub enum CallError {
     /// The daemon answered `{"ok": false, "error": ...}`.
     #[error("{0}")]
     Refused(String),
+    /// No answer within the caller's deadline (a stuck daemon).
+    #[error("{path}: no answer within {after:?}")]
+    TimedOut {
+        path: PathBuf,
+        after: std::time::Duration,
+    },
 }
 
 /// A connection to a daemon's control socket.
@@ -38,6 +44,9 @@ pub struct Client {
     r: BufReader<OwnedReadHalf>,
     w: OwnedWriteHalf,
     line: String,
+    /// How long [`Client::call`] waits for the daemon to take a request
+    /// and answer it; `None`: as long as it takes.
+    deadline: Option<std::time::Duration>,
 }
 
 impl Client {
@@ -54,11 +63,36 @@ impl Client {
             r: BufReader::new(r),
             w,
             line: String::new(),
+            deadline: None,
         })
+    }
+
+    /// Every [`Client::call`] on this connection gives up after `d` (a
+    /// daemon that stopped reading must not hold its caller forever).
+    /// Events read with [`Client::next`] wait as long as it takes.
+    pub fn with_deadline(mut self, d: std::time::Duration) -> Self {
+        self.deadline = Some(d);
+        self
     }
 
     /// Sends one request and reads its reply.
     pub async fn call<Q: Serialize, R: DeserializeOwned>(
+        &mut self,
+        req: &Q,
+    ) -> Result<R, CallError> {
+        let Some(after) = self.deadline else {
+            return self.call_now(req).await;
+        };
+        match tokio::time::timeout(after, self.call_now(req)).await {
+            Ok(r) => r,
+            Err(_) => Err(CallError::TimedOut {
+                path: self.path.clone(),
+                after,
+            }),
+        }
+    }
+
+    async fn call_now<Q: Serialize, R: DeserializeOwned>(
         &mut self,
         req: &Q,
     ) -> Result<R, CallError> {
@@ -98,6 +132,25 @@ impl Client {
 /// One request on a new connection.
 pub async fn call<Q: Serialize, R: DeserializeOwned>(path: &Path, req: &Q) -> Result<R, CallError> {
     Client::connect(path).await?.call(req).await
+}
+
+/// [`call`] that gives up when the daemon does not answer within `after`.
+pub async fn call_within<Q: Serialize, R: DeserializeOwned>(
+    path: &Path,
+    req: &Q,
+    after: std::time::Duration,
+) -> Result<R, CallError> {
+    let connect = Client::connect(path);
+    let c = match tokio::time::timeout(after, connect).await {
+        Ok(c) => c?,
+        Err(_) => {
+            return Err(CallError::TimedOut {
+                path: path.to_path_buf(),
+                after,
+            })
+        }
+    };
+    c.with_deadline(after).call(req).await
 }
 
 /// One request on a new connection, for callers with no runtime (CLIs,

@@ -546,7 +546,13 @@ async fn overlay_events(me: Arc<Shared>) {
 }
 
 async fn follow(me: &Arc<Shared>, path: &std::path::Path) -> Result<(), CallError> {
-    let mut c = Client::connect(path).await?;
+    let mut c = tokio::time::timeout(crate::overlay::OVERLAYD_CALL, Client::connect(path))
+        .await
+        .map_err(|_| CallError::TimedOut {
+            path: path.to_path_buf(),
+            after: crate::overlay::OVERLAYD_CALL,
+        })??
+        .with_deadline(crate::overlay::OVERLAYD_CALL);
     // Subscribed (acknowledged) first, then the snapshot: nothing falls in
     // between.
     let _: api::Subscribed = c.call(&api::Request::Subscribe).await?;

@@ -10,12 +10,22 @@
 //! open (overlayd removes nothing then) and withdrawals wait; when routed
 //! becomes ready it resyncs once more, ending it, and stale entries go. A
 //! failed request drops the connection, and the next push starts over.
+//!
+//! Every request to overlayd gives up after [`OVERLAYD_CALL`]: an overlayd
+//! that stopped reading (stuck, or stopped with SIGSTOP) costs the feed a
+//! reconnect and a resync, never the task that also keeps the kernel's
+//! routes (audit L12). Events are waited for as long as it takes.
 
 use cubenet_api::overlayd::{self as api, Request, Route, Updated, ROUTE_CHUNK};
 use cubenet_api::{CallError, Client, Empty};
 use ipnet::IpNet;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// How long one request to overlayd may take, connecting included: a
+/// resync chunk of [`ROUTE_CHUNK`] routes takes milliseconds.
+pub const OVERLAYD_CALL: Duration = Duration::from_secs(10);
 
 /// What a push did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -78,7 +88,13 @@ impl RouteFeed {
         ready: bool,
     ) -> Result<Pushed, CallError> {
         if self.conn.is_none() {
-            self.conn = Some(Client::connect(&self.path).await?);
+            let c = tokio::time::timeout(OVERLAYD_CALL, Client::connect(&self.path))
+                .await
+                .map_err(|_| CallError::TimedOut {
+                    path: self.path.clone(),
+                    after: OVERLAYD_CALL,
+                })??;
+            self.conn = Some(c.with_deadline(OVERLAYD_CALL));
             return self.resync(table, ready).await;
         }
         if ready && !self.owner {
@@ -207,10 +223,47 @@ fn route((prefix, via): &(IpNet, Vec<String>)) -> Route {
 
 /// The hosts attached to overlayd now.
 pub async fn attached_hosts(path: &Path) -> Result<Vec<std::net::IpAddr>, CallError> {
-    let a: api::AttachedPeers = cubenet_api::client::call(path, &Request::Attached).await?;
+    let a: api::AttachedPeers =
+        cubenet_api::client::call_within(path, &Request::Attached, OVERLAYD_CALL).await?;
     Ok(a.peers
         .into_iter()
         .filter(|h| h.role == api::Role::Host)
         .flat_map(|h| h.addresses)
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An overlayd that takes the connection and never answers (stuck, or
+    /// stopped): the push gives up after [`OVERLAYD_CALL`] instead of
+    /// holding the feed (and the kernel routes after it) forever, and the
+    /// next push starts over on a new connection.
+    #[tokio::test(start_paused = true)]
+    async fn a_stuck_overlayd_times_the_feed_out_and_the_next_push_reconnects() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("overlayd.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        let stuck = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = listener.accept().await {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                held.push(s);
+            }
+        });
+        let mut feed = RouteFeed::new(&path);
+        let table = vec![("10.77.1.11/32".parse().unwrap(), vec!["gw".to_string()])];
+        let t0 = tokio::time::Instant::now();
+        let r = feed.push(&table, true).await;
+        assert!(matches!(r, Err(CallError::TimedOut { .. })), "{r:?}");
+        assert!(t0.elapsed() >= OVERLAYD_CALL, "{:?}", t0.elapsed());
+        assert!(feed.conn.is_none(), "the stuck connection is kept");
+        let r = feed.push(&table, true).await;
+        assert!(matches!(r, Err(CallError::TimedOut { .. })), "{r:?}");
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+        stuck.abort();
+    }
 }
