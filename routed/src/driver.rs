@@ -595,7 +595,12 @@ async fn sync_tables(me: Arc<Shared>) {
         let _ = tokio::time::timeout(RESYNC, me.tables.notified()).await;
         let (ready, fib, kernel) = {
             let r = me.router();
-            (r.fib_ready(), r.fib(), r.kernel_routes())
+            (r.fib_ready(), r.feed_table(), r.kernel_routes())
+        };
+        // Stopping: overlayd keeps its table, and the kernel's routes go
+        // once, at exit.
+        let Some(fib) = fib else {
+            continue;
         };
         // Until routed owns the table (its neighbours back, or the startup
         // grace over) what it has learned is merged in and nothing is

@@ -1533,6 +1533,15 @@ impl Router {
         self.fib_ready
     }
 
+    /// The table for overlayd now, or `None` once routed is stopping:
+    /// overlayd keeps what it has (a gateway stopping with SIGTERM still
+    /// forwards while it drains, and its hosts' replies that reach it
+    /// before they moved need the routes to the other sites; the sessions
+    /// routed just ended would otherwise withdraw them all from it).
+    pub fn feed_table(&self) -> Option<Vec<(IpNet, Vec<String>)>> {
+        (!self.stopping).then(|| self.fib())
+    }
+
     /// Learned best routes for overlayd: prefix → the gateways (overlay
     /// neighbours) of the best set. Routes only a LAN router offers are for
     /// the kernel: overlayd hands them to its TUN by the cert's subnets.

@@ -402,7 +402,13 @@ mod tests {
         let (a, b) = (sim.index("s1-gw1"), sim.index("s2-gw1"));
         assert_eq!(sim.via(b, "10.77.1.11/32"), vec!["s1-gw1"]);
         let now = sim.now;
+        assert!(sim.routers[a].feed_table().is_some());
         sim.routers[a].shutdown(now);
+        // Its own overlayd keeps its table while it drains: the stopping
+        // router hands it nothing more (before, the sessions it ended
+        // withdrew every route from it, and a host's reply that reached
+        // the draining gateway found no route).
+        assert!(sim.routers[a].feed_table().is_none());
         // Delivered within a step; BFD and the hold timer would take 300 ms
         // and more.
         sim.run_for(Duration::from_millis(20));
