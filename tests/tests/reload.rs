@@ -7,8 +7,6 @@ mod common;
 
 use common::{netns_or_skip, path_str, Lab};
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
 use std::path::Path;
 
 const H1: &str = "10.77.1.11";
@@ -38,13 +36,7 @@ port = "99999"
 "#;
 
 fn request(socket: &str, req: &Value) -> Value {
-    let mut s = UnixStream::connect(socket).unwrap();
-    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
-        .unwrap();
-    writeln!(s, "{req}").unwrap();
-    let mut line = String::new();
-    BufReader::new(s).read_line(&mut line).unwrap();
-    serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"))
+    common::control_request(Path::new(socket), &req.to_string())
 }
 
 fn rules(lab: &Lab, node: &str) -> Vec<String> {

@@ -637,15 +637,8 @@ fn sessions(
 }
 
 fn routed_request(lab: &Lab, node: &str, req: &str) -> Value {
-    use std::io::{BufRead, BufReader, Write};
     let sock = lab.node(node).routed_socket.expect("routed socket");
-    let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
-    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
-        .unwrap();
-    writeln!(s, "{req}").unwrap();
-    let mut line = String::new();
-    BufReader::new(s).read_line(&mut line).unwrap();
-    serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"))
+    common::control_request(&sock, req)
 }
 
 /// routed reloads routed.toml on SIGHUP without a restart: two gateways

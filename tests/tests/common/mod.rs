@@ -520,3 +520,17 @@ impl Drop for TcpSender {
 pub fn path_str(p: &std::path::Path) -> String {
     p.to_str().expect("utf-8 path").to_string()
 }
+
+/// One raw request line to a daemon's control socket and its reply as
+/// JSON, for the tests of the JSON shape itself (10 s to answer).
+#[allow(dead_code)]
+pub fn control_request(socket: &Path, req: &str) -> serde_json::Value {
+    use std::io::Write;
+    let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    writeln!(s, "{req}").unwrap();
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).unwrap();
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"))
+}
