@@ -33,6 +33,8 @@ needs=(
   zsh:zsh
   fish:fish
   promtool:prometheus
+  debootstrap:debootstrap
+  lintian:lintian
 )
 missing=()
 for pair in "${needs[@]}"; do
