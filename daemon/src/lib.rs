@@ -79,3 +79,62 @@ pub fn default_sigpipe() {
     // thread exists; no handler is installed.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
 }
+
+/// A log line about something a stranger can cause (a refused connection,
+/// a bad packet) at most once per period, so it cannot flood the log; the
+/// lines held back are counted and said with the next one.
+pub struct LogLimit {
+    period: std::time::Duration,
+    last: Option<std::time::Instant>,
+    held: u64,
+}
+
+impl LogLimit {
+    pub fn per_second() -> Self {
+        LogLimit {
+            period: std::time::Duration::from_secs(1),
+            last: None,
+            held: 0,
+        }
+    }
+
+    /// `Some(suffix)` when a line may be written now: empty, or
+    /// ` (N more since the last line)`; `None` when it is held back.
+    pub fn note(&mut self, now: std::time::Instant) -> Option<String> {
+        if self
+            .last
+            .is_some_and(|t| now.saturating_duration_since(t) < self.period)
+        {
+            self.held += 1;
+            return None;
+        }
+        self.last = Some(now);
+        let more = std::mem::take(&mut self.held);
+        Some(if more == 0 {
+            String::new()
+        } else {
+            format!(" ({more} more since the last line)")
+        })
+    }
+}
+
+#[cfg(test)]
+mod log_limit_tests {
+    use super::LogLimit;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn one_line_a_second_and_the_rest_counted() {
+        let t0 = Instant::now();
+        let mut l = LogLimit::per_second();
+        assert_eq!(l.note(t0).as_deref(), Some(""));
+        for i in 1..=1000 {
+            assert_eq!(l.note(t0 + Duration::from_micros(i * 900)), None);
+        }
+        assert_eq!(
+            l.note(t0 + Duration::from_secs(1)).as_deref(),
+            Some(" (1000 more since the last line)")
+        );
+        assert_eq!(l.note(t0 + Duration::from_secs(3)).as_deref(), Some(""));
+    }
+}

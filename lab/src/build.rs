@@ -461,7 +461,7 @@ pub(crate) fn bird_config_text(plans: &[Plan], p: &Plan, spec: &Spec) -> String 
     {
         t.push_str(&format!(
             "protocol bgp {} {{\n  local {me} as {};\n  neighbor 172.16.{i}.{} as {};\n  \
-             hold time 9; connect retry time 1; error wait time 1, 10; bfd on;\n  \
+             hold time 9; connect retry time 1; error wait time 1, 10; bfd on; ttl security on;\n  \
              ipv4 {{ import all; export where proto = \"site\"; }};\n}}\n",
             g.node.name.replace('-', "_"),
             bird_asn(i),
@@ -496,6 +496,7 @@ pub(crate) fn gobgp_config_text(plans: &[Plan], p: &Plan) -> String {
         t.push_str(&format!(
             "[[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"172.16.{i}.{}\"\n    peer-as = {}\n\
                [neighbors.timers.config]\n    connect-retry = 1\n    hold-time = 9\n    keepalive-interval = 3\n\
+               [neighbors.ttl-security.config]\n    enabled = true\n    ttl-min = 255\n\
                [[neighbors.afi-safis]]\n    [neighbors.afi-safis.config]\n      afi-safi-name = \"ipv4-unicast\"\n",
             g.member,
             routed::asn(g.site_idx, g.member)

@@ -4,7 +4,8 @@
 //! [`Session::on_packet`], calls [`Session::poll`] at [`Session::next_deadline`] and sends
 //! whatever `poll` returns. Echo, demand mode and authentication are not implemented.
 //! The driver handles RFC 5881 transport: UDP port 3784, TTL 255 sent, and received
-//! packets with a lower TTL dropped by the kernel (`IP_MINTTL`).
+//! packets checked for TTL (hop limit) 255 from the ancillary data the kernel gives
+//! with each (`IP_RECVTTL`, `IPV6_RECVHOPLIMIT`): [`Session::discard`] counts the others.
 //!
 //! Without authentication a packet is told from a forgery by its discriminators: the
 //! caller picks the local one at random, and once a session is Up only packets
@@ -385,6 +386,17 @@ impl Session {
     /// discriminator, none while Up, bad fields).
     pub fn discarded(&self) -> u64 {
         self.discarded
+    }
+
+    /// What this session runs with.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Counts a packet from the neighbour's address that the transport
+    /// refused (a TTL or hop limit below 255: sent from farther away).
+    pub fn discard(&mut self) {
+        self.discarded += 1;
     }
 
     /// Local session state.

@@ -18,7 +18,8 @@ pub struct Config {
     /// This gateway's AS: a private 4-byte AS (RFC 6996) per gateway.
     pub asn: u32,
     pub router_id: Ipv4Addr,
-    /// BGP listen address; default every address, port 179.
+    /// BGP listen addresses; default every address of both families, port
+    /// 179 (without IPv6 in the kernel, IPv4 alone).
     #[serde(default = "default_listen")]
     pub listen: Vec<std::net::SocketAddr>,
     #[serde(default = "default_socket")]
@@ -200,8 +201,28 @@ pub struct Neighbor {
     pub export: Option<String>,
     #[serde(default = "yes")]
     pub bfd: bool,
+    /// This neighbour's BFD interval, if not `[bfd]`'s.
+    pub bfd_interval_ms: Option<u64>,
+    /// This neighbour's BFD detection multiplier, if not `[bfd]`'s.
+    pub bfd_multiplier: Option<u8>,
+    /// GTSM (RFC 5082): BGP to this neighbour is sent with TTL (hop limit)
+    /// 255 and accepted only with 255, so only a directly connected
+    /// neighbour can reach the session. Off only for a neighbour more than
+    /// one hop away.
+    #[serde(default = "yes")]
+    pub ttl_security: bool,
     #[serde(default)]
     pub passive: bool,
+}
+
+impl Neighbor {
+    /// BFD's interval and multiplier for this neighbour under `bfd`.
+    pub fn bfd_timing(&self, bfd: &Bfd) -> (Duration, u8) {
+        (
+            Duration::from_millis(self.bfd_interval_ms.unwrap_or(bfd.interval_ms)),
+            self.bfd_multiplier.unwrap_or(bfd.multiplier),
+        )
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -273,8 +294,12 @@ impl Announce {
 fn yes() -> bool {
     true
 }
-fn default_listen() -> Vec<std::net::SocketAddr> {
-    vec!["0.0.0.0:179".parse().expect("literal")]
+/// Both families; the IPv6 socket IPv6-only beside the IPv4 one.
+pub fn default_listen() -> Vec<std::net::SocketAddr> {
+    vec![
+        "0.0.0.0:179".parse().expect("literal"),
+        "[::]:179".parse().expect("literal"),
+    ]
 }
 fn default_socket() -> PathBuf {
     DEFAULT_SOCKET.into()
@@ -452,8 +477,11 @@ impl Config {
         if self.timers.keepalive_s == 0 {
             return Err("timers.keepalive_s: must be at least 1".into());
         }
-        if self.bfd.interval_ms < 10 {
-            return Err("bfd.interval_ms: must be at least 10".into());
+        if !(10..=60_000).contains(&self.bfd.interval_ms) {
+            return Err(format!(
+                "bfd.interval_ms: {} is outside 10-60000",
+                self.bfd.interval_ms
+            ));
         }
         if self.bfd.multiplier == 0 {
             return Err("bfd.multiplier: must be at least 1".into());
@@ -510,6 +538,17 @@ impl Config {
             }
             if !names.insert(&n.name) {
                 return Err(format!("neighbor[{i}].name: {:?} appears twice", n.name));
+            }
+            if n.bfd_interval_ms
+                .is_some_and(|v| !(10..=60_000).contains(&v))
+            {
+                return Err(format!(
+                    "neighbor[{i}].bfd_interval_ms: {} is outside 10-60000",
+                    n.bfd_interval_ms.unwrap_or_default()
+                ));
+            }
+            if n.bfd_multiplier == Some(0) {
+                return Err(format!("neighbor[{i}].bfd_multiplier: must be at least 1"));
             }
             if n.asn == self.asn {
                 return Err(format!(

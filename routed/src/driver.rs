@@ -20,7 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, Notify};
 
-pub const BFD_PORT: u16 = 3784;
+pub use crate::sockets::BFD_PORT;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// The route feed looks at overlayd this often even without changes (an
 /// empty update), so a restarted overlayd gets its routes back.
@@ -30,7 +30,9 @@ pub struct Shared {
     router: Mutex<Router>,
     conns: Mutex<HashMap<u64, Conn>>,
     next_conn: AtomicU64,
-    bfd_tx: UdpSocket,
+    bfd_tx4: UdpSocket,
+    /// The IPv6 send socket, or why there is none.
+    bfd_tx6: Result<UdpSocket, String>,
     tables: Notify,
     /// Wakes the timer to look at the router's next deadline again.
     wake: Notify,
@@ -43,6 +45,8 @@ pub struct Shared {
     cfg: Config,
     config_path: PathBuf,
     supervisor: Supervisor,
+    /// The BGP listeners: GTSM is set on them (see [`Shared::gtsm_listeners`]).
+    listeners: Vec<(Arc<TcpListener>, bool)>,
     /// The running health probe of each probed site prefix.
     probes: Mutex<HashMap<ipnet::IpNet, (crate::probe::Probe, tokio::task::AbortHandle)>>,
 }
@@ -99,7 +103,7 @@ impl Shared {
 
     /// Carries out one output; the connection whose send queue is full,
     /// when that is what happened.
-    fn dispatch(self: &Arc<Self>, r: &Router, o: Out) -> Option<(NeighborId, u64)> {
+    fn dispatch(self: &Arc<Self>, r: &mut Router, o: Out) -> Option<(NeighborId, u64)> {
         match o {
             Out::Connect { n } => {
                 let me = self.clone();
@@ -122,13 +126,19 @@ impl Shared {
                 }
             }
             Out::Bfd { n, bytes } => {
-                let addr = r.neighbors[n].cfg.address;
-                if let Err(e) = self
-                    .bfd_tx
-                    .try_send_to(&bytes, SocketAddr::new(addr, BFD_PORT))
-                {
-                    tracing::debug!(%addr, "BFD send: {e}");
-                }
+                let to = SocketAddr::new(r.neighbors[n].cfg.address, BFD_PORT);
+                let sock = match (&self.bfd_tx6, to.is_ipv6()) {
+                    (_, false) => Ok(&self.bfd_tx4),
+                    (Ok(s), true) => Ok(s),
+                    (Err(why), true) => Err(why.clone()),
+                };
+                let sent = sock.and_then(|s| match s.try_send_to(&bytes, to) {
+                    // A full send buffer loses one packet; BFD's
+                    // multiplier is there for that.
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(0),
+                    r => r.map_err(|e| format!("sending to {to}: {e}")),
+                });
+                r.on_bfd_sent(n, sent.map(drop));
             }
             Out::TablesChanged => self.tables.notify_one(),
         }
@@ -149,6 +159,7 @@ impl Shared {
         match &r {
             Ok(c) => {
                 self.sync_probes();
+                self.gtsm_listeners();
                 let reset: Vec<&str> = c.reset.iter().map(|x| x.name.as_str()).collect();
                 tracing::info!(
                     config = %file,
@@ -205,11 +216,29 @@ impl Shared {
         }
     }
 
+    /// When every neighbour runs GTSM, the listeners themselves take only
+    /// TTL 255, so a connection from farther away is not even accepted;
+    /// else each accepted connection of a GTSM neighbour is checked from
+    /// its first segment after the handshake on.
+    fn gtsm_listeners(&self) {
+        let all = self.router().neighbors_all_ttl_security();
+        for (l, v6) in &self.listeners {
+            if let Err(e) = crate::sockets::receive_min(&**l, *v6, if all { 255 } else { 0 }) {
+                tracing::warn!("BGP listener: GTSM: {e}");
+            }
+        }
+    }
+
     async fn connect(self: Arc<Self>, n: NeighborId) {
-        let (addr, name, overlay) = {
+        let (addr, name, overlay, gtsm) = {
             let r = self.router();
             let nb = &r.neighbors[n];
-            (nb.cfg.address, nb.cfg.name.clone(), nb.overlay)
+            (
+                nb.cfg.address,
+                nb.cfg.name.clone(),
+                nb.overlay,
+                nb.cfg.ttl_security,
+            )
         };
         let local = IpAddr::V4(self.cfg.router_id);
         let attempt = async {
@@ -224,6 +253,12 @@ impl Shared {
             } else {
                 TcpSocket::new_v6()?
             };
+            // Every BGP packet leaves with TTL 255; with GTSM only 255 is
+            // taken (RFC 5082), from the SYN-ACK on.
+            crate::sockets::send_255(&sock, addr.is_ipv6())?;
+            if gtsm {
+                crate::sockets::receive_only_255(&sock, addr.is_ipv6())?;
+            }
             sock.connect(SocketAddr::new(addr, 179)).await
         };
         match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
@@ -324,54 +359,32 @@ struct Conn {
 /// reading and its connection is closed (audit M10: the queue had no bound).
 const MAX_QUEUED: usize = 64 << 20;
 
-fn bfd_tx_socket() -> std::io::Result<UdpSocket> {
-    // RFC 5881 §4: source port 49152-65535, TTL 255.
-    let mut last = None;
-    for port in 49152..49252u16 {
-        match std::net::UdpSocket::bind(("0.0.0.0", port)) {
-            Ok(s) => {
-                s.set_ttl(255)?;
-                s.set_nonblocking(true)?;
-                return UdpSocket::from_std(s);
-            }
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(last.unwrap_or_else(|| std::io::Error::other("no port")))
-}
-
-/// RFC 5881 §5 (GTSM, RFC 5082): a single-hop BFD packet arrives with TTL
-/// 255; the kernel drops any with less, so a forger farther than one hop
-/// away (the internet sending to the underlay address) is not heard.
-fn set_min_ttl_255(s: &UdpSocket) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let v: libc::c_int = 255;
-    // SAFETY: a valid socket, and an int option of the size given.
-    let r = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_MINTTL,
-            (&v as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
 pub async fn run(cfg: Config, router: Router, config_path: PathBuf) -> Result<(), String> {
-    let bfd_rx = UdpSocket::bind(("0.0.0.0", BFD_PORT))
-        .await
-        .map_err(|e| format!("BFD listen :{BFD_PORT}: {e}"))?;
-    set_min_ttl_255(&bfd_rx).map_err(|e| format!("BFD listen :{BFD_PORT}: IP_MINTTL: {e}"))?;
-    let bfd_tx = bfd_tx_socket().map_err(|e| format!("BFD send socket: {e}"))?;
+    let (bfd_rx4, bfd_rx6) = crate::sockets::bfd_receivers()
+        .map_err(|e| format!("BFD listen 0.0.0.0:{BFD_PORT}: {e}"))?;
+    let (bfd_tx4, mut bfd_tx6) =
+        crate::sockets::bfd_senders().map_err(|e| format!("BFD send socket: {e}"))?;
+    // Without a receive socket an IPv6 session could only send.
+    if let Err(e) = &bfd_rx6 {
+        tracing::warn!("BFD over IPv6 is off: {e}");
+        bfd_tx6 = Err(e.clone());
+    }
     let mut listeners = Vec::new();
     for a in &cfg.listen {
-        listeners.push(bgp_listener(*a, &cfg.listen).map_err(|e| format!("listen {a}: {e}"))?);
+        let l = match bgp_listener(*a, &cfg.listen) {
+            Ok(l) => l,
+            // The default's IPv6 half on a kernel without IPv6.
+            Err(e)
+                if a.is_ipv6()
+                    && cfg.listen == crate::config::default_listen()
+                    && e.raw_os_error() == Some(libc::EAFNOSUPPORT) =>
+            {
+                tracing::warn!("BGP listens on IPv4 only: [::]:179: {e}");
+                continue;
+            }
+            Err(e) => return Err(format!("listen {a}: {e}")),
+        };
+        listeners.push((Arc::new(l), a.is_ipv6()));
     }
     let ctl = crate::ctl::bind(&cfg.control_socket)
         .map_err(|e| format!("control socket {}: {e}", cfg.control_socket.display()))?;
@@ -381,7 +394,8 @@ pub async fn run(cfg: Config, router: Router, config_path: PathBuf) -> Result<()
         router: Mutex::new(router),
         conns: Mutex::new(HashMap::new()),
         next_conn: AtomicU64::new(1),
-        bfd_tx,
+        bfd_tx4,
+        bfd_tx6,
         tables: Notify::new(),
         wake: Notify::new(),
         writers: AtomicUsize::new(0),
@@ -389,13 +403,16 @@ pub async fn run(cfg: Config, router: Router, config_path: PathBuf) -> Result<()
         cfg: cfg.clone(),
         config_path,
         supervisor,
+        listeners: listeners.clone(),
         probes: Mutex::new(HashMap::new()),
     });
+    shared.gtsm_listeners();
     tracing::info!(asn = cfg.asn, router_id = %cfg.router_id, neighbors = cfg.neighbors.len(), "routed running");
 
-    for l in listeners {
+    for (l, _) in listeners {
         let me = shared.clone();
         tokio::spawn(async move {
+            let mut refused = cubenet_daemon::LogLimit::per_second();
             loop {
                 let (stream, from) = match l.accept().await {
                     Ok(c) => c,
@@ -406,21 +423,49 @@ pub async fn run(cfg: Config, router: Router, config_path: PathBuf) -> Result<()
                 };
                 // An IPv4 neighbour on a dual-stack [::] listener arrives
                 // as ::ffff:a.b.c.d.
-                let n = me.router().neighbor_by_addr(from.ip().to_canonical());
+                let peer = from.ip().to_canonical();
+                let n = {
+                    let r = me.router();
+                    r.neighbor_by_addr(peer)
+                        .map(|n| (n, r.neighbors[n].cfg.ttl_security))
+                };
                 match n {
-                    Some(n) => me.run_conn(n, stream, false),
-                    None => tracing::info!(%from, "BGP connection from an unknown address refused"),
+                    Some((n, gtsm)) => {
+                        // GTSM: what follows the handshake must come with
+                        // TTL 255, or the kernel drops it.
+                        if gtsm {
+                            if let Err(e) =
+                                crate::sockets::receive_only_255(&stream, from.is_ipv6())
+                            {
+                                tracing::warn!(%from, "BGP connection refused: GTSM: {e}");
+                                continue;
+                            }
+                        }
+                        me.run_conn(n, stream, false)
+                    }
+                    None => {
+                        drop(stream);
+                        if let Some(more) = refused.note(Instant::now()) {
+                            tracing::info!(
+                                %from,
+                                "BGP connection from an unknown address refused{more}"
+                            );
+                        }
+                    }
                 }
             }
         });
     }
-    {
+    for bfd_rx in std::iter::once(bfd_rx4).chain(bfd_rx6.ok()) {
         let me = shared.clone();
         tokio::spawn(async move {
             let mut buf = [0u8; 128];
             loop {
-                if let Ok((k, from)) = bfd_rx.recv_from(&mut buf).await {
-                    me.with(|r, now| r.on_bfd_packet(from.ip(), &buf[..k], now));
+                match crate::sockets::recv_with_ttl(&bfd_rx, &mut buf).await {
+                    Ok((k, from, ttl)) => {
+                        me.with(|r, now| r.on_bfd_datagram(from.ip(), ttl, &buf[..k], now))
+                    }
+                    Err(e) => tracing::debug!("BFD receive: {e}"),
                 }
             }
         });
@@ -527,6 +572,12 @@ pub fn bgp_listener(addr: SocketAddr, all: &[SocketAddr]) -> std::io::Result<Tcp
     if addr.is_ipv6() {
         let v4_beside = all.iter().any(|a| a.is_ipv4() && a.port() == addr.port());
         s.set_only_v6(v4_beside)?;
+    }
+    // Every BGP packet leaves with TTL 255, the SYN-ACK included (GTSM:
+    // a neighbour that checks for 255 would drop anything less).
+    crate::sockets::send_255(&s, addr.is_ipv6())?;
+    if addr.is_ipv6() {
+        let _ = crate::sockets::send_255(&s, false);
     }
     s.set_nonblocking(true)?;
     s.bind(&addr.into())?;

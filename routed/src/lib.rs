@@ -19,4 +19,5 @@ pub mod session;
 /// with the `sim` feature, of others).
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
+pub mod sockets;
 pub mod wire;

@@ -197,6 +197,9 @@ pub struct Neighbor {
     pub session: Session,
     pub bfd: Option<bfd::Session>,
     bfd_up: bool,
+    /// Why BFD packets to it cannot be sent (no socket of its family, no
+    /// route), until one is sent again.
+    bfd_error: Option<String>,
     pub link: Option<damping::Link>,
     pub adj_in: BTreeMap<IpNet, Attrs>,
     pub adj_out: BTreeMap<IpNet, Attrs>,
@@ -346,12 +349,12 @@ impl Neighbor {
         });
         session.start(now);
         let bfd = (cfg.bfd.enabled && n.bfd).then(|| {
-            let interval = Duration::from_millis(cfg.bfd.interval_ms);
+            let (interval, detect_mult) = n.bfd_timing(&cfg.bfd);
             bfd::Session::new(
                 bfd::Config {
                     desired_min_tx: interval,
                     required_min_rx: interval,
-                    detect_mult: cfg.bfd.multiplier,
+                    detect_mult,
                     ..bfd::Config::default()
                 },
                 mix(seed, 2 * i) as u32,
@@ -368,6 +371,7 @@ impl Neighbor {
             session,
             bfd,
             bfd_up: false,
+            bfd_error: None,
             link,
             adj_in: BTreeMap::new(),
             adj_out: BTreeMap::new(),
@@ -462,6 +466,11 @@ impl Router {
             .find(|n| self.neighbors[*n].cfg.address == a)
     }
 
+    /// Whether every configured neighbour runs GTSM (`ttl_security`).
+    pub fn neighbors_all_ttl_security(&self) -> bool {
+        self.live().all(|n| n.cfg.ttl_security)
+    }
+
     /// Every configured neighbour, in config order.
     pub fn neighbor_ids(&self) -> std::vec::IntoIter<NeighborId> {
         self.order.clone().into_iter()
@@ -525,6 +534,21 @@ impl Router {
 
     // ---- BFD ----
 
+    /// A BFD packet from `from` that arrived with TTL (hop limit) `ttl`:
+    /// anything but 255 was sent from farther than the link (RFC 5881 §5)
+    /// and is only counted.
+    pub fn on_bfd_datagram(&mut self, from: IpAddr, ttl: Option<u8>, bytes: &[u8], now: Instant) {
+        if ttl == Some(255) {
+            return self.on_bfd_packet(from, bytes, now);
+        }
+        if let Some(b) = self
+            .neighbor_by_addr(from)
+            .and_then(|n| self.neighbors[n].bfd.as_mut())
+        {
+            b.discard();
+        }
+    }
+
     pub fn on_bfd_packet(&mut self, from: IpAddr, bytes: &[u8], now: Instant) {
         let Ok(pkt) = bfd::ControlPacket::decode(bytes) else {
             return;
@@ -539,6 +563,29 @@ impl Router {
         self.bfd_transition(n, t, now);
         self.poll_bfd(n, now);
         self.finish(now);
+    }
+
+    /// What became of a BFD packet the driver sent to `n`: an error is
+    /// logged at warn once (until it changes or a send succeeds) and shown
+    /// as the neighbour's `last_error`; a BFD session that cannot send
+    /// never comes up, and otherwise only debug logs would say why.
+    pub fn on_bfd_sent(&mut self, n: NeighborId, result: Result<(), String>) {
+        let Some(nb) = self.neighbors.get_mut(n.0) else {
+            return;
+        };
+        match result {
+            Ok(()) => {
+                if nb.bfd_error.take().is_some() {
+                    tracing::info!(neighbor = %nb.cfg.name, "BFD packets are sent again");
+                }
+            }
+            Err(e) => {
+                if nb.bfd_error.as_ref() != Some(&e) {
+                    tracing::warn!(neighbor = %nb.cfg.name, address = %nb.cfg.address, "BFD cannot run: {e}");
+                    nb.bfd_error = Some(e);
+                }
+            }
+        }
     }
 
     fn poll_bfd(&mut self, n: NeighborId, now: Instant) {
@@ -926,7 +973,12 @@ impl Router {
         changed("passive", a.passive != want.passive);
         changed("import", a.import != want.import);
         changed("cert", a.cert != want.cert || nb.cert_subnets != subnets);
-        changed("bfd", a.bfd != want.bfd);
+        let own_timing = |n: &crate::config::Neighbor| (n.bfd_interval_ms, n.bfd_multiplier);
+        changed(
+            "bfd",
+            a.bfd != want.bfd || (Neighbor::bfd_on(want, new) && own_timing(a) != own_timing(want)),
+        );
+        changed("ttl_security", a.ttl_security != want.ttl_security);
         changed(
             "timers",
             old.timers.hold_time_s != new.timers.hold_time_s
@@ -934,7 +986,12 @@ impl Router {
                 || old.timers.connect_retry_s != new.timers.connect_retry_s,
         );
         let bfd_runs = Neighbor::bfd_on(a, old) || Neighbor::bfd_on(want, new);
-        changed("[bfd]", bfd_runs && old.bfd != new.bfd);
+        changed(
+            "[bfd]",
+            bfd_runs
+                && (old.bfd.enabled != new.bfd.enabled
+                    || a.bfd_timing(&old.bfd) != a.bfd_timing(&new.bfd)),
+        );
         if !keys.is_empty() {
             return Some(NeighborChange::Reset(keys));
         }
@@ -1629,7 +1686,11 @@ impl Router {
                     suppressed,
                     suppressed_for_s: until,
                     usable: nb.in_rib,
-                    last_error: s.last_error.clone(),
+                    last_error: nb
+                        .bfd_error
+                        .as_ref()
+                        .map(|e| format!("BFD cannot run: {e}"))
+                        .or_else(|| s.last_error.clone()),
                     routes_in: nb.adj_in.len(),
                     routes_out: nb.adj_out.len(),
                     rejected: nb.rejected,
@@ -1719,6 +1780,63 @@ mod tests {
         assert!(!r.fib_ready());
         assert!(r.drain().contains(&Out::TablesChanged));
         assert_eq!(r.kernel_routes().len(), 1);
+    }
+
+    /// A BFD session that cannot send says why in the neighbour's
+    /// `last_error` until a packet goes out again; packets with a TTL
+    /// other than 255 are counted as discarded and change nothing.
+    #[test]
+    fn bfd_that_cannot_send_says_why_and_far_packets_are_only_counted() {
+        let now = Instant::now();
+        let cfg = Config::parse(
+            "asn = 4200000101\nrouter_id = \"10.77.1.1\"\nca = \"-\"\ncert = \"-\"\n\
+             [bfd]\ninterval_ms = 300\n\
+             [[neighbor]]\nname = \"v6\"\naddress = \"fd00::9\"\nasn = 65010\n\
+             bfd_interval_ms = 100\nbfd_multiplier = 5\n",
+        )
+        .unwrap();
+        let mut r = Router::new(
+            cfg,
+            vec!["10.77.0.0/16".parse().unwrap()],
+            vec![],
+            None,
+            vec![vec![]],
+            now,
+            1,
+        )
+        .unwrap();
+        let b = r.neighbors[N0].bfd.as_ref().expect("BFD runs");
+        assert_eq!(b.config().detect_mult, 5, "the neighbour's own multiplier");
+        assert_eq!(b.config().desired_min_tx, Duration::from_millis(100));
+        r.on_bfd_sent(
+            N0,
+            Err("no IPv6 BFD send socket: Address family not supported".into()),
+        );
+        let st = r.status(now);
+        assert_eq!(
+            st.neighbors[0].last_error.as_deref(),
+            Some("BFD cannot run: no IPv6 BFD send socket: Address family not supported")
+        );
+        r.on_bfd_sent(N0, Ok(()));
+        assert_eq!(r.status(now).neighbors[0].last_error, None);
+
+        let pkt = r.neighbors[N0]
+            .bfd
+            .as_mut()
+            .unwrap()
+            .poll(now)
+            .transmit
+            .expect("a packet");
+        let from: IpAddr = "fd00::9".parse().unwrap();
+        r.on_bfd_datagram(from, Some(254), &pkt, now);
+        r.on_bfd_datagram(from, None, &pkt, now);
+        let st = r.status(now);
+        assert_eq!(
+            (st.neighbors[0].bfd_received, st.neighbors[0].bfd_discarded),
+            (0, 2)
+        );
+        r.on_bfd_datagram(from, Some(255), &pkt, now);
+        assert_eq!(r.status(now).neighbors[0].bfd_received, 1);
     }
 
     fn router(extra: &str) -> (Router, Instant) {

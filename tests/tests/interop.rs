@@ -1,6 +1,7 @@
 //! routed against the BGP speakers operators run: BIRD 2 (BGP + BFD) and
 //! GoBGP, real daemons in network namespaces, routes both ways, IPv4 and
-//! IPv6 over one IPv4 session.
+//! IPv6 over one IPv4 session; BIRD over an IPv6 session with BFD over
+//! IPv6; GTSM (TTL security) on both families.
 
 mod common;
 
@@ -159,7 +160,7 @@ fn bird_exchanges_ipv4_and_ipv6_routes_with_bfd() {
          protocol static s4 { ipv4; route 192.168.50.0/24 blackhole; }\n\
          protocol static s6 { ipv6; route fd50::/64 blackhole; }\n\
          protocol bgp cube {\n  local 10.99.0.2 as 65010;\n  neighbor 10.99.0.1 as 4200000101;\n\
-           hold time 9; connect retry time 1; error wait time 1, 10; bfd on;\n\
+           hold time 9; connect retry time 1; error wait time 1, 10; bfd on; ttl security on;\n\
            ipv4 { import all; export where proto = \"s4\"; };\n\
            ipv6 { import all; export where proto = \"s6\"; next hop address fd77::1:2; };\n}\n",
     )
@@ -258,6 +259,7 @@ fn gobgp_exchanges_routes_read_back_as_json() {
         "[global.config]\n  as = 65020\n  router-id = \"10.99.0.2\"\n\
          [[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"10.99.0.1\"\n    peer-as = 4200000101\n\
            [neighbors.timers.config]\n    connect-retry = 1\n    hold-time = 9\n    keepalive-interval = 3\n\
+           [neighbors.ttl-security.config]\n    enabled = true\n    ttl-min = 255\n\
            [[neighbors.afi-safis]]\n    [neighbors.afi-safis.config]\n      afi-safi-name = \"ipv4-unicast\"\n\
            [[neighbors.afi-safis]]\n    [neighbors.afi-safis.config]\n      afi-safi-name = \"ipv6-unicast\"\n",
     )
@@ -335,5 +337,179 @@ fn gobgp_exchanges_routes_read_back_as_json() {
     gobgp(&["global", "rib", "-a", "ipv4", "del", "192.168.60.0/24"]);
     wait_until("the withdrawal", Duration::from_secs(10), || {
         !routed.has_route("192.168.60.0/24", "gobgp")
+    });
+}
+
+/// Rewrites the TTL (IPv4) or hop limit (IPv6) of what `ns` sends to or
+/// from `proto` port `port` to 254, as if it came from one hop farther away,
+/// counting the packets; `None` removes it.
+fn one_hop_farther(bed: &TestBed, ns: &Netns, proto: &str, port: u16, v6: bool, on: bool) {
+    let (family, field) = if v6 {
+        ("ip6", "ip6 hoplimit")
+    } else {
+        ("ip", "ip ttl")
+    };
+    let table = format!("farther_{proto}_{port}_{family}");
+    if on {
+        let rules = format!(
+            "table {family} {table} {{\n chain out {{\n  type filter hook output priority 0; policy accept;\n  \
+             {proto} dport {port} counter {field} set 254\n  {proto} sport {port} counter {field} set 254\n }}\n}}\n"
+        );
+        let path = std::env::temp_dir().join(format!("{}-{table}.nft", bed.prefix()));
+        std::fs::write(&path, rules).unwrap();
+        bed.exec_ok(ns, &["nft", "-f", path.to_str().unwrap()])
+            .unwrap();
+        let _ = std::fs::remove_file(&path);
+    } else {
+        bed.exec_ok(ns, &["nft", "delete", "table", family, &table])
+            .unwrap();
+    }
+}
+
+/// Packets the rule of [`one_hop_farther`] has rewritten.
+fn rewritten(bed: &TestBed, ns: &Netns, proto: &str, port: u16, v6: bool) -> u64 {
+    let family = if v6 { "ip6" } else { "ip" };
+    let table = format!("farther_{proto}_{port}_{family}");
+    let t = bed
+        .exec_ok(ns, &["nft", "list", "table", family, &table])
+        .unwrap_or_default();
+    let words: Vec<&str> = t.split_whitespace().collect();
+    words
+        .windows(2)
+        .filter(|w| w[0] == "packets")
+        .filter_map(|w| w[1].parse::<u64>().ok())
+        .sum()
+}
+
+/// BIRD over an IPv6 session (its addresses and next hops IPv6): BGP up
+/// with BFD over IPv6 (the BFD sockets were IPv4-only, and the session
+/// stood established with BFD down and no error), routes both ways; BFD
+/// packets one hop farther away (hop limit 254) are not heard, so BFD
+/// goes down with them; BGP from one hop farther never gets a session
+/// (GTSM, RFC 5082), and does once the packets come from the link again.
+#[test]
+fn bird_over_an_ipv6_session_runs_bfd_over_ipv6_and_gtsm_keeps_farther_speakers_out() {
+    if !netns_or_skip("bird_over_an_ipv6_session_runs_bfd_over_ipv6") {
+        return;
+    }
+    let bed = TestBed::new().unwrap();
+    let (r, b) = pair(&bed);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let bird_conf = d.join("bird.conf");
+    std::fs::write(
+        &bird_conf,
+        "router id 10.99.0.2;\n\
+         protocol device {}\n\
+         protocol bfd { interface \"*\" { interval 100 ms; multiplier 3; }; }\n\
+         protocol static s6 { ipv6; route fd50::/64 blackhole; }\n\
+         protocol bgp cube {\n  local fd77::1:2 as 65010;\n  neighbor fd77::1:1 as 4200000101;\n\
+           hold time 9; connect retry time 1; error wait time 1, 10; bfd on; ttl security on;\n\
+           ipv6 { import all; export where proto = \"s6\"; };\n}\n",
+    )
+    .unwrap();
+    let sock = d.join("bird.ctl");
+    // BGP from BIRD arrives one hop farther before BIRD even starts.
+    one_hop_farther(&bed, &b, "tcp", 179, true, true);
+    bed.spawn(
+        &b,
+        &[
+            "bird",
+            "-f",
+            "-c",
+            bird_conf.to_str().unwrap(),
+            "-s",
+            sock.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    let routed = Routed::start(
+        &bed,
+        &r,
+        d,
+        "[[neighbor]]\nname = \"bird\"\naddress = \"fd77::1:2\"\nasn = 65010\n\
+         import = [\"fd50::/16\"]\nexport = \"all\"\n",
+    );
+    // BIRD keeps trying (its SYNs, and SYN-ACKs to routed's own
+    // attempts, rewritten) and never gets a session.
+    let t0 = Instant::now();
+    while rewritten(&bed, &b, "tcp", 179, true) < 3 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "BIRD's BGP packets were not seen:\n{}\n{}",
+            bed.exec(
+                &b,
+                &[
+                    "birdc",
+                    "-s",
+                    sock.to_str().unwrap(),
+                    "show",
+                    "protocols",
+                    "all",
+                    "cube"
+                ]
+            )
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default(),
+            bed.exec_ok(&b, &["nft", "list", "ruleset"])
+                .unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let n = routed.neighbor();
+    assert_ne!(
+        n["state"],
+        "established",
+        "a session from one hop farther: {n}\n{}",
+        routed.log()
+    );
+    one_hop_farther(&bed, &b, "tcp", 179, true, false);
+    wait_until(
+        "the BIRD session over IPv6 with BFD up",
+        Duration::from_secs(30),
+        || {
+            let n = routed.neighbor();
+            n["state"] == "established" && n["bfd"] == "up"
+        },
+    );
+    let n = routed.neighbor();
+    assert_eq!(n["last_error"], Value::Null, "{n}");
+    wait_until("routes from BIRD", Duration::from_secs(10), || {
+        routed.has_route("fd50::/64", "bird")
+    });
+    let birdc = |args: &[&str]| {
+        let mut a = vec!["birdc", "-s", sock.to_str().unwrap()];
+        a.extend_from_slice(args);
+        bed.exec_ok(&b, &a).unwrap()
+    };
+    wait_until(
+        "BIRD to learn the IPv6 site prefix",
+        Duration::from_secs(10),
+        || birdc(&["show", "route", "protocol", "cube"]).contains("fd77::1:0/112"),
+    );
+    let sessions = birdc(&["show", "bfd", "sessions"]);
+    assert!(
+        sessions.contains("fd77::1:1") && sessions.contains("Up"),
+        "{sessions}"
+    );
+    // BIRD's BFD packets now arrive with hop limit 254: routed does not
+    // hear them, and BFD takes the session down.
+    one_hop_farther(&bed, &b, "udp", 3784, true, true);
+    wait_until(
+        "BFD to take the session down",
+        Duration::from_secs(10),
+        || routed.neighbor()["state"] != "established",
+    );
+    assert!(rewritten(&bed, &b, "udp", 3784, true) > 0);
+    assert_eq!(
+        routed.neighbor()["last_error"],
+        "BFD down",
+        "{}",
+        routed.log()
+    );
+    one_hop_farther(&bed, &b, "udp", 3784, true, false);
+    wait_until("the session to come back", Duration::from_secs(30), || {
+        let n = routed.neighbor();
+        n["state"] == "established" && n["bfd"] == "up"
     });
 }

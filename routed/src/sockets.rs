@@ -1,0 +1,304 @@
+//! The sockets BGP and BFD run on, with their TTL (IPv4) and hop-limit
+//! (IPv6) rules: BFD single hop (RFC 5881) and BGP with GTSM (RFC 5082)
+//! send with 255 and take only what arrives with 255, so a sender farther
+//! than one hop away is not heard. For TCP the kernel drops the rest
+//! (`IP_MINTTL`, `IPV6_MINHOPCOUNT`: Linux checks them for TCP only); a
+//! BFD datagram comes with its TTL as ancillary data, checked by the
+//! router ([`recv_with_ttl`]).
+
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::AsRawFd;
+use tokio::net::UdpSocket;
+
+pub const BFD_PORT: u16 = 3784;
+
+fn setsockopt_int(
+    fd: &impl AsRawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    v: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: a valid socket, and an int option of the size given.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Sends with TTL / hop limit 255 on a socket of family `v6`.
+pub fn send_255(fd: &impl AsRawFd, v6: bool) -> io::Result<()> {
+    if v6 {
+        setsockopt_int(fd, libc::IPPROTO_IPV6, libc::IPV6_UNICAST_HOPS, 255)
+    } else {
+        setsockopt_int(fd, libc::IPPROTO_IP, libc::IP_TTL, 255)
+    }
+}
+
+/// The kernel drops what arrives with a TTL / hop limit below 255. On a
+/// dual-stack IPv6 socket both are set: its IPv4 packets are checked by
+/// the IPv4 option.
+pub fn receive_only_255(fd: &impl AsRawFd, v6: bool) -> io::Result<()> {
+    receive_min(fd, v6, 255)
+}
+
+/// The lowest TTL / hop limit the kernel lets through (0: any).
+pub fn receive_min(fd: &impl AsRawFd, v6: bool, min: u8) -> io::Result<()> {
+    let min = libc::c_int::from(min);
+    if v6 {
+        setsockopt_int(fd, libc::IPPROTO_IPV6, libc::IPV6_MINHOPCOUNT, min)?;
+        // Only meaningful when the socket also takes IPv4; harmless when not.
+        let _ = setsockopt_int(fd, libc::IPPROTO_IP, libc::IP_MINTTL, min);
+        Ok(())
+    } else {
+        setsockopt_int(fd, libc::IPPROTO_IP, libc::IP_MINTTL, min)
+    }
+}
+
+/// Asks the kernel for each datagram's TTL (hop limit) as ancillary data.
+fn want_ttl(fd: &impl AsRawFd, v6: bool) -> io::Result<()> {
+    if v6 {
+        setsockopt_int(fd, libc::IPPROTO_IPV6, libc::IPV6_RECVHOPLIMIT, 1)
+    } else {
+        setsockopt_int(fd, libc::IPPROTO_IP, libc::IP_RECVTTL, 1)
+    }
+}
+
+/// One datagram, its sender and the TTL (hop limit) it arrived with
+/// (`None` if the kernel gave none), from a socket of [`bfd_receivers`].
+pub async fn recv_with_ttl(
+    sock: &UdpSocket,
+    buf: &mut [u8],
+) -> io::Result<(usize, SocketAddr, Option<u8>)> {
+    loop {
+        sock.readable().await?;
+        match sock.try_io(tokio::io::Interest::READABLE, || recvmsg_ttl(sock, buf)) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            r => return r,
+        }
+    }
+}
+
+fn recvmsg_ttl(fd: &impl AsRawFd, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, Option<u8>)> {
+    // SAFETY: all-zero is a valid sockaddr_storage and msghdr.
+    let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // Room for a TTL or hop-limit message, aligned for cmsghdr.
+    let mut control = [0u64; 8];
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = (&mut addr as *mut libc::sockaddr_storage).cast();
+    msg.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    // SAFETY: msg points at live buffers of the sizes it gives.
+    let n = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut msg, 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut ttl = None;
+    // SAFETY: the kernel filled msg_control; the CMSG macros walk it
+    // within msg_controllen.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            let h = &*c;
+            let is_ttl = (h.cmsg_level == libc::IPPROTO_IP && h.cmsg_type == libc::IP_TTL)
+                || (h.cmsg_level == libc::IPPROTO_IPV6 && h.cmsg_type == libc::IPV6_HOPLIMIT);
+            if is_ttl {
+                let v = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>());
+                ttl = u8::try_from(v).ok();
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    // SAFETY: the kernel wrote a socket address of the family it names,
+    // and sockaddr_storage is large and aligned enough for either.
+    let from = unsafe {
+        match libc::c_int::from(addr.ss_family) {
+            libc::AF_INET => {
+                let a = &*(&addr as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>();
+                SocketAddr::from((
+                    Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
+                    u16::from_be(a.sin_port),
+                ))
+            }
+            libc::AF_INET6 => {
+                let a = &*(&addr as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>();
+                SocketAddr::from((
+                    Ipv6Addr::from(a.sin6_addr.s6_addr),
+                    u16::from_be(a.sin6_port),
+                ))
+            }
+            f => {
+                return Err(io::Error::other(format!(
+                    "a datagram from address family {f}"
+                )))
+            }
+        }
+    };
+    Ok((n as usize, from, ttl))
+}
+
+/// BFD's receive sockets, port 3784: one per family. The IPv4 one must
+/// open; an IPv6 one that cannot (a kernel without IPv6) is `None` with
+/// the reason, which every IPv6 neighbour's BFD then reports.
+pub fn bfd_receivers() -> io::Result<(UdpSocket, Result<UdpSocket, String>)> {
+    let v4 = {
+        let s = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, BFD_PORT))?;
+        want_ttl(&s, false)?;
+        s.set_nonblocking(true)?;
+        UdpSocket::from_std(s)?
+    };
+    let v6 = (|| -> io::Result<UdpSocket> {
+        let s = socket2::Socket::new(
+            socket2::Domain::IPV6,
+            socket2::Type::DGRAM,
+            Some(socket2::Protocol::UDP),
+        )?;
+        s.set_only_v6(true)?;
+        s.bind(&SocketAddr::from((Ipv6Addr::UNSPECIFIED, BFD_PORT)).into())?;
+        want_ttl(&s, true)?;
+        s.set_nonblocking(true)?;
+        UdpSocket::from_std(s.into())
+    })()
+    .map_err(|e| format!("no IPv6 BFD socket on port {BFD_PORT}: {e}"));
+    Ok((v4, v6))
+}
+
+/// BFD's send sockets, one per family: source port 49152-65535 and TTL /
+/// hop limit 255 (RFC 5881 §4). The IPv6 one may be missing, with why.
+pub fn bfd_senders() -> io::Result<(UdpSocket, Result<UdpSocket, String>)> {
+    fn one(v6: bool) -> io::Result<UdpSocket> {
+        let mut last = None;
+        for port in 49152..49252u16 {
+            let addr: SocketAddr = if v6 {
+                (Ipv6Addr::UNSPECIFIED, port).into()
+            } else {
+                (Ipv4Addr::UNSPECIFIED, port).into()
+            };
+            let s = socket2::Socket::new(
+                socket2::Domain::for_address(addr),
+                socket2::Type::DGRAM,
+                Some(socket2::Protocol::UDP),
+            )?;
+            if v6 {
+                s.set_only_v6(true)?;
+            }
+            match s.bind(&addr.into()) {
+                Ok(()) => {
+                    send_255(&s, v6)?;
+                    s.set_nonblocking(true)?;
+                    return UdpSocket::from_std(s.into());
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| io::Error::other("no free port in 49152-49251")))
+    }
+    let v4 = one(false)?;
+    let v6 = one(true).map_err(|e| format!("no IPv6 BFD send socket: {e}"));
+    Ok((v4, v6))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set_ttl(s: &UdpSocket, v6: bool, ttl: libc::c_int) {
+        if v6 {
+            setsockopt_int(s, libc::IPPROTO_IPV6, libc::IPV6_UNICAST_HOPS, ttl).unwrap();
+        } else {
+            setsockopt_int(s, libc::IPPROTO_IP, libc::IP_TTL, ttl).unwrap();
+        }
+    }
+
+    /// Each datagram comes with the TTL (hop limit) it was sent with, on
+    /// both families: 254 is told from 255 (RFC 5881 §5).
+    #[tokio::test]
+    async fn each_datagram_comes_with_its_ttl_on_both_families() {
+        for v6 in [false, true] {
+            let any: SocketAddr = if v6 {
+                "[::1]:0".parse().unwrap()
+            } else {
+                "127.0.0.1:0".parse().unwrap()
+            };
+            let rx = UdpSocket::bind(any).await.unwrap();
+            want_ttl(&rx, v6).unwrap();
+            let to = rx.local_addr().unwrap();
+            let tx = UdpSocket::bind(any).await.unwrap();
+            set_ttl(&tx, v6, 254);
+            tx.send_to(b"far", to).await.unwrap();
+            send_255(&tx, v6).unwrap();
+            tx.send_to(b"near", to).await.unwrap();
+            let mut buf = [0u8; 16];
+            let (k, from, ttl) = recv_with_ttl(&rx, &mut buf).await.unwrap();
+            assert_eq!((&buf[..k], ttl), (&b"far"[..], Some(254)), "v6 {v6}");
+            assert_eq!(from, tx.local_addr().unwrap());
+            let (k, _, ttl) = recv_with_ttl(&rx, &mut buf).await.unwrap();
+            assert_eq!((&buf[..k], ttl), (&b"near"[..], Some(255)), "v6 {v6}");
+        }
+    }
+
+    /// TCP with GTSM: a connection whose packets come with TTL 254 is not
+    /// accepted by a listener that takes only 255; one with 255 is. (The
+    /// kernel checks the minimum for TCP; it does not for UDP, which is why
+    /// BFD reads the TTL itself.)
+    #[tokio::test]
+    async fn a_gtsm_listener_accepts_only_ttl_255() {
+        for v6 in [false, true] {
+            let any: SocketAddr = if v6 {
+                "[::1]:0".parse().unwrap()
+            } else {
+                "127.0.0.1:0".parse().unwrap()
+            };
+            let l = tokio::net::TcpListener::bind(any).await.unwrap();
+            receive_only_255(&l, v6).unwrap();
+            let to = l.local_addr().unwrap();
+            let far = if v6 {
+                tokio::net::TcpSocket::new_v6()
+            } else {
+                tokio::net::TcpSocket::new_v4()
+            }
+            .unwrap();
+            if v6 {
+                setsockopt_int(&far, libc::IPPROTO_IPV6, libc::IPV6_UNICAST_HOPS, 254).unwrap();
+            } else {
+                setsockopt_int(&far, libc::IPPROTO_IP, libc::IP_TTL, 254).unwrap();
+            }
+            // Its SYNs are dropped: the connect does not complete while
+            // the near one, started after it, is accepted.
+            let far_connect = tokio::spawn(far.connect(to));
+            let near = if v6 {
+                tokio::net::TcpSocket::new_v6()
+            } else {
+                tokio::net::TcpSocket::new_v4()
+            }
+            .unwrap();
+            send_255(&near, v6).unwrap();
+            let near = near.connect(to).await.unwrap();
+            let (accepted, from) = l.accept().await.unwrap();
+            assert_eq!(from, near.local_addr().unwrap(), "v6 {v6}");
+            drop(accepted);
+            assert!(
+                !far_connect.is_finished(),
+                "v6 {v6}: the TTL-254 connect completed"
+            );
+            far_connect.abort();
+        }
+    }
+}
