@@ -146,6 +146,11 @@ pub struct NeighborStatus {
     pub routes_out: usize,
     pub rejected: u64,
     pub treat_as_withdraw: u64,
+    /// Best routes not sent to this neighbour, by reason: for a router on
+    /// a LAN, a family without an address of ours on the link to it (no
+    /// next hop it could use).
+    #[serde(default)]
+    pub not_sent: std::collections::BTreeMap<String, u64>,
     pub damped_prefixes: Vec<IpNet>,
     pub history: Vec<FlapEvent>,
 }

@@ -211,6 +211,12 @@ pub struct Neighbor {
     /// one hop away.
     #[serde(default = "yes")]
     pub ttl_security: bool,
+    /// The next hop given to a neighbour outside the overlay for IPv4
+    /// routes; default our IPv4 address on the link to it.
+    pub next_hop_v4: Option<std::net::Ipv4Addr>,
+    /// The same for IPv6 routes; default our global IPv6 address on the
+    /// link to it.
+    pub next_hop_v6: Option<std::net::Ipv6Addr>,
     #[serde(default)]
     pub passive: bool,
 }

@@ -302,7 +302,20 @@ impl Shared {
                 me.writers_done.notify_waiters();
             }
         });
-        self.with(|r, now| r.on_connected(n, id, outbound, local, now));
+        // Our addresses on the link of this connection: a LAN router's
+        // next hops of each family (a gateway's are its overlay addresses).
+        let link = local.map(|a| {
+            crate::sockets::link_addrs(a).unwrap_or_else(|e| {
+                tracing::warn!(local = %a, "the addresses of the link: {e}");
+                crate::sockets::LinkAddrs::default()
+            })
+        });
+        self.with(|r, now| {
+            if let Some(link) = link {
+                r.set_link(n, link, now);
+            }
+            r.on_connected(n, id, outbound, local, now)
+        });
         let me = self.clone();
         tokio::spawn(async move {
             let why = me.read_loop(n, id, &mut rd).await;

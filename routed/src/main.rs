@@ -203,6 +203,9 @@ fn print_status(st: &api::Status) {
         if !hist.is_empty() {
             println!("{:<12} history: {}", "", hist.join(", "));
         }
+        for (why, count) in &n.not_sent {
+            println!("{:<12} not sent: {count} routes: {why}", "");
+        }
     }
 }
 

@@ -214,6 +214,9 @@ pub struct Neighbor {
     /// Our address on the established session: the next hop we announce
     /// to a neighbour outside the overlay.
     local_addr: Option<IpAddr>,
+    /// Our addresses on the link to it (a neighbour outside the overlay):
+    /// the next hops of each family it can use.
+    link_addrs: crate::sockets::LinkAddrs,
     /// The neighbour speaks over the overlay (a gateway), not a LAN.
     pub overlay: bool,
     pub flaps: u64,
@@ -381,6 +384,7 @@ impl Neighbor {
             prefix_links: BTreeMap::new(),
             held: BTreeSet::new(),
             local_addr: None,
+            link_addrs: Default::default(),
             overlay: contains(networks, &IpNet::from(n.address)),
             flaps: 0,
             history: VecDeque::new(),
@@ -491,6 +495,19 @@ impl Router {
     // ---- BGP transport events ----
 
     /// A TCP connection to neighbour `n` is up; `local` is our address on it.
+    /// Our addresses on the link a connection to `n` runs over (the
+    /// driver reads them from the interface of the connection's own
+    /// address); routes are exported again with the next hops they give.
+    pub fn set_link(&mut self, n: NeighborId, link: crate::sockets::LinkAddrs, now: Instant) {
+        if self.neighbors[n].link_addrs == link {
+            return;
+        }
+        self.neighbors[n].link_addrs = link;
+        let all: Vec<IpNet> = self.rib.iter_best().map(|(p, _)| *p).collect();
+        self.export_prefixes(n, &all);
+        self.finish(now);
+    }
+
     pub fn on_connected(
         &mut self,
         n: NeighborId,
@@ -1442,6 +1459,71 @@ impl Router {
             .is_some_and(|o| if ipv6 { o.ipv6 } else { o.ipv4 })
     }
 
+    /// The IPv4 next hop `nb` gets: gateways reach us at our overlay
+    /// address; a router on a LAN at the configured one, else our IPv4
+    /// address on the link to it (RFC 4760: whatever the session's family).
+    fn next_hop_v4_for(&self, nb: &Neighbor) -> Option<std::net::Ipv4Addr> {
+        if nb.overlay {
+            return Some(self.cfg.router_id);
+        }
+        nb.cfg
+            .next_hop_v4
+            .or(nb.link_addrs.v4)
+            .or(match nb.local_addr {
+                Some(IpAddr::V4(a)) => Some(a),
+                _ => None,
+            })
+    }
+
+    /// The IPv6 next hop `nb` gets: our overlay IPv6 address for a
+    /// gateway; for a LAN router the configured one, else our global IPv6
+    /// address on the link to it (RFC 2545). Never our overlay address for
+    /// a LAN router: it exists only on our TUN, and the router could not
+    /// resolve it.
+    fn next_hop_v6_for(&self, nb: &Neighbor) -> Option<std::net::Ipv6Addr> {
+        if nb.overlay {
+            return self.next_hop_v6;
+        }
+        nb.cfg
+            .next_hop_v6
+            .or(nb.link_addrs.v6)
+            .or(match nb.local_addr {
+                Some(IpAddr::V6(a)) => Some(a),
+                _ => None,
+            })
+    }
+
+    /// Best routes that `nb` would get but for a next hop, by reason.
+    fn not_sent(&self, n: NeighborId) -> BTreeMap<String, u64> {
+        let nb = &self.neighbors[n];
+        let mut out = BTreeMap::new();
+        if nb.cfg.export.as_deref() != Some("all") || !nb.session.is_established() {
+            return out;
+        }
+        for (v6, missing) in [
+            (false, self.next_hop_v4_for(nb).is_none()),
+            (true, self.next_hop_v6_for(nb).is_none()),
+        ] {
+            if !missing || !self.negotiated(n, v6) {
+                continue;
+            }
+            let count = self
+                .rib
+                .iter_best()
+                .filter(|(p, _)| matches!(p, IpNet::V6(_)) == v6)
+                .count() as u64;
+            if count > 0 {
+                let why = if v6 {
+                    "no IPv6 address of ours on the link to it (next_hop_v6)"
+                } else {
+                    "no IPv4 address of ours on the link to it (next_hop_v4)"
+                };
+                out.insert(why.to_string(), count);
+            }
+        }
+        out
+    }
+
     fn exported(&self, n: NeighborId, p: &IpNet) -> Option<Attrs> {
         let nb = &self.neighbors[n];
         if nb.cfg.export.as_deref() != Some("all") {
@@ -1460,17 +1542,9 @@ impl Router {
         }
         let mut as_path = vec![self.cfg.asn];
         as_path.extend_from_slice(&path.attrs.as_path);
-        // Gateways reach us at our overlay addresses; a router on a LAN at
-        // our address on the session.
-        let (nh4, nh6) = match (p, nb.overlay, nb.local_addr) {
-            (IpNet::V4(_), true, _) => (Some(self.cfg.router_id), None),
-            (IpNet::V6(_), true, _) => (None, Some(self.next_hop_v6?)),
-            (IpNet::V4(_), false, Some(IpAddr::V4(a))) => (Some(a), None),
-            (IpNet::V6(_), false, Some(IpAddr::V6(a))) => (None, Some(a)),
-            // IPv6 over an IPv4 session: our IPv6 address (it must be on
-            // the link for the router to use it).
-            (IpNet::V6(_), false, _) => (None, Some(self.next_hop_v6?)),
-            _ => return None,
+        let (nh4, nh6) = match p {
+            IpNet::V4(_) => (Some(self.next_hop_v4_for(nb)?), None),
+            IpNet::V6(_) => (None, Some(self.next_hop_v6_for(nb)?)),
         };
         Some(Attrs {
             origin: path.attrs.origin,
@@ -1644,8 +1718,10 @@ impl Router {
 
     pub fn status(&self, now: Instant) -> api::Status {
         let neighbors = self
-            .live()
-            .map(|nb| {
+            .order
+            .iter()
+            .map(|&id| {
+                let nb = &self.neighbors[id];
                 let s = &nb.session;
                 let (bfd, bfd_remote, bfd_diag) = match &nb.bfd {
                     None => (api::BfdState::Disabled, None, None),
@@ -1695,6 +1771,7 @@ impl Router {
                     routes_out: nb.adj_out.len(),
                     rejected: nb.rejected,
                     treat_as_withdraw: nb.treat_as_withdraw,
+                    not_sent: self.not_sent(id),
                     damped_prefixes: nb.held.iter().copied().collect(),
                     history: nb
                         .history
@@ -1837,6 +1914,106 @@ mod tests {
         );
         r.on_bfd_datagram(from, Some(255), &pkt, now);
         assert_eq!(r.status(now).neighbors[0].bfd_received, 1);
+    }
+
+    /// A LAN router gets next hops of each family from our addresses on
+    /// the link to it, whatever the session's family (RFC 4760, RFC 2545),
+    /// never our overlay address; a family with no address of ours on that
+    /// link is not sent, and counted with its reason.
+    #[test]
+    fn a_lan_router_gets_next_hops_of_both_families_from_the_link() {
+        let now = Instant::now();
+        let cfg = Config::parse(
+            "asn = 4200000101\nrouter_id = \"10.77.1.1\"\nca = \"-\"\ncert = \"-\"\n\
+             [[neighbor]]\nname = \"lan\"\naddress = \"fd99::9\"\nasn = 65010\nbfd = false\n\
+             import = \"none\"\nexport = \"all\"\n",
+        )
+        .unwrap();
+        let mut r = Router::new(
+            cfg,
+            vec![
+                "10.77.0.0/16".parse().unwrap(),
+                "fd77::/48".parse().unwrap(),
+            ],
+            vec![],
+            Some("fd77::1:1".parse().unwrap()),
+            vec![vec![]],
+            now,
+            1,
+        )
+        .unwrap();
+        // An IPv6 session; the link has no IPv4 address of ours yet.
+        let local: IpAddr = "fd99::1".parse().unwrap();
+        r.set_link(
+            N0,
+            crate::sockets::LinkAddrs {
+                v4: None,
+                v6: Some("fd99::1".parse().unwrap()),
+            },
+            now,
+        );
+        r.on_connected(N0, 1, false, Some(local), now);
+        let open = Open {
+            asn: 65010,
+            hold_time: 90,
+            router_id: Ipv4Addr::new(172, 16, 1, 9),
+            ipv4: true,
+            ipv6: true,
+            asn4: true,
+            route_refresh: false,
+        };
+        r.on_message(N0, 1, Ok(Message::Open(open)), now);
+        r.on_message(N0, 1, Ok(Message::Keepalive), now);
+        r.attach(
+            &["10.77.1.11".parse().unwrap(), "fd77::1:11".parse().unwrap()],
+            now,
+        );
+        let updates = |r: &mut Router| -> Vec<Update> {
+            r.drain()
+                .into_iter()
+                .filter_map(|o| match o {
+                    Out::Send { bytes, .. } => match wire::decode(&bytes) {
+                        Ok(Message::Update(u)) if !u.announced.is_empty() => Some(u),
+                        _ => None,
+                    },
+                    _ => None,
+                })
+                .collect()
+        };
+        let u = updates(&mut r);
+        assert_eq!(u.len(), 1, "{u:?}");
+        assert_eq!(
+            u[0].announced,
+            vec!["fd77::1:11/128".parse::<IpNet>().unwrap()]
+        );
+        assert_eq!(u[0].attrs.next_hop_v6, Some("fd99::1".parse().unwrap()));
+        let st = r.status(now);
+        assert_eq!(
+            st.neighbors[0]
+                .not_sent
+                .get("no IPv4 address of ours on the link to it (next_hop_v4)"),
+            Some(&1),
+            "{:?}",
+            st.neighbors[0].not_sent
+        );
+        // An IPv4 address appears on the link: the IPv4 route follows,
+        // with it as next hop.
+        r.set_link(
+            N0,
+            crate::sockets::LinkAddrs {
+                v4: Some(Ipv4Addr::new(172, 16, 1, 1)),
+                v6: Some("fd99::1".parse().unwrap()),
+            },
+            now,
+        );
+        let u = updates(&mut r);
+        assert_eq!(u.len(), 1, "{u:?}");
+        assert_eq!(
+            u[0].announced,
+            vec!["10.77.1.11/32".parse::<IpNet>().unwrap()]
+        );
+        assert_eq!(u[0].attrs.next_hop_v4, Some(Ipv4Addr::new(172, 16, 1, 1)));
+        assert!(r.status(now).neighbors[0].not_sent.is_empty());
     }
 
     fn router(extra: &str) -> (Router, Instant) {

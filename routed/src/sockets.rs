@@ -7,7 +7,7 @@
 //! router ([`recv_with_ttl`]).
 
 use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 use tokio::net::UdpSocket;
 
@@ -215,6 +215,66 @@ pub fn bfd_senders() -> io::Result<(UdpSocket, Result<UdpSocket, String>)> {
     Ok((v4, v6))
 }
 
+/// This host's addresses on the interface that holds `local` (a BGP
+/// session's own address): what a router on that link reaches it at, per
+/// family, and so the next hops to give that router (RFC 4760, RFC 2545).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinkAddrs {
+    pub v4: Option<Ipv4Addr>,
+    /// A global (not link-local) IPv6 address.
+    pub v6: Option<Ipv6Addr>,
+}
+
+pub fn link_addrs(local: IpAddr) -> io::Result<LinkAddrs> {
+    let mut ifa: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills a list freed below with freeifaddrs.
+    if unsafe { libc::getifaddrs(&mut ifa) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut all: Vec<(std::ffi::CString, IpAddr)> = Vec::new();
+    let mut p = ifa;
+    while !p.is_null() {
+        // SAFETY: p walks the list getifaddrs made; each address is of the
+        // family it names.
+        unsafe {
+            let e = &*p;
+            if !e.ifa_addr.is_null() {
+                let name = std::ffi::CStr::from_ptr(e.ifa_name).to_owned();
+                match libc::c_int::from((*e.ifa_addr).sa_family) {
+                    libc::AF_INET => {
+                        let a = &*e.ifa_addr.cast::<libc::sockaddr_in>();
+                        all.push((name, Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)).into()));
+                    }
+                    libc::AF_INET6 => {
+                        let a = &*e.ifa_addr.cast::<libc::sockaddr_in6>();
+                        all.push((name, Ipv6Addr::from(a.sin6_addr.s6_addr).into()));
+                    }
+                    _ => {}
+                }
+            }
+            p = e.ifa_next;
+        }
+    }
+    // SAFETY: the list getifaddrs returned, freed once.
+    unsafe { libc::freeifaddrs(ifa) };
+    let mut out = LinkAddrs::default();
+    match local {
+        IpAddr::V4(a) => out.v4 = Some(a),
+        IpAddr::V6(a) => out.v6 = Some(a),
+    }
+    let Some((ifname, _)) = all.iter().find(|(_, a)| *a == local) else {
+        return Ok(out);
+    };
+    for (_, a) in all.iter().filter(|(n, _)| n == ifname) {
+        match a {
+            IpAddr::V4(a) if out.v4.is_none() => out.v4 = Some(*a),
+            IpAddr::V6(a) if out.v6.is_none() && !a.is_unicast_link_local() => out.v6 = Some(*a),
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,5 +360,25 @@ mod tests {
             );
             far_connect.abort();
         }
+    }
+
+    /// The loopback interface holds 127.0.0.1 and ::1: asked for one, the
+    /// other family's address of the same interface comes with it.
+    #[test]
+    fn the_other_familys_address_of_the_same_interface() {
+        let l = link_addrs("127.0.0.1".parse().unwrap()).unwrap();
+        assert_eq!(l.v4, Some(Ipv4Addr::LOCALHOST));
+        // ::1 is on lo unless IPv6 is off.
+        if std::net::UdpSocket::bind("[::1]:0").is_ok() {
+            assert_eq!(l.v6, Some(Ipv6Addr::LOCALHOST));
+        }
+        let l = link_addrs("192.0.2.77".parse().unwrap()).unwrap();
+        assert_eq!(
+            l,
+            LinkAddrs {
+                v4: Some("192.0.2.77".parse().unwrap()),
+                v6: None
+            }
+        );
     }
 }

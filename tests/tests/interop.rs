@@ -135,10 +135,11 @@ fn pair(bed: &TestBed) -> (Netns, Netns) {
     bed.veth(&r, "eth0", &p, "eth0").unwrap();
     bed.addr(&r, "eth0", "10.99.0.1/24").unwrap();
     bed.addr(&p, "eth0", "10.99.0.2/24").unwrap();
-    // IPv6 next hops on the link, so IPv6 routes over the IPv4 session
-    // resolve on both sides.
-    bed.addr(&r, "eth0", "fd77::1:1/112").unwrap();
-    bed.addr(&p, "eth0", "fd77::1:2/112").unwrap();
+    // IPv6 on the link too (not the overlay's addresses: routed's is
+    // fd77::1:1, on its TUN in a real gateway), so routes of either family
+    // over a session of either family have a next hop on the link.
+    bed.addr(&r, "eth0", "fd99::1/64").unwrap();
+    bed.addr(&p, "eth0", "fd99::2/64").unwrap();
     (r, p)
 }
 
@@ -162,7 +163,7 @@ fn bird_exchanges_ipv4_and_ipv6_routes_with_bfd() {
          protocol bgp cube {\n  local 10.99.0.2 as 65010;\n  neighbor 10.99.0.1 as 4200000101;\n\
            hold time 9; connect retry time 1; error wait time 1, 10; bfd on; ttl security on;\n\
            ipv4 { import all; export where proto = \"s4\"; };\n\
-           ipv6 { import all; export where proto = \"s6\"; next hop address fd77::1:2; };\n}\n",
+           ipv6 { import all; export where proto = \"s6\"; next hop address fd99::2; };\n}\n",
     )
     .unwrap();
     let sock = d.join("bird.ctl");
@@ -221,6 +222,11 @@ fn bird_exchanges_ipv4_and_ipv6_routes_with_bfd() {
         },
     );
     assert!(birdc(&["show", "bfd", "sessions"]).contains("Up"));
+    // The IPv6 route over the IPv4 session has routed's IPv6 address on
+    // the link as next hop (RFC 2545), not its overlay address fd77::1:1,
+    // which a router on the LAN cannot reach.
+    let v6 = birdc(&["show", "route", "fd77::1:0/112", "all"]);
+    assert!(v6.contains("BGP.next_hop: fd99::1"), "{v6}");
     // A silent failure of the link: BFD takes the session down, not the
     // 9 s hold timer.
     bed.drop_ingress(&r, "eth0", true).unwrap();
@@ -309,7 +315,7 @@ fn gobgp_exchanges_routes_read_back_as_json() {
         "add",
         "fd60::/64",
         "nexthop",
-        "fd77::1:2",
+        "fd99::2",
     ]);
     wait_until("routes from GoBGP", Duration::from_secs(10), || {
         routed.has_route("192.168.60.0/24", "gobgp") && routed.has_route("fd60::/64", "gobgp")
@@ -403,8 +409,9 @@ fn bird_over_an_ipv6_session_runs_bfd_over_ipv6_and_gtsm_keeps_farther_speakers_
          protocol device {}\n\
          protocol bfd { interface \"*\" { interval 100 ms; multiplier 3; }; }\n\
          protocol static s6 { ipv6; route fd50::/64 blackhole; }\n\
-         protocol bgp cube {\n  local fd77::1:2 as 65010;\n  neighbor fd77::1:1 as 4200000101;\n\
+         protocol bgp cube {\n  local fd99::2 as 65010;\n  neighbor fd99::1 as 4200000101;\n\
            hold time 9; connect retry time 1; error wait time 1, 10; bfd on; ttl security on;\n\
+           ipv4 { import all; export none; };\n\
            ipv6 { import all; export where proto = \"s6\"; };\n}\n",
     )
     .unwrap();
@@ -427,7 +434,7 @@ fn bird_over_an_ipv6_session_runs_bfd_over_ipv6_and_gtsm_keeps_farther_speakers_
         &bed,
         &r,
         d,
-        "[[neighbor]]\nname = \"bird\"\naddress = \"fd77::1:2\"\nasn = 65010\n\
+        "[[neighbor]]\nname = \"bird\"\naddress = \"fd99::2\"\nasn = 65010\n\
          import = [\"fd50::/16\"]\nexport = \"all\"\n",
     );
     // BIRD keeps trying (its SYNs, and SYN-ACKs to routed's own
@@ -482,14 +489,24 @@ fn bird_over_an_ipv6_session_runs_bfd_over_ipv6_and_gtsm_keeps_farther_speakers_
         a.extend_from_slice(args);
         bed.exec_ok(&b, &a).unwrap()
     };
+    // Both families over the IPv6 session, each with routed's address of
+    // that family on the link as next hop (RFC 4760): the IPv4 prefix was
+    // dropped on export before.
     wait_until(
-        "BIRD to learn the IPv6 site prefix",
+        "BIRD to learn both site prefixes",
         Duration::from_secs(10),
-        || birdc(&["show", "route", "protocol", "cube"]).contains("fd77::1:0/112"),
+        || {
+            let t = birdc(&["show", "route", "protocol", "cube"]);
+            t.contains("10.77.1.0/24") && t.contains("fd77::1:0/112")
+        },
     );
+    let v4 = birdc(&["show", "route", "10.77.1.0/24", "all"]);
+    assert!(v4.contains("BGP.next_hop: 10.99.0.1"), "{v4}");
+    let v6 = birdc(&["show", "route", "fd77::1:0/112", "all"]);
+    assert!(v6.contains("BGP.next_hop: fd99::1"), "{v6}");
     let sessions = birdc(&["show", "bfd", "sessions"]);
     assert!(
-        sessions.contains("fd77::1:1") && sessions.contains("Up"),
+        sessions.contains("fd99::1") && sessions.contains("Up"),
         "{sessions}"
     );
     // BIRD's BFD packets now arrive with hop limit 254: routed does not
