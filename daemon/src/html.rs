@@ -33,6 +33,7 @@ th,td{padding:5px 10px;border-bottom:1px solid #e3e6ea;text-align:left;vertical-
 th{background:#eef1f4;font-weight:600;font-size:12px;text-transform:uppercase;letter-spacing:.03em;color:#46505a}
 td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
 td.err{white-space:normal;max-width:280px;color:#8a2a2a}
+td.wrap{white-space:normal;max-width:320px}
 .ok{color:#176b2c;font-weight:600}
 .bad{color:#b3261e;font-weight:600}
 .warn{color:#94600b;font-weight:600}
@@ -128,7 +129,8 @@ pub fn card(value: &str, label: &str) -> String {
     )
 }
 
-/// `3d 4h`, `2h 5m`, `4m 10s`, `12s`: the two largest units.
+/// `3d 4h`, `2h 5m`, `4m 10s`, `1m`, `12s`: the two largest units, a
+/// zero second one left out.
 pub fn duration(secs: u64) -> String {
     let (d, h, m, s) = (
         secs / 86_400,
@@ -136,12 +138,19 @@ pub fn duration(secs: u64) -> String {
         secs % 3600 / 60,
         secs % 60,
     );
+    let two = |a: u64, ua: &str, b: u64, ub: &str| {
+        if b == 0 {
+            format!("{a}{ua}")
+        } else {
+            format!("{a}{ua} {b}{ub}")
+        }
+    };
     if d > 0 {
-        format!("{d}d {h}h")
+        two(d, "d", h, "h")
     } else if h > 0 {
-        format!("{h}h {m}m")
+        two(h, "h", m, "m")
     } else if m > 0 {
-        format!("{m}m {s}s")
+        two(m, "m", s, "s")
     } else {
         format!("{s}s")
     }
@@ -174,7 +183,11 @@ mod tests {
         );
         assert_eq!(escape("a\"b&c"), "a&quot;b&amp;c");
         assert_eq!(escape("fra-gw1 ü"), "fra-gw1 ü");
-        assert_eq!(escape("&amp;"), "&amp;amp;", "escaped once more, not decoded");
+        assert_eq!(
+            escape("&amp;"),
+            "&amp;amp;",
+            "escaped once more, not decoded"
+        );
         assert_eq!(escape(""), "");
     }
 
@@ -193,7 +206,10 @@ mod tests {
         let mut t = Table::new(&["name", "a<b"], &[1]);
         t.row(&["x".into(), "3".into()]);
         let t = t.finish();
-        assert!(t.contains("<th>name</th><th class=\"num\">a&lt;b</th>"), "{t}");
+        assert!(
+            t.contains("<th>name</th><th class=\"num\">a&lt;b</th>"),
+            "{t}"
+        );
         assert!(t.contains("<td>x</td><td class=\"num\">3</td>"), "{t}");
     }
 
@@ -201,7 +217,9 @@ mod tests {
     fn numbers_read_well() {
         assert_eq!(duration(0), "0s");
         assert_eq!(duration(59), "59s");
+        assert_eq!(duration(60), "1m");
         assert_eq!(duration(61), "1m 1s");
+        assert_eq!(duration(3600), "1h");
         assert_eq!(duration(3 * 3600 + 120), "3h 2m");
         assert_eq!(duration(2 * 86_400 + 3600), "2d 1h");
         assert_eq!(bytes(0), "0 B");

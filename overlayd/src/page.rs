@@ -99,11 +99,6 @@ pub fn render(st: &Status, now: u64) -> String {
     );
     for p in &st.peers {
         let ips: Vec<String> = p.addresses.iter().map(|a| a.to_string()).collect();
-        let role = if p.configured {
-            format!("{} <span class=\"muted\">configured</span>", p.role.as_str())
-        } else {
-            p.role.as_str().to_string()
-        };
         let mtu = if p.mtu_learned {
             p.mtu.to_string()
         } else {
@@ -118,19 +113,24 @@ pub fn render(st: &Status, now: u64) -> String {
             p.flaps.to_string()
         };
         t.raw_row(&format!(
-            "<td class=\"peer\"><b>{}</b></td><td>{role}</td><td>{}</td><td>{}</td><td>{}</td>\
+            "<td class=\"peer\"><b>{}</b></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
              <td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>\
              <td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{mtu}</td>\
              <td class=\"num\">{flaps}</td>",
             escape(&p.name),
+            p.role.as_str(),
             escape(p.site.as_deref().unwrap_or("–")),
-            escape(&ips.join(", ")),
+            ips.iter()
+                .map(|a| escape(a))
+                .collect::<Vec<_>>()
+                .join("<br>"),
             p.endpoint.map_or(span("muted", "–"), |e| e.to_string()),
             state_cell(p),
-            p.last_handshake_s.map_or(span("muted", "never"), |s| format!(
-                "{} ago",
-                html::duration(s as u64)
-            )),
+            p.last_handshake_s
+                .map_or(span("muted", "never"), |s| format!(
+                    "{} ago",
+                    html::duration(s as u64)
+                )),
             p.rtt_ms
                 .map_or(span("muted", "–"), |ms| format!("{ms:.1} ms")),
             html::bytes(p.rx_bytes),
@@ -296,6 +296,9 @@ mod tests {
         assert!(!page.contains("<script"), "{page}");
         assert!(!page.contains("<img"), "{page}");
         assert!(!page.contains("<svg onload"), "{page}");
-        assert!(page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"), "{page}");
+        assert!(
+            page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+            "{page}"
+        );
     }
 }

@@ -9,8 +9,32 @@ use cubenet_api::routed::{
 use cubenet_daemon::html::{self, escape, span, Table};
 use std::fmt::Write;
 
-/// The span of history the timelines show.
-pub const WINDOW_S: u64 = 3600;
+/// The longest span of history a timeline shows, and the shortest: a
+/// younger routed shows what it knows, since it started, at a readable
+/// scale.
+pub const MAX_WINDOW_S: u64 = 3600;
+pub const MIN_WINDOW_S: u64 = 60;
+
+/// The stretch of time the timelines show, in Unix seconds: the last hour,
+/// or since routed started when that is less (at least a minute).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    pub start: u64,
+    pub now: u64,
+}
+
+impl Window {
+    pub fn new(uptime_s: u64, now: u64) -> Window {
+        Window {
+            start: now.saturating_sub(uptime_s.clamp(MIN_WINDOW_S, MAX_WINDOW_S)),
+            now,
+        }
+    }
+
+    fn len(&self) -> u64 {
+        (self.now - self.start).max(1)
+    }
+}
 
 /// What a stretch of a timeline shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,7 +47,9 @@ pub enum Shade {
     Unknown,
 }
 
-/// A stretch of a neighbour's timeline, in Unix seconds, `from < to`.
+/// A stretch of a neighbour's timeline, in Unix seconds, `from <= to`;
+/// only a down that lasted less than the second the history counts in
+/// has `from == to`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Span {
     pub from: u64,
@@ -31,20 +57,25 @@ pub struct Span {
     pub shade: Shade,
 }
 
-/// A neighbour's last hour up to `now` (Unix seconds), from its history
-/// (the last events, oldest first) and its state now. routed keeps no
-/// history from before it started (`started`): that part is
-/// [`Shade::Unknown`]. Before the first event kept, the session was in the
-/// opposite state of that event; with no event at all, in the state it is
-/// in now.
-pub fn timeline(n: &NeighborStatus, started: u64, now: u64) -> Vec<Span> {
-    let start = now.saturating_sub(WINDOW_S);
+/// A neighbour's timeline over `w`, from its history (the last events,
+/// oldest first) and its state now. routed keeps no history from before
+/// it started (`started`): that part is [`Shade::Unknown`]. Before the
+/// first event kept, the session was in the opposite state of that event;
+/// with no event at all, in the state it is in now.
+pub fn timeline(n: &NeighborStatus, started: u64, w: Window) -> Vec<Span> {
+    let (start, now) = (w.start, w.now);
     let events = events(n);
     let up_now = n.state == SessionState::Established;
     let mut spans: Vec<Span> = Vec::new();
     let mut push = |from: u64, to: u64, shade: Shade| {
+        if to < start || from > now {
+            return;
+        }
+        // A down shorter than a second is kept (drawn as a sliver): a
+        // flap must show. Other empty stretches are dropped.
+        let brief_down = shade == Shade::Down && from == to;
         let (from, to) = (from.max(start), to.min(now));
-        if from >= to {
+        if from > to || (from == to && !brief_down) {
             return;
         }
         match spans.last_mut() {
@@ -52,14 +83,19 @@ pub fn timeline(n: &NeighborStatus, started: u64, now: u64) -> Vec<Span> {
             _ => spans.push(Span { from, to, shade }),
         }
     };
-    push(start, started, Shade::Unknown);
+    if started > start {
+        push(start, started, Shade::Unknown);
+    }
     let shade = |up: bool| if up { Shade::Up } else { Shade::Down };
     let mut t = started;
     let mut up = events.first().map_or(up_now, |&(_, e)| !e);
-    for &(at, e) in &events {
-        let at = at.max(started);
-        push(t, at, shade(up));
-        t = t.max(at);
+    for (i, &(at, e)) in events.iter().enumerate() {
+        let at = at.max(t);
+        // Not established in the second routed started is no flap.
+        if i > 0 || at > t {
+            push(t, at, shade(up));
+        }
+        t = at;
         up = e;
     }
     push(t, now, shade(up));
@@ -83,10 +119,10 @@ fn events(n: &NeighborStatus) -> Vec<(u64, bool)> {
 
 const BAR_W: f64 = 640.0;
 
-/// `t` as an x position on a bar of the window ending at `now`.
-fn x(t: u64, now: u64) -> f64 {
-    let start = now.saturating_sub(WINDOW_S);
-    (t.saturating_sub(start) as f64 / WINDOW_S as f64 * BAR_W * 10.0).round() / 10.0
+/// `t` as an x position on a bar of the window.
+fn x(t: u64, w: Window) -> f64 {
+    let t = t.clamp(w.start, w.now);
+    ((t - w.start) as f64 / w.len() as f64 * BAR_W * 10.0).round() / 10.0
 }
 
 /// `HH:MM:SS` (UTC) of a Unix time.
@@ -95,63 +131,59 @@ fn clock(t: u64) -> String {
     s.get(11..19).unwrap_or(&s).to_string()
 }
 
-/// The timeline as inline SVG: green while up, red while down, grey before
-/// routed started, a tick at each event, minutes before now underneath.
-pub fn timeline_svg(n: &NeighborStatus, started: u64, now: u64) -> String {
+/// The timeline as inline SVG: green while up, red while down (a brief
+/// down at least 4 px wide), grey before routed started, a tick at each
+/// event, the time before now underneath.
+pub fn timeline_svg(n: &NeighborStatus, started: u64, w: Window) -> String {
     let mut s = format!(
-        "<svg class=\"timeline\" width=\"{w}\" height=\"36\" viewBox=\"0 0 {w} 36\" \
-         role=\"img\" aria-label=\"{} up/down, last hour\">",
+        "<svg class=\"timeline\" width=\"{sw}\" height=\"36\" viewBox=\"-4 0 {sw} 36\" \
+         role=\"img\" aria-label=\"{} up/down\">",
         escape(&n.name),
-        w = BAR_W + 20.0,
+        sw = BAR_W + 28.0,
     );
-    for sp in timeline(n, started, now) {
-        let (fill, what) = match sp.shade {
-            Shade::Up => ("#2e9e4f", "up"),
-            Shade::Down => ("#d64541", "down"),
-            Shade::Unknown => ("#d5d9de", "before routed started"),
+    for sp in timeline(n, started, w) {
+        let (fill, class, what, min) = match sp.shade {
+            Shade::Up => ("#2e9e4f", "up", "up", 1.0),
+            Shade::Down => ("#d64541", "down", "down", 4.0),
+            Shade::Unknown => ("#d5d9de", "unknown", "before routed started", 1.0),
         };
-        let (x0, x1) = (x(sp.from, now), x(sp.to, now));
+        let (x0, x1) = (x(sp.from, w), x(sp.to, w));
         let _ = write!(
             s,
-            "<rect class=\"{what_class}\" x=\"{x0}\" y=\"4\" width=\"{w}\" height=\"14\" fill=\"{fill}\">\
+            "<rect class=\"{class}\" x=\"{x0}\" y=\"4\" width=\"{}\" height=\"14\" fill=\"{fill}\">\
              <title>{what} {} – {} UTC</title></rect>",
+            (x1 - x0).max(min),
             clock(sp.from),
             clock(sp.to),
-            what_class = match sp.shade {
-                Shade::Up => "up",
-                Shade::Down => "down",
-                Shade::Unknown => "unknown",
-            },
-            w = (x1 - x0).max(1.0),
         );
     }
-    let start = now.saturating_sub(WINDOW_S);
     for f in &n.history {
         let Ok(at) = cubenet_certs::time::parse_time(&f.at) else {
             continue;
         };
-        if at < start || at > now {
+        if at < w.start || at > w.now {
             continue;
         }
-        let xt = x(at, now);
+        let xt = x(at, w);
         let ev = match f.event {
             UpDown::Up => "up",
             UpDown::Down => "down",
         };
         let _ = write!(
             s,
-            "<line class=\"tick\" x1=\"{xt}\" x2=\"{xt}\" y1=\"1\" y2=\"21\" stroke=\"#1d232a\" stroke-width=\"1.5\">\
-             <title>{ev} at {} UTC: {}</title></line>",
+            "<line class=\"tick\" x1=\"{xt}\" x2=\"{xt}\" y1=\"1\" y2=\"21\" stroke=\"#1d232a\" \
+             stroke-width=\"1\"><title>{ev} at {} UTC: {}</title></line>",
             clock(at),
             escape(&f.reason),
         );
     }
-    for m in [60u64, 45, 30, 15, 0] {
-        let xm = x(now.saturating_sub(m * 60), now);
-        let (label, anchor) = match m {
-            60 => ("−60 min".to_string(), "start"),
-            0 => ("now".to_string(), "end"),
-            m => (format!("−{m}"), "middle"),
+    for q in 0..=4u64 {
+        let ago = w.len() * (4 - q) / 4;
+        let xm = x(w.now - ago, w);
+        let (label, anchor) = match q {
+            0 => (format!("−{}", html::duration(ago)), "start"),
+            4 => ("now".to_string(), "end"),
+            _ => (format!("−{}", html::duration(ago)), "middle"),
         };
         let _ = write!(
             s,
@@ -238,10 +270,7 @@ pub fn render(name: &str, status: &Status, routes: &Routes, now: u64) -> String 
         &format!("{established} / {}", status.neighbors.len()),
         "neighbours established",
     ));
-    b.push_str(&html::card(
-        &routes.routes.len().to_string(),
-        "best routes",
-    ));
+    b.push_str(&html::card(&routes.routes.len().to_string(), "best routes"));
     b.push_str(&html::card(
         &status
             .neighbors
@@ -304,13 +333,15 @@ pub fn render(name: &str, status: &Status, routes: &Routes, now: u64) -> String 
     b.push_str(&t.finish());
 
     b.push_str(
-        "<h2>Up/down, last hour</h2>\n<p class=\"sub\">\
+        "<h2>Up/down over the last hour</h2>\n<p class=\"sub\">\
          <span class=\"sw up\"></span> established · <span class=\"sw down\"></span> not \
-         established · <span class=\"sw unknown\"></span> before routed started · a tick at \
-         each change (hover for the time and reason)</p>\n",
+         established · <span class=\"sw unknown\"></span> before routed started (the \
+         timeline starts with it when that is less than an hour ago) · a tick at each change \
+         (hover for the time and reason)</p>\n",
     );
     let started = now.saturating_sub(status.uptime_s);
-    let mut t = Table::new(&["neighbour", "timeline (UTC)", "last change"], &[]);
+    let window = Window::new(status.uptime_s, now);
+    let mut t = Table::new(&["neighbour", "timeline", "last change"], &[]);
     for n in &status.neighbors {
         let last = n.history.last().map_or(span("muted", "none"), |f| {
             let ev = match f.event {
@@ -327,9 +358,9 @@ pub fn render(name: &str, status: &Status, routes: &Routes, now: u64) -> String 
             )
         });
         t.raw_row(&format!(
-            "<td><b>{}</b></td><td>{}</td><td class=\"err\">{last}</td>",
+            "<td><b>{}</b></td><td>{}</td><td class=\"wrap\">{last}</td>",
             escape(&n.name),
-            timeline_svg(n, started, now),
+            timeline_svg(n, started, window),
         ));
     }
     b.push_str(&t.finish());
@@ -452,6 +483,18 @@ mod tests {
         spans.iter().map(|s| s.shade).collect()
     }
 
+    const HOUR: Window = Window {
+        start: NOW - 3600,
+        now: NOW,
+    };
+
+    #[test]
+    fn the_window_is_the_last_hour_or_since_routed_started() {
+        assert_eq!(Window::new(7200, NOW), HOUR);
+        assert_eq!(Window::new(600, NOW).start, NOW - 600);
+        assert_eq!(Window::new(5, NOW).start, NOW - 60);
+    }
+
     /// Up since before the window, down 20 minutes ago, up again 10
     /// minutes ago: green, one red span, green, covering the whole hour.
     #[test]
@@ -465,47 +508,73 @@ mod tests {
                 (NOW - 600, UpDown::Up),
             ],
         );
-        let spans = timeline(&n, NOW - 8000, NOW);
+        let spans = timeline(&n, NOW - 8000, HOUR);
         assert_eq!(shades(&spans), [Shade::Up, Shade::Down, Shade::Up]);
-        assert_eq!(spans[0].from, NOW - WINDOW_S);
+        assert_eq!(spans[0].from, NOW - 3600);
         assert_eq!((spans[1].from, spans[1].to), (NOW - 1200, NOW - 600));
         assert_eq!(spans[2].to, NOW);
-        let svg = timeline_svg(&n, NOW - 8000, NOW);
+        let svg = timeline_svg(&n, NOW - 8000, HOUR);
         assert_eq!(svg.matches("<rect class=\"down\"").count(), 1, "{svg}");
         assert_eq!(svg.matches("<rect class=\"up\"").count(), 2, "{svg}");
         // Ticks for the two events inside the hour, not the one before.
         assert_eq!(svg.matches("<line class=\"tick\"").count(), 2, "{svg}");
+        assert!(
+            svg.contains(">−1h</text>") && svg.contains(">−15m</text>"),
+            "{svg}"
+        );
+        assert!(svg.contains(">now</text>"), "{svg}");
     }
 
-    /// routed started 10 minutes ago and its session came up a little
-    /// later: grey, then red until the session came up, then green.
+    /// routed started 30 s ago and its session came up 10 s later: the
+    /// timeline is a minute; grey, then red until the session came up,
+    /// then green.
     #[test]
     fn before_routed_started_nothing_is_known() {
         let n = neighbor(
             "ams-gw1",
             SessionState::Established,
-            &[(NOW - 590, UpDown::Up)],
+            &[(NOW - 20, UpDown::Up)],
         );
-        let spans = timeline(&n, NOW - 600, NOW);
+        let spans = timeline(&n, NOW - 30, Window::new(30, NOW));
+        let span = |from, to, shade| Span { from, to, shade };
         assert_eq!(
             spans,
             [
-                Span {
-                    from: NOW - 3600,
-                    to: NOW - 600,
-                    shade: Shade::Unknown
-                },
-                Span {
-                    from: NOW - 600,
-                    to: NOW - 590,
-                    shade: Shade::Down
-                },
-                Span {
-                    from: NOW - 590,
-                    to: NOW,
-                    shade: Shade::Up
-                },
+                span(NOW - 60, NOW - 30, Shade::Unknown),
+                span(NOW - 30, NOW - 20, Shade::Down),
+                span(NOW - 20, NOW, Shade::Up),
             ]
+        );
+    }
+
+    /// A session up in the second routed started shows no red; a down
+    /// and up again within one second does, as a sliver.
+    #[test]
+    fn a_flap_shorter_than_a_second_shows_and_a_quick_start_does_not() {
+        let n = neighbor(
+            "ams-gw1",
+            SessionState::Established,
+            &[
+                (NOW - 100, UpDown::Up),
+                (NOW - 10, UpDown::Down),
+                (NOW - 10, UpDown::Up),
+            ],
+        );
+        let w = Window::new(100, NOW);
+        let spans = timeline(&n, NOW - 100, w);
+        let span = |from, to, shade| Span { from, to, shade };
+        assert_eq!(
+            spans,
+            [
+                span(NOW - 100, NOW - 10, Shade::Up),
+                span(NOW - 10, NOW - 10, Shade::Down),
+                span(NOW - 10, NOW, Shade::Up),
+            ]
+        );
+        let svg = timeline_svg(&n, NOW - 100, w);
+        assert!(
+            svg.contains("<rect class=\"down\" x=\"576\" y=\"4\" width=\"4\""),
+            "{svg}"
         );
     }
 
@@ -513,9 +582,9 @@ mod tests {
     #[test]
     fn a_neighbour_without_history_is_its_state_now() {
         let n = neighbor("lan", SessionState::Active, &[]);
-        assert_eq!(shades(&timeline(&n, NOW - 9999, NOW)), [Shade::Down]);
+        assert_eq!(shades(&timeline(&n, NOW - 9999, HOUR)), [Shade::Down]);
         let n = neighbor("lan", SessionState::Established, &[]);
-        assert_eq!(shades(&timeline(&n, NOW - 9999, NOW)), [Shade::Up]);
+        assert_eq!(shades(&timeline(&n, NOW - 9999, HOUR)), [Shade::Up]);
     }
 
     /// Events older than the window or from a clock that stepped back
@@ -531,10 +600,13 @@ mod tests {
                 (NOW - 10, UpDown::Down),
             ],
         );
-        let spans = timeline(&n, NOW - 5000, NOW);
+        let spans = timeline(&n, NOW - 5000, HOUR);
         assert!(!spans.is_empty());
         for s in &spans {
-            assert!(s.from < s.to && s.from >= NOW - WINDOW_S && s.to <= NOW, "{spans:?}");
+            assert!(
+                s.from <= s.to && s.from >= NOW - 3600 && s.to <= NOW,
+                "{spans:?}"
+            );
         }
         for w in spans.windows(2) {
             assert_eq!(w[0].to, w[1].from, "{spans:?}");
@@ -544,11 +616,18 @@ mod tests {
     #[test]
     fn the_page_lists_every_neighbour_and_route() {
         let st = status(vec![
-            neighbor("ams-gw1", SessionState::Established, &[(NOW - 60, UpDown::Up)]),
+            neighbor(
+                "ams-gw1",
+                SessionState::Established,
+                &[(NOW - 60, UpDown::Up)],
+            ),
             neighbor("par-gw2", SessionState::Active, &[(NOW - 60, UpDown::Down)]),
         ]);
         let p = render("fra-gw1", &st, &routes(), NOW);
-        assert!(p.contains("<title>routed fra-gw1 AS 4200000001</title>"), "{p}");
+        assert!(
+            p.contains("<title>routed fra-gw1 AS 4200000001</title>"),
+            "{p}"
+        );
         for want in [
             "<b>ams-gw1</b>",
             "<b>par-gw2</b>",
