@@ -33,6 +33,7 @@ needs=(
   zsh:zsh
   fish:fish
   promtool:prometheus
+  chromium:chromium
 )
 missing=()
 for pair in "${needs[@]}"; do
