@@ -106,7 +106,7 @@ impl Table {
     /// One row whose cells carry their own `<td>` (for a cell with a
     /// class of its own).
     pub fn raw_row(&mut self, tds: &str) {
-        let _ = write!(self.out, "<tr>{tds}</tr>\n");
+        let _ = writeln!(self.out, "<tr>{tds}</tr>");
     }
 
     pub fn finish(mut self) -> String {

@@ -79,7 +79,7 @@ pub fn render(st: &Status, now: u64) -> String {
     b.push_str(&html::card(&st.routes.len().to_string(), "routes"));
     b.push_str("</div>\n");
 
-    let _ = write!(b, "<h2>Peers ({})</h2>\n", st.peers.len());
+    let _ = writeln!(b, "<h2>Peers ({})</h2>", st.peers.len());
     let mut t = Table::new(
         &[
             "peer",
@@ -168,16 +168,16 @@ pub fn render(st: &Status, now: u64) -> String {
         ),
         _ => "off".to_string(),
     };
-    let _ = write!(
+    let _ = writeln!(
         b,
-        "<p class=\"sub\">ICMP errors sent: {} · MSS clamped {} · fragmented {} · firewall {}</p>\n",
+        "<p class=\"sub\">ICMP errors sent: {} · MSS clamped {} · fragmented {} · firewall {}</p>",
         icmp.join(", "),
         st.mss_clamped,
         st.fragmented,
         escape(&firewall),
     );
 
-    let _ = write!(b, "<h2>Forwarding table ({})</h2>\n", st.routes.len());
+    let _ = writeln!(b, "<h2>Forwarding table ({})</h2>", st.routes.len());
     let mut t = Table::new(&["prefix", "origin", "via"], &[]);
     for r in &st.routes {
         t.row(&[

@@ -365,7 +365,7 @@ pub fn render(name: &str, status: &Status, routes: &Routes, now: u64) -> String 
     }
     b.push_str(&t.finish());
 
-    let _ = write!(b, "<h2>Routes ({})</h2>\n", routes.routes.len());
+    let _ = writeln!(b, "<h2>Routes ({})</h2>", routes.routes.len());
     let mut t = Table::new(
         &[
             "prefix",
