@@ -141,7 +141,11 @@ pub fn timeline_svg(n: &NeighborStatus, started: u64, w: Window) -> String {
         escape(&n.name),
         sw = BAR_W + 28.0,
     );
-    for sp in timeline(n, started, w) {
+    // Downs last, so the sliver of a brief one is not painted over by the
+    // up that follows it.
+    let mut spans = timeline(n, started, w);
+    spans.sort_by_key(|sp| sp.shade == Shade::Down);
+    for sp in spans {
         let (fill, class, what, min) = match sp.shade {
             Shade::Up => ("#2e9e4f", "up", "up", 1.0),
             Shade::Down => ("#d64541", "down", "down", 4.0),
@@ -572,8 +576,12 @@ mod tests {
             ]
         );
         let svg = timeline_svg(&n, NOW - 100, w);
+        let sliver = "<rect class=\"down\" x=\"576\" y=\"4\" width=\"4\"";
+        assert!(svg.contains(sliver), "{svg}");
+        // Drawn over the up that follows it.
+        let after = "<rect class=\"up\" x=\"576\"";
         assert!(
-            svg.contains("<rect class=\"down\" x=\"576\" y=\"4\" width=\"4\""),
+            svg.find(after).unwrap() < svg.find(sliver).unwrap(),
             "{svg}"
         );
     }
