@@ -35,6 +35,7 @@ needs=(
   promtool:prometheus
   debootstrap:debootstrap
   lintian:lintian
+  chromium:chromium
 )
 missing=()
 for pair in "${needs[@]}"; do

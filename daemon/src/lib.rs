@@ -1,9 +1,11 @@
-//! What overlayd and routed share as daemons: Prometheus metrics, link-flap
-//! damping, the private control socket, logging and CLI plumbing, and notices to systemd.
+//! What overlayd and routed share as daemons: Prometheus metrics and the
+//! status page's HTML pieces, link-flap damping, the private control
+//! socket, logging and CLI plumbing, and notices to systemd.
 
 pub mod config;
 pub mod ctl;
 pub mod damping;
+pub mod html;
 pub mod metrics;
 pub mod netlink;
 pub mod notify;

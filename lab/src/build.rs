@@ -360,10 +360,11 @@ pub(crate) fn overlayd_config_text(lab: &Lab, plans: &[Plan], p: &Plan, spec: &S
     let n = &p.node;
     let mut t = String::new();
     t.push_str(&format!(
-        "# overlayd config for {} ({}, site {}), written by cubenet-lab\ncontrol_socket = {:?}\nlisten = [{}]\n\n[identity]\nkey = {:?}\ncert = {:?}\nca = {:?}\ncrl = {:?}\n",
+        "# overlayd config for {} ({}, site {}), written by cubenet-lab\ncontrol_socket = {:?}\nlisten = [{}]\n{}\n[identity]\nkey = {:?}\ncert = {:?}\nca = {:?}\ncrl = {:?}\n",
         n.name, n.role, n.site,
         n.overlayd_socket.display().to_string(),
         if p.wan_ip6.is_some() { "\"0.0.0.0:51820\", \"[::]:51820\"" } else { "\"0.0.0.0:51820\"" },
+        if spec.metrics { format!("metrics_listen = {:?}\n", crate::spec::OVERLAYD_METRICS) } else { String::new() },
         n.key.display().to_string(),
         n.cert.display().to_string(),
         lab.ca_dir.join("ca.crt").display().to_string(),
@@ -531,7 +532,7 @@ fn write_routed_configs(lab: &Lab, plans: &[Plan], spec: &Spec) -> Result<()> {
         let Some(path) = &n.routed_config else {
             continue;
         };
-        let text = routed::config_text(lab, n, &gateways, spec.bfd_interval_ms)?;
+        let text = routed::config_text(lab, n, &gateways, spec.bfd_interval_ms, spec.metrics)?;
         std::fs::write(path, text)
             .with_context(|| format!("{}: writing {}", n.name, path.display()))?;
     }

@@ -36,6 +36,8 @@ struct Config<'a> {
     router_id: String,
     control_socket: &'a Path,
     overlayd_socket: &'a Path,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metrics_listen: Option<&'static str>,
     ca: PathBuf,
     cert: &'a Path,
     kernel_routes: bool,
@@ -84,12 +86,14 @@ enum Import {
 }
 
 /// The `routed.toml` of gateway `n`: its identity, and every other gateway
-/// in `gateways` as a neighbour.
+/// in `gateways` as a neighbour; with `metrics`, metrics and the status
+/// page on [`crate::spec::ROUTED_METRICS`].
 pub fn config_text(
     lab: &Lab,
     n: &Node,
     gateways: &[Gateway],
     bfd_interval_ms: u64,
+    metrics: bool,
 ) -> Result<String> {
     let me = gateways
         .iter()
@@ -118,6 +122,7 @@ pub fn config_text(
         router_id: me.router_id.to_string(),
         control_socket,
         overlayd_socket: &n.overlayd_socket,
+        metrics_listen: metrics.then_some(crate::spec::ROUTED_METRICS),
         ca: lab.ca_dir.join("ca.crt"),
         cert: &n.cert,
         kernel_routes: true,
@@ -307,7 +312,7 @@ mod tests {
     fn routed_toml(lab: &Lab, plans: &[Plan], name: &str) -> toml::Table {
         let gateways = routed_gateways(plans).expect("gateways");
         let n = lab.node(name).expect("node");
-        let text = config_text(lab, n, &gateways, 100).expect("config");
+        let text = config_text(lab, n, &gateways, 100, false).expect("config");
         toml::from_str(&text).expect("routed config is TOML")
     }
 
@@ -374,11 +379,36 @@ mod tests {
         ));
         let gateways = routed_gateways(&plans).expect("gateways");
         let n = lab.node("fra-gw1").expect("node");
-        let text = config_text(&lab, n, &gateways, spec.bfd_interval_ms).expect("config");
+        let text =
+            config_text(&lab, n, &gateways, spec.bfd_interval_ms, spec.metrics).expect("config");
         let t: toml::Table = toml::from_str(&text).expect("TOML");
         assert_eq!(t["bfd"]["interval_ms"].as_integer(), Some(250));
         assert_eq!(t["asn"].as_integer(), Some(4_200_000_101));
         assert_eq!(t["neighbor"].as_array().map(Vec::len), Some(3));
+    }
+
+    /// `metrics = true`: every overlayd and routed serves metrics and the
+    /// status page in its namespace; off by default.
+    #[test]
+    fn metrics_listen_comes_from_the_spec() {
+        for metrics in [false, true] {
+            let (spec, plans, lab) =
+                lab_of(&format!("routed = true\nmetrics = {metrics}\n{TWO_BY_TWO}"));
+            let gateways = routed_gateways(&plans).expect("gateways");
+            let n = lab.node("fra-gw1").expect("node");
+            let text = config_text(&lab, n, &gateways, spec.bfd_interval_ms, spec.metrics)
+                .expect("config");
+            let t: toml::Table = toml::from_str(&text).expect("TOML");
+            let want = metrics.then_some(crate::spec::ROUTED_METRICS);
+            assert_eq!(t.get("metrics_listen").and_then(|v| v.as_str()), want);
+            for node in ["fra-gw1", "fra-h1"] {
+                let p = plans.iter().find(|p| p.node.name == node).expect("node");
+                let t: toml::Table =
+                    toml::from_str(&overlayd_config_text(&lab, &plans, p, &spec)).expect("TOML");
+                let want = metrics.then_some(crate::spec::OVERLAYD_METRICS);
+                assert_eq!(t.get("metrics_listen").and_then(|v| v.as_str()), want);
+            }
+        }
     }
 
     #[test]

@@ -29,7 +29,17 @@ pub struct Spec {
     /// (2001:db8:18::i:j/64 beside 198.18.i.j/16; they listen on both).
     #[serde(default)]
     pub underlay_ipv6: bool,
+    /// Every overlayd serves metrics and its status page on
+    /// [`OVERLAYD_METRICS`], every routed on [`ROUTED_METRICS`], each in
+    /// its node's namespace (`cubenet-lab exec D NODE -- curl ...`).
+    #[serde(default)]
+    pub metrics: bool,
 }
+
+/// `metrics_listen` of every overlayd of a lab with `metrics = true`.
+pub const OVERLAYD_METRICS: &str = "127.0.0.1:9469";
+/// `metrics_listen` of every routed of a lab with `metrics = true`.
+pub const ROUTED_METRICS: &str = "127.0.0.1:9470";
 
 fn yes() -> bool {
     true

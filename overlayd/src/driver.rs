@@ -520,10 +520,19 @@ pub async fn run(cfg: Config, config_path: PathBuf, identity: Identity) -> Resul
         let l = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| format!("metrics_listen {addr}: {e}"))?;
-        let n = node.clone();
-        tokio::spawn(cubenet_daemon::metrics::serve_metrics(l, move || {
-            crate::prom::render(&n.status(Instant::now()))
-        }));
+        let (n, page) = (node.clone(), node.clone());
+        tokio::spawn(cubenet_daemon::metrics::serve_metrics(
+            l,
+            cubenet_daemon::metrics::Pages {
+                metrics: move || crate::prom::render(&n.status(Instant::now())),
+                status_html: move || {
+                    crate::page::render(
+                        &page.status(Instant::now()),
+                        cubenet_certs::time::unix_now(),
+                    )
+                },
+            },
+        ));
     }
 
     use tokio::signal::unix::{signal, SignalKind};

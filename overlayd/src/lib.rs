@@ -16,6 +16,7 @@ pub mod mss;
 pub mod netlink;
 pub mod node;
 pub mod packet;
+pub mod page;
 pub mod peer;
 pub mod peers;
 pub mod pmtu;

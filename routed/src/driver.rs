@@ -512,12 +512,30 @@ pub async fn run(cfg: Config, router: Router, config_path: PathBuf) -> Result<()
         let l = TcpListener::bind(addr)
             .await
             .map_err(|e| format!("metrics_listen {addr}: {e}"))?;
-        let me = shared.clone();
-        tokio::spawn(cubenet_daemon::metrics::serve_metrics(l, move || {
-            let r = me.router();
-            let now = Instant::now();
-            crate::prom::render(&r.status(now), &r.routes(now))
-        }));
+        // The page's title names this gateway as its certificate does (the
+        // identity is not reloaded: a new one takes a restart).
+        let name = cubenet_certs::load_node_cert(&cfg.cert)
+            .map(|c| c.name().to_string())
+            .unwrap_or_default();
+        let (me, page) = (shared.clone(), shared.clone());
+        tokio::spawn(cubenet_daemon::metrics::serve_metrics(
+            l,
+            cubenet_daemon::metrics::Pages {
+                metrics: move || {
+                    let r = me.router();
+                    let now = Instant::now();
+                    crate::prom::render(&r.status(now), &r.routes(now))
+                },
+                status_html: move || {
+                    let (status, routes) = {
+                        let r = page.router();
+                        let now = Instant::now();
+                        (r.status(now), r.routes(now))
+                    };
+                    crate::page::render(&name, &status, &routes, cubenet_certs::time::unix_now())
+                },
+            },
+        ));
     }
 
     use tokio::signal::unix::{signal, SignalKind};

@@ -10,6 +10,7 @@ pub use cubenet_daemon::damping;
 pub mod driver;
 pub mod kernel;
 pub mod overlay;
+pub mod page;
 pub mod probe;
 pub mod prom;
 pub mod rib;
