@@ -67,6 +67,10 @@ pub struct Timers {
     /// not every neighbour has sent its routes (End-of-RIB) yet.
     #[serde(default = "default_grace")]
     pub startup_grace_s: u64,
+    /// At a stop, how long routes carry GRACEFUL_SHUTDOWN (RFC 8326)
+    /// before the sessions end with a Cease; 0 skips it.
+    #[serde(default = "default_drain")]
+    pub shutdown_drain_ms: u64,
 }
 
 impl Default for Timers {
@@ -76,6 +80,7 @@ impl Default for Timers {
             keepalive_s: default_keepalive(),
             connect_retry_s: default_retry(),
             startup_grace_s: default_grace(),
+            shutdown_drain_ms: default_drain(),
         }
     }
 }
@@ -328,6 +333,9 @@ fn default_keepalive() -> u16 {
 fn default_retry() -> u64 {
     5
 }
+fn default_drain() -> u64 {
+    500
+}
 fn default_grace() -> u64 {
     10
 }
@@ -491,6 +499,12 @@ impl Config {
         }
         if self.bfd.multiplier == 0 {
             return Err("bfd.multiplier: must be at least 1".into());
+        }
+        if self.timers.shutdown_drain_ms > 60_000 {
+            return Err(format!(
+                "timers.shutdown_drain_ms: {} is more than 60000",
+                self.timers.shutdown_drain_ms
+            ));
         }
         if self.timers.connect_retry_s > MAX_SECONDS as u64 {
             return Err(format!(

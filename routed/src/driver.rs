@@ -565,6 +565,16 @@ pub async fn run(cfg: Config, router: Router, config_path: PathBuf) -> Result<()
     }
     supervisor.tell(Notice::Stopping);
     tracing::info!("routed stopping; overlayd keeps its routes");
+    // RFC 8326: first the routes go out again as GRACEFUL_SHUTDOWN, so
+    // the neighbours move their traffic while this gateway still forwards.
+    let drain = Duration::from_millis(cfg.timers.shutdown_drain_ms);
+    if !drain.is_zero() && shared.with(|r, now| r.graceful_shutdown(now)) {
+        tracing::info!(
+            drain_ms = cfg.timers.shutdown_drain_ms,
+            "routes announced as GRACEFUL_SHUTDOWN"
+        );
+        tokio::time::sleep(drain).await;
+    }
     // Every neighbour hears a Cease (administrative shutdown, RFC 4486)
     // now rather than noticing by BFD or the hold timer; the writers get
     // a moment to put it on the wire.

@@ -49,12 +49,21 @@ pub struct Best {
     pub since: Instant,
 }
 
+/// The GRACEFUL_SHUTDOWN community (RFC 8326), 65535:0.
+pub const GRACEFUL_SHUTDOWN: u32 = 0xFFFF_0000;
+
 /// Orders two paths: `Less` means `a` is preferred.
 pub fn compare(a: &Path, b: &Path) -> Ordering {
     let rank = |p: &Path| {
         (
             p.source != LOCAL,
-            std::cmp::Reverse(p.attrs.local_pref.unwrap_or(DEFAULT_LOCAL_PREF)),
+            // RFC 8326: a path its neighbour is about to take down ranks
+            // as LOCAL_PREF 0, so traffic moves before the session ends.
+            std::cmp::Reverse(if p.attrs.communities.contains(&GRACEFUL_SHUTDOWN) {
+                0
+            } else {
+                p.attrs.local_pref.unwrap_or(DEFAULT_LOCAL_PREF)
+            }),
             p.attrs.as_path.len(),
             p.attrs.origin,
             p.attrs.med.unwrap_or(0),

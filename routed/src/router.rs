@@ -254,6 +254,8 @@ pub struct Router {
     site: BTreeMap<IpNet, Site>,
     /// Shut down: sessions stay down.
     stopping: bool,
+    /// About to stop: what we announce carries GRACEFUL_SHUTDOWN.
+    draining: bool,
     dirty: BTreeSet<IpNet>,
     out: Vec<Out>,
     started: Instant,
@@ -450,6 +452,7 @@ impl Router {
             attached: BTreeSet::new(),
             site,
             stopping: false,
+            draining: false,
             dirty: BTreeSet::new(),
             out: Vec::new(),
             started: now,
@@ -1070,6 +1073,24 @@ impl Router {
         self.export_prefixes(n, &prefixes);
     }
 
+    /// routed is about to stop (RFC 8326): everything it announces goes
+    /// out again with the GRACEFUL_SHUTDOWN community, so its neighbours
+    /// move their traffic to other paths while this gateway still
+    /// forwards. True when a neighbour was told; the caller then waits the
+    /// drain before [`Router::shutdown`].
+    pub fn graceful_shutdown(&mut self, now: Instant) -> bool {
+        self.draining = true;
+        let mut told = false;
+        for n in self.neighbor_ids().collect::<Vec<_>>() {
+            if self.neighbors[n].session.is_established() && !self.neighbors[n].adj_out.is_empty() {
+                self.reexport(n);
+                told = true;
+            }
+        }
+        self.finish(now);
+        told
+    }
+
     /// routed stops: every session ends with a Cease (administrative
     /// shutdown) and its connections close.
     pub fn shutdown(&mut self, now: Instant) {
@@ -1546,12 +1567,16 @@ impl Router {
             IpNet::V4(_) => (Some(self.next_hop_v4_for(nb)?), None),
             IpNet::V6(_) => (None, Some(self.next_hop_v6_for(nb)?)),
         };
+        let mut communities = path.attrs.communities.clone();
+        if self.draining && !communities.contains(&crate::rib::GRACEFUL_SHUTDOWN) {
+            communities.push(crate::rib::GRACEFUL_SHUTDOWN);
+        }
         Some(Attrs {
             origin: path.attrs.origin,
             as_path,
             med: None,
             local_pref: None,
-            communities: path.attrs.communities.clone(),
+            communities,
             next_hop_v4: nh4,
             next_hop_v6: nh6,
         })

@@ -432,6 +432,40 @@ mod tests {
         assert!(sim.routers[a].next_deadline(now) > now);
     }
 
+    /// A router about to stop announces its routes again with
+    /// GRACEFUL_SHUTDOWN (RFC 8326): where another gateway offers the same
+    /// prefix, the others move to it while the session is still up; a
+    /// prefix only it offers keeps its path. Then the Cease.
+    #[test]
+    fn a_draining_router_moves_traffic_to_its_sibling_before_its_sessions_end() {
+        let mut sim = Sim::new(2, 2, 100);
+        let (a1, a2, b) = (
+            sim.index("s1-gw1"),
+            sim.index("s1-gw2"),
+            sim.index("s2-gw1"),
+        );
+        // A host both gateways of site 1 serve.
+        let shared: IpAddr = "10.77.1.99".parse().unwrap();
+        let now = sim.now;
+        sim.routers[a1].attach(&[shared], now);
+        sim.routers[a2].attach(&[shared], now);
+        sim.run_for(Duration::from_secs(10));
+        assert_eq!(sim.via(b, "10.77.1.99/32"), vec!["s1-gw1", "s1-gw2"]);
+        let before = sessions(&sim);
+        let now = sim.now;
+        assert!(sim.routers[a1].graceful_shutdown(now));
+        sim.run_for(Duration::from_millis(20));
+        assert_eq!(sim.via(b, "10.77.1.99/32"), vec!["s1-gw2"]);
+        // Its own host has no other path: still through it.
+        assert_eq!(sim.via(b, "10.77.1.11/32"), vec!["s1-gw1"]);
+        assert_eq!(sessions(&sim), before, "no session moved while draining");
+        let now = sim.now;
+        sim.routers[a1].shutdown(now);
+        sim.run_for(Duration::from_millis(20));
+        assert!(sim.via(b, "10.77.1.11/32").is_empty());
+        assert_eq!(sim.via(b, "10.77.1.99/32"), vec!["s1-gw2"]);
+    }
+
     /// Every session of every router by (router, neighbour): its flap
     /// count, when it was established and its BFD state. Equal before and
     /// after means the session was not touched.
