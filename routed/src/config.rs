@@ -18,10 +18,12 @@ pub struct Config {
     /// This gateway's AS: a private 4-byte AS (RFC 6996) per gateway.
     pub asn: u32,
     pub router_id: Ipv4Addr,
-    /// BGP listen addresses; default every address of both families, port
-    /// 179 (without IPv6 in the kernel, IPv4 alone).
-    #[serde(default = "default_listen")]
-    pub listen: Vec<std::net::SocketAddr>,
+    /// BGP listen addresses. Default: the addresses routed serves, port
+    /// 179 — its overlay addresses (`router_id`, the certificate's IPv6
+    /// address) and its address on the link of each neighbour outside the
+    /// overlay — never the underlay.
+    #[serde(default)]
+    pub listen: Option<Vec<std::net::SocketAddr>>,
     #[serde(default = "default_socket")]
     pub control_socket: PathBuf,
     #[serde(default = "default_overlayd_socket")]
@@ -304,13 +306,6 @@ impl Announce {
 
 fn yes() -> bool {
     true
-}
-/// Both families; the IPv6 socket IPv6-only beside the IPv4 one.
-pub fn default_listen() -> Vec<std::net::SocketAddr> {
-    vec![
-        "0.0.0.0:179".parse().expect("literal"),
-        "[::]:179".parse().expect("literal"),
-    ]
 }
 fn default_socket() -> PathBuf {
     DEFAULT_SOCKET.into()

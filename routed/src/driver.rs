@@ -46,7 +46,9 @@ pub struct Shared {
     config_path: PathBuf,
     supervisor: Supervisor,
     /// The BGP listeners: GTSM is set on them (see [`Shared::gtsm_listeners`]).
-    listeners: Vec<(Arc<TcpListener>, bool)>,
+    listeners: Mutex<Vec<(Arc<TcpListener>, bool)>>,
+    /// The addresses BGP (unless `listen` is given) and BFD are bound to.
+    served: Mutex<std::collections::BTreeSet<IpAddr>>,
     /// The running health probe of each probed site prefix.
     probes: Mutex<HashMap<ipnet::IpNet, (crate::probe::Probe, tokio::task::AbortHandle)>>,
 }
@@ -159,6 +161,9 @@ impl Shared {
         match &r {
             Ok(c) => {
                 self.sync_probes();
+                if let Err(e) = self.serve() {
+                    tracing::warn!("after the reload: {e}");
+                }
                 self.gtsm_listeners();
                 let reset: Vec<&str> = c.reset.iter().map(|x| x.name.as_str()).collect();
                 tracing::info!(
@@ -222,11 +227,122 @@ impl Shared {
     /// its first segment after the handshake on.
     fn gtsm_listeners(&self) {
         let all = self.router().neighbors_all_ttl_security();
-        for (l, v6) in &self.listeners {
+        let listeners = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
+        for (l, v6) in listeners.iter() {
             if let Err(e) = crate::sockets::receive_min(&**l, *v6, if all { 255 } else { 0 }) {
                 tracing::warn!("BGP listener: GTSM: {e}");
             }
         }
+    }
+
+    /// Binds BFD, and BGP unless `listen` names its own addresses, to
+    /// every address routed serves and is not bound to yet: its overlay
+    /// addresses and its address on the link to each neighbour outside
+    /// the overlay — never the underlay (audit L1). Called at start and
+    /// after a reload (a new LAN neighbour may need a new address).
+    fn serve(self: &Arc<Self>) -> Result<(), String> {
+        let (own, lan) = self.router().served();
+        let mut want = own;
+        for n in lan {
+            match crate::sockets::local_on_link_to(n) {
+                Ok(Some(a)) => want.push(a),
+                Ok(None) => tracing::warn!(
+                    neighbor = %n,
+                    "no address of ours is on a link to this neighbour: BGP and BFD are not \
+                     served to it (add the address and reload)"
+                ),
+                Err(e) => return Err(format!("the interface addresses: {e}")),
+            }
+        }
+        let mut served = self.served.lock().unwrap_or_else(|p| p.into_inner());
+        for a in want {
+            if served.contains(&a) {
+                continue;
+            }
+            if a.is_ipv6() && self.bfd_tx6.is_err() {
+                tracing::warn!(address = %a, "not served: no IPv6 here");
+                continue;
+            }
+            let bfd = crate::sockets::bfd_receiver_at(a)
+                .map_err(|e| format!("BFD listen [{a}]:{BFD_PORT}: {e}"))?;
+            if self.cfg.listen.is_none() {
+                let l = crate::sockets::bgp_listener_at(a, 179)
+                    .map_err(|e| format!("BGP listen [{a}]:179: {e}"))?;
+                self.spawn_accept(l, a.is_ipv6());
+            }
+            self.spawn_bfd(bfd);
+            tracing::info!(address = %a, "serving BGP and BFD");
+            served.insert(a);
+        }
+        Ok(())
+    }
+
+    fn spawn_bfd(self: &Arc<Self>, sock: UdpSocket) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 128];
+            loop {
+                match crate::sockets::recv_with_ttl(&sock, &mut buf).await {
+                    Ok((k, from, ttl)) => {
+                        me.with(|r, now| r.on_bfd_datagram(from.ip(), ttl, &buf[..k], now))
+                    }
+                    Err(e) => tracing::debug!("BFD receive: {e}"),
+                }
+            }
+        });
+    }
+
+    fn spawn_accept(self: &Arc<Self>, l: TcpListener, v6: bool) {
+        let l = Arc::new(l);
+        self.listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((l.clone(), v6));
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut refused = cubenet_daemon::LogLimit::per_second();
+            loop {
+                let (stream, from) = match l.accept().await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        cubenet_daemon::after_accept_error("BGP listener", &e).await;
+                        continue;
+                    }
+                };
+                // An IPv4 neighbour on a dual-stack [::] listener arrives
+                // as ::ffff:a.b.c.d.
+                let peer = from.ip().to_canonical();
+                let n = {
+                    let r = me.router();
+                    r.neighbor_by_addr(peer)
+                        .map(|n| (n, r.neighbors[n].cfg.ttl_security))
+                };
+                match n {
+                    Some((n, gtsm)) => {
+                        // GTSM: what follows the handshake must come with
+                        // TTL 255, or the kernel drops it.
+                        if gtsm {
+                            if let Err(e) =
+                                crate::sockets::receive_only_255(&stream, from.is_ipv6())
+                            {
+                                tracing::warn!(%from, "BGP connection refused: GTSM: {e}");
+                                continue;
+                            }
+                        }
+                        me.run_conn(n, stream, false)
+                    }
+                    None => {
+                        drop(stream);
+                        if let Some(more) = refused.note(Instant::now()) {
+                            tracing::info!(
+                                %from,
+                                "BGP connection from an unknown address refused{more}"
+                            );
+                        }
+                    }
+                }
+            }
+        });
     }
 
     async fn connect(self: Arc<Self>, n: NeighborId) {
@@ -373,31 +489,17 @@ struct Conn {
 const MAX_QUEUED: usize = 64 << 20;
 
 pub async fn run(cfg: Config, router: Router, config_path: PathBuf) -> Result<(), String> {
-    let (bfd_rx4, bfd_rx6) = crate::sockets::bfd_receivers()
-        .map_err(|e| format!("BFD listen 0.0.0.0:{BFD_PORT}: {e}"))?;
-    let (bfd_tx4, mut bfd_tx6) =
+    let (bfd_tx4, bfd_tx6) =
         crate::sockets::bfd_senders().map_err(|e| format!("BFD send socket: {e}"))?;
-    // Without a receive socket an IPv6 session could only send.
-    if let Err(e) = &bfd_rx6 {
+    if let Err(e) = &bfd_tx6 {
         tracing::warn!("BFD over IPv6 is off: {e}");
-        bfd_tx6 = Err(e.clone());
     }
+    // `listen` given: BGP listens there (wildcards included), as told.
     let mut listeners = Vec::new();
-    for a in &cfg.listen {
-        let l = match bgp_listener(*a, &cfg.listen) {
-            Ok(l) => l,
-            // The default's IPv6 half on a kernel without IPv6.
-            Err(e)
-                if a.is_ipv6()
-                    && cfg.listen == crate::config::default_listen()
-                    && e.raw_os_error() == Some(libc::EAFNOSUPPORT) =>
-            {
-                tracing::warn!("BGP listens on IPv4 only: [::]:179: {e}");
-                continue;
-            }
-            Err(e) => return Err(format!("listen {a}: {e}")),
-        };
-        listeners.push((Arc::new(l), a.is_ipv6()));
+    for a in cfg.listen.iter().flatten() {
+        let l = bgp_listener(*a, cfg.listen.as_deref().unwrap_or_default())
+            .map_err(|e| format!("listen {a}: {e}"))?;
+        listeners.push(l);
     }
     let ctl = crate::ctl::bind(&cfg.control_socket)
         .map_err(|e| format!("control socket {}: {e}", cfg.control_socket.display()))?;
@@ -416,73 +518,18 @@ pub async fn run(cfg: Config, router: Router, config_path: PathBuf) -> Result<()
         cfg: cfg.clone(),
         config_path,
         supervisor,
-        listeners: listeners.clone(),
+        listeners: Mutex::new(Vec::new()),
+        served: Mutex::new(Default::default()),
         probes: Mutex::new(HashMap::new()),
     });
+    for l in listeners {
+        let v6 = l.local_addr().is_ok_and(|a| a.is_ipv6());
+        shared.spawn_accept(l, v6);
+    }
+    shared.serve()?;
     shared.gtsm_listeners();
     tracing::info!(asn = cfg.asn, router_id = %cfg.router_id, neighbors = cfg.neighbors.len(), "routed running");
 
-    for (l, _) in listeners {
-        let me = shared.clone();
-        tokio::spawn(async move {
-            let mut refused = cubenet_daemon::LogLimit::per_second();
-            loop {
-                let (stream, from) = match l.accept().await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        cubenet_daemon::after_accept_error("BGP listener", &e).await;
-                        continue;
-                    }
-                };
-                // An IPv4 neighbour on a dual-stack [::] listener arrives
-                // as ::ffff:a.b.c.d.
-                let peer = from.ip().to_canonical();
-                let n = {
-                    let r = me.router();
-                    r.neighbor_by_addr(peer)
-                        .map(|n| (n, r.neighbors[n].cfg.ttl_security))
-                };
-                match n {
-                    Some((n, gtsm)) => {
-                        // GTSM: what follows the handshake must come with
-                        // TTL 255, or the kernel drops it.
-                        if gtsm {
-                            if let Err(e) =
-                                crate::sockets::receive_only_255(&stream, from.is_ipv6())
-                            {
-                                tracing::warn!(%from, "BGP connection refused: GTSM: {e}");
-                                continue;
-                            }
-                        }
-                        me.run_conn(n, stream, false)
-                    }
-                    None => {
-                        drop(stream);
-                        if let Some(more) = refused.note(Instant::now()) {
-                            tracing::info!(
-                                %from,
-                                "BGP connection from an unknown address refused{more}"
-                            );
-                        }
-                    }
-                }
-            }
-        });
-    }
-    for bfd_rx in std::iter::once(bfd_rx4).chain(bfd_rx6.ok()) {
-        let me = shared.clone();
-        tokio::spawn(async move {
-            let mut buf = [0u8; 128];
-            loop {
-                match crate::sockets::recv_with_ttl(&bfd_rx, &mut buf).await {
-                    Ok((k, from, ttl)) => {
-                        me.with(|r, now| r.on_bfd_datagram(from.ip(), ttl, &buf[..k], now))
-                    }
-                    Err(e) => tracing::debug!("BFD receive: {e}"),
-                }
-            }
-        });
-    }
     {
         let me = shared.clone();
         tokio::spawn(async move {

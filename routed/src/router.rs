@@ -473,6 +473,21 @@ impl Router {
             .find(|n| self.neighbors[*n].cfg.address == a)
     }
 
+    /// The addresses routed serves BGP and BFD on, as far as the router
+    /// knows them: its overlay addresses, and the address of every
+    /// neighbour outside the overlay (the driver finds its own address on
+    /// the link to each).
+    pub fn served(&self) -> (Vec<IpAddr>, Vec<IpAddr>) {
+        let mut own = vec![IpAddr::V4(self.cfg.router_id)];
+        own.extend(self.next_hop_v6.map(IpAddr::V6));
+        let lan = self
+            .live()
+            .filter(|n| !n.overlay)
+            .map(|n| n.cfg.address)
+            .collect();
+        (own, lan)
+    }
+
     /// Whether every configured neighbour runs GTSM (`ttl_security`).
     pub fn neighbors_all_ttl_security(&self) -> bool {
         self.live().all(|n| n.cfg.ttl_security)

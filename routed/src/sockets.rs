@@ -154,32 +154,6 @@ fn recvmsg_ttl(fd: &impl AsRawFd, buf: &mut [u8]) -> io::Result<(usize, SocketAd
     Ok((n as usize, from, ttl))
 }
 
-/// BFD's receive sockets, port 3784: one per family. The IPv4 one must
-/// open; an IPv6 one that cannot (a kernel without IPv6) is `None` with
-/// the reason, which every IPv6 neighbour's BFD then reports.
-pub fn bfd_receivers() -> io::Result<(UdpSocket, Result<UdpSocket, String>)> {
-    let v4 = {
-        let s = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, BFD_PORT))?;
-        want_ttl(&s, false)?;
-        s.set_nonblocking(true)?;
-        UdpSocket::from_std(s)?
-    };
-    let v6 = (|| -> io::Result<UdpSocket> {
-        let s = socket2::Socket::new(
-            socket2::Domain::IPV6,
-            socket2::Type::DGRAM,
-            Some(socket2::Protocol::UDP),
-        )?;
-        s.set_only_v6(true)?;
-        s.bind(&SocketAddr::from((Ipv6Addr::UNSPECIFIED, BFD_PORT)).into())?;
-        want_ttl(&s, true)?;
-        s.set_nonblocking(true)?;
-        UdpSocket::from_std(s.into())
-    })()
-    .map_err(|e| format!("no IPv6 BFD socket on port {BFD_PORT}: {e}"));
-    Ok((v4, v6))
-}
-
 /// BFD's send sockets, one per family: source port 49152-65535 and TTL /
 /// hop limit 255 (RFC 5881 §4). The IPv6 one may be missing, with why.
 pub fn bfd_senders() -> io::Result<(UdpSocket, Result<UdpSocket, String>)> {
@@ -225,29 +199,54 @@ pub struct LinkAddrs {
     pub v6: Option<Ipv6Addr>,
 }
 
-pub fn link_addrs(local: IpAddr) -> io::Result<LinkAddrs> {
+/// This host's interface addresses: interface name, address, prefix
+/// length.
+fn interface_addrs() -> io::Result<Vec<(std::ffi::CString, IpAddr, u8)>> {
     let mut ifa: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills a list freed below with freeifaddrs.
     if unsafe { libc::getifaddrs(&mut ifa) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    let mut all: Vec<(std::ffi::CString, IpAddr)> = Vec::new();
+    let mut all = Vec::new();
     let mut p = ifa;
     while !p.is_null() {
-        // SAFETY: p walks the list getifaddrs made; each address is of the
-        // family it names.
+        // SAFETY: p walks the list getifaddrs made; each address (and its
+        // netmask, when there is one) is of the family it names.
         unsafe {
             let e = &*p;
             if !e.ifa_addr.is_null() {
                 let name = std::ffi::CStr::from_ptr(e.ifa_name).to_owned();
+                let mask = e.ifa_netmask;
                 match libc::c_int::from((*e.ifa_addr).sa_family) {
                     libc::AF_INET => {
                         let a = &*e.ifa_addr.cast::<libc::sockaddr_in>();
-                        all.push((name, Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)).into()));
+                        let len = if mask.is_null() {
+                            32
+                        } else {
+                            (*mask.cast::<libc::sockaddr_in>())
+                                .sin_addr
+                                .s_addr
+                                .count_ones() as u8
+                        };
+                        all.push((
+                            name,
+                            Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)).into(),
+                            len,
+                        ));
                     }
                     libc::AF_INET6 => {
                         let a = &*e.ifa_addr.cast::<libc::sockaddr_in6>();
-                        all.push((name, Ipv6Addr::from(a.sin6_addr.s6_addr).into()));
+                        let len = if mask.is_null() {
+                            128
+                        } else {
+                            (*mask.cast::<libc::sockaddr_in6>())
+                                .sin6_addr
+                                .s6_addr
+                                .iter()
+                                .map(|b| b.count_ones() as u8)
+                                .sum()
+                        };
+                        all.push((name, Ipv6Addr::from(a.sin6_addr.s6_addr).into(), len));
                     }
                     _ => {}
                 }
@@ -257,15 +256,20 @@ pub fn link_addrs(local: IpAddr) -> io::Result<LinkAddrs> {
     }
     // SAFETY: the list getifaddrs returned, freed once.
     unsafe { libc::freeifaddrs(ifa) };
+    Ok(all)
+}
+
+pub fn link_addrs(local: IpAddr) -> io::Result<LinkAddrs> {
+    let all = interface_addrs()?;
     let mut out = LinkAddrs::default();
     match local {
         IpAddr::V4(a) => out.v4 = Some(a),
         IpAddr::V6(a) => out.v6 = Some(a),
     }
-    let Some((ifname, _)) = all.iter().find(|(_, a)| *a == local) else {
+    let Some((ifname, _, _)) = all.iter().find(|(_, a, _)| *a == local) else {
         return Ok(out);
     };
-    for (_, a) in all.iter().filter(|(n, _)| n == ifname) {
+    for (_, a, _) in all.iter().filter(|(n, _, _)| n == ifname) {
         match a {
             IpAddr::V4(a) if out.v4.is_none() => out.v4 = Some(*a),
             IpAddr::V6(a) if out.v6.is_none() && !a.is_unicast_link_local() => out.v6 = Some(*a),
@@ -273,6 +277,74 @@ pub fn link_addrs(local: IpAddr) -> io::Result<LinkAddrs> {
         }
     }
     Ok(out)
+}
+
+/// Our address on a link that holds `neighbor`: the interface address
+/// whose prefix contains it (not a link-local one for a global
+/// neighbour). What routed serves a router on that LAN from.
+pub fn local_on_link_to(neighbor: IpAddr) -> io::Result<Option<IpAddr>> {
+    Ok(interface_addrs()?.into_iter().find_map(|(_, a, len)| {
+        let net = ipnet::IpNet::new(a, len).ok()?;
+        let same_kind = match (a, neighbor) {
+            (IpAddr::V6(x), IpAddr::V6(y)) => {
+                x.is_unicast_link_local() == y.is_unicast_link_local()
+            }
+            (IpAddr::V4(_), IpAddr::V4(_)) => true,
+            _ => false,
+        };
+        (same_kind && a != neighbor && len > 0 && net.contains(&neighbor)).then_some(a)
+    }))
+}
+
+/// Binds even before the address is on an interface (an overlay address
+/// comes with overlayd's TUN, which may start after routed or restart).
+fn freebind(fd: &impl AsRawFd, v6: bool) -> io::Result<()> {
+    if v6 {
+        setsockopt_int(fd, libc::IPPROTO_IPV6, libc::IPV6_FREEBIND, 1)
+    } else {
+        setsockopt_int(fd, libc::IPPROTO_IP, libc::IP_FREEBIND, 1)
+    }
+}
+
+/// BFD's receive socket on one served address, port 3784, asking for each
+/// datagram's TTL.
+pub fn bfd_receiver_at(addr: IpAddr) -> io::Result<UdpSocket> {
+    let to = SocketAddr::new(addr, BFD_PORT);
+    let s = socket2::Socket::new(
+        socket2::Domain::for_address(to),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    // No SO_REUSEADDR: on UDP it would let another socket share the port.
+    freebind(&s, addr.is_ipv6())?;
+    s.bind(&to.into())?;
+    want_ttl(&s, addr.is_ipv6())?;
+    s.set_nonblocking(true)?;
+    UdpSocket::from_std(s.into())
+}
+
+/// A BGP listener on one served address, port `port`: sends with TTL
+/// 255 (GTSM), bound before the address exists if need be.
+pub fn bgp_listener_at(addr: IpAddr, port: u16) -> io::Result<tokio::net::TcpListener> {
+    let at = SocketAddr::new(addr, port);
+    let s = socket2::Socket::new(
+        socket2::Domain::for_address(at),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_reuse_address(true)?;
+    freebind(&s, addr.is_ipv6())?;
+    send_255(&s, addr.is_ipv6())?;
+    s.set_nonblocking(true)?;
+    s.bind(&at.into())?;
+    s.listen(128)?;
+    tokio::net::TcpListener::from_std(s.into())
 }
 
 #[cfg(test)]
@@ -380,5 +452,28 @@ mod tests {
                 v6: None
             }
         );
+    }
+
+    /// A neighbour on the loopback's network is served from 127.0.0.1;
+    /// one on no link of ours from nothing.
+    #[test]
+    fn our_address_on_the_link_to_a_neighbour() {
+        assert_eq!(
+            local_on_link_to("127.0.0.9".parse().unwrap()).unwrap(),
+            Some("127.0.0.1".parse().unwrap())
+        );
+        assert_eq!(
+            local_on_link_to("240.0.0.77".parse().unwrap()).unwrap(),
+            None
+        );
+    }
+
+    /// Bound to an address no interface has (yet): the overlay's, before
+    /// overlayd's TUN is up.
+    #[tokio::test]
+    async fn served_sockets_bind_before_their_address_exists() {
+        let absent: IpAddr = "240.0.0.200".parse().unwrap();
+        let l = bgp_listener_at(absent, 0).unwrap();
+        assert_eq!(l.local_addr().unwrap().ip(), absent);
     }
 }

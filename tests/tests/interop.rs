@@ -140,6 +140,9 @@ fn pair(bed: &TestBed) -> (Netns, Netns) {
     // over a session of either family have a next hop on the link.
     bed.addr(&r, "eth0", "fd99::1/64").unwrap();
     bed.addr(&p, "eth0", "fd99::2/64").unwrap();
+    // An address routed serves nothing on (as a gateway's underlay).
+    bed.addr(&r, "eth0", "10.98.0.1/24").unwrap();
+    bed.addr(&p, "eth0", "10.98.0.2/24").unwrap();
     (r, p)
 }
 
@@ -222,6 +225,35 @@ fn bird_exchanges_ipv4_and_ipv6_routes_with_bfd() {
         },
     );
     assert!(birdc(&["show", "bfd", "sessions"]).contains("Up"));
+    // BGP and BFD are bound to what routed serves: its address on the link
+    // to BIRD and its overlay addresses, never a wildcard (audit L1); a
+    // connection to its other address is refused by the kernel.
+    for (proto, port) in [("-tln", ":179"), ("-uln", ":3784")] {
+        let ss = bed.exec_ok(&r, &["ss", "-H", proto]).unwrap();
+        let bound: Vec<&str> = ss
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(3))
+            .filter(|a| a.ends_with(port))
+            .collect();
+        assert!(bound.contains(&format!("10.99.0.1{port}").as_str()), "{ss}");
+        assert!(
+            bound.iter().all(|a| !a.starts_with("0.0.0.0")
+                && !a.starts_with("*")
+                && !a.starts_with("[::]")),
+            "a wildcard listener: {bound:?}"
+        );
+        assert!(
+            !bound.iter().any(|a| a.starts_with("10.98.0.1")),
+            "{bound:?}"
+        );
+    }
+    let other = bed
+        .exec(&b, &["bash", "-c", "exec 3<>/dev/tcp/10.98.0.1/179"])
+        .unwrap();
+    assert!(
+        !other.status.success() && String::from_utf8_lossy(&other.stderr).contains("refused"),
+        "{other:?}"
+    );
     // The IPv6 route over the IPv4 session has routed's IPv6 address on
     // the link as next hop (RFC 2545), not its overlay address fd77::1:1,
     // which a router on the LAN cannot reach.
