@@ -40,6 +40,8 @@ struct Config<'a> {
     metrics_listen: Option<&'static str>,
     ca: PathBuf,
     cert: &'a Path,
+    /// The gateway's key: TCP-MD5 with the other gateways.
+    key: &'a Path,
     kernel_routes: bool,
     timers: Timers,
     bfd: Bfd,
@@ -125,6 +127,7 @@ pub fn config_text(
         metrics_listen: metrics.then_some(crate::spec::ROUTED_METRICS),
         ca: lab.ca_dir.join("ca.crt"),
         cert: &n.cert,
+        key: &n.key,
         kernel_routes: true,
         timers: Timers {
             hold_time_s: 9,

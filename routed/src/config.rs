@@ -34,6 +34,12 @@ pub struct Config {
     pub ca: PathBuf,
     /// This gateway's certificate: the site prefixes it may announce.
     pub cert: PathBuf,
+    /// This gateway's private key (overlayd's `node.key`). With it, BGP
+    /// with every overlay neighbour that has a `cert` is signed with
+    /// TCP-MD5 (RFC 2385) under a key both derive from their X25519 keys,
+    /// so nobody without one of the two private keys (a local user of a
+    /// gateway) can open or reset a session.
+    pub key: Option<PathBuf>,
     /// Install learned site prefixes into the kernel.
     #[serde(default = "yes")]
     pub kernel_routes: bool,
@@ -226,6 +232,10 @@ pub struct Neighbor {
     pub next_hop_v6: Option<std::net::Ipv6Addr>,
     #[serde(default)]
     pub passive: bool,
+    /// TCP-MD5 (RFC 2385) password for this neighbour (a site router:
+    /// BIRD `password`, FRR `neighbor X password`); instead of the key
+    /// derived for a gateway.
+    pub password: Option<String>,
 }
 
 impl Neighbor {
@@ -379,6 +389,8 @@ fn default_max_prefixes() -> usize {
 pub struct Loaded {
     pub cfg: Config,
     pub certs: crate::router::Certified,
+    /// The TCP-MD5 key of each neighbour address that has one.
+    pub md5: std::collections::BTreeMap<IpAddr, Vec<u8>>,
 }
 
 impl Loaded {
@@ -406,8 +418,31 @@ impl Loaded {
             IpAddr::V6(v6) => Some(v6),
             IpAddr::V4(_) => None,
         });
+        let key = match &cfg.key {
+            None => None,
+            Some(k) => Some(
+                cubenet_certs::NodeKey::load(k)
+                    .map_err(|e| format!("{file}: key: {}: {e}", k.display()))?,
+            ),
+        };
+        if let Some(k) = &key {
+            if k.public() != *own.public_key() {
+                return Err(format!(
+                    "{file}: key: {} is not the key of cert {}",
+                    cfg.key
+                        .as_ref()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default(),
+                    cfg.cert.display()
+                ));
+            }
+        }
+        let mut md5 = std::collections::BTreeMap::new();
         let mut neighbor_subnets = Vec::new();
         for (i, n) in cfg.neighbors.iter().enumerate() {
+            if let Some(pw) = &n.password {
+                md5.insert(n.address, pw.as_bytes().to_vec());
+            }
             let Some(p) = &n.cert else {
                 neighbor_subnets.push(Vec::new());
                 continue;
@@ -426,6 +461,10 @@ impl Loaded {
                 ));
             }
             neighbor_subnets.push(c.body.subnets.clone());
+            if let (Some(k), None) = (&key, &n.password) {
+                let secret = k.pair_secret(c.public_key(), "cubenet routed tcp-md5 v1");
+                md5.insert(n.address, hex::encode(secret).into_bytes());
+            }
         }
         Ok(Loaded {
             certs: crate::router::Certified {
@@ -435,6 +474,7 @@ impl Loaded {
                 neighbor_subnets,
             },
             cfg,
+            md5,
         })
     }
 }
@@ -564,6 +604,12 @@ impl Config {
             }
             if n.bfd_multiplier == Some(0) {
                 return Err(format!("neighbor[{i}].bfd_multiplier: must be at least 1"));
+            }
+            if n.password
+                .as_ref()
+                .is_some_and(|p| p.is_empty() || p.len() > 80)
+            {
+                return Err(format!("neighbor[{i}].password: 1 to 80 bytes (TCP-MD5)"));
             }
             if n.asn == self.asn {
                 return Err(format!(

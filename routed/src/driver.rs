@@ -47,6 +47,9 @@ pub struct Shared {
     supervisor: Supervisor,
     /// The BGP listeners: GTSM is set on them (see [`Shared::gtsm_listeners`]).
     listeners: Mutex<Vec<(Arc<TcpListener>, bool)>>,
+    /// TCP-MD5 keys by neighbour address, set on every listener and on
+    /// each outgoing connection.
+    md5: Mutex<std::collections::BTreeMap<IpAddr, Vec<u8>>>,
     /// The addresses BGP (unless `listen` is given) and BFD are bound to.
     served: Mutex<std::collections::BTreeSet<IpAddr>>,
     /// The running health probe of each probed site prefix.
@@ -155,8 +158,12 @@ impl Shared {
         self.supervisor.tell(Notice::reloading_now());
         let file = self.config_path.display().to_string();
         let r = crate::config::Loaded::load(&self.config_path).and_then(|l| {
-            self.with(|r, now| r.reconfigure(l.cfg, l.certs, now))
-                .map_err(|e| format!("{file}: {e}"))
+            let md5 = l.md5;
+            let done = self
+                .with(|r, now| r.reconfigure(l.cfg, l.certs, now))
+                .map_err(|e| format!("{file}: {e}"))?;
+            self.set_md5_keys(md5);
+            Ok(done)
         });
         match &r {
             Ok(c) => {
@@ -277,6 +284,43 @@ impl Shared {
         Ok(())
     }
 
+    /// Takes `keys` as the TCP-MD5 keys: set on every listener, the keys
+    /// of addresses no longer configured removed.
+    fn set_md5_keys(&self, keys: std::collections::BTreeMap<IpAddr, Vec<u8>>) {
+        let mut md5 = self.md5.lock().unwrap_or_else(|p| p.into_inner());
+        let listeners = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
+        for (l, v6) in listeners.iter() {
+            for gone in md5.keys().filter(|a| !keys.contains_key(a)) {
+                let _ = crate::sockets::set_md5(&**l, *v6, *gone, &[]);
+            }
+            for (a, k) in &keys {
+                if let Err(e) = Self::md5_on(&**l, *v6, *a, k) {
+                    tracing::warn!(neighbor = %a, "TCP-MD5 on a BGP listener: {e}");
+                }
+            }
+        }
+        *md5 = keys;
+    }
+
+    /// Sets `peer`'s key on a socket of family `v6` where it can apply: an
+    /// IPv4-only socket takes no IPv6 peer; an IPv6-only one takes no
+    /// IPv4 peer (refused by the kernel, and not an error).
+    fn md5_on(
+        fd: &impl std::os::fd::AsRawFd,
+        v6: bool,
+        peer: IpAddr,
+        key: &[u8],
+    ) -> std::io::Result<()> {
+        match (v6, peer.is_ipv6()) {
+            (false, true) => Ok(()),
+            (true, false) => {
+                let _ = crate::sockets::set_md5(fd, true, peer, key);
+                Ok(())
+            }
+            _ => crate::sockets::set_md5(fd, v6, peer, key),
+        }
+    }
+
     fn spawn_bfd(self: &Arc<Self>, sock: UdpSocket) {
         let me = self.clone();
         tokio::spawn(async move {
@@ -293,6 +337,11 @@ impl Shared {
     }
 
     fn spawn_accept(self: &Arc<Self>, l: TcpListener, v6: bool) {
+        for (a, k) in self.md5.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            if let Err(e) = Self::md5_on(&l, v6, *a, k) {
+                tracing::warn!(neighbor = %a, "TCP-MD5 on a BGP listener: {e}");
+            }
+        }
         let l = Arc::new(l);
         self.listeners
             .lock()
@@ -372,6 +421,15 @@ impl Shared {
             // Every BGP packet leaves with TTL 255; with GTSM only 255 is
             // taken (RFC 5082), from the SYN-ACK on.
             crate::sockets::send_255(&sock, addr.is_ipv6())?;
+            let key = self
+                .md5
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&addr)
+                .cloned();
+            if let Some(k) = key {
+                crate::sockets::set_md5(&sock, addr.is_ipv6(), addr, &k)?;
+            }
             if gtsm {
                 crate::sockets::receive_only_255(&sock, addr.is_ipv6())?;
             }
@@ -488,7 +546,12 @@ struct Conn {
 /// reading and its connection is closed (audit M10: the queue had no bound).
 const MAX_QUEUED: usize = 64 << 20;
 
-pub async fn run(cfg: Config, router: Router, config_path: PathBuf) -> Result<(), String> {
+pub async fn run(
+    cfg: Config,
+    router: Router,
+    md5: std::collections::BTreeMap<IpAddr, Vec<u8>>,
+    config_path: PathBuf,
+) -> Result<(), String> {
     let (bfd_tx4, bfd_tx6) =
         crate::sockets::bfd_senders().map_err(|e| format!("BFD send socket: {e}"))?;
     if let Err(e) = &bfd_tx6 {
@@ -520,6 +583,7 @@ pub async fn run(cfg: Config, router: Router, config_path: PathBuf) -> Result<()
         supervisor,
         listeners: Mutex::new(Vec::new()),
         served: Mutex::new(Default::default()),
+        md5: Mutex::new(md5),
         probes: Mutex::new(HashMap::new()),
     });
     for l in listeners {

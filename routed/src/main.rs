@@ -84,7 +84,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
-            match rt.block_on(driver::run(l.cfg, router, config)) {
+            match rt.block_on(driver::run(l.cfg, router, l.md5, config)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e}");

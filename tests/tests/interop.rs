@@ -165,6 +165,7 @@ fn bird_exchanges_ipv4_and_ipv6_routes_with_bfd() {
          protocol static s6 { ipv6; route fd50::/64 blackhole; }\n\
          protocol bgp cube {\n  local 10.99.0.2 as 65010;\n  neighbor 10.99.0.1 as 4200000101;\n\
            hold time 9; connect retry time 1; error wait time 1, 10; bfd on; ttl security on;\n\
+           password \"interop-md5\";\n\
            ipv4 { import all; export where proto = \"s4\"; };\n\
            ipv6 { import all; export where proto = \"s6\"; next hop address fd99::2; };\n}\n",
     )
@@ -187,7 +188,7 @@ fn bird_exchanges_ipv4_and_ipv6_routes_with_bfd() {
         &r,
         d,
         "[[neighbor]]\nname = \"bird\"\naddress = \"10.99.0.2\"\nasn = 65010\n\
-         import = [\"192.168.0.0/16\", \"fd50::/16\"]\nexport = \"all\"\n",
+         import = [\"192.168.0.0/16\", \"fd50::/16\"]\nexport = \"all\"\npassword = \"interop-md5\"\n",
     );
     wait_until(
         "the BIRD session with BFD up",

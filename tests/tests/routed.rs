@@ -433,8 +433,8 @@ fn routed_prunes_its_stale_kernel_routes_and_no_other_tables() {
 /// with the discriminators the neighbour's index and router id used to
 /// give. None takes the session down; each is counted as discarded.
 #[test]
-fn forged_bfd_packets_from_a_local_user_do_not_take_a_session_down() {
-    if !netns_or_skip("forged_bfd_packets_from_a_local_user_do_not_take_a_session_down") {
+fn a_local_user_of_a_gateway_can_neither_forge_bfd_nor_open_bgp_as_it() {
+    if !netns_or_skip("a_local_user_of_a_gateway_can_neither_forge_bfd_nor_open_bgp_as_it") {
         return;
     }
     let lab = Lab::up(
@@ -487,6 +487,22 @@ fn forged_bfd_packets_from_a_local_user_do_not_take_a_session_down() {
         "forged BFD took the session down: {after}"
     );
     assert_eq!(after["bfd"], "up", "{after}");
+    assert_eq!(after["state"], "established", "{after}");
+
+    // BGP from the same user: its connection leaves from fra-gw1's overlay
+    // address, the one ams-gw1 expects fra-gw1 at, and without TCP-MD5 it
+    // was accepted (a second connection from the neighbour, which a
+    // collision could resolve against the running session). With the key
+    // both gateways derive from their own keys, ams-gw1's kernel drops its
+    // unsigned SYN.
+    let bgp: std::net::SocketAddr = "10.77.2.1:179".parse().unwrap();
+    let r = lab.tcp_connect_as_nobody("fra-gw1", bgp, std::time::Duration::from_secs(3));
+    assert!(
+        r.is_err(),
+        "a local user of fra-gw1 opened BGP to ams-gw1 as fra-gw1"
+    );
+    let after = neighbor(&lab);
+    assert_eq!(after["flaps"].as_u64(), Some(flaps), "{after}");
     assert_eq!(after["state"], "established", "{after}");
 }
 

@@ -225,6 +225,47 @@ impl Lab {
         .expect("sender thread");
     }
 
+    /// A TCP connection to `to` (IPv4) from `node` as the unprivileged
+    /// user nobody, sent with TTL 255, given `wait` to complete: what a
+    /// local user of that node can reach.
+    #[allow(dead_code)]
+    pub fn tcp_connect_as_nobody(
+        &self,
+        node: &str,
+        to: std::net::SocketAddr,
+        wait: std::time::Duration,
+    ) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let ns = format!("/run/netns/{}", self.node(node).namespace);
+        std::thread::spawn(move || {
+            let f = std::fs::File::open(&ns).expect("namespace");
+            // SAFETY: plain syscalls on this thread only.
+            unsafe {
+                assert_eq!(libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET), 0, "setns");
+                let nobody: libc::c_long = 65534;
+                assert_eq!(
+                    libc::syscall(libc::SYS_setresgid, nobody, nobody, nobody),
+                    0
+                );
+                assert_eq!(
+                    libc::syscall(libc::SYS_setresuid, nobody, nobody, nobody),
+                    0
+                );
+            }
+            // As an attacker would: TTL 255, which any user may set, so
+            // GTSM alone does not keep it out.
+            let s = socket2::Socket::new(
+                socket2::Domain::for_address(to),
+                socket2::Type::STREAM,
+                None,
+            )?;
+            s.set_ttl_v4(255)?;
+            s.connect_timeout(&to.into(), wait)
+        })
+        .join()
+        .expect("connecting thread")
+    }
+
     /// `routed WHAT --json` of a gateway (`status`, `routes`); Null when
     /// routed does not answer.
     pub fn routed(&self, node: &str, what: &str) -> Value {
