@@ -351,6 +351,10 @@ pub struct Drops {
     pub cookies_sent: u64,
     /// Screened initiations that fell off a full backlog.
     pub handshake_backlog: u64,
+    /// Initiations with a valid cookie, under load, beyond their source
+    /// address's rate (`limits.handshake_source_rate`).
+    #[serde(default)]
+    pub handshake_source_limit: u64,
     /// Certificates presented in-band that failed validation.
     pub bad_cert: u64,
     /// No endpoint known for the chosen peer yet.
@@ -372,7 +376,7 @@ pub struct Drops {
 
 impl Drops {
     /// Every counter with its name, in document order.
-    pub fn iter(&self) -> [(&'static str, u64); 18] {
+    pub fn iter(&self) -> [(&'static str, u64); 19] {
         [
             ("spoofed", self.spoofed),
             ("spoofed_local", self.spoofed_local),
@@ -387,6 +391,7 @@ impl Drops {
             ("pending_evicted", self.pending_evicted),
             ("cookies_sent", self.cookies_sent),
             ("handshake_backlog", self.handshake_backlog),
+            ("handshake_source_limit", self.handshake_source_limit),
             ("bad_cert", self.bad_cert),
             ("no_endpoint", self.no_endpoint),
             ("ttl_expired", self.ttl_expired),

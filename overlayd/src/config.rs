@@ -283,6 +283,14 @@ pub struct Limits {
     /// Handshakes per second before cookies are required (WireGuard's rate limit).
     #[serde(default = "default_handshake_rate")]
     pub handshake_rate: u64,
+    /// Above `handshake_rate`, handshake initiations per second from one
+    /// source address (an IPv6 /64) whose cookie proved it; 0: no limit
+    /// (see [`crate::source_limit`]).
+    #[serde(default = "default_handshake_source_rate")]
+    pub handshake_source_rate: u64,
+    /// The burst one source may send above its rate.
+    #[serde(default = "default_handshake_source_burst")]
+    pub handshake_source_burst: u64,
 }
 
 impl Default for Limits {
@@ -292,6 +300,8 @@ impl Default for Limits {
             max_peers: default_max_peers(),
             pending_timeout_ms: default_pending_timeout(),
             handshake_rate: default_handshake_rate(),
+            handshake_source_rate: default_handshake_source_rate(),
+            handshake_source_burst: default_handshake_source_burst(),
         }
     }
 }
@@ -327,6 +337,15 @@ fn default_pending_timeout() -> u64 {
 }
 fn default_handshake_rate() -> u64 {
     1000
+}
+/// The kernel WireGuard's numbers: a host initiates once per 5 s at most
+/// (rekey timeout), so 20 a second leaves room for many hosts behind one
+/// NAT, and 5 for a few starting at once.
+fn default_handshake_source_rate() -> u64 {
+    20
+}
+fn default_handshake_source_burst() -> u64 {
+    5
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -400,6 +419,12 @@ impl Config {
             return Err(format!(
                 "limits.max_peers: {} is outside 16-{MAX_PEERS_LIMIT}",
                 l.max_peers
+            ));
+        }
+        if l.handshake_source_rate > 0 && !(1..=1000).contains(&l.handshake_source_burst) {
+            return Err(format!(
+                "limits.handshake_source_burst: {} is outside 1-1000",
+                l.handshake_source_burst
             ));
         }
         if l.max_pending > l.max_peers {
@@ -540,6 +565,10 @@ mod tests {
             (
                 "[limits]\npending_timeout_ms = 9000000000000\n",
                 "limits.pending_timeout_ms",
+            ),
+            (
+                "[limits]\nhandshake_source_burst = 0\n",
+                "limits.handshake_source_burst",
             ),
         ] {
             let e = Config::parse(&format!("{base}{extra}")).unwrap_err();

@@ -303,7 +303,7 @@ async fn udp_reader(node: Arc<Node>, io: Arc<Io>, v6: bool) {
                 if !crate::node::is_initiation(d) {
                     node.on_datagram(d, m.addr, now, &mut lane.out);
                     io.send_events(&node);
-                } else if node.screen_initiation(d, m.addr, &mut lane.out)
+                } else if node.screen_initiation(d, m.addr, now, &mut lane.out)
                     && !inits.defer(d, m.addr)
                 {
                     node.drops

@@ -21,6 +21,7 @@ pub mod peer;
 pub mod peers;
 pub mod pmtu;
 pub mod prom;
+pub mod source_limit;
 pub mod stale;
 pub mod sys;
 pub mod uapi;

@@ -436,7 +436,7 @@ impl Node {
         let second = now.duration_since(c.last_rate_reset) >= Duration::from_secs(1);
         if second {
             c.last_rate_reset = now;
-            self.rate_limiter.reset_count();
+            self.initiations.store(0, Ordering::Relaxed);
             self.stale_hints.store(0, Ordering::Relaxed);
         }
         // Every second (a peer attached since is looked at), and at the

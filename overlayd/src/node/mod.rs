@@ -50,7 +50,10 @@
 //! `[firewall]` updates, as a tunnel's counters are). When more than one
 //! is held they are taken in this order: flow table, control state,
 //! tunnel. A fourth, the ICMP errors' rate limit, is a leaf taken only
-//! where a packet is dropped with an error (TTL expired, no route).
+//! where a packet is dropped with an error (TTL expired, no route). A
+//! fifth, the per-source handshake limit ([`crate::source_limit`]), is a
+//! leaf taken once per handshake initiation screened under load, never
+//! for data.
 //!
 //! # Time
 //!
@@ -86,6 +89,7 @@ use crate::mss;
 use crate::packet;
 use crate::peer::{Peer, PeerCtl};
 use crate::peers::{PeerSlots, PeerTable};
+use crate::source_limit::SourceLimiter;
 use arc_swap::ArcSwap;
 use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::rate_limiter::RateLimiter;
@@ -148,6 +152,10 @@ pub struct Drops {
     /// Screened handshake initiations that fell off the end of a full
     /// backlog before the gateway got to them (their hosts retry).
     pub handshake_backlog: AtomicU64,
+    /// Handshake initiations with a valid cookie, under load, beyond
+    /// their source address's rate (`limits.handshake_source_rate`),
+    /// dropped before any Diffie-Hellman ([`crate::source_limit`]).
+    pub handshake_source_limit: AtomicU64,
     /// Certificates presented in-band that failed validation.
     pub bad_cert: AtomicU64,
     /// No endpoint known for the chosen peer yet.
@@ -205,6 +213,7 @@ impl Drops {
             pending_evicted: g(&self.pending_evicted),
             cookies_sent: g(&self.cookies_sent),
             handshake_backlog: g(&self.handshake_backlog),
+            handshake_source_limit: g(&self.handshake_source_limit),
             bad_cert: g(&self.bad_cert),
             no_endpoint: g(&self.no_endpoint),
             ttl_expired: g(&self.ttl_expired),
@@ -224,9 +233,16 @@ pub struct Node {
     identity: ArcSwap<Identity>,
     secret: StaticSecret,
     public: PublicKey,
-    /// Handshake initiations of all peers count against this limit; above
-    /// it they need a cookie (mac2). Checked before any Diffie-Hellman.
-    rate_limiter: Arc<RateLimiter>,
+    /// Handshake initiations with a valid mac1 this second, of all
+    /// sources: above `limits.handshake_rate` they need a cookie (mac2).
+    /// Reset by the tick.
+    initiations: AtomicU64,
+    /// Checks mac1 and always mac2, answering a cookie reply without it:
+    /// used under load only (its own count is never below its limit of 0).
+    cookies: RateLimiter,
+    /// Under load, initiations per source address that a cookie proved
+    /// (audit M12); a leaf lock, taken once per such initiation.
+    sources: Mutex<SourceLimiter>,
     /// What each tunnel checks its handshakes with: mac1 only, because the
     /// shared limit above was already applied and must not count twice.
     mac_only: Arc<RateLimiter>,
@@ -449,7 +465,12 @@ impl Node {
     ) -> Result<Arc<Node>, NodeError> {
         let secret = identity.key.secret().clone();
         let public = PublicKey::from(&secret);
-        let rate_limiter = Arc::new(RateLimiter::new(&public, cfg.limits.handshake_rate));
+        let cookies = RateLimiter::new(&public, 0);
+        let sources = Mutex::new(SourceLimiter::new(
+            cfg.limits.handshake_source_rate,
+            cfg.limits.handshake_source_burst,
+            crate::source_limit::CAPACITY,
+        ));
         let mac_only = Arc::new(RateLimiter::new(&public, u64::MAX));
         let peers = PeerTable::new(cfg.limits.max_peers, seed);
         let slots = peers.slots();
@@ -458,7 +479,9 @@ impl Node {
             identity: ArcSwap::from_pointee(identity),
             secret,
             public,
-            rate_limiter,
+            initiations: AtomicU64::new(0),
+            cookies,
+            sources,
             mac_only,
             slots,
             fib: ArcSwap::from_pointee(ForwardingTable::new()),

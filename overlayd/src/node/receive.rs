@@ -7,7 +7,7 @@ impl Node {
     /// A datagram from the network.
     pub fn on_datagram(&self, dgram: &[u8], from: SocketAddr, now: Instant, out: &mut Outbox) {
         if is_initiation(dgram) {
-            if self.screen_initiation(dgram, from, out) {
+            if self.screen_initiation(dgram, from, now, out) {
                 self.on_initiation(dgram, from, now, out);
             }
             return;
@@ -107,27 +107,55 @@ impl Node {
     }
 
     /// The cheap checks of a handshake initiation, before any
-    /// Diffie-Hellman: mac1, and above the rate limit a cookie (mac2)
-    /// proving the source address, else a cookie reply goes out. True when
-    /// the initiation may go on to [`Node::on_initiation`]; the driver lets
-    /// those wait while other datagrams go first.
-    pub fn screen_initiation(&self, dgram: &[u8], from: SocketAddr, out: &mut Outbox) -> bool {
+    /// Diffie-Hellman: mac1; above `limits.handshake_rate` initiations a
+    /// second a cookie (mac2) proving the source address, else a cookie
+    /// reply goes out; and then the proven address's own rate
+    /// ([`crate::source_limit`], audit M12). True when the initiation may
+    /// go on to [`Node::on_initiation`]; the driver lets those wait while
+    /// other datagrams go first.
+    pub fn screen_initiation(
+        &self,
+        dgram: &[u8],
+        from: SocketAddr,
+        now: Instant,
+        out: &mut Outbox,
+    ) -> bool {
         let mut cookie = [0u8; 64];
+        if self
+            .mac_only
+            .verify_packet(Some(from.ip()), dgram, &mut cookie)
+            .is_err()
+        {
+            bump(&self.drops.invalid);
+            return false;
+        }
+        let under_load =
+            self.initiations.fetch_add(1, Ordering::Relaxed) >= self.cfg.limits.handshake_rate;
+        if !under_load {
+            return true;
+        }
         match self
-            .rate_limiter
+            .cookies
             .verify_packet(Some(from.ip()), dgram, &mut cookie)
         {
-            Ok(_) => true,
+            Ok(_) => {}
             Err(TunnResult::WriteToNetwork(c)) => {
                 bump(&self.drops.cookies_sent);
                 out.net.push(from, c);
-                false
+                return false;
             }
             Err(_) => {
                 bump(&self.drops.invalid);
-                false
+                return false;
             }
         }
+        // Only now is the source address known to be the sender's: a
+        // forged one must not spend a real host's allowance.
+        if !lock(&self.sources).allow(from.ip(), now) {
+            bump(&self.drops.handshake_source_limit);
+            return false;
+        }
+        true
     }
 
     /// A screened handshake initiation: the Diffie-Hellman that reveals the
