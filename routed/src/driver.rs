@@ -20,7 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, Notify};
 
-pub use crate::sockets::BFD_PORT;
+pub use crate::sockets::{BFD_MULTIHOP_PORT, BFD_PORT};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// The route feed looks at overlayd this often even without changes (an
 /// empty update), so a restarted overlayd gets its routes back.
@@ -126,7 +126,13 @@ impl Shared {
                 }
             }
             Out::Bfd { n, bytes } => {
-                let to = SocketAddr::new(r.neighbors[n].cfg.address, BFD_PORT);
+                let cfg = &r.neighbors[n].cfg;
+                let port = if cfg.bfd_multihop {
+                    BFD_MULTIHOP_PORT
+                } else {
+                    BFD_PORT
+                };
+                let to = SocketAddr::new(cfg.address, port);
                 let sock = match (&self.bfd_tx6, to.is_ipv6()) {
                     (_, false) => Ok(&self.bfd_tx4),
                     (Ok(s), true) => Ok(s),
@@ -373,8 +379,17 @@ struct Conn {
 const MAX_QUEUED: usize = 64 << 20;
 
 pub async fn run(cfg: Config, router: Router, config_path: PathBuf) -> Result<(), String> {
-    let (bfd_rx4, bfd_rx6) = crate::sockets::bfd_receivers()
+    let (bfd_rx4, bfd_rx6) = crate::sockets::bfd_receivers(BFD_PORT)
         .map_err(|e| format!("BFD listen 0.0.0.0:{BFD_PORT}: {e}"))?;
+    // Multihop BFD (neighbours with `bfd_multihop`); without it those
+    // neighbours' BFD stays down, the others are unaffected.
+    let bfd_mh = match crate::sockets::bfd_receivers(BFD_MULTIHOP_PORT) {
+        Ok((v4, v6)) => vec![v4].into_iter().chain(v6.ok()).collect(),
+        Err(e) => {
+            tracing::warn!("multihop BFD is off: listening on port {BFD_MULTIHOP_PORT}: {e}");
+            Vec::new()
+        }
+    };
     let (bfd_tx4, mut bfd_tx6) =
         crate::sockets::bfd_senders().map_err(|e| format!("BFD send socket: {e}"))?;
     // Without a receive socket an IPv6 session could only send.
@@ -469,15 +484,21 @@ pub async fn run(cfg: Config, router: Router, config_path: PathBuf) -> Result<()
             }
         });
     }
-    for bfd_rx in std::iter::once(bfd_rx4).chain(bfd_rx6.ok()) {
+    let single = std::iter::once(bfd_rx4)
+        .chain(bfd_rx6.ok())
+        .map(|s| (s, false));
+    for (bfd_rx, multihop) in single.chain(bfd_mh.into_iter().map(|s| (s, true))) {
         let me = shared.clone();
         tokio::spawn(async move {
             let mut buf = [0u8; 128];
             loop {
                 match crate::sockets::recv_with_ttl(&bfd_rx, &mut buf).await {
-                    Ok((k, from, ttl)) => {
-                        me.with(|r, now| r.on_bfd_datagram(from.ip(), ttl, &buf[..k], now))
-                    }
+                    // A neighbour's BFD counts on its own port only.
+                    Ok((k, from, ttl)) => me.with(|r, now| {
+                        if r.bfd_multihop(from.ip()) == multihop {
+                            r.on_bfd_datagram(from.ip(), ttl, &buf[..k], now)
+                        }
+                    }),
                     Err(e) => tracing::debug!("BFD receive: {e}"),
                 }
             }

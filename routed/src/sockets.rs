@@ -12,6 +12,8 @@ use std::os::fd::AsRawFd;
 use tokio::net::UdpSocket;
 
 pub const BFD_PORT: u16 = 3784;
+/// Multihop BFD (RFC 5883), as FRR runs it for a neighbour with GTSM.
+pub const BFD_MULTIHOP_PORT: u16 = 4784;
 
 fn setsockopt_int(
     fd: &impl AsRawFd,
@@ -154,12 +156,13 @@ fn recvmsg_ttl(fd: &impl AsRawFd, buf: &mut [u8]) -> io::Result<(usize, SocketAd
     Ok((n as usize, from, ttl))
 }
 
-/// BFD's receive sockets, port 3784: one per family. The IPv4 one must
-/// open; an IPv6 one that cannot (a kernel without IPv6) is `None` with
-/// the reason, which every IPv6 neighbour's BFD then reports.
-pub fn bfd_receivers() -> io::Result<(UdpSocket, Result<UdpSocket, String>)> {
+/// BFD's receive sockets on `port` (3784, or 4784 for multihop): one per
+/// family. The IPv4 one must open; an IPv6 one that cannot (a kernel
+/// without IPv6) is `None` with the reason, which every IPv6 neighbour's
+/// BFD then reports.
+pub fn bfd_receivers(port: u16) -> io::Result<(UdpSocket, Result<UdpSocket, String>)> {
     let v4 = {
-        let s = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, BFD_PORT))?;
+        let s = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port))?;
         want_ttl(&s, false)?;
         s.set_nonblocking(true)?;
         UdpSocket::from_std(s)?
@@ -171,12 +174,12 @@ pub fn bfd_receivers() -> io::Result<(UdpSocket, Result<UdpSocket, String>)> {
             Some(socket2::Protocol::UDP),
         )?;
         s.set_only_v6(true)?;
-        s.bind(&SocketAddr::from((Ipv6Addr::UNSPECIFIED, BFD_PORT)).into())?;
+        s.bind(&SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)).into())?;
         want_ttl(&s, true)?;
         s.set_nonblocking(true)?;
         UdpSocket::from_std(s.into())
     })()
-    .map_err(|e| format!("no IPv6 BFD socket on port {BFD_PORT}: {e}"));
+    .map_err(|e| format!("no IPv6 BFD socket on port {port}: {e}"));
     Ok((v4, v6))
 }
 
