@@ -26,6 +26,7 @@ needs=(
   tracepath:iputils-tracepath
   bird:bird2
   gobgpd:gobgpd
+  vtysh:frr
   jq:jq
   systemd-analyze:systemd
   man:man-db

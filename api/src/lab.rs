@@ -20,7 +20,7 @@ pub struct NodeStatus {
     pub site: String,
     /// `host`, `gateway` or `router`.
     pub role: String,
-    /// What runs there: `overlayd`, `wireguard-go`, `bird` or `gobgp`.
+    /// What runs there: `overlayd`, `wireguard-go`, `bird`, `gobgp` or `frr`.
     pub kind: String,
     pub namespace: String,
     /// Virtual addresses with their prefix length.

@@ -17,7 +17,16 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Processes a node may run, by pid file name.
-const DAEMONS: [&str; 5] = ["overlayd", "routed", "wireguard-go", "bird", "gobgpd"];
+const DAEMONS: [&str; 8] = [
+    "overlayd",
+    "routed",
+    "wireguard-go",
+    "bird",
+    "gobgpd",
+    crate::frr::DAEMONS[0],
+    crate::frr::DAEMONS[1],
+    crate::frr::DAEMONS[2],
+];
 
 const NETWORK4: &str = "10.77.0.0/16";
 const NETWORK6: &str = "fd77::/48";
@@ -125,6 +134,10 @@ pub(crate) fn plan_nodes(spec: &Spec, dir: &Path, prefix: &str) -> Vec<Plan> {
                 site.gobgp
                     .then(|| (format!("{}-gobgp", site.name), "router", 201, "gobgp")),
             )
+            .chain(
+                site.frr
+                    .then(|| (format!("{}-frr", site.name), "router", 202, "frr")),
+            )
             .collect();
         for (name, role, n, kind) in members {
             let node_dir = dir.join("nodes").join(&name);
@@ -134,6 +147,7 @@ pub(crate) fn plan_nodes(spec: &Spec, dir: &Path, prefix: &str) -> Vec<Plan> {
             };
             let bird = kind == "bird";
             let gobgp = kind == "gobgp";
+            let frr = kind == "frr";
             let routed = spec.routed && role == "gateway";
             plans.push(Plan {
                 node: Node {
@@ -144,6 +158,8 @@ pub(crate) fn plan_nodes(spec: &Spec, dir: &Path, prefix: &str) -> Vec<Plan> {
                         vec![format!("192.168.{i}.1/24")]
                     } else if gobgp {
                         vec![format!("192.168.{}.1/24", 100 + i)]
+                    } else if frr {
+                        vec![format!("192.168.{}.1/24", 50 + i)]
                     } else {
                         vec![format!("10.77.{i}.{n}/16"), format!("fd77::{i:x}:{n:x}/48")]
                     },
@@ -152,21 +168,25 @@ pub(crate) fn plan_nodes(spec: &Spec, dir: &Path, prefix: &str) -> Vec<Plan> {
                         .collect(),
                     key: node_dir.join("node.key"),
                     cert: node_dir.join("node.crt"),
-                    // On a BIRD or GoBGP node these are its config,
-                    // control socket and log.
+                    // On a BIRD, GoBGP or FRR node these are its config,
+                    // control socket (FRR: the directory of its vty and
+                    // zserv sockets and pid files) and log.
                     overlayd_config: node_dir.join(match kind {
                         "bird" => "bird.conf",
                         "gobgp" => "gobgpd.toml",
+                        "frr" => "frr.conf",
                         _ => "overlayd.toml",
                     }),
                     overlayd_socket: dir.join("run").join(match kind {
                         "bird" => format!("{name}.bird.ctl"),
                         "gobgp" => format!("{name}.gobgp"),
+                        "frr" => format!("{name}.frr"),
                         _ => format!("{name}.overlayd.sock"),
                     }),
                     log: node_dir.join(match kind {
                         "bird" => "bird.log",
                         "gobgp" => "gobgpd.log",
+                        "frr" => "frr.log",
                         _ => "overlayd.log",
                     }),
                     routed_config: routed.then(|| node_dir.join("routed.toml")),
@@ -231,7 +251,7 @@ pub fn up(spec: &Spec, dir: &Path) -> Result<Lab> {
         "--out-dir",
         ca_dir.to_str().unwrap_or_default(),
     ];
-    if spec.sites.iter().any(|s| s.bird || s.gobgp) {
+    if spec.sites.iter().any(|s| s.bird || s.gobgp || s.frr) {
         // The subnets behind site routers, which gateways' certs may carry.
         ca_args.extend(["--network", "192.168.0.0/16"]);
     }
@@ -243,7 +263,7 @@ pub fn up(spec: &Spec, dir: &Path) -> Result<Lab> {
     for p in &plans {
         let n = &p.node;
         std::fs::create_dir_all(n.key.parent().unwrap_or(&dir))?;
-        if n.kind == "bird" || n.kind == "gobgp" {
+        if n.role == "router" {
             continue;
         }
         oc(&["keygen", "--out", n.key.to_str().unwrap_or_default()])?;
@@ -283,6 +303,9 @@ pub fn up(spec: &Spec, dir: &Path) -> Result<Lab> {
             if spec.sites[i - 1].gobgp {
                 args.extend(["--subnet".into(), format!("192.168.{}.0/24", 100 + i)]);
             }
+            if spec.sites[i - 1].frr {
+                args.extend(["--subnet".into(), crate::frr::office_prefix(i)]);
+            }
         }
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         oc(&refs)?;
@@ -311,14 +334,11 @@ pub fn up(spec: &Spec, dir: &Path) -> Result<Lab> {
         write_overlayd_config(&lab, &plans, p, spec)?;
     }
     write_routed_configs(&lab, &plans, spec)?;
-    for p in plans
-        .iter()
-        .filter(|p| p.node.kind == "bird" || p.node.kind == "gobgp")
-    {
-        let text = if p.node.kind == "bird" {
-            bird_config_text(&plans, p, spec)
-        } else {
-            gobgp_config_text(&plans, p)
+    for p in plans.iter().filter(|p| p.node.role == "router") {
+        let text = match p.node.kind.as_str() {
+            "bird" => bird_config_text(&plans, p, spec),
+            "frr" => crate::frr::config_text(&plans, p, spec),
+            _ => gobgp_config_text(&plans, p),
         };
         std::fs::write(&p.node.overlayd_config, text).with_context(|| {
             format!(
@@ -562,10 +582,16 @@ fn build_network(lab: &Lab, plans: &[Plan]) -> Result<()> {
         let sw = format!("{}-sw-{}", lab.prefix, n.site);
         let port = format!("p{idx}");
         lan_port(&sw, idx, &n.namespace, &p.lan_ip)?;
-        if n.kind == "bird" || n.kind == "gobgp" {
+        if n.role == "router" {
             // The address behind the site router, for pings from the overlay.
             let a = n.addresses[0].replace("/24", "/32");
             ns_sh(&n.namespace, &["ip", "addr", "add", &a, "dev", "lo"])?;
+        }
+        if n.kind == "frr" {
+            // Its office LAN as a kernel route: FRR's `network` announces
+            // a prefix only while a route to it exists (import-check).
+            let prefix = n.addresses[0].replace(".1/24", ".0/24");
+            ns_sh(&n.namespace, &["ip", "route", "add", "blackhole", &prefix])?;
         }
         if n.role == "gateway" {
             // Gateways route between the overlay and the site LAN (site
@@ -642,6 +668,9 @@ pub fn start_node(lab: &Lab, n: &Node) -> Result<()> {
     }
     if n.kind == "gobgp" {
         return start_gobgp(lab, n);
+    }
+    if n.kind == "frr" {
+        return crate::frr::start(lab, n);
     }
     let running = |daemon: &str| read_pid(&lab.pid_file(&n.name, daemon)).filter(|p| alive(*p));
     let overlayd_up = running("overlayd").is_some();
@@ -732,7 +761,7 @@ fn spawn_daemon(lab: &Lab, n: &Node, daemon: &str, config: &Path, log: &Path) ->
 }
 
 /// Fails when the node's `pid_name` process is already running.
-fn ensure_stopped(lab: &Lab, n: &Node, pid_name: &str) -> Result<()> {
+pub(crate) fn ensure_stopped(lab: &Lab, n: &Node, pid_name: &str) -> Result<()> {
     if let Some(pid) = read_pid(&lab.pid_file(&n.name, pid_name)) {
         if alive(pid) {
             bail!("{}: {pid_name} is already running (pid {pid})", n.name);
@@ -777,7 +806,7 @@ const WIREGUARD_DIR: &str = "/var/run/wireguard";
 /// Starts `argv` in the node's namespace, in its own process group, logging
 /// to `log`, and records its pid as `pid_name`. `hint` follows a start
 /// error (e.g. which package provides the program).
-fn spawn_detached(
+pub(crate) fn spawn_detached(
     lab: &Lab,
     n: &Node,
     pid_name: &str,
@@ -1004,7 +1033,7 @@ fn status_of(socket: &Path) -> Option<cubenet_api::overlayd::Status> {
 
 /// What a node still waits for, or None when it has converged.
 fn pending(lab: &Lab, n: &Node) -> Option<String> {
-    if n.kind == "wireguard-go" || n.kind == "bird" || n.kind == "gobgp" {
+    if n.kind == "wireguard-go" || n.role == "router" {
         return None;
     }
     let first_gateway = lab

@@ -42,7 +42,7 @@ pub enum Cmd {
         node: String,
         #[arg(long, default_value = "TERM")]
         signal: String,
-        /// Only this daemon (overlayd, routed, wireguard-go, bird, gobgpd).
+        /// Only this daemon (overlayd, routed, wireguard-go, bird, gobgpd, zebra, bgpd, bfdd).
         #[arg(long)]
         daemon: Option<String>,
     },

@@ -6,6 +6,7 @@
 //! Exit codes: 0 ok; 1 failure; 2 bad usage or spec.
 
 mod build;
+mod frr;
 mod link;
 mod routed;
 mod spec;

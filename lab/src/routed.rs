@@ -78,6 +78,10 @@ struct Neighbor<'a> {
     export: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     bfd: Option<bool>,
+    /// FRR runs BFD for a neighbour with `ttl-security` on the multihop
+    /// port.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    bfd_multihop: bool,
 }
 
 #[derive(Serialize)]
@@ -116,6 +120,7 @@ pub fn config_text(
             import: Import::Named("overlay"),
             export: "all",
             bfd: None,
+            bfd_multihop: false,
         })
         .chain(site_routers(lab, n))
         .collect();
@@ -150,29 +155,31 @@ pub fn config_text(
 }
 
 /// The routers on `n`'s site LAN: a BIRD site router offering
-/// 192.168.i.0/24 (with BFD) and a GoBGP speaker offering
-/// 192.168.(100+i).0/24 (GoBGP has no BFD).
+/// 192.168.i.0/24 and an FRR one offering 192.168.(50+i).0/24 (both with
+/// BFD), and a GoBGP speaker offering 192.168.(100+i).0/24 (GoBGP has no
+/// BFD).
 fn site_routers<'a>(lab: &'a Lab, n: &Node) -> Vec<Neighbor<'a>> {
     lab.nodes
         .iter()
-        .filter(|b| (b.kind == "bird" || b.kind == "gobgp") && b.site == n.site)
+        .filter(|b| b.role == "router" && b.site == n.site)
         .filter_map(|b| {
             let address = b.underlay.first()?.clone();
             let i: usize = address.split('.').nth(2)?.parse().ok()?;
             let prefix = b.addresses.first()?.replace(".1/24", ".0/24");
-            let bird = b.kind == "bird";
+            let asn = match b.kind.as_str() {
+                "bird" => crate::build::bird_asn(i),
+                "frr" => crate::frr::asn(i),
+                _ => crate::build::gobgp_asn(i),
+            };
             Some(Neighbor {
                 name: &b.name,
                 address,
-                asn: if bird {
-                    crate::build::bird_asn(i)
-                } else {
-                    crate::build::gobgp_asn(i)
-                },
+                asn,
                 cert: None,
                 import: Import::List(vec![prefix]),
                 export: "all",
-                bfd: (!bird).then_some(false),
+                bfd: (b.kind == "gobgp").then_some(false),
+                bfd_multihop: b.kind == "frr",
             })
         })
         .collect()
@@ -373,6 +380,33 @@ mod tests {
                 want("ams-gw1", "10.77.2.1", 4_200_000_201),
             ]
         );
+    }
+
+    /// An FRR site router is a neighbour of its site's gateways only,
+    /// offering its LAN prefix, with BFD on the multihop port (FRR's BFD
+    /// beside `ttl-security`); the gateways among themselves stay on 3784.
+    #[test]
+    fn an_frr_router_is_a_multihop_bfd_neighbour_of_its_sites_gateways() {
+        let (_, plans, lab) = lab_of(&format!(
+            "routed = true\n{}",
+            TWO_BY_TWO.replacen("hosts = 1\n", "hosts = 1\nfrr = true\n", 1)
+        ));
+        let t = routed_toml(&lab, &plans, "fra-gw2");
+        let ns = t["neighbor"].as_array().expect("[[neighbor]]");
+        let frr = ns.iter().find(|x| x["name"].as_str() == Some("fra-frr"));
+        let frr = frr.expect("fra-frr is a neighbour");
+        assert_eq!(frr["address"].as_str(), Some("172.16.1.202"));
+        assert_eq!(frr["asn"].as_integer(), Some(4_200_000_197));
+        assert_eq!(frr["import"][0].as_str(), Some("192.168.51.0/24"));
+        assert_eq!(frr["bfd_multihop"].as_bool(), Some(true));
+        assert_eq!(frr.get("bfd"), None, "BFD on by default");
+        assert!(ns
+            .iter()
+            .filter(|x| x["name"].as_str() != Some("fra-frr"))
+            .all(|x| x.get("bfd_multihop").is_none()));
+        let t = routed_toml(&lab, &plans, "ams-gw1");
+        let ns = t["neighbor"].as_array().expect("[[neighbor]]");
+        assert!(ns.iter().all(|x| x["name"].as_str() != Some("fra-frr")));
     }
 
     #[test]

@@ -68,12 +68,21 @@ pub struct SiteSpec {
     /// installs nothing in the kernel and has no BFD. Needs `routed = true`.
     #[serde(default)]
     pub gobgp: bool,
+    /// A site router running FRR (zebra, bgpd, bfdd) on the site LAN (node
+    /// SITE-frr, 172.16.i.202): it announces 192.168.(50+i).0/24 to the
+    /// site's gateways over BGP + BFD with TTL security and installs the
+    /// overlay's routes. Needs `routed = true`.
+    #[serde(default)]
+    pub frr: bool,
     /// MTU of the links between this site's gateways and the shared
     /// underlay (both ends); 1500 when unset. A bridge drops frames too big
     /// for the port they leave by, silently: a path MTU black hole.
     #[serde(default)]
     pub wan_mtu: Option<u16>,
 }
+
+/// Sites that can have an FRR router (it announces 192.168.(50+i).0/24).
+pub const FRR_SITES: usize = 49;
 
 fn one() -> u8 {
     1
@@ -148,6 +157,13 @@ impl Spec {
             if s.gobgp && !self.routed {
                 bail!("site[{i}].gobgp: a GoBGP speaker needs `routed = true`");
             }
+            if s.frr && !self.routed {
+                bail!("site[{i}].frr: an FRR site router needs `routed = true`");
+            }
+            if s.frr && i >= FRR_SITES {
+                // Its 192.168.(50+i).0/24 would be BIRD's at site 50+i.
+                bail!("site[{i}].frr: only the first {FRR_SITES} sites can have an FRR router");
+            }
         }
         Ok(())
     }
@@ -170,6 +186,8 @@ mod tests {
         assert!(format!("{e:#}").contains("site[0].wan_mtu"), "{e:#}");
         let e = Spec::parse("[[site]]\nname = \"fra\"\nbird = true\n").unwrap_err();
         assert!(format!("{e:#}").contains("site[0].bird"), "{e:#}");
+        let e = Spec::parse("[[site]]\nname = \"fra\"\nfrr = true\n").unwrap_err();
+        assert!(format!("{e:#}").contains("site[0].frr"), "{e:#}");
     }
 
     proptest! {

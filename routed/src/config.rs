@@ -218,6 +218,12 @@ pub struct Neighbor {
     pub bfd_interval_ms: Option<u64>,
     /// This neighbour's BFD detection multiplier, if not `[bfd]`'s.
     pub bfd_multiplier: Option<u8>,
+    /// BFD to this neighbour on the multihop port 4784 (RFC 5883) instead
+    /// of 3784: FRR runs BFD that way for a neighbour with `ttl-security`
+    /// (GTSM makes it count the session as eBGP multihop). The neighbour
+    /// is still one hop away, so TTL (hop limit) 255 is still required.
+    #[serde(default)]
+    pub bfd_multihop: bool,
     /// GTSM (RFC 5082): BGP to this neighbour is sent with TTL (hop limit)
     /// 255 and accepted only with 255, so only a directly connected
     /// neighbour can reach the session. Off only for a neighbour more than

@@ -20,7 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, Notify};
 
-pub use crate::sockets::BFD_PORT;
+pub use crate::sockets::{BFD_MULTIHOP_PORT, BFD_PORT};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// The route feed looks at overlayd this often even without changes (an
 /// empty update), so a restarted overlayd gets its routes back.
@@ -131,7 +131,13 @@ impl Shared {
                 }
             }
             Out::Bfd { n, bytes } => {
-                let to = SocketAddr::new(r.neighbors[n].cfg.address, BFD_PORT);
+                let cfg = &r.neighbors[n].cfg;
+                let port = if cfg.bfd_multihop {
+                    BFD_MULTIHOP_PORT
+                } else {
+                    BFD_PORT
+                };
+                let to = SocketAddr::new(cfg.address, port);
                 let sock = match (&self.bfd_tx6, to.is_ipv6()) {
                     (_, false) => Ok(&self.bfd_tx4),
                     (Ok(s), true) => Ok(s),
@@ -270,14 +276,22 @@ impl Shared {
                 tracing::warn!(address = %a, "not served: no IPv6 here");
                 continue;
             }
-            let bfd = crate::sockets::bfd_receiver_at(a)
+            let bfd = crate::sockets::bfd_receiver_at(a, BFD_PORT)
                 .map_err(|e| format!("BFD listen [{a}]:{BFD_PORT}: {e}"))?;
+            // Multihop BFD (neighbours with `bfd_multihop`); without it
+            // those neighbours' BFD stays down, the others are unaffected.
+            match crate::sockets::bfd_receiver_at(a, BFD_MULTIHOP_PORT) {
+                Ok(s) => self.spawn_bfd(s, true),
+                Err(e) => tracing::warn!(
+                    "multihop BFD is off on {a}: listening on port {BFD_MULTIHOP_PORT}: {e}"
+                ),
+            }
             if self.cfg.listen.is_none() {
                 let l = crate::sockets::bgp_listener_at(a, 179)
                     .map_err(|e| format!("BGP listen [{a}]:179: {e}"))?;
                 self.spawn_accept(l, a.is_ipv6());
             }
-            self.spawn_bfd(bfd);
+            self.spawn_bfd(bfd, false);
             tracing::info!(address = %a, "serving BGP and BFD");
             served.insert(a);
         }
@@ -321,15 +335,19 @@ impl Shared {
         }
     }
 
-    fn spawn_bfd(self: &Arc<Self>, sock: UdpSocket) {
+    /// Reads BFD from `sock`, the multihop port's or the single-hop one's:
+    /// a neighbour's BFD counts on its own port only.
+    fn spawn_bfd(self: &Arc<Self>, sock: UdpSocket, multihop: bool) {
         let me = self.clone();
         tokio::spawn(async move {
             let mut buf = [0u8; 128];
             loop {
                 match crate::sockets::recv_with_ttl(&sock, &mut buf).await {
-                    Ok((k, from, ttl)) => {
-                        me.with(|r, now| r.on_bfd_datagram(from.ip(), ttl, &buf[..k], now))
-                    }
+                    Ok((k, from, ttl)) => me.with(|r, now| {
+                        if r.bfd_multihop(from.ip()) == multihop {
+                            r.on_bfd_datagram(from.ip(), ttl, &buf[..k], now)
+                        }
+                    }),
                     Err(e) => tracing::debug!("BFD receive: {e}"),
                 }
             }

@@ -488,6 +488,13 @@ impl Router {
         (own, lan)
     }
 
+    /// Whether BFD with the neighbour at `a` runs on the multihop port
+    /// (`bfd_multihop`); false for an unknown address.
+    pub fn bfd_multihop(&self, a: IpAddr) -> bool {
+        self.neighbor_by_addr(a)
+            .is_some_and(|n| self.neighbors[n].cfg.bfd_multihop)
+    }
+
     /// Whether every configured neighbour runs GTSM (`ttl_security`).
     pub fn neighbors_all_ttl_security(&self) -> bool {
         self.live().all(|n| n.cfg.ttl_security)
@@ -1008,7 +1015,8 @@ impl Router {
         changed("passive", a.passive != want.passive);
         changed("import", a.import != want.import);
         changed("cert", a.cert != want.cert || nb.cert_subnets != subnets);
-        let own_timing = |n: &crate::config::Neighbor| (n.bfd_interval_ms, n.bfd_multiplier);
+        let own_timing =
+            |n: &crate::config::Neighbor| (n.bfd_interval_ms, n.bfd_multiplier, n.bfd_multihop);
         changed(
             "bfd",
             a.bfd != want.bfd || (Neighbor::bfd_on(want, new) && own_timing(a) != own_timing(want)),
@@ -2697,6 +2705,51 @@ mod tests {
         let a = r.neighbor_by_addr("10.77.1.9".parse().unwrap()).unwrap();
         assert_eq!(r.neighbors[a].session.cfg.hold_time, 30);
         assert_eq!(r.neighbors[a].flaps, 1);
+    }
+
+    /// `bfd_multihop` (FRR's BFD beside `ttl-security`) is per neighbour:
+    /// the driver takes a neighbour's BFD only on its own port, and a
+    /// reload that changes it resets that neighbour alone, as a BFD
+    /// setting.
+    #[test]
+    fn bfd_multihop_is_per_neighbour_and_a_bfd_change() {
+        let text = |multihop: bool| {
+            Config::parse(&format!(
+                "asn = 4200000101\nrouter_id = \"10.77.1.1\"\nca = \"-\"\ncert = \"-\"\n\
+                 [[neighbor]]\nname = \"frr\"\naddress = \"172.16.1.202\"\nasn = 65010\n\
+                 bfd_multihop = {multihop}\n\
+                 [[neighbor]]\nname = \"b\"\naddress = \"10.77.2.1\"\nasn = 4200000201\n"
+            ))
+            .unwrap()
+        };
+        let certs = Certified {
+            networks: vec!["10.77.0.0/16".parse().unwrap()],
+            neighbor_subnets: vec![vec![], vec![]],
+            ..Certified::default()
+        };
+        let now = Instant::now();
+        let mut r = Router::new(
+            text(true),
+            certs.networks.clone(),
+            vec![],
+            None,
+            vec![vec![], vec![]],
+            now,
+            1,
+        )
+        .unwrap();
+        assert!(r.bfd_multihop("172.16.1.202".parse().unwrap()));
+        assert!(!r.bfd_multihop("10.77.2.1".parse().unwrap()));
+        assert!(!r.bfd_multihop("10.99.0.1".parse().unwrap()), "unknown");
+        let rep = r.reconfigure(text(false), certs, now).unwrap();
+        assert_eq!(
+            rep.reset,
+            vec![api::ResetNeighbor {
+                name: "frr".into(),
+                changed: vec!["bfd".into()]
+            }]
+        );
+        assert!(!r.bfd_multihop("172.16.1.202".parse().unwrap()));
     }
 
     /// Damping goes on across a reset by reload: a link it holds down

@@ -12,6 +12,8 @@ use std::os::fd::AsRawFd;
 use tokio::net::UdpSocket;
 
 pub const BFD_PORT: u16 = 3784;
+/// Multihop BFD (RFC 5883), as FRR runs it for a neighbour with GTSM.
+pub const BFD_MULTIHOP_PORT: u16 = 4784;
 
 fn setsockopt_int(
     fd: &impl AsRawFd,
@@ -368,10 +370,10 @@ fn freebind(fd: &impl AsRawFd, v6: bool) -> io::Result<()> {
     }
 }
 
-/// BFD's receive socket on one served address, port 3784, asking for each
-/// datagram's TTL.
-pub fn bfd_receiver_at(addr: IpAddr) -> io::Result<UdpSocket> {
-    let to = SocketAddr::new(addr, BFD_PORT);
+/// BFD's receive socket on one served address and `port` (3784, or 4784
+/// for multihop), asking for each datagram's TTL.
+pub fn bfd_receiver_at(addr: IpAddr, port: u16) -> io::Result<UdpSocket> {
+    let to = SocketAddr::new(addr, port);
     let s = socket2::Socket::new(
         socket2::Domain::for_address(to),
         socket2::Type::DGRAM,

@@ -141,6 +141,23 @@ fn the_examples_parse() {
         Ok(o) => assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr)),
         Err(e) => panic!("bird: {e} (install bird2)"),
     }
+
+    // FRR's example passes vtysh's check (--dryrun: no daemon needed).
+    let frr = examples_dir().join("site-router/frr.conf");
+    let out = Command::new("vtysh")
+        .arg("--dryrun")
+        .arg("-f")
+        .arg(&frr)
+        .output();
+    match out {
+        Ok(o) => assert!(
+            o.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+        Err(e) => panic!("vtysh: {e} (install frr)"),
+    }
 }
 
 fn examples_dir() -> std::path::PathBuf {

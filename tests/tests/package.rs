@@ -80,6 +80,11 @@ const FILES: &[(&str, &str, &str)] = &[
         "644",
     ),
     (
+        "/usr/share/doc/cubenet/examples/site-router/frr.conf",
+        "root:root",
+        "644",
+    ),
+    (
         "/usr/share/doc/cubenet/examples/grafana/cubenet.json",
         "root:root",
         "644",

@@ -7,6 +7,7 @@ mod common;
 use common::{netns_or_skip, Lab};
 use serde_json::Value;
 use std::io::Read;
+use std::process::Command;
 
 const THREE_BY_TWO: &str = "routed = true\nbfd_interval_ms = 100\n\
     [[site]]\nname = \"fra\"\ngateways = 2\nhosts = 1\n\
@@ -330,6 +331,143 @@ fn a_site_router_running_bird_exchanges_routes_with_the_gateways() {
     });
     let out = lab.ping("ams-h1", "192.168.1.1", 2);
     assert!(out.status.success(), "ams-h1 -> 192.168.1.1 after the drop");
+}
+
+/// `vtysh -c CMD` against the FRR instance of `node` (its own vty socket
+/// directory), as JSON.
+fn vtysh(lab: &Lab, node: &str, cmd: &str) -> Value {
+    let dir = common::path_str(&lab.node(node).overlayd_socket);
+    let out = lab.exec_ok(node, &["vtysh", "--vty_socket", &dir, "-c", cmd]);
+    serde_json::from_str(&out).unwrap_or(Value::Null)
+}
+
+/// FRR's BGP state of each gateway address, and its BFD status of it.
+fn frr_peers(lab: &Lab, node: &str, gateways: &[&str]) -> Vec<(String, String)> {
+    let bgp = vtysh(lab, node, "show bgp summary json");
+    let bfd = vtysh(lab, node, "show bfd peers json");
+    gateways
+        .iter()
+        .map(|g| {
+            let state = bgp["ipv4Unicast"]["peers"][*g]["state"]
+                .as_str()
+                .unwrap_or("none");
+            let up = bfd
+                .as_array()
+                .and_then(|ps| ps.iter().find(|p| p["peer"] == *g))
+                .and_then(|p| p["status"].as_str())
+                .unwrap_or("none");
+            (state.to_string(), up.to_string())
+        })
+        .collect()
+}
+
+/// An FRR site router (zebra, bgpd, bfdd started by the lab, config of
+/// the shape of examples/site-router/frr.conf) peers with both gateways of
+/// its site over IPv4 with BFD and TTL security: FRR runs that BFD on the
+/// multihop port (GTSM makes bgpd count the session as multihop), which
+/// the lab's routed takes with `bfd_multihop`. Its LAN prefix is reached
+/// from the other site, it installs the overlay's routes over both
+/// gateways, and a silent drop of its link to one gateway is seen by BFD
+/// and withdrawn at the far site.
+#[test]
+fn a_site_router_running_frr_peers_with_bfd_and_ttl_security() {
+    if !netns_or_skip("a_site_router_running_frr_peers_with_bfd_and_ttl_security") {
+        return;
+    }
+    let lab = Lab::up(
+        "routed = true\nbfd_interval_ms = 100\n\
+         [[site]]\nname = \"fra\"\ngateways = 2\nfrr = true\n\
+         [[site]]\nname = \"ams\"\ngateways = 2\n",
+    );
+    const PREFIX: &str = "192.168.51.0/24";
+    const GATEWAYS: [&str; 2] = ["172.16.1.1", "172.16.1.2"];
+    // The config the lab wrote passes FRR's own check.
+    let config = lab.node("fra-frr").overlayd_config;
+    let out = common::run(Command::new("vtysh").arg("--dryrun").arg("-f").arg(&config));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    for gw in ["fra-gw1", "fra-gw2"] {
+        lab.wait_for(&format!("{gw}: fra-frr established, BFD up"), |l| {
+            let n = neighbor(l, gw, "fra-frr");
+            n["state"] == "established" && n["bfd"] == "up"
+        });
+    }
+    lab.wait_for("FRR: both gateways Established, BFD up", |l| {
+        frr_peers(l, "fra-frr", &GATEWAYS)
+            .iter()
+            .all(|(bgp, bfd)| bgp == "Established" && bfd == "up")
+    });
+    // FRR learned the other site's host from both gateways and zebra
+    // installed it (ECMP) in the kernel.
+    lab.wait_for("FRR's ECMP route to ams-h1 in the kernel", |l| {
+        let r = l.exec_ok("fra-frr", &["ip", "route", "show", AMS_H1]);
+        r.contains("proto bgp") && r.contains("via 172.16.1.1") && r.contains("via 172.16.1.2")
+    });
+    let rib = vtysh(&lab, "fra-frr", "show ip route json");
+    let route = &rib[format!("{AMS_H1}/32")][0];
+    assert_eq!(
+        (route["protocol"].as_str(), route["installed"].as_bool()),
+        (Some("bgp"), Some(true)),
+        "{route}"
+    );
+    assert!(rib.get(format!("{FRA_H1}/32")).is_some(), "{rib}");
+    // Its prefix reaches ams through either fra gateway; every hop of the
+    // ping is ready first, as for BIRD.
+    lab.wait_for("FRR's prefix at ams-gw1 through both fra gateways", |l| {
+        via(l, "ams-gw1", PREFIX) == vec!["fra-gw1", "fra-gw2"]
+    });
+    lab.wait_for("ams-gw1's overlayd to forward FRR's prefix", |l| {
+        overlay_via(l, "ams-gw1", PREFIX).len() == 2
+    });
+    for gw in ["fra-gw1", "fra-gw2"] {
+        lab.wait_for(&format!("the kernel route on {gw}"), |l| {
+            l.exec_ok(gw, &["ip", "route", "show", "proto", "201"])
+                .contains("192.168.51.0/24 via 172.16.1.202")
+        });
+        lab.wait_for(&format!("{gw}'s overlayd to forward ams-h1"), |l| {
+            !overlay_via(l, gw, &format!("{AMS_H1}/32")).is_empty()
+        });
+    }
+    let out = lab.ping("ams-h1", "192.168.51.1", 2);
+    assert!(out.status.success(), "ams-h1 -> 192.168.51.1");
+
+    // The LAN between FRR and fra-gw1 fails silently: BFD takes the
+    // session down on both ends, and ams-gw1 keeps only fra-gw2's path.
+    let t0 = std::time::Instant::now();
+    lab.lab_ok(&["link", "fra-gw1", "fra-frr", "drop"]);
+    lab.wait_for("ams-gw1 to reach FRR's prefix through fra-gw2 only", |l| {
+        via(l, "ams-gw1", PREFIX) == vec!["fra-gw2"]
+    });
+    println!(
+        "FRR's prefix through fra-gw1 withdrawn at ams-gw1 {} ms after the drop",
+        t0.elapsed().as_millis()
+    );
+    // fra-gw1 took the session down because of BFD, not the hold timer.
+    let n = neighbor(&lab, "fra-gw1", "fra-frr");
+    assert_ne!(n["state"], "established", "{n}");
+    let last = n["history"].as_array().and_then(|h| h.last()).cloned();
+    let last = last.unwrap_or(Value::Null);
+    assert_eq!(last["event"], "down", "{n}");
+    assert!(last["reason"].as_str().unwrap_or("").contains("BFD"), "{n}");
+    lab.wait_for("FRR: fra-gw1 down by BFD, fra-gw2 up", |l| {
+        let p = frr_peers(l, "fra-frr", &GATEWAYS);
+        p[0].0 != "Established" && p[0].1 == "down" && p[1] == ("Established".into(), "up".into())
+    });
+    lab.wait_for("FRR to route ams-h1 through fra-gw2 only", |l| {
+        let r = l.exec_ok("fra-frr", &["ip", "route", "show", AMS_H1]);
+        r.contains("via 172.16.1.2") && !r.contains("via 172.16.1.1")
+    });
+    lab.wait_for("ams-gw1's overlayd to forward to fra-gw2 only", |l| {
+        overlay_via(l, "ams-gw1", PREFIX) == vec!["fra-gw2"]
+    });
+    let out = lab.ping("ams-h1", "192.168.51.1", 2);
+    assert!(
+        out.status.success(),
+        "ams-h1 -> 192.168.51.1 after the drop"
+    );
 }
 
 /// A host that stops (SIGTERM: its gateways are told it is leaving) is

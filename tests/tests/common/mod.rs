@@ -403,7 +403,7 @@ impl Lab {
         let mut s = String::new();
         if let Ok(rd) = std::fs::read_dir(self.path().join("nodes")) {
             for e in rd.flatten() {
-                for daemon in ["overlayd.log", "routed.log"] {
+                for daemon in ["overlayd.log", "routed.log", "frr.log"] {
                     let log = e.path().join(daemon);
                     if let Ok(t) = std::fs::read_to_string(&log) {
                         let tail: Vec<&str> = t.lines().rev().take(30).collect();
