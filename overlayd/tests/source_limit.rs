@@ -29,9 +29,13 @@ const RESPONSE: u8 = 2;
 fn gateway_with(limits: &str) -> Arc<Node> {
     let pki = Pki::get();
     let text = std::fs::read_to_string(&pki.gw_config).unwrap();
+    // One file per call: the tests run in parallel, and two whose limits
+    // had the same length wrote the same file while the other read it.
+    static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let path = pki.dir.path().join(format!(
-        "gw-limits-{}.toml",
-        std::process::id() ^ (limits.len() as u32)
+        "gw-limits-{}-{}.toml",
+        std::process::id(),
+        CALLS.fetch_add(1, Ordering::Relaxed)
     ));
     std::fs::write(&path, format!("{text}[limits]\n{limits}\n")).unwrap();
     let cfg = Config::load(&path).unwrap();
