@@ -193,19 +193,25 @@ impl Lab {
         serde_json::from_str(&out).expect("overlayd status json")
     }
 
-    /// Sends one UDP datagram from a node's namespace as the unprivileged
-    /// user `nobody`, with TTL 255 (what any local user may set): a thread
-    /// enters the namespace and drops its own credentials (Linux keeps
-    /// both per thread), then goes.
-    pub fn send_udp_as_nobody(&self, node: &str, to: std::net::SocketAddr, payload: &[u8]) {
+    /// Runs `f` on a thread that entered `node`'s namespace and dropped
+    /// its credentials to the unprivileged user `nobody` (Linux keeps both
+    /// per thread): what any local user of that node can do.
+    fn as_nobody<T: Send + 'static>(
+        &self,
+        node: &str,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> T {
         use std::os::fd::AsRawFd;
         let ns = format!("/run/netns/{}", self.node(node).namespace);
-        let payload = payload.to_vec();
         std::thread::spawn(move || {
-            let f = std::fs::File::open(&ns).expect("namespace");
+            let file = std::fs::File::open(&ns).expect("namespace");
             // SAFETY: plain syscalls on this thread only.
             unsafe {
-                assert_eq!(libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET), 0, "setns");
+                assert_eq!(
+                    libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET),
+                    0,
+                    "setns"
+                );
                 let nobody: libc::c_long = 65534;
                 assert_eq!(
                     libc::syscall(libc::SYS_setresgid, nobody, nobody, nobody),
@@ -217,17 +223,26 @@ impl Lab {
                 );
                 assert_eq!(libc::syscall(libc::SYS_geteuid), nobody, "not nobody");
             }
+            f()
+        })
+        .join()
+        .expect("thread as nobody")
+    }
+
+    /// Sends one UDP datagram from a node's namespace as `nobody`, with
+    /// TTL 255 (what any local user may set).
+    pub fn send_udp_as_nobody(&self, node: &str, to: std::net::SocketAddr, payload: &[u8]) {
+        let payload = payload.to_vec();
+        self.as_nobody(node, move || {
             let s = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
             s.set_ttl(255).expect("ttl");
             s.send_to(&payload, to).expect("send");
         })
-        .join()
-        .expect("sender thread");
     }
 
-    /// A TCP connection to `to` (IPv4) from `node` as the unprivileged
-    /// user nobody, sent with TTL 255, given `wait` to complete: what a
-    /// local user of that node can reach.
+    /// A TCP connection to `to` (IPv4) from `node` as `nobody`, sent with
+    /// TTL 255, given `wait` to complete: what a local user of that node
+    /// can reach.
     #[allow(dead_code)]
     pub fn tcp_connect_as_nobody(
         &self,
@@ -235,23 +250,7 @@ impl Lab {
         to: std::net::SocketAddr,
         wait: std::time::Duration,
     ) -> std::io::Result<()> {
-        use std::os::fd::AsRawFd;
-        let ns = format!("/run/netns/{}", self.node(node).namespace);
-        std::thread::spawn(move || {
-            let f = std::fs::File::open(&ns).expect("namespace");
-            // SAFETY: plain syscalls on this thread only.
-            unsafe {
-                assert_eq!(libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET), 0, "setns");
-                let nobody: libc::c_long = 65534;
-                assert_eq!(
-                    libc::syscall(libc::SYS_setresgid, nobody, nobody, nobody),
-                    0
-                );
-                assert_eq!(
-                    libc::syscall(libc::SYS_setresuid, nobody, nobody, nobody),
-                    0
-                );
-            }
+        self.as_nobody(node, move || {
             // As an attacker would: TTL 255, which any user may set, so
             // GTSM alone does not keep it out.
             let s = socket2::Socket::new(
@@ -262,8 +261,6 @@ impl Lab {
             s.set_ttl_v4(255)?;
             s.connect_timeout(&to.into(), wait)
         })
-        .join()
-        .expect("connecting thread")
     }
 
     /// `routed WHAT --json` of a gateway (`status`, `routes`); Null when
