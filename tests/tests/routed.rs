@@ -264,7 +264,22 @@ fn a_flapping_tunnel_is_suppressed_and_returns_when_stable() {
         true,
         "the route through par came only after the suppression ended"
     );
+    // Every hop of both ways is ready before the ping: routed's choice has
+    // reached overlayd at both ends, and ams-gw1 answers through par too.
+    let back = format!("{FRA_H1}/32");
+    lab.wait_for("fra-gw1's overlayd to forward ams-h1 through par", |l| {
+        overlay_via(l, "fra-gw1", &prefix) == vec!["par-gw1"]
+    });
+    lab.wait_for("ams-gw1's overlayd to forward fra-h1 through par", |l| {
+        via(l, "ams-gw1", &back) == vec!["par-gw1"]
+            && overlay_via(l, "ams-gw1", &back) == vec!["par-gw1"]
+    });
     let out = lab.ping("fra-h1", AMS_H1, 2);
+    if !out.status.success() {
+        for gw in ["fra-gw1", "par-gw1", "ams-gw1"] {
+            eprintln!("{gw}: {}", lab.overlayd(gw));
+        }
+    }
     assert!(out.status.success(), "no way to ams while suppressed");
     // Stable now: the direct route returns.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(40);
