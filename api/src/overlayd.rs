@@ -333,6 +333,10 @@ pub struct Drops {
     pub no_route: u64,
     /// A host got a packet for an address that is not its own.
     pub not_for_us: u64,
+    /// From another gateway with a source this gateway has no path for
+    /// through that gateway or its site (feasible-path uRPF, RFC 3704).
+    #[serde(default)]
+    pub no_reverse_path: u64,
     /// An identity answer (WhoIsReply) nobody asked that peer for.
     #[serde(default)]
     pub unsolicited: u64,
@@ -376,13 +380,14 @@ pub struct Drops {
 
 impl Drops {
     /// Every counter with its name, in document order.
-    pub fn iter(&self) -> [(&'static str, u64); 19] {
+    pub fn iter(&self) -> [(&'static str, u64); 20] {
         [
             ("spoofed", self.spoofed),
             ("spoofed_local", self.spoofed_local),
             ("unauthenticated", self.unauthenticated),
             ("no_route", self.no_route),
             ("not_for_us", self.not_for_us),
+            ("no_reverse_path", self.no_reverse_path),
             ("unsolicited", self.unsolicited),
             ("invalid", self.invalid),
             ("replayed", self.replayed),

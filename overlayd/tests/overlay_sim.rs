@@ -1331,26 +1331,113 @@ fn gateways_decrement_the_ttl_and_answer_time_exceeded_and_unreachable() {
     assert_eq!((expired, exceeded, unreachable), (2, 2, 1));
 }
 
-/// A static route cycle through three gateways: the packet goes round
-/// until its TTL runs out, then time exceeded goes back to its sender (it
-/// used to circulate for ever, re-encrypted at every hop).
+/// A static route cycle through three sites' gateways: the packet ends at
+/// the first gateway whose path back to its sender is not the gateway it
+/// came from (uRPF), so it neither arrives nor circulates (it used to go
+/// round for ever, re-encrypted at every hop).
 #[test]
-fn a_routing_loop_ends_with_time_exceeded() {
+fn a_routing_loop_across_sites_ends_at_the_reverse_path_check() {
     let mut w = Whole::new(3);
     route_cycle(&mut w);
     let pkt = with_ttl(ipv4_udp([10, 77, 1, 11], [10, 77, 9, 1]), 16);
-    // Without a TTL the underlay would never settle.
+    // Without an end the underlay would never settle.
     assert_eq!(w.arrives("s1-h1", "s2-h1", &pkt), None);
-    let errs = w.icmp_errors("s1-h1", &pkt);
-    assert_eq!(
-        errs.iter().map(|e| (e.0, e.1)).collect::<Vec<_>>(),
-        [(11, 0)]
-    );
-    let expired: u64 = ["s1-gw1", "s1-gw2", "s2-gw1", "s3-gw1"]
+    let sum = |w: &Whole, f: fn(&cubenet_api::overlayd::Drops) -> u64| -> u64 {
+        ["s1-gw1", "s1-gw2", "s2-gw1", "s3-gw1"]
+            .iter()
+            .map(|g| f(&w.status(g).drops))
+            .sum()
+    };
+    // s1 -> s2 -> s3: s3 reaches s1-h1 through s1, not s2.
+    assert_eq!(w.status("s3-gw1").drops.no_reverse_path, 1);
+    assert_eq!(sum(&w, |d| d.no_reverse_path), 1);
+    assert_eq!(sum(&w, |d| d.ttl_expired), 0);
+}
+
+/// A route cycle through the three gateways of one site passes the reverse
+/// path check (each reaches the site's host itself): the TTL ends it, and
+/// time exceeded goes back to the sender from the gateway where it ran out.
+#[test]
+fn a_routing_loop_between_siblings_ends_with_time_exceeded() {
+    let mut net = Net::site(3);
+    converged(&mut net);
+    net.run_until(Duration::from_secs(5), |n| {
+        n.peer("fra-gw3", "fra-h1").attached
+    });
+    let lost: ipnet::IpNet = "10.77.9.0/24".parse().unwrap();
+    for (gw, via) in [
+        ("fra-gw1", "fra-gw2"),
+        ("fra-gw2", "fra-gw3"),
+        ("fra-gw3", "fra-gw1"),
+    ] {
+        let i = net.index(gw);
+        let route = cubenet_api::overlayd::Route {
+            prefix: lost,
+            via: vec![via.to_string()],
+        };
+        let up = net.nodes[i].node.route_update(&[route], &[], true);
+        assert_eq!(up.added, 1, "{gw}: {up:?}");
+    }
+    let pkt = with_ttl(ipv4_udp([10, 77, 1, 11], [10, 77, 9, 1]), 16);
+    let h = net.index("fra-h1");
+    net.nodes[h].tun.clear();
+    let now = net.now;
+    let n = &mut net.nodes[h];
+    n.node.on_tun_packet(&pkt, now, &mut n.out);
+    // Without an end the underlay would never settle.
+    net.settle();
+    let errs: Vec<(u8, u8)> = net.nodes[h]
+        .tun
         .iter()
-        .map(|g| w.status(g).drops.ttl_expired)
-        .sum();
-    assert_eq!(expired, 1);
+        .filter(|p| p.len() >= 48 && p[9] == 1 && same_but_ttl(&p[28..48], &pkt[..20]))
+        .map(|p| (p[20], p[21]))
+        .collect();
+    assert_eq!(errs, [(11, 0)]);
+    let drops: Vec<_> = ["fra-gw1", "fra-gw2", "fra-gw3"]
+        .iter()
+        .map(|g| net.nodes[net.index(g)].node.status(net.now).drops)
+        .collect();
+    assert_eq!(drops.iter().map(|d| d.ttl_expired).sum::<u64>(), 1);
+    assert_eq!(drops.iter().map(|d| d.no_reverse_path).sum::<u64>(), 0);
+}
+
+/// Audit H5 between gateways: a hostile gateway (one running modified
+/// software, with a valid certificate) seals a packet with another site's
+/// host as its source into its own tunnel to a gateway. That gateway routes
+/// the source elsewhere, so the packet reaches nobody and is counted; what
+/// the hostile gateway's own hosts send still passes.
+#[test]
+fn a_gateway_takes_from_another_only_sources_it_routes_through_it() {
+    let mut w = Whole::new(3);
+    let (evil, victim) = (w.net.index("s3-gw1"), w.net.index("s2-gw1"));
+    let forged = ipv4_udp([10, 77, 1, 11], [10, 77, 2, 11]);
+    let sealed = {
+        let p = w.net.nodes[evil]
+            .node
+            .peer_by_name("s2-gw1")
+            .expect("s3-gw1 has a tunnel to s2-gw1");
+        let mut buf = vec![0u8; 2048];
+        let mut t = p.tunn();
+        let sealed = match t.encapsulate(&forged, &mut buf) {
+            boringtun::noise::TunnResult::WriteToNetwork(d) => d.to_vec(),
+            _ => panic!("no session from s3-gw1 to s2-gw1"),
+        };
+        sealed
+    };
+    let h = w.net.index("s2-h1");
+    w.net.nodes[h].tun.clear();
+    w.net.deliver(evil, victim, sealed);
+    w.net.settle();
+    assert!(
+        !w.net.nodes[h].tun.iter().any(|p| same_but_ttl(p, &forged)),
+        "the forged packet arrived"
+    );
+    assert_eq!(w.status("s2-gw1").drops.no_reverse_path, 1);
+    // s3's own host, and a source s2-gw1 routes through s1's other
+    // gateway (the site's choice of exit), pass.
+    assert!(w.delivers("s3-h1", "s2-h1", [10, 77, 3, 11], [10, 77, 2, 11]));
+    assert!(w.delivers("s1-h1", "s2-h1", [10, 77, 1, 11], [10, 77, 2, 11]));
+    assert_eq!(w.status("s2-gw1").drops.no_reverse_path, 1);
 }
 
 /// A WhoIs question for an address in a routing loop goes round once and

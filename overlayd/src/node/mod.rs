@@ -134,6 +134,9 @@ pub struct Drops {
     pub no_route: AtomicU64,
     /// A host got a packet for an address that is not its own.
     pub not_for_us: AtomicU64,
+    /// From another gateway with a source we have no path for through it
+    /// (or its site): uRPF between gateways.
+    pub no_reverse_path: AtomicU64,
     /// An identity answer (WhoIsReply) nobody here asked that peer for.
     pub unsolicited: AtomicU64,
     /// Undecodable or unauthenticated datagrams.
@@ -205,6 +208,7 @@ impl Drops {
             unauthenticated: g(&self.unauthenticated),
             no_route: g(&self.no_route),
             not_for_us: g(&self.not_for_us),
+            no_reverse_path: g(&self.no_reverse_path),
             unsolicited: g(&self.unsolicited),
             invalid: g(&self.invalid),
             replayed: g(&self.replayed),

@@ -354,22 +354,20 @@ impl Node {
             return None;
         };
         let id = self.identity.load();
-        let src_ok = match cert.role() {
-            Role::Host => cert.owns_addr(src),
-            // A gateway carries traffic of other sites: any overlay source,
-            // its own cert's subnets, and what our table routes via it.
+        let refused = match cert.role() {
+            Role::Host => (!cert.owns_addr(src)).then_some(&self.drops.spoofed),
             // A host takes any source from the gateways it chose: they
             // check sources where traffic enters the overlay.
-            Role::Gateway if id.role() == Role::Host && peer.configured.is_some() => true,
-            Role::Gateway => {
-                id.trust.ca().covers_addr(src)
-                    || cert.body.subnets.iter().any(|n| n.contains(&src))
-                    || matches!(self.fib.load().lookup(src),
-                        Some(NextHop::Peers(ps)) if ps.contains(&peer.index))
-            }
+            Role::Gateway if id.role() == Role::Host && peer.configured.is_some() => None,
+            // A gateway: its own addresses and subnets, and what our table
+            // has a path for through it (audit H5).
+            Role::Gateway => (!cert.owns_addr(src)
+                && !cert.body.subnets.iter().any(|n| n.contains(&src))
+                && !self.reverse_path(peer, &cert, &id, src))
+            .then_some(&self.drops.no_reverse_path),
         };
-        if !src_ok {
-            bump(&self.drops.spoofed);
+        if let Some(counter) = refused {
+            bump(counter);
             peer.spoofed.fetch_add(1, Ordering::Relaxed);
             return None;
         }
@@ -385,5 +383,32 @@ impl Node {
             return self.firewall_admits(peer, pkt, now, out).then_some(true);
         }
         self.forward(peer, pkt, src, dst, now, out)
+    }
+
+    /// Whether a packet from gateway `peer` may carry source `src`: our
+    /// table routes `src` through that gateway or another gateway of its
+    /// site (a site's gateways are interchangeable: which one a packet
+    /// leaves by is the site's choice), or `src` is a host attached here
+    /// and `peer` is a gateway of our own site (a host handed over to a
+    /// sibling, before we detach it). Strict uRPF over the paths in use;
+    /// see the README's security section for what it leaves out.
+    fn reverse_path(&self, peer: &Peer, cert: &NodeCert, id: &Identity, src: IpAddr) -> bool {
+        let fib = self.fib.load();
+        let Some(NextHop::Peers(ps)) = fib.lookup(src) else {
+            return false;
+        };
+        let site = &cert.body.site;
+        ps.iter().any(|q| {
+            if *q == peer.index {
+                return true;
+            }
+            let Some(c) = self.peer_by_index(*q).and_then(|p| p.cert()) else {
+                return false;
+            };
+            match c.role() {
+                Role::Gateway => c.body.site == *site,
+                Role::Host => id.cert.body.site == *site,
+            }
+        })
     }
 }
