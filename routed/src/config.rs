@@ -466,7 +466,11 @@ impl Loaded {
                     n.name
                 ));
             }
-            neighbor_subnets.push(c.body.subnets.clone());
+            // What it may originate: its site's subnets, and its own
+            // overlay addresses as host routes (nobody else may).
+            let mut scope = c.body.subnets.clone();
+            scope.extend(c.body.addresses.iter().map(|a| IpNet::from(a.addr())));
+            neighbor_subnets.push(scope);
             if let (Some(k), None) = (&key, &n.password) {
                 let secret = k.pair_secret(c.public_key(), "cubenet routed tcp-md5 v1");
                 md5.insert(n.address, hex::encode(secret).into_bytes());

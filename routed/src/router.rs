@@ -125,8 +125,9 @@ pub enum RouterError {
 
 /// What the certificates tell a router beside its config: the CA's
 /// networks, our own certificate's subnets and IPv6 address, and the
-/// subnets of each configured neighbour's certificate (in config order;
-/// none for a neighbour without one).
+/// subnets of each configured neighbour's certificate with its own
+/// addresses as host prefixes (in config order; none for a neighbour
+/// without one).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Certified {
     pub networks: Vec<IpNet>,
@@ -178,6 +179,12 @@ pub enum Refusal {
     NotAllowedFor(String),
     #[error("not a host route of the overlay, and no gateway with a known cert announced it")]
     NoKnownAnnouncer,
+    #[error("a host route of the overlay that no gateway with a known cert brought into it")]
+    HostWithoutGateway,
+    #[error("the address of {0}, originated by another AS")]
+    NotTheOwner(String),
+    #[error("one of our own addresses")]
+    OwnAddress,
     #[error("outside the neighbour's import list")]
     OutsideImportList,
     /// RFC 7606.
@@ -206,7 +213,8 @@ pub struct Neighbor {
     /// Its paths are in the Loc-RIB (established, not damped).
     in_rib: bool,
     eor: bool,
-    /// Subnets its certificate allows it to originate.
+    /// What its certificate allows it to originate: its subnets, and its
+    /// own addresses as host prefixes.
     cert_subnets: Vec<IpNet>,
     /// Per-prefix damping state (when on), and the prefixes it holds out.
     prefix_links: BTreeMap<IpNet, damping::Link>,
@@ -1385,18 +1393,25 @@ impl Router {
             None => Err(Refusal::NoImportPolicy),
             Some(Import::Named(s)) if s == "none" => Err(Refusal::ImportNone),
             Some(Import::Named(_)) => {
-                if contains(&self.networks, p) && (p.prefix_len() == p.max_prefix_len()) {
-                    return Ok(());
-                }
-                // A site prefix: the gateway that brought it into the
-                // overlay (the one nearest the origin in the path) must have
-                // a cert that lists it — that prefix, not a more-specific
-                // of it, which would win every longest-prefix match against
-                // the real one (audit H2).
+                // The gateway that brought the prefix into the overlay: the
+                // one nearest the origin in the path.
                 let announcer = attrs.as_path.iter().rev().find_map(|asn| {
                     self.live()
                         .find(|o| o.cfg.asn == *asn && o.cfg.cert.is_some())
                 });
+                if contains(&self.networks, p) && (p.prefix_len() == p.max_prefix_len()) {
+                    // A gateway: a neighbour with a gateway certificate, or
+                    // one reached through the overlay (overlayd checked its
+                    // key and source).
+                    let by_gateway = attrs.as_path.iter().rev().any(|asn| {
+                        self.live()
+                            .any(|o| o.cfg.asn == *asn && (o.cfg.cert.is_some() || o.overlay))
+                    });
+                    return self.accepts_host(p, attrs, by_gateway);
+                }
+                // A site prefix: that gateway's cert must list it — that
+                // prefix, not a more-specific of it, which would win every
+                // longest-prefix match against the real one (audit H2).
                 match announcer {
                     Some(o) if o.cert_subnets.iter().any(|s| s.trunc() == p.trunc()) => Ok(()),
                     Some(o) => Err(Refusal::NotAllowedFor(o.cfg.name.clone())),
@@ -1410,6 +1425,28 @@ impl Router {
                     Err(Refusal::OutsideImportList)
                 }
             }
+        }
+    }
+
+    /// A host route of the overlay (audit H2). A gateway's own address
+    /// (and ours) only from its owner, as the origin of the path; any
+    /// other host only when a gateway brought it into the overlay: the CA
+    /// decides who is in the overlay, not where, so any gateway may serve
+    /// any host (hosts move between sites), but a site router or a
+    /// neighbour without a certificate cannot originate one.
+    fn accepts_host(&self, p: &IpNet, attrs: &Attrs, by_gateway: bool) -> Result<(), Refusal> {
+        if self.served().0.contains(&p.addr()) {
+            return Err(Refusal::OwnAddress);
+        }
+        let owner = self
+            .neighbors
+            .iter()
+            .find(|o| o.cfg.cert.is_some() && o.cert_subnets.contains(p));
+        match owner {
+            Some(o) if attrs.as_path.last() == Some(&o.cfg.asn) => Ok(()),
+            Some(o) => Err(Refusal::NotTheOwner(o.cfg.name.clone())),
+            None if by_gateway => Ok(()),
+            None => Err(Refusal::HostWithoutGateway),
         }
     }
 
@@ -2233,6 +2270,79 @@ mod tests {
         assert_eq!(r.neighbors[evil].rejected, 1);
         r.on_message(evil, 1, Ok(forged("192.168.2.0/24")), now);
         assert!(has(&r, "192.168.2.0/24"), "transit of the prefix itself");
+    }
+
+    /// Audit H2 for host routes: a gateway's address only from the
+    /// gateway itself as the origin (ours from nobody); any other host of
+    /// the overlay from any gateway (hosts move between sites), but not
+    /// from a neighbour that is not a gateway.
+    #[test]
+    fn host_routes_come_from_gateways_and_a_gateways_address_from_it_alone() {
+        let now = Instant::now();
+        let cfg = Config::parse(
+            "asn = 4200000101\nrouter_id = \"10.77.1.1\"\nca = \"-\"\ncert = \"-\"\n\
+             [[neighbor]]\nname = \"ams-gw1\"\naddress = \"10.77.2.1\"\nasn = 4200000201\n\
+             bfd = false\nimport = \"overlay\"\nexport = \"all\"\ncert = \"ams.crt\"\n\
+             [[neighbor]]\nname = \"evil-gw\"\naddress = \"10.77.3.1\"\nasn = 4200000301\n\
+             bfd = false\nimport = \"overlay\"\nexport = \"all\"\ncert = \"evil.crt\"\n\
+             [[neighbor]]\nname = \"lan\"\naddress = \"192.168.1.9\"\nasn = 65009\n\
+             bfd = false\nimport = \"overlay\"\nexport = \"all\"\n",
+        )
+        .unwrap();
+        let ams_gw1: IpNet = "10.77.2.1/32".parse().unwrap();
+        let mut r = Router::new(
+            cfg,
+            vec!["10.77.0.0/16".parse().unwrap()],
+            vec![],
+            None,
+            vec![vec![ams_gw1], vec!["10.77.3.1/32".parse().unwrap()], vec![]],
+            now,
+            1,
+        )
+        .unwrap();
+        let (evil, lan) = (NeighborId(1), NeighborId(2));
+        establish(&mut r, evil, 4200000301, Ipv4Addr::new(10, 77, 3, 1), now);
+        establish(&mut r, lan, 65009, Ipv4Addr::new(192, 168, 1, 9), now);
+        let from = |path: Vec<u32>, p: &str| {
+            Message::Update(Update {
+                announced: vec![p.parse().unwrap()],
+                attrs: Attrs {
+                    next_hop_v4: Some(Ipv4Addr::new(10, 77, 3, 1)),
+                    as_path: path,
+                    ..Attrs::default()
+                },
+                ..Update::default()
+            })
+        };
+        let refusals = |r: &Router, n: NeighborId| r.neighbors[n].rejected;
+        // ams-gw1's address, originated by evil-gw: refused.
+        r.on_message(evil, 1, Ok(from(vec![4200000301], "10.77.2.1/32")), now);
+        assert!(!has(&r, "10.77.2.1/32"), "another gateway's address");
+        assert_eq!(refusals(&r, evil), 1);
+        // Ours: refused whoever writes what.
+        r.on_message(
+            evil,
+            1,
+            Ok(from(vec![4200000301, 4200000102], "10.77.1.1/32")),
+            now,
+        );
+        assert!(!has(&r, "10.77.1.1/32"), "our own address");
+        assert_eq!(refusals(&r, evil), 2);
+        // A host: any gateway may serve it.
+        r.on_message(evil, 1, Ok(from(vec![4200000301], "10.77.2.11/32")), now);
+        assert!(has(&r, "10.77.2.11/32"));
+        // Relayed with ams-gw1 as its origin, ams-gw1's address is transit.
+        r.on_message(
+            evil,
+            1,
+            Ok(from(vec![4200000301, 4200000201], "10.77.2.1/32")),
+            now,
+        );
+        assert!(has(&r, "10.77.2.1/32"));
+        // A neighbour that is not a gateway originates no host route.
+        r.on_message(lan, 1, Ok(from(vec![65009], "10.77.2.12/32")), now);
+        assert!(!has(&r, "10.77.2.12/32"));
+        assert_eq!(refusals(&r, lan), 1);
     }
 
     fn is_notification(o: &Out) -> bool {

@@ -67,9 +67,12 @@ struct Routed {
 }
 
 impl Routed {
-    /// Starts routed in `ns` with one neighbour.
+    /// Starts routed in `ns` with one neighbour (making the identity of
+    /// [`identity`] unless `dir` has it).
     fn start(bed: &TestBed, ns: &Netns, dir: &Path, neighbor: &str) -> Routed {
-        identity(dir);
+        if !dir.join("gw.crt").exists() {
+            identity(dir);
+        }
         let d = dir.display();
         let cfg = format!(
             "asn = 4200000101\nrouter_id = \"10.99.0.1\"\ncontrol_socket = \"{d}/routed.sock\"\n\
@@ -377,6 +380,139 @@ fn gobgp_exchanges_routes_read_back_as_json() {
     wait_until("the withdrawal", Duration::from_secs(10), || {
         !routed.has_route("192.168.60.0/24", "gobgp")
     });
+}
+
+/// Signs a gateway certificate `name.crt` (key `name.key`) with the CA of
+/// [`identity`].
+fn gateway_cert(dir: &Path, name: &str, site: &str, ip: &str, subnet: &str) -> PathBuf {
+    let cert = bin("overlay-cert");
+    let key = dir.join(format!("{name}.key"));
+    let crt = dir.join(format!("{name}.crt"));
+    ok(Command::new(&cert).args(["keygen", "--out", key.to_str().unwrap()]));
+    ok(Command::new(&cert).args([
+        "sign",
+        "--ca-dir",
+        dir.join("ca").to_str().unwrap(),
+        "--name",
+        name,
+        "--ip",
+        ip,
+        "--role",
+        "gateway",
+        "--site",
+        site,
+        "--subnet",
+        subnet,
+        "--key",
+        key.to_str().unwrap(),
+        "--out",
+        crt.to_str().unwrap(),
+    ]));
+    crt
+}
+
+/// Audit H2 with a real speaker: GoBGP posing as gateway evil-gw (its
+/// certificate valid, for site par and subnet 10.77.3.0/24) announces
+/// ams-gw1's overlay address, a more-specific of ams's site prefix written
+/// as ams's, its own subnet and a host of ams. routed takes the
+/// last two only: a host may attach at any gateway (hosts move between
+/// sites), an address of a gateway only from that gateway.
+#[test]
+fn a_gobgp_speaker_posing_as_a_gateway_attracts_only_what_its_certificate_allows() {
+    if !netns_or_skip(
+        "a_gobgp_speaker_posing_as_a_gateway_attracts_only_what_its_certificate_allows",
+    ) {
+        return;
+    }
+    let bed = TestBed::new().unwrap();
+    let (r, g) = pair(&bed);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    identity(d);
+    let evil = gateway_cert(d, "evil-gw", "par", "10.77.3.1/16", "10.77.3.0/24");
+    let ams = gateway_cert(d, "ams-gw1", "ams", "10.77.2.1/16", "10.77.2.0/24");
+    let conf = d.join("gobgpd.toml");
+    std::fs::write(
+        &conf,
+        "[global.config]\n  as = 65020\n  router-id = \"10.99.0.2\"\n\
+         [[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"10.99.0.1\"\n    peer-as = 4200000101\n\
+           [neighbors.timers.config]\n    connect-retry = 1\n    hold-time = 9\n    keepalive-interval = 3\n\
+           [neighbors.ttl-security.config]\n    enabled = true\n    ttl-min = 255\n\
+           [[neighbors.afi-safis]]\n    [neighbors.afi-safis.config]\n      afi-safi-name = \"ipv4-unicast\"\n",
+    )
+    .unwrap();
+    bed.spawn(
+        &g,
+        &[
+            "sh",
+            "-c",
+            &format!(
+                "exec gobgpd -f {} -t toml --api-hosts 127.0.0.1:50051 >{}/gobgpd.log 2>&1",
+                conf.display(),
+                d.display()
+            ),
+        ],
+    )
+    .unwrap();
+    // evil-gw is reached over the LAN here (so routed sees a certificate,
+    // not the overlay, vouch for it); ams-gw1 is configured but not up.
+    let routed = Routed::start(
+        &bed,
+        &r,
+        d,
+        &format!(
+            "[[neighbor]]\nname = \"evil-gw\"\naddress = \"10.99.0.2\"\nasn = 65020\nbfd = false\n\
+             cert = \"{}\"\nimport = \"overlay\"\nexport = \"all\"\n\
+             [[neighbor]]\nname = \"ams-gw1\"\naddress = \"10.77.2.1\"\nasn = 4200000201\nbfd = false\n\
+             cert = \"{}\"\nimport = \"overlay\"\nexport = \"all\"\n",
+            evil.display(),
+            ams.display()
+        ),
+    );
+    wait_until("the GoBGP session", Duration::from_secs(30), || {
+        routed.neighbor()["state"] == "established"
+    });
+    let gobgp = |args: &[&str]| {
+        bed.exec_ok(
+            &g,
+            &[&["gobgp", "global", "rib", "-a", "ipv4", "add"], args].concat(),
+        )
+        .unwrap();
+    };
+    // Refused: another gateway's address, a more-specific of ams's site
+    // prefix with ams written as its origin (routed's own address is
+    // refused too: `host_routes_come_from_gateways_and_a_gateways_address_from_it_alone`).
+    gobgp(&["10.77.2.1/32", "nexthop", "10.99.0.2"]);
+    gobgp(&[
+        "10.77.2.0/25",
+        "nexthop",
+        "10.99.0.2",
+        "aspath",
+        "4200000201",
+    ]);
+    // Taken: its own subnet, and a host.
+    gobgp(&["10.77.3.0/24", "nexthop", "10.99.0.2"]);
+    gobgp(&["10.77.2.11/32", "nexthop", "10.99.0.2"]);
+    wait_until(
+        "evil-gw's own subnet and host",
+        Duration::from_secs(10),
+        || {
+            routed.has_route("10.77.3.0/24", "evil-gw")
+                && routed.has_route("10.77.2.11/32", "evil-gw")
+        },
+    );
+    wait_until("two refusals", Duration::from_secs(10), || {
+        routed.neighbor()["rejected"].as_u64() >= Some(2)
+    });
+    for p in ["10.77.2.1/32", "10.77.2.0/25"] {
+        assert!(!routed.has_route(p, "evil-gw"), "{p} taken from evil-gw");
+    }
+    let n = routed.neighbor();
+    assert_eq!(n["rejected"].as_u64(), Some(2), "{n}");
+    assert_eq!(
+        n["state"], "established",
+        "refusals do not end the session: {n}"
+    );
 }
 
 /// Rewrites the TTL (IPv4) or hop limit (IPv6) of what `ns` sends to or
