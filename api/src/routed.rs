@@ -134,6 +134,10 @@ pub struct NeighborStatus {
     /// or a neighbour that restarted while the session was Up.
     #[serde(default)]
     pub bfd_discarded: u64,
+    /// The BFD session's discriminators, ours and the neighbour's (0 until
+    /// heard), as FRR's `show bfd peers` gives them.
+    #[serde(default)]
+    pub bfd_discriminators: Option<(u32, u32)>,
     pub reconnect_s: u64,
     pub flaps: u64,
     pub penalty: f64,

@@ -388,6 +388,11 @@ impl Session {
         self.discarded
     }
 
+    /// Our discriminator and the neighbour's (0 until it is heard).
+    pub fn discriminators(&self) -> (u32, u32) {
+        (self.local_discr, self.remote_discr)
+    }
+
     /// What this session runs with.
     pub fn config(&self) -> &Config {
         &self.cfg

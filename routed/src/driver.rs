@@ -341,11 +341,25 @@ impl Shared {
         let me = self.clone();
         tokio::spawn(async move {
             let mut buf = [0u8; 128];
+            let mut no_interface = cubenet_daemon::LogLimit::per_second();
             loop {
                 match crate::sockets::recv_with_ttl(&sock, &mut buf).await {
-                    Ok((k, from, ttl)) => me.with(|r, now| {
-                        if r.bfd_multihop(from.ip()) == multihop {
-                            r.on_bfd_datagram(from.ip(), ttl, &buf[..k], now)
+                    Ok(d) => me.with(|r, now| {
+                        if r.bfd_multihop(d.from.ip()) == multihop {
+                            // A gateway's BFD comes through the overlay
+                            // interface, a LAN neighbour's does not.
+                            let overlay = crate::sockets::ifindex(&r.cfg.interface);
+                            if overlay.is_none() {
+                                if let Some(more) = no_interface.note(now) {
+                                    tracing::warn!(
+                                        "interface {:?} (routed.toml `interface`, overlayd's TUN) \
+                                         does not exist: BFD from gateways is discarded{more}",
+                                        r.cfg.interface
+                                    );
+                                }
+                            }
+                            let via_overlay = d.ifindex.map(|i| Some(i) == overlay);
+                            r.on_bfd_datagram(d.from.ip(), d.ttl, via_overlay, &buf[..d.len], now)
                         }
                     }),
                     Err(e) => tracing::debug!("BFD receive: {e}"),

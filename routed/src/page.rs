@@ -434,6 +434,7 @@ mod tests {
             bfd_diag: None,
             bfd_received: 0,
             bfd_discarded: 0,
+            bfd_discriminators: Some((1, 2)),
             reconnect_s: 1,
             flaps: 1,
             penalty: 512.3,

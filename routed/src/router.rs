@@ -584,11 +584,24 @@ impl Router {
 
     // ---- BFD ----
 
-    /// A BFD packet from `from` that arrived with TTL (hop limit) `ttl`:
-    /// anything but 255 was sent from farther than the link (RFC 5881 §5)
-    /// and is only counted.
-    pub fn on_bfd_datagram(&mut self, from: IpAddr, ttl: Option<u8>, bytes: &[u8], now: Instant) {
-        if ttl == Some(255) {
+    /// A BFD packet from `from` that arrived with TTL (hop limit) `ttl`,
+    /// through the overlay interface or not (`None`: unknown). Anything but
+    /// 255 was sent from farther than the link (RFC 5881 §5); a gateway's
+    /// packet that did not come through the overlay, or a LAN neighbour's
+    /// that did, was forged (a machine on the site LAN writing a gateway's
+    /// overlay address). Those are only counted.
+    pub fn on_bfd_datagram(
+        &mut self,
+        from: IpAddr,
+        ttl: Option<u8>,
+        via_overlay: Option<bool>,
+        bytes: &[u8],
+        now: Instant,
+    ) {
+        let right_way = self
+            .neighbor_by_addr(from)
+            .is_some_and(|n| via_overlay == Some(self.neighbors[n].overlay));
+        if ttl == Some(255) && right_way {
             return self.on_bfd_packet(from, bytes, now);
         }
         if let Some(b) = self
@@ -1841,6 +1854,7 @@ impl Router {
                     bfd_diag,
                     bfd_received,
                     bfd_discarded,
+                    bfd_discriminators: nb.bfd.as_ref().map(|b| b.discriminators()),
                     reconnect_s: s.backoff().as_secs(),
                     flaps: nb.flaps,
                     penalty: (penalty * 10.0).round() / 10.0,
@@ -1946,7 +1960,8 @@ mod tests {
 
     /// A BFD session that cannot send says why in the neighbour's
     /// `last_error` until a packet goes out again; packets with a TTL
-    /// other than 255 are counted as discarded and change nothing.
+    /// other than 255, or that came the wrong way (a LAN neighbour's
+    /// through the overlay), are counted as discarded and change nothing.
     #[test]
     fn bfd_that_cannot_send_says_why_and_far_packets_are_only_counted() {
         let now = Instant::now();
@@ -1990,14 +2005,18 @@ mod tests {
             .transmit
             .expect("a packet");
         let from: IpAddr = "fd00::9".parse().unwrap();
-        r.on_bfd_datagram(from, Some(254), &pkt, now);
-        r.on_bfd_datagram(from, None, &pkt, now);
+        r.on_bfd_datagram(from, Some(254), Some(false), &pkt, now);
+        r.on_bfd_datagram(from, None, Some(false), &pkt, now);
+        // A LAN neighbour's packet that came through the overlay, or from
+        // where the kernel did not say.
+        r.on_bfd_datagram(from, Some(255), Some(true), &pkt, now);
+        r.on_bfd_datagram(from, Some(255), None, &pkt, now);
         let st = r.status(now);
         assert_eq!(
             (st.neighbors[0].bfd_received, st.neighbors[0].bfd_discarded),
-            (0, 2)
+            (0, 4)
         );
-        r.on_bfd_datagram(from, Some(255), &pkt, now);
+        r.on_bfd_datagram(from, Some(255), Some(false), &pkt, now);
         assert_eq!(r.status(now).neighbors[0].bfd_received, 1);
     }
 

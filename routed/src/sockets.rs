@@ -129,21 +129,40 @@ pub fn set_md5(fd: &impl AsRawFd, socket_v6: bool, peer: IpAddr, key: &[u8]) -> 
     }
 }
 
-/// Asks the kernel for each datagram's TTL (hop limit) as ancillary data.
+/// Asks the kernel for each datagram's TTL (hop limit) and the interface
+/// it arrived on as ancillary data.
 fn want_ttl(fd: &impl AsRawFd, v6: bool) -> io::Result<()> {
     if v6 {
-        setsockopt_int(fd, libc::IPPROTO_IPV6, libc::IPV6_RECVHOPLIMIT, 1)
+        setsockopt_int(fd, libc::IPPROTO_IPV6, libc::IPV6_RECVHOPLIMIT, 1)?;
+        setsockopt_int(fd, libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO, 1)
     } else {
-        setsockopt_int(fd, libc::IPPROTO_IP, libc::IP_RECVTTL, 1)
+        setsockopt_int(fd, libc::IPPROTO_IP, libc::IP_RECVTTL, 1)?;
+        setsockopt_int(fd, libc::IPPROTO_IP, libc::IP_PKTINFO, 1)
     }
 }
 
-/// One datagram, its sender and the TTL (hop limit) it arrived with
-/// (`None` if the kernel gave none), from a socket of [`bfd_receivers`].
-pub async fn recv_with_ttl(
-    sock: &UdpSocket,
-    buf: &mut [u8],
-) -> io::Result<(usize, SocketAddr, Option<u8>)> {
+/// A datagram read by [`recv_with_ttl`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Received {
+    pub len: usize,
+    pub from: SocketAddr,
+    /// The TTL (hop limit) it arrived with, if the kernel gave it.
+    pub ttl: Option<u8>,
+    /// The interface it arrived on, if the kernel gave it.
+    pub ifindex: Option<u32>,
+}
+
+/// The index of interface `name`, if there is one.
+pub fn ifindex(name: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: c is a valid NUL-terminated string for the call's duration.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (i != 0).then_some(i)
+}
+
+/// One datagram with its sender, TTL (hop limit) and arrival interface,
+/// from a socket of [`bfd_receiver_at`].
+pub async fn recv_with_ttl(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<Received> {
     loop {
         sock.readable().await?;
         match sock.try_io(tokio::io::Interest::READABLE, || recvmsg_ttl(sock, buf)) {
@@ -153,15 +172,16 @@ pub async fn recv_with_ttl(
     }
 }
 
-fn recvmsg_ttl(fd: &impl AsRawFd, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, Option<u8>)> {
+fn recvmsg_ttl(fd: &impl AsRawFd, buf: &mut [u8]) -> io::Result<Received> {
     // SAFETY: all-zero is a valid sockaddr_storage and msghdr.
     let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),
     };
-    // Room for a TTL or hop-limit message, aligned for cmsghdr.
-    let mut control = [0u64; 8];
+    // Room for a TTL or hop-limit message and a packet-info one, aligned
+    // for cmsghdr.
+    let mut control = [0u64; 16];
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_name = (&mut addr as *mut libc::sockaddr_storage).cast();
     msg.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
@@ -174,7 +194,7 @@ fn recvmsg_ttl(fd: &impl AsRawFd, buf: &mut [u8]) -> io::Result<(usize, SocketAd
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
-    let mut ttl = None;
+    let (mut ttl, mut ifindex) = (None, None);
     // SAFETY: the kernel filled msg_control; the CMSG macros walk it
     // within msg_controllen.
     unsafe {
@@ -186,6 +206,12 @@ fn recvmsg_ttl(fd: &impl AsRawFd, buf: &mut [u8]) -> io::Result<(usize, SocketAd
             if is_ttl {
                 let v = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>());
                 ttl = u8::try_from(v).ok();
+            } else if h.cmsg_level == libc::IPPROTO_IP && h.cmsg_type == libc::IP_PKTINFO {
+                let v = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::in_pktinfo>());
+                ifindex = u32::try_from(v.ipi_ifindex).ok();
+            } else if h.cmsg_level == libc::IPPROTO_IPV6 && h.cmsg_type == libc::IPV6_PKTINFO {
+                let v = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::in6_pktinfo>());
+                ifindex = Some(v.ipi6_ifindex);
             }
             c = libc::CMSG_NXTHDR(&msg, c);
         }
@@ -215,7 +241,12 @@ fn recvmsg_ttl(fd: &impl AsRawFd, buf: &mut [u8]) -> io::Result<(usize, SocketAd
             }
         }
     };
-    Ok((n as usize, from, ttl))
+    Ok(Received {
+        len: n as usize,
+        from,
+        ttl,
+        ifindex,
+    })
 }
 
 /// BFD's send sockets, one per family: source port 49152-65535 and TTL /
@@ -424,7 +455,8 @@ mod tests {
     }
 
     /// Each datagram comes with the TTL (hop limit) it was sent with, on
-    /// both families: 254 is told from 255 (RFC 5881 §5).
+    /// both families: 254 is told from 255 (RFC 5881 §5); and with the
+    /// interface it arrived on.
     #[tokio::test]
     async fn each_datagram_comes_with_its_ttl_on_both_families() {
         for v6 in [false, true] {
@@ -442,11 +474,14 @@ mod tests {
             send_255(&tx, v6).unwrap();
             tx.send_to(b"near", to).await.unwrap();
             let mut buf = [0u8; 16];
-            let (k, from, ttl) = recv_with_ttl(&rx, &mut buf).await.unwrap();
-            assert_eq!((&buf[..k], ttl), (&b"far"[..], Some(254)), "v6 {v6}");
-            assert_eq!(from, tx.local_addr().unwrap());
-            let (k, _, ttl) = recv_with_ttl(&rx, &mut buf).await.unwrap();
-            assert_eq!((&buf[..k], ttl), (&b"near"[..], Some(255)), "v6 {v6}");
+            let lo = ifindex("lo");
+            assert!(lo.is_some());
+            let r = recv_with_ttl(&rx, &mut buf).await.unwrap();
+            assert_eq!((&buf[..r.len], r.ttl), (&b"far"[..], Some(254)), "v6 {v6}");
+            assert_eq!(r.from, tx.local_addr().unwrap());
+            assert_eq!(r.ifindex, lo, "arrived on lo, v6 {v6}");
+            let r = recv_with_ttl(&rx, &mut buf).await.unwrap();
+            assert_eq!((&buf[..r.len], r.ttl), (&b"near"[..], Some(255)), "v6 {v6}");
         }
     }
 

@@ -667,6 +667,89 @@ fn a_local_user_of_a_gateway_can_neither_forge_bfd_nor_open_bgp_as_it() {
     assert_eq!(after["state"], "established", "{after}");
 }
 
+/// Audit H1 from the site LAN: a machine on fra's LAN writes ams-gw1's
+/// overlay address on BFD packets to fra-gw1 with TTL 255 and the session's
+/// real discriminators (the worst case: it learned them), saying Down.
+/// fra-gw1 takes ams-gw1's BFD only from the overlay interface, so they are
+/// counted and change nothing; the same machine's BGP connection to fra-gw1
+/// ends no session either.
+#[test]
+fn a_machine_on_the_site_lan_can_neither_forge_bfd_nor_reset_bgp_of_the_gateways() {
+    if !netns_or_skip(
+        "a_machine_on_the_site_lan_can_neither_forge_bfd_nor_reset_bgp_of_the_gateways",
+    ) {
+        return;
+    }
+    let lab = Lab::up(
+        "routed = true\nbfd_interval_ms = 100\n\
+         [[site]]\nname = \"fra\"\ngateways = 1\nhosts = 1\ngobgp = true\n\
+         [[site]]\nname = \"ams\"\ngateways = 1\nhosts = 1\n",
+    );
+    lab.wait_for("the ams-gw1 session with BFD up at fra-gw1", |l| {
+        let n = neighbor(l, "fra-gw1", "ams-gw1");
+        n["state"] == "established" && n["bfd"] == "up"
+    });
+    let before = neighbor(&lab, "fra-gw1", "ams-gw1");
+    let flaps = before["flaps"].as_u64().unwrap();
+    let discarded = before["bfd_discarded"].as_u64().unwrap();
+    let d = &before["bfd_discriminators"];
+    let (ours, theirs) = (d[0].as_u64().unwrap() as u32, d[1].as_u64().unwrap() as u32);
+    assert_ne!(theirs, 0, "{before}");
+    // Version 1, diag 7 (administratively down), state Down, multiplier
+    // 3, 24 bytes; ams-gw1's discriminator, then fra-gw1's; 1 s intervals.
+    let mut down = vec![0x27, 0x40, 3, 24];
+    down.extend_from_slice(&theirs.to_be_bytes());
+    down.extend_from_slice(&ours.to_be_bytes());
+    for _ in 0..3 {
+        down.extend_from_slice(&1_000_000u32.to_be_bytes());
+    }
+    let lan = "fra-gobgp";
+    lab.exec_ok(
+        lan,
+        &[
+            "ip",
+            "route",
+            "replace",
+            "10.77.1.1/32",
+            "via",
+            "172.16.1.1",
+        ],
+    );
+    let from = "10.77.2.1:3784".parse().unwrap();
+    let to = "10.77.1.1:3784".parse().unwrap();
+    let sent = 5;
+    for _ in 0..sent {
+        lab.send_spoofed_udp(lan, from, to, 255, &down);
+    }
+    lab.wait_for("fra-gw1 to discard the forged packets, or go down", |l| {
+        let n = neighbor(l, "fra-gw1", "ams-gw1");
+        n["bfd_discarded"].as_u64().unwrap_or(0) >= discarded + sent
+            || n["flaps"].as_u64() != Some(flaps)
+    });
+    let after = neighbor(&lab, "fra-gw1", "ams-gw1");
+    assert_eq!(
+        after["flaps"].as_u64(),
+        Some(flaps),
+        "BFD forged from the LAN took the session down: {after}"
+    );
+    assert_eq!(
+        (&after["bfd"], &after["state"]),
+        (&"up".into(), &"established".into()),
+        "{after}"
+    );
+    // BGP from the LAN machine to fra-gw1's overlay address, TTL 255: not a
+    // neighbour at that address, so whatever the kernel lets through,
+    // routed closes it and no session moves.
+    let _ = lab.tcp_connect_as_nobody(
+        lan,
+        "10.77.1.1:179".parse().unwrap(),
+        std::time::Duration::from_secs(3),
+    );
+    let after = neighbor(&lab, "fra-gw1", "ams-gw1");
+    assert_eq!(after["flaps"].as_u64(), Some(flaps), "{after}");
+    assert_eq!(after["state"], "established", "{after}");
+}
+
 /// A host whose tunnel to one of its two gateways drops silently: that
 /// gateway stops hearing its probes and detaches it, routed withdraws it,
 /// and the other site's gateways send to the host's other gateway only, so

@@ -229,6 +229,79 @@ impl Lab {
         .expect("thread as nobody")
     }
 
+    /// Sends one IPv4 UDP datagram from `node`'s namespace as root through
+    /// a raw socket, with any source address and TTL: what a machine on a
+    /// LAN can put on the wire.
+    #[allow(dead_code)]
+    pub fn send_spoofed_udp(
+        &self,
+        node: &str,
+        from: std::net::SocketAddrV4,
+        to: std::net::SocketAddrV4,
+        ttl: u8,
+        payload: &[u8],
+    ) {
+        use std::os::fd::AsRawFd;
+        let ns = format!("/run/netns/{}", self.node(node).namespace);
+        let len = 28 + payload.len();
+        let mut p = vec![
+            0x45,
+            0,
+            (len >> 8) as u8,
+            len as u8,
+            0,
+            0,
+            0x40,
+            0,
+            ttl,
+            17,
+            0,
+            0,
+        ];
+        p.extend_from_slice(&from.ip().octets());
+        p.extend_from_slice(&to.ip().octets());
+        p.extend_from_slice(&from.port().to_be_bytes());
+        p.extend_from_slice(&to.port().to_be_bytes());
+        p.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+        p.extend_from_slice(&[0, 0]); // no UDP checksum (IPv4 allows it)
+        p.extend_from_slice(payload);
+        std::thread::spawn(move || {
+            let file = std::fs::File::open(&ns).expect("namespace");
+            // SAFETY: setns on this thread only; the socket and buffers are
+            // live for the calls.
+            unsafe {
+                assert_eq!(
+                    libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET),
+                    0,
+                    "setns"
+                );
+                let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW);
+                assert!(fd >= 0, "raw socket");
+                let dst = libc::sockaddr_in {
+                    sin_family: libc::AF_INET as libc::sa_family_t,
+                    sin_port: 0,
+                    sin_addr: libc::in_addr {
+                        s_addr: u32::from(*to.ip()).to_be(),
+                    },
+                    sin_zero: [0; 8],
+                };
+                let n = libc::sendto(
+                    fd,
+                    p.as_ptr().cast(),
+                    p.len(),
+                    0,
+                    (&dst as *const libc::sockaddr_in).cast(),
+                    std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                );
+                let err = std::io::Error::last_os_error();
+                libc::close(fd);
+                assert_eq!(n, p.len() as isize, "raw send: {err}");
+            }
+        })
+        .join()
+        .expect("thread in the namespace");
+    }
+
     /// Sends one UDP datagram from a node's namespace as `nobody`, with
     /// TTL 255 (what any local user may set).
     pub fn send_udp_as_nobody(&self, node: &str, to: std::net::SocketAddr, payload: &[u8]) {
