@@ -150,6 +150,10 @@ pub struct NeighborStatus {
     pub routes_out: usize,
     pub rejected: u64,
     pub treat_as_withdraw: u64,
+    /// Paths kept while the neighbour restarts (graceful restart helper,
+    /// RFC 4724), until it sends them again or its time is up.
+    #[serde(default)]
+    pub stale_routes: usize,
     /// Best routes not sent to this neighbour, by reason: for a router on
     /// a LAN, a family without an address of ours on the link to it (no
     /// next hop it could use).

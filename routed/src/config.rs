@@ -56,10 +56,46 @@ pub struct Config {
     pub damping: Damping,
     #[serde(default)]
     pub limits: Limits,
+    #[serde(default)]
+    pub graceful_restart: GracefulRestart,
     #[serde(default, rename = "neighbor")]
     pub neighbors: Vec<Neighbor>,
     #[serde(default, rename = "announce")]
     pub announce: Vec<Announce>,
+}
+
+/// Graceful restart (RFC 4724), as the helper of a neighbour that
+/// restarts: its routes are kept, marked stale, while it comes back.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GracefulRestart {
+    /// Send the capability and keep a restarting neighbour's routes.
+    #[serde(default)]
+    pub enabled: bool,
+    /// The restart time we announce (seconds, at most 4095).
+    #[serde(default = "default_restart_time")]
+    pub restart_time_s: u16,
+    /// How long a restarted neighbour's stale routes wait for its
+    /// End-of-RIB before they go.
+    #[serde(default = "default_stale_time")]
+    pub stale_time_s: u16,
+}
+
+impl Default for GracefulRestart {
+    fn default() -> Self {
+        GracefulRestart {
+            enabled: false,
+            restart_time_s: default_restart_time(),
+            stale_time_s: default_stale_time(),
+        }
+    }
+}
+
+fn default_restart_time() -> u16 {
+    120
+}
+fn default_stale_time() -> u16 {
+    360
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -529,6 +565,15 @@ impl Config {
         }
         if self.asn == 0 || self.asn == 23456 {
             return Err(format!("asn: {} is reserved", self.asn));
+        }
+        if !(1..=4095).contains(&self.graceful_restart.restart_time_s) {
+            return Err(format!(
+                "graceful_restart.restart_time_s: {} is outside 1..=4095 (12 bits on the wire)",
+                self.graceful_restart.restart_time_s
+            ));
+        }
+        if self.graceful_restart.stale_time_s == 0 {
+            return Err("graceful_restart.stale_time_s: must be at least 1".into());
         }
         if self.timers.hold_time_s != 0 && self.timers.hold_time_s < 3 {
             return Err("timers.hold_time_s: must be 0 or at least 3".into());

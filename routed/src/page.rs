@@ -446,6 +446,7 @@ mod tests {
             routes_out: 4,
             rejected: 0,
             treat_as_withdraw: 0,
+            stale_routes: 0,
             not_sent: Default::default(),
             damped_prefixes: vec![],
             history: history

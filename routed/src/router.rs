@@ -235,6 +235,11 @@ pub struct Neighbor {
     /// whether one waits for [`REFRESH_EVERY`] to pass.
     refreshed_at: [Option<Instant>; 2],
     refresh_due: [bool; 2],
+    /// Graceful restart helper (RFC 4724 §4.2): the paths it had when its
+    /// session ended the way a restart does, kept until it sends them
+    /// again and its End-of-RIB of their family, or until `stale_until`.
+    stale: BTreeSet<IpNet>,
+    stale_until: Option<Instant>,
 }
 
 /// A neighbour's ROUTE-REFRESH is served at most this often per family: a
@@ -359,6 +364,17 @@ impl Neighbor {
             keepalive: cfg.timers.keepalive_s,
             connect_retry: cfg.connect_retry(),
             passive: n.passive,
+            // A helper only: no family listed (we keep no forwarding state
+            // of our own across a restart yet).
+            graceful_restart: cfg
+                .graceful_restart
+                .enabled
+                .then_some(wire::GracefulRestart {
+                    restarting: false,
+                    time_s: cfg.graceful_restart.restart_time_s,
+                    ipv4: None,
+                    ipv6: None,
+                }),
         });
         session.start(now);
         let bfd = (cfg.bfd.enabled && n.bfd).then(|| {
@@ -402,6 +418,8 @@ impl Neighbor {
             treat_as_withdraw: 0,
             refreshed_at: [None; 2],
             refresh_due: [false; 2],
+            stale: BTreeSet::new(),
+            stale_until: None,
         }
     }
 
@@ -1178,6 +1196,13 @@ impl Router {
             }
             let acts = self.neighbors[n].session.on_tick(now);
             self.apply(n, acts, now);
+            if self.neighbors[n].stale_until.is_some_and(|t| now >= t) {
+                tracing::warn!(
+                    neighbor = %self.neighbors[n].cfg.name,
+                    "graceful restart: not back (or no End-of-RIB) in time"
+                );
+                self.flush_stale(n, None, now);
+            }
             self.poll_bfd(n, now);
             for ipv6 in [false, true] {
                 let nb = &self.neighbors[n];
@@ -1271,13 +1296,34 @@ impl Router {
         }
         self.neighbors[n].eor = false;
         self.neighbors[n].adj_out.clear();
+        if self.neighbors[n].stale_until.is_some() {
+            // Back from a restart: what it did not keep forwarding goes
+            // now, the rest waits for its End-of-RIB (RFC 4724 §4.2).
+            let gr = open.graceful_restart;
+            for v6 in [false, true] {
+                let kept = gr.and_then(|g| if v6 { g.ipv6 } else { g.ipv4 });
+                if kept != Some(true) {
+                    self.flush_stale(n, Some(v6), now);
+                }
+            }
+            let stale_for = Duration::from_secs(u64::from(self.cfg.graceful_restart.stale_time_s));
+            if self.neighbors[n].stale_until.is_some() {
+                self.neighbors[n].stale_until = Some(now + stale_for);
+            }
+        }
         self.record(n, true, "established");
         self.export_all(n);
         self.update_rib_membership(n, now);
     }
 
     fn session_down(&mut self, n: NeighborId, why: &str, now: Instant) {
+        if let Some(g) = self.neighbors[n].session.restarting_peer.take() {
+            if g.time_s > 0 && self.neighbors[n].in_rib {
+                return self.helper_keeps(n, why, g.time_s, now);
+            }
+        }
         tracing::warn!(neighbor = %self.neighbors[n].cfg.name, "session down: {why}");
+        self.flush_stale(n, None, now);
         let nb = &mut self.neighbors[n];
         nb.flaps += 1;
         if let Some(l) = nb.link.as_mut() {
@@ -1291,11 +1337,63 @@ impl Router {
         self.update_rib_membership(n, now);
     }
 
+    /// Graceful restart helper: a neighbour that sent the capability lost
+    /// its session without a NOTIFICATION (its process ended or restarted;
+    /// its host is alive, its kernel closed the connection). Its paths stay
+    /// in the Loc-RIB, marked stale, for its restart time; no flap is
+    /// counted. A BFD failure or a NOTIFICATION never gets here.
+    fn helper_keeps(&mut self, n: NeighborId, why: &str, time_s: u16, now: Instant) {
+        let nb = &mut self.neighbors[n];
+        tracing::warn!(
+            neighbor = %nb.cfg.name,
+            "session down: {why}; graceful restart: its {} routes are kept for {time_s} s",
+            nb.adj_in.len()
+        );
+        nb.stale = nb.adj_in.keys().copied().collect();
+        nb.stale_until = Some(now + Duration::from_secs(u64::from(time_s)));
+        nb.adj_out.clear();
+        nb.refresh_due = [false; 2];
+        self.record(n, false, &format!("{why} (graceful restart)"));
+    }
+
+    /// Drops a neighbour's stale paths (of one family, or all), as a
+    /// withdrawal of each; the helper state ends when none are left.
+    fn flush_stale(&mut self, n: NeighborId, v6: Option<bool>, now: Instant) {
+        let nb = &mut self.neighbors[n];
+        if nb.stale_until.is_none() {
+            return;
+        }
+        let gone: Vec<IpNet> = nb
+            .stale
+            .iter()
+            .filter(|p| v6.is_none_or(|v6| matches!(p, IpNet::V6(_)) == v6))
+            .copied()
+            .collect();
+        for p in &gone {
+            nb.stale.remove(p);
+            nb.adj_in.remove(p);
+            nb.held.remove(p);
+        }
+        if nb.stale.is_empty() || v6.is_none() {
+            nb.stale.clear();
+            nb.stale_until = None;
+        }
+        let in_rib = nb.in_rib;
+        if !gone.is_empty() {
+            tracing::info!(neighbor = %nb.cfg.name, "graceful restart: {} stale routes removed", gone.len());
+        }
+        for p in gone {
+            if in_rib && self.rib.remove(p, Source::Neighbor(n), now) {
+                self.dirty.insert(p);
+            }
+        }
+    }
+
     /// Puts a neighbour's paths into the Loc-RIB or takes them out, as its
     /// session and damping state say.
     fn update_rib_membership(&mut self, n: NeighborId, now: Instant) {
         let nb = &self.neighbors[n];
-        let want = nb.session.is_established()
+        let want = (nb.session.is_established() || nb.stale_until.is_some())
             && nb
                 .link
                 .as_ref()
@@ -1464,12 +1562,14 @@ impl Router {
     }
 
     fn import(&mut self, n: NeighborId, u: Update, now: Instant) {
-        if u.is_end_of_rib() {
+        if let Some(v6) = u.end_of_rib_v6() {
             self.neighbors[n].eor = true;
+            self.flush_stale(n, Some(v6), now);
             return;
         }
         let in_rib = self.neighbors[n].in_rib;
         for p in &u.withdrawn {
+            self.neighbors[n].stale.remove(p);
             if self.neighbors[n].adj_in.remove(p).is_some() {
                 self.prefix_event(n, *p, false, now);
                 if in_rib && self.rib.remove(*p, Source::Neighbor(n), now) {
@@ -1488,6 +1588,7 @@ impl Router {
             };
             match verdict {
                 Ok(()) => {
+                    self.neighbors[n].stale.remove(p);
                     let mut attrs = u.attrs.clone();
                     // LOCAL_PREF is not carried between ASes.
                     attrs.local_pref = None;
@@ -1870,6 +1971,7 @@ impl Router {
                     routes_out: nb.adj_out.len(),
                     rejected: nb.rejected,
                     treat_as_withdraw: nb.treat_as_withdraw,
+                    stale_routes: nb.stale.len(),
                     not_sent: self.not_sent(id),
                     damped_prefixes: nb.held.iter().copied().collect(),
                     history: nb
@@ -2065,6 +2167,7 @@ mod tests {
             ipv6: true,
             asn4: true,
             route_refresh: false,
+            graceful_restart: None,
         };
         r.on_message(N0, 1, Ok(Message::Open(open)), now);
         r.on_message(N0, 1, Ok(Message::Keepalive), now);
@@ -2146,7 +2249,20 @@ mod tests {
     /// Brings neighbour `n` up on connection 1: its OPEN (IPv4 only), then
     /// its KEEPALIVE.
     fn establish(r: &mut Router, n: NeighborId, asn: u32, router_id: Ipv4Addr, now: Instant) {
-        r.on_connected(n, 1, false, None, now);
+        establish_gr(r, n, 1, asn, router_id, None, now);
+    }
+
+    /// [`establish`] on connection `conn`, the OPEN carrying `gr`.
+    fn establish_gr(
+        r: &mut Router,
+        n: NeighborId,
+        conn: ConnId,
+        asn: u32,
+        router_id: Ipv4Addr,
+        gr: Option<wire::GracefulRestart>,
+        now: Instant,
+    ) {
+        r.on_connected(n, conn, false, None, now);
         let open = Open {
             asn,
             hold_time: 90,
@@ -2155,10 +2271,119 @@ mod tests {
             ipv6: false,
             asn4: true,
             route_refresh: false,
+            graceful_restart: gr,
         };
-        r.on_message(n, 1, Ok(Message::Open(open)), now);
-        r.on_message(n, 1, Ok(Message::Keepalive), now);
+        r.on_message(n, conn, Ok(Message::Open(open)), now);
+        r.on_message(n, conn, Ok(Message::Keepalive), now);
         assert!(r.neighbors[n].session.is_established());
+    }
+
+    /// RFC 4724 helper: a neighbour that sent the capability and whose
+    /// connection closed under it (a restart) keeps its routes, stale, until
+    /// it is back and has sent its End-of-RIB; what it did not send again
+    /// goes then. Counted as no flap.
+    #[test]
+    fn a_restarting_neighbours_routes_stay_until_its_end_of_rib() {
+        let gr = |restarting| wire::GracefulRestart {
+            restarting,
+            time_s: 120,
+            ipv4: Some(true),
+            ipv6: None,
+        };
+        // Damping off: the test's own first reconnect would hold it.
+        let (mut r, mut now) =
+            router("[graceful_restart]\nenabled = true\n[damping]\nenabled = false\n");
+        // Established by router() without the capability: again with it.
+        r.on_closed(N0, 1, "test", now);
+        assert!(!r.neighbors[N0].session.is_established());
+        establish_gr(
+            &mut r,
+            N0,
+            2,
+            65010,
+            Ipv4Addr::new(10, 77, 1, 9),
+            Some(gr(false)),
+            now,
+        );
+        r.on_message(N0, 2, Ok(announce("192.168.5.0/24")), now);
+        r.on_message(N0, 2, Ok(announce("192.168.6.0/24")), now);
+        let flaps = r.neighbors[N0].flaps;
+        // Its process restarts: the connection closes, no NOTIFICATION.
+        now += Duration::from_secs(1);
+        r.on_closed(N0, 2, "closed by the neighbour", now);
+        assert!(has(&r, "192.168.5.0/24") && has(&r, "192.168.6.0/24"));
+        assert_eq!(r.status(now).neighbors[0].stale_routes, 2);
+        assert_eq!(r.neighbors[N0].flaps, flaps, "a restart is no flap");
+        now += Duration::from_secs(5);
+        r.on_tick(now);
+        assert!(has(&r, "192.168.5.0/24"));
+        // Back, forwarding kept: one prefix again, then its End-of-RIB.
+        establish_gr(
+            &mut r,
+            N0,
+            3,
+            65010,
+            Ipv4Addr::new(10, 77, 1, 9),
+            Some(gr(true)),
+            now,
+        );
+        r.on_message(N0, 3, Ok(announce("192.168.5.0/24")), now);
+        assert!(has(&r, "192.168.6.0/24"), "stale until the End-of-RIB");
+        r.on_message(N0, 3, Ok(Message::Update(Update::default())), now);
+        assert!(has(&r, "192.168.5.0/24"));
+        assert!(
+            !has(&r, "192.168.6.0/24"),
+            "not sent again: gone at End-of-RIB"
+        );
+    }
+
+    /// What is no restart ends the routes at once: a NOTIFICATION, BFD, or
+    /// a neighbour without the capability; and a restart that does not come
+    /// back within the restart time ends them then.
+    #[test]
+    fn stale_routes_go_at_once_without_a_restart_and_after_the_restart_time() {
+        let gr = Some(wire::GracefulRestart {
+            restarting: false,
+            time_s: 30,
+            ipv4: Some(true),
+            ipv6: None,
+        });
+        let (mut r, mut now) =
+            router("[graceful_restart]\nenabled = true\n[damping]\nenabled = false\n");
+        r.on_closed(N0, 1, "test", now);
+        // Without the capability from the neighbour: gone when it closes.
+        establish_gr(&mut r, N0, 2, 65010, Ipv4Addr::new(10, 77, 1, 9), None, now);
+        r.on_message(N0, 2, Ok(announce("192.168.5.0/24")), now);
+        r.on_closed(N0, 2, "closed", now);
+        assert!(!has(&r, "192.168.5.0/24"), "no capability, no helper");
+        // A NOTIFICATION: gone.
+        establish_gr(&mut r, N0, 3, 65010, Ipv4Addr::new(10, 77, 1, 9), gr, now);
+        r.on_message(N0, 3, Ok(announce("192.168.5.0/24")), now);
+        let cease = Notification::new(wire::Reason::Cease(wire::Cease::AdministrativeShutdown));
+        r.on_message(N0, 3, Ok(Message::Notification(cease)), now);
+        assert!(!has(&r, "192.168.5.0/24"), "a NOTIFICATION is no restart");
+        // Closed, then not back within 30 s: gone then.
+        establish_gr(&mut r, N0, 4, 65010, Ipv4Addr::new(10, 77, 1, 9), gr, now);
+        r.on_message(N0, 4, Ok(announce("192.168.5.0/24")), now);
+        r.on_closed(N0, 4, "closed", now);
+        now += Duration::from_secs(29);
+        r.on_tick(now);
+        assert!(has(&r, "192.168.5.0/24"));
+        now += Duration::from_secs(2);
+        r.on_tick(now);
+        assert!(!has(&r, "192.168.5.0/24"), "the restart time is over");
+        // Back without forwarding kept (no F): gone at its OPEN.
+        establish_gr(&mut r, N0, 5, 65010, Ipv4Addr::new(10, 77, 1, 9), gr, now);
+        r.on_message(N0, 5, Ok(announce("192.168.5.0/24")), now);
+        r.on_closed(N0, 5, "closed", now);
+        let no_f = Some(wire::GracefulRestart {
+            restarting: true,
+            time_s: 30,
+            ipv4: Some(false),
+            ipv6: None,
+        });
+        establish_gr(&mut r, N0, 6, 65010, Ipv4Addr::new(10, 77, 1, 9), no_f, now);
+        assert!(!has(&r, "192.168.5.0/24"), "forwarding not kept");
     }
 
     fn announce(p: &str) -> Message {
@@ -2435,6 +2660,7 @@ mod tests {
                     ipv6: f[1],
                     asn4: f[2],
                     route_refresh: f[3],
+                    graceful_restart: None,
                 })
             });
         let update = (
@@ -2455,6 +2681,7 @@ mod tests {
                         ..Attrs::default()
                     },
                     treat_as_withdraw: taw,
+                    unreach_v6: false,
                 })
             });
         let message = prop_oneof![

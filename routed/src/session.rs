@@ -7,7 +7,9 @@
 //! connection events, decoded messages and the clock; the session answers
 //! with [`Action`]s.
 
-use crate::wire::{Cease, DecodeError, Message, Notification, Open, OpenError, Reason, Update};
+use crate::wire::{
+    Cease, DecodeError, GracefulRestart, Message, Notification, Open, OpenError, Reason, Update,
+};
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
@@ -30,6 +32,8 @@ pub struct SessionConfig {
     pub connect_retry: Duration,
     /// Only accept connections, never open one.
     pub passive: bool,
+    /// The graceful restart capability we send (RFC 4724), if any.
+    pub graceful_restart: Option<GracefulRestart>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,6 +107,10 @@ pub struct Session {
     pub established_at: Option<Instant>,
     pub last_error: Option<String>,
     pub peer_open: Option<Open>,
+    /// The neighbour's graceful restart capability when its session last
+    /// ended the way a restart does (see `went_down`), if both sides
+    /// sent one: what a helper keeps its routes for.
+    pub restarting_peer: Option<GracefulRestart>,
 }
 
 impl Session {
@@ -118,6 +126,7 @@ impl Session {
             established_at: None,
             last_error: None,
             peer_open: None,
+            restarting_peer: None,
         }
     }
 
@@ -162,6 +171,7 @@ impl Session {
             ipv6: true,
             asn4: true,
             route_refresh: true,
+            graceful_restart: self.cfg.graceful_restart,
         }
     }
 
@@ -206,18 +216,26 @@ impl Session {
             out.push(Action::Close(c.id));
         }
         if was_up {
-            self.went_down(why, now, out);
+            self.went_down(why, false, now, out);
         }
         self.retry_at = Some(now + self.backoff);
     }
 
-    fn went_down(&mut self, why: &str, now: Instant, out: &mut Vec<Action>) {
+    /// The session ended; `clean`: its connection closed or failed under
+    /// it, with no NOTIFICATION either way and not by our decision — what
+    /// a neighbour's restart looks like (RFC 4724 §4.2).
+    fn went_down(&mut self, why: &str, clean: bool, now: Instant, out: &mut Vec<Action>) {
         if let Some(t) = self.established_at.take() {
             if now.duration_since(t) >= STABLE {
                 self.backoff = self.cfg.connect_retry;
             }
         }
         self.last_error = Some(why.to_string());
+        self.restarting_peer = if clean && self.cfg.graceful_restart.is_some() {
+            self.peer_open.as_ref().and_then(|o| o.graceful_restart)
+        } else {
+            None
+        };
         self.peer_open = None;
         out.push(Action::Down(why.to_string()));
     }
@@ -277,14 +295,19 @@ impl Session {
     }
 
     /// The connection closed under us.
+    /// Connection `id` closed or failed under us (the driver saw it end).
     pub fn on_closed(&mut self, id: ConnId, why: &str, now: Instant) -> Vec<Action> {
+        self.closed(id, why, true, now)
+    }
+
+    fn closed(&mut self, id: ConnId, why: &str, clean: bool, now: Instant) -> Vec<Action> {
         let mut out = Vec::new();
         let Some(pos) = self.conns.iter().position(|c| c.id == id) else {
             return out;
         };
         let c = self.conns.remove(pos);
         if c.state == ConnState::Established {
-            self.went_down(why, now, &mut out);
+            self.went_down(why, clean, now, &mut out);
         } else {
             self.last_error = Some(why.to_string());
         }
@@ -305,7 +328,7 @@ impl Session {
             Action::Close(id),
         ];
         self.error(why.to_string());
-        out.extend(self.on_closed(id, why, now));
+        out.extend(self.closed(id, why, false, now));
         out
     }
 
@@ -359,7 +382,7 @@ impl Session {
                 let why = format!("received: {n}");
                 let mut out = vec![Action::Close(id)];
                 self.error(why.clone());
-                out.extend(self.on_closed(id, &why, now));
+                out.extend(self.closed(id, &why, false, now));
                 out
             }
             (ConnState::OpenSent, Message::Open(o)) => match self.check_open(&o) {
@@ -544,6 +567,7 @@ mod tests {
             keepalive: 3,
             connect_retry: Duration::from_secs(1),
             passive: false,
+            graceful_restart: None,
         }
     }
 
@@ -683,6 +707,7 @@ mod tests {
             ipv6: true,
             asn4: true,
             route_refresh: true,
+            graceful_restart: None,
         };
         let acts = a.on_message(1, Message::Open(open), now);
         assert_eq!(

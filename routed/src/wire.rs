@@ -8,7 +8,8 @@
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use netgauze_bgp_pkt::capabilities::{
-    BgpCapability, FourOctetAsCapability, MultiProtocolExtensionsCapability,
+    BgpCapability, FourOctetAsCapability, GracefulRestartAddressFamily, GracefulRestartCapability,
+    MultiProtocolExtensionsCapability,
 };
 use netgauze_bgp_pkt::community::Community;
 use netgauze_bgp_pkt::iana::RouteRefreshSubcode;
@@ -176,6 +177,23 @@ pub struct Open {
     /// 4-byte AS capability (RFC 6793).
     pub asn4: bool,
     pub route_refresh: bool,
+    /// The graceful restart capability (RFC 4724), if sent.
+    pub graceful_restart: Option<GracefulRestart>,
+}
+
+/// The graceful restart capability (RFC 4724 §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct GracefulRestart {
+    /// R: the sender has restarted (the receiver does not wait for its
+    /// End-of-RIB before sending its own routes).
+    pub restarting: bool,
+    /// How long the sender expects to take to come back, in seconds (12
+    /// bits on the wire).
+    pub time_s: u16,
+    /// Per family listed: whether the sender kept forwarding (F) across
+    /// its restart; `None` when the family is not listed.
+    pub ipv4: Option<bool>,
+    pub ipv6: Option<bool>,
 }
 
 /// Path attributes routed keeps (the rest are ignored).
@@ -199,12 +217,20 @@ pub struct Update {
     pub attrs: Attrs,
     /// RFC 7606: why the announced prefixes are to be treated as withdrawn.
     pub treat_as_withdraw: Option<String>,
+    /// It carried an IPv6 MP_UNREACH_NLRI: an empty one is IPv6's
+    /// End-of-RIB.
+    pub unreach_v6: bool,
 }
 
 impl Update {
     /// End-of-RIB marker (RFC 4724): an UPDATE with nothing in it.
     pub fn is_end_of_rib(&self) -> bool {
         self.withdrawn.is_empty() && self.announced.is_empty()
+    }
+
+    /// Which family's End-of-RIB this is (`true`: IPv6), if it is one.
+    pub fn end_of_rib_v6(&self) -> Option<bool> {
+        self.is_end_of_rib().then_some(self.unreach_v6)
     }
 }
 
@@ -393,6 +419,7 @@ fn from_open(o: &BgpOpenMessage) -> Open {
         ipv6: false,
         asn4: false,
         route_refresh: false,
+        graceful_restart: None,
     };
     let mut any_mp = false;
     for c in o.capabilities() {
@@ -406,6 +433,22 @@ fn from_open(o: &BgpOpenMessage) -> Open {
                 }
             }
             BgpCapability::FourOctetAs(_) => open.asn4 = true,
+            BgpCapability::GracefulRestartCapability(g) => {
+                let mut gr = GracefulRestart {
+                    restarting: g.restart(),
+                    time_s: g.time() & 0x0fff,
+                    ipv4: None,
+                    ipv6: None,
+                };
+                for f in g.address_families() {
+                    match f.address_type() {
+                        AddressType::Ipv4Unicast => gr.ipv4 = Some(f.forwarding_state()),
+                        AddressType::Ipv6Unicast => gr.ipv6 = Some(f.forwarding_state()),
+                        _ => {}
+                    }
+                }
+                open.graceful_restart = Some(gr);
+            }
             BgpCapability::RouteRefresh | BgpCapability::EnhancedRouteRefresh => {
                 open.route_refresh = true
             }
@@ -464,6 +507,7 @@ fn from_update(u: &BgpUpdateMessage) -> Update {
                 }
             }
             PathAttributeValue::MpUnreach(MpUnreach::Ipv6Unicast { nlri }) => {
+                up.unreach_v6 = true;
                 for n in nlri.iter() {
                     up.withdrawn.push(IpNet::V6(n.network().address()));
                 }
@@ -565,6 +609,23 @@ pub fn encode(m: &Message) -> Vec<u8> {
             }
             if o.route_refresh {
                 caps.push(BgpCapability::RouteRefresh);
+            }
+            if let Some(g) = &o.graceful_restart {
+                let families: Vec<_> = [
+                    (g.ipv4, AddressType::Ipv4Unicast),
+                    (g.ipv6, AddressType::Ipv6Unicast),
+                ]
+                .into_iter()
+                .filter_map(|(f, t)| f.map(|f| GracefulRestartAddressFamily::new(f, t)))
+                .collect();
+                caps.push(BgpCapability::GracefulRestartCapability(
+                    GracefulRestartCapability::new(
+                        g.restarting,
+                        false,
+                        g.time_s.min(0x0fff),
+                        families,
+                    ),
+                ));
             }
             caps.push(BgpCapability::FourOctetAs(FourOctetAsCapability::new(
                 o.asn,
@@ -771,6 +832,7 @@ mod tests {
             ipv6: true,
             asn4: true,
             route_refresh: true,
+            graceful_restart: None,
         }
     }
 
@@ -781,6 +843,31 @@ mod tests {
         assert_eq!(decode(&b).unwrap(), m);
         // The 2-byte field carries AS_TRANS.
         assert_eq!(u16::from_be_bytes([b[20], b[21]]), AS_TRANS);
+    }
+
+    /// RFC 4724 §3: R, the restart time and F per family survive the wire.
+    #[test]
+    fn open_round_trips_graceful_restart() {
+        for gr in [
+            GracefulRestart {
+                restarting: false,
+                time_s: 120,
+                ipv4: None,
+                ipv6: None,
+            },
+            GracefulRestart {
+                restarting: true,
+                time_s: 4095,
+                ipv4: Some(true),
+                ipv6: Some(false),
+            },
+        ] {
+            let m = Message::Open(Open {
+                graceful_restart: Some(gr),
+                ..open()
+            });
+            assert_eq!(decode(&encode(&m)).unwrap(), m);
+        }
     }
 
     #[test]
@@ -804,6 +891,7 @@ mod tests {
                 next_hop_v6: Some("fd77::1:1".parse().unwrap()),
             },
             treat_as_withdraw: None,
+            unreach_v6: true,
         };
         let b = encode(&Message::Update(u.clone()));
         let Message::Update(d) = decode(&b).unwrap() else {
@@ -868,7 +956,7 @@ mod tests {
             let Message::Update(u) = decode(&end_of_rib(v6)).unwrap() else {
                 panic!("not an update")
             };
-            assert!(u.is_end_of_rib());
+            assert_eq!(u.end_of_rib_v6(), Some(v6));
         }
     }
 
@@ -1024,6 +1112,7 @@ mod tests {
                     let announced: Vec<IpNet> = announced.into_iter().filter(unicast).collect();
                     let v4 = announced.iter().any(|p| matches!(p, IpNet::V4(_)));
                     let v6 = announced.iter().any(|p| matches!(p, IpNet::V6(_)));
+                    let unreach_v6 = withdrawn.iter().any(|p| matches!(p, IpNet::V6(_)));
                     Update {
                         withdrawn,
                         announced,
@@ -1037,6 +1126,7 @@ mod tests {
                             next_hop_v6: v6.then(|| Ipv6Addr::from(nh6)),
                         },
                         treat_as_withdraw: None,
+                        unreach_v6,
                     }
                 },
             )
