@@ -382,6 +382,94 @@ fn gobgp_exchanges_routes_read_back_as_json() {
     });
 }
 
+/// Graceful restart, routed as the helper (RFC 4724): BIRD restarts with
+/// `birdc graceful restart` and `bird -R`. While it is away routed keeps
+/// its route, marked stale, in its table and in the kernel; once BIRD is
+/// back and has sent its End-of-RIB nothing is stale and the route is
+/// still there. (Without `[graceful_restart]` the route goes when BIRD
+/// does.)
+#[test]
+fn routed_keeps_a_gracefully_restarting_birds_routes() {
+    if !netns_or_skip("routed_keeps_a_gracefully_restarting_birds_routes") {
+        return;
+    }
+    let bed = TestBed::new().unwrap();
+    let (r, b) = pair(&bed);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let bird_conf = d.join("bird.conf");
+    std::fs::write(
+        &bird_conf,
+        "router id 10.99.0.2;\n\
+         protocol device {}\n\
+         protocol static s4 { ipv4; route 192.168.70.0/24 blackhole; }\n\
+         protocol bgp cube {\n  local 10.99.0.2 as 65010;\n  neighbor 10.99.0.1 as 4200000101;\n\
+           hold time 9; connect retry time 1; error wait time 1, 10; ttl security on;\n\
+           graceful restart on; graceful restart time 120;\n\
+           ipv4 { import all; export where proto = \"s4\"; };\n}\n",
+    )
+    .unwrap();
+    let sock = d.join("bird.ctl");
+    let bird = |recovery: bool| {
+        let mut argv = vec!["bird", "-f", "-c", bird_conf.to_str().unwrap()];
+        argv.extend(["-s", sock.to_str().unwrap()]);
+        if recovery {
+            argv.push("-R");
+        }
+        bed.spawn(&b, &argv).unwrap();
+    };
+    bird(false);
+    let routed = Routed::start(
+        &bed,
+        &r,
+        d,
+        "[graceful_restart]\nenabled = true\n\
+         [[neighbor]]\nname = \"bird\"\naddress = \"10.99.0.2\"\nasn = 65010\nbfd = false\n\
+         import = [\"192.168.0.0/16\"]\nexport = \"all\"\n",
+    );
+    let kernel_has = || {
+        bed.exec_ok(&r, &["ip", "route", "show", "proto", "201"])
+            .unwrap()
+            .contains("192.168.70.0/24")
+    };
+    wait_until(
+        "BIRD's route, in the kernel too",
+        Duration::from_secs(30),
+        || routed.has_route("192.168.70.0/24", "bird") && kernel_has(),
+    );
+    bed.exec_ok(
+        &b,
+        &["birdc", "-s", sock.to_str().unwrap(), "graceful", "restart"],
+    )
+    .unwrap();
+    wait_until(
+        "the session down with the route stale",
+        Duration::from_secs(30),
+        || {
+            let n = routed.neighbor();
+            n["state"] != "established" && n["stale_routes"] == 1
+        },
+    );
+    assert!(
+        routed.has_route("192.168.70.0/24", "bird"),
+        "the route went with BIRD"
+    );
+    assert!(kernel_has(), "the kernel route went with BIRD");
+    let n = routed.neighbor();
+    assert!(n["history"].to_string().contains("graceful restart"), "{n}");
+    bird(true);
+    wait_until(
+        "BIRD back and nothing stale",
+        Duration::from_secs(30),
+        || {
+            let n = routed.neighbor();
+            n["state"] == "established" && n["stale_routes"] == 0
+        },
+    );
+    assert!(routed.has_route("192.168.70.0/24", "bird"));
+    assert!(kernel_has());
+}
+
 /// Signs a gateway certificate `name.crt` (key `name.key`) with the CA of
 /// [`identity`].
 fn gateway_cert(dir: &Path, name: &str, site: &str, ip: &str, subnet: &str) -> PathBuf {
