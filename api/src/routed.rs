@@ -22,6 +22,11 @@ pub enum Request {
     /// SIGHUP does. Reply: [`Reloaded`], or the error (file, key and what is
     /// wrong) when the reload is refused and the running config kept.
     Reload,
+    /// Restarts routed gracefully (RFC 4724): it ends its sessions without
+    /// a NOTIFICATION and starts again in place, keeping the kernel's and
+    /// overlayd's routes, so neighbours that help keep its routes. Reply:
+    /// [`cubenet_api::Empty`], or why not (graceful restart off).
+    Restart,
 }
 
 /// What a reload changed.
@@ -61,6 +66,10 @@ pub struct Status {
     /// routed owns overlayd's table (its neighbours are back, or the
     /// startup grace is over); before, it only adds.
     pub fib_ready: bool,
+    /// This process began with a graceful restart and still defers its
+    /// End-of-RIB (until `fib_ready`).
+    #[serde(default)]
+    pub restarting: bool,
     pub own_subnets: Vec<IpNet>,
     pub neighbors: Vec<NeighborStatus>,
 }

@@ -57,6 +57,15 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Restart the running routed gracefully (RFC 4724): it ends its
+    /// sessions without a NOTIFICATION and starts again in place (a new
+    /// program file is picked up), keeping the kernel's and overlayd's
+    /// routes; neighbours with graceful restart keep its routes meanwhile.
+    /// Needs `[graceful_restart] enabled = true`.
+    Restart {
+        #[arg(long, default_value = config::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
     /// The best routes: prefix, via, equal-cost paths, origin, age.
     Routes {
         #[arg(long, default_value = config::DEFAULT_SOCKET)]

@@ -20,7 +20,15 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
 }
 
 pub async fn serve(listener: UnixListener, shared: Arc<Shared>) {
-    serve_with(listener, move |line| handle(&shared, line)).await
+    let after = shared.clone();
+    serve_with(
+        listener,
+        move |line| handle(&shared, line),
+        // A restart asked for starts once its reply is out and the client
+        // has gone.
+        move || after.restart_if_asked(),
+    )
+    .await
 }
 
 /// The accept loop around any request handler (a request line in, a reply
@@ -29,8 +37,10 @@ pub async fn serve(listener: UnixListener, shared: Arc<Shared>) {
 async fn serve_with(
     listener: UnixListener,
     handler: impl Fn(&str) -> String + Send + Sync + 'static,
+    after: impl Fn() + Send + Sync + 'static,
 ) {
     let handler = Arc::new(handler);
+    let after = Arc::new(after);
     loop {
         let stream = match listener.accept().await {
             Ok((s, _)) => s,
@@ -39,9 +49,10 @@ async fn serve_with(
                 continue;
             }
         };
-        let handler = handler.clone();
+        let (handler, after) = (handler.clone(), after.clone());
         tokio::spawn(async move {
             let _ = connection(stream, &*handler).await;
+            after();
         });
     }
 }
@@ -57,6 +68,7 @@ fn handle(shared: &Arc<Shared>, text: &str) -> String {
         Ok(Request::Status) => line(&Reply::Ok(shared.router().status(now))),
         Ok(Request::Routes) => line(&Reply::Ok(shared.router().routes(now))),
         Ok(Request::Reload) => line(&Reply::from(shared.reload())),
+        Ok(Request::Restart) => line(&Reply::from(shared.ask_restart())),
         Err(e) => line(&Reply::<Empty>::Err(e)),
     }
 }
@@ -117,7 +129,7 @@ mod tests {
 
     proptest! {
         /// A control-socket line from a broken client never panics the
-        /// parser; only the three commands are accepted.
+        /// parser; only the four commands are accepted.
         #[test]
         fn arbitrary_lines_never_panic(line in "\\PC{0,200}") {
             if let Ok(r) = parse_request(&line) {
@@ -126,6 +138,7 @@ mod tests {
                     Request::Status => "status",
                     Request::Routes => "routes",
                     Request::Reload => "reload",
+                    Request::Restart => "restart",
                 };
                 prop_assert_eq!(v["cmd"].as_str(), Some(want));
             }
@@ -153,10 +166,14 @@ mod tests {
             .build()
             .unwrap();
         let listener = rt.block_on(async { bind(&path) }).unwrap();
-        rt.spawn(serve_with(listener, |text| match parse_request(text) {
-            Ok(_) => line(&Reply::Ok(cubenet_api::routed::Routes { routes: vec![] })),
-            Err(e) => line(&Reply::<Empty>::Err(e)),
-        }));
+        rt.spawn(serve_with(
+            listener,
+            |text| match parse_request(text) {
+                Ok(_) => line(&Reply::Ok(cubenet_api::routed::Routes { routes: vec![] })),
+                Err(e) => line(&Reply::<Empty>::Err(e)),
+            },
+            || {},
+        ));
         (dir, path, rt)
     }
 

@@ -54,9 +54,38 @@ pub struct Shared {
     served: Mutex<std::collections::BTreeSet<IpAddr>>,
     /// The running health probe of each probed site prefix.
     probes: Mutex<HashMap<ipnet::IpNet, (crate::probe::Probe, tokio::task::AbortHandle)>>,
+    /// A graceful restart was asked for; `restart` starts it once the
+    /// asking client has its reply.
+    restart_asked: std::sync::atomic::AtomicBool,
+    restart: Notify,
 }
 
+/// Set in the environment of the process a graceful restart starts: when
+/// (Unix seconds) the old one ended its sessions.
+const RESTARTED_ENV: &str = "CUBENET_ROUTED_RESTARTED";
+
 impl Shared {
+    /// A control request to restart gracefully: refused when graceful
+    /// restart is off (the neighbours would drop our routes anyway).
+    pub fn ask_restart(&self) -> Result<cubenet_api::Empty, String> {
+        if !self.router().cfg.graceful_restart.enabled {
+            return Err(
+                "graceful restart is off ([graceful_restart] enabled = false in \
+                        routed.toml): stop and start routed instead"
+                    .into(),
+            );
+        }
+        self.restart_asked.store(true, Ordering::SeqCst);
+        Ok(cubenet_api::Empty {})
+    }
+
+    /// After a control connection ends: starts the restart it asked for.
+    pub fn restart_if_asked(&self) {
+        if self.restart_asked.load(Ordering::SeqCst) {
+            self.restart.notify_one();
+        }
+    }
+
     pub fn router(&self) -> MutexGuard<'_, Router> {
         self.router.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -617,6 +646,8 @@ pub async fn run(
         served: Mutex::new(Default::default()),
         md5: Mutex::new(md5),
         probes: Mutex::new(HashMap::new()),
+        restart_asked: Default::default(),
+        restart: Notify::new(),
     });
     for l in listeners {
         let v6 = l.local_addr().is_ok_and(|a| a.is_ipv6());
@@ -690,10 +721,12 @@ pub async fn run(
     let supervisor = &shared.supervisor;
     supervisor.tell(Notice::Ready);
     let mut watchdog = notify::watchdog_timer(supervisor);
+    let mut restart = false;
     loop {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
+            _ = shared.restart.notified() => { restart = true; break; }
             // The outcome is logged by the reload itself. It reads files
             // and takes the router lock briefly: no await in between.
             _ = hup.recv() => { let _ = shared.reload(); }
@@ -705,6 +738,13 @@ pub async fn run(
                 supervisor.tell(Notice::Watchdog);
             }
         }
+    }
+    if restart {
+        // RFC 4724: no NOTIFICATION, and the kernel's and overlayd's routes
+        // stay; the sockets close with the exec, and the neighbours that
+        // help keep our routes until the new process has sent them again.
+        let e = restart_in_place(&cfg);
+        tracing::error!("graceful restart failed, stopping instead: {e}");
     }
     supervisor.tell(Notice::Stopping);
     tracing::info!("routed stopping; overlayd keeps its routes");
@@ -818,6 +858,44 @@ async fn snapshot(me: &Arc<Shared>, path: &std::path::Path) -> Result<(), CallEr
     me.with(|r, now| r.set_attached(&hosts, now));
     me.tables.notify_one();
     Ok(())
+}
+
+/// Replaces this process with routed again, same arguments, telling it
+/// that it restarted gracefully; returns only if that failed.
+fn restart_in_place(cfg: &Config) -> std::io::Error {
+    use std::os::unix::process::CommandExt;
+    tracing::info!(
+        restart_time_s = cfg.graceful_restart.restart_time_s,
+        "graceful restart: routed starts again in place"
+    );
+    // The program as started (an upgrade replaces the file: the new one
+    // runs), else this process's own.
+    let exe = std::env::args_os()
+        .next()
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::current_exe().ok());
+    let Some(exe) = exe else {
+        return std::io::Error::other("cannot tell which program this is");
+    };
+    std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env(RESTARTED_ENV, cubenet_certs::time::unix_now().to_string())
+        .exec()
+}
+
+/// Whether this process was started by a graceful restart less than the
+/// restart time ago (the variable is removed either way).
+pub fn restarted_gracefully(cfg: &Config) -> bool {
+    let Some(v) = std::env::var_os(RESTARTED_ENV) else {
+        return false;
+    };
+    std::env::remove_var(RESTARTED_ENV);
+    let at: Option<u64> = v.to_str().and_then(|s| s.parse().ok());
+    at.is_some_and(|t| {
+        cubenet_certs::time::unix_now().saturating_sub(t)
+            <= u64::from(cfg.graceful_restart.restart_time_s)
+    })
 }
 
 /// Writes the best routes into overlayd and the kernel when they change.

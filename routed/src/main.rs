@@ -66,13 +66,18 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            let router = match build_router(&l) {
+            let mut router = match build_router(&l) {
                 Ok(r) => r,
                 Err(e) => {
                     eprintln!("routed: {}: {e}", config.display());
                     return ExitCode::from(2);
                 }
             };
+            // Before any thread: the variable is removed from the
+            // environment.
+            if driver::restarted_gracefully(&l.cfg) {
+                router.set_restarted();
+            }
             let rt = match tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
@@ -88,6 +93,22 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e}");
+                    eprintln!("routed: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Cmd::Restart { socket } => {
+            match call_blocking::<_, cubenet_api::Empty>(&socket, &api::Request::Restart) {
+                Ok(_) => {
+                    println!("routed restarts gracefully");
+                    ExitCode::SUCCESS
+                }
+                Err(e @ cubenet_api::CallError::Refused(_)) => {
+                    eprintln!("routed: restart refused: {e}");
+                    ExitCode::from(2)
+                }
+                Err(e) => {
                     eprintln!("routed: {e}");
                     ExitCode::from(1)
                 }

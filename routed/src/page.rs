@@ -466,6 +466,7 @@ mod tests {
             router_id: "10.77.1.1".parse().unwrap(),
             uptime_s: 7200,
             fib_ready: true,
+            restarting: false,
             own_subnets: vec!["10.77.1.0/24".parse().unwrap()],
             neighbors,
         }

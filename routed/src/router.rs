@@ -273,6 +273,26 @@ pub struct Router {
     out: Vec<Out>,
     started: Instant,
     fib_ready: bool,
+    /// This process began with a graceful restart: until `fib_ready` its
+    /// OPENs say so (R, F) and its End-of-RIBs wait (RFC 4724 §4.1), owed
+    /// to these neighbours.
+    restarting: bool,
+    eor_owed: BTreeSet<NeighborId>,
+}
+
+/// The graceful restart capability we send (RFC 4724 §3), if it is on:
+/// both families, forwarding kept (F) when this process began with a
+/// graceful restart — overlayd and the kernel keep routed's routes while
+/// routed restarts, so the gateway forwards throughout.
+fn graceful_restart_cap(cfg: &Config, restarted: bool) -> Option<wire::GracefulRestart> {
+    cfg.graceful_restart
+        .enabled
+        .then_some(wire::GracefulRestart {
+            restarting: restarted,
+            time_s: cfg.graceful_restart.restart_time_s,
+            ipv4: Some(restarted),
+            ipv6: Some(restarted),
+        })
 }
 
 fn contains(nets: &[IpNet], p: &IpNet) -> bool {
@@ -364,17 +384,7 @@ impl Neighbor {
             keepalive: cfg.timers.keepalive_s,
             connect_retry: cfg.connect_retry(),
             passive: n.passive,
-            // A helper only: no family listed (we keep no forwarding state
-            // of our own across a restart yet).
-            graceful_restart: cfg
-                .graceful_restart
-                .enabled
-                .then_some(wire::GracefulRestart {
-                    restarting: false,
-                    time_s: cfg.graceful_restart.restart_time_s,
-                    ipv4: None,
-                    ipv6: None,
-                }),
+            graceful_restart: graceful_restart_cap(cfg, false),
         });
         session.start(now);
         let bfd = (cfg.bfd.enabled && n.bfd).then(|| {
@@ -483,6 +493,8 @@ impl Router {
             out: Vec::new(),
             started: now,
             fib_ready: false,
+            restarting: false,
+            eor_owed: BTreeSet::new(),
         };
         r.refresh_site(now);
         Ok(r)
@@ -605,9 +617,10 @@ impl Router {
     /// A BFD packet from `from` that arrived with TTL (hop limit) `ttl`,
     /// through the overlay interface or not (`None`: unknown). Anything but
     /// 255 was sent from farther than the link (RFC 5881 §5); a gateway's
-    /// packet that did not come through the overlay, or a LAN neighbour's
-    /// that did, was forged (a machine on the site LAN writing a gateway's
-    /// overlay address). Those are only counted.
+    /// packet that did not come through the overlay was forged (a machine
+    /// on the site LAN writing a gateway's overlay address). Those are only
+    /// counted. (A LAN neighbour's may come on any interface: a test bed
+    /// may route the overlay onto its LAN.)
     pub fn on_bfd_datagram(
         &mut self,
         from: IpAddr,
@@ -618,7 +631,7 @@ impl Router {
     ) {
         let right_way = self
             .neighbor_by_addr(from)
-            .is_some_and(|n| via_overlay == Some(self.neighbors[n].overlay));
+            .is_some_and(|n| !self.neighbors[n].overlay || via_overlay == Some(true));
         if ttl == Some(255) && right_way {
             return self.on_bfd_packet(from, bytes, now);
         }
@@ -1807,8 +1820,49 @@ impl Router {
         }
     }
 
+    /// This process began with a graceful restart (and graceful restart is
+    /// on): OPENs say so until the table is whole again, and End-of-RIBs
+    /// wait for it.
+    pub fn set_restarted(&mut self) {
+        if !self.cfg.graceful_restart.enabled {
+            return;
+        }
+        tracing::info!("graceful restart: End-of-RIB waits until the neighbours' routes are back");
+        self.restarting = true;
+        let cap = graceful_restart_cap(&self.cfg, true);
+        for nb in &mut self.neighbors {
+            nb.session.cfg.graceful_restart = cap;
+        }
+    }
+
+    /// The table is whole again after a graceful restart: the deferred
+    /// End-of-RIBs go (the routes that made it whole went first), and
+    /// later OPENs no longer say we restarted.
+    fn restart_done(&mut self) {
+        if !std::mem::take(&mut self.restarting) {
+            return;
+        }
+        let cap = graceful_restart_cap(&self.cfg, false);
+        for nb in &mut self.neighbors {
+            nb.session.cfg.graceful_restart = cap;
+        }
+        for n in std::mem::take(&mut self.eor_owed) {
+            self.send_eor(n);
+        }
+        tracing::info!("graceful restart: table whole, End-of-RIB sent");
+    }
+
     fn export_all(&mut self, n: NeighborId) {
         self.reexport(n);
+        if self.restarting {
+            self.eor_owed.insert(n);
+            return;
+        }
+        self.send_eor(n);
+    }
+
+    /// End-of-RIB of each negotiated family to `n`.
+    fn send_eor(&mut self, n: NeighborId) {
         if let Some(conn) = self.neighbors[n].session.established_conn() {
             for v6 in [false, true] {
                 if !self.negotiated(n, v6) {
@@ -1844,17 +1898,19 @@ impl Router {
                 self.out.push(Out::TablesChanged);
             }
         }
-        if self.dirty.is_empty() {
-            return;
+        if !self.dirty.is_empty() {
+            let dirty: Vec<IpNet> = std::mem::take(&mut self.dirty).into_iter().collect();
+            for n in self.neighbor_ids() {
+                self.export_prefixes(n, &dirty);
+            }
+            // Also during the startup grace: what is learned then is merged
+            // into overlayd at once (a restarted gateway whose hosts fail back
+            // to it forwards for them), not at the next periodic look.
+            self.out.push(Out::TablesChanged);
         }
-        let dirty: Vec<IpNet> = std::mem::take(&mut self.dirty).into_iter().collect();
-        for n in self.neighbor_ids() {
-            self.export_prefixes(n, &dirty);
+        if self.fib_ready {
+            self.restart_done();
         }
-        // Also during the startup grace: what is learned then is merged
-        // into overlayd at once (a restarted gateway whose hosts fail back
-        // to it forwards for them), not at the next periodic look.
-        self.out.push(Out::TablesChanged);
     }
 
     /// Whether routed owns overlayd's table yet (after start it waits for
@@ -1995,6 +2051,7 @@ impl Router {
             router_id: self.cfg.router_id,
             uptime_s: now.duration_since(self.started).as_secs(),
             fib_ready: self.fib_ready,
+            restarting: self.restarting,
             own_subnets: self.own_subnets.clone(),
             neighbors,
         }
@@ -2062,8 +2119,8 @@ mod tests {
 
     /// A BFD session that cannot send says why in the neighbour's
     /// `last_error` until a packet goes out again; packets with a TTL
-    /// other than 255, or that came the wrong way (a LAN neighbour's
-    /// through the overlay), are counted as discarded and change nothing.
+    /// other than 255, or a gateway's that did not come through the
+    /// overlay, are counted as discarded and change nothing.
     #[test]
     fn bfd_that_cannot_send_says_why_and_far_packets_are_only_counted() {
         let now = Instant::now();
@@ -2109,16 +2166,38 @@ mod tests {
         let from: IpAddr = "fd00::9".parse().unwrap();
         r.on_bfd_datagram(from, Some(254), Some(false), &pkt, now);
         r.on_bfd_datagram(from, None, Some(false), &pkt, now);
-        // A LAN neighbour's packet that came through the overlay, or from
-        // where the kernel did not say.
-        r.on_bfd_datagram(from, Some(255), Some(true), &pkt, now);
-        r.on_bfd_datagram(from, Some(255), None, &pkt, now);
         let st = r.status(now);
         assert_eq!(
             (st.neighbors[0].bfd_received, st.neighbors[0].bfd_discarded),
-            (0, 4)
+            (0, 2)
         );
         r.on_bfd_datagram(from, Some(255), Some(false), &pkt, now);
+        assert_eq!(r.status(now).neighbors[0].bfd_received, 1);
+        // A gateway's (a neighbour in the overlay) counts only through the
+        // overlay interface.
+        let (mut r, now) = router("[bfd]\nenabled = true\n");
+        r.neighbors[N0].bfd = r.neighbors[N0]
+            .bfd
+            .take()
+            .or_else(|| Some(bfd::Session::new(bfd::Config::default(), 7, 7, now)));
+        let pkt = r.neighbors[N0]
+            .bfd
+            .as_mut()
+            .unwrap()
+            .poll(now)
+            .transmit
+            .expect("a packet");
+        let gw: IpAddr = "10.77.1.9".parse().unwrap();
+        assert!(r.neighbors[N0].overlay);
+        for via in [Some(false), None] {
+            r.on_bfd_datagram(gw, Some(255), via, &pkt, now);
+        }
+        let st = r.status(now);
+        assert_eq!(
+            (st.neighbors[0].bfd_received, st.neighbors[0].bfd_discarded),
+            (0, 2)
+        );
+        r.on_bfd_datagram(gw, Some(255), Some(true), &pkt, now);
         assert_eq!(r.status(now).neighbors[0].bfd_received, 1);
     }
 
@@ -2334,6 +2413,94 @@ mod tests {
         assert!(
             !has(&r, "192.168.6.0/24"),
             "not sent again: gone at End-of-RIB"
+        );
+    }
+
+    /// RFC 4724 speaker: a process begun by a graceful restart says so in
+    /// its OPEN (R, F for both families) and sends its End-of-RIB only once
+    /// its table is whole (here: the neighbour's End-of-RIB), after the
+    /// routes; a later OPEN no longer says it restarted.
+    #[test]
+    fn a_restarted_router_says_so_and_defers_its_end_of_rib() {
+        let now = Instant::now();
+        let cfg = Config::parse(
+            "asn = 4200000101\nrouter_id = \"10.77.1.1\"\nca = \"-\"\ncert = \"-\"\n\
+             [graceful_restart]\nenabled = true\n\
+             [[announce]]\nprefix = \"10.77.1.0/24\"\n\
+             [[neighbor]]\nname = \"site\"\naddress = \"10.77.1.9\"\nasn = 65010\nbfd = false\n\
+             import = [\"192.168.0.0/16\"]\nexport = \"all\"\n",
+        )
+        .unwrap();
+        let mut r = Router::new(
+            cfg,
+            vec!["10.77.0.0/16".parse().unwrap()],
+            vec!["10.77.1.0/24".parse().unwrap()],
+            None,
+            vec![vec![]],
+            now,
+            1,
+        )
+        .unwrap();
+        r.set_restarted();
+        let sent = |r: &mut Router| -> Vec<Message> {
+            r.drain()
+                .into_iter()
+                .filter_map(|o| match o {
+                    Out::Send { bytes, .. } => wire::decode(&bytes).ok(),
+                    _ => None,
+                })
+                .collect()
+        };
+        let gr = wire::GracefulRestart {
+            restarting: false,
+            time_s: 120,
+            ipv4: Some(true),
+            ipv6: Some(true),
+        };
+        establish_gr(
+            &mut r,
+            N0,
+            1,
+            65010,
+            Ipv4Addr::new(10, 77, 1, 9),
+            Some(gr),
+            now,
+        );
+        let out = sent(&mut r);
+        let ours = out.iter().find_map(|m| match m {
+            Message::Open(o) => o.graceful_restart,
+            _ => None,
+        });
+        assert_eq!(
+            ours,
+            Some(wire::GracefulRestart {
+                restarting: true,
+                time_s: 120,
+                ipv4: Some(true),
+                ipv6: Some(true),
+            })
+        );
+        let is_eor = |m: &Message| matches!(m, Message::Update(u) if u.is_end_of_rib());
+        assert!(out
+            .iter()
+            .any(|m| matches!(m, Message::Update(u) if !u.announced.is_empty())));
+        assert!(
+            !out.iter().any(is_eor),
+            "End-of-RIB before the table is whole"
+        );
+        assert!(r.status(now).restarting);
+        // The neighbour's End-of-RIB makes the table whole: ours goes.
+        r.on_message(N0, 1, Ok(Message::Update(Update::default())), now);
+        assert!(r.fib_ready());
+        assert!(sent(&mut r).iter().any(is_eor));
+        assert!(!r.status(now).restarting);
+        assert_eq!(
+            r.neighbors[N0]
+                .session
+                .cfg
+                .graceful_restart
+                .map(|g| g.restarting),
+            Some(false)
         );
     }
 

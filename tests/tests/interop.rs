@@ -470,6 +470,118 @@ fn routed_keeps_a_gracefully_restarting_birds_routes() {
     assert!(kernel_has());
 }
 
+/// Graceful restart, routed as the restarting speaker (RFC 4724): `routed
+/// restart` ends its session with BIRD without a NOTIFICATION and starts
+/// routed again in place; BIRD (a helper, `graceful restart on`) keeps
+/// routed's site prefix meanwhile and takes it again unchanged: its route
+/// (and the time it last changed) is the same before and after, and it
+/// stayed in BIRD's kernel table. routed's own kernel route stays too.
+#[test]
+fn a_graceful_routed_restart_changes_no_route_at_bird() {
+    if !netns_or_skip("a_graceful_routed_restart_changes_no_route_at_bird") {
+        return;
+    }
+    let bed = TestBed::new().unwrap();
+    let (r, b) = pair(&bed);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let bird_conf = d.join("bird.conf");
+    std::fs::write(
+        &bird_conf,
+        "router id 10.99.0.2;\n\
+         protocol device {}\n\
+         protocol kernel { ipv4 { import none; export all; }; }\n\
+         protocol static s4 { ipv4; route 192.168.71.0/24 blackhole; }\n\
+         protocol bgp cube {\n  local 10.99.0.2 as 65010;\n  neighbor 10.99.0.1 as 4200000101;\n\
+           hold time 9; connect retry time 1; error wait time 1, 10; ttl security on;\n\
+           graceful restart on;\n\
+           ipv4 { import all; export where proto = \"s4\"; };\n}\n",
+    )
+    .unwrap();
+    let sock = d.join("bird.ctl");
+    bed.spawn(
+        &b,
+        &[
+            "bird",
+            "-f",
+            "-c",
+            bird_conf.to_str().unwrap(),
+            "-s",
+            sock.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    let routed = Routed::start(
+        &bed,
+        &r,
+        d,
+        "[graceful_restart]\nenabled = true\n\
+         [[neighbor]]\nname = \"bird\"\naddress = \"10.99.0.2\"\nasn = 65010\nbfd = false\n\
+         import = [\"192.168.0.0/16\"]\nexport = \"all\"\n",
+    );
+    // Empty until BIRD's control socket is there.
+    let birdc = |args: &[&str]| {
+        let mut a = vec!["birdc", "-s", sock.to_str().unwrap()];
+        a.extend_from_slice(args);
+        bed.exec_ok(&b, &a).unwrap_or_default()
+    };
+    let bird_route = || birdc(&["show", "route", "10.77.1.0/24"]);
+    wait_until(
+        "the site prefix at BIRD and in its kernel",
+        Duration::from_secs(30),
+        || {
+            bird_route().contains("10.77.1.0/24")
+                && bed
+                    .exec_ok(&b, &["ip", "route", "show", "10.77.1.0/24"])
+                    .unwrap()
+                    .contains("via 10.99.0.1")
+        },
+    );
+    wait_until(
+        "BIRD's prefix in routed's kernel table",
+        Duration::from_secs(30),
+        || {
+            bed.exec_ok(&r, &["ip", "route", "show", "proto", "201"])
+                .unwrap()
+                .contains("192.168.71.0/24")
+        },
+    );
+    let before = bird_route();
+    let restart = Command::new(bin("routed"))
+        .args(["restart", "--socket"])
+        .arg(d.join("routed.sock"))
+        .output()
+        .unwrap();
+    assert!(restart.status.success(), "{restart:?}");
+    wait_until(
+        "routed back with its table whole",
+        Duration::from_secs(30),
+        || {
+            routed.log().contains("graceful restart: table whole")
+                && routed.neighbor()["state"] == "established"
+                && routed.query("status")["restarting"] == false
+        },
+    );
+    wait_until("BIRD's session back", Duration::from_secs(30), || {
+        birdc(&["show", "protocols", "cube"]).contains("Established")
+    });
+    assert_eq!(
+        bird_route(),
+        before,
+        "BIRD's route changed across the restart"
+    );
+    assert!(bed
+        .exec_ok(&b, &["ip", "route", "show", "10.77.1.0/24"])
+        .unwrap()
+        .contains("via 10.99.0.1"));
+    assert!(bed
+        .exec_ok(&r, &["ip", "route", "show", "proto", "201"])
+        .unwrap()
+        .contains("192.168.71.0/24"));
+    let log = routed.log();
+    assert_eq!(log.matches("routed running").count(), 2, "{log}");
+}
+
 /// Signs a gateway certificate `name.crt` (key `name.key`) with the CA of
 /// [`identity`].
 fn gateway_cert(dir: &Path, name: &str, site: &str, ip: &str, subnet: &str) -> PathBuf {
