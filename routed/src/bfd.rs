@@ -455,6 +455,21 @@ impl Session {
         self.reschedule_if_faster(old_iv, now);
     }
 
+    /// The neighbour restarted (its BGP said so: graceful restart), so its
+    /// end of this session is gone: back to Down without a transition to
+    /// report, ready for the new process's discriminator. Left Up, the
+    /// session would discard the new process's packets (they do not know
+    /// our discriminator), time out, and take the re-established BGP
+    /// session down with it.
+    pub fn peer_restarted(&mut self, now: Instant) {
+        self.now = now;
+        // The transition is the caller's to ignore: BGP already knows.
+        let _ = self.set_state(State::Down, Some(Diag::NeighborSignaledSessionDown), now);
+        self.remote_state = State::Down;
+        self.remote_discr = 0;
+        self.last_rx = None;
+    }
+
     /// Enters AdminDown (diag AdministrativelyDown); reports leaving Up.
     /// The next poll sends the peer the news (RFC 5880 §6.8.16: a session
     /// taken down on purpose says so, so the peer does not count a failure).

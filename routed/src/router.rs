@@ -1364,6 +1364,11 @@ impl Router {
         );
         nb.stale = nb.adj_in.keys().copied().collect();
         nb.stale_until = Some(now + Duration::from_secs(u64::from(time_s)));
+        // Its BFD restarted with it: ours starts over, quietly.
+        if let Some(b) = nb.bfd.as_mut() {
+            b.peer_restarted(now);
+        }
+        nb.bfd_up = false;
         nb.adj_out.clear();
         nb.refresh_due = [false; 2];
         self.record(n, false, &format!("{why} (graceful restart)"));

@@ -750,6 +750,74 @@ fn a_machine_on_the_site_lan_can_neither_forge_bfd_nor_reset_bgp_of_the_gateways
     assert_eq!(after["state"], "established", "{after}");
 }
 
+/// Graceful restart between gateways: `routed restart` on fra-gw1 (both
+/// gateways with `[graceful_restart] enabled = true`). ams-gw1 takes the
+/// closed session for a restart (not BFD, not a flap) and keeps fra-gw1's
+/// routes until it is back; a ping between the sites runs throughout.
+#[test]
+fn a_graceful_routed_restart_keeps_a_gateways_routes_at_the_other_gateway() {
+    if !netns_or_skip("a_graceful_routed_restart_keeps_a_gateways_routes_at_the_other_gateway") {
+        return;
+    }
+    let lab = Lab::up(
+        "routed = true\nbfd_interval_ms = 100\n\
+         [[site]]\nname = \"fra\"\ngateways = 1\nhosts = 1\n\
+         [[site]]\nname = \"ams\"\ngateways = 1\nhosts = 1\n",
+    );
+    for gw in ["fra-gw1", "ams-gw1"] {
+        lab.reconfigure(gw, "routed.toml", Some("routed"), |text| {
+            text.replacen(
+                "[[neighbor]]",
+                "[graceful_restart]\nenabled = true\n\n[[neighbor]]",
+                1,
+            )
+        });
+    }
+    lab.lab_ok(&["wait"]);
+    let host = format!("{FRA_H1}/32");
+    lab.wait_for("fra-h1 through fra-gw1 at ams-gw1", |l| {
+        via(l, "ams-gw1", &host) == vec!["fra-gw1"]
+            && neighbor(l, "ams-gw1", "fra-gw1")["bfd"] == "up"
+    });
+    let flaps = neighbor(&lab, "ams-gw1", "fra-gw1")["flaps"]
+        .as_u64()
+        .unwrap();
+    let log = lab.path().join("nodes/fra-gw1/routed.log");
+    let restarted = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("graceful restart: table whole")
+    };
+    assert!(!restarted());
+    let sock = lab.node("fra-gw1").routed_socket.unwrap();
+    let (sent, got, gap) = ping_through(&lab, "ams-h1", FRA_H1, || {
+        let out = Command::new(common::bin("routed"))
+            .args(["restart", "--socket"])
+            .arg(&sock)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        lab.wait_for("fra-gw1's routed back with its table whole", |l| {
+            restarted() && l.routed("fra-gw1", "status")["restarting"] == false
+        });
+    });
+    eprintln!("ping through the restart: {got} of {sent} answered, longest gap {gap}");
+    lab.wait_for("the session back at ams-gw1", |l| {
+        neighbor(l, "ams-gw1", "fra-gw1")["state"] == "established"
+    });
+    let n = neighbor(&lab, "ams-gw1", "fra-gw1");
+    assert!(
+        n["history"].to_string().contains("(graceful restart)"),
+        "ams-gw1 did not take it for a restart: {n}"
+    );
+    assert_eq!(n["flaps"].as_u64(), Some(flaps), "{n}");
+    assert_eq!(via(&lab, "ams-gw1", &host), vec!["fra-gw1"]);
+    assert_eq!(
+        got, sent,
+        "pings lost across the restart (longest gap {gap})"
+    );
+}
+
 /// A host whose tunnel to one of its two gateways drops silently: that
 /// gateway stops hearing its probes and detaches it, routed withdraws it,
 /// and the other site's gateways send to the host's other gateway only, so
