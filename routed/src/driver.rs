@@ -130,7 +130,7 @@ impl Shared {
                     MAX_QUEUED >> 20
                 );
                 tracing::warn!(neighbor = %r.neighbors[n].cfg.name, "{why}");
-                r.on_closed(n, conn, &why, Instant::now());
+                r.on_dropped(n, conn, &why, Instant::now());
             }
         }
     }

@@ -591,6 +591,14 @@ impl Router {
         self.neighbors[n].session.on_connect_failed(why, now);
     }
 
+    /// The driver dropped a connection that stopped reading what it was
+    /// sent: the session ends, and is no graceful restart.
+    pub fn on_dropped(&mut self, n: NeighborId, conn: ConnId, why: &str, now: Instant) {
+        let acts = self.neighbors[n].session.on_dropped(conn, why, now);
+        self.apply(n, acts, now);
+        self.finish(now);
+    }
+
     pub fn on_closed(&mut self, n: NeighborId, conn: ConnId, why: &str, now: Instant) {
         let acts = self.neighbors[n].session.on_closed(conn, why, now);
         self.apply(n, acts, now);
@@ -2534,6 +2542,14 @@ mod tests {
         let cease = Notification::new(wire::Reason::Cease(wire::Cease::AdministrativeShutdown));
         r.on_message(N0, 3, Ok(Message::Notification(cease)), now);
         assert!(!has(&r, "192.168.5.0/24"), "a NOTIFICATION is no restart");
+        // Dropped by us (it stopped reading what we sent): gone.
+        establish_gr(&mut r, N0, 7, 65010, Ipv4Addr::new(10, 77, 1, 9), gr, now);
+        r.on_message(N0, 7, Ok(announce("192.168.5.0/24")), now);
+        r.on_dropped(N0, 7, "does not read", now);
+        assert!(
+            !has(&r, "192.168.5.0/24"),
+            "a connection we dropped is no restart"
+        );
         // Closed, then not back within 30 s: gone then.
         establish_gr(&mut r, N0, 4, 65010, Ipv4Addr::new(10, 77, 1, 9), gr, now);
         r.on_message(N0, 4, Ok(announce("192.168.5.0/24")), now);

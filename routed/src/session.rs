@@ -300,6 +300,12 @@ impl Session {
         self.closed(id, why, true, now)
     }
 
+    /// Connection `id` was dropped by us (it stopped reading): no restart
+    /// of the neighbour's.
+    pub fn on_dropped(&mut self, id: ConnId, why: &str, now: Instant) -> Vec<Action> {
+        self.closed(id, why, false, now)
+    }
+
     fn closed(&mut self, id: ConnId, why: &str, clean: bool, now: Instant) -> Vec<Action> {
         let mut out = Vec::new();
         let Some(pos) = self.conns.iter().position(|c| c.id == id) else {
