@@ -385,7 +385,7 @@ fn base_instant() -> Instant {
 }
 
 /// The config of the gateway fra-gw1 and of the host fra-h1 (whose gateway
-/// is fra-gw1), both with a firewall; the key and certificate paths are
+/// is fra-gw1), both with a firewall and small limits; the key and certificate paths are
 /// never read (the identity is built in memory).
 fn node_config(gateway: bool) -> overlayd::config::Config {
     let mut text = String::from(
@@ -398,6 +398,9 @@ fn node_config(gateway: bool) -> overlayd::config::Config {
             Pki::get().gw_key.public_base64()
         ));
     }
+    // Small tables: a fresh node per input stays cheap (65,536 peer slots
+    // by default), and the limits are within reach of a few datagrams.
+    text.push_str("[limits]\nmax_peers = 16\nmax_pending = 4\n");
     text.push_str(
         "[firewall]\ninbound_default = \"deny\"\noutbound_default = \"allow\"\nmax_flows = 64\nreject = true\n\
          [[firewall.inbound]]\naction = \"allow\"\nproto = \"tcp\"\nport = \"22\"\nfrom = [\"group:fuzz\", \"site:fra\"]\n\
