@@ -201,12 +201,9 @@ pub fn config(data: &[u8]) {
 
 /// A BGP message: decoded; what decodes is encoded again (split as routed
 /// sends it) and decodes again.
-pub fn bgp(data: &[u8]) {
+fn bgp_message(data: &[u8]) -> Result<routed::wire::Message, routed::wire::DecodeError> {
     use routed::wire::{self, Message};
-    let _ = wire::frame_len(data);
-    let Ok(m) = wire::decode(data) else {
-        return;
-    };
+    let m = wire::decode(data)?;
     let parts = match m.clone() {
         Message::Update(u) => wire::split_update(u)
             .into_iter()
@@ -218,6 +215,83 @@ pub fn bgp(data: &[u8]) {
         let bytes = wire::encode(&p);
         let _ = wire::decode(&bytes);
     }
+    Ok(m)
+}
+
+/// A router with one neighbour (AS 65010, no BFD) whose session is up on
+/// connection 1 (its OPEN, IPv4 and IPv6, and KEEPALIVE arrived).
+fn bgp_router(now: Instant) -> routed::router::Router {
+    use routed::rib::NeighborId;
+    use routed::wire::{Message, Open};
+    static CFG: OnceLock<routed::config::Config> = OnceLock::new();
+    let cfg = CFG.get_or_init(|| {
+        routed::config::Config::parse(
+            "asn = 4200000101\nrouter_id = \"10.77.1.1\"\nca = \"-\"\ncert = \"-\"\n\
+             [[neighbor]]\nname = \"site\"\naddress = \"10.77.1.9\"\nasn = 65010\nbfd = false\n\
+             import = [\"192.168.0.0/16\", \"fd00::/8\", \"10.0.0.0/8\"]\nexport = \"all\"\n",
+        )
+        .expect("the fuzz router config")
+    });
+    let mut r = routed::router::Router::new(
+        cfg.clone(),
+        vec![
+            "10.77.0.0/16".parse().unwrap(),
+            "fd77::/48".parse().unwrap(),
+        ],
+        vec![],
+        None,
+        vec![vec!["192.168.0.0/16".parse().unwrap()]],
+        now,
+        1,
+    )
+    .expect("the fuzz router");
+    let n = NeighborId(0);
+    r.on_connected(n, 1, false, None, now);
+    let open = Open {
+        asn: 65010,
+        hold_time: 90,
+        router_id: std::net::Ipv4Addr::new(10, 77, 1, 9),
+        ipv4: true,
+        ipv6: true,
+        asn4: true,
+        route_refresh: true,
+    };
+    r.on_message(n, 1, Ok(Message::Open(open)), now);
+    r.on_message(n, 1, Ok(Message::Keepalive), now);
+    r.drain();
+    r
+}
+
+/// BGP: the input as one message (decoded, re-encoded, decoded), and as
+/// the byte stream of an established session, cut into messages the way
+/// routed's reader does and each given to the router, a tenth of a second
+/// apart.
+pub fn bgp(data: &[u8]) {
+    use routed::rib::NeighborId;
+    let _ = bgp_message(data);
+    let mut now = base_instant();
+    let mut r = bgp_router(now);
+    let n = NeighborId(0);
+    let mut rest = data;
+    loop {
+        match routed::wire::frame_len(rest) {
+            Ok(Some(len)) if rest.len() >= len => {
+                let m = bgp_message(&rest[..len]);
+                rest = &rest[len..];
+                r.on_message(n, 1, m, now);
+            }
+            Ok(_) => break,
+            Err(e) => {
+                r.on_message(n, 1, Err(e), now);
+                break;
+            }
+        }
+        now += Duration::from_millis(100);
+        r.on_tick(now);
+        r.drain();
+    }
+    let _ = cubenet_api::line(&r.status(now));
+    let _ = cubenet_api::line(&r.routes(now));
 }
 
 /// BFD control packets: decoded, and a session fed each 24-byte piece of
