@@ -255,6 +255,7 @@ fn bgp_router(now: Instant) -> routed::router::Router {
         ipv6: true,
         asn4: true,
         route_refresh: true,
+        graceful_restart: None,
     };
     r.on_message(n, 1, Ok(Message::Open(open)), now);
     r.on_message(n, 1, Ok(Message::Keepalive), now);

@@ -2,7 +2,7 @@
 //! every file in `fuzz/regressions/<target>/` (inputs that found bugs) and
 //! the seeds in `fuzz/corpus/<target>/seed-*` go through the same function
 //! the target calls (`fuzz/src/lib.rs`, included here), which must not
-//! panic. See `fuzz/README.md` for running the fuzzers themselves.
+//! panic. See the README's "Fuzzing" section for running the fuzzers themselves.
 //!
 //! The seeds are written by `cargo test -p overlayd --test fuzz_regressions
 //! -- --ignored write_seeds` (from the encoders, so they stay valid).
@@ -223,6 +223,7 @@ fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         ipv6: true,
         asn4: true,
         route_refresh: true,
+        graceful_restart: None,
     };
     s.push(("bgp", "open", wire::encode(&Message::Open(open))));
     s.push(("bgp", "keepalive", wire::encode(&Message::Keepalive)));
@@ -259,6 +260,7 @@ fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
             ],
             attrs: attrs.clone(),
             treat_as_withdraw: None,
+            unreach_v6: false,
         })),
     ));
     s.push((
@@ -269,6 +271,7 @@ fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
             announced: vec!["fd77:8::/64".parse().unwrap()],
             attrs,
             treat_as_withdraw: None,
+            unreach_v6: false,
         })),
     ));
 
