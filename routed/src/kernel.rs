@@ -41,6 +41,13 @@ fn table(m: &RouteMessage) -> u32 {
         .unwrap_or(u32::from(m.header.table))
 }
 
+fn oif(m: &RouteMessage) -> Option<u32> {
+    m.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Oif(i) => Some(*i),
+        _ => None,
+    })
+}
+
 fn gateway(m: &RouteMessage) -> Option<IpAddr> {
     m.attributes.iter().find_map(|a| match a {
         RouteAttribute::Gateway(RouteAddress::Inet(a)) => Some((*a).into()),
@@ -52,7 +59,9 @@ fn gateway(m: &RouteMessage) -> Option<IpAddr> {
 /// Makes the kernel's routes of `protocol` in the main table exactly
 /// `want`: each prefix via a gateway address, or (`None`) into `ifname`.
 /// Routes of other tables are never looked at (the kernel's route dump is
-/// not filtered, so they are skipped here). Without `prune` it only adds
+/// not filtered, so they are skipped here), nor routes of the protocol
+/// that are neither into `ifname` nor via a gateway: routed makes no
+/// other kind. Without `prune` it only adds
 /// what is missing and removes nothing (while routed is still learning
 /// after a start). A route the kernel refuses does not stop the others:
 /// every failure is in the error.
@@ -66,6 +75,9 @@ pub async fn reconcile(
         rtnetlink::new_connection().map_err(|e| format!("netlink socket: {e}"))?;
     tokio::spawn(conn);
     let proto = RouteProtocol::from(protocol);
+    let overlay = cubenet_daemon::netlink::interface_index(&handle, ifname)
+        .await
+        .ok();
     let mut have: Vec<RouteMessage> = Vec::new();
     for req in [
         RouteMessageBuilder::<Ipv4Addr>::new().build(),
@@ -77,7 +89,11 @@ pub async fn reconcile(
             .await
             .map_err(|e| format!("listing routes: {e}"))?
         {
-            if m.header.protocol == proto && table(&m) == u32::from(RouteHeader::RT_TABLE_MAIN) {
+            let ours = gateway(&m).is_some() || (overlay.is_some() && oif(&m) == overlay);
+            if m.header.protocol == proto
+                && table(&m) == u32::from(RouteHeader::RT_TABLE_MAIN)
+                && ours
+            {
                 have.push(m);
             }
         }

@@ -567,6 +567,7 @@ fn routed_prunes_its_stale_kernel_routes_and_no_other_tables() {
         lab.exec_ok("fra-gw1", &c);
     };
     add(&["10.99.0.0/24", "dev", "lo", "proto", "201", "table", "100"]);
+    add(&["10.97.0.0/24", "dev", "lo", "proto", "201"]);
     add(&["10.98.0.0/24", "dev", "cube0", "proto", "201"]);
     lab.lab_ok(&["kill", "fra-gw1", "--daemon", "routed"]);
     lab.lab_ok(&["start", "fra-gw1"]);
@@ -583,6 +584,13 @@ fn routed_prunes_its_stale_kernel_routes_and_no_other_tables() {
     assert!(
         other.contains("10.99.0.0/24"),
         "the route of table 100 is gone: {other:?}"
+    );
+    // Its number on another interface, without a gateway: not a route
+    // routed makes, so not one it removes.
+    let main = lab.exec_ok("fra-gw1", &["ip", "route", "show", "proto", "201"]);
+    assert!(
+        main.contains("10.97.0.0/24"),
+        "the route on lo is gone: {main:?}"
     );
 }
 
