@@ -319,11 +319,12 @@ mod tests {
         (spec, plans, lab)
     }
 
-    fn routed_toml(lab: &Lab, plans: &[Plan], name: &str) -> toml::Table {
+    /// The gateway's routed.toml, read as routed reads it.
+    fn routed_config(lab: &Lab, plans: &[Plan], name: &str) -> routed::config::Config {
         let gateways = routed_gateways(plans).expect("gateways");
         let n = lab.node(name).expect("node");
         let text = config_text(lab, n, &gateways, 100, false).expect("config");
-        toml::from_str(&text).expect("routed config is TOML")
+        routed::config::Config::parse(&text).expect("routed takes the config")
     }
 
     #[test]
@@ -336,41 +337,38 @@ mod tests {
     #[test]
     fn routed_config_of_a_2x2_lab_has_a_full_mesh() {
         let (_, plans, lab) = lab_of(&format!("routed = true\n{TWO_BY_TWO}"));
-        let t = routed_toml(&lab, &plans, "ams-gw2");
-        assert_eq!(t["asn"].as_integer(), Some(4_200_000_202));
-        assert_eq!(t["router_id"].as_str(), Some("10.77.2.2"));
+        let t = routed_config(&lab, &plans, "ams-gw2");
+        assert_eq!(t.asn, 4_200_000_202);
+        assert_eq!(t.router_id.to_string(), "10.77.2.2");
+        assert_eq!(t.control_socket, Path::new("/lab/run/ams-gw2.routed.sock"));
         assert_eq!(
-            t["control_socket"].as_str(),
-            Some("/lab/run/ams-gw2.routed.sock")
+            t.overlayd_socket,
+            Path::new("/lab/run/ams-gw2.overlayd.sock")
         );
-        assert_eq!(
-            t["overlayd_socket"].as_str(),
-            Some("/lab/run/ams-gw2.overlayd.sock")
-        );
-        assert_eq!(t["ca"].as_str(), Some("/lab/ca/ca.crt"));
-        assert_eq!(t["cert"].as_str(), Some("/lab/nodes/ams-gw2/node.crt"));
-        assert_eq!(t["kernel_routes"].as_bool(), Some(true));
-        assert_eq!(t["timers"]["hold_time_s"].as_integer(), Some(9));
-        assert_eq!(t["timers"]["keepalive_s"].as_integer(), Some(3));
-        assert_eq!(t["timers"]["connect_retry_s"].as_integer(), Some(1));
-        assert_eq!(t["bfd"]["interval_ms"].as_integer(), Some(100));
-        assert_eq!(t["bfd"]["multiplier"].as_integer(), Some(3));
-        assert_eq!(t["damping"]["enabled"].as_bool(), Some(true));
-        let neighbors: Vec<(String, String, i64, String)> = t["neighbor"]
-            .as_array()
-            .expect("[[neighbor]]")
+        assert_eq!(t.ca, Path::new("/lab/ca/ca.crt"));
+        assert_eq!(t.cert, Path::new("/lab/nodes/ams-gw2/node.crt"));
+        assert!(t.kernel_routes);
+        assert_eq!(t.timers.hold_time_s, 9);
+        assert_eq!(t.timers.keepalive_s, 3);
+        assert_eq!(t.timers.connect_retry_s, 1);
+        assert_eq!(t.bfd.interval_ms, 100);
+        assert_eq!(t.bfd.multiplier, 3);
+        assert!(t.damping.enabled);
+        let neighbors: Vec<(String, String, u32, Option<PathBuf>)> = t
+            .neighbors
             .iter()
             .map(|x| {
-                assert_eq!(x["import"].as_str(), Some("overlay"));
-                assert_eq!(x["export"].as_str(), Some("all"));
-                let s = |k: &str| x[k].as_str().expect(k).to_string();
-                let asn = x["asn"].as_integer().expect("asn");
-                (s("name"), s("address"), asn, s("cert"))
+                assert_eq!(
+                    x.import,
+                    Some(routed::config::Import::Named("overlay".into()))
+                );
+                assert_eq!(x.export.as_deref(), Some("all"));
+                (x.name.clone(), x.address.to_string(), x.asn, x.cert.clone())
             })
             .collect();
-        let want = |name: &str, address: &str, asn: i64| {
-            let cert = format!("/lab/nodes/{name}/node.crt");
-            (name.to_string(), address.to_string(), asn, cert)
+        let want = |name: &str, address: &str, asn: u32| {
+            let cert = PathBuf::from(format!("/lab/nodes/{name}/node.crt"));
+            (name.to_string(), address.to_string(), asn, Some(cert))
         };
         assert_eq!(
             neighbors,
@@ -391,22 +389,26 @@ mod tests {
             "routed = true\n{}",
             TWO_BY_TWO.replacen("hosts = 1\n", "hosts = 1\nfrr = true\n", 1)
         ));
-        let t = routed_toml(&lab, &plans, "fra-gw2");
-        let ns = t["neighbor"].as_array().expect("[[neighbor]]");
-        let frr = ns.iter().find(|x| x["name"].as_str() == Some("fra-frr"));
+        let t = routed_config(&lab, &plans, "fra-gw2");
+        let frr = t.neighbors.iter().find(|x| x.name == "fra-frr");
         let frr = frr.expect("fra-frr is a neighbour");
-        assert_eq!(frr["address"].as_str(), Some("172.16.1.202"));
-        assert_eq!(frr["asn"].as_integer(), Some(4_200_000_197));
-        assert_eq!(frr["import"][0].as_str(), Some("192.168.51.0/24"));
-        assert_eq!(frr["bfd_multihop"].as_bool(), Some(true));
-        assert_eq!(frr.get("bfd"), None, "BFD on by default");
-        assert!(ns
+        assert_eq!(frr.address.to_string(), "172.16.1.202");
+        assert_eq!(frr.asn, 4_200_000_197);
+        assert_eq!(
+            frr.import,
+            Some(routed::config::Import::List(vec!["192.168.51.0/24"
+                .parse()
+                .unwrap()]))
+        );
+        assert!(frr.bfd_multihop);
+        assert!(frr.bfd, "BFD on by default");
+        assert!(t
+            .neighbors
             .iter()
-            .filter(|x| x["name"].as_str() != Some("fra-frr"))
-            .all(|x| x.get("bfd_multihop").is_none()));
-        let t = routed_toml(&lab, &plans, "ams-gw1");
-        let ns = t["neighbor"].as_array().expect("[[neighbor]]");
-        assert!(ns.iter().all(|x| x["name"].as_str() != Some("fra-frr")));
+            .filter(|x| x.name != "fra-frr")
+            .all(|x| !x.bfd_multihop));
+        let t = routed_config(&lab, &plans, "ams-gw1");
+        assert!(t.neighbors.iter().all(|x| x.name != "fra-frr"));
     }
 
     #[test]
@@ -418,10 +420,10 @@ mod tests {
         let n = lab.node("fra-gw1").expect("node");
         let text =
             config_text(&lab, n, &gateways, spec.bfd_interval_ms, spec.metrics).expect("config");
-        let t: toml::Table = toml::from_str(&text).expect("TOML");
-        assert_eq!(t["bfd"]["interval_ms"].as_integer(), Some(250));
-        assert_eq!(t["asn"].as_integer(), Some(4_200_000_101));
-        assert_eq!(t["neighbor"].as_array().map(Vec::len), Some(3));
+        let t = routed::config::Config::parse(&text).expect("routed takes the config");
+        assert_eq!(t.bfd.interval_ms, 250);
+        assert_eq!(t.asn, 4_200_000_101);
+        assert_eq!(t.neighbors.len(), 3);
     }
 
     /// `metrics = true`: every overlayd and routed serves metrics and the
@@ -435,15 +437,16 @@ mod tests {
             let n = lab.node("fra-gw1").expect("node");
             let text = config_text(&lab, n, &gateways, spec.bfd_interval_ms, spec.metrics)
                 .expect("config");
-            let t: toml::Table = toml::from_str(&text).expect("TOML");
-            let want = metrics.then_some(crate::spec::ROUTED_METRICS);
-            assert_eq!(t.get("metrics_listen").and_then(|v| v.as_str()), want);
+            let t = routed::config::Config::parse(&text).expect("routed takes the config");
+            let want = metrics.then(|| crate::spec::ROUTED_METRICS.parse().unwrap());
+            assert_eq!(t.metrics_listen, want);
             for node in ["fra-gw1", "fra-h1"] {
                 let p = plans.iter().find(|p| p.node.name == node).expect("node");
-                let t: toml::Table =
-                    toml::from_str(&overlayd_config_text(&lab, &plans, p, &spec)).expect("TOML");
-                let want = metrics.then_some(crate::spec::OVERLAYD_METRICS);
-                assert_eq!(t.get("metrics_listen").and_then(|v| v.as_str()), want);
+                let t =
+                    overlayd::config::Config::parse(&overlayd_config_text(&lab, &plans, p, &spec))
+                        .expect("overlayd takes the config");
+                let want = metrics.then(|| crate::spec::OVERLAYD_METRICS.parse().unwrap());
+                assert_eq!(t.metrics_listen, want, "{node}");
             }
         }
     }
