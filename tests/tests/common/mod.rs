@@ -193,10 +193,9 @@ impl Lab {
         serde_json::from_str(&out).expect("overlayd status json")
     }
 
-    /// Runs `f` on a thread that entered `node`'s namespace and dropped
-    /// its credentials to the unprivileged user `nobody` (Linux keeps both
-    /// per thread): what any local user of that node can do.
-    fn as_nobody<T: Send + 'static>(
+    /// Runs `f` on a thread that entered `node`'s namespace (Linux keeps
+    /// the namespace per thread), as root.
+    fn in_namespace<T: Send + 'static>(
         &self,
         node: &str,
         f: impl FnOnce() -> T + Send + 'static,
@@ -205,13 +204,26 @@ impl Lab {
         let ns = format!("/run/netns/{}", self.node(node).namespace);
         std::thread::spawn(move || {
             let file = std::fs::File::open(&ns).expect("namespace");
+            // SAFETY: a plain syscall on this thread only.
+            let r = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(r, 0, "setns");
+            f()
+        })
+        .join()
+        .expect("thread in the namespace")
+    }
+
+    /// Runs `f` on a thread that entered `node`'s namespace and dropped
+    /// its credentials to the unprivileged user `nobody` (Linux keeps both
+    /// per thread): what any local user of that node can do.
+    fn as_nobody<T: Send + 'static>(
+        &self,
+        node: &str,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> T {
+        self.in_namespace(node, move || {
             // SAFETY: plain syscalls on this thread only.
             unsafe {
-                assert_eq!(
-                    libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET),
-                    0,
-                    "setns"
-                );
                 let nobody: libc::c_long = 65534;
                 assert_eq!(
                     libc::syscall(libc::SYS_setresgid, nobody, nobody, nobody),
@@ -225,8 +237,6 @@ impl Lab {
             }
             f()
         })
-        .join()
-        .expect("thread as nobody")
     }
 
     /// Sends one IPv4 UDP datagram from `node`'s namespace as root through
@@ -241,8 +251,6 @@ impl Lab {
         ttl: u8,
         payload: &[u8],
     ) {
-        use std::os::fd::AsRawFd;
-        let ns = format!("/run/netns/{}", self.node(node).namespace);
         let len = 28 + payload.len();
         let mut p = vec![
             0x45,
@@ -265,41 +273,19 @@ impl Lab {
         p.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
         p.extend_from_slice(&[0, 0]); // no UDP checksum (IPv4 allows it)
         p.extend_from_slice(payload);
-        std::thread::spawn(move || {
-            let file = std::fs::File::open(&ns).expect("namespace");
-            // SAFETY: setns on this thread only; the socket and buffers are
-            // live for the calls.
-            unsafe {
-                assert_eq!(
-                    libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET),
-                    0,
-                    "setns"
-                );
-                let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW);
-                assert!(fd >= 0, "raw socket");
-                let dst = libc::sockaddr_in {
-                    sin_family: libc::AF_INET as libc::sa_family_t,
-                    sin_port: 0,
-                    sin_addr: libc::in_addr {
-                        s_addr: u32::from(*to.ip()).to_be(),
-                    },
-                    sin_zero: [0; 8],
-                };
-                let n = libc::sendto(
-                    fd,
-                    p.as_ptr().cast(),
-                    p.len(),
-                    0,
-                    (&dst as *const libc::sockaddr_in).cast(),
-                    std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-                );
-                let err = std::io::Error::last_os_error();
-                libc::close(fd);
-                assert_eq!(n, p.len() as isize, "raw send: {err}");
-            }
+        self.in_namespace(node, move || {
+            // IPPROTO_RAW: the header is ours (IP_HDRINCL).
+            let s = socket2::Socket::new(
+                socket2::Domain::IPV4,
+                socket2::Type::RAW,
+                Some(socket2::Protocol::from(libc::IPPROTO_RAW)),
+            )
+            .expect("raw socket");
+            let sent = s
+                .send_to(&p, &std::net::SocketAddr::V4(to).into())
+                .expect("raw send");
+            assert_eq!(sent, p.len());
         })
-        .join()
-        .expect("thread in the namespace");
     }
 
     /// Sends one UDP datagram from a node's namespace as `nobody`, with
