@@ -131,6 +131,66 @@ impl Routed {
     }
 }
 
+/// BIRD in a namespace, its config and control socket in a directory.
+struct Bird<'a> {
+    bed: &'a TestBed,
+    ns: &'a Netns,
+    conf: PathBuf,
+    sock: PathBuf,
+}
+
+impl<'a> Bird<'a> {
+    /// Writes `conf` as `dir/bird.conf`; [`Bird::start`] runs it.
+    fn new(bed: &'a TestBed, ns: &'a Netns, dir: &Path, conf: &str) -> Bird<'a> {
+        let b = Bird {
+            bed,
+            ns,
+            conf: dir.join("bird.conf"),
+            sock: dir.join("bird.ctl"),
+        };
+        std::fs::write(&b.conf, conf).unwrap();
+        b
+    }
+
+    /// Runs BIRD in the foreground; `recovery`: after a graceful restart
+    /// (`-R`).
+    fn start(&self, recovery: bool) {
+        let mut argv = vec!["bird", "-f", "-c", self.conf.to_str().unwrap()];
+        argv.extend(["-s", self.sock.to_str().unwrap()]);
+        if recovery {
+            argv.push("-R");
+        }
+        self.bed.spawn(self.ns, &argv).unwrap();
+    }
+
+    /// `birdc ARGS`, or why not (BIRD not up yet).
+    fn ctl(&self, args: &[&str]) -> anyhow::Result<String> {
+        let mut a = vec!["birdc", "-s", self.sock.to_str().unwrap()];
+        a.extend_from_slice(args);
+        self.bed.exec_ok(self.ns, &a)
+    }
+}
+
+/// Writes `conf` as `dir/gobgpd.toml` and runs gobgpd with it in `ns`
+/// (its API on 127.0.0.1:50051, where `gobgp` looks; log in `dir`).
+fn start_gobgpd(bed: &TestBed, ns: &Netns, dir: &Path, conf: &str) {
+    let path = dir.join("gobgpd.toml");
+    std::fs::write(&path, conf).unwrap();
+    bed.spawn(
+        ns,
+        &[
+            "sh",
+            "-c",
+            &format!(
+                "exec gobgpd -f {} -t toml --api-hosts 127.0.0.1:50051 >{}/gobgpd.log 2>&1",
+                path.display(),
+                dir.display()
+            ),
+        ],
+    )
+    .unwrap();
+}
+
 /// Two namespaces on a veth: routed at .1, the other speaker at .2.
 fn pair(bed: &TestBed) -> (Netns, Netns) {
     let r = bed.namespace("routed").unwrap();
@@ -158,9 +218,10 @@ fn bird_exchanges_ipv4_and_ipv6_routes_with_bfd() {
     let (r, b) = pair(&bed);
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let bird_conf = d.join("bird.conf");
-    std::fs::write(
-        &bird_conf,
+    let bird = Bird::new(
+        &bed,
+        &b,
+        d,
         "router id 10.99.0.2;\n\
          protocol device {}\n\
          protocol bfd { interface \"*\" { interval 100 ms; multiplier 3; }; }\n\
@@ -171,21 +232,8 @@ fn bird_exchanges_ipv4_and_ipv6_routes_with_bfd() {
            password \"interop-md5\";\n\
            ipv4 { import all; export where proto = \"s4\"; };\n\
            ipv6 { import all; export where proto = \"s6\"; next hop address fd99::2; };\n}\n",
-    )
-    .unwrap();
-    let sock = d.join("bird.ctl");
-    bed.spawn(
-        &b,
-        &[
-            "bird",
-            "-f",
-            "-c",
-            bird_conf.to_str().unwrap(),
-            "-s",
-            sock.to_str().unwrap(),
-        ],
-    )
-    .unwrap();
+    );
+    bird.start(false);
     let routed = Routed::start(
         &bed,
         &r,
@@ -215,11 +263,7 @@ fn bird_exchanges_ipv4_and_ipv6_routes_with_bfd() {
         v4.contains("192.168.50.0/24") && v6.contains("fd50::/64")
     });
     // routed -> BIRD, both families.
-    let birdc = |args: &[&str]| {
-        let mut a = vec!["birdc", "-s", sock.to_str().unwrap()];
-        a.extend_from_slice(args);
-        bed.exec_ok(&b, &a).unwrap()
-    };
+    let birdc = |args: &[&str]| bird.ctl(args).unwrap();
     wait_until(
         "BIRD to learn the site prefixes",
         Duration::from_secs(10),
@@ -295,30 +339,17 @@ fn gobgp_exchanges_routes_read_back_as_json() {
     let (r, g) = pair(&bed);
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let conf = d.join("gobgpd.toml");
-    std::fs::write(
-        &conf,
+    start_gobgpd(
+        &bed,
+        &g,
+        d,
         "[global.config]\n  as = 65020\n  router-id = \"10.99.0.2\"\n\
          [[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"10.99.0.1\"\n    peer-as = 4200000101\n\
            [neighbors.timers.config]\n    connect-retry = 1\n    hold-time = 9\n    keepalive-interval = 3\n\
            [neighbors.ttl-security.config]\n    enabled = true\n    ttl-min = 255\n\
            [[neighbors.afi-safis]]\n    [neighbors.afi-safis.config]\n      afi-safi-name = \"ipv4-unicast\"\n\
            [[neighbors.afi-safis]]\n    [neighbors.afi-safis.config]\n      afi-safi-name = \"ipv6-unicast\"\n",
-    )
-    .unwrap();
-    bed.spawn(
-        &g,
-        &[
-            "sh",
-            "-c",
-            &format!(
-                "exec gobgpd -f {} -t toml --api-hosts 127.0.0.1:50051 >{}/gobgpd.log 2>&1",
-                conf.display(),
-                d.display()
-            ),
-        ],
-    )
-    .unwrap();
+    );
     let routed = Routed::start(
         &bed,
         &r,
@@ -397,9 +428,10 @@ fn routed_keeps_a_gracefully_restarting_birds_routes() {
     let (r, b) = pair(&bed);
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let bird_conf = d.join("bird.conf");
-    std::fs::write(
-        &bird_conf,
+    let bird = Bird::new(
+        &bed,
+        &b,
+        d,
         "router id 10.99.0.2;\n\
          protocol device {}\n\
          protocol static s4 { ipv4; route 192.168.70.0/24 blackhole; }\n\
@@ -407,18 +439,8 @@ fn routed_keeps_a_gracefully_restarting_birds_routes() {
            hold time 9; connect retry time 1; error wait time 1, 10; ttl security on;\n\
            graceful restart on; graceful restart time 120;\n\
            ipv4 { import all; export where proto = \"s4\"; };\n}\n",
-    )
-    .unwrap();
-    let sock = d.join("bird.ctl");
-    let bird = |recovery: bool| {
-        let mut argv = vec!["bird", "-f", "-c", bird_conf.to_str().unwrap()];
-        argv.extend(["-s", sock.to_str().unwrap()]);
-        if recovery {
-            argv.push("-R");
-        }
-        bed.spawn(&b, &argv).unwrap();
-    };
-    bird(false);
+    );
+    bird.start(false);
     let routed = Routed::start(
         &bed,
         &r,
@@ -437,11 +459,7 @@ fn routed_keeps_a_gracefully_restarting_birds_routes() {
         Duration::from_secs(30),
         || routed.has_route("192.168.70.0/24", "bird") && kernel_has(),
     );
-    bed.exec_ok(
-        &b,
-        &["birdc", "-s", sock.to_str().unwrap(), "graceful", "restart"],
-    )
-    .unwrap();
+    bird.ctl(&["graceful", "restart"]).unwrap();
     wait_until(
         "the session down with the route stale",
         Duration::from_secs(30),
@@ -457,7 +475,7 @@ fn routed_keeps_a_gracefully_restarting_birds_routes() {
     assert!(kernel_has(), "the kernel route went with BIRD");
     let n = routed.neighbor();
     assert!(n["history"].to_string().contains("graceful restart"), "{n}");
-    bird(true);
+    bird.start(true);
     wait_until(
         "BIRD back and nothing stale",
         Duration::from_secs(30),
@@ -485,9 +503,10 @@ fn a_graceful_routed_restart_changes_no_route_at_bird() {
     let (r, b) = pair(&bed);
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let bird_conf = d.join("bird.conf");
-    std::fs::write(
-        &bird_conf,
+    let bird = Bird::new(
+        &bed,
+        &b,
+        d,
         "router id 10.99.0.2;\n\
          protocol device {}\n\
          protocol kernel { ipv4 { import none; export all; }; }\n\
@@ -496,21 +515,8 @@ fn a_graceful_routed_restart_changes_no_route_at_bird() {
            hold time 9; connect retry time 1; error wait time 1, 10; ttl security on;\n\
            graceful restart on;\n\
            ipv4 { import all; export where proto = \"s4\"; };\n}\n",
-    )
-    .unwrap();
-    let sock = d.join("bird.ctl");
-    bed.spawn(
-        &b,
-        &[
-            "bird",
-            "-f",
-            "-c",
-            bird_conf.to_str().unwrap(),
-            "-s",
-            sock.to_str().unwrap(),
-        ],
-    )
-    .unwrap();
+    );
+    bird.start(false);
     let routed = Routed::start(
         &bed,
         &r,
@@ -520,11 +526,7 @@ fn a_graceful_routed_restart_changes_no_route_at_bird() {
          import = [\"192.168.0.0/16\"]\nexport = \"all\"\n",
     );
     // Empty until BIRD's control socket is there.
-    let birdc = |args: &[&str]| {
-        let mut a = vec!["birdc", "-s", sock.to_str().unwrap()];
-        a.extend_from_slice(args);
-        bed.exec_ok(&b, &a).unwrap_or_default()
-    };
+    let birdc = |args: &[&str]| bird.ctl(args).unwrap_or_default();
     let bird_route = || birdc(&["show", "route", "10.77.1.0/24"]);
     wait_until(
         "the site prefix at BIRD and in its kernel",
@@ -631,29 +633,16 @@ fn a_gobgp_speaker_posing_as_a_gateway_attracts_only_what_its_certificate_allows
     identity(d);
     let evil = gateway_cert(d, "evil-gw", "par", "10.77.3.1/16", "10.77.3.0/24");
     let ams = gateway_cert(d, "ams-gw1", "ams", "10.77.2.1/16", "10.77.2.0/24");
-    let conf = d.join("gobgpd.toml");
-    std::fs::write(
-        &conf,
+    start_gobgpd(
+        &bed,
+        &g,
+        d,
         "[global.config]\n  as = 65020\n  router-id = \"10.99.0.2\"\n\
          [[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"10.99.0.1\"\n    peer-as = 4200000101\n\
            [neighbors.timers.config]\n    connect-retry = 1\n    hold-time = 9\n    keepalive-interval = 3\n\
            [neighbors.ttl-security.config]\n    enabled = true\n    ttl-min = 255\n\
            [[neighbors.afi-safis]]\n    [neighbors.afi-safis.config]\n      afi-safi-name = \"ipv4-unicast\"\n",
-    )
-    .unwrap();
-    bed.spawn(
-        &g,
-        &[
-            "sh",
-            "-c",
-            &format!(
-                "exec gobgpd -f {} -t toml --api-hosts 127.0.0.1:50051 >{}/gobgpd.log 2>&1",
-                conf.display(),
-                d.display()
-            ),
-        ],
-    )
-    .unwrap();
+    );
     // evil-gw is reached over the LAN here (so routed sees a certificate,
     // not the overlay, vouch for it); ams-gw1 is configured but not up.
     let routed = Routed::start(
@@ -771,9 +760,10 @@ fn bird_over_an_ipv6_session_runs_bfd_over_ipv6_and_gtsm_keeps_farther_speakers_
     let (r, b) = pair(&bed);
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let bird_conf = d.join("bird.conf");
-    std::fs::write(
-        &bird_conf,
+    let bird = Bird::new(
+        &bed,
+        &b,
+        d,
         "router id 10.99.0.2;\n\
          protocol device {}\n\
          protocol bfd { interface \"*\" { interval 100 ms; multiplier 3; }; }\n\
@@ -782,23 +772,10 @@ fn bird_over_an_ipv6_session_runs_bfd_over_ipv6_and_gtsm_keeps_farther_speakers_
            hold time 9; connect retry time 1; error wait time 1, 10; bfd on; ttl security on;\n\
            ipv4 { import all; export none; };\n\
            ipv6 { import all; export where proto = \"s6\"; };\n}\n",
-    )
-    .unwrap();
-    let sock = d.join("bird.ctl");
+    );
     // BGP from BIRD arrives one hop farther before BIRD even starts.
     one_hop_farther(&bed, &b, "tcp", 179, true, true);
-    bed.spawn(
-        &b,
-        &[
-            "bird",
-            "-f",
-            "-c",
-            bird_conf.to_str().unwrap(),
-            "-s",
-            sock.to_str().unwrap(),
-        ],
-    )
-    .unwrap();
+    bird.start(false);
     let routed = Routed::start(
         &bed,
         &r,
@@ -813,20 +790,8 @@ fn bird_over_an_ipv6_session_runs_bfd_over_ipv6_and_gtsm_keeps_farther_speakers_
         assert!(
             t0.elapsed() < Duration::from_secs(30),
             "BIRD's BGP packets were not seen:\n{}\n{}",
-            bed.exec(
-                &b,
-                &[
-                    "birdc",
-                    "-s",
-                    sock.to_str().unwrap(),
-                    "show",
-                    "protocols",
-                    "all",
-                    "cube"
-                ]
-            )
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default(),
+            bird.ctl(&["show", "protocols", "all", "cube"])
+                .unwrap_or_default(),
             bed.exec_ok(&b, &["nft", "list", "ruleset"])
                 .unwrap_or_default()
         );
@@ -853,11 +818,7 @@ fn bird_over_an_ipv6_session_runs_bfd_over_ipv6_and_gtsm_keeps_farther_speakers_
     wait_until("routes from BIRD", Duration::from_secs(10), || {
         routed.has_route("fd50::/64", "bird")
     });
-    let birdc = |args: &[&str]| {
-        let mut a = vec!["birdc", "-s", sock.to_str().unwrap()];
-        a.extend_from_slice(args);
-        bed.exec_ok(&b, &a).unwrap()
-    };
+    let birdc = |args: &[&str]| bird.ctl(args).unwrap();
     // Both families over the IPv6 session, each with routed's address of
     // that family on the link as next hop (RFC 4760): the IPv4 prefix was
     // dropped on export before.
