@@ -2370,6 +2370,12 @@ mod tests {
         assert!(r.neighbors[n].session.is_established());
     }
 
+    /// [`router`]'s neighbour up (again) on connection `conn`, its OPEN
+    /// carrying `gr`.
+    fn site_up(r: &mut Router, conn: ConnId, gr: Option<wire::GracefulRestart>, now: Instant) {
+        establish_gr(r, N0, conn, 65010, Ipv4Addr::new(10, 77, 1, 9), gr, now);
+    }
+
     /// RFC 4724 helper: a neighbour that sent the capability and whose
     /// connection closed under it (a restart) keeps its routes, stale, until
     /// it is back and has sent its End-of-RIB; what it did not send again
@@ -2388,15 +2394,7 @@ mod tests {
         // Established by router() without the capability: again with it.
         r.on_closed(N0, 1, "test", now);
         assert!(!r.neighbors[N0].session.is_established());
-        establish_gr(
-            &mut r,
-            N0,
-            2,
-            65010,
-            Ipv4Addr::new(10, 77, 1, 9),
-            Some(gr(false)),
-            now,
-        );
+        site_up(&mut r, 2, Some(gr(false)), now);
         r.on_message(N0, 2, Ok(announce("192.168.5.0/24")), now);
         r.on_message(N0, 2, Ok(announce("192.168.6.0/24")), now);
         let flaps = r.neighbors[N0].flaps;
@@ -2410,15 +2408,7 @@ mod tests {
         r.on_tick(now);
         assert!(has(&r, "192.168.5.0/24"));
         // Back, forwarding kept: one prefix again, then its End-of-RIB.
-        establish_gr(
-            &mut r,
-            N0,
-            3,
-            65010,
-            Ipv4Addr::new(10, 77, 1, 9),
-            Some(gr(true)),
-            now,
-        );
+        site_up(&mut r, 3, Some(gr(true)), now);
         r.on_message(N0, 3, Ok(announce("192.168.5.0/24")), now);
         assert!(has(&r, "192.168.6.0/24"), "stale until the End-of-RIB");
         r.on_message(N0, 3, Ok(Message::Update(Update::default())), now);
@@ -2470,15 +2460,7 @@ mod tests {
             ipv4: Some(true),
             ipv6: Some(true),
         };
-        establish_gr(
-            &mut r,
-            N0,
-            1,
-            65010,
-            Ipv4Addr::new(10, 77, 1, 9),
-            Some(gr),
-            now,
-        );
+        site_up(&mut r, 1, Some(gr), now);
         let out = sent(&mut r);
         let ours = out.iter().find_map(|m| match m {
             Message::Open(o) => o.graceful_restart,
@@ -2532,18 +2514,18 @@ mod tests {
             router("[graceful_restart]\nenabled = true\n[damping]\nenabled = false\n");
         r.on_closed(N0, 1, "test", now);
         // Without the capability from the neighbour: gone when it closes.
-        establish_gr(&mut r, N0, 2, 65010, Ipv4Addr::new(10, 77, 1, 9), None, now);
+        site_up(&mut r, 2, None, now);
         r.on_message(N0, 2, Ok(announce("192.168.5.0/24")), now);
         r.on_closed(N0, 2, "closed", now);
         assert!(!has(&r, "192.168.5.0/24"), "no capability, no helper");
         // A NOTIFICATION: gone.
-        establish_gr(&mut r, N0, 3, 65010, Ipv4Addr::new(10, 77, 1, 9), gr, now);
+        site_up(&mut r, 3, gr, now);
         r.on_message(N0, 3, Ok(announce("192.168.5.0/24")), now);
         let cease = Notification::new(wire::Reason::Cease(wire::Cease::AdministrativeShutdown));
         r.on_message(N0, 3, Ok(Message::Notification(cease)), now);
         assert!(!has(&r, "192.168.5.0/24"), "a NOTIFICATION is no restart");
         // Dropped by us (it stopped reading what we sent): gone.
-        establish_gr(&mut r, N0, 7, 65010, Ipv4Addr::new(10, 77, 1, 9), gr, now);
+        site_up(&mut r, 7, gr, now);
         r.on_message(N0, 7, Ok(announce("192.168.5.0/24")), now);
         r.on_dropped(N0, 7, "does not read", now);
         assert!(
@@ -2551,7 +2533,7 @@ mod tests {
             "a connection we dropped is no restart"
         );
         // Closed, then not back within 30 s: gone then.
-        establish_gr(&mut r, N0, 4, 65010, Ipv4Addr::new(10, 77, 1, 9), gr, now);
+        site_up(&mut r, 4, gr, now);
         r.on_message(N0, 4, Ok(announce("192.168.5.0/24")), now);
         r.on_closed(N0, 4, "closed", now);
         now += Duration::from_secs(29);
@@ -2561,7 +2543,7 @@ mod tests {
         r.on_tick(now);
         assert!(!has(&r, "192.168.5.0/24"), "the restart time is over");
         // Back without forwarding kept (no F): gone at its OPEN.
-        establish_gr(&mut r, N0, 5, 65010, Ipv4Addr::new(10, 77, 1, 9), gr, now);
+        site_up(&mut r, 5, gr, now);
         r.on_message(N0, 5, Ok(announce("192.168.5.0/24")), now);
         r.on_closed(N0, 5, "closed", now);
         let no_f = Some(wire::GracefulRestart {
@@ -2570,7 +2552,7 @@ mod tests {
             ipv4: Some(false),
             ipv6: None,
         });
-        establish_gr(&mut r, N0, 6, 65010, Ipv4Addr::new(10, 77, 1, 9), no_f, now);
+        site_up(&mut r, 6, no_f, now);
         assert!(!has(&r, "192.168.5.0/24"), "forwarding not kept");
     }
 
