@@ -371,13 +371,19 @@ impl Shared {
         tokio::spawn(async move {
             let mut buf = [0u8; 128];
             let mut no_interface = cubenet_daemon::LogLimit::per_second();
+            // The overlay interface's index, looked up again only when a
+            // datagram came by another (overlayd may have made its TUN
+            // anew, or a LAN neighbour's came by its LAN).
+            let mut overlay = None;
             loop {
                 match crate::sockets::recv_with_ttl(&sock, &mut buf).await {
                     Ok(d) => me.with(|r, now| {
                         if r.bfd_multihop(d.from.ip()) == multihop {
                             // A gateway's BFD comes through the overlay
-                            // interface, a LAN neighbour's does not.
-                            let overlay = crate::sockets::ifindex(&r.cfg.interface);
+                            // interface.
+                            if d.ifindex != overlay {
+                                overlay = crate::sockets::ifindex(&r.cfg.interface);
+                            }
                             if overlay.is_none() {
                                 if let Some(more) = no_interface.note(now) {
                                     tracing::warn!(
