@@ -3,9 +3,12 @@
 //! Address plan (site i = 1, 2, ... in spec order):
 //! - virtual: gateway j = 10.77.i.j, fd77::i:j; host k = 10.77.i.(10+k),
 //!   fd77::i:(10+k) (hex); site prefixes 10.77.i.0/24 and fd77::i:0/112.
-//! - underlay: site LAN 172.16.i.0/24 (gateway j .j, host k .(100+k)), on a
+//! - underlay: site LAN 172.16.i.0/24 and fd16:0:0:i::/64 (gateway j .j and
+//!   ::j, host k .(100+k) and ::(100+k), site routers .200-.202), on a
 //!   bridge in the site's switch namespace; gateways also on the shared
 //!   "internet" 198.18.0.0/16 (gateway j of site i = 198.18.i.j).
+//! - behind site router n (BIRD i, FRR 50+i, GoBGP 100+i): its office LAN
+//!   192.168.n.0/24 and fd00:192:168:n::/64 (hex), answering at .1 and ::1.
 
 use crate::routed;
 use crate::spec::Spec;
@@ -30,6 +33,24 @@ const DAEMONS: [&str; 8] = [
 
 const NETWORK4: &str = "10.77.0.0/16";
 const NETWORK6: &str = "fd77::/48";
+/// The office LANs behind the lab's site routers, in the CA when a site
+/// has one.
+const OFFICES4: &str = "192.168.0.0/16";
+const OFFICES6: &str = "fd00:192:168::/48";
+
+/// The IPv6 address of member `last` of site `i`'s LAN (as 172.16.i.last).
+pub(crate) fn lan6(i: usize, last: usize) -> String {
+    format!("fd16:0:0:{i:x}::{last:x}")
+}
+
+/// The office LAN behind site router `n` (BIRD i, FRR 50+i, GoBGP 100+i):
+/// its IPv4 and IPv6 prefixes.
+pub(crate) fn office(n: usize) -> [String; 2] {
+    [
+        format!("192.168.{n}.0/24"),
+        format!("fd00:192:168:{n:x}::/64"),
+    ]
+}
 
 fn sh(args: &[&str]) -> Result<()> {
     let out = Command::new(args[0])
@@ -153,19 +174,28 @@ pub(crate) fn plan_nodes(spec: &Spec, dir: &Path, prefix: &str) -> Vec<Plan> {
                 node: Node {
                     kind: kind.to_string(),
                     namespace: format!("{prefix}-{name}"),
-                    // A site router's address is the one behind it.
+                    // A site router's addresses are the ones behind it
+                    // (GoBGP's IPv4 only).
                     addresses: if bird {
-                        vec![format!("192.168.{i}.1/24")]
+                        vec![
+                            format!("192.168.{i}.1/24"),
+                            format!("fd00:192:168:{i:x}::1/64"),
+                        ]
                     } else if gobgp {
                         vec![format!("192.168.{}.1/24", 100 + i)]
                     } else if frr {
-                        vec![format!("192.168.{}.1/24", 50 + i)]
+                        let o = 50 + i;
+                        vec![
+                            format!("192.168.{o}.1/24"),
+                            format!("fd00:192:168:{o:x}::1/64"),
+                        ]
                     } else {
                         vec![format!("10.77.{i}.{n}/16"), format!("fd77::{i:x}:{n:x}/48")]
                     },
                     underlay: std::iter::once(format!("172.16.{i}.{lan_last}"))
                         .chain((role == "gateway").then(|| format!("198.18.{i}.{n}")))
                         .collect(),
+                    lan6: Some(lan6(i, lan_last)),
                     key: node_dir.join("node.key"),
                     cert: node_dir.join("node.crt"),
                     // On a BIRD, GoBGP or FRR node these are its config,
@@ -253,7 +283,7 @@ pub fn up(spec: &Spec, dir: &Path) -> Result<Lab> {
     ];
     if spec.sites.iter().any(|s| s.bird || s.gobgp || s.frr) {
         // The subnets behind site routers, which gateways' certs may carry.
-        ca_args.extend(["--network", "192.168.0.0/16"]);
+        ca_args.extend(["--network", OFFICES4, "--network", OFFICES6]);
     }
     oc(&ca_args)?;
 
@@ -296,15 +326,20 @@ pub fn up(spec: &Spec, dir: &Path) -> Result<Lab> {
                 "--subnet".into(),
                 format!("fd77::{i:x}:0/112"),
             ]);
-            if spec.sites[i - 1].bird {
-                // What the site router announces, brought into the overlay.
-                args.extend(["--subnet".into(), format!("192.168.{i}.0/24")]);
+            // What the site routers announce, brought into the overlay.
+            let site = &spec.sites[i - 1];
+            let mut offices: Vec<String> = Vec::new();
+            if site.bird {
+                offices.extend(office(i));
             }
-            if spec.sites[i - 1].gobgp {
-                args.extend(["--subnet".into(), format!("192.168.{}.0/24", 100 + i)]);
+            if site.gobgp {
+                offices.push(office(100 + i)[0].clone());
             }
-            if spec.sites[i - 1].frr {
-                args.extend(["--subnet".into(), crate::frr::office_prefix(i)]);
+            if site.frr {
+                offices.extend(office(50 + i));
+            }
+            for o in offices {
+                args.extend(["--subnet".into(), o]);
             }
         }
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -336,7 +371,7 @@ pub fn up(spec: &Spec, dir: &Path) -> Result<Lab> {
     write_routed_configs(&lab, &plans, spec)?;
     for p in plans.iter().filter(|p| p.node.role == "router") {
         let text = match p.node.kind.as_str() {
-            "bird" => bird_config_text(&plans, p, spec),
+            "bird" => crate::bird::config_text(&plans, p, spec),
             "frr" => crate::frr::config_text(&plans, p, spec),
             _ => gobgp_config_text(&plans, p),
         };
@@ -457,42 +492,6 @@ pub(crate) fn overlayd_config_text(lab: &Lab, plans: &[Plan], p: &Plan, spec: &S
     t
 }
 
-/// The AS of the BIRD site router of site `i`.
-pub(crate) fn bird_asn(site_idx: usize) -> u32 {
-    routed::asn(site_idx, 99)
-}
-
-/// BIRD's config on a site router: BGP + BFD to every gateway of its site
-/// over the LAN; it announces 192.168.i.0/24 and installs what it learns.
-pub(crate) fn bird_config_text(plans: &[Plan], p: &Plan, spec: &Spec) -> String {
-    let i = p.site_idx;
-    let me = format!("172.16.{i}.{}", p.member);
-    let mut t = format!(
-        "# BIRD config for {} (site router of {}), written by cubenet-lab\n\
-         router id {me};\n\
-         protocol device {{}}\n\
-         protocol bfd {{ interface \"lan0\" {{ interval {} ms; multiplier 3; }}; }}\n\
-         protocol static site {{ ipv4; route 192.168.{i}.0/24 blackhole; }}\n\
-         protocol kernel {{ ipv4 {{ import none; export where source = RTS_BGP; }}; merge paths on; }}\n",
-        p.node.name, p.node.site, spec.bfd_interval_ms
-    );
-    for g in plans
-        .iter()
-        .filter(|q| q.node.role == "gateway" && q.site_idx == i)
-    {
-        t.push_str(&format!(
-            "protocol bgp {} {{\n  local {me} as {};\n  neighbor 172.16.{i}.{} as {};\n  \
-             hold time 9; connect retry time 1; error wait time 1, 10; bfd on; ttl security on;\n  \
-             ipv4 {{ import all; export where proto = \"site\"; }};\n}}\n",
-            g.node.name.replace('-', "_"),
-            bird_asn(i),
-            g.member,
-            routed::asn(g.site_idx, g.member)
-        ));
-    }
-    t
-}
-
 /// The AS of the GoBGP speaker of site `i`.
 pub(crate) fn gobgp_asn(site_idx: usize) -> u32 {
     routed::asn(site_idx, 98)
@@ -552,7 +551,7 @@ fn write_routed_configs(lab: &Lab, plans: &[Plan], spec: &Spec) -> Result<()> {
         let Some(path) = &n.routed_config else {
             continue;
         };
-        let text = routed::config_text(lab, n, &gateways, spec.bfd_interval_ms, spec.metrics)?;
+        let text = routed::config_text(lab, n, &gateways, spec)?;
         std::fs::write(path, text)
             .with_context(|| format!("{}: writing {}", n.name, path.display()))?;
     }
@@ -581,17 +580,28 @@ fn build_network(lab: &Lab, plans: &[Plan]) -> Result<()> {
         let n = &p.node;
         let sw = format!("{}-sw-{}", lab.prefix, n.site);
         let port = format!("p{idx}");
-        lan_port(&sw, idx, &n.namespace, &p.lan_ip)?;
+        lan_port(&sw, idx, &n.namespace, &p.lan_ip, n.lan6.as_deref())?;
         if n.role == "router" {
-            // The address behind the site router, for pings from the overlay.
-            let a = n.addresses[0].replace("/24", "/32");
-            ns_sh(&n.namespace, &["ip", "addr", "add", &a, "dev", "lo"])?;
-        }
-        if n.kind == "frr" {
-            // Its office LAN as a kernel route: FRR's `network` announces
-            // a prefix only while a route to it exists (import-check).
-            let prefix = n.addresses[0].replace(".1/24", ".0/24");
-            ns_sh(&n.namespace, &["ip", "route", "add", "blackhole", &prefix])?;
+            // The office LAN behind the site router, on an interface of its
+            // own: its addresses answer pings from the overlay and from the
+            // other sites' offices, and its connected routes are what BIRD
+            // (`protocol direct`) and FRR (`network`) announce. A veth
+            // pair with nothing beyond (this kernel has no dummy links).
+            ns_sh(
+                &n.namespace,
+                &[
+                    "ip", "link", "add", "office0", "type", "veth", "peer", "name", "office1",
+                ],
+            )?;
+            ns_sh(&n.namespace, &["ip", "link", "set", "office1", "up"])?;
+            for a in &n.addresses {
+                let mut cmd = vec!["ip", "addr", "add", a, "dev", "office0"];
+                if a.contains(':') {
+                    cmd.push("nodad");
+                }
+                ns_sh(&n.namespace, &cmd)?;
+            }
+            ns_sh(&n.namespace, &["ip", "link", "set", "office0", "up"])?;
         }
         if n.role == "gateway" {
             // Gateways route between the overlay and the site LAN (site
@@ -644,9 +654,9 @@ fn build_network(lab: &Lab, plans: &[Plan]) -> Result<()> {
 }
 
 /// Node `idx`'s site LAN link: lan0 in its namespace `ns` with `ip`
-/// (address/length), its peer `p{idx}` a port of the bridge in switch
-/// namespace `sw`.
-fn lan_port(sw: &str, idx: usize, ns: &str, ip: &str) -> Result<()> {
+/// (address/length) and `ip6` (an address of the LAN's /64), its peer
+/// `p{idx}` a port of the bridge in switch namespace `sw`.
+fn lan_port(sw: &str, idx: usize, ns: &str, ip: &str, ip6: Option<&str>) -> Result<()> {
     let port = format!("p{idx}");
     sh(&[
         "ip", "link", "add", &port, "netns", sw, "type", "veth", "peer", "name", "lan0", "netns",
@@ -654,6 +664,11 @@ fn lan_port(sw: &str, idx: usize, ns: &str, ip: &str) -> Result<()> {
     ])?;
     ns_sh(sw, &["ip", "link", "set", &port, "master", "br0", "up"])?;
     ns_sh(ns, &["ip", "addr", "add", ip, "dev", "lan0"])?;
+    if let Some(ip6) = ip6 {
+        // nodad: usable at once; the lab's plan keeps addresses unique.
+        let a = format!("{ip6}/64");
+        ns_sh(ns, &["ip", "-6", "addr", "add", &a, "dev", "lan0", "nodad"])?;
+    }
     ns_sh(ns, &["ip", "link", "set", "lan0", "up"])
 }
 
@@ -664,7 +679,7 @@ pub fn start_node(lab: &Lab, n: &Node) -> Result<()> {
         return start_wireguard_go(lab, n);
     }
     if n.kind == "bird" {
-        return start_bird(lab, n);
+        return crate::bird::start(lab, n);
     }
     if n.kind == "gobgp" {
         return start_gobgp(lab, n);
@@ -686,20 +701,6 @@ pub fn start_node(lab: &Lab, n: &Node) -> Result<()> {
         spawn_daemon(lab, n, "routed", config, &log)?;
     }
     Ok(())
-}
-
-/// Starts BIRD in the foreground of its own process group.
-fn start_bird(lab: &Lab, n: &Node) -> Result<()> {
-    ensure_stopped(lab, n, "bird")?;
-    let argv = [
-        "bird".as_ref(),
-        "-f".as_ref(),
-        "-c".as_ref(),
-        n.overlayd_config.as_os_str(),
-        "-s".as_ref(),
-        n.overlayd_socket.as_os_str(),
-    ];
-    spawn_detached(lab, n, "bird", &argv, &n.log, " (is bird2 installed?)")
 }
 
 /// Starts gobgpd and announces the site's prefix through its API.
@@ -1237,11 +1238,18 @@ pub fn move_host(lab: &mut Lab, host: &str, site: &str) -> Result<()> {
         bail!("{host}: node index {idx} leaves no address to move it to");
     }
     let addr = format!("172.16.{i}.{}", 200 + idx);
+    let addr6 = i.parse::<usize>().ok().map(|i| lan6(i, 200 + idx));
     signal_node(lab, host, libc::SIGKILL, None)?;
     // Deleting lan0 deletes its peer, the port on the old switch.
     ns_sh(&n.namespace, &["ip", "link", "del", "lan0"])?;
     let sw = format!("{}-sw-{site}", lab.prefix);
-    lan_port(&sw, idx, &n.namespace, &format!("{addr}/24"))?;
+    lan_port(
+        &sw,
+        idx,
+        &n.namespace,
+        &format!("{addr}/24"),
+        addr6.as_deref(),
+    )?;
     // The config without its [[gateway]] blocks, then the new site's.
     let text = std::fs::read_to_string(&n.overlayd_config)
         .with_context(|| format!("reading {}", n.overlayd_config.display()))?;
@@ -1270,6 +1278,7 @@ pub fn move_host(lab: &mut Lab, host: &str, site: &str) -> Result<()> {
     let node = &mut lab.nodes[idx];
     node.site = site.to_string();
     node.underlay = vec![addr];
+    node.lan6 = addr6;
     lab.save()?;
     let n = lab.nodes[idx].clone();
     start_node(lab, &n)

@@ -12,9 +12,9 @@
 //! `run/NODE.frr`, so instances in several namespaces do not meet in
 //! FRR's default `/var/run/frr`. The daemons run as FRR's `frr` user.
 
-use crate::build::{spawn_detached, Plan};
+use crate::build::{lan6, office, spawn_detached, Plan};
 use crate::routed;
-use crate::spec::Spec;
+use crate::spec::{SessionFamily, Spec};
 use crate::state::{Lab, Node};
 use anyhow::{bail, Context, Result};
 use std::ffi::OsStr;
@@ -34,28 +34,28 @@ pub(crate) fn asn(site_idx: usize) -> u32 {
     routed::asn(site_idx, 97)
 }
 
-/// The prefix the FRR router of site `i` announces: its office LAN.
-pub(crate) fn office_prefix(site_idx: usize) -> String {
-    format!("192.168.{}.0/24", 50 + site_idx)
-}
-
 /// FRR's config on a site router: BGP + BFD (with TTL security) to every
-/// gateway of its site over the LAN; it announces its office LAN and
-/// takes only the overlay's addresses, installed by zebra (ECMP).
+/// gateway of its site over the LAN, over a session of the site's
+/// `router_session` family carrying both families; it announces its
+/// office LAN (192.168.(50+i).0/24 and its IPv6 twin) and takes only the
+/// CA's networks, installed by zebra (ECMP).
 pub(crate) fn config_text(plans: &[Plan], p: &Plan, spec: &Spec) -> String {
     let i = p.site_idx;
     let me = format!("172.16.{i}.{}", p.member);
+    let v6 = spec.sites[i - 1].router_session == SessionFamily::Ipv6;
     let gateways: Vec<(String, String, u32)> = plans
         .iter()
         .filter(|q| q.node.role == "gateway" && q.site_idx == i)
         .map(|q| {
-            (
-                format!("172.16.{i}.{}", q.member),
-                q.node.name.clone(),
-                routed::asn(q.site_idx, q.member),
-            )
+            let addr = if v6 {
+                lan6(i, q.member)
+            } else {
+                format!("172.16.{i}.{}", q.member)
+            };
+            (addr, q.node.name.clone(), routed::asn(q.site_idx, q.member))
         })
         .collect();
+    let [office4, office6] = office(50 + i);
     let ms = spec.bfd_interval_ms;
     let mut t = format!(
         "! FRR config for {name} (site router of {site}), written by cubenet-lab\n\
@@ -63,18 +63,21 @@ pub(crate) fn config_text(plans: &[Plan], p: &Plan, spec: &Spec) -> String {
          hostname {name}\n\
          !\n\
          ip prefix-list cubenet-overlay seq 10 permit 10.77.0.0/16 le 32\n\
+         ip prefix-list cubenet-overlay seq 20 permit 192.168.0.0/16 le 24\n\
          ipv6 prefix-list cubenet-overlay6 seq 10 permit fd77::/48 le 128\n\
-         ip prefix-list office seq 10 permit {office}\n\
+         ipv6 prefix-list cubenet-overlay6 seq 20 permit fd00:192:168::/48 le 64\n\
+         ip prefix-list office seq 10 permit {office4}\n\
+         ipv6 prefix-list office6 seq 10 permit {office6}\n\
          !\n\
          route-map cubenet-in permit 10\n match ip address prefix-list cubenet-overlay\n!\n\
          route-map cubenet-in6 permit 10\n match ipv6 address prefix-list cubenet-overlay6\n!\n\
          route-map office-out permit 10\n match ip address prefix-list office\n!\n\
+         route-map office-out6 permit 10\n match ipv6 address prefix-list office6\n!\n\
          bfd\n profile cubenet\n  transmit-interval {ms}\n  receive-interval {ms}\n  detect-multiplier 3\n!\n\
          !\n\
          router bgp {asn}\n bgp router-id {me}\n bgp bestpath as-path multipath-relax\n no bgp default ipv4-unicast\n",
         name = p.node.name,
         site = p.node.site,
-        office = office_prefix(i),
         asn = asn(i),
     );
     for (addr, name, asn) in &gateways {
@@ -85,25 +88,19 @@ pub(crate) fn config_text(plans: &[Plan], p: &Plan, spec: &Spec) -> String {
              neighbor {addr} ttl-security hops 1\n"
         ));
     }
-    t.push_str(&format!(
-        " address-family ipv4 unicast\n  network {}\n  maximum-paths 2\n",
-        office_prefix(i)
-    ));
-    for (addr, _, _) in &gateways {
+    for (family, office, suffix) in [("ipv4", &office4, ""), ("ipv6", &office6, "6")] {
         t.push_str(&format!(
-            "  neighbor {addr} activate\n  neighbor {addr} route-map cubenet-in in\n  \
-             neighbor {addr} route-map office-out out\n"
+            " address-family {family} unicast\n  network {office}\n  maximum-paths 2\n"
         ));
+        for (addr, _, _) in &gateways {
+            t.push_str(&format!(
+                "  neighbor {addr} activate\n  neighbor {addr} route-map cubenet-in{suffix} in\n  \
+                 neighbor {addr} route-map office-out{suffix} out\n"
+            ));
+        }
+        t.push_str(" exit-address-family\n");
     }
-    // No IPv6 on the lab's LAN: the gateways send no IPv6 routes, and we
-    // announce none (no out policy: FRR sends nothing to an eBGP peer).
-    t.push_str(" exit-address-family\n address-family ipv6 unicast\n  maximum-paths 2\n");
-    for (addr, _, _) in &gateways {
-        t.push_str(&format!(
-            "  neighbor {addr} activate\n  neighbor {addr} route-map cubenet-in6 in\n"
-        ));
-    }
-    t.push_str(" exit-address-family\n!\n");
+    t.push_str("!\n");
     t
 }
 
@@ -275,6 +272,8 @@ mod tests {
         let lab = shape(&lab);
         let extra: Vec<&String> = lab.iter().filter(|l| !example.contains(*l)).collect();
         assert!(extra.is_empty(), "{extra:?}");
+        let missing: Vec<&String> = example.iter().filter(|l| !lab.contains(*l)).collect();
+        assert!(missing.is_empty(), "{missing:?}");
     }
 
     #[test]
@@ -299,6 +298,22 @@ mod tests {
         }
         assert!(!text.contains("172.16.2."), "{text}");
         assert!(text.contains("  network 192.168.51.0/24\n"), "{text}");
+        assert!(text.contains("  network fd00:192:168:33::/64\n"), "{text}");
+        assert!(
+            text.contains("  neighbor 172.16.1.2 route-map office-out6 out\n"),
+            "{text}"
+        );
+        // Over an IPv6 session the gateways are named by their IPv6 LAN
+        // addresses.
+        let v6 = lab_config(
+            &SPEC.replace("frr = true", "frr = true\nrouter_session = \"ipv6\""),
+            "fra-frr",
+        );
+        assert!(
+            v6.contains(" neighbor fd16:0:0:1::2 remote-as 4200000102\n"),
+            "{v6}"
+        );
+        assert!(!v6.contains("neighbor 172.16."), "{v6}");
         assert!(text.contains("  transmit-interval 300\n"), "{text}");
     }
 }

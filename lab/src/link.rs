@@ -38,6 +38,9 @@ struct UnderlayPath<'a> {
     ifname: &'static str,
     local_addr: &'a str,
     peer_addr: &'a str,
+    /// The pair's IPv6 addresses on the path, when both have one (the
+    /// site LANs are dual stack): a drop takes both families.
+    v6: Option<(&'a str, &'a str)>,
 }
 
 pub fn run(lab: &Lab, node_a: &str, node_b: &str, action: Action, pct: Option<u8>) -> Result<()> {
@@ -108,12 +111,17 @@ fn underlay_path<'a>(a: &'a Node, b: &'a Node) -> Result<UnderlayPath<'a>, Usage
             .map(String::as_str)
             .ok_or_else(|| Usage(format!("{}: no underlay address on {ifname}", n.name)))
     };
+    let v6 = match (ifname, a.lan6.as_deref(), b.lan6.as_deref()) {
+        ("lan0", Some(x), Some(y)) => Some((x, y)),
+        _ => None,
+    };
     Ok(UnderlayPath {
         local: a,
         peer: b,
         ifname,
         local_addr: addr(a)?,
         peer_addr: addr(b)?,
+        v6,
     })
 }
 
@@ -161,6 +169,12 @@ fn install(path: &UnderlayPath, pct: Option<u8>) -> Result<()> {
         "add rule netdev {TABLE} in_{ifname} ip saddr {peer} ip daddr {local} {verdict} comment \"{c}\"\n\
          add rule inet {TABLE} output ip saddr {local} ip daddr {peer} {verdict} comment \"{c}\"\n"
     ));
+    if let Some((local, peer)) = path.v6 {
+        script.push_str(&format!(
+            "add rule netdev {TABLE} in_{ifname} ip6 saddr {peer} ip6 daddr {local} {verdict} comment \"{c}\"\n\
+             add rule inet {TABLE} output ip6 saddr {local} ip6 daddr {peer} {verdict} comment \"{c}\"\n"
+        ));
+    }
     nft_apply(path.local, &script)
 }
 
@@ -288,6 +302,7 @@ mod tests {
             namespace: format!("clt-{name}"),
             addresses: Vec::new(),
             underlay: underlay.iter().map(|s| s.to_string()).collect(),
+            lan6: None,
             key: "k".into(),
             cert: "c".into(),
             overlayd_config: "o".into(),

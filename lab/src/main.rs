@@ -5,6 +5,7 @@
 //!
 //! Exit codes: 0 ok; 1 failure; 2 bad usage or spec.
 
+mod bird;
 mod build;
 mod frr;
 mod link;

@@ -6,6 +6,7 @@
 //! at the neighbour's IPv4 virtual address.
 
 use crate::build::{alive, read_pid, sibling};
+use crate::spec::{SessionFamily, Spec};
 use crate::state::{Lab, Node};
 use anyhow::{anyhow, Context, Result};
 use cubenet_api::routed as api;
@@ -94,13 +95,8 @@ enum Import {
 /// The `routed.toml` of gateway `n`: its identity, and every other gateway
 /// in `gateways` as a neighbour; with `metrics`, metrics and the status
 /// page on [`crate::spec::ROUTED_METRICS`].
-pub fn config_text(
-    lab: &Lab,
-    n: &Node,
-    gateways: &[Gateway],
-    bfd_interval_ms: u64,
-    metrics: bool,
-) -> Result<String> {
+pub fn config_text(lab: &Lab, n: &Node, gateways: &[Gateway], spec: &Spec) -> Result<String> {
+    let (bfd_interval_ms, metrics) = (spec.bfd_interval_ms, spec.metrics);
     let me = gateways
         .iter()
         .find(|g| g.name == n.name)
@@ -122,7 +118,7 @@ pub fn config_text(
             bfd: None,
             bfd_multihop: false,
         })
-        .chain(site_routers(lab, n))
+        .chain(site_routers(lab, n, spec))
         .collect();
     let config = Config {
         asn: me.asn,
@@ -154,20 +150,34 @@ pub fn config_text(
     ))
 }
 
-/// The routers on `n`'s site LAN: a BIRD site router offering
-/// 192.168.i.0/24 and an FRR one offering 192.168.(50+i).0/24 (both with
-/// BFD), and a GoBGP speaker offering 192.168.(100+i).0/24 (GoBGP has no
-/// BFD).
-fn site_routers<'a>(lab: &'a Lab, n: &Node) -> Vec<Neighbor<'a>> {
+/// The routers on `n`'s site LAN: a BIRD site router offering its office
+/// LAN 192.168.i.0/24 and fd00:192:168:i::/64 and an FRR one offering
+/// 192.168.(50+i).0/24 and its IPv6 twin (both with BFD, over a session of
+/// the site's `router_session` family), and a GoBGP speaker offering
+/// 192.168.(100+i).0/24 over IPv4 (GoBGP has no BFD).
+fn site_routers<'a>(lab: &'a Lab, n: &Node, spec: &Spec) -> Vec<Neighbor<'a>> {
+    let v6 = spec
+        .sites
+        .iter()
+        .find(|s| s.name == n.site)
+        .is_some_and(|s| s.router_session == SessionFamily::Ipv6);
     lab.nodes
         .iter()
         .filter(|b| b.role == "router" && b.site == n.site)
         .filter_map(|b| {
-            let address = b.underlay.first()?.clone();
-            let i: usize = address.split('.').nth(2)?.parse().ok()?;
-            let prefix = b.addresses.first()?.replace(".1/24", ".0/24");
+            let v4 = b.underlay.first()?.clone();
+            let i: usize = v4.split('.').nth(2)?.parse().ok()?;
+            let address = match (&b.lan6, v6 && b.kind != "gobgp") {
+                (Some(a6), true) => a6.clone(),
+                _ => v4,
+            };
+            let prefixes = b
+                .addresses
+                .iter()
+                .filter_map(|a| Some(a.parse::<IpNet>().ok()?.trunc().to_string()))
+                .collect();
             let asn = match b.kind.as_str() {
-                "bird" => crate::build::bird_asn(i),
+                "bird" => crate::bird::asn(i),
                 "frr" => crate::frr::asn(i),
                 _ => crate::build::gobgp_asn(i),
             };
@@ -176,7 +186,7 @@ fn site_routers<'a>(lab: &'a Lab, n: &Node) -> Vec<Neighbor<'a>> {
                 address,
                 asn,
                 cert: None,
-                import: Import::List(vec![prefix]),
+                import: Import::List(prefixes),
                 export: "all",
                 bfd: (b.kind == "gobgp").then_some(false),
                 bfd_multihop: b.kind == "frr",
@@ -320,10 +330,10 @@ mod tests {
     }
 
     /// The gateway's routed.toml, read as routed reads it.
-    fn routed_config(lab: &Lab, plans: &[Plan], name: &str) -> routed::config::Config {
+    fn routed_config(spec: &Spec, lab: &Lab, plans: &[Plan], name: &str) -> routed::config::Config {
         let gateways = routed_gateways(plans).expect("gateways");
         let n = lab.node(name).expect("node");
-        let text = config_text(lab, n, &gateways, 100, false).expect("config");
+        let text = config_text(lab, n, &gateways, spec).expect("config");
         routed::config::Config::parse(&text).expect("routed takes the config")
     }
 
@@ -336,8 +346,8 @@ mod tests {
 
     #[test]
     fn routed_config_of_a_2x2_lab_has_a_full_mesh() {
-        let (_, plans, lab) = lab_of(&format!("routed = true\n{TWO_BY_TWO}"));
-        let t = routed_config(&lab, &plans, "ams-gw2");
+        let (spec, plans, lab) = lab_of(&format!("routed = true\n{TWO_BY_TWO}"));
+        let t = routed_config(&spec, &lab, &plans, "ams-gw2");
         assert_eq!(t.asn, 4_200_000_202);
         assert_eq!(t.router_id.to_string(), "10.77.2.2");
         assert_eq!(t.control_socket, Path::new("/lab/run/ams-gw2.routed.sock"));
@@ -385,20 +395,21 @@ mod tests {
     /// beside `ttl-security`); the gateways among themselves stay on 3784.
     #[test]
     fn an_frr_router_is_a_multihop_bfd_neighbour_of_its_sites_gateways() {
-        let (_, plans, lab) = lab_of(&format!(
+        let (spec, plans, lab) = lab_of(&format!(
             "routed = true\n{}",
             TWO_BY_TWO.replacen("hosts = 1\n", "hosts = 1\nfrr = true\n", 1)
         ));
-        let t = routed_config(&lab, &plans, "fra-gw2");
+        let t = routed_config(&spec, &lab, &plans, "fra-gw2");
         let frr = t.neighbors.iter().find(|x| x.name == "fra-frr");
         let frr = frr.expect("fra-frr is a neighbour");
         assert_eq!(frr.address.to_string(), "172.16.1.202");
         assert_eq!(frr.asn, 4_200_000_197);
         assert_eq!(
             frr.import,
-            Some(routed::config::Import::List(vec!["192.168.51.0/24"
-                .parse()
-                .unwrap()]))
+            Some(routed::config::Import::List(vec![
+                "192.168.51.0/24".parse().unwrap(),
+                "fd00:192:168:33::/64".parse().unwrap()
+            ]))
         );
         assert!(frr.bfd_multihop);
         assert!(frr.bfd, "BFD on by default");
@@ -407,8 +418,37 @@ mod tests {
             .iter()
             .filter(|x| x.name != "fra-frr")
             .all(|x| !x.bfd_multihop));
-        let t = routed_config(&lab, &plans, "ams-gw1");
+        let t = routed_config(&spec, &lab, &plans, "ams-gw1");
         assert!(t.neighbors.iter().all(|x| x.name != "fra-frr"));
+    }
+
+    /// `router_session = "ipv6"`: the site's BIRD and FRR are neighbours at
+    /// their IPv6 LAN addresses, the GoBGP speaker stays on IPv4.
+    #[test]
+    fn the_router_session_family_picks_the_neighbour_address() {
+        let (spec, plans, lab) = lab_of(&format!(
+            "routed = true\n{}",
+            TWO_BY_TWO.replacen(
+                "hosts = 1\n",
+                "hosts = 1\nbird = true\nfrr = true\ngobgp = true\nrouter_session = \"ipv6\"\n",
+                1
+            )
+        ));
+        let t = routed_config(&spec, &lab, &plans, "fra-gw1");
+        let address = |name: &str| {
+            let n = t.neighbors.iter().find(|x| x.name == name);
+            n.expect("a neighbour").address.to_string()
+        };
+        assert_eq!(address("fra-bird"), "fd16:0:0:1::c8");
+        assert_eq!(address("fra-frr"), "fd16:0:0:1::ca");
+        assert_eq!(address("fra-gobgp"), "172.16.1.201");
+        let (spec, plans, lab) = lab_of(&format!(
+            "routed = true\n{}",
+            TWO_BY_TWO.replacen("hosts = 1\n", "hosts = 1\nbird = true\n", 1)
+        ));
+        let t = routed_config(&spec, &lab, &plans, "fra-gw1");
+        let bird = t.neighbors.iter().find(|x| x.name == "fra-bird");
+        assert_eq!(bird.expect("bird").address.to_string(), "172.16.1.200");
     }
 
     #[test]
@@ -418,8 +458,7 @@ mod tests {
         ));
         let gateways = routed_gateways(&plans).expect("gateways");
         let n = lab.node("fra-gw1").expect("node");
-        let text =
-            config_text(&lab, n, &gateways, spec.bfd_interval_ms, spec.metrics).expect("config");
+        let text = config_text(&lab, n, &gateways, &spec).expect("config");
         let t = routed::config::Config::parse(&text).expect("routed takes the config");
         assert_eq!(t.bfd.interval_ms, 250);
         assert_eq!(t.asn, 4_200_000_101);
@@ -435,8 +474,7 @@ mod tests {
                 lab_of(&format!("routed = true\nmetrics = {metrics}\n{TWO_BY_TWO}"));
             let gateways = routed_gateways(&plans).expect("gateways");
             let n = lab.node("fra-gw1").expect("node");
-            let text = config_text(&lab, n, &gateways, spec.bfd_interval_ms, spec.metrics)
-                .expect("config");
+            let text = config_text(&lab, n, &gateways, &spec).expect("config");
             let t = routed::config::Config::parse(&text).expect("routed takes the config");
             let want = metrics.then(|| crate::spec::ROUTED_METRICS.parse().unwrap());
             assert_eq!(t.metrics_listen, want);

@@ -74,11 +74,26 @@ pub struct SiteSpec {
     /// overlay's routes. Needs `routed = true`.
     #[serde(default)]
     pub frr: bool,
+    /// The family of the BGP (and BFD) sessions between this site's BIRD
+    /// and FRR routers and its gateways: `ipv4` (172.16.i.j) or `ipv6`
+    /// (fd16:0:0:i::j). Either carries both families' routes (RFC 4760).
+    /// The GoBGP speaker always peers over IPv4.
+    #[serde(default)]
+    pub router_session: SessionFamily,
     /// MTU of the links between this site's gateways and the shared
     /// underlay (both ends); 1500 when unset. A bridge drops frames too big
     /// for the port they leave by, silently: a path MTU black hole.
     #[serde(default)]
     pub wan_mtu: Option<u16>,
+}
+
+/// The address family of a site router's sessions with the gateways.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionFamily {
+    #[default]
+    Ipv4,
+    Ipv6,
 }
 
 /// Sites that can have an FRR router (it announces 192.168.(50+i).0/24).
@@ -106,7 +121,15 @@ impl Spec {
 
     /// A spec from its TOML text, checked.
     pub fn parse(text: &str) -> Result<Spec> {
-        let spec: Spec = toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+        let spec: Spec = toml::from_str(text).map_err(|e| {
+            // The line it is about, so that a bad value names its key.
+            let at = e.span().map(|r| {
+                let line = text[..r.start.min(text.len())].matches('\n').count();
+                let shown = text.lines().nth(line).unwrap_or_default().trim();
+                format!("line {} ({shown}): ", line + 1)
+            });
+            anyhow::anyhow!("{}{}", at.unwrap_or_default(), e.message())
+        })?;
         spec.check()?;
         Ok(spec)
     }
@@ -188,6 +211,10 @@ mod tests {
         assert!(format!("{e:#}").contains("site[0].bird"), "{e:#}");
         let e = Spec::parse("[[site]]\nname = \"fra\"\nfrr = true\n").unwrap_err();
         assert!(format!("{e:#}").contains("site[0].frr"), "{e:#}");
+        let e = Spec::parse("[[site]]\nname = \"fra\"\nrouter_session = \"ipx\"\n").unwrap_err();
+        assert!(format!("{e:#}").contains("router_session"), "{e:#}");
+        let s = Spec::parse("[[site]]\nname = \"fra\"\nrouter_session = \"ipv6\"\n").unwrap();
+        assert_eq!(s.sites[0].router_session, SessionFamily::Ipv6);
     }
 
     proptest! {

@@ -18,6 +18,9 @@ pub struct Node {
     pub addresses: Vec<String>,
     /// Underlay addresses (site LAN first, then internet on gateways).
     pub underlay: Vec<String>,
+    /// The node's IPv6 address on the site LAN (the LANs are dual stack).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lan6: Option<String>,
     pub key: PathBuf,
     pub cert: PathBuf,
     pub overlayd_config: PathBuf,

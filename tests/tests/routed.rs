@@ -493,6 +493,152 @@ fn a_site_router_running_frr_peers_with_bfd_and_ttl_security() {
     );
 }
 
+/// Whether `from` gets an answer to one ping of `to` (from its address
+/// `source`, when given).
+fn answers(lab: &Lab, from: &str, source: Option<&str>, to: &str) -> bool {
+    let mut cmd = vec!["ping", "-c", "1", "-W", "1"];
+    if let Some(s) = source {
+        cmd.extend(["-I", s]);
+    }
+    cmd.push(to);
+    lab.exec(from, &cmd).status.success()
+}
+
+/// Dual-stack site LANs: fra's BIRD peers with its gateways over IPv6,
+/// ams's FRR over IPv4, each session carrying both families with a next
+/// hop of the right family on the LAN, BFD up on both. The two office
+/// LANs reach each other over IPv4 and IPv6, a cubenet host reaches both
+/// over both, and a silent drop of one BIRD link (both families) is seen
+/// by BFD over IPv6 and withdrawn at the far site.
+#[test]
+fn dual_stack_site_lans_reach_each_other_over_sessions_of_either_family() {
+    if !netns_or_skip("dual_stack_site_lans_reach_each_other_over_sessions_of_either_family") {
+        return;
+    }
+    let lab = Lab::up(
+        "routed = true\nbfd_interval_ms = 100\n\
+         [[site]]\nname = \"fra\"\ngateways = 2\nbird = true\nrouter_session = \"ipv6\"\n\
+         [[site]]\nname = \"ams\"\ngateways = 2\nfrr = true\n",
+    );
+    const BIRD4: &str = "192.168.1.1";
+    const BIRD6: &str = "fd00:192:168:1::1";
+    const FRR4: &str = "192.168.52.1";
+    const FRR6: &str = "fd00:192:168:34::1";
+    for (gw, router, address) in [
+        ("fra-gw1", "fra-bird", "fd16:0:0:1::c8"),
+        ("fra-gw2", "fra-bird", "fd16:0:0:1::c8"),
+        ("ams-gw1", "ams-frr", "172.16.2.202"),
+        ("ams-gw2", "ams-frr", "172.16.2.202"),
+    ] {
+        lab.wait_for(&format!("{gw}: {router} established, BFD up"), |l| {
+            let n = neighbor(l, gw, router);
+            n["state"] == "established" && n["bfd"] == "up"
+        });
+        let n = neighbor(&lab, gw, router);
+        assert_eq!(n["address"], address, "{n}");
+    }
+    // Each gateway routes the office LAN behind its router in the kernel,
+    // both families, via the router's address of that family on the LAN:
+    // over BIRD's IPv6 session the IPv4 route too.
+    for (gw, routes) in [
+        (
+            "fra-gw1",
+            [
+                "192.168.1.0/24 via 172.16.1.200",
+                "fd00:192:168:1::/64 via fd16:0:0:1::c8",
+            ],
+        ),
+        (
+            "ams-gw2",
+            [
+                "192.168.52.0/24 via 172.16.2.202",
+                "fd00:192:168:34::/64 via fd16:0:0:2::ca",
+            ],
+        ),
+    ] {
+        for route in routes {
+            lab.wait_for(&format!("{route} on {gw}"), |l| {
+                let v4 = l.exec_ok(gw, &["ip", "route", "show", "proto", "201"]);
+                let v6 = l.exec_ok(gw, &["ip", "-6", "route", "show", "proto", "201"]);
+                v4.contains(route) || v6.contains(route)
+            });
+        }
+    }
+    // The routers install the other site's office LAN over both of their
+    // gateways, with next hops of its family: BIRD over its IPv6 session
+    // an IPv4 one too, FRR over its IPv4 session an IPv6 one.
+    for (router, prefix, hops) in [
+        ("fra-bird", "192.168.52.0/24", ["172.16.1.1", "172.16.1.2"]),
+        (
+            "fra-bird",
+            "fd00:192:168:34::/64",
+            ["fd16:0:0:1::1", "fd16:0:0:1::2"],
+        ),
+        ("ams-frr", "192.168.1.0/24", ["172.16.2.1", "172.16.2.2"]),
+        (
+            "ams-frr",
+            "fd00:192:168:1::/64",
+            ["fd16:0:0:2::1", "fd16:0:0:2::2"],
+        ),
+    ] {
+        lab.wait_for(&format!("{router}'s ECMP route to {prefix}"), |l| {
+            let family = if prefix.contains(':') { "-6" } else { "-4" };
+            let r = l.exec_ok(router, &["ip", family, "route", "show", prefix]);
+            hops.iter().all(|h| r.contains(&format!("via {h} ")))
+        });
+    }
+    // Office to office, both families, both ways; a cubenet host of each
+    // site to both offices over both families.
+    for (from, source, to) in [
+        ("fra-bird", Some(BIRD4), FRR4),
+        ("fra-bird", Some(BIRD6), FRR6),
+        ("ams-frr", Some(FRR4), BIRD4),
+        ("ams-frr", Some(FRR6), BIRD6),
+        ("fra-h1", None, BIRD4),
+        ("fra-h1", None, BIRD6),
+        ("fra-h1", None, FRR4),
+        ("fra-h1", None, FRR6),
+        ("ams-h1", None, BIRD4),
+        ("ams-h1", None, BIRD6),
+        ("ams-h1", None, FRR4),
+        ("ams-h1", None, FRR6),
+    ] {
+        lab.wait_for(&format!("{from} ({source:?}) -> {to}"), |l| {
+            answers(l, from, source, to)
+        });
+    }
+
+    // BIRD loses fra-gw1 silently, both families: BFD over IPv6 takes the
+    // session down and ams-gw1 keeps only fra-gw2's paths.
+    let t0 = std::time::Instant::now();
+    lab.lab_ok(&["link", "fra-gw1", "fra-bird", "drop"]);
+    for prefix in ["192.168.1.0/24", "fd00:192:168:1::/64"] {
+        lab.wait_for(
+            &format!("ams-gw1 to reach {prefix} through fra-gw2 only"),
+            |l| via(l, "ams-gw1", prefix) == vec!["fra-gw2"],
+        );
+    }
+    println!(
+        "BIRD's prefixes through fra-gw1 withdrawn at ams-gw1 {} ms after the drop (BFD over IPv6)",
+        t0.elapsed().as_millis()
+    );
+    let n = neighbor(&lab, "fra-gw1", "fra-bird");
+    let last = n["history"].as_array().and_then(|h| h.last()).cloned();
+    let last = last.unwrap_or(Value::Null);
+    assert_eq!(last["event"], "down", "{n}");
+    assert!(last["reason"].as_str().unwrap_or("").contains("BFD"), "{n}");
+    for to in [BIRD4, BIRD6] {
+        lab.wait_for(&format!("ams-frr -> {to} after the drop"), |l| {
+            answers(
+                l,
+                "ams-frr",
+                Some(if to == BIRD4 { FRR4 } else { FRR6 }),
+                to,
+            )
+        });
+    }
+}
+
 /// A host that stops (SIGTERM: its gateways are told it is leaving) is
 /// withdrawn by every gateway, and announced again when it starts. Before
 /// the typed event contract routed skipped overlayd's `detached` events
