@@ -248,6 +248,7 @@ fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         communities: vec![0xfde8_0001],
         next_hop_v4: Some(std::net::Ipv4Addr::new(10, 77, 1, 1)),
         next_hop_v6: Some("fd77::1:1".parse().unwrap()),
+        next_hop_v6_local: Some("fe80::1".parse().unwrap()),
     };
     s.push((
         "bgp",

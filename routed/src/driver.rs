@@ -908,7 +908,7 @@ pub fn restarted_gracefully(cfg: &Config) -> bool {
 async fn sync_tables(me: Arc<Shared>) {
     let mut feed = RouteFeed::new(&me.cfg.overlayd_socket);
     // What the kernel was last given, and whether stale routes were pruned.
-    type KernelRoutes = (bool, Vec<(ipnet::IpNet, Option<IpAddr>)>);
+    type KernelRoutes = (bool, Vec<crate::kernel::Want>);
     let mut last_kernel: Option<KernelRoutes> = None;
     loop {
         let _ = tokio::time::timeout(RESYNC, me.tables.notified()).await;

@@ -13,6 +13,27 @@ use rtnetlink::RouteMessageBuilder;
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+/// A route routed wants in the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Want {
+    pub prefix: IpNet,
+    /// Via this address of a router; `None`: into the overlay interface.
+    pub via: Option<IpAddr>,
+    /// The interface index of a link-local `via` (RFC 2545): the kernel
+    /// needs it to tell which link the address is on.
+    pub dev: Option<u32>,
+}
+
+impl Want {
+    pub fn overlay(prefix: IpNet) -> Want {
+        Want {
+            prefix,
+            via: None,
+            dev: None,
+        }
+    }
+}
+
 fn destination(m: &RouteMessage) -> Option<IpNet> {
     let len = m.header.destination_prefix_length;
     let dst = m.attributes.iter().find_map(|a| match a {
@@ -68,9 +89,13 @@ fn gateway(m: &RouteMessage) -> Option<IpAddr> {
 pub async fn reconcile(
     ifname: &str,
     protocol: u8,
-    want: &[(IpNet, Option<IpAddr>)],
+    want: &[Want],
     prune: bool,
 ) -> Result<(), String> {
+    let devs: std::collections::BTreeMap<(IpNet, Option<IpAddr>), u32> = want
+        .iter()
+        .filter_map(|w| Some(((w.prefix.trunc(), w.via), w.dev?)))
+        .collect();
     let (conn, handle, _) =
         rtnetlink::new_connection().map_err(|e| format!("netlink socket: {e}"))?;
     tokio::spawn(conn);
@@ -99,7 +124,7 @@ pub async fn reconcile(
         }
     }
     let mut want: BTreeSet<(IpNet, Option<IpAddr>)> =
-        want.iter().map(|(p, g)| (p.trunc(), *g)).collect();
+        want.iter().map(|w| (w.prefix.trunc(), w.via)).collect();
     if !prune {
         // A prefix the kernel routes already (by a route of before the
         // start) stays as it is: adding a second route for it would fail.
@@ -142,7 +167,10 @@ pub async fn reconcile(
         };
         let msg = match gw {
             Some(g) => match b.gateway(*g) {
-                Ok(b) => b.build(),
+                Ok(b) => match devs.get(&(*p, *gw)) {
+                    Some(dev) => b.output_interface(*dev).build(),
+                    None => b.build(),
+                },
                 Err(e) => {
                     errors.push(format!("route {what}: {e}"));
                     continue;

@@ -1714,6 +1714,16 @@ impl Router {
             })
     }
 
+    /// The link-local IPv6 next hop `nb` gets beside the global one
+    /// (RFC 2545): ours on the link to a LAN router, unless its next hop is
+    /// configured (then it may not be us).
+    fn next_hop_v6_local_for(&self, nb: &Neighbor) -> Option<std::net::Ipv6Addr> {
+        if nb.overlay || nb.cfg.next_hop_v6.is_some() {
+            return None;
+        }
+        nb.link_addrs.v6_local
+    }
+
     /// Best routes that `nb` would get but for a next hop, by reason.
     fn not_sent(&self, n: NeighborId) -> BTreeMap<String, u64> {
         let nb = &self.neighbors[n];
@@ -1779,6 +1789,7 @@ impl Router {
             communities,
             next_hop_v4: nh4,
             next_hop_v6: nh6,
+            next_hop_v6_local: nh6.and_then(|_| self.next_hop_v6_local_for(nb)),
         })
     }
 
@@ -1961,23 +1972,47 @@ impl Router {
             .collect()
     }
 
-    /// Kernel routes: learned site prefixes into the overlay interface
-    /// (`None`), and what LAN routers offer via their address.
-    pub fn kernel_routes(&self) -> Vec<(IpNet, Option<IpAddr>)> {
+    /// Kernel routes: learned site prefixes into the overlay interface,
+    /// and what LAN routers offer via their address: the global IPv6 next
+    /// hop when there is one, else the link-local one on the router's link
+    /// (a router may give only that, RFC 2545).
+    pub fn kernel_routes(&self) -> Vec<crate::kernel::Want> {
+        use crate::kernel::Want;
         self.rib
             .iter_best()
             .filter(|(_, b)| b.paths.iter().all(|p| p.source != LOCAL))
             .filter_map(|(p, b)| {
                 let best = &b.paths[0];
-                if self.neighbor_of(best.source)?.overlay {
-                    return (p.prefix_len() < p.max_prefix_len()).then_some((*p, None));
+                let nb = self.neighbor_of(best.source)?;
+                if nb.overlay {
+                    return (p.prefix_len() < p.max_prefix_len()).then_some(Want::overlay(*p));
                 }
                 // Via the next hop the router gave, of the prefix's family.
-                let nh = match p {
-                    IpNet::V4(_) => best.attrs.next_hop_v4.map(IpAddr::V4),
-                    IpNet::V6(_) => best.attrs.next_hop_v6.map(IpAddr::V6),
+                let (via, dev) = match p {
+                    IpNet::V4(_) => (best.attrs.next_hop_v4.map(IpAddr::V4), None),
+                    IpNet::V6(_) => {
+                        let global = best
+                            .attrs
+                            .next_hop_v6
+                            .filter(|a| !a.is_unicast_link_local() && !a.is_unspecified());
+                        let local = best
+                            .attrs
+                            .next_hop_v6_local
+                            .or(best.attrs.next_hop_v6)
+                            .filter(|a| a.is_unicast_link_local());
+                        match (global, local) {
+                            (Some(g), _) => (Some(IpAddr::V6(g)), None),
+                            // Not installable without the router's link.
+                            (None, Some(l)) => (Some(IpAddr::V6(l)), Some(nb.link_addrs.ifindex?)),
+                            (None, None) => (None, None),
+                        }
+                    }
                 };
-                Some((*p, nh))
+                Some(Want {
+                    prefix: *p,
+                    via,
+                    dev,
+                })
             })
             .collect()
     }
@@ -2214,6 +2249,89 @@ mod tests {
         assert_eq!(r.status(now).neighbors[0].bfd_received, 1);
     }
 
+    /// A router that gives only a link-local IPv6 next hop (in the global
+    /// field, or beside an unspecified one) is routed to on its link: the
+    /// kernel route names the interface the session is on. A global next
+    /// hop, when given, is used as before.
+    #[test]
+    fn a_link_local_next_hop_is_installed_on_the_routers_link() {
+        let now = Instant::now();
+        let cfg = Config::parse(
+            "asn = 4200000101\nrouter_id = \"10.77.1.1\"\nca = \"-\"\ncert = \"-\"\n\
+             [[neighbor]]\nname = \"lan\"\naddress = \"fd99::9\"\nasn = 65010\nbfd = false\n\
+             import = [\"fd50::/48\"]\nexport = \"all\"\n",
+        )
+        .unwrap();
+        let mut r = Router::new(
+            cfg,
+            vec!["fd77::/48".parse().unwrap()],
+            vec![],
+            None,
+            vec![vec![]],
+            now,
+            1,
+        )
+        .unwrap();
+        r.set_link(
+            N0,
+            crate::sockets::LinkAddrs {
+                v6: Some("fd99::1".parse().unwrap()),
+                v6_local: Some("fe80::1".parse().unwrap()),
+                ifindex: Some(7),
+                ..Default::default()
+            },
+            now,
+        );
+        r.on_connected(N0, 1, false, Some("fd99::1".parse().unwrap()), now);
+        let open = Open {
+            asn: 65010,
+            hold_time: 90,
+            router_id: Ipv4Addr::new(172, 16, 1, 9),
+            ipv4: false,
+            ipv6: true,
+            asn4: true,
+            route_refresh: false,
+            graceful_restart: None,
+        };
+        r.on_message(N0, 1, Ok(Message::Open(open)), now);
+        r.on_message(N0, 1, Ok(Message::Keepalive), now);
+        let up = |p: &str, global: &str, local: Option<&str>| {
+            Message::Update(Update {
+                announced: vec![p.parse().unwrap()],
+                attrs: Attrs {
+                    as_path: vec![65010],
+                    next_hop_v6: Some(global.parse().unwrap()),
+                    next_hop_v6_local: local.map(|l| l.parse().unwrap()),
+                    ..Attrs::default()
+                },
+                ..Update::default()
+            })
+        };
+        r.on_message(N0, 1, Ok(up("fd50:0:0:1::/64", "fe80::9", None)), now);
+        r.on_message(N0, 1, Ok(up("fd50:0:0:2::/64", "::", Some("fe80::9"))), now);
+        r.on_message(
+            N0,
+            1,
+            Ok(up("fd50:0:0:3::/64", "fd99::9", Some("fe80::9"))),
+            now,
+        );
+        let want = |p: &str, via: &str, dev| crate::kernel::Want {
+            prefix: p.parse().unwrap(),
+            via: Some(via.parse().unwrap()),
+            dev,
+        };
+        let mut k = r.kernel_routes();
+        k.sort();
+        assert_eq!(
+            k,
+            vec![
+                want("fd50:0:0:1::/64", "fe80::9", Some(7)),
+                want("fd50:0:0:2::/64", "fe80::9", Some(7)),
+                want("fd50:0:0:3::/64", "fd99::9", None),
+            ]
+        );
+    }
+
     /// A LAN router gets next hops of each family from our addresses on
     /// the link to it, whatever the session's family (RFC 4760, RFC 2545),
     /// never our overlay address; a family with no address of ours on that
@@ -2247,6 +2365,8 @@ mod tests {
             crate::sockets::LinkAddrs {
                 v4: None,
                 v6: Some("fd99::1".parse().unwrap()),
+                v6_local: Some("fe80::1".parse().unwrap()),
+                ifindex: Some(7),
             },
             now,
         );
@@ -2286,6 +2406,11 @@ mod tests {
             vec!["fd77::1:11/128".parse::<IpNet>().unwrap()]
         );
         assert_eq!(u[0].attrs.next_hop_v6, Some("fd99::1".parse().unwrap()));
+        // With our link-local address beside it (RFC 2545).
+        assert_eq!(
+            u[0].attrs.next_hop_v6_local,
+            Some("fe80::1".parse().unwrap())
+        );
         let st = r.status(now);
         assert_eq!(
             st.neighbors[0]
@@ -2302,6 +2427,8 @@ mod tests {
             crate::sockets::LinkAddrs {
                 v4: Some(Ipv4Addr::new(172, 16, 1, 1)),
                 v6: Some("fd99::1".parse().unwrap()),
+                v6_local: Some("fe80::1".parse().unwrap()),
+                ifindex: Some(7),
             },
             now,
         );

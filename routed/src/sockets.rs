@@ -292,6 +292,11 @@ pub struct LinkAddrs {
     pub v4: Option<Ipv4Addr>,
     /// A global (not link-local) IPv6 address.
     pub v6: Option<Ipv6Addr>,
+    /// The interface's link-local IPv6 address: the second next hop of
+    /// RFC 2545 for a router on that link.
+    pub v6_local: Option<Ipv6Addr>,
+    /// The interface's index: where a router's link-local next hop is.
+    pub ifindex: Option<u32>,
 }
 
 /// This host's interface addresses: interface name, address, prefix
@@ -364,10 +369,16 @@ pub fn link_addrs(local: IpAddr) -> io::Result<LinkAddrs> {
     let Some((ifname, _, _)) = all.iter().find(|(_, a, _)| *a == local) else {
         return Ok(out);
     };
+    // SAFETY: a NUL-terminated name getifaddrs gave.
+    let index = unsafe { libc::if_nametoindex(ifname.as_ptr()) };
+    out.ifindex = (index != 0).then_some(index);
     for (_, a, _) in all.iter().filter(|(n, _, _)| n == ifname) {
         match a {
             IpAddr::V4(a) if out.v4.is_none() => out.v4 = Some(*a),
-            IpAddr::V6(a) if out.v6.is_none() && !a.is_unicast_link_local() => out.v6 = Some(*a),
+            IpAddr::V6(a) if a.is_unicast_link_local() => {
+                out.v6_local = out.v6_local.or(Some(*a));
+            }
+            IpAddr::V6(a) if out.v6.is_none() => out.v6 = Some(*a),
             _ => {}
         }
     }
@@ -543,12 +554,13 @@ mod tests {
         if std::net::UdpSocket::bind("[::1]:0").is_ok() {
             assert_eq!(l.v6, Some(Ipv6Addr::LOCALHOST));
         }
+        assert!(l.ifindex.is_some(), "{l:?}");
         let l = link_addrs("192.0.2.77".parse().unwrap()).unwrap();
         assert_eq!(
             l,
             LinkAddrs {
                 v4: Some("192.0.2.77".parse().unwrap()),
-                v6: None
+                ..Default::default()
             }
         );
     }

@@ -208,6 +208,9 @@ pub struct Attrs {
     pub communities: Vec<u32>,
     pub next_hop_v4: Option<Ipv4Addr>,
     pub next_hop_v6: Option<Ipv6Addr>,
+    /// The link-local IPv6 next hop beside the global one (RFC 2545's
+    /// 32-byte form): only between neighbours on one link.
+    pub next_hop_v6_local: Option<Ipv6Addr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -490,10 +493,11 @@ fn from_update(u: &BgpUpdateMessage) -> Update {
             }
             PathAttributeValue::MpReach(MpReach::Ipv6Unicast {
                 next_hop_global,
+                next_hop_local,
                 nlri,
-                ..
             }) => {
                 up.attrs.next_hop_v6 = Some(*next_hop_global);
+                up.attrs.next_hop_v6_local = *next_hop_local;
                 for n in nlri.iter() {
                     up.announced.push(IpNet::V6(n.network().address()));
                 }
@@ -758,7 +762,7 @@ fn to_update(u: &Update) -> BgpUpdateMessage {
                 false,
                 PathAttributeValue::MpReach(MpReach::Ipv6Unicast {
                     next_hop_global: a.next_hop_v6.unwrap_or(Ipv6Addr::UNSPECIFIED),
-                    next_hop_local: None,
+                    next_hop_local: a.next_hop_v6_local,
                     nlri: nlri6.into(),
                 }),
             ));
@@ -889,6 +893,8 @@ mod tests {
                 communities: vec![0xfde8_0001],
                 next_hop_v4: Some(Ipv4Addr::new(10, 77, 1, 1)),
                 next_hop_v6: Some("fd77::1:1".parse().unwrap()),
+                // RFC 2545's 32-byte form.
+                next_hop_v6_local: Some("fe80::1".parse().unwrap()),
             },
             treat_as_withdraw: None,
             unreach_v6: true,
@@ -1124,6 +1130,7 @@ mod tests {
                             communities,
                             next_hop_v4: v4.then(|| Ipv4Addr::from(nh4)),
                             next_hop_v6: v6.then(|| Ipv6Addr::from(nh6)),
+                            next_hop_v6_local: None,
                         },
                         treat_as_withdraw: None,
                         unreach_v6,

@@ -566,7 +566,22 @@ fn dual_stack_site_lans_reach_each_other_over_sessions_of_either_family() {
     }
     // The routers install the other site's office LAN over both of their
     // gateways, with next hops of its family: BIRD over its IPv6 session
-    // an IPv4 one too, FRR over its IPv4 session an IPv6 one.
+    // an IPv4 one too, FRR over its IPv4 session an IPv6 one. IPv6 routes
+    // carry the gateway's global and link-local addresses (RFC 2545):
+    // BIRD routes via the global one, FRR via the link-local one.
+    let link_local = |gw: &str| {
+        let out = lab.exec_ok(
+            gw,
+            &[
+                "ip", "-6", "-br", "addr", "show", "dev", "lan0", "scope", "link",
+            ],
+        );
+        let a = out.split_whitespace().find(|w| w.starts_with("fe80::"));
+        a.and_then(|a| a.split('/').next())
+            .unwrap_or_else(|| panic!("{gw}: no link-local address: {out}"))
+            .to_string()
+    };
+    let (ams1, ams2) = (link_local("ams-gw1"), link_local("ams-gw2"));
     for (router, prefix, hops) in [
         ("fra-bird", "192.168.52.0/24", ["172.16.1.1", "172.16.1.2"]),
         (
@@ -575,11 +590,7 @@ fn dual_stack_site_lans_reach_each_other_over_sessions_of_either_family() {
             ["fd16:0:0:1::1", "fd16:0:0:1::2"],
         ),
         ("ams-frr", "192.168.1.0/24", ["172.16.2.1", "172.16.2.2"]),
-        (
-            "ams-frr",
-            "fd00:192:168:1::/64",
-            ["fd16:0:0:2::1", "fd16:0:0:2::2"],
-        ),
+        ("ams-frr", "fd00:192:168:1::/64", [&ams1, &ams2]),
     ] {
         lab.wait_for(&format!("{router}'s ECMP route to {prefix}"), |l| {
             let family = if prefix.contains(':') { "-6" } else { "-4" };
@@ -587,6 +598,24 @@ fn dual_stack_site_lans_reach_each_other_over_sessions_of_either_family() {
             hops.iter().all(|h| r.contains(&format!("via {h} ")))
         });
     }
+    let bird = lab.node("fra-bird").overlayd_socket;
+    let attrs = lab.exec_ok(
+        "fra-bird",
+        &[
+            "birdc",
+            "-s",
+            &common::path_str(&bird),
+            "show",
+            "route",
+            "fd00:192:168:34::/64",
+            "all",
+        ],
+    );
+    let fra1 = link_local("fra-gw1");
+    assert!(
+        attrs.contains(&format!("BGP.next_hop: fd16:0:0:1::1 {fra1}")),
+        "{attrs}"
+    );
     // Office to office, both families, both ways; a cubenet host of each
     // site to both offices over both families.
     for (from, source, to) in [
