@@ -387,6 +387,44 @@ fn gobgp_exchanges_routes_read_back_as_json() {
     wait_until("routes from GoBGP", Duration::from_secs(10), || {
         routed.has_route("192.168.60.0/24", "gobgp") && routed.has_route("fd60::/64", "gobgp")
     });
+    // A route whose only next hop is link-local (in the global field, as
+    // some speakers send it): installed via that address on the link the
+    // session runs on, the global one as before.
+    let peer_ll = bed
+        .exec_ok(
+            &g,
+            &[
+                "ip", "-6", "-br", "addr", "show", "dev", "eth0", "scope", "link",
+            ],
+        )
+        .unwrap_or_default()
+        .split_whitespace()
+        .find_map(|w| {
+            w.strip_prefix("fe80::")
+                .map(|_| w.split('/').next().unwrap_or(w).to_string())
+        })
+        .expect("the peer's link-local address");
+    gobgp(&[
+        "global",
+        "rib",
+        "-a",
+        "ipv6",
+        "add",
+        "fd60:0:0:1::/64",
+        "nexthop",
+        &peer_ll,
+    ]);
+    wait_until(
+        "both IPv6 routes in the kernel",
+        Duration::from_secs(10),
+        || {
+            let k = bed
+                .exec_ok(&r, &["ip", "-6", "route", "show", "proto", "201"])
+                .unwrap_or_default();
+            k.contains("fd60::/64 via fd99::2 dev eth0")
+                && k.contains(&format!("fd60:0:0:1::/64 via {peer_ll} dev eth0"))
+        },
+    );
     // routed's routes, read back from GoBGP as JSON.
     wait_until(
         "GoBGP to learn the site prefixes",
