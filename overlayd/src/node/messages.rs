@@ -37,7 +37,6 @@ impl Node {
                 if let Some(x) = c.ctl(peer) {
                     x.probes.heard(now, self.cfg.probe.interval());
                 }
-                self.send_message(peer, &Message::ProbeReply { seq }, out);
                 // Detached for silence and heard again: its routes return.
                 if peer.configured.is_none()
                     && !peer.attached.load(Ordering::Relaxed)
@@ -45,6 +44,14 @@ impl Node {
                 {
                     self.maybe_attach(c, peer, now);
                 }
+                // A host whose tunnel damping holds down here is not
+                // attached, so not announced: unanswered, it does not make
+                // this gateway its active one and send where the other
+                // gateways' reverse-path check drops its traffic.
+                if c.ctl(peer).is_some_and(|x| x.host_damped(now)) {
+                    return;
+                }
+                self.send_message(peer, &Message::ProbeReply { seq }, out);
             }
             // Authenticated by the tunnel: a gateway going away is down now
             // (traffic moves to the others, a handshake with its successor
