@@ -85,6 +85,7 @@ pub(crate) fn config_text(plans: &[Plan], p: &Plan, spec: &Spec) -> String {
             " neighbor {addr} remote-as {asn}\n neighbor {addr} description {name}\n \
              neighbor {addr} timers 3 9\n neighbor {addr} timers connect 1\n \
              neighbor {addr} bfd\n neighbor {addr} bfd profile cubenet\n \
+             neighbor {addr} bfd check-control-plane-failure\n \
              neighbor {addr} ttl-security hops 1\n"
         ));
     }

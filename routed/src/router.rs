@@ -281,17 +281,20 @@ pub struct Router {
 }
 
 /// The graceful restart capability we send (RFC 4724 §3), if it is on:
-/// both families, forwarding kept (F) when this process began with a
-/// graceful restart — overlayd and the kernel keep routed's routes while
-/// routed restarts, so the gateway forwards throughout.
+/// both families with forwarding kept (F) in every OPEN — routed's
+/// forwarding state lives in overlayd and the kernel, which keep it while
+/// routed restarts, so the gateway forwards throughout; restarting (R)
+/// when this process began with a graceful restart. A helper may go by
+/// the F bits of the OPEN before the restart: FRR keeps a neighbour's
+/// routes across its restart only for the families that OPEN marked.
 fn graceful_restart_cap(cfg: &Config, restarted: bool) -> Option<wire::GracefulRestart> {
     cfg.graceful_restart
         .enabled
         .then_some(wire::GracefulRestart {
             restarting: restarted,
             time_s: cfg.graceful_restart.restart_time_s,
-            ipv4: Some(restarted),
-            ipv6: Some(restarted),
+            ipv4: Some(true),
+            ipv6: Some(true),
         })
 }
 
@@ -2616,13 +2619,16 @@ mod tests {
         assert!(r.fib_ready());
         assert!(sent(&mut r).iter().any(is_eor));
         assert!(!r.status(now).restarting);
+        // Later OPENs: not restarting, forwarding still kept (F), as in the
+        // OPENs before a restart, whose F bits FRR goes by.
         assert_eq!(
-            r.neighbors[N0]
-                .session
-                .cfg
-                .graceful_restart
-                .map(|g| g.restarting),
-            Some(false)
+            r.neighbors[N0].session.cfg.graceful_restart,
+            Some(wire::GracefulRestart {
+                restarting: false,
+                time_s: 120,
+                ipv4: Some(true),
+                ipv6: Some(true),
+            })
         );
     }
 

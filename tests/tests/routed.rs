@@ -1001,6 +1001,148 @@ fn a_graceful_routed_restart_keeps_a_gateways_routes_at_the_other_gateway() {
     assert!(got >= sent - 5 && gap <= 5, "{got}/{sent}, gap {gap}");
 }
 
+/// The kernel's route changes in a node's namespace, as `ip -o monitor
+/// route` prints them, one line each, read on a thread.
+struct RouteMonitor {
+    lines: std::sync::mpsc::Receiver<String>,
+    /// Killed with the lab.
+    _child: std::process::Child,
+    marks: u32,
+}
+
+impl RouteMonitor {
+    fn start(lab: &Lab, node: &str) -> RouteMonitor {
+        let mut child = lab.spawn(node, &["ip", "-o", "monitor", "route"]);
+        let out = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut m = RouteMonitor {
+            lines,
+            _child: child,
+            marks: 0,
+        };
+        // Listening once a change of our own shows.
+        m.until_mark(lab, node);
+        m
+    }
+
+    /// Makes a route change of its own in `node` and returns every line
+    /// the monitor printed before it: a point in the stream the caller
+    /// knows is after whatever it did.
+    fn until_mark(&mut self, lab: &Lab, node: &str) -> Vec<String> {
+        self.marks += 1;
+        let mark = format!("203.0.113.{}", self.marks);
+        let mut seen = Vec::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            // Again until it shows: the first may come before the monitor
+            // listens.
+            lab.exec_ok(node, &["ip", "route", "replace", "blackhole", &mark]);
+            lab.exec_ok(node, &["ip", "route", "del", "blackhole", &mark]);
+            while let Ok(l) = self
+                .lines
+                .recv_timeout(std::time::Duration::from_millis(200))
+            {
+                if l.contains(&mark) {
+                    return seen;
+                }
+                seen.push(l);
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "ip monitor in {node} printed nothing of {mark}"
+            );
+        }
+    }
+}
+
+/// Graceful restart with FRR as the helper (its default), BFD on (and
+/// ams-gw1 a helper too): a `routed restart` of fra-gw1 takes BFD down too, which FRR's
+/// `bfd check-control-plane-failure` ignores while routed restarts
+/// gracefully (routed's BFD runs in its control plane, C bit clear). FRR
+/// keeps the overlay's routes through fra-gw1: its kernel routes do not
+/// change across the restart.
+#[test]
+fn a_graceful_routed_restart_changes_no_route_at_frr() {
+    if !netns_or_skip("a_graceful_routed_restart_changes_no_route_at_frr") {
+        return;
+    }
+    let lab = Lab::up(
+        "routed = true\nbfd_interval_ms = 100\n\
+         [[site]]\nname = \"fra\"\ngateways = 1\nhosts = 1\nfrr = true\n\
+         [[site]]\nname = \"ams\"\ngateways = 1\nhosts = 1\n",
+    );
+    // Both gateways: ams-gw1 helps too, so the restart is no flap there
+    // (damping would hold fra-gw1 down and take the routes FRR keeps).
+    for gw in ["fra-gw1", "ams-gw1"] {
+        lab.reconfigure(gw, "routed.toml", Some("routed"), |text| {
+            text.replacen(
+                "[[neighbor]]",
+                "[graceful_restart]\nenabled = true\n\n[[neighbor]]",
+                1,
+            )
+        });
+    }
+    lab.lab_ok(&["wait"]);
+    let gw = ["172.16.1.1"];
+    lab.wait_for("FRR: fra-gw1 Established, BFD up", |l| {
+        frr_peers(l, "fra-frr", &gw) == vec![("Established".to_string(), "up".to_string())]
+    });
+    lab.wait_for("FRR's route to ams-h1 in the kernel", |l| {
+        l.exec_ok("fra-frr", &["ip", "route", "show", AMS_H1])
+            .contains("via 172.16.1.1")
+    });
+    // FRR has taken fra-gw1's capability (forwarding kept, F) and its
+    // End-of-RIB for both families: what it goes by when the session
+    // closes.
+    lab.wait_for("FRR: fra-gw1's F bits and End-of-RIBs", |l| {
+        let n = vtysh(l, "fra-frr", "show bgp neighbors 172.16.1.1 json");
+        let gr = &n["172.16.1.1"]["gracefulRestartInfo"];
+        ["ipv4Unicast", "ipv6Unicast"]
+            .iter()
+            .all(|f| gr[*f]["fBit"] == true && gr["endOfRibRecv"][*f] == true)
+    });
+    let log = lab.path().join("nodes/fra-gw1/routed.log");
+    let restarted = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("graceful restart: table whole")
+    };
+    assert!(!restarted());
+    let mut monitor = RouteMonitor::start(&lab, "fra-frr");
+    let sock = lab.node("fra-gw1").routed_socket.unwrap();
+    let out = Command::new(common::bin("routed"))
+        .args(["restart", "--socket"])
+        .arg(&sock)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    lab.wait_for("fra-gw1's routed back with its table whole", |l| {
+        restarted() && l.routed("fra-gw1", "status")["restarting"] == false
+    });
+    lab.wait_for("FRR: fra-gw1 Established again, BFD up", |l| {
+        frr_peers(l, "fra-frr", &gw) == vec![("Established".to_string(), "up".to_string())]
+            && neighbor(l, "fra-gw1", "fra-frr")["state"] == "established"
+    });
+    let changes = monitor.until_mark(&lab, "fra-frr");
+    let overlay: Vec<&String> = changes.iter().filter(|l| l.contains("10.77.")).collect();
+    assert!(
+        overlay.is_empty(),
+        "FRR's routes changed across the restart: {overlay:?}\nall changes: {changes:#?}\nFRR's log:\n{}",
+        std::fs::read_to_string(lab.node("fra-frr").log).unwrap_or_default()
+    );
+    assert!(lab
+        .exec_ok("fra-frr", &["ip", "route", "show", AMS_H1])
+        .contains("via 172.16.1.1"));
+}
+
 /// A host whose tunnel to one of its two gateways drops silently: that
 /// gateway stops hearing its probes and detaches it, routed withdraws it,
 /// and the other site's gateways send to the host's other gateway only, so
