@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# A full mesh of gateways at rest: N gateways (N/2 sites of 2 gateways, one
+# host each) brought up in the lab with routed; prints the time from `up`
+# to converged, then, once settled, each gateway's idle CPU (overlayd and
+# routed, from /proc over WINDOW seconds) and RSS, per gateway and per
+# neighbour (N - 1 per gateway).
+#
+#   sudo bench/mesh.sh                      # N = 10 20, both profiles
+#   NS="10 20 50" PROFILES=lab NO_BUILD=1 sudo bench/mesh.sh
+#
+# PROFILES: "lab" (probes and BFD every 100 ms, as the lab's tests run) and
+# "defaults" (overlayd's and routed's own defaults). SETTLE (5 s) after
+# converging before the WINDOW (10 s) of measurement. RESULTS=FILE appends
+# one JSON line per run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+NS=${NS:-"10 20"}
+PROFILES=${PROFILES:-"lab defaults"}
+SETTLE=${SETTLE:-5}
+WINDOW=${WINDOW:-10}
+[[ $(id -u) == 0 ]] || { echo "bench/mesh.sh: needs root" >&2; exit 2; }
+for pair in ip:iproute2 jq:jq nft:nftables; do
+  command -v "${pair%%:*}" >/dev/null || {
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends "${pair#*:}" >/dev/null
+  }
+done
+[[ -f $HOME/.cargo/env ]] && source "$HOME/.cargo/env"
+[[ -n ${NO_BUILD:-} ]] || cargo build --release --workspace --bins -q
+bin=${CUBENET_BIN_DIR:-$root/target/release}
+lab=$bin/cubenet-lab
+hz=$(getconf CLK_TCK)
+work=$(mktemp -d /tmp/cubenet-mesh.XXXXXX)
+trap '"$lab" down "$work/lab" >/dev/null 2>&1 || true; [[ -n ${KEEP:-} ]] || rm -rf "$work"' EXIT INT TERM
+
+calc() { awk "BEGIN { print $* }"; }
+# CPU ticks (user + system) of a pid, or 0 if it is gone.
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+
+printf '%-9s %4s %10s %12s %12s %12s %14s %10s\n' profile N up_s overlayd_mc routed_mc per_gw_mc per_neigh_mc rss_MiB
+for profile in $PROFILES; do
+  for n in $NS; do
+    (( n % 2 == 0 && n >= 2 )) || { echo "N=$n: an even number of gateways, at least 2" >&2; exit 2; }
+    spec=$work/spec.toml
+    {
+      echo "routed = true"
+      echo "converge_timeout_s = 300"
+      if [[ $profile == lab ]]; then
+        echo "probe_interval_ms = 100"
+        echo "bfd_interval_ms = 100"
+      else
+        echo "probe_interval_ms = 1000"
+        echo "bfd_interval_ms = 300"
+      fi
+      for ((s = 1; s <= n / 2; s++)); do
+        printf '[[site]]\nname = "s%d"\ngateways = 2\nhosts = 1\n' "$s"
+      done
+    } >"$spec"
+    t0=$(date +%s.%N)
+    "$lab" up "$spec" --dir "$work/lab" >/dev/null
+    t1=$(date +%s.%N)
+    up_s=$(calc "$t1 - $t0")
+    sleep "$SETTLE"
+    mapfile -t gws < <(jq -r '.nodes[] | select(.role == "gateway") | .name' "$work/lab/lab.json")
+    declare -A o0=() r0=()
+    for g in "${gws[@]}"; do
+      o0[$g]=$(ticks "$(cat "$work/lab/nodes/$g/overlayd.pid")")
+      r0[$g]=$(ticks "$(cat "$work/lab/nodes/$g/routed.pid")")
+    done
+    w0=$(date +%s.%N)
+    sleep "$WINDOW"
+    w1=$(date +%s.%N)
+    o_total=0 r_total=0 rss_total=0
+    for g in "${gws[@]}"; do
+      op=$(cat "$work/lab/nodes/$g/overlayd.pid")
+      rp=$(cat "$work/lab/nodes/$g/routed.pid")
+      o_total=$(( o_total + $(ticks "$op") - ${o0[$g]} ))
+      r_total=$(( r_total + $(ticks "$rp") - ${r0[$g]} ))
+      rss_total=$(( rss_total + $(rss_kib "$op") + $(rss_kib "$rp") ))
+    done
+    secs=$(calc "$w1 - $w0")
+    count=${#gws[@]}
+    # millicores per gateway: ticks / hz / seconds * 1000 / gateways
+    o_mc=$(calc "$o_total / $hz / $secs * 1000 / $count")
+    r_mc=$(calc "$r_total / $hz / $secs * 1000 / $count")
+    gw_mc=$(calc "$o_mc + $r_mc")
+    nb_mc=$(calc "$gw_mc / ($count - 1)")
+    rss=$(calc "$rss_total / 1024 / $count")
+    printf '%-9s %4d %10.1f %12.1f %12.1f %12.1f %14.2f %10.1f\n' \
+      "$profile" "$count" "$up_s" "$o_mc" "$r_mc" "$gw_mc" "$nb_mc" "$rss"
+    if [[ -n ${RESULTS:-} ]]; then
+      jq -nc --arg profile "$profile" --argjson n "$count" --argjson up "$up_s" \
+        --argjson o "$o_mc" --argjson r "$r_mc" --argjson nb "$nb_mc" --argjson rss "$rss" \
+        --arg commit "$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)" \
+        '{profile: $profile, gateways: $n, up_s: $up, overlayd_mc_per_gw: $o, routed_mc_per_gw: $r,
+          mc_per_neighbour: $nb, rss_mib_per_gw: $rss, commit: $commit}' >>"$RESULTS"
+    fi
+    "$lab" down "$work/lab" >/dev/null
+    unset o0 r0
+  done
+done
