@@ -147,6 +147,10 @@ pub struct NeighborStatus {
     /// heard), as FRR's `show bfd peers` gives them.
     #[serde(default)]
     pub bfd_discriminators: Option<(u32, u32)>,
+    /// For a gateway without BFD: the tunnel to it as overlayd last
+    /// reported it (its probes), `None` before it said anything.
+    #[serde(default)]
+    pub tunnel_up: Option<bool>,
     pub reconnect_s: u64,
     pub flaps: u64,
     pub penalty: f64,

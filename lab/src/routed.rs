@@ -115,7 +115,7 @@ pub fn config_text(lab: &Lab, n: &Node, gateways: &[Gateway], spec: &Spec) -> Re
             cert: Some(&g.cert),
             import: Import::Named("overlay"),
             export: "all",
-            bfd: None,
+            bfd: spec.gateway_bfd.then_some(true),
             bfd_multihop: false,
         })
         .chain(site_routers(lab, n, spec))
@@ -412,7 +412,7 @@ mod tests {
             ]))
         );
         assert!(frr.bfd_multihop);
-        assert!(frr.bfd, "BFD on by default");
+        assert_eq!(frr.bfd, None, "BFD on by default for a router");
         assert!(t
             .neighbors
             .iter()

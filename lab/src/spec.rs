@@ -22,9 +22,15 @@ pub struct Spec {
     /// routes, instead of static `[[route]]` entries in overlayd's configs.
     #[serde(default)]
     pub routed: bool,
-    /// routed's BFD transmit interval between gateways, in ms.
+    /// routed's BFD transmit interval, in ms: with site routers, and
+    /// between gateways with `gateway_bfd`.
     #[serde(default = "default_bfd_interval")]
     pub bfd_interval_ms: u64,
+    /// BFD between the gateways too (`bfd = true` on routed's gateway
+    /// neighbours), beside overlayd's probes of the same tunnels, which
+    /// routed follows by default.
+    #[serde(default)]
+    pub gateway_bfd: bool,
     /// Gateways reach each other over IPv6 on the shared underlay
     /// (2001:db8:18::i:j/64 beside 198.18.i.j/16; they listen on both).
     #[serde(default)]

@@ -248,8 +248,12 @@ pub struct Neighbor {
     pub import: Option<Import>,
     /// "all" announces our best routes; without it nothing (RFC 8212).
     pub export: Option<String>,
-    #[serde(default = "yes")]
-    pub bfd: bool,
+    /// BFD (RFC 5880) with this neighbour. Default on for a neighbour
+    /// outside the overlay (a router on the site LAN); off for a gateway
+    /// reached through the overlay, whose tunnel overlayd already watches
+    /// with its probes: routed takes the session down when overlayd says
+    /// the tunnel is down (one liveness check per tunnel, not two).
+    pub bfd: Option<bool>,
     /// This neighbour's BFD interval, if not `[bfd]`'s.
     pub bfd_interval_ms: Option<u64>,
     /// This neighbour's BFD detection multiplier, if not `[bfd]`'s.

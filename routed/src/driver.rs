@@ -852,16 +852,27 @@ async fn follow(me: &Arc<Shared>, path: &std::path::Path) -> Result<(), CallErro
                 addresses,
                 ..
             } => me.with(|r, now| r.detach(&addresses, now)),
+            api::Event::GatewayUp { name } => me.with(|r, now| r.tunnel(&name, true, now)),
+            api::Event::GatewayDown { name } => me.with(|r, now| r.tunnel(&name, false, now)),
             _ => {}
         }
     }
 }
 
-/// The hosts attached to overlayd now, as the full set.
+/// The hosts attached to overlayd now, as the full set, and its gateway
+/// tunnels' state.
 async fn snapshot(me: &Arc<Shared>, path: &std::path::Path) -> Result<(), CallError> {
     let hosts = crate::overlay::attached_hosts(path).await?;
-    tracing::info!(hosts = hosts.len(), "following overlayd");
-    me.with(|r, now| r.set_attached(&hosts, now));
+    let tunnels = crate::overlay::gateway_tunnels(path).await?;
+    tracing::info!(
+        hosts = hosts.len(),
+        gateways = tunnels.len(),
+        "following overlayd"
+    );
+    me.with(|r, now| {
+        r.set_attached(&hosts, now);
+        r.set_tunnels(&tunnels, now);
+    });
     me.tables.notify_one();
     Ok(())
 }

@@ -232,6 +232,18 @@ pub async fn attached_hosts(path: &Path) -> Result<Vec<std::net::IpAddr>, CallEr
         .collect())
 }
 
+/// overlayd's tunnels to the gateways it keeps up: name, and whether its
+/// probes find the tunnel up now.
+pub async fn gateway_tunnels(path: &Path) -> Result<Vec<(String, bool)>, CallError> {
+    let s: api::Status =
+        cubenet_api::client::call_within(path, &Request::Status, OVERLAYD_CALL).await?;
+    Ok(s.peers
+        .into_iter()
+        .filter(|p| p.configured && p.role == api::PeerRole::Gateway)
+        .map(|p| (p.name, p.healthy))
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -435,6 +435,7 @@ mod tests {
             bfd_received: 0,
             bfd_discarded: 0,
             bfd_discriminators: Some((1, 2)),
+            tunnel_up: None,
             reconnect_s: 1,
             flaps: 1,
             penalty: 512.3,

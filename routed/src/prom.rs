@@ -38,6 +38,20 @@ pub fn render(status: &Status, routes: &Routes) -> String {
             );
         }
     }
+    e.family(
+        "cubenet_routed_neighbor_tunnel_up",
+        "gauge",
+        "1 when overlayd finds the tunnel to this gateway up (a gateway without BFD; absent otherwise).",
+    );
+    for n in ns {
+        if let Some(up) = n.tunnel_up {
+            e.sample(
+                "cubenet_routed_neighbor_tunnel_up",
+                &[("neighbor", &n.name)],
+                f64::from(u8::from(up)),
+            );
+        }
+    }
     type Field = fn(&NeighborStatus) -> f64;
     let per_neighbor: [(&str, &str, &str, Field); 6] = [
         (

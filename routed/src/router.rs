@@ -227,6 +227,10 @@ pub struct Neighbor {
     link_addrs: crate::sockets::LinkAddrs,
     /// The neighbour speaks over the overlay (a gateway), not a LAN.
     pub overlay: bool,
+    /// What overlayd last said of the tunnel to this gateway (its probes),
+    /// when it said anything: routed's liveness check of a gateway
+    /// neighbour without BFD.
+    tunnel_up: Option<bool>,
     pub flaps: u64,
     pub history: VecDeque<Flap>,
     pub rejected: u64,
@@ -390,7 +394,8 @@ impl Neighbor {
             graceful_restart: graceful_restart_cap(cfg, false),
         });
         session.start(now);
-        let bfd = (cfg.bfd.enabled && n.bfd).then(|| {
+        let overlay = contains(networks, &IpNet::from(n.address));
+        let bfd = Neighbor::bfd_on(n, cfg, overlay).then(|| {
             let (interval, detect_mult) = n.bfd_timing(&cfg.bfd);
             bfd::Session::new(
                 bfd::Config {
@@ -424,7 +429,8 @@ impl Neighbor {
             held: BTreeSet::new(),
             local_addr: None,
             link_addrs: Default::default(),
-            overlay: contains(networks, &IpNet::from(n.address)),
+            overlay,
+            tunnel_up: None,
             flaps: 0,
             history: VecDeque::new(),
             rejected: 0,
@@ -436,9 +442,11 @@ impl Neighbor {
         }
     }
 
-    /// Whether BFD runs with this neighbour under `cfg`.
-    fn bfd_on(n: &crate::config::Neighbor, cfg: &Config) -> bool {
-        cfg.bfd.enabled && n.bfd
+    /// Whether BFD runs with this neighbour under `cfg`: by default with
+    /// one outside the overlay only (a gateway's tunnel is overlayd's to
+    /// watch).
+    fn bfd_on(n: &crate::config::Neighbor, cfg: &Config, overlay: bool) -> bool {
+        cfg.bfd.enabled && n.bfd.unwrap_or(!overlay)
     }
 }
 
@@ -730,6 +738,56 @@ impl Router {
     }
 
     // ---- overlayd events ----
+
+    /// overlayd says the tunnel to gateway `name` is up or down (its
+    /// probes). For an overlay neighbour of that name without BFD of its
+    /// own this is its liveness check: down takes an established session
+    /// down at once, as BFD down would (RFC 5882: no NOTIFICATION, the
+    /// tunnel would not carry it); up lets the session connect at once.
+    pub fn tunnel(&mut self, name: &str, up: bool, now: Instant) {
+        self.tunnel_state(name, up, now);
+        self.finish(now);
+    }
+
+    /// overlayd's gateway tunnels as a whole (when routed subscribes, and
+    /// after events were lost): each as [`Router::tunnel`].
+    pub fn set_tunnels(&mut self, tunnels: &[(String, bool)], now: Instant) {
+        for (name, up) in tunnels {
+            self.tunnel_state(name, *up, now);
+        }
+        self.finish(now);
+    }
+
+    fn tunnel_state(&mut self, name: &str, up: bool, now: Instant) {
+        let Some(n) = self
+            .order
+            .iter()
+            .copied()
+            .find(|&n| self.neighbors[n].overlay && self.neighbors[n].cfg.name == name)
+        else {
+            return;
+        };
+        let nb = &mut self.neighbors[n];
+        let was = nb.tunnel_up.replace(up);
+        if nb.bfd.is_some() || was == Some(up) {
+            return;
+        }
+        if up {
+            // Back after a down: connect now. The first word (when routed
+            // subscribes) changes nothing: the session is already starting,
+            // and a second attempt beside it would collide with it.
+            if was == Some(false) {
+                tracing::info!(neighbor = %nb.cfg.name, "overlay tunnel up");
+                nb.session.kick(now);
+            }
+        } else {
+            tracing::warn!(neighbor = %nb.cfg.name, "overlay tunnel down");
+            if nb.session.is_established() {
+                let acts = nb.session.reset("overlay tunnel down", None, now);
+                self.apply(n, acts, now);
+            }
+        }
+    }
 
     /// A node attached to our overlayd: its host routes are ours to announce.
     pub fn attach(&mut self, addrs: &[IpAddr], now: Instant) {
@@ -1067,6 +1125,8 @@ impl Router {
     ) -> Option<NeighborChange> {
         let nb = &self.neighbors[n];
         let (a, new) = (&nb.cfg, &self.cfg);
+        let overlay_was = nb.overlay;
+        let overlay = contains(&self.networks, &IpNet::from(want.address));
         let mut keys = Vec::new();
         let mut changed = |key, differs: bool| {
             if differs {
@@ -1082,7 +1142,8 @@ impl Router {
             |n: &crate::config::Neighbor| (n.bfd_interval_ms, n.bfd_multiplier, n.bfd_multihop);
         changed(
             "bfd",
-            a.bfd != want.bfd || (Neighbor::bfd_on(want, new) && own_timing(a) != own_timing(want)),
+            Neighbor::bfd_on(a, old, overlay_was) != Neighbor::bfd_on(want, new, overlay)
+                || (Neighbor::bfd_on(want, new, overlay) && own_timing(a) != own_timing(want)),
         );
         changed("ttl_security", a.ttl_security != want.ttl_security);
         changed(
@@ -1091,7 +1152,8 @@ impl Router {
                 || old.timers.keepalive_s != new.timers.keepalive_s
                 || old.timers.connect_retry_s != new.timers.connect_retry_s,
         );
-        let bfd_runs = Neighbor::bfd_on(a, old) || Neighbor::bfd_on(want, new);
+        let bfd_runs =
+            Neighbor::bfd_on(a, old, overlay_was) || Neighbor::bfd_on(want, new, overlay);
         changed(
             "[bfd]",
             bfd_runs
@@ -2063,6 +2125,7 @@ impl Router {
                     bfd_received,
                     bfd_discarded,
                     bfd_discriminators: nb.bfd.as_ref().map(|b| b.discriminators()),
+                    tunnel_up: nb.tunnel_up.filter(|_| nb.bfd.is_none()),
                     reconnect_s: s.backoff().as_secs(),
                     flaps: nb.flaps,
                     penalty: (penalty * 10.0).round() / 10.0,
@@ -2250,6 +2313,74 @@ mod tests {
         );
         r.on_bfd_datagram(gw, Some(255), Some(true), &pkt, now);
         assert_eq!(r.status(now).neighbors[0].bfd_received, 1);
+    }
+
+    /// A gateway neighbour runs no BFD of its own by default: overlayd's
+    /// word on the tunnel (its probes) is its liveness check. Down ends an
+    /// established session at once, without a NOTIFICATION; up lets it
+    /// connect again at once. A router on the LAN runs BFD by default, and
+    /// a gateway with `bfd = true` goes by BFD, not by overlayd.
+    #[test]
+    fn a_gateways_session_follows_overlayds_word_on_its_tunnel() {
+        let now = Instant::now();
+        let text = |gw_bfd: &str| {
+            format!(
+                "asn = 4200000101\nrouter_id = \"10.77.1.1\"\nca = \"-\"\ncert = \"-\"\n\
+                 [[neighbor]]\nname = \"gw\"\naddress = \"10.77.2.1\"\nasn = 4200000201\n{gw_bfd}\
+                 import = \"overlay\"\nexport = \"all\"\n\
+                 [[neighbor]]\nname = \"lan\"\naddress = \"172.16.1.200\"\nasn = 65010\nimport = \"none\"\n"
+            )
+        };
+        let router = |text: &str| {
+            Router::new(
+                Config::parse(text).unwrap(),
+                vec!["10.77.0.0/16".parse().unwrap()],
+                vec![],
+                None,
+                vec![vec![], vec![]],
+                now,
+                1,
+            )
+            .unwrap()
+        };
+        let mut r = router(&text(""));
+        assert!(r.neighbors[N0].bfd.is_none(), "a gateway: no BFD");
+        assert!(
+            r.neighbors[NeighborId(1)].bfd.is_some(),
+            "a LAN router: BFD"
+        );
+        establish(&mut r, N0, 4_200_000_201, Ipv4Addr::new(10, 77, 2, 1), now);
+        r.set_tunnels(&[("gw".into(), true), ("unknown".into(), false)], now);
+        assert!(r.neighbors[N0].session.is_established());
+        r.drain();
+        r.tunnel("gw", false, now);
+        assert!(!r.neighbors[N0].session.is_established());
+        let out = r.drain();
+        assert!(
+            !out.iter().any(|o| matches!(o, Out::Send { .. })),
+            "no NOTIFICATION into a dead tunnel: {out:?}"
+        );
+        let st = r.status(now);
+        assert_eq!(
+            st.neighbors[0].last_error.as_deref(),
+            Some("overlay tunnel down")
+        );
+        assert_eq!(st.neighbors[0].tunnel_up, Some(false));
+        r.tunnel("gw", true, now);
+        r.on_tick(now);
+        assert!(
+            r.drain()
+                .iter()
+                .any(|o| matches!(o, Out::Connect { n } if *n == N0)),
+            "up again: connect at once"
+        );
+        // With BFD asked for, overlayd's word changes nothing.
+        let mut r = router(&text("bfd = true\n"));
+        assert!(r.neighbors[N0].bfd.is_some());
+        establish(&mut r, N0, 4_200_000_201, Ipv4Addr::new(10, 77, 2, 1), now);
+        r.tunnel("gw", false, now);
+        assert!(r.neighbors[N0].session.is_established());
+        assert_eq!(r.status(now).neighbors[0].tunnel_up, None);
     }
 
     /// A router that gives only a link-local IPv6 next hop (in the global
@@ -3243,8 +3374,9 @@ mod tests {
                 "[[neighbor]]\nname = \"a\"\naddress = \"10.77.1.9\"\nasn = 65010\nbfd = false\n\
                  import = [\"192.168.0.0/16\"]\nexport = \"{export_a}\"\n"
             );
+            // A gateway with BFD asked for (a gateway's default is none).
             let b = "[[neighbor]]\nname = \"b\"\naddress = \"10.77.2.1\"\nasn = 4200000201\n\
-                     import = \"overlay\"\nexport = \"all\"\n";
+                     bfd = true\nimport = \"overlay\"\nexport = \"all\"\n";
             let (x, y) = if swap {
                 (b.to_string(), a)
             } else {

@@ -29,6 +29,11 @@ pub struct Sim {
     all: Vec<(u8, u8)>,
     bfd_ms: u64,
     damping: bool,
+    /// What overlayd would tell each router of its gateway tunnels, and
+    /// when: (at, router, gateway's name, up). Its probes (every `bfd_ms`)
+    /// find a tunnel down after three misses and up again at the next
+    /// reply; a change that does not last until then goes unseen.
+    tunnel_events: Vec<(Instant, usize, String, bool)>,
 }
 
 fn key(a: usize, b: usize) -> (usize, usize) {
@@ -87,6 +92,7 @@ impl Sim {
             all: all.clone(),
             bfd_ms,
             damping,
+            tunnel_events: Vec::new(),
         };
         for (i, &(s, g)) in all.iter().enumerate() {
             let me = name(s, g);
@@ -193,10 +199,38 @@ impl Sim {
 
     pub fn link_down(&mut self, a: usize, b: usize) {
         self.down.insert(key(a, b));
+        self.tell_tunnel(a, b, false, 3 * self.bfd_ms);
     }
 
     pub fn link_up(&mut self, a: usize, b: usize) {
         self.down.remove(&key(a, b));
+        self.tell_tunnel(a, b, true, self.bfd_ms);
+    }
+
+    /// overlayd at both ends of a-b will say the tunnel is `up` in `ms`.
+    fn tell_tunnel(&mut self, a: usize, b: usize, up: bool, ms: u64) {
+        let at = self.now + Duration::from_millis(ms);
+        self.tunnel_events.push((at, a, self.names[b].clone(), up));
+        self.tunnel_events.push((at, b, self.names[a].clone(), up));
+    }
+
+    /// Tells the routers what overlayd has seen of their tunnels by now:
+    /// each change that still holds (a link down and up again within the
+    /// probes' window was not seen).
+    fn tunnels_due(&mut self) {
+        let now = self.now;
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.tunnel_events)
+            .into_iter()
+            .partition(|(at, ..)| *at <= now);
+        self.tunnel_events = later;
+        for (_, r, gw, up) in due {
+            let Some(p) = self.names.iter().position(|n| *n == gw) else {
+                continue;
+            };
+            if self.down.contains(&key(r, p)) != up {
+                self.routers[r].tunnel(&gw, up, now);
+            }
+        }
     }
 
     /// Delivers everything queued until the network is quiet.
@@ -292,6 +326,7 @@ impl Sim {
         while self.now < end {
             self.now += Duration::from_millis(10);
             let now = self.now;
+            self.tunnels_due();
             for r in &mut self.routers {
                 r.on_tick(now);
             }
@@ -551,8 +586,8 @@ mod tests {
         assert_eq!(sim.via(c, "10.77.1.11/32"), vec!["s1-gw1"]);
         let n = neighbor_status(&sim, a, "s3-gw1").unwrap();
         assert_eq!(
-            (n.flaps, n.bfd),
-            (0, cubenet_api::routed::BfdState::Up),
+            (n.flaps, n.state),
+            (0, cubenet_api::routed::SessionState::Established),
             "{n:?}"
         );
         others_untouched(&sim, &before, "s1-gw1", "s3-gw1");
@@ -669,7 +704,8 @@ mod tests {
             let (f1, up, bfd) = &now[&key(r, nb)];
             assert_eq!(*f1, f0 + 1, "{r}: {nb} flapped more than once");
             assert!(up.is_some());
-            assert_eq!(bfd, "Up");
+            // Gateways watch each other through overlayd, not BFD.
+            assert_eq!(bfd, "");
         }
         assert!(established(&sim, a, "s2-gw1"));
         assert_eq!(sim.via(a, "10.77.2.11/32"), vec!["s2-gw1"]);
@@ -739,7 +775,8 @@ mod tests {
         assert_eq!(sim.via(a, "10.77.2.11/32"), vec!["s2-gw1"]);
         let before = sim.now;
         sim.link_down(a, b);
-        // BFD 100 ms x 3: the direct path is gone in well under a second.
+        // overlayd's probes (100 ms, 3 missed) say the tunnel is down: the
+        // direct path is gone in well under a second.
         let mut moved = None;
         for _ in 0..100 {
             sim.run_for(Duration::from_millis(10));
@@ -752,7 +789,7 @@ mod tests {
         assert!(moved <= Duration::from_millis(500), "{moved:?}");
         let st = sim.routers[a].status(sim.now);
         let nb = st.neighbors.iter().find(|n| n.name == "s2-gw1").unwrap();
-        assert_eq!(nb.last_error.as_deref(), Some("BFD down"));
+        assert_eq!(nb.last_error.as_deref(), Some("overlay tunnel down"));
         // Heal: the direct path returns after the stable-up period.
         sim.link_up(a, b);
         sim.run_for(Duration::from_secs(15));

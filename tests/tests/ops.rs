@@ -296,7 +296,10 @@ fn metrics_are_scraped_and_expiry_is_warned() {
     if !netns_or_skip("metrics_are_scraped_and_expiry_is_warned") {
         return;
     }
-    let lab = Lab::up("routed = true\n[[site]]\nname = \"fra\"\n[[site]]\nname = \"ams\"\n");
+    // A BIRD router at fra: BFD with it (the gateways watch each other
+    // through overlayd instead).
+    let lab =
+        Lab::up("routed = true\n[[site]]\nname = \"fra\"\nbird = true\n[[site]]\nname = \"ams\"\n");
     // fra-h1 gets a certificate that expires in 10 days, and metrics.
     let h1 = lab.node("fra-h1");
     lab.resign("fra-h1", &["--days", "10"]);
@@ -343,7 +346,9 @@ fn metrics_are_scraped_and_expiry_is_warned() {
     let m = scrape(&lab, "fra-gw1", "127.0.0.1:9470");
     for want in [
         "cubenet_routed_neighbor_established{neighbor=\"ams-gw1\",state=\"established\"} 1",
-        "cubenet_routed_neighbor_bfd_up{neighbor=\"ams-gw1\"} 1",
+        // A gateway: overlayd's probes watch the tunnel, not BFD.
+        "cubenet_routed_neighbor_tunnel_up{neighbor=\"ams-gw1\"} 1",
+        "cubenet_routed_neighbor_bfd_up{neighbor=\"fra-bird\"}",
         "cubenet_routed_routes{origin=\"learned\"}",
         "cubenet_routed_neighbor_penalty{neighbor=\"ams-gw1\"}",
     ] {

@@ -112,7 +112,12 @@ fn three_sites_of_two_gateways_reach_everyone_and_survive_faults() {
     let st = lab.routed("fra-gw1", "status");
     for n in st["neighbors"].as_array().unwrap() {
         assert_eq!(n["state"], "established", "{n}");
-        assert_eq!(n["bfd"], "up", "{n}");
+        // Gateways: overlayd's probes watch the tunnel, not BFD.
+        assert_eq!(
+            (&n["bfd"], &n["tunnel_up"]),
+            (&Value::from("disabled"), &Value::from(true)),
+            "{n}"
+        );
     }
 
     // SIGKILL of the gateway fra-h1 sends through: the flow goes on.
@@ -152,7 +157,7 @@ fn three_sites_of_two_gateways_reach_everyone_and_survive_faults() {
         .cloned();
     assert_eq!(
         last_down.map(|h| h["reason"].clone()),
-        Some("BFD down".into()),
+        Some("overlay tunnel down".into()),
         "{n}"
     );
     // The tables agree again once healed.
@@ -781,8 +786,9 @@ fn a_local_user_of_a_gateway_can_neither_forge_bfd_nor_open_bgp_as_it() {
     if !netns_or_skip("a_local_user_of_a_gateway_can_neither_forge_bfd_nor_open_bgp_as_it") {
         return;
     }
+    // BFD between the gateways asked for (not the default).
     let lab = Lab::up(
-        "routed = true\nbfd_interval_ms = 100\n\
+        "routed = true\nbfd_interval_ms = 100\ngateway_bfd = true\n\
          [[site]]\nname = \"fra\"\ngateways = 1\nhosts = 1\n\
          [[site]]\nname = \"ams\"\ngateways = 1\nhosts = 1\n",
     );
@@ -863,8 +869,9 @@ fn a_machine_on_the_site_lan_can_neither_forge_bfd_nor_reset_bgp_of_the_gateways
     ) {
         return;
     }
+    // BFD between the gateways asked for (not the default).
     let lab = Lab::up(
-        "routed = true\nbfd_interval_ms = 100\n\
+        "routed = true\nbfd_interval_ms = 100\ngateway_bfd = true\n\
          [[site]]\nname = \"fra\"\ngateways = 1\nhosts = 1\ngobgp = true\n\
          [[site]]\nname = \"ams\"\ngateways = 1\nhosts = 1\n",
     );
@@ -960,7 +967,7 @@ fn a_graceful_routed_restart_keeps_a_gateways_routes_at_the_other_gateway() {
     let host = format!("{FRA_H1}/32");
     lab.wait_for("fra-h1 through fra-gw1 at ams-gw1", |l| {
         via(l, "ams-gw1", &host) == vec!["fra-gw1"]
-            && neighbor(l, "ams-gw1", "fra-gw1")["bfd"] == "up"
+            && neighbor(l, "ams-gw1", "fra-gw1")["tunnel_up"] == true
     });
     let flaps = neighbor(&lab, "ams-gw1", "fra-gw1")["flaps"]
         .as_u64()
