@@ -384,6 +384,7 @@ pub fn up(spec: &Spec, dir: &Path) -> Result<Lab> {
         })?;
     }
 
+    make_room_for_neighbours(&plans)?;
     // Namespaces and links; on any failure remove what was made.
     if let Err(e) = build_network(&lab, &plans) {
         let _ = down(&lab);
@@ -554,6 +555,51 @@ fn write_routed_configs(lab: &Lab, plans: &[Plan], spec: &Spec) -> Result<()> {
         let text = routed::config_text(lab, n, &gateways, spec)?;
         std::fs::write(path, text)
             .with_context(|| format!("{}: writing {}", n.name, path.display()))?;
+    }
+    Ok(())
+}
+
+/// Neighbour (ARP and NDP) entries the lab may need at once: every gateway
+/// resolves every other on the shared segment, and every node its site's
+/// gateways and routers on the LAN, each in both families.
+pub(crate) fn neighbour_entries(plans: &[Plan]) -> u64 {
+    let gateways = plans.iter().filter(|p| p.node.role == "gateway").count() as u64;
+    let lan = plans
+        .iter()
+        .map(|p| {
+            plans
+                .iter()
+                .filter(|q| q.site_idx == p.site_idx && q.node.name != p.node.name)
+                .count() as u64
+        })
+        .sum::<u64>();
+    gateways * gateways.saturating_sub(1) + lan
+}
+
+/// The kernel's neighbour tables are shared by every namespace: past
+/// `gc_thresh3` entries in all of them together, resolving a new neighbour
+/// fails ("neighbor table overflow", sendmsg: ENOBUFS), and at 40 gateways
+/// tunnels between some of them never came up. Raises the limits (never
+/// lowers them) to what the lab needs, and says so.
+fn make_room_for_neighbours(plans: &[Plan]) -> Result<()> {
+    let need = neighbour_entries(plans);
+    for family in ["ipv4", "ipv6"] {
+        for (key, want) in [("gc_thresh2", need), ("gc_thresh3", 2 * need)] {
+            let path = format!("/proc/sys/net/{family}/neigh/default/{key}");
+            let Some(have) = std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|t| t.trim().parse::<u64>().ok())
+            else {
+                continue;
+            };
+            if have < want {
+                std::fs::write(&path, want.to_string())
+                    .with_context(|| format!("raising {path} to {want}"))?;
+                eprintln!(
+                    "cubenet-lab: raised net.{family}.neigh.default.{key} from {have} to {want} (the lab's namespaces share the kernel's neighbour table)"
+                );
+            }
+        }
     }
     Ok(())
 }

@@ -337,6 +337,26 @@ mod tests {
         routed::config::Config::parse(&text).expect("routed takes the config")
     }
 
+    /// 40 gateways need more neighbour entries than the kernel's default
+    /// `gc_thresh3` (1024) holds: `up` raises it (at 40 tunnels between
+    /// gateways of later sites never came up).
+    #[test]
+    fn forty_gateways_need_more_neighbour_entries_than_the_default() {
+        let sites: String = (1..=20)
+            .map(|s| format!("[[site]]\nname = \"s{s}\"\ngateways = 2\nhosts = 1\n"))
+            .collect();
+        let (_, plans, _) = lab_of(&format!("routed = true\n{sites}"));
+        let need = crate::build::neighbour_entries(&plans);
+        // 40 x 39 on the shared segment, 3 x 2 on each of 20 LANs.
+        assert_eq!(need, 40 * 39 + 20 * 6);
+        assert!(need > 1024);
+        let (_, plans, _) = lab_of(&format!("routed = true\n{TWO_BY_TWO}"));
+        assert_eq!(
+            crate::build::neighbour_entries(&plans),
+            4 * 3 + 3 * 2 + 4 * 3
+        );
+    }
+
     #[test]
     fn asns_are_private_and_per_gateway() {
         assert_eq!(asn(1, 1), 4_200_000_101);
