@@ -2383,45 +2383,50 @@ mod tests {
         assert_eq!(r.status(now).neighbors[0].tunnel_up, None);
     }
 
-    /// A router that gives only a link-local IPv6 next hop (in the global
-    /// field, or beside an unspecified one) is routed to on its link: the
-    /// kernel route names the interface the session is on. A global next
-    /// hop, when given, is used as before.
-    #[test]
-    fn a_link_local_next_hop_is_installed_on_the_routers_link() {
-        let now = Instant::now();
-        let cfg = Config::parse(
+    /// A router with our `networks` (and overlay IPv6 address `own_v6`)
+    /// whose one neighbour, "lan" (AS 65010, import `import`, export all),
+    /// is up over an IPv6 session on a link where we are fd99::1 and
+    /// fe80::1 (interface 7); its OPEN offers IPv6, and IPv4 when `ipv4`.
+    fn lan_router_over_ipv6(
+        import: &str,
+        networks: &[&str],
+        own_v6: Option<&str>,
+        ipv4: bool,
+        now: Instant,
+    ) -> Router {
+        let cfg = Config::parse(&format!(
             "asn = 4200000101\nrouter_id = \"10.77.1.1\"\nca = \"-\"\ncert = \"-\"\n\
              [[neighbor]]\nname = \"lan\"\naddress = \"fd99::9\"\nasn = 65010\nbfd = false\n\
-             import = [\"fd50::/48\"]\nexport = \"all\"\n",
-        )
+             import = {import}\nexport = \"all\"\n"
+        ))
         .unwrap();
         let mut r = Router::new(
             cfg,
-            vec!["fd77::/48".parse().unwrap()],
+            networks.iter().map(|n| n.parse().unwrap()).collect(),
             vec![],
-            None,
+            own_v6.map(|a| a.parse().unwrap()),
             vec![vec![]],
             now,
             1,
         )
         .unwrap();
+        let local: IpAddr = "fd99::1".parse().unwrap();
         r.set_link(
             N0,
             crate::sockets::LinkAddrs {
+                v4: None,
                 v6: Some("fd99::1".parse().unwrap()),
                 v6_local: Some("fe80::1".parse().unwrap()),
                 ifindex: Some(7),
-                ..Default::default()
             },
             now,
         );
-        r.on_connected(N0, 1, false, Some("fd99::1".parse().unwrap()), now);
+        r.on_connected(N0, 1, false, Some(local), now);
         let open = Open {
             asn: 65010,
             hold_time: 90,
             router_id: Ipv4Addr::new(172, 16, 1, 9),
-            ipv4: false,
+            ipv4,
             ipv6: true,
             asn4: true,
             route_refresh: false,
@@ -2429,6 +2434,17 @@ mod tests {
         };
         r.on_message(N0, 1, Ok(Message::Open(open)), now);
         r.on_message(N0, 1, Ok(Message::Keepalive), now);
+        r
+    }
+
+    /// A router that gives only a link-local IPv6 next hop (in the global
+    /// field, or beside an unspecified one) is routed to on its link: the
+    /// kernel route names the interface the session is on. A global next
+    /// hop, when given, is used as before.
+    #[test]
+    fn a_link_local_next_hop_is_installed_on_the_routers_link() {
+        let now = Instant::now();
+        let mut r = lan_router_over_ipv6("[\"fd50::/48\"]", &["fd77::/48"], None, false, now);
         let up = |p: &str, global: &str, local: Option<&str>| {
             Message::Update(Update {
                 announced: vec![p.parse().unwrap()],
@@ -2473,50 +2489,14 @@ mod tests {
     #[test]
     fn a_lan_router_gets_next_hops_of_both_families_from_the_link() {
         let now = Instant::now();
-        let cfg = Config::parse(
-            "asn = 4200000101\nrouter_id = \"10.77.1.1\"\nca = \"-\"\ncert = \"-\"\n\
-             [[neighbor]]\nname = \"lan\"\naddress = \"fd99::9\"\nasn = 65010\nbfd = false\n\
-             import = \"none\"\nexport = \"all\"\n",
-        )
-        .unwrap();
-        let mut r = Router::new(
-            cfg,
-            vec![
-                "10.77.0.0/16".parse().unwrap(),
-                "fd77::/48".parse().unwrap(),
-            ],
-            vec![],
-            Some("fd77::1:1".parse().unwrap()),
-            vec![vec![]],
-            now,
-            1,
-        )
-        .unwrap();
         // An IPv6 session; the link has no IPv4 address of ours yet.
-        let local: IpAddr = "fd99::1".parse().unwrap();
-        r.set_link(
-            N0,
-            crate::sockets::LinkAddrs {
-                v4: None,
-                v6: Some("fd99::1".parse().unwrap()),
-                v6_local: Some("fe80::1".parse().unwrap()),
-                ifindex: Some(7),
-            },
+        let mut r = lan_router_over_ipv6(
+            "\"none\"",
+            &["10.77.0.0/16", "fd77::/48"],
+            Some("fd77::1:1"),
+            true,
             now,
         );
-        r.on_connected(N0, 1, false, Some(local), now);
-        let open = Open {
-            asn: 65010,
-            hold_time: 90,
-            router_id: Ipv4Addr::new(172, 16, 1, 9),
-            ipv4: true,
-            ipv6: true,
-            asn4: true,
-            route_refresh: false,
-            graceful_restart: None,
-        };
-        r.on_message(N0, 1, Ok(Message::Open(open)), now);
-        r.on_message(N0, 1, Ok(Message::Keepalive), now);
         r.attach(
             &["10.77.1.11".parse().unwrap(), "fd77::1:11".parse().unwrap()],
             now,
