@@ -940,6 +940,43 @@ fn a_machine_on_the_site_lan_can_neither_forge_bfd_nor_reset_bgp_of_the_gateways
     assert_eq!(after["state"], "established", "{after}");
 }
 
+/// Turns graceful restart on in the routed of each of `gateways` (which
+/// restarts it) and waits until the lab has converged again.
+fn enable_graceful_restart(lab: &Lab, gateways: &[&str]) {
+    for gw in gateways {
+        lab.reconfigure(gw, "routed.toml", Some("routed"), |text| {
+            text.replacen(
+                "[[neighbor]]",
+                "[graceful_restart]\nenabled = true\n\n[[neighbor]]",
+                1,
+            )
+        });
+    }
+    lab.lab_ok(&["wait"]);
+}
+
+/// `routed restart` on `gw` (graceful restart on, not restarted before);
+/// returns once the new process has its table whole again.
+fn restart_routed_gracefully(lab: &Lab, gw: &str) {
+    let log = lab.path().join("nodes").join(gw).join("routed.log");
+    let restarted = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("graceful restart: table whole")
+    };
+    assert!(!restarted());
+    let sock = lab.node(gw).routed_socket.unwrap();
+    let out = Command::new(common::bin("routed"))
+        .args(["restart", "--socket"])
+        .arg(&sock)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    lab.wait_for(&format!("{gw}'s routed back with its table whole"), |l| {
+        restarted() && l.routed(gw, "status")["restarting"] == false
+    });
+}
+
 /// Graceful restart between gateways: `routed restart` on fra-gw1 (both
 /// gateways with `[graceful_restart] enabled = true`). ams-gw1 takes the
 /// closed session for a restart (not BFD, not a flap) and keeps fra-gw1's
@@ -954,16 +991,7 @@ fn a_graceful_routed_restart_keeps_a_gateways_routes_at_the_other_gateway() {
          [[site]]\nname = \"fra\"\ngateways = 1\nhosts = 1\n\
          [[site]]\nname = \"ams\"\ngateways = 1\nhosts = 1\n",
     );
-    for gw in ["fra-gw1", "ams-gw1"] {
-        lab.reconfigure(gw, "routed.toml", Some("routed"), |text| {
-            text.replacen(
-                "[[neighbor]]",
-                "[graceful_restart]\nenabled = true\n\n[[neighbor]]",
-                1,
-            )
-        });
-    }
-    lab.lab_ok(&["wait"]);
+    enable_graceful_restart(&lab, &["fra-gw1", "ams-gw1"]);
     let host = format!("{FRA_H1}/32");
     lab.wait_for("fra-h1 through fra-gw1 at ams-gw1", |l| {
         via(l, "ams-gw1", &host) == vec!["fra-gw1"]
@@ -972,24 +1000,8 @@ fn a_graceful_routed_restart_keeps_a_gateways_routes_at_the_other_gateway() {
     let flaps = neighbor(&lab, "ams-gw1", "fra-gw1")["flaps"]
         .as_u64()
         .unwrap();
-    let log = lab.path().join("nodes/fra-gw1/routed.log");
-    let restarted = || {
-        std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .contains("graceful restart: table whole")
-    };
-    assert!(!restarted());
-    let sock = lab.node("fra-gw1").routed_socket.unwrap();
     let (sent, got, gap) = ping_through(&lab, "ams-h1", FRA_H1, || {
-        let out = Command::new(common::bin("routed"))
-            .args(["restart", "--socket"])
-            .arg(&sock)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
-        lab.wait_for("fra-gw1's routed back with its table whole", |l| {
-            restarted() && l.routed("fra-gw1", "status")["restarting"] == false
-        });
+        restart_routed_gracefully(&lab, "fra-gw1")
     });
     eprintln!("ping through the restart: {got} of {sent} answered, longest gap {gap}");
     lab.wait_for("the session back at ams-gw1", |l| {
@@ -1088,16 +1100,7 @@ fn a_graceful_routed_restart_changes_no_route_at_frr() {
     );
     // Both gateways: ams-gw1 helps too, so the restart is no flap there
     // (damping would hold fra-gw1 down and take the routes FRR keeps).
-    for gw in ["fra-gw1", "ams-gw1"] {
-        lab.reconfigure(gw, "routed.toml", Some("routed"), |text| {
-            text.replacen(
-                "[[neighbor]]",
-                "[graceful_restart]\nenabled = true\n\n[[neighbor]]",
-                1,
-            )
-        });
-    }
-    lab.lab_ok(&["wait"]);
+    enable_graceful_restart(&lab, &["fra-gw1", "ams-gw1"]);
     let gw = ["172.16.1.1"];
     lab.wait_for("FRR: fra-gw1 Established, BFD up", |l| {
         frr_peers(l, "fra-frr", &gw) == vec![("Established".to_string(), "up".to_string())]
@@ -1116,24 +1119,8 @@ fn a_graceful_routed_restart_changes_no_route_at_frr() {
             .iter()
             .all(|f| gr[*f]["fBit"] == true && gr["endOfRibRecv"][*f] == true)
     });
-    let log = lab.path().join("nodes/fra-gw1/routed.log");
-    let restarted = || {
-        std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .contains("graceful restart: table whole")
-    };
-    assert!(!restarted());
     let mut monitor = RouteMonitor::start(&lab, "fra-frr");
-    let sock = lab.node("fra-gw1").routed_socket.unwrap();
-    let out = Command::new(common::bin("routed"))
-        .args(["restart", "--socket"])
-        .arg(&sock)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    lab.wait_for("fra-gw1's routed back with its table whole", |l| {
-        restarted() && l.routed("fra-gw1", "status")["restarting"] == false
-    });
+    restart_routed_gracefully(&lab, "fra-gw1");
     lab.wait_for("FRR: fra-gw1 Established again, BFD up", |l| {
         frr_peers(l, "fra-frr", &gw) == vec![("Established".to_string(), "up".to_string())]
             && neighbor(l, "fra-gw1", "fra-frr")["state"] == "established"
