@@ -87,9 +87,8 @@ pub(crate) fn start(lab: &Lab, n: &Node) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::build::plan_nodes;
+    use crate::build::router_config_tests;
     use std::collections::BTreeSet;
-    use std::path::Path;
 
     const EXAMPLE: &str = include_str!("../../examples/site-router/bird.conf");
 
@@ -133,10 +132,7 @@ mod tests {
     }
 
     fn lab_config(spec_text: &str, node: &str) -> String {
-        let spec = Spec::parse(spec_text).expect("spec");
-        let plans = plan_nodes(&spec, Path::new("/lab"), "clt");
-        let p = plans.iter().find(|p| p.node.name == node).expect("node");
-        config_text(&plans, p, &spec)
+        router_config_tests::lab_config(spec_text, node, config_text)
     }
 
     fn spec(session: &str) -> String {
@@ -152,9 +148,8 @@ mod tests {
         let example = shape(EXAMPLE);
         for session in ["ipv4", "ipv6"] {
             let lab = shape(&lab_config(&spec(session), "fra-bird"));
-            let extra: Vec<&String> = lab.iter().filter(|l| !example.contains(*l)).collect();
+            let (extra, missing) = router_config_tests::shape_difference(&lab, &example);
             assert!(extra.is_empty(), "{session}: {extra:?}");
-            let missing: Vec<&String> = example.iter().filter(|l| !lab.contains(*l)).collect();
             assert!(missing.is_empty(), "{session}: {missing:?}");
         }
     }

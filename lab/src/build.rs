@@ -1329,3 +1329,37 @@ pub fn move_host(lab: &mut Lab, host: &str, site: &str) -> Result<()> {
     let n = lab.nodes[idx].clone();
     start_node(lab, &n)
 }
+
+/// What the site routers' config tests share.
+#[cfg(test)]
+pub(crate) mod router_config_tests {
+    use super::{plan_nodes, Plan};
+    use crate::spec::Spec;
+    use std::collections::BTreeSet;
+    use std::path::Path;
+
+    /// The config `config_text` writes for router `node` of the lab of
+    /// `spec_text`.
+    pub fn lab_config(
+        spec_text: &str,
+        node: &str,
+        config_text: fn(&[Plan], &Plan, &Spec) -> String,
+    ) -> String {
+        let spec = Spec::parse(spec_text).expect("spec");
+        let plans = plan_nodes(&spec, Path::new("/lab"), "clt");
+        let p = plans.iter().find(|p| p.node.name == node).expect("node");
+        config_text(&plans, p, &spec)
+    }
+
+    /// The lines of `lab` the example lacks, and the example's lines `lab`
+    /// lacks (as their shapes: both empty when the two match).
+    pub fn shape_difference(
+        lab: &BTreeSet<String>,
+        example: &BTreeSet<String>,
+    ) -> (Vec<String>, Vec<String>) {
+        (
+            lab.difference(example).cloned().collect(),
+            example.difference(lab).cloned().collect(),
+        )
+    }
+}

@@ -222,7 +222,7 @@ fn wait_zserv(lab: &Lab, n: &Node, zserv: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::build::plan_nodes;
+    use crate::build::router_config_tests;
     use std::collections::BTreeSet;
 
     const EXAMPLE: &str = include_str!("../../examples/site-router/frr.conf");
@@ -257,10 +257,7 @@ mod tests {
     }
 
     fn lab_config(spec_text: &str, node: &str) -> String {
-        let spec = Spec::parse(spec_text).expect("spec");
-        let plans = plan_nodes(&spec, Path::new("/lab"), "clt");
-        let p = plans.iter().find(|p| p.node.name == node).expect("node");
-        config_text(&plans, p, &spec)
+        router_config_tests::lab_config(spec_text, node, config_text)
     }
 
     const SPEC: &str = "routed = true\nbfd_interval_ms = 300\n\
@@ -271,9 +268,8 @@ mod tests {
         let lab = lab_config(SPEC, "fra-frr");
         let example = shape(EXAMPLE);
         let lab = shape(&lab);
-        let extra: Vec<&String> = lab.iter().filter(|l| !example.contains(*l)).collect();
+        let (extra, missing) = router_config_tests::shape_difference(&lab, &example);
         assert!(extra.is_empty(), "{extra:?}");
-        let missing: Vec<&String> = example.iter().filter(|l| !lab.contains(*l)).collect();
         assert!(missing.is_empty(), "{missing:?}");
     }
 
