@@ -315,6 +315,11 @@ pub struct PeerStatus {
     /// back to the gateway.
     #[serde(default)]
     pub suppressed: bool,
+    /// A tunnel between gateways kept by hellos (both ends speak them:
+    /// one datagram per probe interval each way) rather than by probes
+    /// and replies.
+    #[serde(default)]
+    pub hellos: bool,
 }
 
 /// Why packets were dropped, by reason.

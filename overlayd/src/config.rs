@@ -144,6 +144,12 @@ pub struct Probe {
     /// A gateway must stay healthy this long before traffic moves back to it.
     #[serde(default = "default_failback_ms")]
     pub failback_stable_ms: u64,
+    /// Between gateways that both speak them, hellos in place of probes
+    /// and replies: half the datagrams on an idle tunnel. Off: probes and
+    /// replies only, as every version speaks (an older gateway gets those
+    /// anyway: it never says it speaks hellos).
+    #[serde(default = "yes")]
+    pub hellos: bool,
 }
 
 impl Default for Probe {
@@ -152,6 +158,7 @@ impl Default for Probe {
             interval_ms: default_probe_ms(),
             misses: default_misses(),
             failback_stable_ms: default_failback_ms(),
+            hellos: true,
         }
     }
 }

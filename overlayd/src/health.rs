@@ -84,6 +84,13 @@ pub struct GatewayHealth {
     healthy_since: Option<Instant>,
     pub last_rtt: Option<Duration>,
     sent_at: Option<Instant>,
+    /// When the probe before the current one went out: a hello's
+    /// acknowledgement often names it (the other side acknowledges on its
+    /// own next probe, which may come after our next).
+    prev_sent_at: Option<Instant>,
+    /// The highest probe a hello acknowledged: a hello naming it again
+    /// says the other side still hears nothing newer from us.
+    acked: u64,
     pub flaps: u64,
     /// Flap damping (when on): a tunnel that keeps going down is not
     /// failed back to while its penalty is above the threshold.
@@ -103,6 +110,8 @@ impl GatewayHealth {
             healthy_since: None,
             last_rtt: None,
             sent_at: None,
+            prev_sent_at: None,
+            acked: 0,
             flaps: 0,
             damping: None,
             link: None,
@@ -125,6 +134,11 @@ impl GatewayHealth {
 
     pub fn healthy(&self) -> bool {
         self.healthy
+    }
+
+    /// The number of the last probe sent (0: none yet).
+    pub fn seq(&self) -> u64 {
+        self.seq
     }
 
     /// Healthy for at least `period` at `now`, and not held down by damping.
@@ -155,6 +169,7 @@ impl GatewayHealth {
         }
         self.seq += 1;
         self.answered = false;
+        self.prev_sent_at = self.sent_at;
         self.sent_at = Some(now);
         (self.seq, t)
     }
@@ -194,6 +209,35 @@ impl GatewayHealth {
         } else if seq > self.seq {
             return None;
         }
+        self.heard_back(now)
+    }
+
+    /// A hello arrived that acknowledges our probe `heard`, which the
+    /// other side heard `held` before it sent the hello. Only a newer
+    /// probe than the last acknowledged counts: a hello naming the same
+    /// one again means ours no longer arrive (a path that fails one way).
+    pub fn on_hello(&mut self, heard: u64, held: Duration, now: Instant) -> Option<Transition> {
+        if heard <= self.acked || heard > self.seq {
+            return None;
+        }
+        self.acked = heard;
+        let sent = if heard == self.seq {
+            self.answered = true;
+            self.sent_at
+        } else if heard + 1 == self.seq {
+            self.prev_sent_at
+        } else {
+            None
+        };
+        if let Some(s) = sent {
+            self.last_rtt = Some(now.saturating_duration_since(s).saturating_sub(held));
+        }
+        self.heard_back(now)
+    }
+
+    /// The other side answered a probe not answered before: the tunnel
+    /// works both ways.
+    fn heard_back(&mut self, now: Instant) -> Option<Transition> {
         self.misses = 0;
         if !self.healthy {
             self.healthy = true;
@@ -379,5 +423,53 @@ mod tests {
             })
             .collect();
         assert!(waits.len() > 10, "jitter spreads peers: {waits:?}");
+    }
+
+    #[test]
+    fn hellos_that_acknowledge_a_probe_late_keep_the_tunnel_up() {
+        let t0 = Instant::now();
+        let tick = Duration::from_millis(100);
+        let mut h = GatewayHealth::new(3);
+        let (seq, _) = h.on_tick(t0);
+        assert_eq!(
+            h.on_hello(seq, Duration::ZERO, t0 + tick / 4),
+            Some(Transition::Up)
+        );
+        // The other side acknowledges each probe on its own next probe,
+        // after ours: never the current one, always the one before.
+        for i in 1..50u32 {
+            let now = t0 + tick * i;
+            let (seq, t) = h.on_tick(now);
+            assert_eq!(t, None, "tick {i}");
+            assert_eq!(h.on_hello(seq - 1, tick / 2, now + tick / 2), None);
+        }
+        assert!(h.healthy());
+        // 100 ms out, 50 ms held there, 50 ms back: 0.15 s after it went.
+        assert_eq!(h.last_rtt, Some(tick + tick / 2 - tick / 2));
+    }
+
+    #[test]
+    fn hellos_naming_the_same_probe_again_take_the_tunnel_down() {
+        let t0 = Instant::now();
+        let tick = Duration::from_millis(100);
+        let mut h = GatewayHealth::new(3);
+        let (seq, _) = h.on_tick(t0);
+        h.on_hello(seq, Duration::ZERO, t0);
+        assert!(h.healthy());
+        // Ours stop arriving: the other side keeps naming the last it
+        // heard, which proves nothing new.
+        let mut down = None;
+        for i in 1..10u32 {
+            let now = t0 + tick * i;
+            if h.on_tick(now).1 == Some(Transition::Down) {
+                down = Some(i);
+                break;
+            }
+            assert_eq!(h.on_hello(seq, Duration::ZERO, now), None);
+        }
+        assert_eq!(down, Some(4), "down at the third probe unanswered");
+        // Probes not yet sent are not acknowledged.
+        assert_eq!(h.on_hello(h.seq + 1, Duration::ZERO, t0 + tick * 5), None);
+        assert!(!h.healthy());
     }
 }

@@ -17,6 +17,13 @@ const VERSION: u8 = 1;
 const HEADER: usize = 40;
 /// Largest message body: a certificate is well under 2 KiB.
 pub const MAX_BODY: usize = 4096;
+/// A [`Message::Hello`] body after its type.
+const HELLO_LEN: usize = 25;
+/// Set in the number of a [`Message::Probe`] by a gateway that speaks
+/// [`Message::Hello`]: a gateway that also does answers with hellos from
+/// then on, an older one echoes the number in its reply as it always did.
+/// Probe numbers count from 1 and never reach it.
+pub const SPEAKS_HELLO: u64 = 1 << 63;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
@@ -30,6 +37,21 @@ pub enum Message {
     },
     ProbeReply {
         seq: u64,
+    },
+    /// Between two gateways that both speak it: a probe that also
+    /// acknowledges the other side's, so each tunnel carries one datagram
+    /// per interval each way instead of a probe and a reply each way.
+    /// `heard` is the last probe number heard from the receiver (0: none),
+    /// `held_us` how long ago it arrived (the receiver takes it off the
+    /// round trip), `interval_ms` the sender's probe interval (a receiver
+    /// that probes more slowly answers at once rather than on its next
+    /// probe), `answer` asks for an answer at once.
+    Hello {
+        seq: u64,
+        heard: u64,
+        held_us: u32,
+        interval_ms: u32,
+        answer: bool,
     },
     /// Which certificate owns this virtual address? (for firewall rules by
     /// name, group and site). Gateways answer or ask on.
@@ -149,6 +171,20 @@ impl Message {
                 body.extend_from_slice(&seq.to_be_bytes());
                 body.extend_from_slice(&size.to_be_bytes());
             }
+            Message::Hello {
+                seq,
+                heard,
+                held_us,
+                interval_ms,
+                answer,
+            } => {
+                body.push(10);
+                body.extend_from_slice(&seq.to_be_bytes());
+                body.extend_from_slice(&heard.to_be_bytes());
+                body.extend_from_slice(&held_us.to_be_bytes());
+                body.extend_from_slice(&interval_ms.to_be_bytes());
+                body.push(u8::from(*answer));
+            }
         }
         let mut p = vec![0u8; HEADER];
         p[0] = 0x60;
@@ -218,6 +254,19 @@ impl Message {
                 size: u16::from_be_bytes([rest[8], rest[9]]),
             }),
             9 => Err(InbandError::Short),
+            // Longer is fine: a later version may add fields.
+            10 if rest.len() >= HELLO_LEN => Ok(Message::Hello {
+                seq: u64::from_be_bytes(rest[..8].try_into().map_err(|_| InbandError::Short)?),
+                heard: u64::from_be_bytes(rest[8..16].try_into().map_err(|_| InbandError::Short)?),
+                held_us: u32::from_be_bytes(
+                    rest[16..20].try_into().map_err(|_| InbandError::Short)?,
+                ),
+                interval_ms: u32::from_be_bytes(
+                    rest[20..24].try_into().map_err(|_| InbandError::Short)?,
+                ),
+                answer: rest[24] & 1 == 1,
+            }),
+            10 => Err(InbandError::Short),
             t => Err(InbandError::UnknownType(t)),
         }
     }
@@ -249,6 +298,20 @@ mod tests {
             Message::MtuProbe { seq: 3, size: 1420 },
             Message::MtuProbe { seq: 4, size: 52 },
             Message::MtuAck { seq: 5, size: 1340 },
+            Message::Hello {
+                seq: 7,
+                heard: u64::MAX,
+                held_us: 12_345,
+                interval_ms: 100,
+                answer: true,
+            },
+            Message::Hello {
+                seq: 1,
+                heard: 0,
+                held_us: 0,
+                interval_ms: 1000,
+                answer: false,
+            },
         ] {
             let p = m.encode();
             if let Message::MtuProbe { size, .. } = m {
@@ -258,6 +321,27 @@ mod tests {
             assert!(crate::packet::addresses(&p).is_some());
             assert_eq!(Message::decode(&p).unwrap(), m);
         }
+    }
+
+    #[test]
+    fn a_hello_with_more_fields_than_known_is_read_and_a_short_one_refused() {
+        let m = Message::Hello {
+            seq: 3,
+            heard: 2,
+            held_us: 40,
+            interval_ms: 100,
+            answer: false,
+        };
+        let mut p = m.encode();
+        p.extend_from_slice(&[0xff; 6]);
+        let len = u16::from_be_bytes([p[4], p[5]]) + 6;
+        p[4..6].copy_from_slice(&len.to_be_bytes());
+        assert_eq!(Message::decode(&p), Ok(m.clone()));
+        let mut q = m.encode();
+        q.pop();
+        let len = u16::from_be_bytes([q[4], q[5]]) - 1;
+        q[4..6].copy_from_slice(&len.to_be_bytes());
+        assert_eq!(Message::decode(&q), Err(InbandError::Short));
     }
 
     #[test]
@@ -288,6 +372,22 @@ mod tests {
             (any::<u64>(), 52..=(MAX_BODY + HEADER) as u16)
                 .prop_map(|(seq, size)| Message::MtuProbe { seq, size }),
             (any::<u64>(), any::<u16>()).prop_map(|(seq, size)| Message::MtuAck { seq, size }),
+            (
+                any::<u64>(),
+                any::<u64>(),
+                any::<u32>(),
+                any::<u32>(),
+                any::<bool>()
+            )
+                .prop_map(|(seq, heard, held_us, interval_ms, answer)| {
+                    Message::Hello {
+                        seq,
+                        heard,
+                        held_us,
+                        interval_ms,
+                        answer,
+                    }
+                }),
         ]
     }
 

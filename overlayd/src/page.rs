@@ -220,6 +220,7 @@ mod tests {
             mtu_learned: true,
             penalty: 0.0,
             suppressed: false,
+            hellos: true,
         }
     }
 

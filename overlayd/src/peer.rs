@@ -76,6 +76,13 @@ pub struct PeerCtl {
     /// time it went silent; see [`crate::config::Damping`].
     /// Boxed: most never flap, and a gateway has thousands.
     pub host_link: Option<Box<cubenet_daemon::damping::Link>>,
+    /// A configured gateway that speaks [`crate::inband::Message::Hello`]:
+    /// while the tunnel is up, our probes to it are hellos. Forgotten when
+    /// the tunnel goes down (it may come back as an older version).
+    pub hello: bool,
+    /// The last probe number heard from the peer and when, acknowledged
+    /// in our next hello.
+    pub heard: Option<(u64, Instant)>,
 }
 
 impl PeerCtl {
@@ -90,6 +97,8 @@ impl PeerCtl {
             health: GatewayHealth::new(misses),
             pmtu: PathMtu::new(u16::MAX, Timing::default(), false),
             host_link: None,
+            hello: false,
+            heard: None,
         }
     }
 

@@ -221,8 +221,7 @@ impl Net {
             let mut text = format!(
                 "control_socket = \"{d}/{name}.sock\"\n\
                  [identity]\nkey = \"{d}/{name}.key\"\ncert = \"{d}/{name}.crt\"\nca = \"{d}/ca.crt\"\n\
-                 crl = \"{d}/crl.crt\"\n\
-                 [probe]\ninterval_ms = {PROBE_MS}\nmisses = {MISSES}\nfailback_stable_ms = {FAILBACK_MS}\n",
+                 crl = \"{d}/crl.crt\"\n",
                 d = d.display()
             );
             for (j, (other, other_role, _, other_site)) in names.iter().enumerate() {
@@ -238,7 +237,17 @@ impl Net {
                     );
                 }
             }
-            text += &extra(name);
+            // The sim's probe settings, in the extra's `[probe]` if it has one.
+            let probe = format!(
+                "[probe]\ninterval_ms = {PROBE_MS}\nmisses = {MISSES}\nfailback_stable_ms = {FAILBACK_MS}\n"
+            );
+            let extra = extra(name);
+            if extra.contains("[probe]\n") {
+                text += &extra.replacen("[probe]\n", &probe, 1);
+            } else {
+                text += &probe;
+                text += &extra;
+            }
             let path = d.join(format!("{name}.toml"));
             std::fs::write(&path, text).unwrap();
             let node = load(&path, now, unix, i as u32 * 1000);
@@ -732,6 +741,104 @@ fn a_gateway_silently_lost_fails_over_within_the_probe_window_and_back_after_it_
         back <= Duration::from_secs(10) + Duration::from_millis(FAILBACK_MS),
         "back after {back:?}"
     );
+}
+
+/// Two sites of two gateways, each gateway with `extra` appended to its
+/// config, run until every tunnel between gateways is up and a few seconds
+/// more (path MTU searches done).
+fn gateways_at_rest(extra: &dyn Fn(&str) -> String) -> Net {
+    let mut net = Net::build_with(&["s1", "s2"], 2, Duration::from_secs(86_400), extra);
+    let gws = ["s1-gw1", "s1-gw2", "s2-gw1", "s2-gw2"];
+    net.run_until(Duration::from_secs(5), |n| {
+        gws.iter()
+            .all(|a| gws.iter().all(|b| a == b || n.peer(a, b).healthy))
+    });
+    net.run_for(Duration::from_secs(5));
+    net
+}
+
+/// Datagrams `from` sent `to` over the next `d` of overlay time. Besides
+/// liveness, a tunnel between gateways carries a round of path MTU probes
+/// and their acknowledgements every 10 s: up to 4 datagrams each way.
+fn datagrams_over(net: &mut Net, from: &str, to: &str, d: Duration) -> usize {
+    let (i, j) = (net.index(from), net.index(to));
+    let t0 = net.now;
+    net.run_for(d);
+    net.sent
+        .iter()
+        .filter(|(f, t, at, _)| (*f, *t) == (i, j) && *at > t0)
+        .count()
+}
+
+#[test]
+fn idle_gateways_send_each_other_one_hello_per_probe_interval() {
+    let mut net = gateways_at_rest(&|_| String::new());
+    // 10 s at 100 ms: a hello each way per interval, where a probe and
+    // its reply each way made four datagrams.
+    for (a, b) in [
+        ("s1-gw1", "s2-gw1"),
+        ("s2-gw1", "s1-gw1"),
+        ("s1-gw1", "s1-gw2"),
+    ] {
+        let n = datagrams_over(&mut net, a, b, Duration::from_secs(10));
+        assert!((99..=106).contains(&n), "{a} -> {b}: {n} datagrams in 10 s");
+        let p = net.peer(a, b);
+        assert!(p.healthy && p.hellos, "{a} -> {b}: {p:?}");
+        assert_eq!(p.flaps, 0, "{a} -> {b}");
+        // The round trip, less the time the hello waited at the other end.
+        let rtt = p.rtt_ms.expect("a round trip");
+        assert!(
+            rtt < 1.0,
+            "{a} -> {b}: {rtt} ms over an underlay without delay"
+        );
+    }
+}
+
+#[test]
+fn a_gateway_with_hellos_off_is_probed_and_answered_as_before() {
+    // s1-gw1 speaks as a gateway of an earlier version: probes and
+    // replies only.
+    let mut net = gateways_at_rest(&config_of("s1-gw1", "[probe]\nhellos = false\n"));
+    for (a, b) in [("s2-gw1", "s1-gw1"), ("s1-gw1", "s2-gw1")] {
+        // Its own probe and the reply to the other's, each interval.
+        let n = datagrams_over(&mut net, a, b, Duration::from_secs(10));
+        assert!(
+            (198..=206).contains(&n),
+            "{a} -> {b}: {n} datagrams in 10 s"
+        );
+        let p = net.peer(a, b);
+        assert!(p.healthy && !p.hellos, "{a} -> {b}: {p:?}");
+        assert_eq!(p.flaps, 0, "{a} -> {b}");
+    }
+    // The others keep using hellos among themselves.
+    assert!(net.peer("s2-gw1", "s2-gw2").hellos);
+    assert!(net.peer("s1-gw2", "s2-gw2").hellos);
+}
+
+#[test]
+fn a_path_between_gateways_lost_one_way_takes_their_tunnel_down_at_both_ends() {
+    let mut net = gateways_at_rest(&|_| String::new());
+    let (a, b) = (net.index("s1-gw1"), net.index("s2-gw1"));
+    // What s1-gw1 sends s2-gw1 is lost; s2-gw1's hellos still arrive, but
+    // they name the last probe of s1-gw1's they heard, over and over.
+    net.cut_one_way(a, b);
+    let down = net.run_until(Duration::from_secs(5), |n| {
+        !n.peer("s1-gw1", "s2-gw1").healthy && !n.peer("s2-gw1", "s1-gw1").healthy
+    });
+    assert!(
+        down <= probe_window() + Duration::from_millis(PROBE_MS),
+        "down after {down:?}"
+    );
+    // And it stays down at both ends: neither is fooled into using it.
+    for _ in 0..300 {
+        net.run_for(STEP);
+        assert!(!net.peer("s1-gw1", "s2-gw1").healthy, "s1-gw1 took it back");
+        assert!(!net.peer("s2-gw1", "s1-gw1").healthy, "s2-gw1 took it back");
+    }
+    net.one_way.clear();
+    net.run_until(Duration::from_secs(10), |n| {
+        n.peer("s1-gw1", "s2-gw1").hellos && n.peer("s2-gw1", "s1-gw1").hellos
+    });
 }
 
 #[test]
@@ -1595,6 +1702,7 @@ fn a_host_that_moves_to_another_sites_gateways_is_reachable_there_and_left_behin
             w.net.dir.path().join(format!("{g}.crt")).display()
         );
     }
+    moved += &text[text.find("[probe]").unwrap()..];
     std::fs::write(&path, moved).unwrap();
     w.net.nodes[i].addr = SocketAddr::from(([198, 51, 100, 7], 51820));
     w.net.restart("s1-h1");

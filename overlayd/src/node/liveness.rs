@@ -35,8 +35,13 @@ impl Node {
     ) {
         let up = t == Transition::Up;
         if !up {
-            // It may come back as a new process: present our cert again.
+            // It may come back as a new process: present our cert again,
+            // and probe until it says it speaks hellos (it may be an older
+            // version now).
             peer.our_cert_acked.store(false, Ordering::Relaxed);
+            if let Some(x) = c.ctl(peer) {
+                x.hello = false;
+            }
         }
         tracing::info!(peer = %peer.name(), "gateway tunnel {}", if up { "up" } else { "down" });
         let name = peer.name();
@@ -159,7 +164,41 @@ impl Node {
             return;
         }
         if let Some((seq, _)) = c.update_health(peer, |h| h.on_tick(now)) {
-            self.send_message(peer, &Message::Probe { seq }, out);
+            self.send_probe(c, peer, seq, now, out);
+        }
+    }
+
+    /// Our probe `seq` to a configured gateway. To a gateway that speaks
+    /// hellos, while the tunnel is up, a hello: it acknowledges the other
+    /// side's last probe too, so neither answers the other's. Otherwise a
+    /// probe, which every version answers at once; a gateway's is marked
+    /// [`SPEAKS_HELLO`], so another gateway knows it may use hellos.
+    fn send_probe(&self, c: &mut Control, peer: &Peer, seq: u64, now: Instant, out: &mut Outbox) {
+        let gateway = self.role() == Role::Gateway && self.cfg.probe.hellos;
+        let m = match c.ctl(peer) {
+            Some(x) if gateway && x.hello && peer.healthy() => self.hello(x, seq, now),
+            _ if gateway => Message::Probe {
+                seq: seq | SPEAKS_HELLO,
+            },
+            _ => Message::Probe { seq },
+        };
+        self.send_message(peer, &m, out);
+    }
+
+    /// A hello carrying our probe `seq` and acknowledging the peer's last.
+    pub(super) fn hello(&self, x: &PeerCtl, seq: u64, now: Instant) -> Message {
+        let (heard, held) = x.heard.map_or((0, Duration::ZERO), |(s, at)| {
+            (s, now.saturating_duration_since(at))
+        });
+        Message::Hello {
+            seq,
+            heard,
+            held_us: u32::try_from(held.as_micros()).unwrap_or(u32::MAX),
+            interval_ms: u32::try_from(self.cfg.probe.interval_ms).unwrap_or(u32::MAX),
+            // An acknowledgement on the other side's next probe comes up
+            // to one interval late: with fewer than two misses allowed,
+            // that would be a miss.
+            answer: self.cfg.probe.misses < 2,
         }
     }
 
@@ -419,7 +458,7 @@ impl Node {
             if let Some(t) = t {
                 self.gateway_transition(c, &peer, t, now, out);
             }
-            self.send_message(&peer, &Message::Probe { seq }, out);
+            self.send_probe(c, &peer, seq, now, out);
             if !peer.our_cert_acked.load(Ordering::Relaxed) {
                 if let Some(x) = c.ctl(&peer) {
                     if x.last_cert_sent

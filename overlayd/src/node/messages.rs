@@ -34,8 +34,13 @@ impl Node {
                 if self.leaving.load(Ordering::Relaxed) {
                     return;
                 }
+                let gateways = peer.configured.is_some() && self.role() == Role::Gateway;
                 if let Some(x) = c.ctl(peer) {
                     x.probes.heard(now, self.cfg.probe.interval());
+                    if gateways {
+                        x.heard = Some((seq & !SPEAKS_HELLO, now));
+                        x.hello |= seq & SPEAKS_HELLO != 0;
+                    }
                 }
                 // Detached for silence and heard again: its routes return.
                 if peer.configured.is_none()
@@ -64,8 +69,43 @@ impl Node {
             }
             Message::Leaving => self.remove_peer(c, peer, "shut down"),
             Message::ProbeReply { seq } => {
+                let seq = seq & !SPEAKS_HELLO;
                 if let Some(t) = c.update_health(peer, |h| h.on_reply(seq, now)).flatten() {
                     self.gateway_transition(c, peer, t, now, out);
+                }
+            }
+            // Hellos are between configured gateways only.
+            Message::Hello { .. }
+                if peer.configured.is_none()
+                    || self.role() != Role::Gateway
+                    || self.leaving.load(Ordering::Relaxed) => {}
+            Message::Hello {
+                seq,
+                heard,
+                held_us,
+                interval_ms,
+                answer,
+            } => {
+                if let Some(x) = c.ctl(peer) {
+                    x.hello = true;
+                    x.heard = Some((seq, now));
+                }
+                let held = Duration::from_micros(held_us.into());
+                if let Some(t) = c
+                    .update_health(peer, |h| h.on_hello(heard, held, now))
+                    .flatten()
+                {
+                    self.gateway_transition(c, peer, t, now, out);
+                }
+                // Acknowledged on our next probe, unless that comes too
+                // late for the sender (asked, or it probes faster than we
+                // do) or is not a hello (the tunnel is down here).
+                let late = self.cfg.probe.interval() > Duration::from_millis(interval_ms.into());
+                if answer || late || !peer.healthy() {
+                    if let Some(x) = c.ctl(peer) {
+                        let m = self.hello(x, x.health.seq(), now);
+                        self.send_message(peer, &m, out);
+                    }
                 }
             }
             // Identity questions and answers only from peers whose own

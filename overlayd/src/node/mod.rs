@@ -84,7 +84,7 @@ use crate::firewall::{self, Direction, Firewall, Verdict};
 use crate::health::{choose_gateway, Transition};
 use crate::icmp;
 use crate::identity::Identity;
-use crate::inband::{self, Message};
+use crate::inband::{self, Message, SPEAKS_HELLO};
 use crate::mss;
 use crate::packet;
 use crate::peer::{Peer, PeerCtl};
