@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # A full mesh of gateways at rest: N gateways (N/2 sites of 2 gateways, one
 # host each) brought up in the lab with routed; prints the time from `up`
-# to converged, then, once settled, each gateway's idle CPU (overlayd and
-# routed, from /proc over WINDOW seconds) and RSS, per gateway and per
-# neighbour (N - 1 per gateway).
+# to converged (up_s) and from the first daemon started to converged
+# (converged_s; `up` starts the nodes one after the other, taking start_s),
+# then, once settled, each gateway's idle CPU (overlayd and routed, from
+# /proc over WINDOW seconds) and RSS, per gateway and per neighbour (N - 1
+# per gateway).
 #
 #   sudo bench/mesh.sh                      # N = 10 20, both profiles
 #   NS="10 20 50" PROFILES=lab NO_BUILD=1 sudo bench/mesh.sh
@@ -39,7 +41,7 @@ calc() { awk "BEGIN { print $* }"; }
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 
-printf '%-9s %4s %10s %12s %12s %12s %14s %10s\n' profile N up_s overlayd_mc routed_mc per_gw_mc per_neigh_mc rss_MiB
+printf '%-9s %4s %8s %8s %11s %12s %10s %10s %13s %8s\n' profile N up_s start_s converged_s overlayd_mc routed_mc per_gw_mc per_neigh_mc rss_MiB
 for profile in $PROFILES; do
   for n in $NS; do
     (( n % 2 == 0 && n >= 2 )) || { echo "N=$n: an even number of gateways, at least 2" >&2; exit 2; }
@@ -59,9 +61,14 @@ for profile in $PROFILES; do
       done
     } >"$spec"
     t0=$(date +%s.%N)
-    "$lab" up "$spec" --dir "$work/lab" >/dev/null
+    said=$("$lab" up "$spec" --dir "$work/lab")
     t1=$(date +%s.%N)
     up_s=$(calc "$t1 - $t0")
+    # "... daemons started in S s, converged C s later"
+    start_s=$(sed -n 's/.*daemons started in \([0-9.]*\) s.*/\1/p' <<<"$said")
+    later_s=$(sed -n 's/.*converged \([0-9.]*\) s later.*/\1/p' <<<"$said")
+    [[ -n $start_s && -n $later_s ]] || { echo "bench/mesh.sh: cannot read: $said" >&2; exit 1; }
+    conv_s=$(calc "$start_s + $later_s")
     sleep "$SETTLE"
     mapfile -t gws < <(jq -r '.nodes[] | select(.role == "gateway") | .name' "$work/lab/lab.json")
     declare -A o0=() r0=()
@@ -88,13 +95,15 @@ for profile in $PROFILES; do
     gw_mc=$(calc "$o_mc + $r_mc")
     nb_mc=$(calc "$gw_mc / ($count - 1)")
     rss=$(calc "$rss_total / 1024 / $count")
-    printf '%-9s %4d %10.1f %12.1f %12.1f %12.1f %14.2f %10.1f\n' \
-      "$profile" "$count" "$up_s" "$o_mc" "$r_mc" "$gw_mc" "$nb_mc" "$rss"
+    printf '%-9s %4d %8.1f %8.1f %11.1f %12.1f %10.1f %10.1f %13.2f %8.1f\n' \
+      "$profile" "$count" "$up_s" "$start_s" "$conv_s" "$o_mc" "$r_mc" "$gw_mc" "$nb_mc" "$rss"
     if [[ -n ${RESULTS:-} ]]; then
       jq -nc --arg profile "$profile" --argjson n "$count" --argjson up "$up_s" \
+        --argjson start "$start_s" --argjson conv "$conv_s" \
         --argjson o "$o_mc" --argjson r "$r_mc" --argjson nb "$nb_mc" --argjson rss "$rss" \
         --arg commit "$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)" \
-        '{profile: $profile, gateways: $n, up_s: $up, overlayd_mc_per_gw: $o, routed_mc_per_gw: $r,
+        '{profile: $profile, gateways: $n, up_s: $up, start_s: $start, converged_s: $conv,
+          overlayd_mc_per_gw: $o, routed_mc_per_gw: $r,
           mc_per_neighbour: $nb, rss_mib_per_gw: $rss, commit: $commit}' >>"$RESULTS"
     fi
     "$lab" down "$work/lab" >/dev/null

@@ -248,7 +248,19 @@ fn unique_prefix() -> String {
     format!("cl{:x}{:x}", std::process::id() & 0xffff, t & 0xfff)
 }
 
-pub fn up(spec: &Spec, dir: &Path) -> Result<Lab> {
+/// How long the phases of [`up`] took.
+#[derive(Debug, Clone, Copy)]
+pub struct UpTimes {
+    /// Keys, certificates, configs, namespaces and links.
+    pub build: Duration,
+    /// Starting every daemon, one node after the other.
+    pub start: Duration,
+    /// From the last daemon started to converged.
+    pub converge: Duration,
+}
+
+pub fn up(spec: &Spec, dir: &Path) -> Result<(Lab, UpTimes)> {
+    let t0 = Instant::now();
     if Lab::path(dir).exists() {
         if let Ok(old) = Lab::load(dir) {
             if old.nodes.iter().any(|n| namespace_exists(&n.namespace)) {
@@ -390,17 +402,22 @@ pub fn up(spec: &Spec, dir: &Path) -> Result<Lab> {
         let _ = down(&lab);
         return Err(e);
     }
-    for n in &lab.nodes {
-        if let Err(e) = start_node(&lab, n) {
-            let _ = down(&lab);
-            return Err(e);
-        }
+    let t1 = Instant::now();
+    if let Err(e) = start_nodes(&lab) {
+        let _ = down(&lab);
+        return Err(e);
     }
+    let t2 = Instant::now();
     let timeout = Duration::from_secs(spec.converge_timeout_s);
     if let Err(e) = wait_converged(&lab, timeout) {
         bail!("{e:#}\n(the lab is left up for inspection: logs in {}/nodes/*/; remove it with `cubenet-lab down {}`)", dir.display(), dir.display());
     }
-    Ok(lab)
+    let times = UpTimes {
+        build: t1 - t0,
+        start: t2 - t1,
+        converge: t2.elapsed(),
+    };
+    Ok((lab, times))
 }
 
 fn write_overlayd_config(lab: &Lab, plans: &[Plan], p: &Plan, spec: &Spec) -> Result<()> {
@@ -720,6 +737,26 @@ fn lan_port(sw: &str, idx: usize, ns: &str, ip: &str, ip6: Option<&str>) -> Resu
 
 /// Starts a node's daemons in its namespace, detached, logging to its dir:
 /// overlayd, then (gateways of a routed lab) routed once overlayd answers.
+/// Starts every node: each node's first daemon, then routed on the
+/// gateways once their overlayd answers, so no node waits for another's.
+fn start_nodes(lab: &Lab) -> Result<()> {
+    let later = |n: &Node| n.kind == "overlayd" && n.routed_config.is_some();
+    for n in &lab.nodes {
+        if later(n) {
+            spawn_daemon(lab, n, "overlayd", &n.overlayd_config, &n.log)?;
+        } else {
+            start_node(lab, n)?;
+        }
+    }
+    for n in lab.nodes.iter().filter(|n| later(n)) {
+        if let (Some(config), Some(log)) = (&n.routed_config, n.routed_log()) {
+            wait_overlayd_socket(lab, n)?;
+            spawn_daemon(lab, n, "routed", config, &log)?;
+        }
+    }
+    Ok(())
+}
+
 pub fn start_node(lab: &Lab, n: &Node) -> Result<()> {
     if n.kind == "wireguard-go" {
         return start_wireguard_go(lab, n);
@@ -1126,13 +1163,43 @@ fn pending(lab: &Lab, n: &Node) -> Option<String> {
 /// gateway's routes have converged; fails naming what still lacks.
 pub fn wait_converged(lab: &Lab, timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;
-    let overlay = || lab.nodes.iter().filter_map(|n| pending(lab, n)).collect();
-    wait_until(deadline, timeout, Duration::from_millis(50), overlay)?;
-    if lab.nodes.iter().any(|n| n.routed_socket.is_some()) {
-        let routes = || routed::pending(lab);
-        wait_until(deadline, timeout, Duration::from_millis(100), routes)?;
-    }
-    Ok(())
+    let every = Duration::from_millis(50);
+    wait_each(lab, deadline, timeout, every, |n| pending(lab, n))?;
+    wait_each(lab, deadline, timeout, every, |n| {
+        routed::gateway_pending(lab, n)
+    })
+}
+
+/// [`wait_until`] every node has nothing `pending`. Each round asks only
+/// the nodes still pending (asking every node every round loads the
+/// machine of a big lab more than its daemons do), then all of them once
+/// more to be sure.
+fn wait_each(
+    lab: &Lab,
+    deadline: Instant,
+    timeout: Duration,
+    every: Duration,
+    pending: impl Fn(&Node) -> Option<String>,
+) -> Result<()> {
+    let left = std::cell::RefCell::new(lab.nodes.iter().collect::<Vec<_>>());
+    wait_until(deadline, timeout, every, || {
+        let mut left = left.borrow_mut();
+        let mut waiting = Vec::new();
+        for pass in 0..2 {
+            left.retain(|n| match pending(n) {
+                Some(w) => {
+                    waiting.push(w);
+                    true
+                }
+                None => false,
+            });
+            if !left.is_empty() || pass == 1 {
+                break;
+            }
+            *left = lab.nodes.iter().collect();
+        }
+        waiting
+    })
 }
 
 /// Polls `waiting` (what is not there yet, one line each) every `every`

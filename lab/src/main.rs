@@ -50,12 +50,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     return Ok(ExitCode::from(2));
                 }
             };
-            let lab = build::up(&spec, &dir)?;
+            let (lab, t) = build::up(&spec, &dir)?;
             println!(
-                "lab up in {}: {} nodes, namespaces {}-*",
+                "lab up in {}: {} nodes, namespaces {}-*; built in {:.1} s, daemons started in {:.1} s, converged {:.1} s later",
                 dir.display(),
                 lab.nodes.len(),
-                lab.prefix
+                lab.prefix,
+                t.build.as_secs_f64(),
+                t.start.as_secs_f64(),
+                t.converge.as_secs_f64(),
             );
         }
         Cmd::Exec { dir, node, cmd } => {

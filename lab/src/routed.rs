@@ -5,7 +5,7 @@
 //! every other gateway of every site (a full eBGP mesh) over the overlay,
 //! at the neighbour's IPv4 virtual address.
 
-use crate::build::{alive, read_pid, sibling};
+use crate::build::{alive, read_pid};
 use crate::spec::{SessionFamily, Spec};
 use crate::state::{Lab, Node};
 use anyhow::{anyhow, Context, Result};
@@ -14,7 +14,6 @@ use ipnet::IpNet;
 use serde::Serialize;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 /// A gateway as routed configs name it.
 pub struct Gateway {
@@ -195,20 +194,12 @@ fn site_routers<'a>(lab: &'a Lab, n: &Node, spec: &Spec) -> Vec<Neighbor<'a>> {
         .collect()
 }
 
-/// What the routed gateways of the lab still lack, one line per gateway;
-/// empty once every gateway has every neighbour established and a route
-/// to every host of every site.
-pub fn pending(lab: &Lab) -> Vec<String> {
-    lab.nodes
-        .iter()
-        .filter_map(|n| Some((n, n.routed_socket.as_deref()?)))
-        .filter_map(|(n, sock)| gateway_pending(lab, n, sock))
-        .collect()
-}
-
-fn gateway_pending(lab: &Lab, n: &Node, sock: &Path) -> Option<String> {
-    let answers = query::<api::Status>(sock, "status")
-        .and_then(|s| Ok((s, query::<api::Routes>(sock, "routes")?)));
+/// What one routed gateway still lacks (None: nothing, or not a routed
+/// gateway).
+pub fn gateway_pending(lab: &Lab, n: &Node) -> Option<String> {
+    let sock = n.routed_socket.as_deref()?;
+    let answers = ask::<api::Status>(sock, &api::Request::Status)
+        .and_then(|s| Ok((s, ask::<api::Routes>(sock, &api::Request::Routes)?)));
     let (status, routes) = match answers {
         Ok(a) => a,
         Err(e) => return Some(format!("{}: {}", n.name, not_answering(lab, n, e))),
@@ -238,26 +229,11 @@ fn not_answering(lab: &Lab, n: &Node, e: anyhow::Error) -> String {
     }
 }
 
-/// `routed CMD --socket SOCK --json`. `status` exits 1 while a neighbour is
-/// down; its JSON is read all the same.
-fn query<T: serde::de::DeserializeOwned>(sock: &Path, cmd: &str) -> Result<T> {
-    let bin = sibling("routed")?;
-    let out = Command::new(&bin)
-        .arg(cmd)
-        .arg("--socket")
-        .arg(sock)
-        .arg("--json")
-        .output()
-        .with_context(|| format!("running {} {cmd}", bin.display()))?;
-    match serde_json::from_slice::<cubenet_api::Reply<T>>(&out.stdout) {
-        Ok(cubenet_api::Reply::Ok(t)) => Ok(t),
-        Ok(cubenet_api::Reply::Err(e)) => Err(anyhow!("routed refused `{cmd}`: {e}")),
-        Err(_) => Err(anyhow!(
-            "routed not answering `{cmd}` on {}: {}",
-            sock.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )),
-    }
+/// One request on routed's control socket: no process per question (a
+/// lab of 50 gateways is asked a hundred questions per round).
+fn ask<T: serde::de::DeserializeOwned>(sock: &Path, req: &api::Request) -> Result<T> {
+    cubenet_api::client::call_blocking_within(sock, req, Some(std::time::Duration::from_secs(2)))
+        .map_err(|e| anyhow!("routed not answering on {}: {e}", sock.display()))
 }
 
 /// The other gateways that are not established neighbours of `n`, with
