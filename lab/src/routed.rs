@@ -513,7 +513,7 @@ mod tests {
         let node = serde_json::to_value(&gw.node).expect("json");
         assert_eq!(node.get("routed_config"), None);
         assert_eq!(node.get("routed_socket"), None);
-        assert!(pending(&lab).is_empty());
+        assert!(lab.nodes.iter().all(|n| gateway_pending(&lab, n).is_none()));
     }
 
     #[test]
