@@ -387,7 +387,12 @@ impl Session {
             (_, Message::Notification(n)) => {
                 let why = format!("received: {n}");
                 let mut out = vec![Action::Close(id)];
-                self.error(why.clone());
+                // Losing a collision is no error: the other connection
+                // goes on, and a later attempt should not wait longer.
+                let collision = n.reason == Reason::Cease(Cease::ConnectionCollisionResolution);
+                if !collision {
+                    self.error(why.clone());
+                }
                 out.extend(self.closed(id, &why, false, now));
                 out
             }
@@ -406,8 +411,15 @@ impl Session {
                     c.hold_deadline = (!hold.is_zero()).then(|| now + hold);
                     c.keepalive_every = keepalive;
                     c.keepalive_at = (!keepalive.is_zero()).then(|| now + keepalive);
+                    // The KEEPALIVE only on a connection that stays: one
+                    // on the loser would establish the session at the
+                    // other end just before the Cease takes it down again.
+                    let resolved = self.resolve_collision(id, &o, now);
+                    if resolved.contains(&Action::Close(id)) {
+                        return resolved;
+                    }
                     let mut out = vec![Action::Send(id, Message::Keepalive)];
-                    out.extend(self.resolve_collision(id, &o, now));
+                    out.extend(resolved);
                     out
                 }
             },
@@ -669,6 +681,58 @@ mod tests {
         let id = p.a.established_conn().unwrap();
         assert!(p.conns.contains(&(id, false)), "{:?}", p.conns);
         assert!(matches!(p.a_events[..], [Action::Up(_)]));
+    }
+
+    #[test]
+    fn a_collision_seen_by_one_end_first_never_establishes_the_losing_connection() {
+        // a (the lower identifier) opens X; b opens Y, and b has both
+        // before a has accepted Y: b resolves the collision at a's OPEN on
+        // X, which loses (b initiated Y and has the higher identifier).
+        let mut p = Pair::new();
+        let now = p.now;
+        let (x, y) = (1, 2);
+        let open_a = p.a.on_connected(x, true, now);
+        let open_b_x = p.b.on_connected(x, false, now);
+        let open_b_y = p.b.on_connected(y, true, now);
+        let mut to_a = Vec::new();
+        for act in open_a {
+            if let Action::Send(id, m) = act {
+                to_a.extend(p.b.on_message(id, m, now));
+            }
+        }
+        assert!(
+            !to_a.contains(&Action::Send(x, Message::Keepalive)),
+            "b confirmed the connection it closes: {to_a:?}"
+        );
+        // a gets b's OPEN on X, then what b did on X.
+        let mut a_did = Vec::new();
+        for act in open_b_x.into_iter().chain(to_a) {
+            match act {
+                Action::Send(id, m) => a_did.extend(p.a.on_message(id, m, now)),
+                Action::Close(id) => a_did.extend(p.a.on_closed(id, "closed", now)),
+                _ => {}
+            }
+        }
+        assert!(!p.a.is_established());
+        assert!(
+            !a_did
+                .iter()
+                .any(|a| matches!(a, Action::Up(_) | Action::Down(_))),
+            "{a_did:?}"
+        );
+        // Losing a collision is no error: no longer back-off.
+        assert_eq!(p.a.backoff(), Duration::from_secs(1));
+        // Then Y, which both keep.
+        let open_a_y = p.a.on_connected(y, false, now);
+        p.run(open_a_y, open_b_y);
+        assert!(p.a.is_established() && p.b.is_established());
+        assert_eq!(p.a.established_conn(), Some(y));
+        assert_eq!(p.b.established_conn(), Some(y));
+        assert!(
+            !p.a_events.iter().any(|a| matches!(a, Action::Down(_))),
+            "{:?}",
+            p.a_events
+        );
     }
 
     #[test]
