@@ -1489,7 +1489,11 @@ impl Router {
                 .link
                 .as_ref()
                 .is_none_or(|l| l.flaps() == 0 || l.usable(now));
-        if want == nb.in_rib && want {
+        // Out and staying out: nothing of it is in the RIB (every path of
+        // a neighbour goes in only while it is in), so nothing to look
+        // for. (Searching the RIB here for each neighbour not yet up, at
+        // every event, was most of routed's work while a mesh converged.)
+        if want == nb.in_rib {
             return;
         }
         if !want {
