@@ -440,7 +440,17 @@ impl Node {
                 // would only cost both ends another handshake.
                 let fresh = handshake_at
                     .is_some_and(|t| now.saturating_duration_since(t) < self.probe_window());
-                let due = c.ctl(&peer).is_some_and(|x| x.retry.due(now));
+                // Its probes or hellos still arrive: it holds the session
+                // (it encrypted them with it), only our probes go
+                // unanswered (a path lost one way, a peer too busy to
+                // answer in time). A handshake would not help, and on a
+                // host short of CPU, handshakes for every tunnel that
+                // misses probes are what keeps it short.
+                let heard = c
+                    .ctl(&peer)
+                    .and_then(|x| x.heard)
+                    .is_some_and(|(_, at)| now.saturating_duration_since(at) < self.probe_window());
+                let due = c.ctl(&peer).is_some_and(|x| !heard && x.retry.due(now));
                 if we_initiate && !fresh && due {
                     if let (Some(ep), TunnResult::WriteToNetwork(b)) = (
                         peer.endpoint(),
