@@ -605,7 +605,11 @@ fn fault(
                     .and_then(|ns| ns.iter().find(|n| n["name"] == ams_a).cloned())
                     .unwrap_or(Value::Null)
             };
-            let up_or_held = |n: &Value| n["state"] == "established" || n["suppressed"] == true;
+            // Up: the session established and its tunnel up (a session
+            // outlives a tunnel down for a few seconds).
+            let up_or_held = |n: &Value| {
+                (n["state"] == "established" && n["tunnel_up"] == true) || n["suppressed"] == true
+            };
             let started = Instant::now();
             let mut flaps = 0;
             loop {
