@@ -1322,7 +1322,7 @@ impl Router {
             }
             let nb = &mut self.neighbors[n];
             let held_out = nb.tunnel_down_at.is_some_and(|t| now >= t + TUNNEL_HOLD);
-            if held_out && nb.session.is_established() {
+            if held_out && nb.tunnel_lost_while_up && nb.session.is_established() {
                 let acts = nb.session.reset("overlay tunnel down", None, now);
                 self.apply(n, acts, now);
             }
@@ -1360,7 +1360,8 @@ impl Router {
             if let Some(d) = nb.link.as_ref().and_then(|l| l.next_change(now)) {
                 t = t.min(d);
             }
-            if let (Some(d), true) = (nb.tunnel_down_at, nb.session.is_established()) {
+            let held = nb.tunnel_lost_while_up && nb.session.is_established();
+            if let (Some(d), true) = (nb.tunnel_down_at, held) {
                 t = t.min(d + TUNNEL_HOLD);
             }
             // A link suppressed by its last flap has its session stopped by
@@ -1425,7 +1426,11 @@ impl Router {
     }
 
     fn session_up(&mut self, n: NeighborId, open: wire::Open, now: Instant) {
+        // A session that comes up runs through the tunnel, whatever
+        // overlayd last said: the hold is for one that was up when the
+        // tunnel went (its routes wait for overlayd's word all the same).
         self.neighbors[n].tunnel_lost_while_up = false;
+        self.neighbors[n].tunnel_down_at = None;
         tracing::info!(neighbor = %self.neighbors[n].cfg.name, router_id = %open.router_id, "session established");
         if let Some(l) = self.neighbors[n].link.as_mut() {
             l.on_up(now);
@@ -2462,6 +2467,46 @@ mod tests {
         r.tunnel("gw", false, now);
         assert!(r.neighbors[N0].session.is_established());
         assert_eq!(r.status(now).neighbors[0].tunnel_up, None);
+    }
+
+    #[test]
+    fn a_session_that_comes_up_before_overlayd_calls_the_tunnel_up_is_not_held_out() {
+        // The tunnel works before overlayd's next probe says so: a session
+        // established then is not ended by the hold of the outage before.
+        let now = Instant::now();
+        let text = "asn = 4200000101\nrouter_id = \"10.77.1.1\"\nca = \"-\"\ncert = \"-\"\n\
+             [[neighbor]]\nname = \"gw\"\naddress = \"10.77.2.1\"\nasn = 4200000201\n\
+             import = \"overlay\"\nexport = \"all\"\n";
+        let mut r = Router::new(
+            Config::parse(text).unwrap(),
+            vec!["10.77.0.0/16".parse().unwrap()],
+            vec![],
+            None,
+            vec![vec![]],
+            now,
+            1,
+        )
+        .unwrap();
+        r.set_tunnels(&[("gw".into(), true)], now);
+        establish(&mut r, N0, 4_200_000_201, Ipv4Addr::new(10, 77, 2, 1), now);
+        r.tunnel("gw", false, now);
+        let t = now + TUNNEL_HOLD;
+        r.on_tick(t);
+        assert!(!r.neighbors[N0].session.is_established());
+        establish_gr(
+            &mut r,
+            N0,
+            2,
+            4_200_000_201,
+            Ipv4Addr::new(10, 77, 2, 1),
+            None,
+            t,
+        );
+        r.on_tick(t + TUNNEL_HOLD);
+        assert_eq!(r.neighbors[N0].session.established_conn(), Some(2));
+        assert_eq!(r.status(t).neighbors[0].flaps, 1);
+        // Its routes wait for overlayd's word.
+        assert!(!r.status(t).neighbors[0].usable);
     }
 
     #[test]

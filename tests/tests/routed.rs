@@ -341,12 +341,11 @@ fn a_site_router_running_bird_exchanges_routes_with_the_gateways() {
     });
     let out = lab.ping("ams-h1", "192.168.1.1", 2);
     assert!(out.status.success(), "ams-h1 -> 192.168.1.1");
-    let n = neighbor(&lab, "fra-gw1", "fra-bird");
-    assert_eq!(
-        (n["state"].as_str(), n["bfd"].as_str()),
-        (Some("established"), Some("up")),
-        "{n}"
-    );
+    // BFD comes up a moment after the session on a busy machine.
+    lab.wait_for("fra-gw1's session with BIRD established with BFD up", |l| {
+        let n = neighbor(l, "fra-gw1", "fra-bird");
+        (n["state"].as_str(), n["bfd"].as_str()) == (Some("established"), Some("up"))
+    });
     // The router loses fra-gw1 silently: BFD moves everything to fra-gw2.
     lab.lab_ok(&["link", "fra-gw1", "fra-bird", "drop"]);
     lab.wait_for("ams-gw1 to use fra-gw2 only", |l| {
