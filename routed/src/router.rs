@@ -74,7 +74,10 @@ const HISTORY: usize = 16;
 /// long. Tunnels that miss a few probes on a machine short of CPU then
 /// cost a withdrawal and its return, not a new session and a whole table
 /// each way (what kept a 50-gateway mesh at 100 ms from ever settling).
-const TUNNEL_HOLD: Duration = Duration::from_secs(3);
+/// Longer outages end it: TCP backs off its retransmissions while the
+/// tunnel is down, and after 2 s outages an UPDATE waited 15 s for the
+/// next one (the chaos suite); a new connection has no backoff.
+const TUNNEL_HOLD: Duration = Duration::from_secs(1);
 
 /// What the driver must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
