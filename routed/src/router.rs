@@ -69,15 +69,6 @@ impl Site {
 /// without End-of-RIB markers.
 const SETTLE: Duration = Duration::from_secs(2);
 const HISTORY: usize = 16;
-/// A gateway neighbour whose tunnel overlayd calls down carries no route
-/// at once; its session ends only once the tunnel has stayed down this
-/// long. Tunnels that miss a few probes on a machine short of CPU then
-/// cost a withdrawal and its return, not a new session and a whole table
-/// each way (what kept a 50-gateway mesh at 100 ms from ever settling).
-/// Longer outages end it: TCP backs off its retransmissions while the
-/// tunnel is down, and after 2 s outages an UPDATE waited 15 s for the
-/// next one (the chaos suite); a new connection has no backoff.
-const TUNNEL_HOLD: Duration = Duration::from_secs(1);
 
 /// What the driver must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -240,13 +231,6 @@ pub struct Neighbor {
     /// when it said anything: routed's liveness check of a gateway
     /// neighbour without BFD.
     tunnel_up: Option<bool>,
-    /// Since when the tunnel is down: the session ends once it has been
-    /// down for [`TUNNEL_HOLD`].
-    tunnel_down_at: Option<Instant>,
-    /// The tunnel went down while the session was established: the old
-    /// connection may be dead, so a new one from the neighbour (it
-    /// restarted) replaces it rather than being refused.
-    tunnel_lost_while_up: bool,
     pub flaps: u64,
     pub history: VecDeque<Flap>,
     pub rejected: u64,
@@ -447,8 +431,6 @@ impl Neighbor {
             link_addrs: Default::default(),
             overlay,
             tunnel_up: None,
-            tunnel_down_at: None,
-            tunnel_lost_while_up: false,
             flaps: 0,
             history: VecDeque::new(),
             rejected: 0,
@@ -610,13 +592,6 @@ impl Router {
     ) {
         if local.is_some() {
             self.neighbors[n].local_addr = local;
-        }
-        // A gateway that lost its tunnel while up and calls again has
-        // restarted: its old connection is dead, the new one replaces it.
-        let nb = &mut self.neighbors[n];
-        if !outbound && nb.tunnel_lost_while_up && nb.session.is_established() {
-            let acts = nb.session.reset("the neighbour connected again", None, now);
-            self.apply(n, acts, now);
         }
         let acts = self.neighbors[n].session.on_connected(conn, outbound, now);
         self.apply(n, acts, now);
@@ -798,36 +773,18 @@ impl Router {
             return;
         }
         if up {
-            nb.tunnel_down_at = None;
             // Back after a down: connect now. The first word (when routed
             // subscribes) changes nothing: the session is already starting,
             // and a second attempt beside it would collide with it.
             if was == Some(false) {
                 tracing::info!(neighbor = %nb.cfg.name, "overlay tunnel up");
                 nb.session.kick(now);
-                // Back under a session that lasted: its routes return
-                // (a flap for damping, as the session's return would be).
-                if nb.session.is_established() {
-                    if let Some(l) = nb.link.as_mut() {
-                        l.on_up(now);
-                    }
-                    self.record(n, true, "overlay tunnel up");
-                }
             }
         } else {
             tracing::warn!(neighbor = %nb.cfg.name, "overlay tunnel down");
-            nb.tunnel_down_at = Some(now);
-            // Its routes go at once (`update_rib_membership`); the
-            // session waits for TUNNEL_HOLD. Counted as the session's
-            // end would be.
             if nb.session.is_established() {
-                nb.tunnel_lost_while_up = true;
-                nb.session.last_error = Some("overlay tunnel down".into());
-                nb.flaps += 1;
-                if let Some(l) = nb.link.as_mut() {
-                    l.on_down(now);
-                }
-                self.record(n, false, "overlay tunnel down");
+                let acts = nb.session.reset("overlay tunnel down", None, now);
+                self.apply(n, acts, now);
             }
         }
     }
@@ -1323,12 +1280,6 @@ impl Router {
                 tracing::info!(neighbor = %nb.cfg.name, "link reusable");
                 nb.session.start(now);
             }
-            let nb = &mut self.neighbors[n];
-            let held_out = nb.tunnel_down_at.is_some_and(|t| now >= t + TUNNEL_HOLD);
-            if held_out && nb.tunnel_lost_while_up && nb.session.is_established() {
-                let acts = nb.session.reset("overlay tunnel down", None, now);
-                self.apply(n, acts, now);
-            }
             let acts = self.neighbors[n].session.on_tick(now);
             self.apply(n, acts, now);
             if self.neighbors[n].stale_until.is_some_and(|t| now >= t) {
@@ -1362,10 +1313,6 @@ impl Router {
             }
             if let Some(d) = nb.link.as_ref().and_then(|l| l.next_change(now)) {
                 t = t.min(d);
-            }
-            let held = nb.tunnel_lost_while_up && nb.session.is_established();
-            if let (Some(d), true) = (nb.tunnel_down_at, held) {
-                t = t.min(d + TUNNEL_HOLD);
             }
             // A link suppressed by its last flap has its session stopped by
             // the next tick; that tick is now, before the session can
@@ -1429,11 +1376,6 @@ impl Router {
     }
 
     fn session_up(&mut self, n: NeighborId, open: wire::Open, now: Instant) {
-        // A session that comes up runs through the tunnel, whatever
-        // overlayd last said: the hold is for one that was up when the
-        // tunnel went (its routes wait for overlayd's word all the same).
-        self.neighbors[n].tunnel_lost_while_up = false;
-        self.neighbors[n].tunnel_down_at = None;
         tracing::info!(neighbor = %self.neighbors[n].cfg.name, router_id = %open.router_id, "session established");
         if let Some(l) = self.neighbors[n].link.as_mut() {
             l.on_up(now);
@@ -1469,21 +1411,15 @@ impl Router {
         tracing::warn!(neighbor = %self.neighbors[n].cfg.name, "session down: {why}");
         self.flush_stale(n, None, now);
         let nb = &mut self.neighbors[n];
-        // Ended under a tunnel that is still down: counted when it went.
-        let counted = nb.tunnel_lost_while_up && nb.tunnel_down_at.is_some();
-        if !counted {
-            nb.flaps += 1;
-            if let Some(l) = nb.link.as_mut() {
-                l.on_down(now);
-            }
+        nb.flaps += 1;
+        if let Some(l) = nb.link.as_mut() {
+            l.on_down(now);
         }
         nb.adj_in.clear();
         nb.adj_out.clear();
         nb.held.clear();
         nb.refresh_due = [false; 2];
-        if !counted {
-            self.record(n, false, why);
-        }
+        self.record(n, false, why);
         self.update_rib_membership(n, now);
     }
 
@@ -1548,10 +1484,7 @@ impl Router {
     /// session and damping state say.
     fn update_rib_membership(&mut self, n: NeighborId, now: Instant) {
         let nb = &self.neighbors[n];
-        // A gateway whose tunnel is down carries nothing, whether or not
-        // its session has ended yet (see TUNNEL_HOLD).
         let want = (nb.session.is_established() || nb.stale_until.is_some())
-            && nb.tunnel_up != Some(false)
             && nb
                 .link
                 .as_ref()
@@ -2425,36 +2358,18 @@ mod tests {
         assert!(r.neighbors[N0].session.is_established());
         r.drain();
         r.tunnel("gw", false, now);
-        // Unusable at once; the session waits for TUNNEL_HOLD.
-        assert!(r.neighbors[N0].session.is_established());
-        let st = r.status(now);
-        assert!(!st.neighbors[0].usable);
-        assert_eq!(st.neighbors[0].flaps, 1);
-        assert_eq!(
-            st.neighbors[0].last_error.as_deref(),
-            Some("overlay tunnel down")
-        );
-        assert_eq!(st.neighbors[0].tunnel_up, Some(false));
-        // Back within the hold: the same session goes on (its routes
-        // return once the link has been up for damping's stable period).
-        let t = now + TUNNEL_HOLD / 2;
-        r.tunnel("gw", true, t);
-        assert!(r.neighbors[N0].session.is_established());
-        assert_eq!(r.neighbors[N0].session.established_conn(), Some(1));
-        // Down for the whole hold: the session ends, quietly.
-        r.tunnel("gw", false, t);
-        r.drain();
-        assert!(r.next_deadline(t) <= t + TUNNEL_HOLD);
-        r.on_tick(t + TUNNEL_HOLD);
         assert!(!r.neighbors[N0].session.is_established());
         let out = r.drain();
         assert!(
             !out.iter().any(|o| matches!(o, Out::Send { .. })),
             "no NOTIFICATION into a dead tunnel: {out:?}"
         );
-        // One flap per outage, not one more when the session ends.
-        assert_eq!(r.status(t).neighbors[0].flaps, 2);
-        let now = t + TUNNEL_HOLD;
+        let st = r.status(now);
+        assert_eq!(
+            st.neighbors[0].last_error.as_deref(),
+            Some("overlay tunnel down")
+        );
+        assert_eq!(st.neighbors[0].tunnel_up, Some(false));
         r.tunnel("gw", true, now);
         r.on_tick(now);
         assert!(
@@ -2470,89 +2385,6 @@ mod tests {
         r.tunnel("gw", false, now);
         assert!(r.neighbors[N0].session.is_established());
         assert_eq!(r.status(now).neighbors[0].tunnel_up, None);
-    }
-
-    #[test]
-    fn a_session_that_comes_up_before_overlayd_calls_the_tunnel_up_is_not_held_out() {
-        // The tunnel works before overlayd's next probe says so: a session
-        // established then is not ended by the hold of the outage before.
-        let now = Instant::now();
-        let text = "asn = 4200000101\nrouter_id = \"10.77.1.1\"\nca = \"-\"\ncert = \"-\"\n\
-             [[neighbor]]\nname = \"gw\"\naddress = \"10.77.2.1\"\nasn = 4200000201\n\
-             import = \"overlay\"\nexport = \"all\"\n";
-        let mut r = Router::new(
-            Config::parse(text).unwrap(),
-            vec!["10.77.0.0/16".parse().unwrap()],
-            vec![],
-            None,
-            vec![vec![]],
-            now,
-            1,
-        )
-        .unwrap();
-        r.set_tunnels(&[("gw".into(), true)], now);
-        establish(&mut r, N0, 4_200_000_201, Ipv4Addr::new(10, 77, 2, 1), now);
-        r.tunnel("gw", false, now);
-        let t = now + TUNNEL_HOLD;
-        r.on_tick(t);
-        assert!(!r.neighbors[N0].session.is_established());
-        establish_gr(
-            &mut r,
-            N0,
-            2,
-            4_200_000_201,
-            Ipv4Addr::new(10, 77, 2, 1),
-            None,
-            t,
-        );
-        r.on_tick(t + TUNNEL_HOLD);
-        assert_eq!(r.neighbors[N0].session.established_conn(), Some(2));
-        assert_eq!(r.status(t).neighbors[0].flaps, 1);
-        // Its routes wait for overlayd's word.
-        assert!(!r.status(t).neighbors[0].usable);
-    }
-
-    #[test]
-    fn a_gateway_that_lost_its_tunnel_and_calls_again_replaces_its_session() {
-        // It restarted (SIGKILL, quickly back): its old connection is
-        // dead, but no keepalive has told us yet; its new call is not
-        // refused as a collision with an established session.
-        let now = Instant::now();
-        let text = "asn = 4200000101\nrouter_id = \"10.77.1.1\"\nca = \"-\"\ncert = \"-\"\n\
-             [[neighbor]]\nname = \"gw\"\naddress = \"10.77.2.1\"\nasn = 4200000201\n\
-             import = \"overlay\"\nexport = \"all\"\n";
-        let mut r = Router::new(
-            Config::parse(text).unwrap(),
-            vec!["10.77.0.0/16".parse().unwrap()],
-            vec![],
-            None,
-            vec![vec![]],
-            now,
-            1,
-        )
-        .unwrap();
-        establish(&mut r, N0, 4_200_000_201, Ipv4Addr::new(10, 77, 2, 1), now);
-        r.set_tunnels(&[("gw".into(), true)], now);
-        // Without a lost tunnel a second call is a collision: refused.
-        r.on_connected(N0, 2, false, None, now);
-        assert_eq!(r.neighbors[N0].session.established_conn(), Some(1));
-        r.tunnel("gw", false, now);
-        r.tunnel("gw", true, now);
-        r.drain();
-        establish_gr(
-            &mut r,
-            N0,
-            3,
-            4_200_000_201,
-            Ipv4Addr::new(10, 77, 2, 1),
-            None,
-            now,
-        );
-        assert_eq!(r.neighbors[N0].session.established_conn(), Some(3));
-        assert!(r
-            .drain()
-            .iter()
-            .any(|o| matches!(o, Out::Close { conn: 1, .. })));
     }
 
     /// A router with our `networks` (and overlay IPv6 address `own_v6`)
