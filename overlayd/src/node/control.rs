@@ -113,7 +113,7 @@ impl Node {
                     spoofed: p.spoofed.load(Ordering::Relaxed),
                     mtu: x.pmtu.mtu(),
                     mtu_learned: x.pmtu.learned(),
-                    hellos: x.hello && health.healthy() && self.cfg.probe.hellos,
+                    hellos: self.hellos_with(x, p),
                 })
             })
             .collect();

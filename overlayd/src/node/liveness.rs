@@ -174,15 +174,26 @@ impl Node {
     /// probe, which every version answers at once; a gateway's is marked
     /// [`SPEAKS_HELLO`], so another gateway knows it may use hellos.
     fn send_probe(&self, c: &mut Control, peer: &Peer, seq: u64, now: Instant, out: &mut Outbox) {
-        let gateway = self.role() == Role::Gateway && self.cfg.probe.hellos;
+        let gateway = self.speaks_hellos();
         let m = match c.ctl(peer) {
-            Some(x) if gateway && x.hello && peer.healthy() => self.hello(x, seq, now),
+            Some(x) if self.hellos_with(x, peer) => self.hello(x, seq, now),
             _ if gateway => Message::Probe {
                 seq: seq | SPEAKS_HELLO,
             },
             _ => Message::Probe { seq },
         };
         self.send_message(peer, &m, out);
+    }
+
+    /// Whether this node speaks hellos: a gateway with them on.
+    fn speaks_hellos(&self) -> bool {
+        self.role() == Role::Gateway && self.cfg.probe.hellos
+    }
+
+    /// Whether the tunnel to `peer` is kept by hellos now: both speak
+    /// them and it is up.
+    pub(super) fn hellos_with(&self, x: &PeerCtl, peer: &Peer) -> bool {
+        self.speaks_hellos() && x.hello && peer.healthy()
     }
 
     /// A hello carrying our probe `seq` and acknowledging the peer's last.
