@@ -84,6 +84,9 @@ pub enum SessionState {
     OpenSent,
     OpenConfirm,
     Established,
+    /// A gateway without a session of its own: its paths come through
+    /// the route reflectors, and its tunnel is its liveness.
+    Reflected,
 }
 
 impl SessionState {
@@ -95,6 +98,7 @@ impl SessionState {
             SessionState::OpenSent => "opensent",
             SessionState::OpenConfirm => "openconfirm",
             SessionState::Established => "established",
+            SessionState::Reflected => "reflected",
         }
     }
 }
@@ -260,6 +264,7 @@ mod tests {
             S::OpenSent,
             S::OpenConfirm,
             S::Established,
+            S::Reflected,
         ] {
             assert_eq!(
                 serde_json::to_string(&s).unwrap(),

@@ -256,6 +256,8 @@ fn bgp_router(now: Instant) -> routed::router::Router {
         asn4: true,
         route_refresh: true,
         graceful_restart: None,
+        add_path_send: [false; 2],
+        add_path_receive: [false; 2],
     };
     r.on_message(n, 1, Ok(Message::Open(open)), now);
     r.on_message(n, 1, Ok(Message::Keepalive), now);

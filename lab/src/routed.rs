@@ -204,10 +204,17 @@ pub fn gateway_pending(lab: &Lab, n: &Node) -> Option<String> {
         Ok(a) => a,
         Err(e) => return Some(format!("{}: {}", n.name, not_answering(lab, n, e))),
     };
+    // A gateway reached through the reflectors is ready when its paths
+    // are in use (its tunnel up).
     let states: Vec<(&str, api::SessionState)> = status
         .neighbors
         .iter()
-        .map(|x| (x.name.as_str(), x.state))
+        .map(|x| match x.state {
+            api::SessionState::Reflected if x.usable => {
+                (x.name.as_str(), api::SessionState::Established)
+            }
+            s => (x.name.as_str(), s),
+        })
         .collect();
     let mut missing = neighbors_not_established(lab, n, &states);
     let have: Vec<IpNet> = routes.routes.iter().map(|r| r.prefix).collect();

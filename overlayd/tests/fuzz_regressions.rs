@@ -224,6 +224,8 @@ fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         asn4: true,
         route_refresh: true,
         graceful_restart: None,
+        add_path_send: [false; 2],
+        add_path_receive: [false; 2],
     };
     s.push(("bgp", "open", wire::encode(&Message::Open(open))));
     s.push(("bgp", "keepalive", wire::encode(&Message::Keepalive)));
@@ -262,6 +264,7 @@ fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
             attrs: attrs.clone(),
             treat_as_withdraw: None,
             unreach_v6: false,
+            ..Update::default()
         })),
     ));
     s.push((
@@ -273,6 +276,7 @@ fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
             attrs,
             treat_as_withdraw: None,
             unreach_v6: false,
+            ..Update::default()
         })),
     ));
 

@@ -282,6 +282,20 @@ pub struct Neighbor {
     /// BIRD `password`, FRR `neighbor X password`); instead of the key
     /// derived for a gateway.
     pub password: Option<String>,
+    /// A route reflector (a route server, RFC 7947: BIRD `rs client`, FRR
+    /// `route-server-client`) that passes every gateway's paths on
+    /// unchanged, all of them (ADD-PATH, RFC 7911, which routed asks it
+    /// for). Each path is taken as its next hop's gateway's own: that
+    /// gateway must be a neighbour here (usually with `session = false`),
+    /// its certificate decides what it may announce and its tunnel whether
+    /// its paths are used. Only what this gateway originates or learns
+    /// outside the overlay is announced to a reflector.
+    #[serde(default)]
+    pub reflector: bool,
+    /// `false`: no BGP session with this gateway; its paths come through
+    /// the reflectors, and its tunnel (overlayd's probes) is its liveness.
+    #[serde(default = "yes")]
+    pub session: bool,
 }
 
 impl Neighbor {
@@ -693,6 +707,24 @@ impl Config {
                     ))
                 }
             }
+            let overlay_import = matches!(&n.import, Some(Import::Named(s)) if s == "overlay");
+            if n.reflector && (!overlay_import || n.cert.is_some() || !n.session) {
+                return Err(format!(
+                    "neighbor[{i}].reflector: a reflector needs import = \"overlay\", no cert and a session"
+                ));
+            }
+            if !n.session && (n.cert.is_none() || !overlay_import) {
+                return Err(format!(
+                    "neighbor[{i}].session: only a gateway (a cert and import = \"overlay\") can do without a session: its paths come through the reflectors"
+                ));
+            }
+        }
+        if self.neighbors.iter().any(|n| !n.session) && !self.neighbors.iter().any(|n| n.reflector)
+        {
+            return Err(
+                "neighbor: gateways with session = false but no reflector to learn their paths from"
+                    .into(),
+            );
         }
         Ok(())
     }
@@ -842,6 +874,22 @@ mod tests {
             (
                 "[[neighbor]]\nname = \"a\"\naddress = \"not an ip\"\nasn = 5\n",
                 "line",
+            ),
+            (
+                "[[neighbor]]\nname = \"rr\"\naddress = \"10.0.0.1\"\nasn = 5\nreflector = true\nimport = \"all\"\n",
+                "neighbor[0].import",
+            ),
+            (
+                "[[neighbor]]\nname = \"rr\"\naddress = \"10.0.0.1\"\nasn = 5\nreflector = true\nimport = [\"10.0.0.0/8\"]\n",
+                "neighbor[0].reflector",
+            ),
+            (
+                "[[neighbor]]\nname = \"gw\"\naddress = \"10.0.0.1\"\nasn = 5\nsession = false\nimport = \"overlay\"\n",
+                "neighbor[0].session",
+            ),
+            (
+                "[[neighbor]]\nname = \"gw\"\naddress = \"10.0.0.1\"\nasn = 5\ncert = \"g.crt\"\nsession = false\nimport = \"overlay\"\n",
+                "no reflector",
             ),
             (
                 "[[announce]]\nprefix = \"10.77.1.0/24\"\nprobe = \"tcp://10.77.1.5\"\n",

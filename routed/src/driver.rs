@@ -579,8 +579,10 @@ impl Shared {
                 match wire::frame_len(&buf) {
                     Ok(Some(len)) if buf.len() >= len => {
                         let msg: Vec<u8> = buf.drain(..len).collect();
-                        let m = wire::decode(&msg);
-                        self.with(|r, now| r.on_message(n, id, m, now));
+                        self.with(|r, now| {
+                            let m = r.decode_from(n, &msg);
+                            r.on_message(n, id, m, now)
+                        });
                         if !self.conns().contains_key(&id) {
                             return "closed by us".into();
                         }

@@ -122,10 +122,11 @@ fn main() -> ExitCode {
                     } else {
                         print_status(&st);
                     }
-                    let all_up = st
-                        .neighbors
-                        .iter()
-                        .all(|n| n.state == api::SessionState::Established);
+                    let all_up = st.neighbors.iter().all(|n| match n.state {
+                        api::SessionState::Established => true,
+                        api::SessionState::Reflected => n.usable,
+                        _ => false,
+                    });
                     if all_up {
                         ExitCode::SUCCESS
                     } else {

@@ -202,6 +202,7 @@ pub fn timeline_svg(n: &NeighborStatus, started: u64, w: Window) -> String {
 fn state_cell(n: &NeighborStatus) -> String {
     let class = match n.state {
         SessionState::Established => "ok",
+        SessionState::Reflected if n.usable => "ok",
         SessionState::OpenSent | SessionState::OpenConfirm => "warn",
         _ => "bad",
     };

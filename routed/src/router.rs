@@ -18,7 +18,7 @@ use crate::session::{Action, ConnId, Session, SessionConfig};
 use crate::wire::{self, Attrs, DecodeError, Message, Notification, Update};
 use cubenet_api::routed as api;
 use ipnet::IpNet;
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::{IpAddr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
@@ -244,6 +244,12 @@ pub struct Neighbor {
     /// again and its End-of-RIB of their family, or until `stale_until`.
     stale: BTreeSet<IpNet>,
     stale_until: Option<Instant>,
+    /// A reflector's paths, by path identifier and prefix: the gateway
+    /// (its next hop) each was taken as coming from.
+    reflected: HashMap<(u32, IpNet), NeighborId>,
+    /// A gateway without a session: the reflectors that hold each of its
+    /// paths. A path goes when the last of them withdraws it.
+    held_by: BTreeMap<IpNet, Vec<NeighborId>>,
 }
 
 /// A neighbour's ROUTE-REFRESH is served at most this often per family: a
@@ -392,8 +398,11 @@ impl Neighbor {
             connect_retry: cfg.connect_retry(),
             passive: n.passive,
             graceful_restart: graceful_restart_cap(cfg, false),
+            add_path_receive: n.reflector,
         });
-        session.start(now);
+        if n.session {
+            session.start(now);
+        }
         let overlay = contains(networks, &IpNet::from(n.address));
         let bfd = Neighbor::bfd_on(n, cfg, overlay).then(|| {
             let (interval, detect_mult) = n.bfd_timing(&cfg.bfd);
@@ -439,6 +448,8 @@ impl Neighbor {
             refresh_due: [false; 2],
             stale: BTreeSet::new(),
             stale_until: None,
+            reflected: HashMap::new(),
+            held_by: BTreeMap::new(),
         }
     }
 
@@ -446,7 +457,7 @@ impl Neighbor {
     /// one outside the overlay only (a gateway's tunnel is overlayd's to
     /// watch).
     fn bfd_on(n: &crate::config::Neighbor, cfg: &Config, overlay: bool) -> bool {
-        cfg.bfd.enabled && n.bfd.unwrap_or(!overlay)
+        cfg.bfd.enabled && n.bfd.unwrap_or(!overlay && !n.reflector)
     }
 }
 
@@ -529,9 +540,11 @@ impl Router {
     pub fn served(&self) -> (Vec<IpAddr>, Vec<IpAddr>) {
         let mut own = vec![IpAddr::V4(self.cfg.router_id)];
         own.extend(self.next_hop_v6.map(IpAddr::V6));
+        // Not a reflector's: routed connects to it, and never listens on
+        // the underlay.
         let lan = self
             .live()
-            .filter(|n| !n.overlay)
+            .filter(|n| !n.overlay && !n.cfg.reflector)
             .map(|n| n.cfg.address)
             .collect();
         (own, lan)
@@ -614,6 +627,12 @@ impl Router {
         let acts = self.neighbors[n].session.on_closed(conn, why, now);
         self.apply(n, acts, now);
         self.finish(now);
+    }
+
+    /// Decodes a message from neighbour `n`'s connection: with path
+    /// identifiers where its session negotiated ADD-PATH.
+    pub fn decode_from(&self, n: NeighborId, msg: &[u8]) -> Result<Message, DecodeError> {
+        wire::decode_with(msg, self.neighbors[n].session.add_path_rx())
     }
 
     pub fn on_message(
@@ -770,6 +789,26 @@ impl Router {
         let nb = &mut self.neighbors[n];
         let was = nb.tunnel_up.replace(up);
         if nb.bfd.is_some() || was == Some(up) {
+            return;
+        }
+        if !nb.cfg.session {
+            // Its tunnel is all there is of it: its paths (through the
+            // reflectors) are used while the tunnel is up, and each down
+            // is a flap for damping.
+            if up {
+                if let Some(l) = nb.link.as_mut() {
+                    l.on_up(now);
+                }
+                self.record(n, true, "overlay tunnel up");
+            } else if was == Some(true) {
+                tracing::warn!(neighbor = %nb.cfg.name, "overlay tunnel down");
+                nb.flaps += 1;
+                if let Some(l) = nb.link.as_mut() {
+                    l.on_down(now);
+                }
+                self.record(n, false, "overlay tunnel down");
+            }
+            self.update_rib_membership(n, now);
             return;
         }
         if up {
@@ -1136,6 +1175,8 @@ impl Router {
         changed("address", a.address != want.address);
         changed("asn", a.asn != want.asn);
         changed("passive", a.passive != want.passive);
+        changed("reflector", a.reflector != want.reflector);
+        changed("session", a.session != want.session);
         changed("import", a.import != want.import);
         changed("cert", a.cert != want.cert || nb.cert_subnets != subnets);
         let own_timing =
@@ -1204,6 +1245,7 @@ impl Router {
                 self.out.push(Out::Bfd { n, bytes });
             }
         }
+        self.drop_reflected(n, now);
         let nb = &mut self.neighbors[n];
         nb.bfd_up = false;
         nb.adj_in.clear();
@@ -1276,9 +1318,13 @@ impl Router {
                     now,
                 );
                 self.apply(n, acts, now);
-            } else if !suppressed && !nb.session.enabled() && !self.stopping {
+            } else if !suppressed && !nb.session.enabled() && !self.stopping && nb.cfg.session {
                 tracing::info!(neighbor = %nb.cfg.name, "link reusable");
                 nb.session.start(now);
+            }
+            if !self.neighbors[n].cfg.session {
+                // Damping's hold on it may have ended.
+                self.update_rib_membership(n, now);
             }
             let acts = self.neighbors[n].session.on_tick(now);
             self.apply(n, acts, now);
@@ -1404,11 +1450,12 @@ impl Router {
 
     fn session_down(&mut self, n: NeighborId, why: &str, now: Instant) {
         if let Some(g) = self.neighbors[n].session.restarting_peer.take() {
-            if g.time_s > 0 && self.neighbors[n].in_rib {
+            if g.time_s > 0 && self.neighbors[n].in_rib && !self.neighbors[n].cfg.reflector {
                 return self.helper_keeps(n, why, g.time_s, now);
             }
         }
         tracing::warn!(neighbor = %self.neighbors[n].cfg.name, "session down: {why}");
+        self.drop_reflected(n, now);
         self.flush_stale(n, None, now);
         let nb = &mut self.neighbors[n];
         nb.flaps += 1;
@@ -1484,7 +1531,12 @@ impl Router {
     /// session and damping state say.
     fn update_rib_membership(&mut self, n: NeighborId, now: Instant) {
         let nb = &self.neighbors[n];
-        let want = (nb.session.is_established() || nb.stale_until.is_some())
+        let alive = if nb.cfg.session {
+            nb.session.is_established() || nb.stale_until.is_some()
+        } else {
+            nb.tunnel_up == Some(true)
+        };
+        let want = alive
             && nb
                 .link
                 .as_ref()
@@ -1662,6 +1714,9 @@ impl Router {
             self.flush_stale(n, Some(v6), now);
             return;
         }
+        if self.neighbors[n].cfg.reflector {
+            return self.import_reflected(n, u, now);
+        }
         let in_rib = self.neighbors[n].in_rib;
         for p in &u.withdrawn {
             self.neighbors[n].stale.remove(p);
@@ -1737,6 +1792,120 @@ impl Router {
         }
     }
 
+    /// The gateway without a session of its own at next hop `a`: its
+    /// overlay address, or its IPv6 overlay address from its certificate.
+    fn gateway_at(&self, a: IpAddr) -> Option<NeighborId> {
+        self.order.iter().copied().find(|&g| {
+            let nb = &self.neighbors[g];
+            !nb.cfg.session
+                && (nb.cfg.address == a
+                    || nb
+                        .cert_subnets
+                        .iter()
+                        .any(|s| s.prefix_len() == s.max_prefix_len() && s.addr() == a))
+        })
+    }
+
+    /// An UPDATE from reflector `r`: each path is taken as its next hop's
+    /// gateway's own, as if that gateway had sent it (its certificate and
+    /// import policy decide), and stays while any reflector holds it.
+    /// Without ADD-PATH every path has identifier 0.
+    fn import_reflected(&mut self, r: NeighborId, u: Update, now: Instant) {
+        let id_of = |ids: &[u32], i: usize| ids.get(i).copied().unwrap_or(0);
+        for (i, p) in u.withdrawn.iter().enumerate() {
+            let key = (id_of(&u.withdrawn_ids, i), *p);
+            if let Some(g) = self.neighbors[r].reflected.remove(&key) {
+                self.unreflect(g, r, *p, now);
+            }
+        }
+        if let Some(why) = &u.treat_as_withdraw {
+            self.neighbors[r].treat_as_withdraw += 1;
+            tracing::warn!(neighbor = %self.neighbors[r].cfg.name, "UPDATE treated as withdraw: {why}");
+        }
+        for (i, p) in u.announced.iter().enumerate() {
+            let key = (id_of(&u.announced_ids, i), *p);
+            let next_hop: Option<IpAddr> = match p {
+                IpNet::V4(_) => u.attrs.next_hop_v4.map(IpAddr::V4),
+                IpNet::V6(_) => u.attrs.next_hop_v6.map(IpAddr::V6),
+            };
+            let gateway = match (&u.treat_as_withdraw, next_hop) {
+                (None, Some(a)) => self.gateway_at(a),
+                _ => None,
+            };
+            if let Some(old) = self.neighbors[r].reflected.remove(&key) {
+                if Some(old) != gateway {
+                    self.unreflect(old, r, *p, now);
+                }
+            }
+            let Some(g) = gateway else {
+                if u.treat_as_withdraw.is_none() {
+                    self.neighbors[r].rejected += 1;
+                    tracing::debug!(neighbor = %self.neighbors[r].cfg.name, prefix = %p, next_hop = ?next_hop, "rejected: the next hop is no gateway without a session of its own");
+                }
+                continue;
+            };
+            self.import(
+                g,
+                Update {
+                    announced: vec![*p],
+                    attrs: u.attrs.clone(),
+                    ..Update::default()
+                },
+                now,
+            );
+            if self.neighbors[g].adj_in.contains_key(p) {
+                self.neighbors[r].reflected.insert(key, g);
+                let holders = self.neighbors[g].held_by.entry(*p).or_default();
+                if !holders.contains(&r) {
+                    holders.push(r);
+                }
+            } else {
+                // Refused as the gateway's own (its rejected count has it).
+                self.unreflect(g, r, *p, now);
+            }
+        }
+        let gateways = self.live().filter(|nb| !nb.cfg.session).count().max(1);
+        let limit = self.cfg.limits.max_prefixes.saturating_mul(gateways);
+        if self.neighbors[r].reflected.len() > limit {
+            let why = format!("more than {limit} paths (limits.max_prefixes per gateway)");
+            let acts = self.neighbors[r].session.reset(
+                &why,
+                Some(Notification::new(wire::Reason::Cease(
+                    wire::Cease::MaxPrefixes,
+                ))),
+                now,
+            );
+            self.apply(r, acts, now);
+        }
+    }
+
+    /// Reflector `r` no longer holds gateway `g`'s path to `p`: it goes
+    /// unless another reflector still holds it.
+    fn unreflect(&mut self, g: NeighborId, r: NeighborId, p: IpNet, now: Instant) {
+        let holders = self.neighbors[g].held_by.entry(p).or_default();
+        holders.retain(|&x| x != r);
+        if !holders.is_empty() {
+            return;
+        }
+        self.neighbors[g].held_by.remove(&p);
+        self.import(
+            g,
+            Update {
+                withdrawn: vec![p],
+                ..Update::default()
+            },
+            now,
+        );
+    }
+
+    /// Everything reflector `r` held goes (its session ended).
+    fn drop_reflected(&mut self, r: NeighborId, now: Instant) {
+        let paths = std::mem::take(&mut self.neighbors[r].reflected);
+        for ((_, p), g) in paths {
+            self.unreflect(g, r, p, now);
+        }
+    }
+
     // ---- export ----
 
     /// Whether the session with neighbour `n` carries this family (both
@@ -1753,7 +1922,7 @@ impl Router {
     /// address; a router on a LAN at the configured one, else our IPv4
     /// address on the link to it (RFC 4760: whatever the session's family).
     fn next_hop_v4_for(&self, nb: &Neighbor) -> Option<std::net::Ipv4Addr> {
-        if nb.overlay {
+        if nb.overlay || nb.cfg.reflector {
             return Some(self.cfg.router_id);
         }
         nb.cfg
@@ -1771,7 +1940,7 @@ impl Router {
     /// a LAN router: it exists only on our TUN, and the router could not
     /// resolve it.
     fn next_hop_v6_for(&self, nb: &Neighbor) -> Option<std::net::Ipv6Addr> {
-        if nb.overlay {
+        if nb.overlay || nb.cfg.reflector {
             return self.next_hop_v6;
         }
         nb.cfg
@@ -1787,7 +1956,7 @@ impl Router {
     /// (RFC 2545): ours on the link to a LAN router, unless its next hop is
     /// configured (then it may not be us).
     fn next_hop_v6_local_for(&self, nb: &Neighbor) -> Option<std::net::Ipv6Addr> {
-        if nb.overlay || nb.cfg.next_hop_v6.is_some() {
+        if nb.overlay || nb.cfg.reflector || nb.cfg.next_hop_v6.is_some() {
             return None;
         }
         nb.link_addrs.v6_local
@@ -1833,10 +2002,20 @@ impl Router {
             return None;
         }
         let best = self.rib.best(p)?;
+        // To a reflector our own paths only (originated here or learned
+        // outside the overlay): every gateway has the others' from it, with
+        // their own next hops.
+        let ours = |x: &Path| match x.source {
+            Source::Neighbor(from) => {
+                let from = &self.neighbors[from];
+                !(from.overlay || !from.cfg.session || from.cfg.reflector)
+            }
+            _ => true,
+        };
         let path = best
             .paths
             .iter()
-            .find(|x| x.source != Source::Neighbor(n))?;
+            .find(|x| x.source != Source::Neighbor(n) && (!nb.cfg.reflector || ours(x)))?;
         if path.attrs.as_path.contains(&nb.cfg.asn) {
             return None;
         }
@@ -2121,7 +2300,11 @@ impl Router {
                     address: nb.cfg.address,
                     overlay: nb.overlay,
                     asn: nb.cfg.asn,
-                    state: s.state().into(),
+                    state: if nb.cfg.session {
+                        s.state().into()
+                    } else {
+                        api::SessionState::Reflected
+                    },
                     uptime_s: s.established_at.map(|t| now.duration_since(t).as_secs()),
                     bfd,
                     bfd_remote,
@@ -2435,6 +2618,8 @@ mod tests {
             asn4: true,
             route_refresh: false,
             graceful_restart: None,
+            add_path_send: [false; 2],
+            add_path_receive: [false; 2],
         };
         r.on_message(N0, 1, Ok(Message::Open(open)), now);
         r.on_message(N0, 1, Ok(Message::Keepalive), now);
@@ -2609,10 +2794,225 @@ mod tests {
             asn4: true,
             route_refresh: false,
             graceful_restart: gr,
+            add_path_send: [false; 2],
+            add_path_receive: [false; 2],
         };
         r.on_message(n, conn, Ok(Message::Open(open)), now);
         r.on_message(n, conn, Ok(Message::Keepalive), now);
         assert!(r.neighbors[n].session.is_established());
+    }
+
+    /// Two reflectors (rr1, rr2) and two gateways of one site reached
+    /// only through them (gw21 10.77.2.1, gw22 10.77.2.2, both allowed
+    /// 10.77.2.0/24 and fd77:2::/48); the reflectors up with ADD-PATH.
+    fn reflected_router(now: Instant) -> Router {
+        let text = "asn = 4200000101\nrouter_id = \"10.77.1.1\"\nca = \"-\"\ncert = \"-\"\n\
+             [[neighbor]]\nname = \"rr1\"\naddress = \"198.18.0.201\"\nasn = 4200009001\nreflector = true\nimport = \"overlay\"\nexport = \"all\"\n\
+             [[neighbor]]\nname = \"rr2\"\naddress = \"198.18.0.202\"\nasn = 4200009002\nreflector = true\nimport = \"overlay\"\nexport = \"all\"\n\
+             [[neighbor]]\nname = \"gw21\"\naddress = \"10.77.2.1\"\nasn = 4200000201\ncert = \"-\"\nsession = false\nimport = \"overlay\"\n\
+             [[neighbor]]\nname = \"gw22\"\naddress = \"10.77.2.2\"\nasn = 4200000202\ncert = \"-\"\nsession = false\nimport = \"overlay\"\n";
+        let site = |me: &str, me6: &str| {
+            ["10.77.2.0/24", "fd77:2::/48", me, me6]
+                .iter()
+                .map(|p| p.parse().unwrap())
+                .collect::<Vec<IpNet>>()
+        };
+        let mut r = Router::new(
+            Config::parse(text).unwrap(),
+            vec![
+                "10.77.0.0/16".parse().unwrap(),
+                "fd77::/16".parse().unwrap(),
+            ],
+            vec!["10.77.1.0/24".parse().unwrap()],
+            Some("fd77:1::1".parse().unwrap()),
+            vec![
+                vec![],
+                vec![],
+                site("10.77.2.1/32", "fd77:2::1/128"),
+                site("10.77.2.2/32", "fd77:2::2/128"),
+            ],
+            now,
+            1,
+        )
+        .unwrap();
+        for (n, asn, id) in [
+            (N0, 4_200_009_001, 201),
+            (NeighborId(1), 4_200_009_002, 202),
+        ] {
+            let conn = n.0 as ConnId + 1;
+            r.on_connected(n, conn, false, None, now);
+            let open = Open {
+                asn,
+                hold_time: 90,
+                router_id: Ipv4Addr::new(198, 18, 0, id),
+                ipv4: true,
+                ipv6: true,
+                asn4: true,
+                route_refresh: false,
+                graceful_restart: None,
+                add_path_send: [true; 2],
+                add_path_receive: [false; 2],
+            };
+            r.on_message(n, conn, Ok(Message::Open(open)), now);
+            r.on_message(n, conn, Ok(Message::Keepalive), now);
+            assert!(r.neighbors[n].session.is_established());
+            assert_eq!(r.neighbors[n].session.add_path_rx(), [true, true]);
+        }
+        r
+    }
+
+    /// What a route server passes on: the gateway's own path, its next
+    /// hop, with path identifier `id`.
+    fn reflected(id: u32, p: &str, asn: u32, nh: &str) -> Message {
+        let p: IpNet = p.parse().unwrap();
+        let mut attrs = Attrs {
+            as_path: vec![asn],
+            ..Attrs::default()
+        };
+        match nh.parse().unwrap() {
+            IpAddr::V4(a) => attrs.next_hop_v4 = Some(a),
+            IpAddr::V6(a) => attrs.next_hop_v6 = Some(a),
+        }
+        Message::Update(Update {
+            announced: vec![p],
+            announced_ids: vec![id],
+            attrs,
+            ..Update::default()
+        })
+    }
+
+    fn via(r: &Router, p: &str) -> Vec<String> {
+        let p: IpNet = p.parse().unwrap();
+        let mut v = r
+            .fib()
+            .into_iter()
+            .find(|(q, _)| *q == p)
+            .map(|(_, v)| v)
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// Through route reflectors: both gateways' paths of a site prefix
+    /// (two paths of one prefix, told apart by ADD-PATH) make one ECMP
+    /// route over both gateways' tunnels; a path is used only while its
+    /// gateway's tunnel is up, stays while either reflector holds it, and
+    /// is checked against its gateway's certificate like a path from the
+    /// gateway itself. The reflectors get our own paths only.
+    #[test]
+    fn paths_through_reflectors_are_their_gateways_own() {
+        let now = Instant::now();
+        let mut r = reflected_router(now);
+        let (rr1, rr2, gw21, gw22) = (N0, NeighborId(1), NeighborId(2), NeighborId(3));
+        r.set_tunnels(&[("gw21".into(), true), ("gw22".into(), true)], now);
+        for (n, conn) in [(rr1, 1), (rr2, 2)] {
+            r.on_message(
+                n,
+                conn,
+                Ok(reflected(1, "10.77.2.0/24", 4_200_000_201, "10.77.2.1")),
+                now,
+            );
+            r.on_message(
+                n,
+                conn,
+                Ok(reflected(2, "10.77.2.0/24", 4_200_000_202, "10.77.2.2")),
+                now,
+            );
+            r.on_message(
+                n,
+                conn,
+                Ok(reflected(1, "fd77:2::/48", 4_200_000_201, "fd77:2::1")),
+                now,
+            );
+        }
+        assert_eq!(via(&r, "10.77.2.0/24"), ["gw21", "gw22"], "ECMP over both");
+        assert_eq!(via(&r, "fd77:2::/48"), ["gw21"]);
+        let st = r.status(now);
+        assert_eq!(st.neighbors[gw21.0].state, api::SessionState::Reflected);
+        assert!(st.neighbors[gw21.0].usable);
+        // A gateway's tunnel down: its paths out, kept for when it is back.
+        r.tunnel("gw22", false, now);
+        assert_eq!(via(&r, "10.77.2.0/24"), ["gw21"]);
+        assert_eq!(r.status(now).neighbors[gw22.0].flaps, 1);
+        r.tunnel("gw22", true, now);
+        assert_eq!(
+            via(&r, "10.77.2.0/24"),
+            ["gw21"],
+            "damping: up, not yet stable"
+        );
+        let now = now + Duration::from_secs(4);
+        r.on_message(rr1, 1, Ok(Message::Keepalive), now);
+        r.on_message(rr2, 2, Ok(Message::Keepalive), now);
+        r.on_tick(now);
+        assert_eq!(via(&r, "10.77.2.0/24"), ["gw21", "gw22"]);
+        // One reflector withdraws (or goes): the other still holds both.
+        r.on_message(
+            rr1,
+            1,
+            Ok(Message::Update(Update {
+                withdrawn: vec!["10.77.2.0/24".parse().unwrap()],
+                withdrawn_ids: vec![2],
+                ..Update::default()
+            })),
+            now,
+        );
+        assert_eq!(via(&r, "10.77.2.0/24"), ["gw21", "gw22"]);
+        r.on_closed(rr2, 2, "reflector killed", now);
+        assert_eq!(
+            via(&r, "10.77.2.0/24"),
+            ["gw21"],
+            "rr1 had withdrawn gw22's path"
+        );
+        // A more-specific the gateway's cert does not list, and a path
+        // whose next hop is no gateway of ours: refused.
+        r.on_message(
+            rr1,
+            1,
+            Ok(reflected(3, "10.77.2.128/25", 4_200_000_201, "10.77.2.1")),
+            now,
+        );
+        r.on_message(
+            rr1,
+            1,
+            Ok(reflected(4, "10.77.9.0/24", 4_200_000_201, "10.77.9.1")),
+            now,
+        );
+        assert!(!has(&r, "10.77.2.128/25"));
+        assert!(!has(&r, "10.77.9.0/24"));
+        assert_eq!(r.status(now).neighbors[0].rejected, 1);
+        assert_eq!(r.status(now).neighbors[2].rejected, 1);
+        // What rr1 is sent: our host, with our overlay address as the next
+        // hop, and none of the paths it reflected to us.
+        r.attach(&["10.77.1.11".parse().unwrap()], now);
+        r.drain();
+        r.on_message(rr1, 1, Ok(Message::RouteRefresh { ipv6: false }), now);
+        let sent: Vec<Update> = r
+            .drain()
+            .into_iter()
+            .filter_map(|o| match o {
+                Out::Send { bytes, .. } => match wire::decode(&bytes) {
+                    Ok(Message::Update(u)) if !u.announced.is_empty() => Some(u),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect();
+        let announced: Vec<IpNet> = sent.iter().flat_map(|u| u.announced.clone()).collect();
+        assert!(
+            !announced.contains(&"10.77.2.0/24".parse().unwrap()),
+            "{announced:?}"
+        );
+        assert!(
+            announced.contains(&"10.77.1.11/32".parse().unwrap()),
+            "{announced:?}"
+        );
+        assert!(sent
+            .iter()
+            .all(|u| u.attrs.next_hop_v4 == Some(Ipv4Addr::new(10, 77, 1, 1))));
+        // The last reflector gone: every reflected path goes.
+        r.on_closed(rr1, 1, "reflector killed", now);
+        assert!(!has(&r, "10.77.2.0/24"));
+        assert!(!has(&r, "fd77:2::/48"));
     }
 
     /// [`router`]'s neighbour up (again) on connection `conn`, its OPEN
@@ -3041,6 +3441,7 @@ mod tests {
 
     /// What a neighbour (or its TCP connection) can do to the router.
     #[derive(Debug, Clone)]
+    #[allow(clippy::large_enum_variant)]
     enum Event {
         Message(ConnId, Message),
         DecodeError(ConnId),
@@ -3079,6 +3480,8 @@ mod tests {
                     asn4: f[2],
                     route_refresh: f[3],
                     graceful_restart: None,
+                    add_path_send: [false; 2],
+                    add_path_receive: [false; 2],
                 })
             });
         let update = (
@@ -3100,6 +3503,8 @@ mod tests {
                     },
                     treat_as_withdraw: taw,
                     unreach_v6: false,
+                    withdrawn_ids: vec![],
+                    announced_ids: vec![],
                 })
             });
         let message = prop_oneof![

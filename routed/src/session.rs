@@ -34,6 +34,8 @@ pub struct SessionConfig {
     pub passive: bool,
     /// The graceful restart capability we send (RFC 4724), if any.
     pub graceful_restart: Option<GracefulRestart>,
+    /// Ask for several paths per prefix (ADD-PATH receive, RFC 7911).
+    pub add_path_receive: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,7 +174,17 @@ impl Session {
             asn4: true,
             route_refresh: true,
             graceful_restart: self.cfg.graceful_restart,
+            add_path_send: [false; 2],
+            add_path_receive: [self.cfg.add_path_receive; 2],
         }
+    }
+
+    /// Per family (`[IPv4, IPv6]`), whether the established session's
+    /// UPDATEs carry path identifiers: we asked to receive several paths
+    /// and the neighbour said it sends them (RFC 7911 §4).
+    pub fn add_path_rx(&self) -> [bool; 2] {
+        let peer = self.peer_open.as_ref();
+        [0, 1].map(|i| self.cfg.add_path_receive && peer.is_some_and(|o| o.add_path_send[i]))
     }
 
     /// Allows the session to run (ManualStart).
@@ -586,6 +598,7 @@ mod tests {
             connect_retry: Duration::from_secs(1),
             passive: false,
             graceful_restart: None,
+            add_path_receive: false,
         }
     }
 
@@ -778,6 +791,8 @@ mod tests {
             asn4: true,
             route_refresh: true,
             graceful_restart: None,
+            add_path_send: [false; 2],
+            add_path_receive: [false; 2],
         };
         let acts = a.on_message(1, Message::Open(open), now);
         assert_eq!(

@@ -8,8 +8,8 @@
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use netgauze_bgp_pkt::capabilities::{
-    BgpCapability, FourOctetAsCapability, GracefulRestartAddressFamily, GracefulRestartCapability,
-    MultiProtocolExtensionsCapability,
+    AddPathAddressFamily, AddPathCapability, BgpCapability, FourOctetAsCapability,
+    GracefulRestartAddressFamily, GracefulRestartCapability, MultiProtocolExtensionsCapability,
 };
 use netgauze_bgp_pkt::community::Community;
 use netgauze_bgp_pkt::iana::RouteRefreshSubcode;
@@ -179,6 +179,10 @@ pub struct Open {
     pub route_refresh: bool,
     /// The graceful restart capability (RFC 4724), if sent.
     pub graceful_restart: Option<GracefulRestart>,
+    /// ADD-PATH (RFC 7911) per family (`[IPv4, IPv6]` unicast): whether
+    /// the sender can send several paths of one prefix, and receive them.
+    pub add_path_send: [bool; 2],
+    pub add_path_receive: [bool; 2],
 }
 
 /// The graceful restart capability (RFC 4724 §3).
@@ -217,6 +221,10 @@ pub struct Attrs {
 pub struct Update {
     pub withdrawn: Vec<IpNet>,
     pub announced: Vec<IpNet>,
+    /// With ADD-PATH (RFC 7911) received: each prefix's path identifier,
+    /// in the order of `withdrawn` and `announced`. Empty without.
+    pub withdrawn_ids: Vec<u32>,
+    pub announced_ids: Vec<u32>,
     pub attrs: Attrs,
     /// RFC 7606: why the announced prefixes are to be treated as withdrawn.
     pub treat_as_withdraw: Option<String>,
@@ -323,6 +331,12 @@ fn header(ty: u8, body: &[u8]) -> Vec<u8> {
 
 /// Decodes one whole message (header included).
 pub fn decode(buf: &[u8]) -> Result<Message, DecodeError> {
+    decode_with(buf, [false; 2])
+}
+
+/// [`decode`], for a session where ADD-PATH was negotiated for receiving
+/// (`[IPv4, IPv6]`): its UPDATEs carry a path identifier before each prefix.
+pub fn decode_with(buf: &[u8], add_path: [bool; 2]) -> Result<Message, DecodeError> {
     let len = frame_len(buf)?.ok_or_else(|| {
         decode_err(
             Reason::Header(HeaderError::BadMessageLength),
@@ -358,7 +372,7 @@ pub fn decode(buf: &[u8]) -> Result<Message, DecodeError> {
             }
             Ok(Message::Keepalive)
         }
-        1 | 2 | 5 => decode_with_netgauze(buf),
+        1 | 2 | 5 => decode_with_netgauze(buf, add_path),
         t => Err(decode_err(
             Reason::Header(HeaderError::BadMessageType),
             format!("unknown message type {t}"),
@@ -366,11 +380,14 @@ pub fn decode(buf: &[u8]) -> Result<Message, DecodeError> {
     }
 }
 
-fn parsing_context() -> BgpParsingContext {
+fn parsing_context(add_path: [bool; 2]) -> BgpParsingContext {
     BgpParsingContext::new(
         true,
         HashMap::new(),
-        HashMap::new(),
+        HashMap::from([
+            (AddressType::Ipv4Unicast, add_path[0]),
+            (AddressType::Ipv6Unicast, add_path[1]),
+        ]),
         false,
         false,
         false,
@@ -378,8 +395,8 @@ fn parsing_context() -> BgpParsingContext {
     )
 }
 
-fn decode_with_netgauze(buf: &[u8]) -> Result<Message, DecodeError> {
-    let mut ctx = parsing_context();
+fn decode_with_netgauze(buf: &[u8], add_path: [bool; 2]) -> Result<Message, DecodeError> {
+    let mut ctx = parsing_context(add_path);
     let mut cur = SliceReader::new(buf);
     let msg = BgpMessage::parse(&mut cur, &mut ctx).map_err(|e| {
         let r = match buf[18] {
@@ -423,6 +440,8 @@ fn from_open(o: &BgpOpenMessage) -> Open {
         asn4: false,
         route_refresh: false,
         graceful_restart: None,
+        add_path_send: [false; 2],
+        add_path_receive: [false; 2],
     };
     let mut any_mp = false;
     for c in o.capabilities() {
@@ -455,6 +474,17 @@ fn from_open(o: &BgpOpenMessage) -> Open {
             BgpCapability::RouteRefresh | BgpCapability::EnhancedRouteRefresh => {
                 open.route_refresh = true
             }
+            BgpCapability::AddPath(a) => {
+                for f in a.address_families() {
+                    let i = match f.address_type() {
+                        AddressType::Ipv4Unicast => 0,
+                        AddressType::Ipv6Unicast => 1,
+                        _ => continue,
+                    };
+                    open.add_path_send[i] = f.send();
+                    open.add_path_receive[i] = f.receive();
+                }
+            }
             _ => {}
         }
     }
@@ -469,9 +499,11 @@ fn from_update(u: &BgpUpdateMessage) -> Update {
     let mut up = Update::default();
     for w in u.withdraw_routes() {
         up.withdrawn.push(IpNet::V4(w.network().address()));
+        up.withdrawn_ids.extend(w.path_id());
     }
     for n in u.nlri() {
         up.announced.push(IpNet::V4(n.network().address()));
+        up.announced_ids.extend(n.path_id());
     }
     let mut seen_origin = false;
     let mut seen_path = false;
@@ -500,6 +532,7 @@ fn from_update(u: &BgpUpdateMessage) -> Update {
                 up.attrs.next_hop_v6_local = *next_hop_local;
                 for n in nlri.iter() {
                     up.announced.push(IpNet::V6(n.network().address()));
+                    up.announced_ids.extend(n.path_id());
                 }
             }
             PathAttributeValue::MpReach(MpReach::Ipv4Unicast { next_hop, nlri, .. }) => {
@@ -508,17 +541,20 @@ fn from_update(u: &BgpUpdateMessage) -> Update {
                 }
                 for n in nlri.iter() {
                     up.announced.push(IpNet::V4(n.network().address()));
+                    up.announced_ids.extend(n.path_id());
                 }
             }
             PathAttributeValue::MpUnreach(MpUnreach::Ipv6Unicast { nlri }) => {
                 up.unreach_v6 = true;
                 for n in nlri.iter() {
                     up.withdrawn.push(IpNet::V6(n.network().address()));
+                    up.withdrawn_ids.extend(n.path_id());
                 }
             }
             PathAttributeValue::MpUnreach(MpUnreach::Ipv4Unicast { nlri }) => {
                 for n in nlri.iter() {
                     up.withdrawn.push(IpNet::V4(n.network().address()));
+                    up.withdrawn_ids.extend(n.path_id());
                 }
             }
             _ => {}
@@ -614,6 +650,17 @@ pub fn encode(m: &Message) -> Vec<u8> {
             if o.route_refresh {
                 caps.push(BgpCapability::RouteRefresh);
             }
+            let add_path: Vec<_> = [AddressType::Ipv4Unicast, AddressType::Ipv6Unicast]
+                .into_iter()
+                .enumerate()
+                .filter(|(i, _)| o.add_path_send[*i] || o.add_path_receive[*i])
+                .map(|(i, t)| {
+                    AddPathAddressFamily::new(t, o.add_path_send[i], o.add_path_receive[i])
+                })
+                .collect();
+            if !add_path.is_empty() {
+                caps.push(BgpCapability::AddPath(AddPathCapability::new(add_path)));
+            }
             if let Some(g) = &o.graceful_restart {
                 let families: Vec<_> = [
                     (g.ipv4, AddressType::Ipv4Unicast),
@@ -670,39 +717,39 @@ fn v6(n: &IpNet) -> Option<Ipv6Net> {
     }
 }
 
-fn to_update(u: &Update) -> BgpUpdateMessage {
-    let v4_addr = |n: Ipv4Net| {
-        Ipv4Unicast::from_net(n)
-            .ok()
-            .map(Ipv4UnicastAddress::new_no_path_id)
-    };
-    let v6_addr = |n: Ipv6Net| {
-        Ipv6Unicast::from_net(n)
-            .ok()
-            .map(|n| Ipv6UnicastAddress::new(None, n))
-    };
-    let withdrawn4: Vec<_> = u
-        .withdrawn
+/// Each prefix with its path identifier, when `ids` has one per prefix.
+fn with_ids<'a>(
+    prefixes: &'a [IpNet],
+    ids: &'a [u32],
+) -> impl Iterator<Item = (Option<u32>, &'a IpNet)> + 'a {
+    let ids = (ids.len() == prefixes.len()).then_some(ids);
+    prefixes
         .iter()
-        .filter_map(v4)
+        .enumerate()
+        .map(move |(i, p)| (ids.map(|ids| ids[i]), p))
+}
+
+fn to_update(u: &Update) -> BgpUpdateMessage {
+    let v4_addr = |(id, n): (Option<u32>, &IpNet)| {
+        Ipv4Unicast::from_net(v4(n)?)
+            .ok()
+            .map(|n| Ipv4UnicastAddress::new(id, n))
+    };
+    let v6_addr = |(id, n): (Option<u32>, &IpNet)| {
+        Ipv6Unicast::from_net(v6(n)?)
+            .ok()
+            .map(|n| Ipv6UnicastAddress::new(id, n))
+    };
+    let withdrawn4: Vec<_> = with_ids(&u.withdrawn, &u.withdrawn_ids)
         .filter_map(v4_addr)
         .collect();
-    let withdrawn6: Vec<_> = u
-        .withdrawn
-        .iter()
-        .filter_map(v6)
+    let withdrawn6: Vec<_> = with_ids(&u.withdrawn, &u.withdrawn_ids)
         .filter_map(v6_addr)
         .collect();
-    let nlri4: Vec<_> = u
-        .announced
-        .iter()
-        .filter_map(v4)
+    let nlri4: Vec<_> = with_ids(&u.announced, &u.announced_ids)
         .filter_map(v4_addr)
         .collect();
-    let nlri6: Vec<_> = u
-        .announced
-        .iter()
-        .filter_map(v6)
+    let nlri6: Vec<_> = with_ids(&u.announced, &u.announced_ids)
         .filter_map(v6_addr)
         .collect();
     let mut attrs = Vec::new();
@@ -802,19 +849,23 @@ pub fn end_of_rib(ipv6: bool) -> Vec<u8> {
 }
 
 /// Splits announcements and withdrawals so every message stays under the
-/// 4096-byte limit (prefixes are at most 17 bytes each on the wire).
+/// 4096-byte limit (prefixes are at most 17 bytes each on the wire, 21
+/// with a path identifier).
 pub fn split_update(u: Update) -> Vec<Update> {
     const PER_MESSAGE: usize = 150;
     let mut out = Vec::new();
-    for chunk in u.withdrawn.chunks(PER_MESSAGE) {
+    let ids = |ids: &[u32], at: usize, len: usize| ids.get(at..at + len).unwrap_or(&[]).to_vec();
+    for (k, chunk) in u.withdrawn.chunks(PER_MESSAGE).enumerate() {
         out.push(Update {
             withdrawn: chunk.to_vec(),
+            withdrawn_ids: ids(&u.withdrawn_ids, k * PER_MESSAGE, chunk.len()),
             ..Update::default()
         });
     }
-    for chunk in u.announced.chunks(PER_MESSAGE) {
+    for (k, chunk) in u.announced.chunks(PER_MESSAGE).enumerate() {
         out.push(Update {
             announced: chunk.to_vec(),
+            announced_ids: ids(&u.announced_ids, k * PER_MESSAGE, chunk.len()),
             attrs: u.attrs.clone(),
             ..Update::default()
         });
@@ -827,6 +878,84 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// ADD-PATH (RFC 7911): the capability round-trips per family, and an
+    /// UPDATE's path identifiers come back with their prefixes when the
+    /// session negotiated them, of both families, announced and withdrawn.
+    #[test]
+    fn add_path_capability_and_path_identifiers_round_trip() {
+        let mut o = open();
+        o.add_path_send = [true, false];
+        o.add_path_receive = [true, true];
+        assert_eq!(
+            decode(&encode(&Message::Open(o.clone()))),
+            Ok(Message::Open(o))
+        );
+        let u = Update {
+            withdrawn: vec![
+                "10.77.2.0/24".parse().unwrap(),
+                "fd77:2::/48".parse().unwrap(),
+            ],
+            withdrawn_ids: vec![7, 8],
+            announced: vec![
+                "10.77.3.0/24".parse().unwrap(),
+                "fd77:3::/48".parse().unwrap(),
+            ],
+            announced_ids: vec![1, 2],
+            attrs: Attrs {
+                as_path: vec![4_200_000_301],
+                next_hop_v4: Some(Ipv4Addr::new(10, 77, 3, 1)),
+                next_hop_v6: Some("fd77:3::1".parse().unwrap()),
+                ..Attrs::default()
+            },
+            unreach_v6: true,
+            ..Update::default()
+        };
+        let b = encode(&Message::Update(u.clone()));
+        let Ok(Message::Update(d)) = decode_with(&b, [true, true]) else {
+            panic!("not an update")
+        };
+        let pairs = |p: &[IpNet], i: &[u32]| {
+            let mut v: Vec<(IpNet, u32)> = p.iter().copied().zip(i.iter().copied()).collect();
+            v.sort();
+            v
+        };
+        assert_eq!(d.announced_ids.len(), 2);
+        assert_eq!(d.withdrawn_ids.len(), 2);
+        assert_eq!(
+            pairs(&d.announced, &d.announced_ids),
+            pairs(&u.announced, &u.announced_ids)
+        );
+        assert_eq!(
+            pairs(&d.withdrawn, &d.withdrawn_ids),
+            pairs(&u.withdrawn, &u.withdrawn_ids)
+        );
+        assert_eq!(d.attrs, u.attrs);
+        // Read without ADD-PATH the identifiers are taken for prefixes:
+        // garbage, never what was meant (which is why it is negotiated).
+        let plain = decode(&b);
+        assert!(!matches!(plain, Ok(Message::Update(ref p)) if p.announced == d.announced));
+        // Split, every prefix keeps its own identifier.
+        let many = Update {
+            announced: (0..400u32)
+                .map(|i| IpNet::from(IpAddr::V4(Ipv4Addr::from(0x0a4d_0000 + i))))
+                .collect(),
+            announced_ids: (0..400).collect(),
+            attrs: u.attrs.clone(),
+            ..Update::default()
+        };
+        let mut back = Vec::new();
+        for part in split_update(many.clone()) {
+            let b = encode(&Message::Update(part));
+            assert!(b.len() <= MAX_LEN);
+            let Ok(Message::Update(d)) = decode_with(&b, [true, false]) else {
+                panic!("not an update")
+            };
+            back.extend(d.announced.into_iter().zip(d.announced_ids));
+        }
+        back.sort();
+        assert_eq!(back, pairs(&many.announced, &many.announced_ids));
+    }
+
     fn open() -> Open {
         Open {
             asn: 4_200_000_101,
@@ -837,6 +966,8 @@ mod tests {
             asn4: true,
             route_refresh: true,
             graceful_restart: None,
+            add_path_send: [false; 2],
+            add_path_receive: [false; 2],
         }
     }
 
@@ -898,6 +1029,8 @@ mod tests {
             },
             treat_as_withdraw: None,
             unreach_v6: true,
+            withdrawn_ids: vec![],
+            announced_ids: vec![],
         };
         let b = encode(&Message::Update(u.clone()));
         let Message::Update(d) = decode(&b).unwrap() else {
@@ -1134,6 +1267,8 @@ mod tests {
                         },
                         treat_as_withdraw: None,
                         unreach_v6,
+                        withdrawn_ids: vec![],
+                        announced_ids: vec![],
                     }
                 },
             )
