@@ -70,6 +70,55 @@ pub(crate) fn config_text(plans: &[Plan], p: &Plan, spec: &Spec) -> String {
     t
 }
 
+/// The underlay address of route reflector `k` (1, 2, ...).
+pub(crate) fn reflector_address(k: usize) -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::new(198, 18, 0, 200 + k as u8)
+}
+
+/// The AS of route reflector `k`: private, above every gateway's.
+pub(crate) fn reflector_asn(k: usize) -> u32 {
+    4_290_000_000 + k as u32
+}
+
+/// The TCP-MD5 password of the sessions with the lab's reflectors.
+pub(crate) const REFLECTOR_PASSWORD: &str = "cubenet-lab-reflector";
+
+/// BIRD's config on route reflector `p`: a route server (`rs client`: it
+/// passes paths on unchanged, next hops and AS paths included) for any
+/// gateway on the underlay, which must open the session (`neighbor
+/// range`, passive), sending every path of a prefix (`add paths tx`)
+/// and installing nothing (it forwards no traffic). The shape of
+/// `examples/route-reflector/bird.conf`.
+pub(crate) fn reflector_config_text(p: &Plan, spec: &Spec) -> String {
+    let k = p.member - 200;
+    let _ = spec;
+    format!(
+        "# BIRD config for {name} (route reflector), written by cubenet-lab
+         router id {me};
+         protocol device {{}}
+         template bgp gateways {{
+  local {me} as {asn};
+  neighbor range 198.18.0.0/16 external;
+           dynamic name \"gw\";
+  passive on;
+  rs client;
+  ttl security on;
+  password \"{password}\";
+           hold time 9;
+  keepalive time 3;
+  error wait time 1, 5;
+           ipv4 {{ import all; export all; add paths tx; next hop keep; gateway recursive; }};
+           ipv6 {{ import all; export all; add paths tx; next hop keep; gateway recursive; }};
+}}
+         protocol bgp overlay from gateways {{}}
+",
+        name = p.node.name,
+        me = reflector_address(k),
+        asn = reflector_asn(k),
+        password = REFLECTOR_PASSWORD,
+    )
+}
+
 /// Starts BIRD in the foreground of its own process group.
 pub(crate) fn start(lab: &Lab, n: &Node) -> Result<()> {
     crate::build::ensure_stopped(lab, n, "bird")?;

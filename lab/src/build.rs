@@ -236,6 +236,37 @@ pub(crate) fn plan_nodes(spec: &Spec, dir: &Path, prefix: &str) -> Vec<Plan> {
             });
         }
     }
+    // Route reflectors: on the underlay only, beside the gateways.
+    for k in 1..=spec.route_reflectors as usize {
+        let name = format!("rr{k}");
+        let node_dir = dir.join("nodes").join(&name);
+        let wan = crate::bird::reflector_address(k);
+        plans.push(Plan {
+            node: Node {
+                kind: "bird".into(),
+                namespace: format!("{prefix}-{name}"),
+                addresses: vec![],
+                underlay: vec![wan.to_string()],
+                lan6: None,
+                key: node_dir.join("node.key"),
+                cert: node_dir.join("node.crt"),
+                overlayd_config: node_dir.join("bird.conf"),
+                overlayd_socket: dir.join("run").join(format!("{name}.bird.ctl")),
+                log: node_dir.join("bird.log"),
+                routed_config: None,
+                routed_socket: None,
+                name,
+                site: String::new(),
+                role: "reflector".into(),
+            },
+            site_idx: 0,
+            member: 200 + k,
+            lan_ip: String::new(),
+            wan_ip: Some(format!("{wan}/16")),
+            wan_ip6: None,
+            wan_mtu: None,
+        });
+    }
     plans
 }
 
@@ -305,7 +336,7 @@ pub fn up(spec: &Spec, dir: &Path) -> Result<(Lab, UpTimes)> {
     for p in &plans {
         let n = &p.node;
         std::fs::create_dir_all(n.key.parent().unwrap_or(&dir))?;
-        if n.role == "router" {
+        if n.role == "router" || n.role == "reflector" {
             continue;
         }
         oc(&["keygen", "--out", n.key.to_str().unwrap_or_default()])?;
@@ -381,8 +412,12 @@ pub fn up(spec: &Spec, dir: &Path) -> Result<(Lab, UpTimes)> {
         write_overlayd_config(&lab, &plans, p, spec)?;
     }
     write_routed_configs(&lab, &plans, spec)?;
-    for p in plans.iter().filter(|p| p.node.role == "router") {
+    for p in plans
+        .iter()
+        .filter(|p| p.node.role == "router" || p.node.role == "reflector")
+    {
         let text = match p.node.kind.as_str() {
+            _ if p.node.role == "reflector" => crate::bird::reflector_config_text(p, spec),
             "bird" => crate::bird::config_text(&plans, p, spec),
             "frr" => crate::frr::config_text(&plans, p, spec),
             _ => gobgp_config_text(&plans, p),
@@ -643,7 +678,9 @@ fn build_network(lab: &Lab, plans: &[Plan]) -> Result<()> {
         let n = &p.node;
         let sw = format!("{}-sw-{}", lab.prefix, n.site);
         let port = format!("p{idx}");
-        lan_port(&sw, idx, &n.namespace, &p.lan_ip, n.lan6.as_deref())?;
+        if n.role != "reflector" {
+            lan_port(&sw, idx, &n.namespace, &p.lan_ip, n.lan6.as_deref())?;
+        }
         if n.role == "router" {
             // The office LAN behind the site router, on an interface of its
             // own: its addresses answer pings from the overlay and from the
@@ -1117,7 +1154,7 @@ fn status_of(socket: &Path) -> Option<cubenet_api::overlayd::Status> {
 
 /// What a node still waits for, or None when it has converged.
 fn pending(lab: &Lab, n: &Node) -> Option<String> {
-    if n.kind == "wireguard-go" || n.role == "router" {
+    if n.kind == "wireguard-go" || n.role == "router" || n.role == "reflector" {
         return None;
     }
     let first_gateway = lab

@@ -82,6 +82,17 @@ struct Neighbor<'a> {
     /// port.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     bfd_multihop: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    reflector: bool,
+    /// Serialised only when off: a gateway learned through the reflectors.
+    #[serde(skip_serializing_if = "is_true")]
+    session: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    password: Option<&'static str>,
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 #[derive(Serialize)]
@@ -104,6 +115,9 @@ pub fn config_text(lab: &Lab, n: &Node, gateways: &[Gateway], spec: &Spec) -> Re
         .routed_socket
         .as_deref()
         .with_context(|| format!("{}: routed is off for this node", n.name))?;
+    // With reflectors, no session with another gateway: its paths come
+    // through the reflectors.
+    let reflected = spec.route_reflectors > 0;
     let neighbor = gateways
         .iter()
         .filter(|g| g.name != me.name)
@@ -113,10 +127,14 @@ pub fn config_text(lab: &Lab, n: &Node, gateways: &[Gateway], spec: &Spec) -> Re
             asn: g.asn,
             cert: Some(&g.cert),
             import: Import::Named("overlay"),
-            export: "all",
-            bfd: spec.gateway_bfd.then_some(true),
+            export: if reflected { "none" } else { "all" },
+            bfd: (spec.gateway_bfd && !reflected).then_some(true),
             bfd_multihop: false,
+            reflector: false,
+            session: !reflected,
+            password: None,
         })
+        .chain(reflectors(lab))
         .chain(site_routers(lab, n, spec))
         .collect();
     let config = Config {
@@ -189,6 +207,34 @@ fn site_routers<'a>(lab: &'a Lab, n: &Node, spec: &Spec) -> Vec<Neighbor<'a>> {
                 export: "all",
                 bfd: (b.kind == "gobgp").then_some(false),
                 bfd_multihop: b.kind == "frr",
+                reflector: false,
+                session: true,
+                password: None,
+            })
+        })
+        .collect()
+}
+
+/// The lab's route reflectors, as every gateway's neighbours: on the
+/// underlay, one hop away (GTSM), TCP-MD5 with the lab's password.
+fn reflectors(lab: &Lab) -> Vec<Neighbor<'_>> {
+    lab.nodes
+        .iter()
+        .filter(|r| r.role == "reflector")
+        .filter_map(|r| {
+            let k: usize = r.name.strip_prefix("rr")?.parse().ok()?;
+            Some(Neighbor {
+                name: &r.name,
+                address: crate::bird::reflector_address(k).to_string(),
+                asn: crate::bird::reflector_asn(k),
+                cert: None,
+                import: Import::Named("overlay"),
+                export: "all",
+                bfd: None,
+                bfd_multihop: false,
+                reflector: true,
+                session: true,
+                password: Some(crate::bird::REFLECTOR_PASSWORD),
             })
         })
         .collect()
@@ -253,7 +299,9 @@ fn neighbors_not_established(
     lab.nodes
         .iter()
         .filter(|g| {
-            (g.role == "gateway" && g.name != n.name) || (g.role == "router" && g.site == n.site)
+            (g.role == "gateway" && g.name != n.name)
+                || (g.role == "router" && g.site == n.site)
+                || g.role == "reflector"
         })
         .filter_map(|g| {
             let state = neighbors

@@ -40,6 +40,12 @@ pub struct Spec {
     /// its node's namespace (`cubenet-lab exec D NODE -- curl ...`).
     #[serde(default)]
     pub metrics: bool,
+    /// Route reflectors (nodes rr1, rr2, ...: BIRD 2 route servers on the
+    /// underlay, 198.18.0.(200+k)): the gateways peer with them instead of
+    /// with each other, and learn every gateway's paths through them with
+    /// ADD-PATH. Needs `routed = true`.
+    #[serde(default)]
+    pub route_reflectors: u8,
 }
 
 /// `metrics_listen` of every overlayd of a lab with `metrics = true`.
@@ -193,6 +199,12 @@ impl Spec {
                 // Its 192.168.(50+i).0/24 would be BIRD's at site 50+i.
                 bail!("site[{i}].frr: only the first {FRR_SITES} sites can have an FRR router");
             }
+        }
+        if self.route_reflectors > 0 && !self.routed {
+            bail!("route_reflectors: reflectors need `routed = true`");
+        }
+        if self.route_reflectors > 4 {
+            bail!("route_reflectors: {} is more than 4", self.route_reflectors);
         }
         Ok(())
     }

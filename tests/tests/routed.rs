@@ -194,6 +194,101 @@ fn three_sites_of_two_gateways_reach_everyone_and_survive_faults() {
     assert_eq!(lab.routed("fra-gw1", "status")["fib_ready"], true);
 }
 
+const FOUR_BY_TWO_REFLECTED: &str = "routed = true\nroute_reflectors = 2\n\
+    [[site]]\nname = \"fra\"\ngateways = 2\nhosts = 1\n\
+    [[site]]\nname = \"ams\"\ngateways = 2\nhosts = 1\n\
+    [[site]]\nname = \"par\"\ngateways = 2\nhosts = 1\n\
+    [[site]]\nname = \"lon\"\ngateways = 2\nhosts = 1\n";
+
+/// Every gateway of the other sites as `fra-gw1` etc., and each host's
+/// /32, for the four-site lab.
+fn other_sites_hosts(gw: &str) -> Vec<(String, [String; 2])> {
+    let me = gw.split('-').next().unwrap();
+    ["fra", "ams", "par", "lon"]
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| **s != me)
+        .map(|(i, s)| {
+            (
+                format!("10.77.{}.11/32", i + 1),
+                [format!("{s}-gw1"), format!("{s}-gw2")],
+            )
+        })
+        .collect()
+}
+
+/// Route reflection on BIRD: 4 sites x 2 gateways, no BGP session
+/// between gateways, two BIRD route servers sending every path (ADD-PATH).
+/// Every host reaches every other, every gateway keeps both gateways of
+/// every other site as equal-cost paths, a reflector killed loses no
+/// ping, and a gateway's liveness is still its tunnel.
+#[test]
+fn four_sites_through_two_bird_reflectors_keep_ecmp_and_lose_nothing_when_one_dies() {
+    if !netns_or_skip(
+        "four_sites_through_two_bird_reflectors_keep_ecmp_and_lose_nothing_when_one_dies",
+    ) {
+        return;
+    }
+    let lab = Lab::up(FOUR_BY_TWO_REFLECTED);
+    let gateways: Vec<String> = ["fra", "ams", "par", "lon"]
+        .iter()
+        .flat_map(|s| [format!("{s}-gw1"), format!("{s}-gw2")])
+        .collect();
+    for g in &gateways {
+        for n in lab.routed(g, "status")["neighbors"].as_array().unwrap() {
+            let want = if n["name"].as_str().unwrap().starts_with("rr") {
+                "established"
+            } else {
+                "reflected"
+            };
+            assert_eq!(n["state"], want, "{g}: {n}");
+        }
+    }
+    let hosts = ["fra-h1", "ams-h1", "par-h1", "lon-h1"];
+    for from in hosts {
+        for to in hosts.iter().filter(|t| **t != from) {
+            for dst in lab.addrs(to) {
+                assert!(
+                    lab.ping(from, &dst, 1).status.success(),
+                    "{from} -> {to} ({dst})"
+                );
+            }
+        }
+    }
+    let ecmp_everywhere = |l: &Lab| {
+        gateways.iter().all(|g| {
+            other_sites_hosts(g)
+                .iter()
+                .all(|(p, want)| via(l, g, p) == want.to_vec())
+        })
+    };
+    lab.wait_for(
+        "both gateways of every other site as paths on every gateway",
+        ecmp_everywhere,
+    );
+
+    let (sent, got, gap) = ping_through(&lab, "fra-h1", AMS_H1, || {
+        lab.lab_ok(&["kill", "rr1", "--signal", "KILL"]);
+    });
+    eprintln!("SIGKILL of reflector rr1: {got}/{sent} replies, longest gap {gap} x 50 ms");
+    assert_eq!(got, sent, "a reflector killed lost pings");
+    lab.wait_for("rr1 down on every gateway", |l| {
+        gateways
+            .iter()
+            .all(|g| neighbor(l, g, "rr1")["state"] != "established")
+    });
+    assert!(ecmp_everywhere(&lab), "rr2 alone keeps every path");
+
+    // A gateway's tunnels are still its liveness: killed, it goes from
+    // every other gateway's paths though both reflectors still hold them.
+    lab.lab_ok(&["kill", "ams-gw1", "--signal", "KILL"]);
+    lab.wait_for("ams-gw1 out of fra-gw1's paths", |l| {
+        via(l, "fra-gw1", &format!("{AMS_H1}/32")) == vec!["ams-gw2"]
+    });
+    lab.wait_for("ams-h1 on ams-gw2", |l| l.active_gateway("ams-h1") == "ams-gw2");
+    assert!(lab.ping("fra-h1", AMS_H1, 2).status.success());
+}
+
 #[test]
 fn a_flapping_tunnel_is_suppressed_and_returns_when_stable() {
     if !netns_or_skip("a_flapping_tunnel_is_suppressed_and_returns_when_stable") {
