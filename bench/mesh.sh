@@ -13,13 +13,16 @@
 # PROFILES: "lab" (probes and BFD every 100 ms, as the lab's tests run) and
 # "defaults" (overlayd's and routed's own defaults). SETTLE (5 s) after
 # converging before the WINDOW (10 s) of measurement. RESULTS=FILE appends
-# one JSON line per run.
+# one JSON line per run. REFLECTORS=2: the gateways peer with two BIRD route
+# reflectors instead of each other (profile names get "+rr2"; the
+# reflectors' own CPU is not counted).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 NS=${NS:-"10 20"}
 PROFILES=${PROFILES:-"lab defaults"}
 SETTLE=${SETTLE:-5}
+REFLECTORS=${REFLECTORS:-0}
 WINDOW=${WINDOW:-10}
 [[ $(id -u) == 0 ]] || { echo "bench/mesh.sh: needs root" >&2; exit 2; }
 for pair in ip:iproute2 jq:jq nft:nftables; do
@@ -41,7 +44,7 @@ calc() { awk "BEGIN { print $* }"; }
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 
-printf '%-9s %4s %8s %8s %11s %12s %10s %10s %13s %8s\n' profile N up_s start_s converged_s overlayd_mc routed_mc per_gw_mc per_neigh_mc rss_MiB
+printf '%-12s %4s %8s %8s %11s %12s %10s %10s %13s %8s\n' profile N up_s start_s converged_s overlayd_mc routed_mc per_gw_mc per_neigh_mc rss_MiB
 for profile in $PROFILES; do
   for n in $NS; do
     (( n % 2 == 0 && n >= 2 )) || { echo "N=$n: an even number of gateways, at least 2" >&2; exit 2; }
@@ -49,6 +52,7 @@ for profile in $PROFILES; do
     {
       echo "routed = true"
       echo "converge_timeout_s = 300"
+      echo "route_reflectors = $REFLECTORS"
       if [[ $profile == lab ]]; then
         echo "probe_interval_ms = 100"
         echo "bfd_interval_ms = 100"
@@ -95,10 +99,12 @@ for profile in $PROFILES; do
     gw_mc=$(calc "$o_mc + $r_mc")
     nb_mc=$(calc "$gw_mc / ($count - 1)")
     rss=$(calc "$rss_total / 1024 / $count")
-    printf '%-9s %4d %8.1f %8.1f %11.1f %12.1f %10.1f %10.1f %13.2f %8.1f\n' \
-      "$profile" "$count" "$up_s" "$start_s" "$conv_s" "$o_mc" "$r_mc" "$gw_mc" "$nb_mc" "$rss"
+    label=$profile
+    (( REFLECTORS == 0 )) || label="$profile+rr$REFLECTORS"
+    printf '%-12s %4d %8.1f %8.1f %11.1f %12.1f %10.1f %10.1f %13.2f %8.1f\n' \
+      "$label" "$count" "$up_s" "$start_s" "$conv_s" "$o_mc" "$r_mc" "$gw_mc" "$nb_mc" "$rss"
     if [[ -n ${RESULTS:-} ]]; then
-      jq -nc --arg profile "$profile" --argjson n "$count" --argjson up "$up_s" \
+      jq -nc --arg profile "$label" --argjson n "$count" --argjson up "$up_s" \
         --argjson start "$start_s" --argjson conv "$conv_s" \
         --argjson o "$o_mc" --argjson r "$r_mc" --argjson nb "$nb_mc" --argjson rss "$rss" \
         --arg commit "$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)" \

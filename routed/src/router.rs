@@ -1367,7 +1367,9 @@ impl Router {
             // stay down, and a tick now would be a busy loop).
             let suppressed = nb.link.as_ref().is_some_and(|l| l.suppressed(now));
             let enabled = nb.session.enabled();
-            if (suppressed && enabled) || (!suppressed && !enabled && !self.stopping) {
+            if (suppressed && enabled)
+                || (!suppressed && !enabled && !self.stopping && nb.cfg.session)
+            {
                 t = now;
             }
         }
@@ -2156,7 +2158,8 @@ impl Router {
             self.update_rib_membership(n, now);
         }
         if !self.fib_ready {
-            let all_up = self.live().all(|nb| {
+            // A gateway without a session is known once the reflectors are.
+            let all_up = self.live().filter(|nb| nb.cfg.session).all(|nb| {
                 nb.session.is_established()
                     && (nb.eor
                         || nb
@@ -2904,6 +2907,17 @@ mod tests {
         let now = Instant::now();
         let mut r = reflected_router(now);
         let (rr1, rr2, gw21, gw22) = (N0, NeighborId(1), NeighborId(2), NeighborId(3));
+        assert!(
+            r.next_deadline(now) > now,
+            "nothing to do now: no busy loop"
+        );
+        for (n, conn) in [(rr1, 1), (rr2, 2)] {
+            r.on_message(n, conn, Ok(Message::Update(Update::default())), now);
+        }
+        assert!(
+            r.fib_ready(),
+            "the reflectors' End-of-RIB is all there is to wait for"
+        );
         r.set_tunnels(&[("gw21".into(), true), ("gw22".into(), true)], now);
         for (n, conn) in [(rr1, 1), (rr2, 2)] {
             r.on_message(

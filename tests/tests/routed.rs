@@ -285,7 +285,9 @@ fn four_sites_through_two_bird_reflectors_keep_ecmp_and_lose_nothing_when_one_di
     lab.wait_for("ams-gw1 out of fra-gw1's paths", |l| {
         via(l, "fra-gw1", &format!("{AMS_H1}/32")) == vec!["ams-gw2"]
     });
-    lab.wait_for("ams-h1 on ams-gw2", |l| l.active_gateway("ams-h1") == "ams-gw2");
+    lab.wait_for("ams-h1 on ams-gw2", |l| {
+        l.active_gateway("ams-h1") == "ams-gw2"
+    });
     assert!(lab.ping("fra-h1", AMS_H1, 2).status.success());
 }
 
