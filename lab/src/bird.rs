@@ -89,9 +89,8 @@ pub(crate) const REFLECTOR_PASSWORD: &str = "cubenet-lab-reflector";
 /// range`, passive), sending every path of a prefix (`add paths tx`)
 /// and installing nothing (it forwards no traffic). The shape of
 /// `examples/route-reflector/bird.conf`.
-pub(crate) fn reflector_config_text(p: &Plan, spec: &Spec) -> String {
+pub(crate) fn reflector_config_text(p: &Plan) -> String {
     let k = p.member - 200;
-    let _ = spec;
     format!(
         "# BIRD config for {name} (route reflector), written by cubenet-lab
          router id {me};
@@ -140,6 +139,7 @@ mod tests {
     use std::collections::BTreeSet;
 
     const EXAMPLE: &str = include_str!("../../examples/site-router/bird.conf");
+    const REFLECTOR: &str = include_str!("../../examples/route-reflector/bird.conf");
 
     /// A BIRD config's statements with comments dropped and every address,
     /// number, quoted name and protocol name masked: what the config looks
@@ -201,6 +201,22 @@ mod tests {
             assert!(extra.is_empty(), "{session}: {extra:?}");
             assert!(missing.is_empty(), "{session}: {missing:?}");
         }
+    }
+
+    /// The lab's reflectors run the example's config, and the addresses
+    /// and AS numbers routed's side of the lab uses.
+    #[test]
+    fn the_lab_reflectors_have_the_shape_of_the_example() {
+        let spec = "routed = true\nroute_reflectors = 2\n[[site]]\nname = \"fra\"\n";
+        let rr2 = router_config_tests::lab_config(spec, "rr2", |_, p, _| reflector_config_text(p));
+        let (extra, missing) =
+            router_config_tests::shape_difference(&shape(&rr2), &shape(REFLECTOR));
+        assert!(extra.is_empty(), "{extra:?}");
+        assert!(missing.is_empty(), "{missing:?}");
+        assert!(
+            rr2.contains("  local 198.18.0.202 as 4290000002;\n"),
+            "{rr2}"
+        );
     }
 
     #[test]

@@ -417,7 +417,7 @@ pub fn up(spec: &Spec, dir: &Path) -> Result<(Lab, UpTimes)> {
         .filter(|p| p.node.role == "router" || p.node.role == "reflector")
     {
         let text = match p.node.kind.as_str() {
-            _ if p.node.role == "reflector" => crate::bird::reflector_config_text(p, spec),
+            _ if p.node.role == "reflector" => crate::bird::reflector_config_text(p),
             "bird" => crate::bird::config_text(&plans, p, spec),
             "frr" => crate::frr::config_text(&plans, p, spec),
             _ => gobgp_config_text(&plans, p),
