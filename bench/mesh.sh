@@ -15,7 +15,13 @@
 # converging before the WINDOW (10 s) of measurement. RESULTS=FILE appends
 # one JSON line per run. REFLECTORS=2: the gateways peer with two BIRD route
 # reflectors instead of each other (profile names get "+rr2"; the
-# reflectors' own CPU is not counted).
+# reflectors' own CPU is not counted). PROBE_MS=N: probes every N ms in
+# either profile. EVENTS=1: then time three events from their trigger to
+# the last gateway whose overlayd table shows it (`cubenet-lab watch`): a
+# host stopped (SIGTERM), the host started again (its route back), a
+# gateway cut off silently (its underlay link down) and a gateway SIGKILLed
+# (for both: its site's host route no longer via it on the other sites'
+# gateways).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -23,6 +29,7 @@ NS=${NS:-"10 20"}
 PROFILES=${PROFILES:-"lab defaults"}
 SETTLE=${SETTLE:-5}
 REFLECTORS=${REFLECTORS:-0}
+PROBE_MS=${PROBE_MS:-}
 WINDOW=${WINDOW:-10}
 [[ $(id -u) == 0 ]] || { echo "bench/mesh.sh: needs root" >&2; exit 2; }
 for pair in ip:iproute2 jq:jq nft:nftables; do
@@ -40,6 +47,28 @@ work=$(mktemp -d /tmp/cubenet-mesh.XXXXXX)
 trap '"$lab" down "$work/lab" >/dev/null 2>&1 || true; [[ -n ${KEEP:-} ]] || rm -rf "$work"' EXIT INT TERM
 
 calc() { awk "BEGIN { print $* }"; }
+# event NAME PREFIX UNTIL CMD...: runs CMD once `cubenet-lab watch` has
+# looked at every gateway, and prints the seconds from CMD to the last
+# gateway whose table showed it.
+event() {
+  local name=$1 prefix=$2 until=$3 out=$work/watch.out
+  shift 3
+  "$lab" watch "$work/lab" "$prefix" --until "$until" --changed --timeout-s 60 >"$out" 2>&1 &
+  local w=$!
+  until grep -q '^ready' "$out"; do
+    kill -0 "$w" 2>/dev/null || { cat "$out" >&2; exit 1; }
+    sleep 0.05
+  done
+  local t0
+  t0=$(date +%s.%N)
+  "$@"
+  wait "$w" || { echo "bench/mesh.sh: $name: $(tail -1 "$out")" >&2; exit 1; }
+  local last round
+  last=$(awk 'NF == 2 && $1 != "longest_round_ms" {print $2}' "$out" | sort -n | tail -1)
+  round=$(awk '$1 == "longest_round_ms" {print $2}' "$out")
+  printf '  %-16s %6.2f s to the last gateway (polled every %s ms or better)\n' \
+    "$name" "$(calc "$last - $t0")" "$round"
+}
 # CPU ticks (user + system) of a pid, or 0 if it is gone.
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
@@ -54,10 +83,10 @@ for profile in $PROFILES; do
       echo "converge_timeout_s = 300"
       echo "route_reflectors = $REFLECTORS"
       if [[ $profile == lab ]]; then
-        echo "probe_interval_ms = 100"
+        echo "probe_interval_ms = ${PROBE_MS:-100}"
         echo "bfd_interval_ms = 100"
       else
-        echo "probe_interval_ms = 1000"
+        echo "probe_interval_ms = ${PROBE_MS:-1000}"
         echo "bfd_interval_ms = 300"
       fi
       for ((s = 1; s <= n / 2; s++)); do
@@ -101,6 +130,7 @@ for profile in $PROFILES; do
     rss=$(calc "$rss_total / 1024 / $count")
     label=$profile
     (( REFLECTORS == 0 )) || label="$profile+rr$REFLECTORS"
+    [[ -z $PROBE_MS ]] || label="$label/${PROBE_MS}ms"
     printf '%-12s %4d %8.1f %8.1f %11.1f %12.1f %10.1f %10.1f %13.2f %8.1f\n' \
       "$label" "$count" "$up_s" "$start_s" "$conv_s" "$o_mc" "$r_mc" "$gw_mc" "$nb_mc" "$rss"
     if [[ -n ${RESULTS:-} ]]; then
@@ -111,6 +141,25 @@ for profile in $PROFILES; do
         '{profile: $profile, gateways: $n, up_s: $up, start_s: $start, converged_s: $conv,
           overlayd_mc_per_gw: $o, routed_mc_per_gw: $r,
           mc_per_neighbour: $nb, rss_mib_per_gw: $rss, commit: $commit}' >>"$RESULTS"
+    fi
+    if [[ -n ${EVENTS:-} ]]; then
+      event "host stop" 10.77.1.11/32 gone "$lab" kill "$work/lab" s1-h1
+      event "host start" 10.77.1.11/32 present "$lab" start "$work/lab" s1-h1
+      # Once every gateway has both of s2's gateways as paths to s2-h1.
+      both() {
+        for g in s2-gw1 s2-gw2; do
+          "$lab" watch "$work/lab" 10.77.2.11/32 --until "via:$g" --timeout-s 120 >/dev/null
+        done
+      }
+      both
+      # Silent: s2-gw2's underlay goes down (no RST, no ICMP): its probes.
+      event "gateway silent" 10.77.2.11/32 without:s2-gw2 \
+        "$lab" link "$work/lab" s2-gw2 s1-gw1 down
+      "$lab" link "$work/lab" s2-gw2 s1-gw1 up
+      both
+      # SIGKILL: its kernel closes routed's sessions and overlayd's socket.
+      event "gateway SIGKILL" 10.77.2.11/32 without:s2-gw1 \
+        "$lab" kill "$work/lab" s2-gw1 --signal KILL
     fi
     "$lab" down "$work/lab" >/dev/null
     unset o0 r0

@@ -1143,6 +1143,124 @@ pub fn signal_node(lab: &Lab, node: &str, sig: i32, only: Option<&str>) -> Resul
     Ok(signalled.len())
 }
 
+/// What `watch` waits for in a gateway's route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Until {
+    Gone,
+    Present,
+    /// Present and not via this gateway.
+    Without(String),
+    /// Present and via this gateway.
+    Via(String),
+}
+
+impl Until {
+    pub fn parse(s: &str) -> Result<Until> {
+        Ok(match s {
+            "gone" => Until::Gone,
+            "present" => Until::Present,
+            _ => match s.split_once(':') {
+                Some(("without", g)) if !g.is_empty() => Until::Without(g.to_string()),
+                Some(("via", g)) if !g.is_empty() => Until::Via(g.to_string()),
+                _ => bail!("--until {s:?}: expected gone, present, via:GATEWAY or without:GATEWAY"),
+            },
+        })
+    }
+
+    fn holds(&self, via: Option<&[String]>) -> bool {
+        match (self, via) {
+            (Until::Gone, v) => v.is_none(),
+            (Until::Present, v) => v.is_some(),
+            (Until::Without(g), Some(v)) => !v.contains(g),
+            (Until::Via(g), Some(v)) => v.contains(g),
+            (Until::Without(_) | Until::Via(_), None) => false,
+        }
+    }
+}
+
+/// `cubenet-lab watch`: polls every gateway's overlayd (but the one
+/// `without:` names) until its route to `prefix` is as `until` says,
+/// printing each gateway's time as it gets there.
+pub fn watch_route(
+    lab: &Lab,
+    prefix: ipnet::IpNet,
+    until: &Until,
+    timeout: Duration,
+    wait_only_for_change: bool,
+) -> Result<()> {
+    use std::io::Write;
+    // A `via`/`without` gateway's own site reaches its hosts directly.
+    let site_of = |g: &str| {
+        lab.nodes
+            .iter()
+            .find(|n| n.name == g)
+            .map(|n| n.site.clone())
+    };
+    let skip = match until {
+        Until::Without(g) | Until::Via(g) => site_of(g),
+        _ => None,
+    };
+    let gateways: Vec<&Node> = lab
+        .nodes
+        .iter()
+        .filter(|n| n.role == "gateway" && skip.as_ref() != Some(&n.site))
+        .collect();
+    let mut done = vec![false; gateways.len()];
+    let deadline = Instant::now() + timeout;
+    let mut longest = Duration::ZERO;
+    let mut out = std::io::stdout().lock();
+    for round in 0.. {
+        let t = Instant::now();
+        for (i, g) in gateways.iter().enumerate() {
+            if done[i] {
+                continue;
+            }
+            let Some(st) = status_of(&g.overlayd_socket) else {
+                continue;
+            };
+            let via = st
+                .routes
+                .iter()
+                .find(|r| r.prefix == prefix)
+                .map(|r| r.via.as_slice());
+            if until.holds(via) {
+                if round == 0 && wait_only_for_change {
+                    bail!("{}: {prefix} already {until:?} before the event", g.name);
+                }
+                done[i] = true;
+                let at = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
+                writeln!(out, "{} {:.3}", g.name, at.as_secs_f64())?;
+            }
+        }
+        if round == 0 {
+            writeln!(out, "ready")?;
+        } else {
+            longest = longest.max(t.elapsed());
+        }
+        out.flush()?;
+        if done.iter().all(|d| *d) {
+            writeln!(out, "longest_round_ms {}", longest.as_millis())?;
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            let missing: Vec<&str> = gateways
+                .iter()
+                .zip(&done)
+                .filter(|(_, d)| !**d)
+                .map(|(g, _)| g.name.as_str())
+                .collect();
+            bail!(
+                "{prefix} not {until:?} after {timeout:?} on {}",
+                missing.join(", ")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Ok(())
+}
+
 fn status_of(socket: &Path) -> Option<cubenet_api::overlayd::Status> {
     cubenet_api::client::call_blocking_within(
         socket,

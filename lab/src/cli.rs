@@ -104,6 +104,27 @@ pub enum Cmd {
     },
     /// Stop every daemon and remove every namespace of the lab.
     Down { dir: PathBuf },
+    /// Time an event across the lab: watch the route to PREFIX in every
+    /// gateway's overlayd (the table it forwards by) and print `ready` once
+    /// every gateway has been looked at, then `NAME UNIX_SECONDS` as each
+    /// gateway's route gets to UNTIL, and last `longest_round_ms N` (how
+    /// stale a time can be). Fails naming the gateways not there in time
+    /// (or, with --changed, any already there at the first look).
+    Watch {
+        dir: PathBuf,
+        prefix: ipnet::IpNet,
+        /// `gone`, `present`, `via:GATEWAY` or `without:GATEWAY` (present
+        /// and via GATEWAY, or not; the gateways of GATEWAY's site, which
+        /// reach their hosts directly, are not watched).
+        #[arg(long)]
+        until: String,
+        #[arg(long, default_value_t = 30)]
+        timeout_s: u64,
+        /// The event has not happened yet: fail if a gateway is already
+        /// there at the first look.
+        #[arg(long)]
+        changed: bool,
+    },
 }
 
 /// What `link` does to the underlay path between two nodes.

@@ -94,6 +94,23 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let n = lab.node(&node)?.clone();
             build::start_node(&lab, &n)?;
         }
+        Cmd::Watch {
+            dir,
+            prefix,
+            until,
+            timeout_s,
+            changed,
+        } => {
+            let lab = Lab::load(&dir)?;
+            let until = build::Until::parse(&until)?;
+            build::watch_route(
+                &lab,
+                prefix,
+                &until,
+                std::time::Duration::from_secs(timeout_s),
+                changed,
+            )?;
+        }
         Cmd::Wait { dir, timeout_s } => {
             let lab = Lab::load(&dir)?;
             build::wait_converged(&lab, std::time::Duration::from_secs(timeout_s))?;
