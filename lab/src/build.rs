@@ -1585,3 +1585,39 @@ pub(crate) mod router_config_tests {
         )
     }
 }
+
+#[cfg(test)]
+mod watch_tests {
+    use super::Until;
+
+    #[test]
+    fn until_reads_its_forms_and_says_what_a_route_shows() {
+        let via = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let both = via(&["ams-gw1", "ams-gw2"]);
+        let one = via(&["ams-gw2"]);
+        let cases = [
+            ("gone", None, true),
+            ("gone", Some(&both), false),
+            ("present", Some(&one), true),
+            ("present", None, false),
+            ("via:ams-gw1", Some(&both), true),
+            ("via:ams-gw1", Some(&one), false),
+            ("via:ams-gw1", None, false),
+            ("without:ams-gw1", Some(&one), true),
+            ("without:ams-gw1", Some(&both), false),
+            ("without:ams-gw1", None, false),
+        ];
+        for (text, route, want) in cases {
+            let u = Until::parse(text).unwrap();
+            assert_eq!(
+                u.holds(route.map(|v| v.as_slice())),
+                want,
+                "{text} {route:?}"
+            );
+        }
+        for bad in ["", "via:", "without", "gone:x", "up"] {
+            let e = Until::parse(bad).unwrap_err().to_string();
+            assert!(e.contains("--until"), "{bad}: {e}");
+        }
+    }
+}
