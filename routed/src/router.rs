@@ -1019,6 +1019,8 @@ impl Router {
                         self.neighbors[m].bfd_up = up;
                     }
                     self.neighbors[m].link = link;
+                    // overlayd's word on its tunnel still holds.
+                    self.neighbors[m].tunnel_up = self.neighbors[n].tunnel_up;
                     // The same neighbour to whoever reads the status: its
                     // counters and history go on.
                     let (flaps, history) = {
@@ -1049,6 +1051,22 @@ impl Router {
             }
         }
         self.order = order;
+        // A gateway reached through the reflectors that is new (or new
+        // again): its paths are in the reflectors' tables, not here. Ask
+        // them for their tables again (RFC 2918).
+        let renamed: BTreeSet<&String> = report
+            .added
+            .iter()
+            .chain(report.reset.iter().map(|r| &r.name))
+            .collect();
+        if self
+            .live()
+            .any(|nb| !nb.cfg.session && renamed.contains(&nb.cfg.name))
+        {
+            for r in self.neighbor_ids() {
+                self.ask_refresh(r);
+            }
+        }
         // Site prefixes.
         for (p, s) in &site {
             match self.site.get(p) {
@@ -1252,6 +1270,12 @@ impl Router {
         nb.adj_out.clear();
         nb.held.clear();
         nb.prefix_links.clear();
+        // One without a session has no session end to take its paths out.
+        if nb.in_rib {
+            nb.in_rib = false;
+            let changed = self.rib.remove_source(Source::Neighbor(n), now);
+            self.dirty.extend(changed);
+        }
     }
 
     /// Exports the whole table to `n` again under its (new) policy: only
@@ -1898,6 +1922,28 @@ impl Router {
             },
             now,
         );
+    }
+
+    /// Asks reflector `r` for its whole table again, per family it sends
+    /// (when it does route refresh).
+    fn ask_refresh(&mut self, r: NeighborId) {
+        let nb = &self.neighbors[r];
+        let (Some(conn), Some(open)) = (nb.session.established_conn(), &nb.session.peer_open)
+        else {
+            return;
+        };
+        if !nb.cfg.reflector || !open.route_refresh {
+            return;
+        }
+        for ipv6 in [false, true] {
+            if self.negotiated(r, ipv6) {
+                self.out.push(Out::Send {
+                    n: r,
+                    conn,
+                    bytes: wire::encode(&Message::RouteRefresh { ipv6 }),
+                });
+            }
+        }
     }
 
     /// Everything reflector `r` held goes (its session ended).
@@ -2851,7 +2897,7 @@ mod tests {
                 ipv4: true,
                 ipv6: true,
                 asn4: true,
-                route_refresh: false,
+                route_refresh: true,
                 graceful_restart: None,
                 add_path_send: [true; 2],
                 add_path_receive: [false; 2],
@@ -2862,6 +2908,56 @@ mod tests {
             assert_eq!(r.neighbors[n].session.add_path_rx(), [true, true]);
         }
         r
+    }
+
+    /// A gateway reached through the reflectors and changed by a reload
+    /// starts over: the reflectors are asked for their tables again, and
+    /// its paths are back as soon as they send them, its tunnel still up.
+    #[test]
+    fn a_reflected_gateway_changed_by_reload_is_asked_of_the_reflectors_again() {
+        let now = Instant::now();
+        let mut r = reflected_router(now);
+        let (rr1, rr2) = (N0, NeighborId(1));
+        r.set_tunnels(&[("gw21".into(), true), ("gw22".into(), true)], now);
+        r.on_message(rr1, 1, Ok(reflected(2, "10.77.2.0/24", 4_200_000_202, "10.77.2.2")), now);
+        assert_eq!(via(&r, "10.77.2.0/24"), ["gw22"]);
+        r.drain();
+        let site = |me: &str, me6: &str, more: &[&str]| {
+            ["10.77.2.0/24", "fd77:2::/48", me, me6]
+                .iter()
+                .chain(more)
+                .map(|p| p.parse().unwrap())
+                .collect::<Vec<IpNet>>()
+        };
+        let certs = Certified {
+            networks: vec!["10.77.0.0/16".parse().unwrap(), "fd77::/16".parse().unwrap()],
+            own_subnets: vec!["10.77.1.0/24".parse().unwrap()],
+            own_v6: Some("fd77:1::1".parse().unwrap()),
+            neighbor_subnets: vec![
+                vec![],
+                vec![],
+                site("10.77.2.1/32", "fd77:2::1/128", &[]),
+                site("10.77.2.2/32", "fd77:2::2/128", &["10.77.12.0/24"]),
+            ],
+        };
+        let rep = r.reconfigure(r.cfg.clone(), certs, now).unwrap();
+        assert_eq!(rep.reset.len(), 1, "{rep:?}");
+        assert_eq!(rep.reset[0].name, "gw22");
+        assert_eq!(via(&r, "10.77.2.0/24"), Vec::<String>::new());
+        let asked: Vec<(NeighborId, bool)> = r
+            .drain()
+            .into_iter()
+            .filter_map(|o| match o {
+                Out::Send { n, bytes, .. } => match wire::decode(&bytes) {
+                    Ok(Message::RouteRefresh { ipv6 }) => Some((n, ipv6)),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect();
+        assert_eq!(asked, [(rr1, false), (rr1, true), (rr2, false), (rr2, true)]);
+        r.on_message(rr1, 1, Ok(reflected(2, "10.77.2.0/24", 4_200_000_202, "10.77.2.2")), now);
+        assert_eq!(via(&r, "10.77.2.0/24"), ["gw22"], "back without a tunnel event");
     }
 
     /// What a route server passes on: the gateway's own path, its next
