@@ -38,7 +38,9 @@ const DEFAULT_LOCAL_PREF: u32 = 100;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Path {
     pub source: Source,
-    pub attrs: Attrs,
+    /// Shared: the prefixes of one UPDATE have the same attributes, and
+    /// a path is held in the Adj-RIB-In, the candidates and the best set.
+    pub attrs: std::sync::Arc<Attrs>,
 }
 
 #[derive(Debug, Clone)]
@@ -181,10 +183,10 @@ mod tests {
     fn path(source: impl Into<Source>, as_path: &[u32]) -> Path {
         Path {
             source: source.into(),
-            attrs: Attrs {
+            attrs: std::sync::Arc::new(Attrs {
                 as_path: as_path.to_vec(),
                 ..Attrs::default()
-            },
+            }),
         }
     }
 
@@ -216,13 +218,13 @@ mod tests {
         let b = path(0, &[]);
         assert_eq!(compare(&a, &b), Ordering::Less);
         let mut hi = path(1, &[1, 2]);
-        hi.attrs.local_pref = Some(200);
+        std::sync::Arc::make_mut(&mut hi.attrs).local_pref = Some(200);
         assert_eq!(compare(&hi, &path(0, &[1])), Ordering::Less);
         let mut egp = path(0, &[1]);
-        egp.attrs.origin = 1;
+        std::sync::Arc::make_mut(&mut egp.attrs).origin = 1;
         assert_eq!(compare(&path(1, &[2]), &egp), Ordering::Less);
         let mut med = path(0, &[1]);
-        med.attrs.med = Some(10);
+        std::sync::Arc::make_mut(&mut med.attrs).med = Some(10);
         assert_eq!(compare(&path(1, &[2]), &med), Ordering::Less);
     }
 }

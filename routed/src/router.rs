@@ -20,6 +20,7 @@ use cubenet_api::routed as api;
 use ipnet::IpNet;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::{IpAddr, Ipv6Addr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A site prefix this gateway announces, and its probe.
@@ -208,7 +209,7 @@ pub struct Neighbor {
     /// route), until one is sent again.
     bfd_error: Option<String>,
     pub link: Option<damping::Link>,
-    pub adj_in: BTreeMap<IpNet, Attrs>,
+    pub adj_in: BTreeMap<IpNet, Arc<Attrs>>,
     pub adj_out: BTreeMap<IpNet, Attrs>,
     /// Its paths are in the Loc-RIB (established, not damped).
     in_rib: bool,
@@ -878,7 +879,7 @@ impl Router {
             p,
             Path {
                 source: LOCAL,
-                attrs,
+                attrs: Arc::new(attrs),
             },
             now,
         ) {
@@ -1581,7 +1582,7 @@ impl Router {
             return;
         }
         self.neighbors[n].in_rib = true;
-        let paths: Vec<(IpNet, Attrs)> = self.neighbors[n]
+        let paths: Vec<(IpNet, Arc<Attrs>)> = self.neighbors[n]
             .adj_in
             .iter()
             .map(|(p, a)| (*p, a.clone()))
@@ -1757,6 +1758,12 @@ impl Router {
             self.neighbors[n].treat_as_withdraw += 1;
             tracing::warn!(neighbor = %self.neighbors[n].cfg.name, "UPDATE treated as withdraw: {why}");
         }
+        // One copy of the attributes for every prefix of the UPDATE; LOCAL_PREF
+        // is not carried between ASes.
+        let shared = Arc::new(Attrs {
+            local_pref: None,
+            ..u.attrs.clone()
+        });
         for p in &u.announced {
             let verdict = match &u.treat_as_withdraw {
                 Some(why) => Err(Refusal::TreatAsWithdraw(why.clone())),
@@ -1765,9 +1772,7 @@ impl Router {
             match verdict {
                 Ok(()) => {
                     self.neighbors[n].stale.remove(p);
-                    let mut attrs = u.attrs.clone();
-                    // LOCAL_PREF is not carried between ASes.
-                    attrs.local_pref = None;
+                    let attrs = shared.clone();
                     self.neighbors[n].adj_in.insert(*p, attrs.clone());
                     self.prefix_event(n, *p, true, now);
                     if self.prefix_suppressed(n, p, now) {
@@ -2919,7 +2924,12 @@ mod tests {
         let mut r = reflected_router(now);
         let (rr1, rr2) = (N0, NeighborId(1));
         r.set_tunnels(&[("gw21".into(), true), ("gw22".into(), true)], now);
-        r.on_message(rr1, 1, Ok(reflected(2, "10.77.2.0/24", 4_200_000_202, "10.77.2.2")), now);
+        r.on_message(
+            rr1,
+            1,
+            Ok(reflected(2, "10.77.2.0/24", 4_200_000_202, "10.77.2.2")),
+            now,
+        );
         assert_eq!(via(&r, "10.77.2.0/24"), ["gw22"]);
         r.drain();
         let site = |me: &str, me6: &str, more: &[&str]| {
@@ -2930,7 +2940,10 @@ mod tests {
                 .collect::<Vec<IpNet>>()
         };
         let certs = Certified {
-            networks: vec!["10.77.0.0/16".parse().unwrap(), "fd77::/16".parse().unwrap()],
+            networks: vec![
+                "10.77.0.0/16".parse().unwrap(),
+                "fd77::/16".parse().unwrap(),
+            ],
             own_subnets: vec!["10.77.1.0/24".parse().unwrap()],
             own_v6: Some("fd77:1::1".parse().unwrap()),
             neighbor_subnets: vec![
@@ -2955,9 +2968,21 @@ mod tests {
                 _ => None,
             })
             .collect();
-        assert_eq!(asked, [(rr1, false), (rr1, true), (rr2, false), (rr2, true)]);
-        r.on_message(rr1, 1, Ok(reflected(2, "10.77.2.0/24", 4_200_000_202, "10.77.2.2")), now);
-        assert_eq!(via(&r, "10.77.2.0/24"), ["gw22"], "back without a tunnel event");
+        assert_eq!(
+            asked,
+            [(rr1, false), (rr1, true), (rr2, false), (rr2, true)]
+        );
+        r.on_message(
+            rr1,
+            1,
+            Ok(reflected(2, "10.77.2.0/24", 4_200_000_202, "10.77.2.2")),
+            now,
+        );
+        assert_eq!(
+            via(&r, "10.77.2.0/24"),
+            ["gw22"],
+            "back without a tunnel event"
+        );
     }
 
     /// What a route server passes on: the gateway's own path, its next
