@@ -1853,46 +1853,56 @@ impl Router {
             self.neighbors[r].treat_as_withdraw += 1;
             tracing::warn!(neighbor = %self.neighbors[r].cfg.name, "UPDATE treated as withdraw: {why}");
         }
+        // One next hop per family per UPDATE: its gateway, looked up once.
+        let gateway_of = |a: Option<IpAddr>| match (&u.treat_as_withdraw, a) {
+            (None, Some(a)) => self.gateway_at(a),
+            _ => None,
+        };
+        let gateways = [
+            gateway_of(u.attrs.next_hop_v4.map(IpAddr::V4)),
+            gateway_of(u.attrs.next_hop_v6.map(IpAddr::V6)),
+        ];
+        let mut to: BTreeMap<NeighborId, Vec<((u32, IpNet), IpNet)>> = BTreeMap::new();
         for (i, p) in u.announced.iter().enumerate() {
             let key = (id_of(&u.announced_ids, i), *p);
-            let next_hop: Option<IpAddr> = match p {
-                IpNet::V4(_) => u.attrs.next_hop_v4.map(IpAddr::V4),
-                IpNet::V6(_) => u.attrs.next_hop_v6.map(IpAddr::V6),
-            };
-            let gateway = match (&u.treat_as_withdraw, next_hop) {
-                (None, Some(a)) => self.gateway_at(a),
-                _ => None,
-            };
+            let gateway = gateways[usize::from(matches!(p, IpNet::V6(_)))];
             if let Some(old) = self.neighbors[r].reflected.remove(&key) {
                 if Some(old) != gateway {
                     self.unreflect(old, r, *p, now);
                 }
             }
-            let Some(g) = gateway else {
-                if u.treat_as_withdraw.is_none() {
+            match gateway {
+                Some(g) => to.entry(g).or_default().push((key, *p)),
+                None if u.treat_as_withdraw.is_none() => {
                     self.neighbors[r].rejected += 1;
-                    tracing::debug!(neighbor = %self.neighbors[r].cfg.name, prefix = %p, next_hop = ?next_hop, "rejected: the next hop is no gateway without a session of its own");
+                    tracing::debug!(neighbor = %self.neighbors[r].cfg.name, prefix = %p, "rejected: the next hop is no gateway without a session of its own");
                 }
-                continue;
-            };
+                None => {}
+            }
+        }
+        // Each gateway's share as one UPDATE of its own: one copy of the
+        // attributes for all of it.
+        for (g, paths) in to {
             self.import(
                 g,
                 Update {
-                    announced: vec![*p],
+                    announced: paths.iter().map(|(_, p)| *p).collect(),
                     attrs: u.attrs.clone(),
                     ..Update::default()
                 },
                 now,
             );
-            if self.neighbors[g].adj_in.contains_key(p) {
-                self.neighbors[r].reflected.insert(key, g);
-                let holders = self.neighbors[g].held_by.entry(*p).or_default();
-                if !holders.contains(&r) {
-                    holders.push(r);
+            for (key, p) in paths {
+                if self.neighbors[g].adj_in.contains_key(&p) {
+                    self.neighbors[r].reflected.insert(key, g);
+                    let holders = self.neighbors[g].held_by.entry(p).or_default();
+                    if !holders.contains(&r) {
+                        holders.push(r);
+                    }
+                } else {
+                    // Refused as the gateway's own (its rejected count has it).
+                    self.unreflect(g, r, p, now);
                 }
-            } else {
-                // Refused as the gateway's own (its rejected count has it).
-                self.unreflect(g, r, *p, now);
             }
         }
         let gateways = self.live().filter(|nb| !nb.cfg.session).count().max(1);
