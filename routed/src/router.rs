@@ -1862,7 +1862,7 @@ impl Router {
             gateway_of(u.attrs.next_hop_v4.map(IpAddr::V4)),
             gateway_of(u.attrs.next_hop_v6.map(IpAddr::V6)),
         ];
-        let mut to: BTreeMap<NeighborId, Vec<((u32, IpNet), IpNet)>> = BTreeMap::new();
+        let mut to: BTreeMap<NeighborId, Vec<(u32, IpNet)>> = BTreeMap::new();
         for (i, p) in u.announced.iter().enumerate() {
             let key = (id_of(&u.announced_ids, i), *p);
             let gateway = gateways[usize::from(matches!(p, IpNet::V6(_)))];
@@ -1872,7 +1872,7 @@ impl Router {
                 }
             }
             match gateway {
-                Some(g) => to.entry(g).or_default().push((key, *p)),
+                Some(g) => to.entry(g).or_default().push(key),
                 None if u.treat_as_withdraw.is_none() => {
                     self.neighbors[r].rejected += 1;
                     tracing::debug!(neighbor = %self.neighbors[r].cfg.name, prefix = %p, "rejected: the next hop is no gateway without a session of its own");
@@ -1892,7 +1892,8 @@ impl Router {
                 },
                 now,
             );
-            for (key, p) in paths {
+            for key in paths {
+                let p = key.1;
                 if self.neighbors[g].adj_in.contains_key(&p) {
                     self.neighbors[r].reflected.insert(key, g);
                     let holders = self.neighbors[g].held_by.entry(p).or_default();
