@@ -284,7 +284,7 @@ fn unique_prefix() -> String {
 pub struct UpTimes {
     /// Keys, certificates, configs, namespaces and links.
     pub build: Duration,
-    /// Starting every daemon, one node after the other.
+    /// Starting every daemon: every overlayd (and router), then every routed.
     pub start: Duration,
     /// From the last daemon started to converged.
     pub converge: Duration,
