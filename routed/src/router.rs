@@ -249,8 +249,9 @@ pub struct Neighbor {
     /// (its next hop) each was taken as coming from.
     reflected: HashMap<(u32, IpNet), NeighborId>,
     /// A gateway without a session: the reflectors that hold each of its
-    /// paths. A path goes when the last of them withdraws it.
-    held_by: BTreeMap<IpNet, Vec<NeighborId>>,
+    /// paths, with the identifier each gave it. A path goes when the last
+    /// of them withdraws it.
+    held_by: BTreeMap<IpNet, Vec<(NeighborId, u32)>>,
 }
 
 /// A neighbour's ROUTE-REFRESH is served at most this often per family: a
@@ -1846,7 +1847,7 @@ impl Router {
         for (i, p) in u.withdrawn.iter().enumerate() {
             let key = (id_of(&u.withdrawn_ids, i), *p);
             if let Some(g) = self.neighbors[r].reflected.remove(&key) {
-                self.unreflect(g, r, *p, now);
+                self.unreflect(g, r, key.0, *p, now);
             }
         }
         if let Some(why) = &u.treat_as_withdraw {
@@ -1868,7 +1869,7 @@ impl Router {
             let gateway = gateways[usize::from(matches!(p, IpNet::V6(_)))];
             if let Some(old) = self.neighbors[r].reflected.remove(&key) {
                 if Some(old) != gateway {
-                    self.unreflect(old, r, *p, now);
+                    self.unreflect(old, r, key.0, *p, now);
                 }
             }
             match gateway {
@@ -1897,12 +1898,12 @@ impl Router {
                 if self.neighbors[g].adj_in.contains_key(&p) {
                     self.neighbors[r].reflected.insert(key, g);
                     let holders = self.neighbors[g].held_by.entry(p).or_default();
-                    if !holders.contains(&r) {
-                        holders.push(r);
+                    if !holders.contains(&(r, key.0)) {
+                        holders.push((r, key.0));
                     }
                 } else {
                     // Refused as the gateway's own (its rejected count has it).
-                    self.unreflect(g, r, p, now);
+                    self.unreflect(g, r, key.0, p, now);
                 }
             }
         }
@@ -1921,11 +1922,12 @@ impl Router {
         }
     }
 
-    /// Reflector `r` no longer holds gateway `g`'s path to `p`: it goes
-    /// unless another reflector still holds it.
-    fn unreflect(&mut self, g: NeighborId, r: NeighborId, p: IpNet, now: Instant) {
+    /// Reflector `r` no longer holds gateway `g`'s path to `p` under
+    /// identifier `id`: it goes unless a reflector still holds it (another,
+    /// or this one under another identifier).
+    fn unreflect(&mut self, g: NeighborId, r: NeighborId, id: u32, p: IpNet, now: Instant) {
         let holders = self.neighbors[g].held_by.entry(p).or_default();
-        holders.retain(|&x| x != r);
+        holders.retain(|&x| x != (r, id));
         if !holders.is_empty() {
             return;
         }
@@ -1965,8 +1967,8 @@ impl Router {
     /// Everything reflector `r` held goes (its session ended).
     fn drop_reflected(&mut self, r: NeighborId, now: Instant) {
         let paths = std::mem::take(&mut self.neighbors[r].reflected);
-        for ((_, p), g) in paths {
-            self.unreflect(g, r, p, now);
+        for ((id, p), g) in paths {
+            self.unreflect(g, r, id, p, now);
         }
     }
 
@@ -3190,6 +3192,29 @@ mod tests {
             via(&r, "10.77.2.0/24"),
             ["gw21"],
             "rr1 had withdrawn gw22's path"
+        );
+        // rr1 alone holds gw21's path: under a new identifier as well, then
+        // the old one withdrawn, it stays.
+        r.on_message(
+            rr1,
+            1,
+            Ok(reflected(5, "10.77.2.0/24", 4_200_000_201, "10.77.2.1")),
+            now,
+        );
+        r.on_message(
+            rr1,
+            1,
+            Ok(Message::Update(Update {
+                withdrawn: vec!["10.77.2.0/24".parse().unwrap()],
+                withdrawn_ids: vec![1],
+                ..Update::default()
+            })),
+            now,
+        );
+        assert_eq!(
+            via(&r, "10.77.2.0/24"),
+            ["gw21"],
+            "still held under identifier 5"
         );
         // A more-specific the gateway's cert does not list, and a path
         // whose next hop is no gateway of ours: refused.
