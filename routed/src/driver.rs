@@ -207,6 +207,19 @@ impl Shared {
                     tracing::warn!("after the reload: {e}");
                 }
                 self.gtsm_listeners();
+                if !c.added.is_empty() {
+                    // overlayd tells only changes: what it says now of the
+                    // tunnels to added gateways (one reached only through
+                    // the reflectors is used only once its tunnel is known
+                    // up).
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        match crate::overlay::gateway_tunnels(&me.cfg.overlayd_socket).await {
+                            Ok(t) => me.with(|r, now| r.set_tunnels(&t, now)),
+                            Err(e) => tracing::warn!("after the reload, overlayd's tunnels: {e}"),
+                        }
+                    });
+                }
                 let reset: Vec<&str> = c.reset.iter().map(|x| x.name.as_str()).collect();
                 tracing::info!(
                     config = %file,

@@ -267,6 +267,22 @@ fn four_sites_through_two_bird_reflectors_keep_ecmp_and_lose_nothing_when_one_di
         ecmp_everywhere,
     );
 
+    // fra-gw1's routed forgets ams-gw2 and gains it back by SIGHUP, its
+    // tunnel up all along: asked of the reflectors again, and overlayd
+    // asked about the tunnel, ams-gw2 is a path again.
+    let ams_h1 = format!("{AMS_H1}/32");
+    let full = std::fs::read_to_string(lab.path().join("nodes/fra-gw1/routed.toml")).unwrap();
+    lab.reload("fra-gw1", "routed.toml", "routed", |t| {
+        without_neighbor(&t, "ams-gw2")
+    });
+    lab.wait_for("fra-gw1 without ams-gw2", |l| {
+        via(l, "fra-gw1", &ams_h1) == vec!["ams-gw1"]
+    });
+    lab.reload("fra-gw1", "routed.toml", "routed", |_| full.clone());
+    lab.wait_for("ams-gw2 back on fra-gw1", |l| {
+        via(l, "fra-gw1", &ams_h1) == vec!["ams-gw1", "ams-gw2"]
+    });
+
     let (sent, got, gap) = ping_through(&lab, "fra-h1", AMS_H1, || {
         lab.lab_ok(&["kill", "rr1", "--signal", "KILL"]);
     });
