@@ -879,19 +879,23 @@ fn bird_over_an_ipv6_session_runs_bfd_over_ipv6_and_gtsm_keeps_farther_speakers_
     );
     // BIRD's BFD packets now arrive with hop limit 254: routed does not
     // hear them, and BFD takes the session down.
+    let bfd_downs = || {
+        routed.neighbor()["history"].as_array().map_or(0, |h| {
+            h.iter()
+                .filter(|e| e["event"] == "down" && e["reason"] == "BFD down")
+                .count()
+        })
+    };
+    let before = bfd_downs();
     one_hop_farther(&bed, &b, "udp", 3784, true, true);
+    // The event, from the session's history: BIRD connects again at once,
+    // so the moment the session is down can be shorter than a look at it.
     wait_until(
         "BFD to take the session down",
         Duration::from_secs(10),
-        || routed.neighbor()["state"] != "established",
+        || bfd_downs() > before,
     );
     assert!(rewritten(&bed, &b, "udp", 3784, true) > 0);
-    assert_eq!(
-        routed.neighbor()["last_error"],
-        "BFD down",
-        "{}",
-        routed.log()
-    );
     one_hop_farther(&bed, &b, "udp", 3784, true, false);
     wait_until("the session to come back", Duration::from_secs(30), || {
         let n = routed.neighbor();
