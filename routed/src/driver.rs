@@ -208,15 +208,14 @@ impl Shared {
                 }
                 self.gtsm_listeners();
                 if !c.added.is_empty() {
-                    // overlayd tells only changes: what it says now of the
-                    // tunnels to added gateways (one reached only through
-                    // the reflectors is used only once its tunnel is known
-                    // up).
+                    // overlayd tells only changes: take its whole picture
+                    // again, for the tunnels to added gateways (one reached
+                    // only through the reflectors is used only once its
+                    // tunnel is known up).
                     let me = self.clone();
                     tokio::spawn(async move {
-                        match crate::overlay::gateway_tunnels(&me.cfg.overlayd_socket).await {
-                            Ok(t) => me.with(|r, now| r.set_tunnels(&t, now)),
-                            Err(e) => tracing::warn!("after the reload, overlayd's tunnels: {e}"),
+                        if let Err(e) = snapshot(&me, &me.cfg.overlayd_socket).await {
+                            tracing::warn!("after the reload, overlayd's tunnels: {e}");
                         }
                     });
                 }

@@ -1348,10 +1348,6 @@ impl Router {
                 tracing::info!(neighbor = %nb.cfg.name, "link reusable");
                 nb.session.start(now);
             }
-            if !self.neighbors[n].cfg.session {
-                // Damping's hold on it may have ended.
-                self.update_rib_membership(n, now);
-            }
             let acts = self.neighbors[n].session.on_tick(now);
             self.apply(n, acts, now);
             if self.neighbors[n].stale_until.is_some_and(|t| now >= t) {
