@@ -247,18 +247,7 @@ fn bgp_router(now: Instant) -> routed::router::Router {
     .expect("the fuzz router");
     let n = NeighborId(0);
     r.on_connected(n, 1, false, None, now);
-    let open = Open {
-        asn: 65010,
-        hold_time: 90,
-        router_id: std::net::Ipv4Addr::new(10, 77, 1, 9),
-        ipv4: true,
-        ipv6: true,
-        asn4: true,
-        route_refresh: true,
-        graceful_restart: None,
-        add_path_send: [false; 2],
-        add_path_receive: [false; 2],
-    };
+    let open = Open::new(65010, 90, std::net::Ipv4Addr::new(10, 77, 1, 9));
     r.on_message(n, 1, Ok(Message::Open(open)), now);
     r.on_message(n, 1, Ok(Message::Keepalive), now);
     r.drain();

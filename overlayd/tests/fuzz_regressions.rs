@@ -215,18 +215,7 @@ fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
     ));
 
     // BGP messages, from routed's encoder.
-    let open = Open {
-        asn: 4_200_000_101,
-        hold_time: 9,
-        router_id: std::net::Ipv4Addr::new(10, 77, 1, 1),
-        ipv4: true,
-        ipv6: true,
-        asn4: true,
-        route_refresh: true,
-        graceful_restart: None,
-        add_path_send: [false; 2],
-        add_path_receive: [false; 2],
-    };
+    let open = Open::new(4_200_000_101, 9, std::net::Ipv4Addr::new(10, 77, 1, 1));
     s.push(("bgp", "open", wire::encode(&Message::Open(open))));
     s.push(("bgp", "keepalive", wire::encode(&Message::Keepalive)));
     s.push((

@@ -2684,16 +2684,9 @@ mod tests {
         );
         r.on_connected(N0, 1, false, Some(local), now);
         let open = Open {
-            asn: 65010,
-            hold_time: 90,
-            router_id: Ipv4Addr::new(172, 16, 1, 9),
             ipv4,
-            ipv6: true,
-            asn4: true,
             route_refresh: false,
-            graceful_restart: None,
-            add_path_send: [false; 2],
-            add_path_receive: [false; 2],
+            ..Open::new(65010, 90, Ipv4Addr::new(172, 16, 1, 9))
         };
         r.on_message(N0, 1, Ok(Message::Open(open)), now);
         r.on_message(N0, 1, Ok(Message::Keepalive), now);
@@ -2860,20 +2853,44 @@ mod tests {
     ) {
         r.on_connected(n, conn, false, None, now);
         let open = Open {
-            asn,
-            hold_time: 90,
-            router_id,
-            ipv4: true,
             ipv6: false,
-            asn4: true,
             route_refresh: false,
             graceful_restart: gr,
-            add_path_send: [false; 2],
-            add_path_receive: [false; 2],
+            ..Open::new(asn, 90, router_id)
         };
         r.on_message(n, conn, Ok(Message::Open(open)), now);
         r.on_message(n, conn, Ok(Message::Keepalive), now);
         assert!(r.neighbors[n].session.is_established());
+    }
+
+    /// What the certificate of a gateway of site 2 allows: the site's
+    /// prefixes, its own addresses `me` and `me6`, and `more`.
+    fn site2(me: &str, me6: &str, more: &[&str]) -> Vec<IpNet> {
+        ["10.77.2.0/24", "fd77:2::/48", me, me6]
+            .iter()
+            .chain(more)
+            .map(|p| p.parse().unwrap())
+            .collect()
+    }
+
+    /// What the router sent since the last drain, decoded, per neighbour.
+    fn sent(r: &mut Router) -> Vec<(NeighborId, Message)> {
+        r.drain()
+            .into_iter()
+            .filter_map(|o| match o {
+                Out::Send { n, bytes, .. } => Some((n, wire::decode(&bytes).ok()?)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A route server's withdrawal of path `id` of `p`.
+    fn unreflected(id: u32, p: &str) -> Message {
+        Message::Update(Update {
+            withdrawn: vec![p.parse().unwrap()],
+            withdrawn_ids: vec![id],
+            ..Update::default()
+        })
     }
 
     /// Two reflectors (rr1, rr2) and two gateways of one site reached
@@ -2885,12 +2902,6 @@ mod tests {
              [[neighbor]]\nname = \"rr2\"\naddress = \"198.18.0.202\"\nasn = 4200009002\nreflector = true\nimport = \"overlay\"\nexport = \"all\"\n\
              [[neighbor]]\nname = \"gw21\"\naddress = \"10.77.2.1\"\nasn = 4200000201\ncert = \"-\"\nsession = false\nimport = \"overlay\"\n\
              [[neighbor]]\nname = \"gw22\"\naddress = \"10.77.2.2\"\nasn = 4200000202\ncert = \"-\"\nsession = false\nimport = \"overlay\"\n";
-        let site = |me: &str, me6: &str| {
-            ["10.77.2.0/24", "fd77:2::/48", me, me6]
-                .iter()
-                .map(|p| p.parse().unwrap())
-                .collect::<Vec<IpNet>>()
-        };
         let mut r = Router::new(
             Config::parse(text).unwrap(),
             vec![
@@ -2902,8 +2913,8 @@ mod tests {
             vec![
                 vec![],
                 vec![],
-                site("10.77.2.1/32", "fd77:2::1/128"),
-                site("10.77.2.2/32", "fd77:2::2/128"),
+                site2("10.77.2.1/32", "fd77:2::1/128", &[]),
+                site2("10.77.2.2/32", "fd77:2::2/128", &[]),
             ],
             now,
             1,
@@ -2916,16 +2927,8 @@ mod tests {
             let conn = n.0 as ConnId + 1;
             r.on_connected(n, conn, false, None, now);
             let open = Open {
-                asn,
-                hold_time: 90,
-                router_id: Ipv4Addr::new(198, 18, 0, id),
-                ipv4: true,
-                ipv6: true,
-                asn4: true,
-                route_refresh: true,
-                graceful_restart: None,
                 add_path_send: [true; 2],
-                add_path_receive: [false; 2],
+                ..Open::new(asn, 90, Ipv4Addr::new(198, 18, 0, id))
             };
             r.on_message(n, conn, Ok(Message::Open(open)), now);
             r.on_message(n, conn, Ok(Message::Keepalive), now);
@@ -2991,14 +2994,10 @@ mod tests {
             has(&r, "10.77.2.11/32") && has(&r, "10.77.3.11/32"),
             "both used here"
         );
-        let sent: Vec<IpNet> = r
-            .drain()
+        let sent: Vec<IpNet> = sent(&mut r)
             .into_iter()
-            .filter_map(|o| match o {
-                Out::Send { n, bytes, .. } if n == gw4 => match wire::decode(&bytes) {
-                    Ok(Message::Update(u)) => Some(u.announced),
-                    _ => None,
-                },
+            .filter_map(|(n, m)| match m {
+                Message::Update(u) if n == gw4 => Some(u.announced),
                 _ => None,
             })
             .flatten()
@@ -3023,13 +3022,6 @@ mod tests {
         );
         assert_eq!(via(&r, "10.77.2.0/24"), ["gw22"]);
         r.drain();
-        let site = |me: &str, me6: &str, more: &[&str]| {
-            ["10.77.2.0/24", "fd77:2::/48", me, me6]
-                .iter()
-                .chain(more)
-                .map(|p| p.parse().unwrap())
-                .collect::<Vec<IpNet>>()
-        };
         let certs = Certified {
             networks: vec![
                 "10.77.0.0/16".parse().unwrap(),
@@ -3040,22 +3032,18 @@ mod tests {
             neighbor_subnets: vec![
                 vec![],
                 vec![],
-                site("10.77.2.1/32", "fd77:2::1/128", &[]),
-                site("10.77.2.2/32", "fd77:2::2/128", &["10.77.12.0/24"]),
+                site2("10.77.2.1/32", "fd77:2::1/128", &[]),
+                site2("10.77.2.2/32", "fd77:2::2/128", &["10.77.12.0/24"]),
             ],
         };
         let rep = r.reconfigure(r.cfg.clone(), certs, now).unwrap();
         assert_eq!(rep.reset.len(), 1, "{rep:?}");
         assert_eq!(rep.reset[0].name, "gw22");
         assert_eq!(via(&r, "10.77.2.0/24"), Vec::<String>::new());
-        let asked: Vec<(NeighborId, bool)> = r
-            .drain()
+        let asked: Vec<(NeighborId, bool)> = sent(&mut r)
             .into_iter()
-            .filter_map(|o| match o {
-                Out::Send { n, bytes, .. } => match wire::decode(&bytes) {
-                    Ok(Message::RouteRefresh { ipv6 }) => Some((n, ipv6)),
-                    _ => None,
-                },
+            .filter_map(|(n, m)| match m {
+                Message::RouteRefresh { ipv6 } => Some((n, ipv6)),
                 _ => None,
             })
             .collect();
@@ -3172,16 +3160,7 @@ mod tests {
         r.on_tick(now);
         assert_eq!(via(&r, "10.77.2.0/24"), ["gw21", "gw22"]);
         // One reflector withdraws (or goes): the other still holds both.
-        r.on_message(
-            rr1,
-            1,
-            Ok(Message::Update(Update {
-                withdrawn: vec!["10.77.2.0/24".parse().unwrap()],
-                withdrawn_ids: vec![2],
-                ..Update::default()
-            })),
-            now,
-        );
+        r.on_message(rr1, 1, Ok(unreflected(2, "10.77.2.0/24")), now);
         assert_eq!(via(&r, "10.77.2.0/24"), ["gw21", "gw22"]);
         r.on_closed(rr2, 2, "reflector killed", now);
         assert_eq!(
@@ -3197,16 +3176,7 @@ mod tests {
             Ok(reflected(5, "10.77.2.0/24", 4_200_000_201, "10.77.2.1")),
             now,
         );
-        r.on_message(
-            rr1,
-            1,
-            Ok(Message::Update(Update {
-                withdrawn: vec!["10.77.2.0/24".parse().unwrap()],
-                withdrawn_ids: vec![1],
-                ..Update::default()
-            })),
-            now,
-        );
+        r.on_message(rr1, 1, Ok(unreflected(1, "10.77.2.0/24")), now);
         assert_eq!(
             via(&r, "10.77.2.0/24"),
             ["gw21"],
@@ -3235,14 +3205,10 @@ mod tests {
         r.attach(&["10.77.1.11".parse().unwrap()], now);
         r.drain();
         r.on_message(rr1, 1, Ok(Message::RouteRefresh { ipv6: false }), now);
-        let sent: Vec<Update> = r
-            .drain()
+        let sent: Vec<Update> = sent(&mut r)
             .into_iter()
-            .filter_map(|o| match o {
-                Out::Send { bytes, .. } => match wire::decode(&bytes) {
-                    Ok(Message::Update(u)) if !u.announced.is_empty() => Some(u),
-                    _ => None,
-                },
+            .filter_map(|(_, m)| match m {
+                Message::Update(u) if !u.announced.is_empty() => Some(u),
                 _ => None,
             })
             .collect();

@@ -166,16 +166,9 @@ impl Session {
 
     fn our_open(&self) -> Open {
         Open {
-            asn: self.cfg.local_asn,
-            hold_time: self.cfg.hold_time,
-            router_id: self.cfg.router_id,
-            ipv4: true,
-            ipv6: true,
-            asn4: true,
-            route_refresh: true,
             graceful_restart: self.cfg.graceful_restart,
-            add_path_send: [false; 2],
             add_path_receive: [self.cfg.add_path_receive; 2],
+            ..Open::new(self.cfg.local_asn, self.cfg.hold_time, self.cfg.router_id)
         }
     }
 
@@ -782,18 +775,7 @@ mod tests {
         a.start(now);
         assert_eq!(a.on_tick(now), vec![Action::Connect]);
         a.on_connected(1, true, now);
-        let open = Open {
-            asn: 65002,
-            hold_time: 9,
-            router_id: Ipv4Addr::new(10, 0, 0, 2),
-            ipv4: true,
-            ipv6: true,
-            asn4: true,
-            route_refresh: true,
-            graceful_restart: None,
-            add_path_send: [false; 2],
-            add_path_receive: [false; 2],
-        };
+        let open = Open::new(65002, 9, Ipv4Addr::new(10, 0, 0, 2));
         let acts = a.on_message(1, Message::Open(open), now);
         assert_eq!(
             acts[0],

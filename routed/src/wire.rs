@@ -185,6 +185,26 @@ pub struct Open {
     pub add_path_receive: [bool; 2],
 }
 
+impl Open {
+    /// The OPEN of a 4-byte-AS speaker of IPv4 and IPv6 unicast with route
+    /// refresh, and nothing else (no graceful restart, no ADD-PATH): what
+    /// routed sends, before its options.
+    pub fn new(asn: u32, hold_time: u16, router_id: Ipv4Addr) -> Open {
+        Open {
+            asn,
+            hold_time,
+            router_id,
+            ipv4: true,
+            ipv6: true,
+            asn4: true,
+            route_refresh: true,
+            graceful_restart: None,
+            add_path_send: [false; 2],
+            add_path_receive: [false; 2],
+        }
+    }
+}
+
 /// The graceful restart capability (RFC 4724 §3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct GracefulRestart {
@@ -957,18 +977,7 @@ mod tests {
     }
 
     fn open() -> Open {
-        Open {
-            asn: 4_200_000_101,
-            hold_time: 9,
-            router_id: Ipv4Addr::new(10, 77, 1, 1),
-            ipv4: true,
-            ipv6: true,
-            asn4: true,
-            route_refresh: true,
-            graceful_restart: None,
-            add_path_send: [false; 2],
-            add_path_receive: [false; 2],
-        }
+        Open::new(4_200_000_101, 9, Ipv4Addr::new(10, 77, 1, 1))
     }
 
     #[test]

@@ -45,18 +45,7 @@ fn a_million_routes_from_one_gateway_are_held_and_handed_to_overlayd() {
     .unwrap();
     let n = NeighborId(0);
     r.on_connected(n, 1, false, None, now);
-    let open = Open {
-        asn: 4_200_000_201,
-        hold_time: 90,
-        router_id: Ipv4Addr::new(10, 77, 2, 1),
-        ipv4: true,
-        ipv6: true,
-        asn4: true,
-        route_refresh: true,
-        graceful_restart: None,
-        add_path_send: [false; 2],
-        add_path_receive: [false; 2],
-    };
+    let open = Open::new(4_200_000_201, 90, Ipv4Addr::new(10, 77, 2, 1));
     r.on_message(n, 1, Ok(Message::Open(open)), now);
     r.on_message(n, 1, Ok(Message::Keepalive), now);
     assert!(r.neighbors[n.0].session.is_established());
